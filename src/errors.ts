@@ -1,0 +1,79 @@
+// Every failure Draftwire reports is one of these classes: a stable `code` for programs,
+// `retryable` as data (Temporal-style), and a message that names what was wrong.
+
+export interface DraftwireErrorOptions {
+  cause?: unknown;
+  /** Extra structured detail (never secrets, never tensor bytes). */
+  detail?: Record<string, unknown>;
+}
+
+export class DraftwireError extends Error {
+  readonly code: string;
+  readonly retryable: boolean;
+  readonly detail: Record<string, unknown> | null;
+
+  constructor(code: string, message: string, retryable: boolean, opts: DraftwireErrorOptions = {}) {
+    super(message, opts.cause === undefined ? undefined : { cause: opts.cause });
+    this.name = new.target.name;
+    this.code = code;
+    this.retryable = retryable;
+    this.detail = opts.detail ?? null;
+  }
+
+  toJSON(): Record<string, unknown> {
+    return { name: this.name, code: this.code, message: this.message, retryable: this.retryable, detail: this.detail };
+  }
+}
+
+/** A caller passed something malformed: a wrong shape, dtype, range or option. */
+export class InvalidArgumentError extends DraftwireError {
+  constructor(message: string, opts?: DraftwireErrorOptions) { super('INVALID_ARGUMENT', message, false, opts); }
+}
+/** Bytes from the wire or disk did not decode into a valid record. */
+export class DecodeError extends DraftwireError {
+  constructor(message: string, opts?: DraftwireErrorOptions) { super('DECODE', message, false, opts); }
+}
+/** Missing or wrong secret, bad MAC, or a replayed message. Says nothing about which. */
+export class AuthError extends DraftwireError {
+  constructor(message = 'authentication failed', opts?: DraftwireErrorOptions) { super('AUTH', message, false, opts); }
+}
+/** The sample was released, aborted or reclaimed: its bytes are gone. */
+export class SampleGoneError extends DraftwireError {
+  constructor(message: string, opts?: DraftwireErrorOptions) { super('SAMPLE_GONE', message, false, opts); }
+}
+/** The ref names an older generation than the store holds now. */
+export class StaleGenerationError extends DraftwireError {
+  constructor(message: string, opts?: DraftwireErrorOptions) { super('STALE_GENERATION', message, false, opts); }
+}
+/** A lease request echoed an epoch the queue no longer grants under. */
+export class StaleEpochError extends DraftwireError {
+  constructor(message: string, opts?: DraftwireErrorOptions) { super('STALE_EPOCH', message, false, opts); }
+}
+/** The lease passed its deadline, or belongs to someone else now. */
+export class LeaseExpiredError extends DraftwireError {
+  constructor(message: string, opts?: DraftwireErrorOptions) { super('LEASE_EXPIRED', message, false, opts); }
+}
+/** The store is above its high watermark; try again after the janitor frees space. */
+export class BackpressureError extends DraftwireError {
+  constructor(message: string, opts?: DraftwireErrorOptions) { super('BACKPRESSURE', message, true, opts); }
+}
+/** Stored bytes do not match their checksum. */
+export class ChecksumError extends DraftwireError {
+  constructor(message: string, opts?: DraftwireErrorOptions) { super('CHECKSUM', message, false, opts); }
+}
+/** A request to another actor got no answer in time. */
+export class TimeoutError extends DraftwireError {
+  constructor(message: string, opts?: DraftwireErrorOptions) { super('TIMEOUT', message, true, opts); }
+}
+/** The native addon failed (or is missing); the message is the native one. */
+export class NativeError extends DraftwireError {
+  constructor(message: string, opts?: DraftwireErrorOptions) { super('NATIVE', message, false, opts); }
+}
+/** A collective operation failed: a peer died or the group was torn down. */
+export class CollectiveError extends DraftwireError {
+  constructor(message: string, opts?: DraftwireErrorOptions) { super('COLLECTIVE', message, true, opts); }
+}
+/** A storage write failed (disk full, permission): nothing was published. */
+export class StoreWriteError extends DraftwireError {
+  constructor(message: string, opts?: DraftwireErrorOptions) { super('STORE_WRITE', message, true, opts); }
+}

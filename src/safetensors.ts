@@ -1,0 +1,176 @@
+// The safetensors file format (8-byte little-endian header length, JSON header, raw
+// little-endian tensor bytes), so PyTorch tooling can read and write what Draftwire stores.
+// Readers validate every field: a truncated or hostile file is a DecodeError, never a crash.
+import { open, type FileHandle } from 'node:fs/promises';
+import { DecodeError, InvalidArgumentError } from './errors.ts';
+import { DTYPE_BYTES, bytesOf, isDtype, numel, viewAs, type Dtype, type Tensor } from './tensor.ts';
+
+const FILE_DTYPE: Record<Dtype, string> = { f32: 'F32', f64: 'F64', bf16: 'BF16', f16: 'F16', i32: 'I32', i64: 'I64', u8: 'U8' };
+const FROM_FILE_DTYPE: Record<string, Dtype> = Object.fromEntries(Object.entries(FILE_DTYPE).map(([k, v]) => [v, k as Dtype]));
+export const MAX_HEADER_BYTES = 64 * 1024 * 1024;
+
+export interface TensorEntry {
+  name: string;
+  dtype: Dtype;
+  shape: number[];
+  /** Byte range relative to the start of the data section. */
+  begin: number;
+  end: number;
+}
+
+export interface SafetensorsHeader {
+  /** Byte offset of the data section in the file (8 + header length). */
+  dataStart: number;
+  entries: Map<string, TensorEntry>;
+  metadata: Record<string, string>;
+}
+
+/** Serializes tensors (in the order given) into header bytes plus the tensors' own bytes, for writev. */
+export function encodeSafetensors(tensors: Record<string, Tensor>, metadata: Record<string, string> = {}): Uint8Array[] {
+  const header: Record<string, unknown> = {};
+  if (Object.keys(metadata).length > 0) header.__metadata__ = metadata;
+  let offset = 0;
+  const parts: Uint8Array[] = [];
+  for (const [name, t] of Object.entries(tensors)) {
+    if (name === '__metadata__') throw new InvalidArgumentError('tensor name "__metadata__" is reserved');
+    if (!isDtype(t.dtype)) throw new InvalidArgumentError(`tensor "${name}": unknown dtype ${String(t.dtype)}`);
+    const bytes = bytesOf(t);
+    if (bytes.byteLength !== numel(t.shape) * DTYPE_BYTES[t.dtype]) {
+      throw new InvalidArgumentError(`tensor "${name}": ${bytes.byteLength} bytes do not fit ${t.dtype}[${t.shape}]`);
+    }
+    header[name] = { dtype: FILE_DTYPE[t.dtype], shape: t.shape, data_offsets: [offset, offset + bytes.byteLength] };
+    offset += bytes.byteLength;
+    parts.push(bytes);
+  }
+  let json = JSON.stringify(header);
+  json += ' '.repeat((8 - ((8 + Buffer.byteLength(json)) % 8)) % 8); // align the data section to 8 bytes
+  const head = Buffer.alloc(8 + Buffer.byteLength(json));
+  head.writeBigUInt64LE(BigInt(Buffer.byteLength(json)), 0);
+  head.write(json, 8, 'utf8');
+  return [head, ...parts];
+}
+
+export function encodeSafetensorsBuffer(tensors: Record<string, Tensor>, metadata?: Record<string, string>): Buffer {
+  return Buffer.concat(encodeSafetensors(tensors, metadata));
+}
+
+/** Parses and validates the JSON header; `fileBytes` (when known) bounds every offset. */
+export function parseHeader(json: Buffer, fileBytes: number | null, where: string): SafetensorsHeader {
+  let raw: unknown;
+  try { raw = JSON.parse(json.toString('utf8')); } catch { throw new DecodeError(`${where}: safetensors header is not valid JSON`); }
+  if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) throw new DecodeError(`${where}: safetensors header is not an object`);
+  const dataStart = 8 + json.byteLength;
+  const entries = new Map<string, TensorEntry>();
+  let metadata: Record<string, string> = {};
+  for (const [name, v] of Object.entries(raw as Record<string, unknown>)) {
+    if (name === '__metadata__') {
+      if (v === null || typeof v !== 'object' || Object.values(v).some((x) => typeof x !== 'string')) {
+        throw new DecodeError(`${where}: __metadata__ must map strings to strings`);
+      }
+      metadata = v as Record<string, string>;
+      continue;
+    }
+    const e = v as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
+    const dtype = typeof e?.dtype === 'string' ? FROM_FILE_DTYPE[e.dtype] : undefined;
+    if (!dtype) throw new DecodeError(`${where}: tensor "${name}" has unsupported dtype ${JSON.stringify(e?.dtype)}`);
+    if (!Array.isArray(e.shape) || !e.shape.every((d) => Number.isSafeInteger(d) && d >= 0)) {
+      throw new DecodeError(`${where}: tensor "${name}" has an invalid shape`);
+    }
+    const off = e.data_offsets;
+    if (!Array.isArray(off) || off.length !== 2 || !off.every((d) => Number.isSafeInteger(d) && d >= 0) || off[1] < off[0]) {
+      throw new DecodeError(`${where}: tensor "${name}" has invalid data_offsets`);
+    }
+    const shape = e.shape as number[];
+    const [begin, end] = off as [number, number];
+    if (end - begin !== numel(shape) * DTYPE_BYTES[dtype]) {
+      throw new DecodeError(`${where}: tensor "${name}" spans ${end - begin} bytes but ${dtype}[${shape}] needs ${numel(shape) * DTYPE_BYTES[dtype]}`);
+    }
+    if (fileBytes !== null && dataStart + end > fileBytes) throw new DecodeError(`${where}: tensor "${name}" runs past the end of the file (truncated?)`);
+    entries.set(name, { name, dtype, shape, begin, end });
+  }
+  return { dataStart, entries, metadata };
+}
+
+function headerLength(first8: Uint8Array, fileBytes: number, where: string): number {
+  if (first8.byteLength < 8) throw new DecodeError(`${where}: too short to be a safetensors file`);
+  const n = Buffer.from(first8.buffer, first8.byteOffset, 8).readBigUInt64LE(0);
+  if (n > BigInt(Math.min(MAX_HEADER_BYTES, fileBytes - 8))) throw new DecodeError(`${where}: header length ${n} exceeds the file or the ${MAX_HEADER_BYTES}-byte bound`);
+  return Number(n);
+}
+
+/** Decodes a whole in-memory file. Tensors are views into `buf` unless `copy` is set. */
+export function decodeSafetensors(buf: Uint8Array, opts: { copy?: boolean; where?: string } = {}): { tensors: Record<string, Tensor>; metadata: Record<string, string> } {
+  const where = opts.where ?? 'buffer';
+  const n = headerLength(buf, buf.byteLength, where);
+  const h = parseHeader(Buffer.from(buf.buffer, buf.byteOffset + 8, n), buf.byteLength, where);
+  const tensors: Record<string, Tensor> = {};
+  for (const e of h.entries.values()) {
+    const slice = buf.subarray(h.dataStart + e.begin, h.dataStart + e.end);
+    tensors[e.name] = { dtype: e.dtype, shape: e.shape, data: viewAs(e.dtype, opts.copy ? new Uint8Array(slice) : slice) };
+  }
+  return { tensors, metadata: h.metadata };
+}
+
+export async function readHeader(fh: FileHandle, where: string): Promise<SafetensorsHeader> {
+  const { size } = await fh.stat();
+  const first = Buffer.alloc(8);
+  await fh.read(first, 0, 8, 0);
+  const n = headerLength(size >= 8 ? first : first.subarray(0, size), size, where);
+  const json = Buffer.alloc(n);
+  const { bytesRead } = await fh.read(json, 0, n, 8);
+  if (bytesRead !== n) throw new DecodeError(`${where}: header truncated`);
+  return parseHeader(json, size, where);
+}
+
+export interface ReadOptions {
+  /** Only these tensors (all when omitted); a missing name is an error. */
+  names?: readonly string[];
+  /** Only rows [start, end) of the first dimension of every tensor read. */
+  rows?: readonly [number, number];
+}
+
+/** Reads some or all tensors of a file into fresh (private) buffers. */
+export async function readSafetensorsFile(path: string, opts: ReadOptions = {}): Promise<{ tensors: Record<string, Tensor>; metadata: Record<string, string> }> {
+  const fh = await open(path, 'r');
+  try {
+    const h = await readHeader(fh, path);
+    const names = opts.names ?? [...h.entries.keys()];
+    const tensors: Record<string, Tensor> = {};
+    for (const name of names) {
+      const e = h.entries.get(name);
+      if (!e) throw new InvalidArgumentError(`${path}: no tensor named "${name}" (has ${[...h.entries.keys()].join(', ')})`);
+      let { begin, end } = e;
+      let shape = e.shape;
+      if (opts.rows) {
+        const [r0, r1] = opts.rows;
+        const rowsTotal = shape[0] ?? 0;
+        if (shape.length === 0 || !Number.isInteger(r0) || !Number.isInteger(r1) || r0 < 0 || r1 < r0 || r1 > rowsTotal) {
+          throw new InvalidArgumentError(`${path}: rows [${r0}, ${r1}) are outside tensor "${name}" with shape [${shape}]`);
+        }
+        const rowBytes = rowsTotal === 0 ? 0 : (end - begin) / rowsTotal;
+        begin += r0 * rowBytes;
+        end = e.begin + r1 * rowBytes;
+        shape = [r1 - r0, ...shape.slice(1)];
+      }
+      const bytes = new Uint8Array(end - begin);
+      const { bytesRead } = await fh.read(bytes, 0, bytes.byteLength, h.dataStart + begin);
+      if (bytesRead !== bytes.byteLength) throw new DecodeError(`${path}: tensor "${name}" truncated`);
+      tensors[name] = { dtype: e.dtype, shape, data: viewAs(e.dtype, bytes) };
+    }
+    return { tensors, metadata: h.metadata };
+  } finally {
+    await fh.close();
+  }
+}
+
+/** Writes a file in place (not atomic; the feature store adds temp + fsync + rename on top). */
+export async function writeSafetensorsFile(path: string, tensors: Record<string, Tensor>, metadata?: Record<string, string>): Promise<number> {
+  const parts = encodeSafetensors(tensors, metadata);
+  const fh = await open(path, 'w');
+  try {
+    await fh.writev(parts);
+  } finally {
+    await fh.close();
+  }
+  return parts.reduce((n, p) => n + p.byteLength, 0);
+}

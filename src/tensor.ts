@@ -1,0 +1,46 @@
+// Host tensors as Draftwire passes them around: a dtype, a shape and a typed array view.
+import { InvalidArgumentError } from './errors.ts';
+
+export type Dtype = 'f32' | 'f64' | 'bf16' | 'f16' | 'i32' | 'i64' | 'u8';
+export type TensorData = Float32Array | Float64Array | Uint16Array | Int32Array | BigInt64Array | Uint8Array;
+
+export interface Tensor {
+  dtype: Dtype;
+  shape: number[];
+  data: TensorData;
+}
+
+export const DTYPE_BYTES: Readonly<Record<Dtype, number>> = { f32: 4, f64: 8, bf16: 2, f16: 2, i32: 4, i64: 8, u8: 1 };
+
+const ARRAY_OF: Record<Dtype, new (buf: ArrayBufferLike, off: number, len: number) => TensorData> = {
+  f32: Float32Array, f64: Float64Array, bf16: Uint16Array, f16: Uint16Array, i32: Int32Array, i64: BigInt64Array, u8: Uint8Array,
+};
+
+export function isDtype(x: unknown): x is Dtype {
+  return typeof x === 'string' && Object.prototype.hasOwnProperty.call(DTYPE_BYTES, x);
+}
+
+export function numel(shape: readonly number[]): number {
+  let n = 1;
+  for (const d of shape) n *= d;
+  return n;
+}
+
+/** A typed-array view of `bytes` (copied first when unaligned, so views are always valid). */
+export function viewAs(dtype: Dtype, bytes: Uint8Array): TensorData {
+  const size = DTYPE_BYTES[dtype];
+  if (bytes.byteLength % size !== 0) throw new InvalidArgumentError(`${bytes.byteLength} bytes is not a whole number of ${dtype} elements`);
+  const src = bytes.byteOffset % size === 0 ? bytes : new Uint8Array(bytes); // copy realigns
+  return new ARRAY_OF[dtype](src.buffer, src.byteOffset, src.byteLength / size);
+}
+
+export function tensor(dtype: Dtype, shape: number[], data?: TensorData): Tensor {
+  const n = numel(shape);
+  const out = data ?? new ARRAY_OF[dtype](new ArrayBuffer(n * DTYPE_BYTES[dtype]), 0, n);
+  if (out.length !== n) throw new InvalidArgumentError(`tensor data has ${out.length} elements, shape [${shape}] needs ${n}`);
+  return { dtype, shape: [...shape], data: out };
+}
+
+export function bytesOf(t: Tensor): Uint8Array {
+  return new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength);
+}
