@@ -77,3 +77,15 @@ export class CollectiveError extends DraftwireError {
 export class StoreWriteError extends DraftwireError {
   constructor(message: string, opts?: DraftwireErrorOptions) { super('STORE_WRITE', message, true, opts); }
 }
+/** A compare-and-set lost: the key or stream moved on since the caller read it. Re-read, then retry. */
+export class ConflictError extends DraftwireError {
+  constructor(message: string, opts?: DraftwireErrorOptions) { super('CONFLICT', message, false, opts); }
+}
+/** A service (NATS server, JetStream) could not be reached or did not start. */
+export class UnavailableError extends DraftwireError {
+  constructor(message: string, opts?: DraftwireErrorOptions) { super('UNAVAILABLE', message, true, opts); }
+}
+/** The target actor is stopped (or never existed): the message became a dead letter. */
+export class ActorStoppedError extends DraftwireError {
+  constructor(message: string, opts?: DraftwireErrorOptions) { super('ACTOR_STOPPED', message, false, opts); }
+}

@@ -1,0 +1,230 @@
+// The queue actor: the single lease authority of a job (DESIGN.md §2). A thin adapter over
+// the pure ledger (src/ledger.ts): each request mutates the ledger, the events are appended
+// to the job's JetStream write-ahead log, and only then is the reply sent. After a crash or
+// restart the actor rebuilds the ledger by replaying that stream, leases included.
+// Credits are soft state: ranks re-send them, so they are not logged.
+import type { ActorContext, ActorRef, ActorSpec, ActorSystem } from '../src/actor-system.ts';
+import type { Bus, BusSubscription } from '../src/bus.ts';
+import { InvalidArgumentError, StaleEpochError } from '../src/errors.ts';
+import { SampleRefQueue, type Lease, type LedgerEvent, type LedgerOptions } from '../src/ledger.ts';
+import { createLogger } from '../src/log.ts';
+import { validateSampleRef, type SampleRef } from '../src/sampleref.ts';
+
+export interface Credit { consumer: string; partition: [number, number]; epoch: number; remaining: number; leaseMs: number | null }
+
+/** What a rank receives on `dw.<job>.part.<num>.<index>`. */
+export interface LeaseMessage { consumer: string; leases: Lease[] }
+
+export type QueueMsg =
+  | { op: 'commit'; ref: unknown; key: string }
+  | { op: 'credit'; consumer: string; partition: [number, number]; epoch: number; max: number; leaseMs?: number }
+  | { op: 'ack' | 'release' | 'renew'; leaseId: string; epoch: number; key: string }
+  | { op: 'fail'; leaseId: string; epoch: number; retryable: boolean; reason: string; key: string }
+  | { op: 'epoch'; epoch: number; num: number }
+  | { op: 'tick' }
+  | { op: 'status' }
+  | { op: 'committed' };
+
+interface QueueState { ledger: SampleRefQueue | null; credits: Map<string, Credit>; grants: number }
+
+export interface QueueActorOptions {
+  bus: Bus;
+  ledger?: LedgerOptions;
+  /** How often expired leases are reclaimed, ms (default 500). */
+  tickMs?: number;
+}
+
+export const WAL_RECORD = 'draftwire/ledger-events/1';
+
+/** Reads every ledger event of the job's write-ahead log, in order. */
+export async function readLedgerEvents(bus: Bus): Promise<LedgerEvent[]> {
+  const s = bus.subjects;
+  await bus.ensureStream(s.walStream, [s.walSubject]);
+  const out: LedgerEvent[] = [];
+  for await (const rec of bus.readAll<{ f: string; events: LedgerEvent[] }>(s.walStream, 1)) {
+    if (rec.obj?.f !== WAL_RECORD || !Array.isArray(rec.obj.events)) throw new InvalidArgumentError(`ledger stream record #${rec.seq} is not a ledger-events record`);
+    out.push(...rec.obj.events);
+  }
+  return out;
+}
+
+function isObj(x: unknown): x is Record<string, unknown> {
+  return x !== null && typeof x === 'object' && !Array.isArray(x);
+}
+
+export function queueActorSpec(o: QueueActorOptions): ActorSpec<QueueState, QueueMsg> {
+  const { bus } = o;
+  const s = bus.subjects;
+  const persist = async (events: LedgerEvent[]) => {
+    // Before any reply: a crash after this line replays these events; before it, the caller retries.
+    if (events.length > 0) await bus.append(s.walSubject, { f: WAL_RECORD, events });
+  };
+
+  const grant = async (st: QueueState, ledger: SampleRefQueue): Promise<void> => {
+    const now = Date.now();
+    for (const c of st.credits.values()) {
+      if (c.remaining <= 0 || ledger.depth() === 0) continue;
+      if (c.epoch !== ledger.currentEpoch()) { st.credits.delete(c.consumer); continue; }
+      let res;
+      try {
+        res = ledger.get(c.remaining, { partition: c.partition, consumer: c.consumer, epoch: c.epoch, key: `grant:${c.consumer}:${++st.grants}:${now}`, now, ...(c.leaseMs ? { leaseMs: c.leaseMs } : {}) });
+      } catch (e) {
+        if (e instanceof StaleEpochError) { st.credits.delete(c.consumer); continue; }
+        throw e;
+      }
+      if (res.leases.length === 0) continue;
+      await persist(res.events);
+      c.remaining -= res.leases.length;
+      const msg: LeaseMessage = { consumer: c.consumer, leases: res.leases };
+      bus.publish(s.part(c.partition[1], c.partition[0]), msg);
+    }
+  };
+
+  return {
+    init: () => ({ ledger: null, credits: new Map(), grants: 0 }),
+    async handle(st, msg, ctx: ActorContext<QueueMsg>) {
+      if (!st.ledger) {
+        const events = await readLedgerEvents(bus);
+        st.ledger = SampleRefQueue.replay(events, o.ledger);
+        ctx.log.info('ledger rebuilt from the write-ahead log', { events: events.length, ...st.ledger.stats() });
+      }
+      const ledger = st.ledger;
+      const now = Date.now();
+      switch (msg.op) {
+        case 'commit': {
+          const ref: SampleRef = validateSampleRef(msg.ref);
+          const res = ledger.put(ref, { key: msg.key, now });
+          await persist(res.events);
+          ctx.reply({ sampleId: res.sampleId, generation: res.generation, status: res.status });
+          await grant(st, ledger);
+          break;
+        }
+        case 'credit': {
+          const epoch = ledger.currentEpoch();
+          if (msg.epoch !== epoch) throw new StaleEpochError(`credit under epoch ${msg.epoch}: the queue grants under epoch ${epoch}`, { detail: { epoch: msg.epoch, current: epoch, num: ledger.currentNum(), ahead: msg.epoch > epoch } });
+          st.credits.set(msg.consumer, { consumer: msg.consumer, partition: msg.partition, epoch: msg.epoch, remaining: msg.max, leaseMs: msg.leaseMs ?? null });
+          ctx.reply({ epoch, num: ledger.currentNum(), depth: ledger.depth() });
+          await grant(st, ledger);
+          break;
+        }
+        case 'ack':
+        case 'release': {
+          const res = ledger[msg.op](msg.leaseId, msg.epoch, { key: msg.key, now });
+          await persist(res.events);
+          ctx.reply({ leaseId: res.leaseId, sampleId: res.sampleId, status: res.status });
+          if (res.status === 'acked' && !res.repeated) bus.publish(s.storeFree, { ref: ledger.state(res.sampleId)!.ref, why: 'consumed' });
+          if (msg.op === 'release') await grant(st, ledger);
+          break;
+        }
+        case 'fail': {
+          const res = ledger.fail(msg.leaseId, msg.epoch, msg.retryable, { key: msg.key, now, reason: msg.reason });
+          await persist(res.events);
+          ctx.reply({ leaseId: res.leaseId, sampleId: res.sampleId, status: res.status });
+          if (res.status === 'dead' && !res.repeated) bus.publish(s.storeFree, { ref: ledger.state(res.sampleId)!.ref, why: 'dead' });
+          await grant(st, ledger);
+          break;
+        }
+        case 'renew': {
+          const res = ledger.renew(msg.leaseId, msg.epoch, { key: msg.key, now });
+          await persist(res.events);
+          ctx.reply({ leaseId: res.leaseId, deadline: res.deadline });
+          break;
+        }
+        case 'epoch': {
+          if (msg.epoch > ledger.currentEpoch()) {
+            const res = ledger.setEpoch(msg.epoch, { num: msg.num, key: `epoch:${msg.epoch}`, now });
+            await persist(res.events);
+            st.credits.clear(); // credits of the old epoch are void; ranks re-send under the new one
+            ctx.log.info('epoch changed', { epoch: msg.epoch, num: msg.num });
+          }
+          ctx.reply({ epoch: ledger.currentEpoch(), num: ledger.currentNum() });
+          break;
+        }
+        case 'tick': {
+          const res = ledger.expire(now);
+          await persist(res.events);
+          for (const id of res.dead) bus.publish(s.storeFree, { ref: ledger.state(id)!.ref, why: 'dead' });
+          if (res.expired.length > 0) ctx.log.warn('leases expired', { count: res.expired.length, consumers: [...new Set(res.expired.map((e) => e.consumer))] });
+          await grant(st, ledger);
+          break;
+        }
+        case 'status':
+          ctx.reply({ ...ledger.stats(), depth: ledger.depth(), inFlight: ledger.inFlight(), credits: [...st.credits.values()], leases: ledger.liveLeases() });
+          break;
+        case 'committed': {
+          // Every sample the ledger knows (any state): a restarted rollout skips these.
+          const snap = ledger.snapshot() as { samples: { sampleId: string }[] };
+          ctx.reply({ sampleIds: snap.samples.map((x) => x.sampleId) });
+          break;
+        }
+      }
+      return st;
+    },
+  };
+}
+
+/** Spawns the queue actor and routes the job's queue subjects to it. */
+export function startQueue(system: ActorSystem, o: QueueActorOptions): { ref: ActorRef<QueueMsg>; stop(): Promise<void> } {
+  const { bus } = o;
+  const s = bus.subjects;
+  const ref = system.spawn('queue', { ...queueActorSpec(o), mailboxLimit: 10_000 });
+  const log = createLogger('queue');
+  const ask = (m: QueueMsg) => system.query(ref, m, 15_000);
+  const req = (x: unknown, what: string): Record<string, unknown> => {
+    if (!isObj(x)) throw new InvalidArgumentError(`${what}: message must be a map`);
+    return x;
+  };
+  const leaseOp = (op: 'ack' | 'release' | 'renew') => (x: unknown, meta: { idempotencyKey?: string }) => {
+    const m = req(x, op);
+    if (typeof m.leaseId !== 'string' || typeof m.epoch !== 'number') throw new InvalidArgumentError(`${op}: needs leaseId (string) and epoch (number)`);
+    return ask({ op, leaseId: m.leaseId, epoch: m.epoch, key: meta.idempotencyKey ?? `${op}:${m.leaseId}` });
+  };
+  const subs: BusSubscription[] = [
+    bus.subscribe(s.queue.commit, (x, meta) => ask({ op: 'commit', ref: req(x, 'commit').ref, key: meta.idempotencyKey ?? `commit:${String((req(x, 'commit').ref as { sampleId?: unknown })?.sampleId)}` })),
+    bus.subscribe(s.queue.credit, (x) => {
+      const m = req(x, 'credit');
+      const p = m.partition;
+      if (typeof m.consumer !== 'string' || !Array.isArray(p) || p.length !== 2 || !p.every((v) => Number.isInteger(v) && v >= 0) || p[0] >= p[1]
+        || !Number.isInteger(m.epoch) || !Number.isInteger(m.max) || (m.max as number) < 0) {
+        throw new InvalidArgumentError('credit: needs consumer, partition [index, num] with index < num, integer epoch and max >= 0');
+      }
+      return ask({ op: 'credit', consumer: m.consumer, partition: [p[0], p[1]], epoch: m.epoch as number, max: m.max as number, ...(typeof m.leaseMs === 'number' ? { leaseMs: m.leaseMs } : {}) });
+    }),
+    bus.subscribe(s.queue.ack, leaseOp('ack')),
+    bus.subscribe(s.queue.release, leaseOp('release')),
+    bus.subscribe(s.queue.renew, leaseOp('renew')),
+    bus.subscribe(s.queue.fail, (x, meta) => {
+      const m = req(x, 'fail');
+      if (typeof m.leaseId !== 'string' || typeof m.epoch !== 'number') throw new InvalidArgumentError('fail: needs leaseId (string) and epoch (number)');
+      return ask({ op: 'fail', leaseId: m.leaseId, epoch: m.epoch, retryable: m.retryable !== false, reason: String(m.reason ?? '').slice(0, 500), key: meta.idempotencyKey ?? `fail:${m.leaseId}` });
+    }),
+    bus.subscribe(`dw.${bus.job}.queue.status`, () => ask({ op: 'status' }), { dedupe: false }),
+    bus.subscribe(`dw.${bus.job}.queue.committed`, () => ask({ op: 'committed' }), { dedupe: false }),
+  ];
+  const timer = setInterval(() => {
+    try { system.dispatch(ref, { op: 'tick' }); } catch { /* mailbox full: the next tick will do */ }
+  }, o.tickMs ?? 500);
+  timer.unref();
+  // The coordinator owns the epoch (KV); the queue follows it and logs every change.
+  let watch: { stop(): void } | null = null;
+  let stopped = false;
+  void (async () => {
+    const kv = await bus.kv(s.kvBucket);
+    if (stopped) return;
+    const w = await kv.watch<{ epoch: number; num: number }>({ key: 'epoch' });
+    watch = w;
+    for await (const ch of w) {
+      if (ch.value && typeof ch.value.epoch === 'number') system.dispatch(ref, { op: 'epoch', epoch: ch.value.epoch, num: ch.value.num });
+    }
+  })().catch((e: unknown) => { if (!stopped) log.error('epoch watch ended', { error: (e as Error).message }); });
+  return {
+    ref,
+    async stop() {
+      stopped = true;
+      watch?.stop();
+      clearInterval(timer);
+      for (const sub of subs) sub.unsubscribe();
+      await system.stop(ref);
+    },
+  };
+}

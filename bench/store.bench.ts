@@ -1,0 +1,73 @@
+// SharedDirFeatureStore bandwidth against the raw filesystem, same disk, same run.
+// put = checksum + temp write + fsync + rename + dir fsync; get = read + verify (and without
+// verify). Baselines: raw write+fsync of a file of the same size, raw read of it.
+// Reads come from the page cache in both cases (no cache dropping), so they compare the
+// software path, not the device. Run: node --import tsx bench/store.bench.ts [dir]
+import { mkdtempSync, rmSync } from 'node:fs';
+import { open, unlink } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { AuthPolicy } from '../src/auth.ts';
+import { SharedDirFeatureStore } from '../src/store/shared-dir.ts';
+import type { Tensor } from '../src/tensor.ts';
+
+const base = process.argv[2] ?? tmpdir();
+const dir = mkdtempSync(join(base, 'dw-bench-store-'));
+const MB = 1 << 20;
+
+function sample(bytes: number): Record<string, Tensor> {
+  // bf16 aux [T, 3H] + f32 last [T, H] with H = 256: 3.5 KiB per token... sized to `bytes`.
+  const T = Math.max(1, Math.floor(bytes / (3 * 256 * 2 + 256 * 4)));
+  const aux = new Uint16Array(T * 3 * 256);
+  const last = new Float32Array(T * 256);
+  for (let i = 0; i < aux.length; i++) aux[i] = (i * 2654435761) & 0xffff;
+  for (let i = 0; i < last.length; i++) last[i] = i % 977;
+  return { aux: { dtype: 'bf16', shape: [T, 768], data: aux }, last: { dtype: 'f32', shape: [T, 256], data: last } };
+}
+
+async function rawWrite(path: string, buf: Uint8Array): Promise<void> {
+  const fh = await open(path, 'w');
+  try { await fh.write(buf, 0, buf.byteLength, 0); await fh.sync(); } finally { await fh.close(); }
+}
+async function rawRead(path: string, n: number): Promise<Uint8Array> {
+  const fh = await open(path, 'r');
+  try { const b = new Uint8Array(n); await fh.read(b, 0, n, 0); return b; } finally { await fh.close(); }
+}
+
+async function time(n: number, fn: (i: number) => Promise<unknown>): Promise<number> {
+  await fn(-1); // warm up
+  const t0 = performance.now();
+  for (let i = 0; i < n; i++) await fn(i);
+  return (performance.now() - t0) / 1000 / n;
+}
+
+const store = await SharedDirFeatureStore.attach({
+  dir, storeId: 'bench', job: 'bench', auth: AuthPolicy.fromSecret('bench-secret-0123456789abcdef'), producer: { node: 'n', actor: 'bench', incarnation: 1 },
+});
+const rows: string[][] = [];
+const gbps = (bytes: number, s: number) => (bytes / s / 1e9).toFixed(2);
+try {
+  for (const [label, size, iters] of [['1 MiB', MB, 40], ['64 MiB', 64 * MB, 4]] as const) {
+    const t = sample(size);
+    const bytes = Object.values(t).reduce((a, x) => a + x.data.byteLength, 0);
+    const flat = new Uint8Array(bytes);
+    const p = join(dir, 'raw.bin');
+    const wRaw = await time(iters, () => rawWrite(p, flat));
+    const rRaw = await time(iters, () => rawRead(p, bytes));
+    await unlink(p);
+    const refs: Awaited<ReturnType<typeof store.put>>[] = [];
+    const wStore = await time(iters, async (i) => { const r = await store.put(`s${i + 1}`, t); if (i >= 0) refs.push(r); });
+    const rStore = await time(iters, (i) => store.get(refs[Math.max(0, i)]!));
+    const rNoVerify = await time(iters, (i) => store.get(refs[Math.max(0, i)]!, { verify: false }));
+    const rPart = await time(iters, (i) => store.get(refs[Math.max(0, i)]!, { names: ['aux'], rows: [0, Math.max(1, Math.floor(t.aux!.shape[0]! / 8))] }));
+    for (const r of refs) await store.release(r);
+    await store.gc(Date.now() + 1e9);
+    rows.push([label, gbps(bytes, wRaw), gbps(bytes, wStore), gbps(bytes, rRaw), gbps(bytes, rStore), gbps(bytes, rNoVerify), `${(rPart * 1e3).toFixed(2)} ms`, `${(wStore * 1e3).toFixed(1)} / ${(rStore * 1e3).toFixed(1)} ms`]);
+  }
+} finally {
+  rmSync(dir, { recursive: true, force: true });
+}
+console.log(`dir: ${base} (page cache warm for reads; fsync on for writes)`);
+console.log('| sample | raw write+fsync GB/s | store put GB/s | raw read GB/s | store get GB/s (verify) | store get GB/s (no verify) | get 1/8 rows of aux | put / get latency |');
+console.log('|---|---:|---:|---:|---:|---:|---:|---:|');
+for (const r of rows) console.log(`| ${r.join(' | ')} |`);

@@ -1,0 +1,67 @@
+// `draftwire audit --job J [--dump]`: checks a job's ledger independently of the ledger's
+// own code: every committed sample consumed exactly once or dead-lettered, no two leases of
+// a sample overlapping, only current holders' acks accepted. It reads the live write-ahead
+// log from NATS (--nats, or the running job's run.json) or, after a run, <run>/ledger.jsonl.
+import { existsSync, readFileSync } from 'node:fs';
+import { writeFile } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import { Command } from 'commander';
+import { readLedgerEvents } from '../../actors/queue.ts';
+import { AuthPolicy } from '../../src/auth.ts';
+import { Bus } from '../../src/bus.ts';
+import { DecodeError, DraftwireError, InvalidArgumentError } from '../../src/errors.ts';
+import { auditEvents, type LedgerEvent } from '../../src/ledger.ts';
+import type { GlobalOptions } from '../cli.ts';
+import { jobId } from '../options.ts';
+
+const hex = (_k: string, v: unknown) => (v instanceof Uint8Array ? Buffer.from(v).toString('hex') : v);
+
+export async function writeLedgerJsonl(path: string, events: LedgerEvent[]): Promise<void> {
+  await writeFile(path, events.map((e) => JSON.stringify(e, hex)).join('\n') + (events.length ? '\n' : ''));
+}
+
+export function readLedgerJsonl(path: string): LedgerEvent[] {
+  return readFileSync(path, 'utf8').split('\n').filter((l) => l.trim() !== '').map((l, i) => {
+    try { return JSON.parse(l) as LedgerEvent; } catch { throw new DecodeError(`${path} line ${i + 1}: not valid JSON`); }
+  });
+}
+
+/** The NATS URL of a running job (from its run.json), or null. */
+export function liveNatsUrl(workdir: string, job: string): string | null {
+  const f = join(resolve(workdir), job, 'run.json');
+  if (!existsSync(f)) return null;
+  try { return (JSON.parse(readFileSync(f, 'utf8')) as { nats?: string }).nats ?? null; } catch { return null; }
+}
+
+export async function loadEvents(job: string, workdir: string, nats?: string): Promise<{ events: LedgerEvent[]; source: string }> {
+  const url = nats ?? liveNatsUrl(workdir, job);
+  if (url) {
+    const bus = await Bus.connect({ servers: url, job, auth: AuthPolicy.fromEnv(), name: 'audit', reconnect: false });
+    try { return { events: await readLedgerEvents(bus), source: `${url} (stream dw_${job}_wal)` }; } finally { await bus.close(); }
+  }
+  const file = join(resolve(workdir), job, 'ledger.jsonl');
+  if (!existsSync(file)) throw new InvalidArgumentError(`job ${job}: no running job (no ${join(workdir, job, 'run.json')}) and no ledger export at ${file}; pass --nats URL for a job elsewhere`);
+  return { events: readLedgerJsonl(file), source: file };
+}
+
+export function command(): Command {
+  return new Command('audit')
+    .summary('check a job\'s ledger: every sample consumed once or dead-lettered, no overlapping leases, no stale acks')
+    .requiredOption('--job <id>', 'job id', jobId)
+    .option('--workdir <dir>', 'where run directories are', 'runs')
+    .option('--nats <url>', 'read the live write-ahead log from this NATS server')
+    .option('--dump', 'print the raw ledger events as JSON lines (stdout)')
+    .action(async (_o: unknown, cmd: Command) => {
+      const o = cmd.optsWithGlobals<GlobalOptions & { job: string; workdir: string; nats?: string; dump?: boolean }>();
+      const { events, source } = await loadEvents(o.job, o.workdir, o.nats);
+      if (o.dump) for (const e of events) process.stdout.write(JSON.stringify(e, hex) + '\n');
+      const report = auditEvents(events);
+      if (o.json) process.stdout.write(JSON.stringify({ source, events: events.length, ...report }) + '\n');
+      else if (!o.dump) {
+        process.stdout.write(`${report.ok ? 'clean' : 'PROBLEMS'}: ${events.length} events from ${source}\n` +
+          `committed ${report.committed}, consumed ${report.consumed}, dead ${report.dead}, pending ${report.pending}, leased ${report.leased}, complete ${report.complete}\n` +
+          report.problems.map((p) => `  problem: ${p}\n`).join(''));
+      }
+      if (!report.ok) throw new DraftwireError('AUDIT', `${report.problems.length} problem(s) in the ledger of job ${o.job}`, false);
+    });
+}

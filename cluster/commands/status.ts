@@ -1,0 +1,54 @@
+// `draftwire status --job J [--json]`: actors, partitions, leases and rates of a running job,
+// asked of its queue, coordinator and janitor over NATS.
+import { Command } from 'commander';
+import { AuthPolicy } from '../../src/auth.ts';
+import { Bus } from '../../src/bus.ts';
+import { InvalidArgumentError } from '../../src/errors.ts';
+import type { GlobalOptions } from '../cli.ts';
+import { jobId } from '../options.ts';
+import { liveNatsUrl } from './audit.ts';
+
+export async function jobStatus(bus: Bus): Promise<Record<string, unknown>> {
+  const ask = (what: string) => bus.request<Record<string, unknown>>(`dw.${bus.job}.${what}.status`, {}, { timeoutMs: 2000, retries: 1 })
+    .catch((e: unknown) => ({ error: (e as Error).message }));
+  const [queue, coordinator, janitor] = await Promise.all([ask('queue'), ask('coord'), ask('janitor')]);
+  return { job: bus.job, at: Date.now(), queue, coordinator, janitor };
+}
+
+export function command(): Command {
+  return new Command('status')
+    .summary('show the actors, partitions, leases and rates of a running job')
+    .requiredOption('--job <id>', 'job id', jobId)
+    .option('--workdir <dir>', 'where run directories are', 'runs')
+    .option('--nats <url>', 'NATS server of the job (default: from the run directory)')
+    .action(async (_o: unknown, cmd: Command) => {
+      const o = cmd.optsWithGlobals<GlobalOptions & { job: string; workdir: string; nats?: string }>();
+      const url = o.nats ?? liveNatsUrl(o.workdir, o.job);
+      if (!url) throw new InvalidArgumentError(`job ${o.job} is not running here (no run.json under ${o.workdir}/${o.job}); pass --nats URL`);
+      const bus = await Bus.connect({ servers: url, job: o.job, auth: AuthPolicy.fromEnv(), name: 'status', reconnect: false });
+      try {
+        const s = await jobStatus(bus);
+        if (o.json) { process.stdout.write(JSON.stringify(s) + '\n'); return; }
+        process.stdout.write(renderStatus(s));
+      } finally { await bus.close(); }
+    });
+}
+
+function renderStatus(s: Record<string, any>): string {
+  const q = s.queue ?? {}, c = s.coordinator ?? {}, j = s.janitor ?? {};
+  const lines = [`job ${s.job}`];
+  if (q.error) lines.push(`queue: unreachable (${q.error})`);
+  else {
+    lines.push(`queue: epoch ${q.epoch} num ${q.num}  samples ${q.samples}  pending ${q.pending}  leased ${q.leased}  consumed ${q.consumed}  dead ${q.dead}  (granted ${q.leasesGranted}, acks ${q.acks}, expired ${q.expired})`);
+    for (const cr of q.credits ?? []) lines.push(`  credit ${cr.consumer}: partition ${cr.partition[0]}/${cr.partition[1]} epoch ${cr.epoch} wants ${cr.remaining}`);
+    for (const l of (q.leases ?? []).slice(0, 20)) lines.push(`  lease ${l.leaseId} ${l.sampleId} -> ${l.consumer} (epoch ${l.epoch}, delivery ${l.delivery}, ${Math.round((l.deadline - s.at) / 1000)} s left)`);
+  }
+  if (c.error) lines.push(`coordinator: unreachable (${c.error})`);
+  else {
+    lines.push(`coordinator: epoch ${c.epoch?.epoch} num ${c.epoch?.num}`);
+    for (const m of c.members ?? []) lines.push(`  rank ${m.rank} pid ${m.pid}: ${m.alive ? m.state : 'SILENT'} at step ${m.step}, holds ${m.held} leases (last heard ${(m.silentMs / 1000).toFixed(1)} s ago)`);
+  }
+  if (j.error) lines.push(`janitor: unreachable (${j.error})`);
+  else lines.push(`janitor: freed ${j.freed}, aborted ${j.aborted}, sweeps ${j.sweeps}; store ${((j.usage?.bytes ?? 0) / 1048576).toFixed(1)} MB in ${j.usage?.samples ?? 0} samples`);
+  return lines.join('\n') + '\n';
+}

@@ -1,0 +1,53 @@
+// Entry point of one rank process (spawned by the node agent):
+//   node --import tsx cluster/rank-main.ts --job-file F --rank R --nats URL --node ID
+// It trains until the job's step count, then rank 0 writes the checkpoint. It exits when
+// its node's IPC channel closes (no orphan ranks) and on SIGTERM.
+import { parseArgs } from 'node:util';
+import { join } from 'node:path';
+import { RankWorker } from '../actors/rank.ts';
+import { AuthPolicy } from '../src/auth.ts';
+import { Bus } from '../src/bus.ts';
+import { loadJobSpec } from '../src/job.ts';
+import { createLogger } from '../src/log.ts';
+import { SharedDirFeatureStore } from '../src/store/shared-dir.ts';
+import { loadWeightsFile, writeCheckpoint } from '../src/checkpoint.ts';
+
+const log = createLogger('rank-main');
+
+async function main(): Promise<number> {
+  const { values } = parseArgs({ options: { 'job-file': { type: 'string' }, rank: { type: 'string' }, nats: { type: 'string' }, node: { type: 'string' } } });
+  const spec = loadJobSpec(values['job-file'] ?? '');
+  const rank = Number(values.rank);
+  if (!Number.isInteger(rank) || rank < 0) throw new Error(`--rank must be an integer >= 0, got ${values.rank}`);
+  const auth = AuthPolicy.fromEnv();
+  const bus = await Bus.connect({ servers: values.nats ?? '', job: spec.job, auth, name: `rank-${rank}` });
+  const store = await SharedDirFeatureStore.attach({
+    dir: spec.storeDir, storeId: spec.storeId, job: spec.job, auth, create: false,
+    producer: { node: values.node ?? 'local', actor: `rank-${rank}`, incarnation: process.pid },
+  });
+  const weights = await loadWeightsFile(spec.initWeights, spec.draft);
+  const worker = new RankWorker({ spec, bus, store, rank, weights });
+  const quit = () => { worker.stop(); };
+  process.on('SIGTERM', quit);
+  process.on('disconnect', () => { log.warn('node went away; exiting'); process.exit(1); });
+  try {
+    const { model } = await worker.run();
+    if (rank === 0) {
+      const path = join(spec.runDir, 'checkpoint.safetensors');
+      await writeCheckpoint(path, spec, model, weights.d2t as Int32Array, worker.step);
+      bus.publish(`dw.${spec.job}.rank.done`, { rank, step: worker.step, checkpoint: path });
+      log.info('checkpoint written', { path, step: worker.step });
+    }
+    model.close();
+    await bus.flush();
+    return 0;
+  } finally {
+    await store.close();
+    await bus.close();
+  }
+}
+
+main().then((code) => process.exit(code), (e: unknown) => {
+  log.error('rank failed', { error: (e as Error).message, code: (e as { code?: string }).code ?? null });
+  process.exit(1);
+});

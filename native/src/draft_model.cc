@@ -1,0 +1,545 @@
+#include "draft_model.h"
+
+#include <algorithm>
+#include <cmath>
+#include <stdexcept>
+
+#include "adamw.h"
+#include "blas.h"
+#include "loss.h"
+#include "parallel.h"
+#include "profile.h"
+#include "rmsnorm.h"
+#include "swiglu.h"
+#include "vec.h"
+
+namespace dw {
+
+namespace {
+template <typename T>
+void fit(std::vector<T>& v, int64_t n) {
+  if (int64_t(v.size()) != n) v.assign(size_t(n), T(0));
+}
+void zero(std::vector<float>& v) { std::fill(v.begin(), v.end(), 0.0f); }
+}  // namespace
+
+void LayerActs::resize(const DraftConfig& c, int64_t n, int64_t lse_size) {
+  rows = n;
+  const int64_t H = c.hidden, I = c.intermediate;
+  fit(tok, n);
+  fit(pos, n);
+  fit(x, n * 2 * H);
+  fit(rstd_e, n);
+  fit(rstd_h, n);
+  fit(qkv, n * c.qkv_dim());
+  fit(lse, lse_size);
+  fit(attn, n * c.q_dim());
+  fit(h1, n * H);
+  fit(rstd_post, n);
+  fit(uu, n * H);
+  fit(gu, n * 2 * I);
+  fit(act, n * I);
+  fit(h2, n * H);
+  // compact loss rows: sized for the worst case (every row), filled per batch
+  fit(hf, n * H);
+  fit(rstd_f, n);
+  fit(logits, n * c.draft_vocab);
+  lrow.reserve(static_cast<size_t>(n));
+  prow.reserve(static_cast<size_t>(n));
+  ltgt.reserve(static_cast<size_t>(n));
+  lw.reserve(static_cast<size_t>(n));
+}
+
+DraftModel::DraftModel(const DraftConfig& c) : cfg(c), layout(draft_param_layout(c)) {
+  const int64_t n = draft_param_count(c);
+  params.assign(size_t(n), 0.0f);
+  grads.assign(size_t(n), 0.0f);
+  adam_m.assign(size_t(n), 0.0f);
+  adam_v.assign(size_t(n), 0.0f);
+  embed.assign(size_t(c.vocab * c.hidden), 0.0f);
+  target_head.assign(size_t(c.vocab * c.hidden), 0.0f);
+  d2t.assign(size_t(c.draft_vocab), 0);
+  t2d.assign(size_t(c.vocab), -1);
+}
+
+void DraftModel::apply_threads() const {
+  if (threads > 0) {
+    set_blas_threads(threads);
+    set_pool_threads(threads);
+  }
+}
+
+std::string DraftModel::set_d2t(const std::vector<int32_t>& map) {
+  if (int64_t(map.size()) != cfg.draft_vocab)
+    return "d2t has " + std::to_string(map.size()) + " entries, expected draftVocab = " +
+           std::to_string(cfg.draft_vocab);
+  std::vector<int32_t> inv(size_t(cfg.vocab), -1);
+  for (size_t j = 0; j < map.size(); j++) {
+    const int32_t t = map[j];
+    if (t < 0 || t >= cfg.vocab)
+      return "d2t[" + std::to_string(j) + "] = " + std::to_string(t) + " is outside [0, vocab=" +
+             std::to_string(cfg.vocab) + ")";
+    if (inv[size_t(t)] >= 0)
+      return "d2t[" + std::to_string(j) + "] = " + std::to_string(t) + " repeats d2t[" +
+             std::to_string(inv[size_t(t)]) + "] (entries must be distinct)";
+    inv[size_t(t)] = int32_t(j);
+  }
+  d2t = map;
+  t2d = std::move(inv);
+  return "";
+}
+
+std::string DraftModel::check_batch(const DraftBatch& b) const {
+  const int64_t N = b.B * b.T, H = cfg.hidden;
+  for (int64_t i = 0; i < N; i++) {
+    if (b.ids[i] < 0 || b.ids[i] >= cfg.vocab)
+      return "ids[" + std::to_string(i) + "] = " + std::to_string(b.ids[i]) + " is outside [0, vocab=" +
+             std::to_string(cfg.vocab) + ")";
+    if (b.mask[i] > 1)
+      return "mask[" + std::to_string(i) + "] = " + std::to_string(int(b.mask[i])) + " (must be 0 or 1)";
+  }
+  for (int64_t i = 0; i < N * 3 * H; i++)
+    if (!std::isfinite(b.aux[i])) return "aux[" + std::to_string(i) + "] is not finite";
+  for (int64_t i = 0; i < N * H; i++)
+    if (!std::isfinite(b.last[i])) return "last[" + std::to_string(i) + "] is not finite";
+  return "";
+}
+
+void DraftModel::ensure_workspace(int64_t B, int64_t T) {
+  rope_.ensure(T, cfg.head_dim(), cfg.rope_theta);
+  if (ws_.B == B && ws_.T == T) return;
+  const int64_t N = B * T, H = cfg.hidden, K = cfg.ttt;
+  ws_ = Workspace();
+  ws_.B = B;
+  ws_.T = T;
+  ws_.steps.resize(static_cast<size_t>(K));
+  for (auto& s : ws_.steps) s.resize(cfg, N, B * cfg.heads * T);
+  fit(ws_.fc_out, N * H);
+  fit(ws_.p, N * cfg.draft_vocab);
+  fit(ws_.tgt, N);
+  fit(ws_.need, N);
+  fit(ws_.scr, N * H);
+  fit(ws_.scr2, N * H);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Batch preparation
+
+void DraftModel::prepare_targets(const DraftBatch& b) {
+  const int64_t N = b.B * b.T;
+  for (int64_t r = 0; r < N; r++) ws_.need[size_t(r)] = (b.mask[r] && (r % b.T) >= 1) ? 1 : 0;
+  target_distribution(N, ws_.need.data(), b.last, cfg.hidden, target_head.data(), cfg.vocab, d2t.data(),
+                      t2d.data(), cfg.draft_vocab, ws_.p.data(), ws_.tgt.data(), ws_.tscratch);
+}
+
+// Token, position and loss rows of step k: u = t+1+k; token ids[u] (0 past the end),
+// weight mask[u]·ok[u] (0 past the end), target row (b, u).
+void DraftModel::prepare_step_rows(const DraftBatch& b, int64_t k, bool all_rows) {
+  LayerActs& a = ws_.steps[size_t(k)];
+  const int64_t T = b.T;
+  a.lrow.clear();
+  a.prow.clear();
+  a.ltgt.clear();
+  a.lw.clear();
+  for (int64_t bi = 0; bi < b.B; bi++)
+    for (int64_t t = 0; t < T; t++) {
+      const int64_t r = bi * T + t, u = t + 1 + k;
+      const bool in = u < T;
+      a.tok[size_t(r)] = in ? b.ids[bi * T + u] : 0;
+      a.pos[size_t(r)] = int32_t(t);
+      const int32_t tg = in ? ws_.tgt[size_t(bi * T + u)] : -1;
+      const float w = (in && b.mask[bi * T + u] && tg >= 0) ? 1.0f : 0.0f;
+      if (w > 0 || all_rows) {
+        a.lrow.push_back(int32_t(r));
+        a.prow.push_back(int32_t(in ? bi * T + u : r));
+        a.ltgt.push_back(tg);
+        a.lw.push_back(w);
+      }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forward
+
+void DraftModel::embed_rows(const int32_t* tok, int64_t rows, float* out) const {
+  const int64_t H = cfg.hidden;
+  for (int64_t r = 0; r < rows; r++) std::copy_n(embed.data() + int64_t(tok[r]) * H, H, out + r * H);
+}
+
+// x = [RMSNorm(E[tok]; n_in) | RMSNorm(hin; n_hid)]; qkv = x·[q;k;v]ᵀ; RoPE on q and k.
+void DraftModel::layer_input_forward(LayerActs& a, float* emb) {
+  const int64_t n = a.rows, H = cfg.hidden, D = cfg.qkv_dim(), d = cfg.head_dim();
+  embed_rows(a.tok.data(), n, emb);
+  rmsnorm_forward(n, H, emb, H, W(kNIn), cfg.rms_eps, a.x.data(), 2 * H, a.rstd_e.data());
+  rmsnorm_forward(n, H, a.hin, H, W(kNHid), cfg.rms_eps, a.x.data() + H, 2 * H, a.rstd_h.data());
+  gemm_nt(n, D, 2 * H, 1.0f, a.x.data(), 2 * H, W(kQ), 2 * H, 0.0f, a.qkv.data(), D);
+  rope_apply(n, a.pos.data(), a.qkv.data(), D, cfg.heads, d, rope_, false);
+  rope_apply(n, a.pos.data(), a.qkv.data() + cfg.q_dim(), D, cfg.kv_heads, d, rope_, false);
+}
+
+// Step-k queries against step-0 keys (causal) and the step-1..k keys at the same position.
+void DraftModel::attention_forward_train(int64_t k) {
+  const int64_t B = ws_.B, T = ws_.T, D = cfg.qkv_dim(), d = cfg.head_dim(), nh = cfg.heads;
+  const int64_t g = cfg.heads / cfg.kv_heads, qd = cfg.q_dim(), kvd = cfg.kv_dim();
+  LayerActs& a = ws_.steps[size_t(k)];
+  const float* base0 = ws_.steps[0].qkv.data();
+  AttnShape sh;
+  sh.Tq = T;
+  sh.q0 = 0;
+  sh.d = d;
+  sh.nextra = k;
+  sh.scale = float(1.0 / std::sqrt(double(d)));
+  std::vector<const float*> ek(static_cast<size_t>(k)), ev(static_cast<size_t>(k));
+  for (int64_t b = 0; b < B; b++)
+    for (int64_t h = 0; h < nh; h++) {
+      const int64_t c = h / g, row0 = b * T;
+      for (int64_t j = 1; j <= k; j++) {
+        const float* bj = ws_.steps[size_t(j)].qkv.data() + row0 * D;
+        ek[size_t(j - 1)] = bj + qd + c * d;
+        ev[size_t(j - 1)] = bj + qd + kvd + c * d;
+      }
+      AttnHead hd;
+      hd.q = a.qkv.data() + row0 * D + h * d;
+      hd.ldq = D;
+      hd.k = base0 + row0 * D + qd + c * d;
+      hd.ldk = D;
+      hd.v = base0 + row0 * D + qd + kvd + c * d;
+      hd.ldv = D;
+      hd.ek = ek.data();
+      hd.ev = ev.data();
+      hd.lde = D;
+      hd.o = a.attn.data() + row0 * qd + h * d;
+      hd.ldo = qd;
+      hd.lse = a.lse.data() + (b * nh + h) * T;
+      attention_forward(sh, hd, attn_scratch_);
+    }
+}
+
+// h1 = hin + attn·oᵀ; uu = RMSNorm(h1; n_post); h2 = h1 + (silu(uu·gateᵀ) ⊙ uu·upᵀ)·downᵀ.
+void DraftModel::layer_output_forward(LayerActs& a) {
+  const int64_t n = a.rows, H = cfg.hidden, I = cfg.intermediate, qd = cfg.q_dim();
+  std::copy_n(a.hin, n * H, a.h1.data());
+  gemm_nt(n, H, qd, 1.0f, a.attn.data(), qd, W(kO), qd, 1.0f, a.h1.data(), H);
+  rmsnorm_forward(n, H, a.h1.data(), H, W(kNPost), cfg.rms_eps, a.uu.data(), H, a.rstd_post.data());
+  gemm_nt(n, 2 * I, H, 1.0f, a.uu.data(), H, W(kGate), H, 0.0f, a.gu.data(), 2 * I);
+  swiglu_forward(n, I, a.gu.data(), 2 * I, a.act.data(), I);
+  std::copy_n(a.h1.data(), n * H, a.h2.data());
+  gemm_nt(n, H, I, 1.0f, a.act.data(), I, W(kDown), I, 1.0f, a.h2.data(), H);
+}
+
+// logits = RMSNorm(h2; n_final)·lmᵀ for the loss rows only (a.lrow).
+void DraftModel::head_forward(LayerActs& a, float* scratch) {
+  const int64_t nl = int64_t(a.lrow.size()), H = cfg.hidden, Vd = cfg.draft_vocab;
+  if (nl == 0) return;
+  for (int64_t i = 0; i < nl; i++) std::copy_n(a.h2.data() + int64_t(a.lrow[size_t(i)]) * H, H, scratch + i * H);
+  rmsnorm_forward(nl, H, scratch, H, W(kNFinal), cfg.rms_eps, a.hf.data(), H, a.rstd_f.data());
+  gemm_nt(nl, Vd, H, 1.0f, a.hf.data(), H, W(kLm), H, 0.0f, a.logits.data(), Vd);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward (gradients accumulate into `grads`)
+
+// From dlogits (in a.logits) to dh2 (accumulated), dlm, dn_final.
+void DraftModel::head_backward(LayerActs& a, float* dh2) {
+  const int64_t nl = int64_t(a.lrow.size()), H = cfg.hidden, Vd = cfg.draft_vocab;
+  if (nl == 0) return;
+  float* h2g = ws_.scr.data();   // gathered h2 rows
+  float* dhf = ws_.scr2.data();  // d hf, then d h2 rows
+  gemm_tn(Vd, H, nl, 1.0f, a.logits.data(), Vd, a.hf.data(), H, 1.0f, G(kLm), H);
+  gemm_nn(nl, H, Vd, 1.0f, a.logits.data(), Vd, W(kLm), H, 0.0f, dhf, H);
+  for (int64_t i = 0; i < nl; i++) std::copy_n(a.h2.data() + int64_t(a.lrow[size_t(i)]) * H, H, h2g + i * H);
+  rmsnorm_backward(nl, H, h2g, H, W(kNFinal), a.rstd_f.data(), dhf, H, h2g, H, false, G(kNFinal));
+  for (int64_t i = 0; i < nl; i++) vaxpy(dh2 + int64_t(a.lrow[size_t(i)]) * H, 1.0f, h2g + i * H, H);
+}
+
+// From dh2 to dh1 (= dh2 + the MLP and n_post paths), and to the attention output (ws_.dattn).
+void DraftModel::layer_output_backward(LayerActs& a, const float* dh2, float* dh1) {
+  const int64_t n = a.rows, H = cfg.hidden, I = cfg.intermediate, qd = cfg.q_dim();
+  float* dact = ws_.dact.data();
+  float* dgu = ws_.dgu.data();
+  float* duu = ws_.duu.data();
+  gemm_nn(n, I, H, 1.0f, dh2, H, W(kDown), I, 0.0f, dact, I);
+  gemm_tn(H, I, n, 1.0f, dh2, H, a.act.data(), I, 1.0f, G(kDown), I);
+  swiglu_backward(n, I, a.gu.data(), 2 * I, dact, I, dgu, 2 * I);
+  gemm_tn(2 * I, H, n, 1.0f, dgu, 2 * I, a.uu.data(), H, 1.0f, G(kGate), H);
+  gemm_nn(n, H, 2 * I, 1.0f, dgu, 2 * I, W(kGate), H, 0.0f, duu, H);
+  std::copy_n(dh2, n * H, dh1);
+  rmsnorm_backward(n, H, a.h1.data(), H, W(kNPost), a.rstd_post.data(), duu, H, dh1, H, true, G(kNPost));
+  gemm_tn(H, qd, n, 1.0f, dh1, H, a.attn.data(), qd, 1.0f, G(kO), qd);
+  gemm_nn(n, qd, H, 1.0f, dh1, H, W(kO), qd, 0.0f, ws_.dattn.data(), qd);
+}
+
+// Step-k attention backward: dq of step k (written), dk/dv of step 0 and of steps 1..k at
+// the same position (accumulated). Uses ws_.dattn as the output gradient.
+void DraftModel::attention_backward_train(int64_t k) {
+  const int64_t B = ws_.B, T = ws_.T, D = cfg.qkv_dim(), d = cfg.head_dim(), nh = cfg.heads;
+  const int64_t g = cfg.heads / cfg.kv_heads, qd = cfg.q_dim(), kvd = cfg.kv_dim();
+  LayerActs& a = ws_.steps[size_t(k)];
+  const float* base0 = ws_.steps[0].qkv.data();
+  float* dbase0 = ws_.dqkv[0].data();
+  float* dbasek = ws_.dqkv[size_t(k)].data();
+  AttnShape sh;
+  sh.Tq = T;
+  sh.q0 = 0;
+  sh.d = d;
+  sh.nextra = k;
+  sh.scale = float(1.0 / std::sqrt(double(d)));
+  std::vector<const float*> ek(static_cast<size_t>(k)), ev(static_cast<size_t>(k));
+  std::vector<float*> dek(static_cast<size_t>(k)), dev(static_cast<size_t>(k));
+  for (int64_t b = 0; b < B; b++)
+    for (int64_t h = 0; h < nh; h++) {
+      const int64_t c = h / g, row0 = b * T;
+      for (int64_t j = 1; j <= k; j++) {
+        const float* bj = ws_.steps[size_t(j)].qkv.data() + row0 * D;
+        float* dbj = ws_.dqkv[size_t(j)].data() + row0 * D;
+        ek[size_t(j - 1)] = bj + qd + c * d;
+        ev[size_t(j - 1)] = bj + qd + kvd + c * d;
+        dek[size_t(j - 1)] = dbj + qd + c * d;
+        dev[size_t(j - 1)] = dbj + qd + kvd + c * d;
+      }
+      AttnHead hd;
+      hd.q = a.qkv.data() + row0 * D + h * d;
+      hd.ldq = D;
+      hd.k = base0 + row0 * D + qd + c * d;
+      hd.ldk = D;
+      hd.v = base0 + row0 * D + qd + kvd + c * d;
+      hd.ldv = D;
+      hd.ek = ek.data();
+      hd.ev = ev.data();
+      hd.lde = D;
+      hd.o = a.attn.data() + row0 * qd + h * d;
+      hd.ldo = qd;
+      hd.lse = a.lse.data() + (b * nh + h) * T;
+      AttnGrad gr;
+      gr.dout = ws_.dattn.data() + row0 * qd + h * d;
+      gr.lddo = qd;
+      gr.dq = dbasek + row0 * D + h * d;
+      gr.lddq = D;
+      gr.dk = dbase0 + row0 * D + qd + c * d;
+      gr.lddk = D;
+      gr.dv = dbase0 + row0 * D + qd + kvd + c * d;
+      gr.lddv = D;
+      gr.dek = dek.data();
+      gr.dev = dev.data();
+      gr.ldde = D;
+      attention_backward(sh, hd, gr, attn_scratch_);
+    }
+}
+
+// From the complete dqkv of this step (after RoPE) to dq/dk/dv weights, dn_in, dn_hid and
+// dhin (accumulated).
+void DraftModel::layer_input_backward(LayerActs& a, float* dqkv, float* dhin) {
+  const int64_t n = a.rows, H = cfg.hidden, D = cfg.qkv_dim(), d = cfg.head_dim();
+  rope_apply(n, a.pos.data(), dqkv, D, cfg.heads, d, rope_, true);
+  rope_apply(n, a.pos.data(), dqkv + cfg.q_dim(), D, cfg.kv_heads, d, rope_, true);
+  float* dx = ws_.dx.data();
+  gemm_tn(D, 2 * H, n, 1.0f, dqkv, D, a.x.data(), 2 * H, 1.0f, G(kQ), 2 * H);
+  gemm_nn(n, 2 * H, D, 1.0f, dqkv, D, W(kQ), 2 * H, 0.0f, dx, 2 * H);
+  rmsnorm_backward(n, H, a.hin, H, W(kNHid), a.rstd_h.data(), dx + H, 2 * H, dhin, H, true, G(kNHid));
+  float* emb = ws_.scr.data();
+  embed_rows(a.tok.data(), n, emb);  // the embedding gradient itself is not needed (E is frozen)
+  rmsnorm_backward(n, H, emb, H, W(kNIn), a.rstd_e.data(), dx, 2 * H, ws_.scr2.data(), H, false, G(kNIn));
+}
+
+// ---------------------------------------------------------------------------------------------
+
+StepOutput DraftModel::run(const DraftBatch& b, const StepRequest& req) {
+  apply_threads();
+  ensure_workspace(b.B, b.T);
+  const int64_t B = b.B, T = b.T, N = B * T, H = cfg.hidden, K = cfg.ttt, Vd = cfg.draft_vocab;
+  const bool debug_logits = req.logits_out != nullptr;
+  const bool backward = req.backward && !debug_logits;
+  StepOutput out;
+  out.ploss.assign(size_t(K), 0.0);
+  out.acc.assign(size_t(K), 0.0);
+
+  PhaseTimer tm;
+  prepare_targets(b);
+  tm.lap("fwd target distribution");
+  // ---- forward ----
+  gemm_nt(N, H, 3 * H, 1.0f, b.aux, 3 * H, W(kFc), 3 * H, 0.0f, ws_.fc_out.data(), H);
+  tm.lap("fwd fc");
+  std::vector<double> ce(static_cast<size_t>(N)), hit(static_cast<size_t>(N));
+  for (int64_t k = 0; k < K; k++) {
+    LayerActs& a = ws_.steps[size_t(k)];
+    a.hin = k == 0 ? ws_.fc_out.data() : ws_.steps[size_t(k - 1)].h2.data();
+    prepare_step_rows(b, k, debug_logits);
+    layer_input_forward(a, ws_.scr.data());
+    tm.lap("fwd norms+qkv+rope");
+    attention_forward_train(k);
+    tm.lap("fwd attention");
+    layer_output_forward(a);
+    tm.lap("fwd o+mlp");
+    head_forward(a, ws_.scr.data());
+    tm.lap("fwd lm head");
+    const int64_t nl = int64_t(a.lrow.size());
+    if (debug_logits) {
+      std::copy_n(a.logits.data(), N * Vd, req.logits_out + k * N * Vd);
+      continue;
+    }
+    const float scale = backward ? float(std::pow(0.8, double(k)) / double(N)) : 0.0f;
+    soft_cross_entropy(nl, Vd, a.logits.data(), ws_.p.data(), a.prow.data(), a.lw.data(), a.ltgt.data(),
+                       scale, ce.data(), hit.data());
+    tm.lap("fwd loss");
+    double sce = 0, shit = 0, sw = 0;
+    for (int64_t i = 0; i < nl; i++) {
+      sce += ce[size_t(i)];
+      shit += hit[size_t(i)];
+      sw += a.lw[size_t(i)];
+    }
+    out.ploss[size_t(k)] = sce / double(N);
+    out.acc[size_t(k)] = sw > 0 ? shit / sw : 0.0;
+    out.loss += std::pow(0.8, double(k)) * out.ploss[size_t(k)];
+  }
+  out.step = step_count;
+  if (!backward) {
+    tm.report("forward");
+    return out;
+  }
+
+  // ---- backward ----
+  const int64_t I = cfg.intermediate, D = cfg.qkv_dim(), qd = cfg.q_dim();
+  fit(ws_.dh2, N * H);
+  fit(ws_.dh1, N * H);
+  fit(ws_.dact, N * I);
+  fit(ws_.dgu, N * 2 * I);
+  fit(ws_.duu, N * H);
+  fit(ws_.dattn, N * qd);
+  fit(ws_.dx, N * 2 * H);
+  ws_.dqkv.resize(static_cast<size_t>(K));
+  for (auto& v : ws_.dqkv) {
+    fit(v, N * D);
+    zero(v);
+  }
+  zero(grads);
+  zero(ws_.dh2);
+  tm.lap("bwd zeroing");
+  for (int64_t k = K - 1; k >= 0; k--) {
+    LayerActs& a = ws_.steps[size_t(k)];
+    head_backward(a, ws_.dh2.data());
+    tm.lap("bwd lm head");
+    layer_output_backward(a, ws_.dh2.data(), ws_.dh1.data());
+    tm.lap("bwd o+mlp");
+    attention_backward_train(k);
+    tm.lap("bwd attention");
+    // dqkv of step k is complete now: its q part was just written, its k/v parts come from
+    // queries of steps ≥ k (all processed); step 0's from every step.
+    layer_input_backward(a, ws_.dqkv[size_t(k)].data(), ws_.dh1.data());
+    tm.lap("bwd rope+qkv+norms");
+    std::swap(ws_.dh1, ws_.dh2);  // dhin of step k = dh2 of step k−1
+  }
+  gemm_tn(H, 3 * H, N, 1.0f, ws_.dh2.data(), H, b.aux, 3 * H, 1.0f, G(kFc), 3 * H);
+  tm.lap("bwd fc");
+
+  out.grad_norm = grad_norm(int64_t(grads.size()), grads.data());
+  if (req.update) {
+    if (!std::isfinite(out.grad_norm))
+      throw std::runtime_error("gradient norm is not finite (" + std::to_string(out.grad_norm) +
+                               "); weights were not updated");
+    float c = 1.0f;
+    if (req.clip > 0) c = float(std::min(1.0, req.clip / (out.grad_norm + 1e-6)));
+    AdamWParams p;
+    p.lr = req.lr;
+    p.weight_decay = req.weight_decay;
+    step_count++;
+    adamw_update(int64_t(params.size()), params.data(), grads.data(), adam_m.data(), adam_v.data(), p,
+                 step_count, c);
+    out.step = step_count;
+  }
+  tm.lap("grad norm + adamw");
+  tm.report("step");
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decoding (accept length)
+
+void DraftModel::decode_prefill(const float* aux, const int32_t* ids, int64_t L, LayerActs& a,
+                                std::vector<float>& logits) {
+  apply_threads();
+  rope_.ensure(L, cfg.head_dim(), cfg.rope_theta);
+  const int64_t H = cfg.hidden, Vd = cfg.draft_vocab, D = cfg.qkv_dim(), d = cfg.head_dim();
+  const int64_t g = cfg.heads / cfg.kv_heads, qd = cfg.q_dim(), kvd = cfg.kv_dim();
+  a.resize(cfg, L, cfg.heads * L);
+  std::vector<float> hin(static_cast<size_t>(L * H)), scratch(static_cast<size_t>(L * H));
+  gemm_nt(L, H, 3 * H, 1.0f, aux, 3 * H, W(kFc), 3 * H, 0.0f, hin.data(), H);
+  for (int64_t t = 0; t < L; t++) {
+    a.tok[size_t(t)] = t + 1 < L ? ids[t + 1] : 0;
+    a.pos[size_t(t)] = int32_t(t);
+  }
+  a.hin = hin.data();
+  layer_input_forward(a, scratch.data());
+  AttnShape sh;
+  sh.Tq = L;
+  sh.d = d;
+  sh.scale = float(1.0 / std::sqrt(double(d)));
+  for (int64_t h = 0; h < cfg.heads; h++) {
+    const int64_t c = h / g;
+    AttnHead hd;
+    hd.q = a.qkv.data() + h * d;
+    hd.ldq = D;
+    hd.k = a.qkv.data() + qd + c * d;
+    hd.ldk = D;
+    hd.v = a.qkv.data() + qd + kvd + c * d;
+    hd.ldv = D;
+    hd.o = a.attn.data() + h * d;
+    hd.ldo = qd;
+    hd.lse = a.lse.data() + h * L;
+    attention_forward(sh, hd, attn_scratch_);
+  }
+  layer_output_forward(a);
+  a.hin = nullptr;  // `hin` dies here; decode_step only reads qkv and h2
+  a.lrow.clear();
+  for (int64_t t = 0; t < L; t++) a.lrow.push_back(int32_t(t));
+  head_forward(a, scratch.data());
+  logits.assign(a.logits.begin(), a.logits.begin() + L * Vd);
+}
+
+void DraftModel::decode_step(const LayerActs& seq, int64_t p, const float* hin, std::vector<LayerActs>& chain,
+                             int64_t j, int32_t tok, std::vector<float>& logits) {
+  const int64_t H = cfg.hidden, Vd = cfg.draft_vocab, D = cfg.qkv_dim(), d = cfg.head_dim();
+  const int64_t g = cfg.heads / cfg.kv_heads, qd = cfg.q_dim(), kvd = cfg.kv_dim();
+  LayerActs& a = chain[size_t(j)];
+  if (a.rows != 1) a.resize(cfg, 1, cfg.heads);
+  rope_.ensure(p + 1, d, cfg.rope_theta);
+  std::vector<float> hin_copy(hin, hin + H), scratch(static_cast<size_t>(H));
+  a.hin = hin_copy.data();
+  a.tok[0] = tok;
+  a.pos[0] = int32_t(p);
+  layer_input_forward(a, scratch.data());
+  AttnShape sh;
+  sh.Tq = 1;
+  sh.q0 = p;
+  sh.d = d;
+  sh.nextra = j;
+  sh.scale = float(1.0 / std::sqrt(double(d)));
+  std::vector<const float*> ek(static_cast<size_t>(j)), ev(static_cast<size_t>(j));
+  for (int64_t h = 0; h < cfg.heads; h++) {
+    const int64_t c = h / g;
+    for (int64_t i = 1; i <= j; i++) {
+      ek[size_t(i - 1)] = chain[size_t(i)].qkv.data() + qd + c * d;
+      ev[size_t(i - 1)] = chain[size_t(i)].qkv.data() + qd + kvd + c * d;
+    }
+    AttnHead hd;
+    hd.q = a.qkv.data() + h * d;
+    hd.ldq = D;
+    hd.k = seq.qkv.data() + qd + c * d;
+    hd.ldk = D;
+    hd.v = seq.qkv.data() + qd + kvd + c * d;
+    hd.ldv = D;
+    hd.ek = ek.data();
+    hd.ev = ev.data();
+    hd.lde = D;
+    hd.o = a.attn.data() + h * d;
+    hd.ldo = qd;
+    hd.lse = a.lse.data() + h;
+    attention_forward(sh, hd, attn_scratch_);
+  }
+  layer_output_forward(a);
+  a.hin = nullptr;
+  a.lrow.assign(1, 0);
+  head_forward(a, scratch.data());
+  logits.assign(a.logits.begin(), a.logits.begin() + Vd);
+}
+
+}  // namespace dw

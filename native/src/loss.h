@@ -1,0 +1,25 @@
+// The training target (frozen target head → draft-vocab distribution) and the soft
+// cross-entropy loss with its gradient.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+namespace dw {
+
+// For every row r with need[r] != 0: z = last[r]·Wtᵀ (V logits), y = argmax z (lowest index),
+// tgt[r] = t2d[y] (the draft id of y, −1 when y ∉ d2t, i.e. ok = 0), and
+// p[r, j] = softmax_j(z[d2t[j]]). Rows without need get tgt = −1 and p untouched.
+// Rows are gathered into chunks so one GEMM per chunk covers only the needed rows.
+void target_distribution(int64_t N, const uint8_t* need, const float* last, int64_t H, const float* Wt,
+                         int64_t V, const int32_t* d2t, const int32_t* t2d, int64_t Vd, float* p,
+                         int32_t* tgt, std::vector<float>& scratch);
+
+// Soft cross-entropy over n rows of logits [n, Vd] (row stride Vd). Row r has target
+// distribution p + prow[r]·Vd, weight w[r] and target class tgt[r].
+// Writes ce[r] = w·(−Σ_j p_j·log_softmax_j) and hit[r] = w·[argmax logits == tgt] (lowest
+// index on ties). With grad_scale != 0 the logits are overwritten by
+// ∂(grad_scale·Σ_r ce[r])/∂logits = grad_scale·w·(softmax·Σp − p); otherwise left as they are.
+void soft_cross_entropy(int64_t n, int64_t Vd, float* logits, const float* p, const int32_t* prow,
+                        const float* w, const int32_t* tgt, float grad_scale, double* ce, double* hit);
+
+}  // namespace dw

@@ -1,0 +1,316 @@
+// JS binding of DraftModel: create (validating every tensor), step / evaluate / logits as
+// promises, weights and optimizer state in and out.
+#include <cmath>
+#include <cstring>
+
+#include "napi_models.h"
+
+namespace dw {
+
+namespace {
+
+constexpr int64_t kMaxDim = (int64_t(1) << 31) - 1;
+
+DraftConfig parse_draft_config(Napi::Env env, Napi::Value v) {
+  Napi::Object o = need_object(env, v, "config");
+  DraftConfig c;
+  c.vocab = field_int(o, "vocab", "config", 1, kMaxDim);
+  c.draft_vocab = field_int(o, "draftVocab", "config", 1, kMaxDim);
+  c.hidden = field_int(o, "hidden", "config", 1, kMaxDim);
+  c.heads = field_int(o, "heads", "config", 1, kMaxDim);
+  c.kv_heads = field_int(o, "kvHeads", "config", 1, kMaxDim);
+  c.intermediate = field_int(o, "intermediate", "config", 1, kMaxDim);
+  c.ttt = field_int(o, "ttt", "config", 1, 64);
+  c.rope_theta = field_number(o, "ropeTheta", "config");
+  c.rms_eps = field_number(o, "rmsEps", "config");
+  const std::string err = c.check();
+  if (!err.empty()) throw_invalid(env, "config: " + err);
+  return c;
+}
+
+std::string shape_str(const std::vector<int64_t>& s) {
+  std::string r = "[";
+  for (size_t i = 0; i < s.size(); i++) r += (i ? ", " : "") + std::to_string(s[i]);
+  return r + "]";
+}
+
+// Validated copy of one float tensor into dst.
+void read_f32(Napi::Env env, Napi::Value v, const std::string& what, int64_t n, float* dst) {
+  auto a = need_typed<float>(env, v, what, n);
+  const int64_t bad = first_nonfinite(a.Data(), n);
+  if (bad >= 0) throw_invalid(env, what + "[" + std::to_string(bad) + "] is not finite");
+  std::memcpy(dst, a.Data(), size_t(n) * sizeof(float));
+}
+
+// Trainable tensors from an object: all of them (require_all) or any subset. Unknown names are
+// rejected. Everything is checked before `dst` is touched.
+void read_trainable(Napi::Env env, Napi::Object o, const DraftModel& m, bool require_all, std::vector<float>& dst,
+                    const std::string& kind, const std::vector<std::string>& also_allowed) {
+  Napi::Array keys = o.GetPropertyNames();
+  for (uint32_t i = 0; i < keys.Length(); i++) {
+    const std::string k = keys.Get(i).ToString().Utf8Value();
+    bool known = false;
+    for (const auto& p : m.layout) known = known || k == p.name;
+    for (const auto& a : also_allowed) known = known || k == a;
+    if (!known) throw_invalid(env, "unknown " + kind + " '" + k + "'");
+  }
+  std::vector<float> tmp(dst);
+  for (const auto& p : m.layout) {
+    Napi::Value v = o.Get(p.name);
+    if (v.IsUndefined()) {
+      if (require_all) throw_invalid(env, "missing " + kind + " '" + std::string(p.name) + "'");
+      continue;
+    }
+    read_f32(env, v, kind + " '" + std::string(p.name) + "' " + shape_str(p.shape), p.size, tmp.data() + p.offset);
+  }
+  dst.swap(tmp);
+}
+
+Napi::Object trainable_object(Napi::Env env, const DraftModel& m, const std::vector<float>& src) {
+  Napi::Object o = Napi::Object::New(env);
+  for (const auto& p : m.layout) o.Set(p.name, to_f32(env, src.data() + p.offset, size_t(p.size)));
+  return o;
+}
+
+// A batch copied out of JS (so the caller may reuse its buffers while the step runs).
+struct BatchCopy {
+  std::vector<int32_t> ids;
+  std::vector<float> aux, last;
+  std::vector<uint8_t> mask;
+  int64_t B = 0, T = 0;
+  DraftBatch view() const {
+    DraftBatch b;
+    b.ids = ids.data();
+    b.aux = aux.data();
+    b.last = last.data();
+    b.mask = mask.data();
+    b.B = B;
+    b.T = T;
+    return b;
+  }
+};
+
+BatchCopy parse_batch(Napi::Env env, Napi::Value v, const DraftConfig& c) {
+  Napi::Object o = need_object(env, v, "batch");
+  BatchCopy b;
+  b.B = field_int(o, "batch", "batch", 1, 1 << 20);
+  b.T = field_int(o, "seq", "batch", 1, 1 << 20);
+  const int64_t N = b.B * b.T, H = c.hidden;
+  if (double(N) * double(3 * H) > 2e9) throw_invalid(env, "batch too large: batch·seq·3·hidden exceeds 2e9");
+  auto ids = need_typed<int32_t>(env, o.Get("ids"), "batch.ids (batch·seq = " + std::to_string(N) + ")", N);
+  auto aux = need_typed<float>(env, o.Get("aux"), "batch.aux (batch·seq·3·hidden = " + std::to_string(N * 3 * H) + ")",
+                               N * 3 * H);
+  auto last =
+      need_typed<float>(env, o.Get("last"), "batch.last (batch·seq·hidden = " + std::to_string(N * H) + ")", N * H);
+  auto mask = need_typed<uint8_t>(env, o.Get("mask"), "batch.mask (batch·seq = " + std::to_string(N) + ")", N);
+  b.ids.assign(ids.Data(), ids.Data() + N);
+  b.aux.assign(aux.Data(), aux.Data() + N * 3 * H);
+  b.last.assign(last.Data(), last.Data() + N * H);
+  b.mask.assign(mask.Data(), mask.Data() + N);
+  return b;
+}
+
+enum Mode { kTrain = 0, kEval = 1, kLogits = 2 };
+
+class DraftWorker : public PromiseWorker {
+ public:
+  DraftWorker(Napi::Env env, std::shared_ptr<DraftState> st, BatchCopy batch, StepRequest req, int mode,
+              bool return_grads)
+      : PromiseWorker(env, "draftwire:draft"),
+        st_(std::move(st)),
+        batch_(std::move(batch)),
+        req_(req),
+        mode_(mode),
+        return_grads_(return_grads) {}
+
+ protected:
+  void run() override {
+    DraftModel& m = st_->model;
+    const DraftBatch b = batch_.view();
+    const std::string err = m.check_batch(b);
+    if (!err.empty()) throw InvalidArg("batch." + err);
+    if (mode_ == kLogits) {
+      logits_.resize(static_cast<size_t>(m.cfg.ttt * b.B * b.T * m.cfg.draft_vocab));
+      req_.logits_out = logits_.data();
+    }
+    out_ = m.run(b, req_);
+    if (return_grads_) grads_ = m.grads;
+  }
+
+  Napi::Value result(Napi::Env env) override {
+    const DraftModel& m = st_->model;
+    if (mode_ == kLogits) return to_f32(env, logits_.data(), logits_.size());
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("loss", out_.loss);
+    std::vector<float> pl(out_.ploss.begin(), out_.ploss.end()), ac(out_.acc.begin(), out_.acc.end());
+    o.Set("ploss", to_f32(env, pl.data(), pl.size()));
+    o.Set("acc", to_f32(env, ac.data(), ac.size()));
+    if (mode_ == kTrain) {
+      o.Set("gradNorm", out_.grad_norm);
+      o.Set("step", double(out_.step));
+      o.Set("grads", return_grads_ ? Napi::Value(trainable_object(env, m, grads_)) : env.Null());
+    }
+    return o;
+  }
+
+  void done() override { st_->busy.release(); }
+
+ private:
+  std::shared_ptr<DraftState> st_;
+  BatchCopy batch_;
+  StepRequest req_;
+  int mode_;
+  bool return_grads_;
+  StepOutput out_;
+  std::vector<float> grads_, logits_;
+};
+
+}  // namespace
+
+Napi::Function DraftWrap::Init(Napi::Env env) {
+  return DefineClass(env, "DraftModel",
+                     {
+                         InstanceMethod("step", &DraftWrap::Step),
+                         InstanceMethod("evaluate", &DraftWrap::Evaluate),
+                         InstanceMethod("logits", &DraftWrap::Logits),
+                         InstanceMethod("weights", &DraftWrap::Weights),
+                         InstanceMethod("optimizerState", &DraftWrap::OptimizerState),
+                         InstanceMethod("loadOptimizerState", &DraftWrap::LoadOptimizerState),
+                         InstanceMethod("setWeights", &DraftWrap::SetWeights),
+                         InstanceMethod("close", &DraftWrap::Close),
+                     });
+}
+
+// new DraftModel(config, weights, threads)
+DraftWrap::DraftWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<DraftWrap>(info) {
+  Napi::Env env = info.Env();
+  const DraftConfig c = parse_draft_config(env, info[0]);
+  Napi::Object w = need_object(env, info[1], "weights");
+  const int64_t threads = info[2].IsUndefined() || info[2].IsNull() ? 0 : need_int(env, info[2], "threads", 0, 256);
+  auto st = std::make_shared<DraftState>(c);
+  DraftModel& m = st->model;
+  read_trainable(env, w, m, true, m.params, "weight", {"embed", "target_head", "d2t"});
+  const std::string eshape = " [" + std::to_string(c.vocab) + ", " + std::to_string(c.hidden) + "]";
+  read_f32(env, w.Get("embed"), "weight 'embed'" + eshape, c.vocab * c.hidden, m.embed.data());
+  read_f32(env, w.Get("target_head"), "weight 'target_head'" + eshape, c.vocab * c.hidden, m.target_head.data());
+  auto d2t = need_typed<int32_t>(env, w.Get("d2t"), "weight 'd2t' [" + std::to_string(c.draft_vocab) + "]",
+                                 c.draft_vocab);
+  const std::string err = m.set_d2t(std::vector<int32_t>(d2t.Data(), d2t.Data() + c.draft_vocab));
+  if (!err.empty()) throw_invalid(env, "weight " + err);
+  m.threads = int(threads);
+  state_ = std::move(st);
+}
+
+std::shared_ptr<DraftState> DraftWrap::acquire(Napi::Env env, const char* op) {
+  if (!state_) throw_native(env, std::string("DraftModel.") + op + ": the model is closed");
+  if (!state_->busy.try_acquire())
+    throw_native(env, std::string("DraftModel.") + op + ": the model is busy (another operation is running)");
+  return state_;
+}
+
+DraftWrap* DraftWrap::from(Napi::Env env, Napi::Value v, const char* what) {
+  auto* data = env.GetInstanceData<AddonData>();
+  if (!v.IsObject() || !v.As<Napi::Object>().InstanceOf(data->draft_ctor.Value()))
+    throw_invalid(env, std::string(what) + " must be a native DraftModel");
+  return DraftWrap::Unwrap(v.As<Napi::Object>());
+}
+
+Napi::Value DraftWrap::RunBatch(const Napi::CallbackInfo& info, int mode) {
+  Napi::Env env = info.Env();
+  if (!state_) throw_native(env, "DraftModel: the model is closed");
+  const DraftConfig& c = state_->model.cfg;
+  BatchCopy batch = parse_batch(env, info[0], c);
+  StepRequest req;
+  bool return_grads = false;
+  if (mode == kTrain) {
+    Napi::Object o = need_object(env, info[1], "options");
+    req.backward = true;
+    Napi::Value lr = o.Get("lr"), clip = o.Get("clip"), wd = o.Get("weightDecay"), rg = o.Get("returnGrads");
+    if (!lr.IsNull() && !lr.IsUndefined()) {
+      req.lr = need_number(env, lr, "options.lr");
+      if (req.lr < 0) throw_invalid(env, "options.lr must be >= 0 (or null for no update)");
+      req.update = true;
+    }
+    if (!clip.IsNull() && !clip.IsUndefined()) {
+      req.clip = need_number(env, clip, "options.clip");
+      if (req.clip < 0) throw_invalid(env, "options.clip must be >= 0 (or null for no clipping)");
+    }
+    if (!wd.IsUndefined()) {
+      req.weight_decay = need_number(env, wd, "options.weightDecay");
+      if (req.weight_decay < 0) throw_invalid(env, "options.weightDecay must be >= 0");
+    }
+    if (!rg.IsUndefined() && !rg.IsBoolean()) throw_invalid(env, "options.returnGrads must be a boolean");
+    return_grads = rg.IsBoolean() && rg.As<Napi::Boolean>().Value();
+  }
+  auto st = acquire(env, mode == kTrain ? "step" : mode == kEval ? "evaluate" : "logits");
+  auto* w = new DraftWorker(env, st, std::move(batch), req, mode, return_grads);
+  Napi::Promise p = w->promise();
+  w->Queue();
+  return p;
+}
+
+Napi::Value DraftWrap::Step(const Napi::CallbackInfo& info) { return RunBatch(info, kTrain); }
+Napi::Value DraftWrap::Evaluate(const Napi::CallbackInfo& info) { return RunBatch(info, kEval); }
+Napi::Value DraftWrap::Logits(const Napi::CallbackInfo& info) { return RunBatch(info, kLogits); }
+
+Napi::Value DraftWrap::Weights(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto st = acquire(env, "weights");
+  Napi::Object o = trainable_object(env, st->model, st->model.params);
+  st->busy.release();
+  return o;
+}
+
+Napi::Value DraftWrap::OptimizerState(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto st = acquire(env, "optimizerState");
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("step", double(st->model.step_count));
+  o.Set("m", trainable_object(env, st->model, st->model.adam_m));
+  o.Set("v", trainable_object(env, st->model, st->model.adam_v));
+  st->busy.release();
+  return o;
+}
+
+Napi::Value DraftWrap::LoadOptimizerState(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto st = acquire(env, "loadOptimizerState");
+  try {
+    DraftModel& m = st->model;
+    Napi::Object o = need_object(env, info[0], "optimizer state");
+    const int64_t step = need_int(env, o.Get("step"), "optimizer state.step", 0, int64_t(1) << 53);
+    std::vector<float> mm(m.adam_m), vv(m.adam_v);
+    read_trainable(env, need_object(env, o.Get("m"), "optimizer state.m"), m, true, mm, "optimizer state.m tensor", {});
+    read_trainable(env, need_object(env, o.Get("v"), "optimizer state.v"), m, true, vv, "optimizer state.v tensor", {});
+    for (size_t i = 0; i < vv.size(); i++)
+      if (vv[i] < 0) throw_invalid(env, "optimizer state.v has a negative entry at flat index " + std::to_string(i));
+    m.adam_m.swap(mm);
+    m.adam_v.swap(vv);
+    m.step_count = step;
+  } catch (...) {
+    st->busy.release();
+    throw;
+  }
+  st->busy.release();
+  return env.Undefined();
+}
+
+Napi::Value DraftWrap::SetWeights(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto st = acquire(env, "setWeights");
+  try {
+    read_trainable(env, need_object(env, info[0], "weights"), st->model, false, st->model.params, "weight", {});
+  } catch (...) {
+    st->busy.release();
+    throw;
+  }
+  st->busy.release();
+  return env.Undefined();
+}
+
+Napi::Value DraftWrap::Close(const Napi::CallbackInfo& info) {
+  state_.reset();  // an in-flight worker keeps its own reference; memory goes when it ends
+  return info.Env().Undefined();
+}
+
+}  // namespace dw

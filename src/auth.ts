@@ -1,0 +1,207 @@
+// Authentication for every message and sample (DESIGN.md §4): one job secret, read from the
+// environment (DRAFTWIRE_SECRET) or a file (DRAFTWIRE_SECRET_FILE), never a CLI argument.
+// Every key is derived from it with HKDF-SHA256 under its own label, so every process of a
+// job derives the same MAC key, NATS credentials and store tokens, and no derived value
+// reveals another. MACs are compared in constant time; failures say nothing about why.
+import { createHmac, createSecretKey, hkdfSync, randomBytes, timingSafeEqual, type KeyObject } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { AuthError, DecodeError, InvalidArgumentError } from './errors.ts';
+import { canonicalRefBytes, decodeMessage, encodeMessage, type SampleRef } from './sampleref.ts';
+
+export const MIN_SECRET_BYTES = 16;
+const SALT = Buffer.from('draftwire/v1', 'utf8');
+const ENVELOPE_PREFIX = Buffer.from('draftwire/v1/envelope\0', 'utf8');
+const MAC_BYTES = 32;
+const NONCE_BYTES = 16;
+
+export interface AuthOptions {
+  /** Accepted |now - ts| for sealed messages, ms (default 30 000). */
+  windowMs?: number;
+  /** Bound on remembered nonces (default 1 000 000). */
+  replayCacheSize?: number;
+  /** Bound on sealed messages `open` accepts (default 16 MiB). */
+  maxEnvelopeBytes?: number;
+}
+
+export class AuthPolicy {
+  readonly enabled: boolean;
+  readonly windowMs: number;
+  private readonly macKey: KeyObject | null;
+  private readonly secret: Buffer | null;
+  private readonly replayCacheSize: number;
+  private readonly maxEnvelopeBytes: number;
+  /** nonce (hex) -> ts, in insertion order. */
+  private readonly seen = new Map<string, number>();
+  /** Messages with ts <= floor are refused: a nonce of theirs may have been evicted. */
+  private floorTs = -Infinity;
+
+  private constructor(secret: Buffer | null, opts: AuthOptions = {}) {
+    this.enabled = secret !== null;
+    this.secret = secret;
+    this.macKey = secret ? createSecretKey(derive(secret, 'draftwire/v1/mac', 32)) : null;
+    this.windowMs = opts.windowMs ?? 30_000;
+    this.replayCacheSize = opts.replayCacheSize ?? 1_000_000;
+    this.maxEnvelopeBytes = opts.maxEnvelopeBytes ?? 16 * 1024 * 1024;
+    if (!(this.windowMs > 0)) throw new InvalidArgumentError(`auth windowMs must be > 0, got ${this.windowMs}`);
+    if (!Number.isInteger(this.replayCacheSize) || this.replayCacheSize < 1) throw new InvalidArgumentError(`auth replayCacheSize must be a positive integer`);
+  }
+
+  /**
+   * Reads DRAFTWIRE_SECRET or DRAFTWIRE_SECRET_FILE (contents trimmed). Neither set: auth
+   * disabled. Both set, an unreadable file, or a secret under 16 bytes: InvalidArgumentError.
+   */
+  static fromEnv(env: NodeJS.ProcessEnv = process.env, opts?: AuthOptions): AuthPolicy {
+    const direct = env.DRAFTWIRE_SECRET;
+    const file = env.DRAFTWIRE_SECRET_FILE;
+    if (direct !== undefined && direct !== '' && file !== undefined && file !== '') {
+      throw new InvalidArgumentError('set only one of DRAFTWIRE_SECRET and DRAFTWIRE_SECRET_FILE');
+    }
+    let secret: string | undefined;
+    let source = 'DRAFTWIRE_SECRET';
+    if (file !== undefined && file !== '') {
+      source = `DRAFTWIRE_SECRET_FILE (${file})`;
+      try {
+        secret = readFileSync(file, 'utf8').trim();
+      } catch (e) {
+        throw new InvalidArgumentError(`cannot read the secret file named by DRAFTWIRE_SECRET_FILE (${file}): ${(e as NodeJS.ErrnoException).code ?? 'error'}`);
+      }
+    } else if (direct !== undefined && direct !== '') {
+      secret = direct.trim();
+    }
+    if (secret === undefined) return AuthPolicy.disabled();
+    return AuthPolicy.fromSecret(secret, opts, source);
+  }
+
+  /** From a secret held in memory (tests, embedding); at least 16 bytes. */
+  static fromSecret(secret: string | Uint8Array, opts?: AuthOptions, source = 'secret'): AuthPolicy {
+    const buf = typeof secret === 'string' ? Buffer.from(secret, 'utf8') : Buffer.from(secret);
+    if (buf.byteLength < MIN_SECRET_BYTES) {
+      throw new InvalidArgumentError(`${source} is ${buf.byteLength} bytes; a secret must be at least ${MIN_SECRET_BYTES} bytes`);
+    }
+    return new AuthPolicy(buf, opts);
+  }
+
+  static disabled(): AuthPolicy {
+    return new AuthPolicy(null);
+  }
+
+  /** HMAC-SHA256 of `bytes` under the derived MAC key. Throws if auth is disabled. */
+  mac(bytes: Uint8Array): Uint8Array {
+    if (!this.macKey) throw new InvalidArgumentError('auth is disabled: no key to compute a MAC with');
+    return new Uint8Array(createHmac('sha256', this.macKey).update(bytes).digest());
+  }
+
+  /** Throws AuthError unless `mac` is the MAC of `bytes`. A no-op when auth is disabled. */
+  verifyMac(bytes: Uint8Array, mac: Uint8Array | undefined | null): void {
+    if (!this.macKey) return;
+    if (!(mac instanceof Uint8Array) || mac.byteLength !== MAC_BYTES) throw new AuthError();
+    const want = createHmac('sha256', this.macKey).update(bytes).digest();
+    if (!timingSafeEqual(want, mac)) throw new AuthError();
+  }
+
+  /** The ref with `mac` set (over its canonical encoding without mac); unchanged copy when disabled. */
+  signRef(ref: SampleRef): SampleRef {
+    const out: SampleRef = { ...ref };
+    delete out.mac;
+    if (!this.enabled) return out;
+    out.mac = this.mac(canonicalRefBytes(out, false));
+    return out;
+  }
+
+  /** Throws AuthError unless the ref carries a valid mac. A no-op when auth is disabled. */
+  verifyRef(ref: SampleRef): void {
+    if (!this.enabled) return;
+    let bytes: Uint8Array;
+    try { bytes = canonicalRefBytes(ref, false); } catch { throw new AuthError(); }
+    this.verifyMac(bytes, ref.mac);
+  }
+
+  /**
+   * Wraps a message body. Enabled: msgpack {ts, nonce, body, mac} with mac over
+   * (ts, nonce, body); disabled: msgpack {body}.
+   */
+  seal(body: Uint8Array, now = Date.now()): Uint8Array {
+    if (!(body instanceof Uint8Array)) throw new InvalidArgumentError('seal: body must be bytes');
+    if (!this.enabled) return encodeMessage({ body }, this.maxEnvelopeBytes);
+    const ts = Math.floor(now);
+    const nonce = new Uint8Array(randomBytes(NONCE_BYTES));
+    const mac = new Uint8Array(this.envelopeMac(ts, nonce, body));
+    return encodeMessage({ ts, nonce, body, mac }, this.maxEnvelopeBytes);
+  }
+
+  /**
+   * Unwraps a sealed message: DecodeError if malformed; AuthError (no detail) on a missing or
+   * wrong mac, a timestamp outside ±window of `now`, or a nonce already seen in the window.
+   */
+  open(bytes: Uint8Array, now = Date.now()): Uint8Array {
+    const env = decodeMessage(bytes, this.maxEnvelopeBytes);
+    const body = env.body;
+    if (!(body instanceof Uint8Array)) throw new DecodeError('sealed message: body must be bytes');
+    if (!this.enabled) return new Uint8Array(body);
+    const { ts, nonce, mac } = env;
+    if (typeof ts !== 'number' || !Number.isSafeInteger(ts) || !(nonce instanceof Uint8Array) || nonce.byteLength !== NONCE_BYTES || !(mac instanceof Uint8Array)) {
+      throw new AuthError();
+    }
+    if (mac.byteLength !== MAC_BYTES || !timingSafeEqual(this.envelopeMac(ts, nonce, body), mac)) throw new AuthError();
+    if (Math.abs(now - ts) > this.windowMs || ts <= this.floorTs) throw new AuthError();
+    this.prune(now);
+    const key = Buffer.from(nonce).toString('hex');
+    if (this.seen.has(key)) throw new AuthError();
+    this.seen.set(key, ts);
+    if (this.seen.size > this.replayCacheSize) {
+      const [oldKey, oldTs] = this.seen.entries().next().value as [string, number];
+      this.seen.delete(oldKey);
+      this.floorTs = Math.max(this.floorTs, oldTs);
+    }
+    return new Uint8Array(body);
+  }
+
+  private envelopeMac(ts: number, nonce: Uint8Array, body: Uint8Array): Buffer {
+    const head = Buffer.alloc(ENVELOPE_PREFIX.byteLength + 8);
+    ENVELOPE_PREFIX.copy(head, 0);
+    head.writeBigInt64BE(BigInt(ts), ENVELOPE_PREFIX.byteLength);
+    return createHmac('sha256', this.macKey!).update(head).update(nonce).update(body).digest();
+  }
+
+  /** Forgets nonces whose timestamps can no longer pass the window check. */
+  private prune(now: number): void {
+    // Insertion order is close to ts order; stop at the first entry still inside the window.
+    for (const [k, ts] of this.seen) {
+      if (ts < now - this.windowMs) this.seen.delete(k);
+      else break;
+    }
+  }
+
+  /** Size of the replay cache (for stats and tests). */
+  replayCacheEntries(): number {
+    return this.seen.size;
+  }
+
+  /** NATS user/password derived from the secret (same in every process); null when disabled. */
+  natsCredentials(): { user: string; pass: string } | null {
+    if (!this.secret) return null;
+    return {
+      user: 'dw-' + derive(this.secret, 'draftwire/v1/nats-user', 8).toString('hex'),
+      pass: derive(this.secret, 'draftwire/v1/nats-pass', 24).toString('base64url'),
+    };
+  }
+
+  /** A token proving knowledge of the secret for one store (hex); '' when disabled. */
+  storeToken(storeId: string): string {
+    if (!this.secret) return '';
+    const key = derive(this.secret, 'draftwire/v1/store-token', 32);
+    return createHmac('sha256', key).update(storeId, 'utf8').digest('hex');
+  }
+
+  /** Constant-time comparison of a presented store token. */
+  verifyStoreToken(storeId: string, token: string): void {
+    if (!this.secret) return;
+    const want = Buffer.from(this.storeToken(storeId), 'utf8');
+    const got = Buffer.from(typeof token === 'string' ? token : '', 'utf8');
+    if (got.byteLength !== want.byteLength || !timingSafeEqual(want, got)) throw new AuthError();
+  }
+}
+
+function derive(secret: Buffer, label: string, bytes: number): Buffer {
+  return Buffer.from(hkdfSync('sha256', secret, SALT, Buffer.from(label, 'utf8'), bytes));
+}

@@ -1,0 +1,105 @@
+// Sample checksums that partial readers can verify. Every tensor is cut into blocks of whole
+// rows (about 1 MiB each); the manifest lists each block's sha256; the sample's checksum is
+// `sha256m:<sha256 of the canonical manifest JSON>`. The manifest travels in the file
+// header and is bound to the (MAC'd) ref by that checksum, so a reader of some tensors or
+// some rows verifies exactly the blocks it reads, and a full reader verifies everything.
+import { createHash } from 'node:crypto';
+import { ChecksumError, DecodeError } from './errors.ts';
+import { DTYPE_BYTES, numel, type Dtype } from './tensor.ts';
+
+export const DEFAULT_BLOCK_BYTES = 1 << 20;
+
+export interface ManifestTensor {
+  name: string;
+  dtype: Dtype;
+  shape: number[];
+  /** Rows (of the first dimension) per block; a rank-0 tensor is one block. */
+  blockRows: number;
+  /** sha256 (hex) of each block, in order. */
+  digests: string[];
+}
+
+export interface Manifest {
+  v: 1;
+  blockBytes: number;
+  tensors: ManifestTensor[];
+}
+
+/** Rows of the first dimension (1 for a scalar). */
+export function rowsOf(shape: readonly number[]): number {
+  return shape.length === 0 ? 1 : shape[0]!;
+}
+
+function layout(dtype: Dtype, shape: readonly number[], blockBytes: number): { rows: number; rowBytes: number; blockRows: number; blocks: number } {
+  const rows = rowsOf(shape);
+  const total = numel(shape) * DTYPE_BYTES[dtype];
+  const rowBytes = rows === 0 ? 0 : total / rows;
+  const blockRows = rowBytes > 0 ? Math.max(1, Math.floor(blockBytes / rowBytes)) : Math.max(1, rows);
+  const blocks = Math.max(1, Math.ceil(rows / blockRows));
+  return { rows, rowBytes, blockRows, blocks };
+}
+
+/** Digests of one tensor's bytes. */
+export function tensorManifest(name: string, dtype: Dtype, shape: number[], bytes: Uint8Array, blockBytes = DEFAULT_BLOCK_BYTES): ManifestTensor {
+  const { rows, rowBytes, blockRows, blocks } = layout(dtype, shape, blockBytes);
+  const digests: string[] = [];
+  for (let b = 0; b < blocks; b++) {
+    const r0 = b * blockRows;
+    const r1 = Math.min(rows, r0 + blockRows);
+    const slice = rowBytes > 0 ? bytes.subarray(r0 * rowBytes, r1 * rowBytes) : bytes;
+    digests.push(createHash('sha256').update(slice).digest('hex'));
+  }
+  return { name, dtype, shape: [...shape], blockRows, digests };
+}
+
+export function buildManifest(tensors: { name: string; dtype: Dtype; shape: number[]; bytes: Uint8Array }[], blockBytes = DEFAULT_BLOCK_BYTES): Manifest {
+  return { v: 1, blockBytes, tensors: tensors.map((t) => tensorManifest(t.name, t.dtype, t.shape, t.bytes, blockBytes)) };
+}
+
+/** The canonical JSON of a manifest (fixed key order). */
+export function manifestJson(m: Manifest): string {
+  return JSON.stringify({
+    v: m.v, blockBytes: m.blockBytes,
+    tensors: m.tensors.map((t) => ({ name: t.name, dtype: t.dtype, shape: t.shape, blockRows: t.blockRows, digests: t.digests })),
+  });
+}
+
+export function checksumOfManifestJson(json: string): string {
+  return 'sha256m:' + createHash('sha256').update(json, 'utf8').digest('hex');
+}
+
+/** Parses manifest JSON from a file header; DecodeError when malformed. */
+export function parseManifest(json: string, where: string): Manifest {
+  let raw: unknown;
+  try { raw = JSON.parse(json); } catch { throw new DecodeError(`${where}: manifest is not JSON`); }
+  const m = raw as Manifest;
+  const ok = m !== null && typeof m === 'object' && m.v === 1 && Number.isSafeInteger(m.blockBytes) && m.blockBytes > 0 && Array.isArray(m.tensors)
+    && m.tensors.every((t) => t && typeof t.name === 'string' && typeof t.dtype === 'string' && t.dtype in DTYPE_BYTES
+      && Array.isArray(t.shape) && t.shape.every((d) => Number.isSafeInteger(d) && d >= 0)
+      && Number.isSafeInteger(t.blockRows) && t.blockRows >= 1 && Array.isArray(t.digests)
+      && t.digests.every((d) => typeof d === 'string' && /^[0-9a-f]{64}$/.test(d))
+      && t.digests.length === layout(t.dtype, t.shape, m.blockBytes).blocks && t.blockRows === layout(t.dtype, t.shape, m.blockBytes).blockRows);
+  if (!ok) throw new DecodeError(`${where}: manifest is malformed`);
+  return m;
+}
+
+/** The block range covering rows [r0, r1) and its byte range within the tensor. */
+export function blockSpan(t: ManifestTensor, blockBytes: number, r0: number, r1: number): { b0: number; b1: number; byte0: number; byte1: number; rowBytes: number } {
+  const { rows, rowBytes, blockRows, blocks } = layout(t.dtype, t.shape, blockBytes);
+  if (rowBytes === 0) return { b0: 0, b1: blocks, byte0: 0, byte1: 0, rowBytes };
+  const b0 = Math.floor(r0 / blockRows);
+  const b1 = r1 === r0 ? b0 : Math.ceil(r1 / blockRows);
+  return { b0, b1, byte0: b0 * blockRows * rowBytes, byte1: Math.min(rows, b1 * blockRows) * rowBytes, rowBytes };
+}
+
+/** Verifies blocks [b0, b1) of a tensor, given their bytes (contiguous). Throws ChecksumError. */
+export function verifyBlocks(t: ManifestTensor, blockBytes: number, b0: number, b1: number, bytes: Uint8Array, where: string): void {
+  const { rows, rowBytes, blockRows } = layout(t.dtype, t.shape, blockBytes);
+  let off = 0;
+  for (let b = b0; b < b1; b++) {
+    const n = rowBytes > 0 ? (Math.min(rows, (b + 1) * blockRows) - b * blockRows) * rowBytes : bytes.byteLength;
+    const got = createHash('sha256').update(bytes.subarray(off, off + n)).digest('hex');
+    if (got !== t.digests[b]) throw new ChecksumError(`${where}: tensor "${t.name}" block ${b} does not match its checksum (corrupted)`, { detail: { tensor: t.name, block: b } });
+    off += n;
+  }
+}

@@ -1,0 +1,112 @@
+// The job spec: everything every process of a training job must agree on, written once by
+// `draftwire run` (or an operator) as job.json in the run directory and read by the node
+// agent and every rank. Validation names the field that is wrong.
+import { readFileSync } from 'node:fs';
+import { writeFile, rename } from 'node:fs/promises';
+import { join } from 'node:path';
+import { DecodeError, InvalidArgumentError } from './errors.ts';
+import type { DraftConfig, TargetConfig } from './native.ts';
+
+export interface JobSpec {
+  /** Job id: [A-Za-z0-9_-]{1,64} (a NATS subject token). */
+  job: string;
+  /** Run directory: job.json, init/checkpoint weights, summary, ledger export. */
+  runDir: string;
+  /** Shared feature-store directory. */
+  storeDir: string;
+  /** Id of the feature store (its marker file names it). */
+  storeId: string;
+  draft: DraftConfig;
+  target: TargetConfig;
+  /** Tokens per sample (prompt + target continuation). */
+  seqLen: number;
+  promptLen: number;
+  /** Samples per step per DP group. */
+  batch: number;
+  steps: number;
+  lr: number;
+  clip: number | null;
+  weightDecay: number;
+  dp: number;
+  tp: number;
+  sp: number;
+  seed: number;
+  /** Rollout sampling temperature (0 = greedy continuations). */
+  temperature: number;
+  leaseMs: number;
+  maxDeliveries: number;
+  storeHighBytes: number;
+  storeLowBytes: number;
+  /** A text or JSONL file of prompts, or null for seeded synthetic prompts. */
+  dataset: string | null;
+  /** Accept length is measured every this many steps (and at the end); 0 = only at the end. */
+  evalEvery: number;
+  evalPrompts: number;
+  /** BLAS threads per rank. */
+  threads: number;
+  /** Initial weights (safetensors, DESIGN names) every rank loads. */
+  initWeights: string;
+}
+
+const ID_RE = /^[A-Za-z0-9_-]{1,64}$/;
+
+function num(o: Record<string, unknown>, key: string, opts: { int?: boolean; min?: number; max?: number; nullable?: boolean } = {}): number {
+  const v = o[key];
+  if (typeof v !== 'number' || !Number.isFinite(v) || (opts.int && !Number.isInteger(v))) {
+    throw new InvalidArgumentError(`job spec: "${key}" must be a finite ${opts.int ? 'integer' : 'number'}, got ${JSON.stringify(v)}`);
+  }
+  if (opts.min !== undefined && v < opts.min) throw new InvalidArgumentError(`job spec: "${key}" must be >= ${opts.min}, got ${v}`);
+  if (opts.max !== undefined && v > opts.max) throw new InvalidArgumentError(`job spec: "${key}" must be <= ${opts.max}, got ${v}`);
+  return v;
+}
+
+function str(o: Record<string, unknown>, key: string): string {
+  const v = o[key];
+  if (typeof v !== 'string' || v === '') throw new InvalidArgumentError(`job spec: "${key}" must be a non-empty string`);
+  return v;
+}
+
+/** Checks a parsed job spec; returns it typed. */
+export function validateJobSpec(x: unknown): JobSpec {
+  if (x === null || typeof x !== 'object' || Array.isArray(x)) throw new InvalidArgumentError('job spec must be a JSON object');
+  const o = x as Record<string, unknown>;
+  const job = str(o, 'job');
+  if (!ID_RE.test(job)) throw new InvalidArgumentError(`job spec: "job" must match ${ID_RE}, got ${JSON.stringify(job)}`);
+  for (const k of ['runDir', 'storeDir', 'storeId', 'initWeights']) str(o, k);
+  for (const k of ['seqLen', 'promptLen', 'batch', 'steps', 'dp', 'tp', 'sp', 'leaseMs', 'maxDeliveries', 'evalPrompts', 'threads']) num(o, k, { int: true, min: 1 });
+  for (const k of ['seed', 'evalEvery']) num(o, k, { int: true, min: 0 });
+  num(o, 'lr', { min: 0 });
+  num(o, 'weightDecay', { min: 0 });
+  num(o, 'temperature', { min: 0 });
+  num(o, 'storeHighBytes', { int: true, min: 1 });
+  num(o, 'storeLowBytes', { int: true, min: 0, max: o.storeHighBytes as number });
+  if (o.clip !== null) num(o, 'clip', { min: 0 });
+  if (o.dataset !== null && typeof o.dataset !== 'string') throw new InvalidArgumentError('job spec: "dataset" must be a path or null');
+  if ((o.promptLen as number) >= (o.seqLen as number)) throw new InvalidArgumentError(`job spec: "promptLen" (${o.promptLen}) must be below "seqLen" (${o.seqLen})`);
+  if (o.draft === null || typeof o.draft !== 'object') throw new InvalidArgumentError('job spec: "draft" must be a draft config object');
+  if (o.target === null || typeof o.target !== 'object') throw new InvalidArgumentError('job spec: "target" must be a target config object');
+  return o as unknown as JobSpec;
+}
+
+export function jobFile(runDir: string): string {
+  return join(runDir, 'job.json');
+}
+
+export function loadJobSpec(path: string): JobSpec {
+  let text: string;
+  try { text = readFileSync(path, 'utf8'); } catch (e) {
+    throw new InvalidArgumentError(`cannot read job spec ${path}: ${(e as NodeJS.ErrnoException).code ?? String(e)}`);
+  }
+  let parsed: unknown;
+  try { parsed = JSON.parse(text); } catch { throw new DecodeError(`job spec ${path} is not valid JSON`); }
+  return validateJobSpec(parsed);
+}
+
+/** Writes job.json atomically (temp + rename). */
+export async function saveJobSpec(spec: JobSpec): Promise<string> {
+  const path = jobFile(spec.runDir);
+  const tmp = `${path}.tmp-${process.pid}`;
+  await writeFile(tmp, JSON.stringify(spec, null, 2));
+  await rename(tmp, path);
+  return path;
+}

@@ -1,0 +1,797 @@
+// The lease ledger (DESIGN.md §2 "Lease protocol") as a pure, deterministic state machine:
+// no timers, no I/O, time passed in as `now` (ms). The queue actor is a thin adapter: it
+// calls a method, writes the returned events to a JetStream stream, then replies; after a
+// restart it rebuilds the ledger with `SampleRefQueue.replay(events)`.
+//
+// A sample is  pending -> leased -> consumed,  or -> dead (dead letter).
+//
+// Rules (decided here, relied on by the actors):
+// - Leases are granted only under the current epoch, only for pending samples with
+//   dpPartition(sampleId, num) == index. The partition is computed at grant time, never
+//   stored with the sample, so the same pending pool redistributes when num changes.
+// - get/renew under an epoch other than the current one: StaleEpochError (detail.ahead is
+//   true when the caller's epoch is newer than the ledger's: retry once the queue has
+//   caught up). A get whose `num` differs from the num declared for the epoch: StaleEpochError.
+// - ack/release/fail must echo the lease's own (leaseId, epoch). They are accepted while the
+//   lease is live even after the epoch has moved on (a rank finishes and acks the step in
+//   flight during a reshard); renew is not (an old-epoch lease can't be extended, it must be
+//   finished or it expires).
+// - A lease is live until acked, released, failed, or reclaimed by expire(now). Deadlines
+//   are enforced only by expire(now) (the actor calls it on a timer): an ack arriving after
+//   the deadline but before the lease was reclaimed still counts (nobody else holds the
+//   sample). An ack/release/fail/renew of a lease that is no longer live (reclaimed,
+//   re-leased, unknown) is LeaseExpiredError, except that repeating the operation that ended
+//   it (a second ack of an acked lease, e.g. from another rank of the same step) succeeds
+//   with status 'duplicate' and changes nothing.
+// - release: back to pending, the delivery is not charged. fail(retryable): back to pending,
+//   charged. fail(non-retryable): dead. expire: back to pending, charged. A sample whose
+//   charged deliveries reach maxDeliveries goes dead.
+// - put is idempotent on (sampleId, generation). A newer generation replaces the ref of a
+//   pending or leased sample (a live lease stays valid; the next lease gets the new ref); a
+//   newer generation of a consumed or dead sample is refused; an older one is
+//   StaleGenerationError.
+// - Every mutating call takes an idempotency `key`: a repeated key returns the first answer
+//   (or throws the first error) without mutating again. Answers of calls that logged events
+//   are rebuilt by replay; cached errors are not (a retried request after a restart is
+//   evaluated afresh, which never grants a second lease).
+import { DraftwireError, InvalidArgumentError, LeaseExpiredError, StaleEpochError, StaleGenerationError } from './errors.ts';
+import { dpPartition, hash64, jumpHash } from './partition.ts';
+import { validateSampleRef, type SampleRef } from './sampleref.ts';
+
+export type SampleState = 'pending' | 'leased' | 'consumed' | 'dead';
+
+export interface Lease {
+  leaseId: string;
+  sampleId: string;
+  ref: SampleRef;
+  epoch: number;
+  consumer: string;
+  deadline: number;
+  /** Which delivery this is (1 = first). */
+  delivery: number;
+}
+
+/** One lease as logged (the ref is in the sample's put event). */
+export interface LeaseGrant {
+  leaseId: string;
+  sampleId: string;
+  generation: number;
+  deadline: number;
+  delivery: number;
+}
+
+export interface ExpiredLease {
+  leaseId: string;
+  sampleId: string;
+  epoch: number;
+  consumer: string;
+  deadline: number;
+}
+
+interface EventBase {
+  /** Position in the ledger's log, 1-based, contiguous. */
+  seq: number;
+  /** Time the call was applied (ms). */
+  at: number;
+  /** Idempotency key of the call that produced it (absent for expire/dead). */
+  key?: string;
+}
+
+export type LedgerEvent =
+  | (EventBase & { type: 'put'; ref: SampleRef; prevGeneration: number | null })
+  | (EventBase & { type: 'lease'; epoch: number; consumer: string; partition: [number, number]; leases: LeaseGrant[] })
+  | (EventBase & { type: 'ack'; leaseId: string; sampleId: string; epoch: number })
+  | (EventBase & { type: 'release'; leaseId: string; sampleId: string; epoch: number })
+  | (EventBase & { type: 'fail'; leaseId: string; sampleId: string; epoch: number; retryable: boolean; reason: string; dead: boolean })
+  | (EventBase & { type: 'renew'; leaseId: string; sampleId: string; epoch: number; deadline: number })
+  | (EventBase & { type: 'expire'; leases: ExpiredLease[] })
+  | (EventBase & { type: 'dead'; sampleId: string; generation: number; deliveries: number; reason: string })
+  | (EventBase & { type: 'epoch'; epoch: number; num: number | null });
+
+export type LedgerEventType = LedgerEvent['type'];
+type NewEvent = LedgerEvent extends infer E ? (E extends LedgerEvent ? Omit<E, 'seq'> : never) : never;
+
+/** What every mutating call returns besides its answer. */
+export interface Applied {
+  /** The events this call applied, in order (empty when nothing changed or the key repeated). */
+  events: LedgerEvent[];
+  /** True when the key had been seen and this is the first call's answer. */
+  repeated: boolean;
+}
+
+export type PutResult = Applied & { sampleId: string; generation: number; status: 'added' | 'replaced' | 'duplicate' };
+export type GetResult = Applied & { leases: Lease[] };
+export type EndResult = Applied & { leaseId: string; sampleId: string; status: 'acked' | 'released' | 'pending' | 'dead' | 'duplicate' };
+export type RenewResult = Applied & { leaseId: string; sampleId: string; deadline: number };
+export type ExpireResult = Applied & { expired: ExpiredLease[]; dead: string[] };
+export type EpochResult = Applied & { epoch: number; num: number | null };
+
+export interface LedgerOptions {
+  /** Charged deliveries after which a sample is dead-lettered (default 5). */
+  maxDeliveries?: number;
+  /** Default lease length, ms (default 60 000). */
+  leaseMs?: number;
+  /** Initial epoch (default 0). */
+  epoch?: number;
+  /** Remembered idempotency keys (default 100 000; oldest evicted first). */
+  keyCacheSize?: number;
+  /** Remembered ended leases, for duplicate detection and messages (default 1 000 000). */
+  endedLeaseCacheSize?: number;
+  /** Prefix of lease ids (default 'L'); ids are prefix + a counter rebuilt by replay. */
+  leaseIdPrefix?: string;
+}
+
+export interface CallOpts { key: string; now: number }
+export interface GetOpts extends CallOpts {
+  partition: readonly [number, number];
+  consumer: string;
+  epoch: number;
+  leaseMs?: number;
+}
+
+export interface SampleStatus {
+  sampleId: string;
+  state: SampleState;
+  generation: number;
+  /** Charged deliveries so far. */
+  deliveries: number;
+  lease: Omit<Lease, 'ref'> | null;
+  ref: SampleRef;
+}
+
+export interface LedgerStats {
+  epoch: number;
+  num: number | null;
+  seq: number;
+  samples: number;
+  pending: number;
+  leased: number;
+  consumed: number;
+  dead: number;
+  leasesGranted: number;
+  acks: number;
+  releases: number;
+  fails: number;
+  expired: number;
+  renewals: number;
+}
+
+interface LiveLease {
+  leaseId: string;
+  sampleId: string;
+  epoch: number;
+  consumer: string;
+  deadline: number;
+  delivery: number;
+}
+
+interface Entry {
+  sampleId: string;
+  h64: bigint;
+  ref: SampleRef;
+  state: SampleState;
+  deliveries: number;
+  lease: LiveLease | null;
+  /** Partition index cache: index under `pNum`. */
+  pIdx: number;
+  pNum: number;
+}
+
+type EndKind = 'acked' | 'released' | 'failed' | 'expired';
+type Op = 'put' | 'get' | 'ack' | 'release' | 'fail' | 'renew' | 'epoch';
+type CachedValue = Record<string, unknown>;
+
+function checkKey(key: unknown): string {
+  if (typeof key !== 'string' || key.length === 0 || key.length > 256) throw new InvalidArgumentError(`idempotency key must be a non-empty string of at most 256 characters, got ${typeof key === 'string' ? JSON.stringify(key.slice(0, 40)) : typeof key}`);
+  return key;
+}
+function checkTime(now: unknown, what = 'now'): number {
+  if (typeof now !== 'number' || !Number.isFinite(now)) throw new InvalidArgumentError(`${what} must be a finite number of ms, got ${String(now)}`);
+  return now;
+}
+function checkUint(x: unknown, what: string): number {
+  if (typeof x !== 'number' || !Number.isSafeInteger(x) || x < 0) throw new InvalidArgumentError(`${what} must be a non-negative integer, got ${String(x)}`);
+  return x;
+}
+function checkString(x: unknown, what: string): string {
+  if (typeof x !== 'string' || x.length === 0 || x.length > 256) throw new InvalidArgumentError(`${what} must be a non-empty string of at most 256 characters`);
+  return x;
+}
+
+export class SampleRefQueue {
+  readonly maxDeliveries: number;
+  readonly leaseMs: number;
+  private readonly keyCacheSize: number;
+  private readonly endedCacheSize: number;
+  private readonly leasePrefix: string;
+
+  private epoch: number;
+  private epochNum: number | null = null;
+  private seq = 0;
+  private leaseCounter = 0;
+  private readonly samples = new Map<string, Entry>();
+  /** Pending sample ids, in the order they became pending. */
+  private readonly pending = new Set<string>();
+  /** Pending ids by partition for one `num`, same order; rebuilt when num changes. */
+  private partIdx: { num: number; sets: Set<string>[] } | null = null;
+  private readonly leases = new Map<string, LiveLease>();
+  private readonly ended = new Map<string, { sampleId: string; epoch: number; how: EndKind }>();
+  private readonly keyResults = new Map<string, { op: Op; value: CachedValue }>();
+  private readonly keyErrors = new Map<string, { op: Op; error: DraftwireError }>();
+  private counts = { consumed: 0, dead: 0, leasesGranted: 0, acks: 0, releases: 0, fails: 0, expired: 0, renewals: 0 };
+
+  constructor(opts: LedgerOptions = {}) {
+    this.maxDeliveries = opts.maxDeliveries ?? 5;
+    this.leaseMs = opts.leaseMs ?? 60_000;
+    this.epoch = opts.epoch ?? 0;
+    this.keyCacheSize = opts.keyCacheSize ?? 100_000;
+    this.endedCacheSize = opts.endedLeaseCacheSize ?? 1_000_000;
+    this.leasePrefix = opts.leaseIdPrefix ?? 'L';
+    if (!Number.isInteger(this.maxDeliveries) || this.maxDeliveries < 1) throw new InvalidArgumentError(`maxDeliveries must be an integer >= 1, got ${this.maxDeliveries}`);
+    if (!(this.leaseMs > 0)) throw new InvalidArgumentError(`leaseMs must be > 0, got ${this.leaseMs}`);
+    checkUint(this.epoch, 'epoch');
+    if (!Number.isInteger(this.keyCacheSize) || this.keyCacheSize < 1) throw new InvalidArgumentError('keyCacheSize must be a positive integer');
+    if (!Number.isInteger(this.endedCacheSize) || this.endedCacheSize < 1) throw new InvalidArgumentError('endedLeaseCacheSize must be a positive integer');
+  }
+
+  /** A ledger rebuilt from a log (events in order, seq contiguous from 1). */
+  static replay(events: Iterable<LedgerEvent>, opts: LedgerOptions = {}): SampleRefQueue {
+    const q = new SampleRefQueue(opts);
+    for (const ev of events) q.apply(ev);
+    return q;
+  }
+
+  // ---------------------------------------------------------------- queries
+
+  currentEpoch(): number { return this.epoch; }
+  /** Partition count declared for the current epoch, or null. */
+  currentNum(): number | null { return this.epochNum; }
+  /** Number of the last applied event. */
+  lastSeq(): number { return this.seq; }
+  /** Pending samples (leasable). */
+  depth(): number { return this.pending.size; }
+  /** Live leases. */
+  inFlight(): number { return this.leases.size; }
+
+  stats(): LedgerStats {
+    return {
+      epoch: this.epoch, num: this.epochNum, seq: this.seq, samples: this.samples.size,
+      pending: this.pending.size, leased: this.leases.size, ...this.counts,
+    };
+  }
+
+  state(sampleId: string): SampleStatus | undefined {
+    const e = this.samples.get(sampleId);
+    if (!e) return undefined;
+    const lease = e.lease ? { ...e.lease, sampleId: e.sampleId } : null;
+    return { sampleId, state: e.state, generation: e.ref.generation, deliveries: e.deliveries, lease, ref: e.ref };
+  }
+
+  /** Pending sample ids in order (optionally those of one partition). */
+  pendingIds(partition?: readonly [number, number]): string[] {
+    if (!partition) return [...this.pending];
+    const [index, num] = partition;
+    return [...this.pending].filter((id) => dpPartition(id, num) === index);
+  }
+
+  /** Live leases (without refs), in grant order. */
+  liveLeases(): Omit<Lease, 'ref'>[] {
+    return [...this.leases.values()].map((l) => ({ ...l }));
+  }
+
+  /** A canonical, JSON-able picture of the whole state (for equality checks after replay). */
+  snapshot(): Record<string, unknown> {
+    const samples = [...this.samples.values()].map((e) => ({
+      sampleId: e.sampleId, state: e.state, generation: e.ref.generation, checksum: e.ref.checksum,
+      deliveries: e.deliveries, lease: e.lease ? { ...e.lease } : null,
+    }));
+    return {
+      epoch: this.epoch, num: this.epochNum, seq: this.seq, leaseCounter: this.leaseCounter,
+      samples, pending: [...this.pending], leases: [...this.leases.keys()],
+      ended: [...this.ended.entries()].map(([k, v]) => [k, v.sampleId, v.epoch, v.how]),
+      counts: { ...this.counts },
+    };
+  }
+
+  // ---------------------------------------------------------------- mutations
+
+  /** Commits a sample ref (idempotent on sampleId + generation). */
+  put(ref: SampleRef, o: CallOpts): PutResult {
+    return this.run<PutResult>('put', o.key, () => {
+      const now = checkTime(o.now);
+      let r: SampleRef;
+      try { r = validateSampleRef(ref); } catch (e) { throw new InvalidArgumentError(`put: ${(e as Error).message}`, { cause: e }); }
+      const cur = this.samples.get(r.sampleId);
+      const base = { sampleId: r.sampleId, generation: r.generation };
+      if (cur) {
+        const g = cur.ref.generation;
+        if (r.generation === g) return { ...base, status: 'duplicate' as const, events: [] };
+        if (r.generation < g) throw new StaleGenerationError(`put of sample "${r.sampleId}" generation ${r.generation}: the ledger already holds generation ${g}`, { detail: { sampleId: r.sampleId, generation: r.generation, current: g } });
+        if (cur.state === 'consumed' || cur.state === 'dead') {
+          throw new InvalidArgumentError(`put of sample "${r.sampleId}" generation ${r.generation}: the sample was already ${cur.state} at generation ${g}`, { detail: { sampleId: r.sampleId, state: cur.state } });
+        }
+      }
+      const ev = this.emit({ type: 'put', key: o.key, at: now, ref: r, prevGeneration: cur ? cur.ref.generation : null });
+      return { ...base, status: cur ? 'replaced' as const : 'added' as const, events: [ev] };
+    });
+  }
+
+  /** Leases up to `max` pending samples of partition [index, num] to `consumer`. */
+  get(max: number, o: GetOpts): GetResult {
+    return this.run<GetResult>('get', o.key, () => {
+      const now = checkTime(o.now);
+      checkUint(max, 'max');
+      const consumer = checkString(o.consumer, 'consumer');
+      const epoch = checkUint(o.epoch, 'epoch');
+      const part = o.partition;
+      if (!Array.isArray(part) || part.length !== 2) throw new InvalidArgumentError('partition must be [index, num]');
+      const [index, num] = part;
+      if (!Number.isInteger(num) || num < 1 || !Number.isInteger(index) || index < 0 || index >= num) {
+        throw new InvalidArgumentError(`partition [${String(index)}, ${String(num)}] is not [index, num] with 0 <= index < num`);
+      }
+      const leaseMs = o.leaseMs ?? this.leaseMs;
+      if (!(typeof leaseMs === 'number' && leaseMs > 0 && Number.isFinite(leaseMs))) throw new InvalidArgumentError(`leaseMs must be > 0, got ${String(leaseMs)}`);
+      this.checkGrantEpoch(epoch, num);
+      const ids = this.partitionSet(num)[index]!;
+      const grants: LeaseGrant[] = [];
+      for (const id of ids) {
+        if (grants.length >= max) break;
+        const e = this.samples.get(id)!;
+        grants.push({ leaseId: `${this.leasePrefix}${this.leaseCounter + grants.length + 1}`, sampleId: id, generation: e.ref.generation, deadline: now + leaseMs, delivery: e.deliveries + 1 });
+      }
+      if (grants.length === 0) return { leases: [], events: [] };
+      const ev = this.emit({ type: 'lease', key: o.key, at: now, epoch, consumer, partition: [index, num], leases: grants });
+      return { leases: this.leasesOf(ev as Extract<LedgerEvent, { type: 'lease' }>), events: [ev] };
+    });
+  }
+
+  /** Marks the leased sample consumed. */
+  ack(leaseId: string, epoch: number, o: CallOpts): EndResult {
+    return this.run<EndResult>('ack', o.key, () => {
+      const now = checkTime(o.now);
+      const l = this.liveLease('ack', leaseId, epoch, 'acked');
+      if ('duplicate' in l) return l.duplicate;
+      const ev = this.emit({ type: 'ack', key: o.key, at: now, leaseId, sampleId: l.sampleId, epoch });
+      return { leaseId, sampleId: l.sampleId, status: 'acked' as const, events: [ev] };
+    });
+  }
+
+  /** Gives the sample back to pending without charging the delivery. */
+  release(leaseId: string, epoch: number, o: CallOpts): EndResult {
+    return this.run<EndResult>('release', o.key, () => {
+      const now = checkTime(o.now);
+      const l = this.liveLease('release', leaseId, epoch, 'released');
+      if ('duplicate' in l) return l.duplicate;
+      const ev = this.emit({ type: 'release', key: o.key, at: now, leaseId, sampleId: l.sampleId, epoch });
+      return { leaseId, sampleId: l.sampleId, status: 'released' as const, events: [ev] };
+    });
+  }
+
+  /** Processing failed: retryable -> pending (charged), else dead letter. */
+  fail(leaseId: string, epoch: number, retryable: boolean, o: CallOpts & { reason?: string }): EndResult {
+    return this.run<EndResult>('fail', o.key, () => {
+      const now = checkTime(o.now);
+      if (typeof retryable !== 'boolean') throw new InvalidArgumentError('fail: retryable must be a boolean');
+      const reason = typeof o.reason === 'string' ? o.reason.slice(0, 500) : (retryable ? 'failed (retryable)' : 'failed');
+      const l = this.liveLease('fail', leaseId, epoch, 'failed');
+      if ('duplicate' in l) return l.duplicate;
+      const e = this.samples.get(l.sampleId)!;
+      const dead = !retryable || e.deliveries + 1 >= this.maxDeliveries;
+      const events: LedgerEvent[] = [this.emit({ type: 'fail', key: o.key, at: now, leaseId, sampleId: l.sampleId, epoch, retryable, reason, dead })];
+      if (dead) {
+        const why = retryable ? `${e.deliveries} deliveries reached maxDeliveries ${this.maxDeliveries} (last: ${reason})` : `non-retryable failure: ${reason}`;
+        events.push(this.emit({ type: 'dead', at: now, sampleId: l.sampleId, generation: e.ref.generation, deliveries: e.deliveries, reason: why }));
+      }
+      return { leaseId, sampleId: l.sampleId, status: dead ? 'dead' as const : 'pending' as const, events };
+    });
+  }
+
+  /** Extends a live lease of the current epoch to now + leaseMs. */
+  renew(leaseId: string, epoch: number, o: CallOpts & { leaseMs?: number }): RenewResult {
+    return this.run<RenewResult>('renew', o.key, () => {
+      const now = checkTime(o.now);
+      const leaseMs = o.leaseMs ?? this.leaseMs;
+      if (!(typeof leaseMs === 'number' && leaseMs > 0 && Number.isFinite(leaseMs))) throw new InvalidArgumentError(`leaseMs must be > 0, got ${String(leaseMs)}`);
+      const l = this.liveLease('renew', leaseId, epoch, null);
+      if ('duplicate' in l) throw new Error('unreachable');
+      if (l.epoch !== this.epoch) {
+        throw new StaleEpochError(`renew of lease ${leaseId}: it was granted under epoch ${l.epoch}, the queue is at epoch ${this.epoch}; finish and ack, or let it expire`, { detail: { leaseId, epoch: l.epoch, current: this.epoch } });
+      }
+      const deadline = Math.max(l.deadline, now + leaseMs);
+      const ev = this.emit({ type: 'renew', key: o.key, at: now, leaseId, sampleId: l.sampleId, epoch, deadline });
+      return { leaseId, sampleId: l.sampleId, deadline, events: [ev] };
+    });
+  }
+
+  /** Reclaims every live lease whose deadline is <= now (back to pending, charged). */
+  expire(now: number): ExpireResult {
+    checkTime(now);
+    const expired: ExpiredLease[] = [];
+    for (const l of this.leases.values()) {
+      if (l.deadline <= now) expired.push({ leaseId: l.leaseId, sampleId: l.sampleId, epoch: l.epoch, consumer: l.consumer, deadline: l.deadline });
+    }
+    if (expired.length === 0) return { expired, dead: [], events: [], repeated: false };
+    const events: LedgerEvent[] = [this.emit({ type: 'expire', at: now, leases: expired })];
+    const dead: string[] = [];
+    for (const x of expired) {
+      const e = this.samples.get(x.sampleId)!;
+      if (e.state === 'pending' && e.deliveries >= this.maxDeliveries) {
+        dead.push(x.sampleId);
+        events.push(this.emit({ type: 'dead', at: now, sampleId: x.sampleId, generation: e.ref.generation, deliveries: e.deliveries, reason: `lease expired; ${e.deliveries} deliveries reached maxDeliveries ${this.maxDeliveries}` }));
+      }
+    }
+    return { expired, dead, events, repeated: false };
+  }
+
+  /**
+   * Moves to a newer epoch (optionally declaring its partition count). Older epochs are
+   * refused; the same epoch again is a no-op.
+   */
+  setEpoch(epoch: number, o: Partial<CallOpts> & { num?: number } = {}): EpochResult {
+    const key = o.key ?? `epoch:${epoch}:${o.num ?? ''}`;
+    return this.run<EpochResult>('epoch', key, () => {
+      checkUint(epoch, 'epoch');
+      const now = o.now === undefined ? 0 : checkTime(o.now);
+      const num = o.num ?? null;
+      if (num !== null && (!Number.isInteger(num) || num < 1)) throw new InvalidArgumentError(`num must be an integer >= 1, got ${String(num)}`);
+      if (epoch < this.epoch) throw new StaleEpochError(`setEpoch(${epoch}): the ledger is already at epoch ${this.epoch}`, { detail: { epoch, current: this.epoch } });
+      if (epoch === this.epoch) {
+        if (num === null || num === this.epochNum) return { epoch, num: this.epochNum, events: [] };
+        if (this.epochNum !== null) throw new InvalidArgumentError(`epoch ${epoch} already has num ${this.epochNum}; a different num (${num}) needs a new epoch`);
+      }
+      const ev = this.emit({ type: 'epoch', key, at: now, epoch, num });
+      return { epoch, num, events: [ev] };
+    });
+  }
+
+  /**
+   * Applies one logged event (replay). Events with seq <= lastSeq() are ignored (returns
+   * false), a gap throws InvalidArgumentError, as does an event inconsistent with the state.
+   */
+  apply(ev: LedgerEvent): boolean {
+    if (ev === null || typeof ev !== 'object' || typeof (ev as { type?: unknown }).type !== 'string') throw new InvalidArgumentError('apply: not a ledger event');
+    if (typeof ev.seq !== 'number' || !Number.isSafeInteger(ev.seq)) throw new InvalidArgumentError('apply: event has no seq');
+    if (ev.seq <= this.seq) return false;
+    if (ev.seq !== this.seq + 1) throw new InvalidArgumentError(`apply: event seq ${ev.seq} leaves a gap after ${this.seq}`);
+    this.applyEvent(ev);
+    return true;
+  }
+
+  // ---------------------------------------------------------------- internals
+
+  private run<T extends Applied>(op: Op, key: string, fn: () => Omit<T, 'repeated'>): T {
+    checkKey(key);
+    const hit = this.keyResults.get(key);
+    if (hit) {
+      if (hit.op !== op) throw new InvalidArgumentError(`idempotency key ${JSON.stringify(key.slice(0, 60))} was used for ${hit.op}, not ${op}`);
+      return { ...structuredClone(hit.value), events: [], repeated: true } as unknown as T;
+    }
+    const err = this.keyErrors.get(key);
+    if (err) {
+      if (err.op !== op) throw new InvalidArgumentError(`idempotency key ${JSON.stringify(key.slice(0, 60))} was used for ${err.op}, not ${op}`);
+      throw err.error;
+    }
+    let out: Omit<T, 'repeated'>;
+    try {
+      out = fn();
+    } catch (e) {
+      if (e instanceof DraftwireError && !(e instanceof InvalidArgumentError && /idempotency key/.test(e.message))) {
+        remember(this.keyErrors, key, { op, error: e }, this.keyCacheSize);
+      }
+      throw e;
+    }
+    if (!this.keyResults.has(key)) {
+      // Calls that logged nothing (duplicates, empty gets) are remembered here; calls that
+      // logged events were remembered by applyEvent (so replay rebuilds them too).
+      const { events: _events, ...value } = out as unknown as CachedValue;
+      remember(this.keyResults, key, { op, value: structuredClone(value) }, this.keyCacheSize);
+    }
+    return { ...out, repeated: false } as T;
+  }
+
+  private checkGrantEpoch(epoch: number, num: number): void {
+    if (epoch !== this.epoch) {
+      const ahead = epoch > this.epoch;
+      throw new StaleEpochError(ahead
+        ? `get under epoch ${epoch}: the queue is still at epoch ${this.epoch} (retry once it has caught up)`
+        : `get under epoch ${epoch}: the queue grants only under epoch ${this.epoch}`, { detail: { epoch, current: this.epoch, ahead } });
+    }
+    if (this.epochNum !== null && num !== this.epochNum) {
+      throw new StaleEpochError(`get with num ${num}: epoch ${this.epoch} partitions by num ${this.epochNum}`, { detail: { epoch, num, current: this.epochNum, ahead: false } });
+    }
+  }
+
+  /** The live lease for (leaseId, epoch), or a duplicate answer, or throws. */
+  private liveLease(op: string, leaseId: string, epoch: number, endedAs: EndKind | null): LiveLease | { duplicate: Omit<EndResult, 'repeated'> } {
+    checkString(leaseId, 'leaseId');
+    checkUint(epoch, 'epoch');
+    const l = this.leases.get(leaseId);
+    if (l) {
+      if (l.epoch !== epoch) throw new StaleEpochError(`${op} of lease ${leaseId} under epoch ${epoch}: the lease was granted under epoch ${l.epoch}`, { detail: { leaseId, epoch, leaseEpoch: l.epoch } });
+      return l;
+    }
+    const end = this.ended.get(leaseId);
+    if (end && endedAs !== null && end.how === endedAs && end.epoch === epoch) {
+      return { duplicate: { leaseId, sampleId: end.sampleId, status: 'duplicate', events: [] } };
+    }
+    const why = end ? `it was ${end.how}` : 'no such live lease';
+    const holder = end ? this.samples.get(end.sampleId) : undefined;
+    const now = holder?.lease ? `; sample "${end!.sampleId}" is now leased as ${holder.lease.leaseId}` : holder ? `; sample "${end!.sampleId}" is ${holder.state}` : '';
+    throw new LeaseExpiredError(`${op} of lease ${leaseId}: ${why}${now}`, { detail: { leaseId, ended: end?.how ?? null } });
+  }
+
+  private partitionSet(num: number): Set<string>[] {
+    if (this.partIdx && this.partIdx.num === num) return this.partIdx.sets;
+    const sets = Array.from({ length: num }, () => new Set<string>());
+    for (const id of this.pending) {
+      const e = this.samples.get(id)!;
+      if (e.pNum !== num) { e.pIdx = jumpHash(e.h64, num); e.pNum = num; }
+      sets[e.pIdx]!.add(id);
+    }
+    this.partIdx = { num, sets };
+    return sets;
+  }
+
+  private addPending(e: Entry): void {
+    e.state = 'pending';
+    this.pending.add(e.sampleId);
+    if (this.partIdx) {
+      const num = this.partIdx.num;
+      if (e.pNum !== num) { e.pIdx = jumpHash(e.h64, num); e.pNum = num; }
+      this.partIdx.sets[e.pIdx]!.add(e.sampleId);
+    }
+  }
+
+  private removePending(e: Entry): void {
+    this.pending.delete(e.sampleId);
+    if (this.partIdx && e.pNum === this.partIdx.num) this.partIdx.sets[e.pIdx]!.delete(e.sampleId);
+  }
+
+  private emit(ev: NewEvent): LedgerEvent {
+    const full = { seq: this.seq + 1, ...ev } as LedgerEvent;
+    if (full.key === undefined) delete full.key;
+    this.applyEvent(full);
+    return full;
+  }
+
+  private leasesOf(ev: Extract<LedgerEvent, { type: 'lease' }>): Lease[] {
+    return ev.leases.map((g) => ({
+      leaseId: g.leaseId, sampleId: g.sampleId, ref: this.samples.get(g.sampleId)!.ref, epoch: ev.epoch,
+      consumer: ev.consumer, deadline: g.deadline, delivery: g.delivery,
+    }));
+  }
+
+  private endLease(e: Entry, leaseId: string, how: EndKind): LiveLease {
+    const l = e.lease;
+    if (!l || l.leaseId !== leaseId) throw new InvalidArgumentError(`apply: lease ${leaseId} of sample "${e.sampleId}" is not live`);
+    e.lease = null;
+    this.leases.delete(leaseId);
+    remember(this.ended, leaseId, { sampleId: e.sampleId, epoch: l.epoch, how }, this.endedCacheSize);
+    return l;
+  }
+
+  private entryOf(sampleId: string): Entry {
+    const e = this.samples.get(sampleId);
+    if (!e) throw new InvalidArgumentError(`apply: unknown sample "${sampleId}"`);
+    return e;
+  }
+
+  /** The only place state changes. */
+  private applyEvent(ev: LedgerEvent): void {
+    let result: CachedValue | null = null;
+    let op: Op | null = null;
+    switch (ev.type) {
+      case 'put': {
+        let ref: SampleRef;
+        try { ref = validateSampleRef(ev.ref); } catch (e) { throw new InvalidArgumentError(`apply: put #${ev.seq}: ${(e as Error).message}`); }
+        const cur = this.samples.get(ref.sampleId);
+        if (ev.prevGeneration === null) {
+          if (cur) throw new InvalidArgumentError(`apply: put of existing sample "${ref.sampleId}"`);
+          const e: Entry = { sampleId: ref.sampleId, h64: hash64(ref.sampleId), ref, state: 'pending', deliveries: 0, lease: null, pIdx: -1, pNum: 0 };
+          this.samples.set(ref.sampleId, e);
+          this.addPending(e);
+        } else {
+          if (!cur || cur.ref.generation !== ev.prevGeneration) throw new InvalidArgumentError(`apply: put replaces generation ${ev.prevGeneration} of "${ref.sampleId}", which the ledger does not hold`);
+          cur.ref = ref;
+        }
+        op = 'put';
+        result = { sampleId: ref.sampleId, generation: ref.generation, status: ev.prevGeneration === null ? 'added' : 'replaced' };
+        break;
+      }
+      case 'lease': {
+        for (const g of ev.leases) {
+          const e = this.entryOf(g.sampleId);
+          if (e.state !== 'pending') throw new InvalidArgumentError(`apply: lease of sample "${g.sampleId}" in state ${e.state}`);
+          this.removePending(e);
+          e.state = 'leased';
+          e.lease = { leaseId: g.leaseId, sampleId: g.sampleId, epoch: ev.epoch, consumer: ev.consumer, deadline: g.deadline, delivery: g.delivery };
+          this.leases.set(g.leaseId, e.lease);
+          this.leaseCounter++;
+          this.counts.leasesGranted++;
+        }
+        op = 'get';
+        result = { leases: this.leasesOf(ev) };
+        break;
+      }
+      case 'ack': {
+        const e = this.entryOf(ev.sampleId);
+        this.endLease(e, ev.leaseId, 'acked');
+        e.state = 'consumed';
+        this.counts.consumed++;
+        this.counts.acks++;
+        op = 'ack';
+        result = { leaseId: ev.leaseId, sampleId: ev.sampleId, status: 'acked' };
+        break;
+      }
+      case 'release': {
+        const e = this.entryOf(ev.sampleId);
+        this.endLease(e, ev.leaseId, 'released');
+        this.addPending(e);
+        this.counts.releases++;
+        op = 'release';
+        result = { leaseId: ev.leaseId, sampleId: ev.sampleId, status: 'released' };
+        break;
+      }
+      case 'fail': {
+        const e = this.entryOf(ev.sampleId);
+        this.endLease(e, ev.leaseId, 'failed');
+        e.deliveries++;
+        this.addPending(e);
+        this.counts.fails++;
+        op = 'fail';
+        result = { leaseId: ev.leaseId, sampleId: ev.sampleId, status: ev.dead ? 'dead' : 'pending' };
+        break;
+      }
+      case 'renew': {
+        const e = this.entryOf(ev.sampleId);
+        if (!e.lease || e.lease.leaseId !== ev.leaseId) throw new InvalidArgumentError(`apply: renew of lease ${ev.leaseId}, which is not live`);
+        e.lease.deadline = ev.deadline;
+        this.counts.renewals++;
+        op = 'renew';
+        result = { leaseId: ev.leaseId, sampleId: ev.sampleId, deadline: ev.deadline };
+        break;
+      }
+      case 'expire': {
+        for (const x of ev.leases) {
+          const e = this.entryOf(x.sampleId);
+          this.endLease(e, x.leaseId, 'expired');
+          e.deliveries++;
+          this.addPending(e);
+          this.counts.expired++;
+        }
+        break;
+      }
+      case 'dead': {
+        const e = this.entryOf(ev.sampleId);
+        if (e.state !== 'pending') throw new InvalidArgumentError(`apply: dead letter of sample "${ev.sampleId}" in state ${e.state}`);
+        this.removePending(e);
+        e.state = 'dead';
+        this.counts.dead++;
+        break;
+      }
+      case 'epoch': {
+        if (ev.epoch < this.epoch) throw new InvalidArgumentError(`apply: epoch ${ev.epoch} is older than ${this.epoch}`);
+        this.epoch = ev.epoch;
+        this.epochNum = ev.num;
+        op = 'epoch';
+        result = { epoch: ev.epoch, num: ev.num };
+        break;
+      }
+      default:
+        throw new InvalidArgumentError(`apply: unknown event type ${JSON.stringify((ev as { type: unknown }).type)}`);
+    }
+    this.seq = ev.seq;
+    if (ev.key !== undefined && op !== null && result !== null && !this.keyResults.has(ev.key)) {
+      remember(this.keyResults, ev.key, { op, value: result }, this.keyCacheSize);
+    }
+  }
+}
+
+function remember<K, V>(m: Map<K, V>, k: K, v: V, cap: number): void {
+  m.delete(k);
+  m.set(k, v);
+  while (m.size > cap) m.delete(m.keys().next().value as K);
+}
+
+// -------------------------------------------------------------------- audit
+
+export interface AuditReport {
+  ok: boolean;
+  problems: string[];
+  /** Distinct samples put. */
+  committed: number;
+  /** Samples consumed exactly once. */
+  consumed: number;
+  dead: number;
+  /** Still pending / leased at the end of the log (job incomplete, not a problem). */
+  pending: number;
+  leased: number;
+  /** True when every committed sample is consumed or dead. */
+  complete: boolean;
+}
+
+/**
+ * Checks a ledger log independently of the ledger's own code: every committed sample is
+ * consumed exactly once or dead-lettered (or still pending/leased: reported, not a problem),
+ * no sample has two overlapping leases, no sample is leased after it is consumed or dead,
+ * only the current holder's ack/release/fail/renew is accepted, leases are granted only
+ * under the current epoch and to the partition that owns the sample, seq is contiguous.
+ */
+export function auditEvents(events: Iterable<LedgerEvent>): AuditReport {
+  const problems: string[] = [];
+  const s = new Map<string, { live: string | null; consumed: number; dead: boolean }>();
+  let epoch: number | null = null;
+  let lastSeq = 0;
+  const p = (msg: string) => { if (problems.length < 1000) problems.push(msg); };
+  const holder = (ev: { seq: number; type: string; leaseId: string; sampleId: string }) => {
+    const x = s.get(ev.sampleId);
+    if (!x) { p(`#${ev.seq} ${ev.type} of uncommitted sample "${ev.sampleId}"`); return null; }
+    if (x.live !== ev.leaseId) p(`#${ev.seq} ${ev.type} of lease ${ev.leaseId} accepted, but the holder of "${ev.sampleId}" is ${x.live ?? 'nobody'}`);
+    return x;
+  };
+  for (const ev of events) {
+    if (ev.seq !== lastSeq + 1) p(`seq ${ev.seq} follows ${lastSeq}`);
+    lastSeq = ev.seq;
+    switch (ev.type) {
+      case 'put': {
+        const x = s.get(ev.ref.sampleId);
+        if (!x) s.set(ev.ref.sampleId, { live: null, consumed: 0, dead: false });
+        else if (x.consumed > 0 || x.dead) p(`#${ev.seq} put of "${ev.ref.sampleId}" after it was ${x.dead ? 'dead' : 'consumed'}`);
+        break;
+      }
+      case 'lease': {
+        if (epoch !== null && ev.epoch !== epoch) p(`#${ev.seq} lease granted under epoch ${ev.epoch} while the epoch is ${epoch}`);
+        const [index, num] = ev.partition;
+        for (const g of ev.leases) {
+          const x = s.get(g.sampleId);
+          if (!x) { p(`#${ev.seq} lease of uncommitted sample "${g.sampleId}"`); continue; }
+          if (x.consumed > 0 || x.dead) p(`#${ev.seq} lease ${g.leaseId} of "${g.sampleId}" after it was ${x.dead ? 'dead' : 'consumed'}`);
+          if (x.live !== null) p(`#${ev.seq} lease ${g.leaseId} of "${g.sampleId}" overlaps live lease ${x.live}`);
+          if (dpPartition(g.sampleId, num) !== index) p(`#${ev.seq} lease ${g.leaseId} of "${g.sampleId}" went to partition ${index}/${num}, which does not own it`);
+          x.live = g.leaseId;
+        }
+        break;
+      }
+      case 'ack': {
+        const x = holder(ev);
+        if (x) {
+          if (x.consumed > 0) p(`#${ev.seq} "${ev.sampleId}" consumed twice`);
+          x.consumed++;
+          x.live = null;
+        }
+        break;
+      }
+      case 'release': case 'fail': {
+        const x = holder(ev);
+        if (x) x.live = null;
+        break;
+      }
+      case 'renew': holder(ev); break;
+      case 'expire':
+        for (const l of ev.leases) { const x = holder({ seq: ev.seq, type: 'expire', leaseId: l.leaseId, sampleId: l.sampleId }); if (x) x.live = null; }
+        break;
+      case 'dead': {
+        const x = s.get(ev.sampleId);
+        if (!x) { p(`#${ev.seq} dead letter of uncommitted sample "${ev.sampleId}"`); break; }
+        if (x.live !== null) p(`#${ev.seq} "${ev.sampleId}" dead-lettered while leased as ${x.live}`);
+        if (x.consumed > 0) p(`#${ev.seq} "${ev.sampleId}" dead-lettered after it was consumed`);
+        x.dead = true;
+        break;
+      }
+      case 'epoch':
+        if (epoch !== null && ev.epoch < epoch) p(`#${ev.seq} epoch went back from ${epoch} to ${ev.epoch}`);
+        epoch = ev.epoch;
+        break;
+      default:
+        p(`#${(ev as LedgerEvent).seq} unknown event type`);
+    }
+  }
+  let consumed = 0, dead = 0, pending = 0, leased = 0;
+  for (const x of s.values()) {
+    if (x.dead) dead++;
+    else if (x.consumed === 1) consumed++;
+    else if (x.live !== null) leased++;
+    else if (x.consumed === 0) pending++;
+  }
+  return { ok: problems.length === 0, problems, committed: s.size, consumed, dead, pending, leased, complete: pending + leased === 0 };
+}
