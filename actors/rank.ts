@@ -4,6 +4,7 @@
 // the step computes, heartbeats and lease renewals keep running on the event loop.
 import type { Bus, BusSubscription } from '../src/bus.ts';
 import { DraftwireError, InvalidArgumentError, StaleEpochError } from '../src/errors.ts';
+import { failpoint } from '../src/failpoints.ts';
 import type { Lease } from '../src/ledger.ts';
 import { createLogger } from '../src/log.ts';
 import type { JobSpec } from '../src/job.ts';
@@ -101,6 +102,7 @@ export class RankWorker {
           lr: spec.lr, clip: spec.clip, weightDecay: spec.weightDecay, returnGrads: false,
         });
         const t2 = Date.now();
+        failpoint('rank.before-ack');
         // The step is acked as a whole once it succeeded (DESIGN.md §2).
         await Promise.all(leases.map((l) => bus.request(bus.subjects.queue.ack, { leaseId: l.leaseId, epoch: l.epoch }, { idempotencyKey: `ack:${l.leaseId}`, retries: 10, timeoutMs: 3000 })));
         for (const l of leases) this.held.delete(l.leaseId);

@@ -7,6 +7,7 @@ import { readFileSync } from 'node:fs';
 import type { ActorContext, ActorSpec } from '../src/actor-system.ts';
 import type { Bus } from '../src/bus.ts';
 import { BackpressureError, InvalidArgumentError } from '../src/errors.ts';
+import { failpoint } from '../src/failpoints.ts';
 import type { JobSpec } from '../src/job.ts';
 import { TargetModel } from '../src/native.ts';
 import type { FeatureStore } from '../src/store/feature-store.ts';
@@ -115,6 +116,7 @@ export function rolloutActorSpec(o: RolloutOptions): ActorSpec<RolloutState, Rol
         if (e instanceof BackpressureError) { again(200); return st; }
         throw e; // the supervisor restarts us; the row is produced again
       }
+      failpoint('rollout.after-put'); // a crash here must leave one committed sample, no orphan
       await bus.request(bus.subjects.queue.commit, { ref }, { idempotencyKey: `commit:${id}:${ref.generation}`, timeoutMs: 5000, retries: 20 });
       st.done.add(id);
       st.row++;

@@ -4,5 +4,5 @@
 import { register } from 'tsx/esm/api';
 
 register();
-const { main } = await import('../cluster/cli.ts');
-process.exit(await main(process.argv.slice(2)));
+const { main, exitAfterFlush } = await import('../cluster/cli.ts');
+exitAfterFlush(await main(process.argv.slice(2)));

@@ -59,6 +59,14 @@ export async function main(argv: string[]): Promise<number> {
   }
 }
 
+/** Exits once stdout and stderr have drained (process.exit alone truncates piped output). */
+export function exitAfterFlush(code: number): void {
+  let pending = 2;
+  const done = () => { if (--pending === 0) process.exit(code); };
+  process.stdout.write('', done);
+  process.stderr.write('', done);
+}
+
 function reportError(e: unknown): number {
   if (e instanceof CommanderError) {
     // --help and --version end up here too, with exit code 0.
@@ -81,5 +89,5 @@ function reportError(e: unknown): number {
 
 // `tsx cluster/cli.ts ...` runs it directly; bin/draftwire.js imports main().
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
-  main(process.argv.slice(2)).then((code) => process.exit(code));
+  void main(process.argv.slice(2)).then(exitAfterFlush);
 }

@@ -729,6 +729,7 @@ export class Bus extends EventEmitter {
 
   /** @internal */ _sealKv(bucket: string, key: string, obj: unknown): Uint8Array { return this.sealRecord(`kv:${bucket}:${key}`, obj); }
   /** @internal */ _openKv(bucket: string, key: string, bytes: Uint8Array): unknown { return this.openRecord(`kv:${bucket}:${key}`, bytes); }
+  /** @internal */ _js(): JetStreamClient { return this.js(); }
   /** @internal */ _jsOp<T>(what: string, fn: () => Promise<T>, idempotent: boolean): Promise<T> { return this.jsOp(what, fn, idempotent); }
   /** @internal */ _warnBadRecord(what: string, e: unknown): void {
     if (e instanceof AuthError) { this.counters.rejectedAuth++; this.warnAuth.warn('skipped a record that failed authentication', { what }); }
@@ -928,21 +929,64 @@ export class BusKv {
   }
 
   /**
-   * Changes: the current value(s) first (unless updatesOnly), then every update. Values that
-   * fail their MAC or decode are counted and skipped. stop() ends the iteration.
+   * Changes: the current values first (unless updatesOnly; deleted keys are left out), then
+   * the changes after the moment watch() was called, in revision order. Values that fail
+   * their MAC or decode are counted and skipped. stop() ends the iteration.
+   *
+   * A watch promises the latest value, not every value: with history 1 (the default) a
+   * value superseded before the watcher read it is gone from the stream and never seen.
+   * The start position is the stream's last sequence read before watch() returns (nats.js
+   * creates ordered consumers lazily, so a server-computed DeliverPolicy.New would start
+   * later than that); an ordered pull consumer, not nats.js's push-based kv.watch().
    */
   async watch<T = unknown>(opts: { key?: string; updatesOnly?: boolean } = {}): Promise<KvWatch<T>> {
-    const it = await this.bus._jsOp(`kv ${this.bucket} watch`, () => this.kv.watch({ key: opts.key, include: opts.updatesOnly ? 'updates' : '' }), true);
+    const key = opts.key ?? '>';
+    if (!/^[-/=.\w>*]+$/.test(key)) throw new InvalidArgumentError(`invalid KV key filter ${JSON.stringify(key)}`);
+    const prefix = `$KV.${this.bucket}.`;
+    const stream = `KV_${this.bucket}`;
+    const snapshot = (await this.bus.streamInfo(stream)).lastSeq;
+    const consumer = await this.bus._jsOp(`kv ${this.bucket} watch`, () => this.bus._js().consumers.get(stream, {
+      filter_subjects: prefix + key,
+      ...(opts.updatesOnly ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: snapshot + 1 } : { deliver_policy: DeliverPolicy.All }),
+    }), true);
+    const msgs = await this.bus._jsOp(`kv ${this.bucket} watch`, () => consumer.consume({ max_messages: 256 }), true);
     const self = this;
-    const iter = it;
+    const toChange = (m: { subject: string; seq: number; data: Uint8Array; headers?: { get(k: string): string } }): KvChange<T> | null => {
+      const k = m.subject.startsWith(prefix) ? m.subject.slice(prefix.length) : m.subject;
+      const op = (m.headers?.get('KV-Operation') || 'PUT') as 'PUT' | 'DEL' | 'PURGE';
+      if (op !== 'PUT') return { key: k, value: null, revision: m.seq, op };
+      try {
+        return { key: k, value: self.bus._openKv(self.bucket, k, m.data) as T, revision: m.seq, op: 'PUT' };
+      } catch (err) {
+        self.bus._warnBadRecord(`kv ${self.bucket}/${k}@${m.seq}`, err);
+        return null;
+      }
+    };
     return {
-      stop: () => iter.stop(),
+      stop: () => { msgs.stop(); },
       async *[Symbol.asyncIterator]() {
-        for await (const e of iter) {
-          if (e.operation !== 'PUT') { yield { key: e.key, value: null, revision: e.revision, op: e.operation }; continue; }
-          let value: T;
-          try { value = self.decode<T>(e); } catch (err) { self.bus._warnBadRecord(`kv ${self.bucket}/${e.key}@${e.revision}`, err); continue; }
-          yield { key: e.key, value, revision: e.revision, op: 'PUT' };
+        // Backlog (seq <= snapshot): latest per key, yielded once complete.
+        let backlog: Map<string, KvChange<T> | null> | null = opts.updatesOnly ? null : new Map();
+        const flush = function* (): Generator<KvChange<T>> {
+          if (!backlog) return;
+          const cur = [...backlog.values()].filter((c): c is KvChange<T> => !!c && c.op === 'PUT').sort((x, y) => x.revision - y.revision);
+          backlog = null;
+          yield* cur;
+        };
+        try {
+          for await (const m of msgs) {
+            if (backlog && m.seq <= snapshot) {
+              const k = m.subject.startsWith(prefix) ? m.subject.slice(prefix.length) : m.subject;
+              backlog.set(k, toChange(m));
+              if (m.seq === snapshot || m.info.pending === 0) yield* flush();
+              continue;
+            }
+            yield* flush();
+            const c = toChange(m);
+            if (c) yield c;
+          }
+        } finally {
+          msgs.stop();
         }
       },
     };

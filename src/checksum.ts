@@ -92,6 +92,49 @@ export function blockSpan(t: ManifestTensor, blockBytes: number, r0: number, r1:
   return { b0, b1, byte0: b0 * blockRows * rowBytes, byte1: Math.min(rows, b1 * blockRows) * rowBytes, rowBytes };
 }
 
+const tick = () => new Promise<void>((resolve) => setImmediate(resolve));
+/** Hashing yields to the event loop after about this many bytes (so heartbeats keep flowing). */
+export const YIELD_BYTES = 8 << 20;
+
+/** buildManifest that yields to the event loop every YIELD_BYTES hashed. */
+export async function buildManifestAsync(tensors: { name: string; dtype: Dtype; shape: number[]; bytes: Uint8Array }[], blockBytes = DEFAULT_BLOCK_BYTES): Promise<Manifest> {
+  const out: ManifestTensor[] = [];
+  let since = 0;
+  for (const t of tensors) {
+    const { rows, rowBytes, blockRows, blocks } = layout(t.dtype, t.shape, blockBytes);
+    const digests: string[] = [];
+    for (let b = 0; b < blocks; b++) {
+      const r0 = b * blockRows;
+      const slice = rowBytes > 0 ? t.bytes.subarray(r0 * rowBytes, Math.min(rows, r0 + blockRows) * rowBytes) : t.bytes;
+      digests.push(createHash('sha256').update(slice).digest('hex'));
+      since += slice.byteLength;
+      if (since >= YIELD_BYTES) { since = 0; await tick(); }
+    }
+    out.push({ name: t.name, dtype: t.dtype, shape: [...t.shape], blockRows, digests });
+  }
+  return { v: 1, blockBytes, tensors: out };
+}
+
+/** verifyBlocks that yields to the event loop every YIELD_BYTES hashed. */
+export async function verifyBlocksAsync(t: ManifestTensor, blockBytes: number, b0: number, b1: number, bytes: Uint8Array, where: string): Promise<void> {
+  const { rows, rowBytes, blockRows } = layout(t.dtype, t.shape, blockBytes);
+  let off = 0;
+  let b = b0;
+  while (b < b1) {
+    // A run of blocks of about YIELD_BYTES, verified synchronously, then a yield.
+    let end = b;
+    let n = 0;
+    while (end < b1 && (n === 0 || n < YIELD_BYTES)) {
+      n += rowBytes > 0 ? (Math.min(rows, (end + 1) * blockRows) - end * blockRows) * rowBytes : bytes.byteLength;
+      end++;
+    }
+    verifyBlocks(t, blockBytes, b, end, bytes.subarray(off, off + n), where);
+    off += n;
+    b = end;
+    if (b < b1) await tick();
+  }
+}
+
 /** Verifies blocks [b0, b1) of a tensor, given their bytes (contiguous). Throws ChecksumError. */
 export function verifyBlocks(t: ManifestTensor, blockBytes: number, b0: number, b1: number, bytes: Uint8Array, where: string): void {
   const { rows, rowBytes, blockRows } = layout(t.dtype, t.shape, blockBytes);

@@ -60,6 +60,17 @@ const HOST_RE = /^(?:[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\])$/;
 const REF_KEYS = ['v', 'job', 'sampleId', 'generation', 'uri', 'features', 'numTokens', 'bytes', 'checksum', 'producer', 'createdAt'] as const;
 const REF_KEY_SET = new Set<string>([...REF_KEYS, 'mac']);
 
+/**
+ * A single NATS subject token: ids used inside subjects (job, node ids) must also pass this
+ * (ID_RE allows '.', which splits a subject into tokens).
+ */
+export const SUBJECT_TOKEN_RE = /^[A-Za-z0-9_:-]{1,200}$/;
+
+export function checkSubjectToken(x: unknown, what: string): string {
+  if (typeof x !== 'string' || !SUBJECT_TOKEN_RE.test(x)) throw new InvalidArgumentError(`${what} must match [A-Za-z0-9_:-]{1,200} to be one NATS subject token, got ${describe(x)}`);
+  return x;
+}
+
 export function isId(x: unknown): x is string {
   return typeof x === 'string' && ID_RE.test(x) && x !== '.' && x !== '..';
 }

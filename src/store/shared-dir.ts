@@ -18,6 +18,7 @@
 // before the rename). The .gen record is removed by gc only when the sample has no file and
 // no tombstone left and the record is older than the tombstone TTL, so a later re-put relies
 // on the clock having advanced by more than any clock skew between writers (a hybrid clock).
+// The same holds if a power cut empties the (not fsync'd) .gen record.
 // A re-put supersedes the older generation: tombstone (reason superseded) + delete, so an
 // old ref gets StaleGenerationError.
 import { randomBytes } from 'node:crypto';
@@ -26,7 +27,7 @@ import { join } from 'node:path';
 import { link, mkdir, open, readdir, readFile, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { AuthPolicy } from '../auth.ts';
 import {
-  blockSpan, buildManifest, checksumOfManifestJson, manifestJson, parseManifest, rowsOf, verifyBlocks, type Manifest, type ManifestTensor,
+  blockSpan, buildManifestAsync, checksumOfManifestJson, manifestJson, parseManifest, rowsOf, verifyBlocksAsync, type Manifest, type ManifestTensor,
 } from '../checksum.ts';
 import {
   AuthError, BackpressureError, ChecksumError, DecodeError, DraftwireError, InvalidArgumentError, SampleGoneError, StaleGenerationError, StoreWriteError,
@@ -223,6 +224,13 @@ export class SharedDirFeatureStore implements FeatureStore {
   private lockPath(id: string): string { return join(this.dir, `${id}.lock`); }
   private tmpPath(): string { return join(this.dir, `.tmp-${process.pid}-${randomBytes(8).toString('hex')}`); }
 
+  /** Sample ids become file names here; a leading dot would collide with temp/marker files. */
+  private checkSampleId(id: unknown): string {
+    checkId(id, 'sampleId');
+    if ((id as string).startsWith('.')) throw new InvalidArgumentError(`sampleId ${JSON.stringify(id)} must not start with "." in a shared-directory store`);
+    return id as string;
+  }
+
   private checkOpen(): void {
     if (this.closed) throw new InvalidArgumentError(`store "${this.storeId}" is closed`);
   }
@@ -236,17 +244,22 @@ export class SharedDirFeatureStore implements FeatureStore {
   private async readGen(id: string): Promise<number | null> {
     const t = await readIfExists(this.genPath(id));
     if (t === null) return null;
+    // Written without fsync: after a power loss it may be empty. Then the clock alone orders
+    // the next generation, and gc reclaims any older generation left behind.
     const n = Number(t.trim());
-    if (!Number.isSafeInteger(n) || n < 0) throw new DecodeError(`${this.genPath(id)} does not hold a generation`);
-    return n;
+    return t.trim() !== '' && Number.isSafeInteger(n) && n >= 0 ? n : null;
   }
 
-  /** Writes a small file atomically (temp + rename). */
+  /**
+   * Writes a small file atomically (temp + rename), not fsync'd: generation records and
+   * tombstones only refine answers (see readGen and missing), so losing one to a power cut
+   * is harmless, and skipping their fsync keeps put/release at one data + one dir fsync.
+   */
   private async writeSmall(path: string, text: string): Promise<void> {
     const tmp = this.tmpPath();
     try {
       const fh = await open(tmp, 'wx', this.o.fileMode);
-      try { await fh.writeFile(text); if (this.o.fsync) await fh.sync(); } finally { await fh.close(); }
+      try { await fh.writeFile(text); } finally { await fh.close(); }
       await rename(tmp, path);
     } catch (e) {
       await unlinkIfExists(tmp).catch(() => undefined);
@@ -367,7 +380,7 @@ export class SharedDirFeatureStore implements FeatureStore {
 
   async put(sampleId: string, tensors: Record<string, Tensor>, opts: PutOptions = {}): Promise<SampleRef> {
     this.checkOpen();
-    checkId(sampleId, 'sampleId');
+    this.checkSampleId(sampleId);
     if (tensors === null || typeof tensors !== 'object') throw new InvalidArgumentError('put: tensors must be a map of name to tensor');
     const entries = Object.entries(tensors);
     if (entries.length === 0) throw new InvalidArgumentError(`put "${sampleId}": a sample needs at least one tensor`);
@@ -391,7 +404,7 @@ export class SharedDirFeatureStore implements FeatureStore {
     const createdAt = opts.createdAt ?? Date.now();
 
     await this.admit(dataBytes);
-    const manifest = buildManifest(items, this.o.blockBytes);
+    const manifest = await buildManifestAsync(items, this.o.blockBytes);
     const mjson = manifestJson(manifest);
     const checksum = checksumOfManifestJson(mjson);
 
@@ -490,7 +503,7 @@ export class SharedDirFeatureStore implements FeatureStore {
       if (tomb.reason === 'superseded') throw new StaleGenerationError(`sample "${id}" generation ${g} was superseded by generation ${tomb.by ?? '?'}`, { detail: { sampleId: id, generation: g, current: tomb.by ?? null } });
       throw new SampleGoneError(`sample "${id}" generation ${g} was ${tomb.reason ?? 'released'}${tomb.detail ? ` (${tomb.detail})` : ''}`, { detail: { sampleId: id, generation: g, reason: tomb.reason ?? null } });
     }
-    const cur = await this.readGen(id).catch(() => null);
+    const cur = await this.readGen(id);
     if (cur !== null && cur > g) throw new StaleGenerationError(`sample "${id}" generation ${g} is not current (generation ${cur} is)`, { detail: { sampleId: id, generation: g, current: cur } });
     throw new SampleGoneError(`sample "${id}" generation ${g} is gone (reclaimed, or never published in ${this.dir})`, { detail: { sampleId: id, generation: g } });
   }
@@ -541,7 +554,7 @@ export class SharedDirFeatureStore implements FeatureStore {
         const span = blockSpan(t, m.blockBytes, r0, r1);
         const buf = new Uint8Array(span.byte1 - span.byte0);
         await readFull(fh, buf, h.dataStart + e.begin + span.byte0, path);
-        if (verify) verifyBlocks(t, m.blockBytes, span.b0, span.b1, buf, path);
+        if (verify) await verifyBlocksAsync(t, m.blockBytes, span.b0, span.b1, buf, path);
         const lo = r0 * span.rowBytes - span.byte0;
         const hi = r1 * span.rowBytes - span.byte0;
         let bytes = lo === 0 && hi === buf.byteLength ? buf : buf.subarray(lo, hi);
@@ -572,7 +585,7 @@ export class SharedDirFeatureStore implements FeatureStore {
 
   async abort(sampleId: string, reason: string): Promise<boolean> {
     this.checkOpen();
-    checkId(sampleId, 'sampleId');
+    this.checkSampleId(sampleId);
     const detail = String(reason ?? '').slice(0, 500);
     return this.withLock(sampleId, async () => {
       const g = await this.readGen(sampleId);
@@ -599,10 +612,7 @@ export class SharedDirFeatureStore implements FeatureStore {
     for (const name of names) {
       const path = join(this.dir, name);
       let m: RegExpExecArray | null;
-      if (name.startsWith('.tmp-') || name.startsWith('.stale-')) {
-        const st = await statIfExists(path);
-        if (st && now - st.mtimeMs > this.o.tempMaxAgeMs && await unlinkIfExists(path)) { stats.tempFiles++; stats.tempBytes += st.size; }
-      } else if ((m = DATA_RE.exec(name))) {
+      if ((m = DATA_RE.exec(name))) {
         const list = data.get(m[1]!) ?? [];
         list.push(Number(m[2]));
         data.set(m[1]!, list);
@@ -612,6 +622,9 @@ export class SharedDirFeatureStore implements FeatureStore {
         const set = tombs.get(m[1]!) ?? new Set<number>();
         set.add(Number(m[2]));
         tombs.set(m[1]!, set);
+      } else if (name.startsWith('.tmp-') || name.startsWith('.stale-')) {
+        const st = await statIfExists(path);
+        if (st && now - st.mtimeMs > this.o.tempMaxAgeMs && await unlinkIfExists(path)) { stats.tempFiles++; stats.tempBytes += st.size; }
       } else if (name.endsWith('.lock')) {
         const st = await statIfExists(path);
         if (st && now - st.mtimeMs > this.o.lockStaleMs && await unlinkIfExists(path)) stats.locks++;

@@ -75,7 +75,7 @@ describe('Bus over a real nats-server (auth on)', function () {
     b.faults = { dropReply: () => drops-- > 0 };
     b.subscribe(S.queue.ack, (m: { x: number }, meta) => { keys.push([meta.idempotencyKey, meta.attempt]); return { ok: m.x }; });
     await b.flush();
-    const r = await a.request(S.queue.ack, { x: 1 }, { timeoutMs: 200, retries: 3, idempotencyKey: 'ack-1' });
+    const r = await a.request(S.queue.ack, { x: 1 }, { timeoutMs: 600, retries: 3, idempotencyKey: 'ack-1' });
     assert.deepEqual(r, { ok: 1 });
     assert.deepEqual(keys, [['ack-1', 0]]); // handler ran once
     assert.equal(a.stats().retries, 1);
@@ -90,7 +90,7 @@ describe('Bus over a real nats-server (auth on)', function () {
     b.faults = { dropReply: () => drops-- > 0 };
     b.subscribe(S.queue.renew, (m: { x: number }, meta) => { keys.push([meta.idempotencyKey, meta.attempt]); return m.x; }, { dedupe: false });
     await b.flush();
-    assert.equal(await a.request(S.queue.renew, { x: 5 }, { timeoutMs: 200, idempotencyKey: 'renew-7' }), 5);
+    assert.equal(await a.request(S.queue.renew, { x: 5 }, { timeoutMs: 600, idempotencyKey: 'renew-7' }), 5);
     assert.deepEqual(keys, [['renew-7', 0], ['renew-7', 1]]);
   });
 
@@ -203,8 +203,8 @@ describe('Bus over a real nats-server (auth on)', function () {
     const evil = await Bus.connect({ servers: nats.url, job, auth: AuthPolicy.fromSecret('not-the-job-secret-0123456789'), credentials: creds });
     try {
       await assert.rejects(evil.request(S.queue.commit, {}, { timeoutMs: 100, retries: 1 }), TimeoutError);
+      await until(() => b.stats().rejectedAuth === 2);
       assert.equal(calls, 0);
-      assert.equal(b.stats().rejectedAuth, 2);
     } finally { await evil.close(); }
   });
 
@@ -223,7 +223,8 @@ describe('Bus over a real nats-server (auth on)', function () {
     await assert.rejects(kv2.create('epoch', { epoch: 9 }), ConflictError);
     const w = await kv2.watch({ key: 'epoch' });
     const changes: unknown[] = [];
-    const done = (async () => { for await (const c of w) { changes.push([c.op, c.value, c.revision]); if (changes.length === 3) break; } })();
+    // A watch delivers the latest value, not every value (history 1): stop at the final one.
+    const done = (async () => { for await (const c of w) { changes.push([c.op, c.value, c.revision]); if ((c.value as { epoch?: number })?.epoch === 3) break; } })();
     // Both read rev1 and race to update: exactly one wins.
     const results = await Promise.allSettled([kv1.update('epoch', { epoch: 2, num: 4 }, rev1), kv2.update('epoch', { epoch: 2, num: 3 }, rev1)]);
     assert.equal(results.filter((r) => r.status === 'fulfilled').length, 1);
@@ -235,11 +236,28 @@ describe('Bus over a real nats-server (auth on)', function () {
     await kv1.update('epoch', { epoch: 3, num: 4 }, cur!.revision);
     await done;
     w.stop();
-    assert.deepEqual(changes.map((c) => (c as unknown[])[0]), ['PUT', 'PUT', 'PUT']);
-    assert.deepEqual((changes[2] as unknown[])[1], { epoch: 3, num: 4 });
+    const revs = changes.map((c) => (c as unknown[])[2] as number);
+    assert.ok(changes.length >= 1 && changes.every((c) => (c as unknown[])[0] === 'PUT'));
+    assert.deepEqual(revs, [...revs].sort((x, y) => x - y), 'revisions in order');
+    assert.deepEqual(changes.at(-1), ['PUT', { epoch: 3, num: 4 }, rev1 + 2]);
     assert.equal(await kv1.get('missing'), null);
     await kv1.delete('epoch');
     assert.equal(await kv1.get('epoch'), null);
+  });
+
+  it('KV: watch(updatesOnly) starts at the call; a full watch folds history to the latest per key', async () => {
+    const kv = await a.kv('bt_watch', { history: 5 });
+    await kv.put('x', 1); await kv.put('x', 2); await kv.put('y', 10); await kv.put('z', 0); await kv.delete('z');
+    const full = await kv.watch();
+    const upd = await kv.watch({ updatesOnly: true });
+    await kv.put('x', 3);
+    const seenFull: Array<[string, unknown]> = [];
+    for await (const c of full) { seenFull.push([c.key, c.value]); if (c.value === 3) break; }
+    const seenUpd: Array<[string, unknown]> = [];
+    for await (const c of upd) { seenUpd.push([c.key, c.value]); break; }
+    full.stop(); upd.stop();
+    assert.deepEqual(seenFull, [['x', 2], ['y', 10], ['x', 3]]);
+    assert.deepEqual(seenUpd, [['x', 3]]);
   });
 
   it('KV: a value written without the MAC is refused by get and skipped by watch', async () => {

@@ -313,9 +313,32 @@ describe('SharedDirFeatureStore contract', function () {
     await rejectsWith(s.get({ ...ref, uri: ref.uri.replace('store-a', 'store-z') }), InvalidArgumentError, /does not belong/);
     // put argument checks.
     await rejectsWith(s.put('bad/id', want), InvalidArgumentError);
+    await rejectsWith(s.put('.tmp-1-x', want), InvalidArgumentError, /must not start with "."/);
+    // Ids that look like other files' suffixes still map to their own files.
+    for (const id of ['a.g5', 'a.g5.safetensors', 'x.lock', 'y.gen']) {
+      const r = await s.put(id, makeSample(2, 3, 2));
+      assert.equal((await s.get(r)).ids!.shape[0], 3, id);
+    }
+    assert.equal((await s.gc(Date.now() + 1e9)).reclaimed, 0, 'gc mistakes none of them for leftovers');
+    assert.equal((await s.usage()).samples, 5);
     await rejectsWith(s.put('x', {}), InvalidArgumentError);
     await rejectsWith(s.put('x', { t: tensor('f64', [2]) }), InvalidArgumentError, /dtype f64/);
     await rejectsWith(s.put('x', { t: { dtype: 'f32', shape: [3], data: new Float32Array(2) } as Tensor }), InvalidArgumentError);
+  });
+
+  it('hashing a large sample yields to the event loop (put and get)', async () => {
+    const s = await attach(freshDir());
+    const big = { x: { dtype: 'u8' as const, shape: [48 << 20], data: new Uint8Array(48 << 20).fill(1) } };
+    let ticks = 0;
+    let on = true;
+    const spin = () => { if (on) { ticks++; setImmediate(spin); } };
+    spin();
+    const ref = await s.put('big', big);
+    const putTicks = ticks;
+    await s.get(ref);
+    on = false;
+    assert.ok(putTicks >= 4, `put let the loop run ${putTicks} times`);
+    assert.ok(ticks - putTicks >= 4, `get let the loop run ${ticks - putTicks} times`);
   });
 
   it('watermarks: put above high is BackpressureError (retryable) until usage falls to low; nothing is evicted', async () => {

@@ -3,7 +3,7 @@ import { randomBytes } from 'node:crypto';
 import { Packr } from 'msgpackr';
 import { DecodeError, InvalidArgumentError } from '../../src/errors.ts';
 import {
-  SAMPLE_REF_MAX_BYTES, checkPlain, decodeMessage, decodeSampleRef, encodeMessage, encodeSampleRef, packr, parseSampleUri, validateSampleRef,
+  SAMPLE_REF_MAX_BYTES, checkPlain, checkSubjectToken, decodeMessage, decodeSampleRef, encodeMessage, encodeSampleRef, packr, parseSampleUri, validateSampleRef,
   type SampleRef,
 } from '../../src/sampleref.ts';
 import { sampleRef } from '../support/store-fixtures.ts';
@@ -131,6 +131,11 @@ describe('control message codec', () => {
     assertDecodeError(() => decodeMessage(rawPack(deep)), /deeper/);
     assertDecodeError(() => decodeMessage(encodeMessage({ s: 'x'.repeat(100) }), 50), /bound/);
     assertDecodeError(() => checkPlain(Object.create({ inherited: 1 }), 'x'));
+  });
+
+  it('checkSubjectToken refuses ids that would split a NATS subject', () => {
+    assert.equal(checkSubjectToken('job-1:a_b', 'job'), 'job-1:a_b');
+    for (const bad of ['a.b', 'a*', '>', '', 'a b']) assert.throws(() => checkSubjectToken(bad, 'job'), InvalidArgumentError);
   });
 
   it('exports the one Packr (records off)', () => {

@@ -1,0 +1,87 @@
+// `draftwire run` end to end as a user runs it: a real process that starts its own
+// nats-server, actors and a rank process; `status` while it trains; `audit` afterwards;
+// nothing left running and no store files left behind.
+import assert from 'node:assert/strict';
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { readSafetensorsFile } from '../../src/safetensors.ts';
+import { TRAINABLE_NAMES } from '../../src/native.ts';
+
+const CLI = 'bin/draftwire.js';
+const childPids = (ppid: number) => spawnSync('pgrep', ['-P', String(ppid)], { encoding: 'utf8' }).stdout.split('\n').filter(Boolean).map(Number);
+const alive = (pid: number) => { try { process.kill(pid, 0); return true; } catch { return false; } };
+
+describe('draftwire run (end to end)', function () {
+  this.timeout(240_000);
+  const workdir = mkdtempSync(join(tmpdir(), 'draftwire-e2e-'));
+  after(() => rmSync(workdir, { recursive: true, force: true }));
+
+  it('trains, reports status while running, writes a checkpoint and a clean audit, and cleans up', async () => {
+    const proc = spawn(process.execPath, [CLI, 'run', '--size', 'tiny', '--steps', '40', '--batch', '4', '--eval-every', '20', '--workdir', workdir, '--job', 'e2e', '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '', err = '';
+    proc.stdout.on('data', (d: Buffer) => { out += d; });
+    proc.stderr.on('data', (d: Buffer) => { err += d; });
+    const exited = new Promise<number | null>((r) => proc.on('exit', (c) => r(c)));
+
+    // status while it trains
+    let status: Record<string, any> | null = null;
+    const children = new Set<number>(); // nats-server and rank processes the run started
+    for (let i = 0; i < 200 && !status; i++) {
+      await new Promise((r) => setTimeout(r, 250));
+      for (const p of childPids(proc.pid!)) children.add(p);
+      if (!existsSync(join(workdir, 'e2e', 'run.json'))) continue;
+      const s = spawnSync(process.execPath, [CLI, 'status', '--job', 'e2e', '--workdir', workdir, '--json'], { encoding: 'utf8' });
+      if (s.status === 0) {
+        const j = JSON.parse(s.stdout);
+        if (j.queue && !j.queue.error && j.coordinator?.members?.length) status = j;
+      }
+    }
+    assert.ok(status, `status never answered; run stderr:\n${err}`);
+    assert.equal(status!.queue.epoch, 1);
+    assert.equal(status!.coordinator.members[0].rank, 0);
+
+    assert.equal(await exited, 0, `run failed:\n${err}`);
+    const summary = JSON.parse(out.trim().split('\n').at(-1)!);
+    assert.equal(summary.steps, 40);
+    assert.equal(summary.samples, 160);
+    assert.ok(summary.audit.ok, summary.audit.problems.join('\n'));
+    assert.equal(summary.audit.consumed, 160);
+    const first = summary.lossCurve.slice(0, 5).reduce((a: number, b: number) => a + b) / 5;
+    const last = summary.lossCurve.slice(-5).reduce((a: number, b: number) => a + b) / 5;
+    assert.ok(last < first, `loss should fall: first ${first}, last ${last}`);
+
+    const ckpt = await readSafetensorsFile(summary.checkpoint);
+    for (const n of [...TRAINABLE_NAMES, 'd2t']) assert.ok(ckpt.tensors[n], `checkpoint holds ${n}`);
+    assert.equal(ckpt.metadata.step, '40');
+    assert.ok(existsSync(summary.checkpoint.replace('.safetensors', '.optim.safetensors')));
+
+    const audit = spawnSync(process.execPath, [CLI, 'audit', '--job', 'e2e', '--workdir', workdir, '--json'], { encoding: 'utf8' });
+    assert.equal(audit.status, 0, audit.stderr);
+    const rep = JSON.parse(audit.stdout);
+    assert.equal(rep.ok, true);
+    assert.equal(rep.consumed, 160);
+    const dump = spawnSync(process.execPath, [CLI, 'audit', '--job', 'e2e', '--workdir', workdir, '--dump'], { encoding: 'utf8' });
+    const lines = dump.stdout.trim().split('\n').map((l) => JSON.parse(l));
+    assert.equal(lines.filter((e) => e.type === 'ack').length, 160);
+
+    assert.ok(!existsSync(join(workdir, 'e2e', 'store')), 'the store directory is removed');
+    assert.ok(!existsSync(join(workdir, 'e2e', 'run.json')), 'run.json is removed');
+    assert.ok(children.size >= 2, `saw the run's nats-server and rank: ${[...children]}`);
+    assert.deepEqual([...children].filter(alive), [], 'no process of the run left running');
+    assert.equal(JSON.parse(readFileSync(join(workdir, 'e2e', 'summary.json'), 'utf8')).job, 'e2e');
+  });
+
+  it('rejects bad options with exit code 2 and a message naming the option', () => {
+    const r = spawnSync(process.execPath, [CLI, 'run', '--steps', '0', '--workdir', workdir], { encoding: 'utf8' });
+    assert.equal(r.status, 2);
+    assert.match(r.stderr, /--steps must be a positive integer/);
+    const r2 = spawnSync(process.execPath, [CLI, 'run', '--size', 'huge', '--workdir', workdir], { encoding: 'utf8' });
+    assert.equal(r2.status, 2);
+    assert.match(r2.stderr, /size/);
+    const r3 = spawnSync(process.execPath, [CLI, 'audit', '--job', 'nope', '--workdir', workdir], { encoding: 'utf8' });
+    assert.equal(r3.status, 2);
+    assert.match(r3.stderr, /no running job/);
+  });
+});

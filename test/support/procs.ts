@@ -1,0 +1,39 @@
+// Child processes for tests: spawn a TypeScript entry point under tsx, wait for a line on
+// stdout, kill with real signals, and make sure nothing outlives the test.
+import { spawn, type ChildProcess } from 'node:child_process';
+
+const live = new Set<ChildProcess>();
+process.on('exit', () => { for (const p of live) p.kill('SIGKILL'); });
+
+export interface Child { proc: ChildProcess; output(): string; exited: Promise<number | null> }
+
+export function spawnTs(script: string, args: string[], env: NodeJS.ProcessEnv = process.env): Child {
+  const proc = spawn(process.execPath, ['--import', 'tsx', script, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env });
+  live.add(proc);
+  let out = '';
+  proc.stdout!.on('data', (d: Buffer) => { out += d.toString(); });
+  proc.stderr!.on('data', (d: Buffer) => { out += d.toString(); });
+  const exited = new Promise<number | null>((r) => proc.on('exit', (code, sig) => { live.delete(proc); r(code ?? (sig ? 128 : null)); }));
+  return { proc, output: () => out, exited };
+}
+
+/** Resolves when the child printed `line` (rejects if it exits first or after `ms`). */
+export function waitForLine(c: Child, line: string, ms = 30_000): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`no "${line}" within ${ms} ms; output:\n${c.output()}`)), ms);
+    const check = () => { if (c.output().split('\n').includes(line)) { clearTimeout(timer); resolve(); return true; } return false; };
+    if (check()) return;
+    c.proc.stdout!.on('data', check);
+    void c.exited.then((code) => { clearTimeout(timer); reject(new Error(`exited with ${code} before "${line}"; output:\n${c.output()}`)); });
+  });
+}
+
+export async function killChild(c: Child, signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
+  if (c.proc.exitCode !== null || c.proc.signalCode !== null) return;
+  c.proc.kill(signal);
+  await c.exited;
+}
+
+export function isAlive(pid: number): boolean {
+  try { process.kill(pid, 0); return true; } catch { return false; }
+}
