@@ -30,6 +30,8 @@ const COMMANDS: CommandModule[] = [run, status, audit, step, node];
 export const EXIT_OK = 0;
 export const EXIT_FAILURE = 1;
 export const EXIT_BAD_INPUT = 2;
+/** Stopped by SIGINT/SIGTERM (after cleaning up), as shells report it. */
+export const EXIT_INTERRUPTED = 130;
 
 export function buildProgram(): Command {
   const program = new Command('draftwire')
@@ -78,6 +80,7 @@ function reportError(e: unknown): number {
   const debug = (process.env.DRAFTWIRE_LOG_LEVEL ?? '').toLowerCase() === 'debug';
   if (e instanceof DraftwireError) {
     process.stderr.write(`draftwire: ${e.code}: ${e.message}\n`);
+    if (e.code === 'INTERRUPTED') return EXIT_INTERRUPTED;
     if (debug && e.stack) process.stderr.write(e.stack + '\n');
     return e instanceof InvalidArgumentError || e instanceof DecodeError ? EXIT_BAD_INPUT : EXIT_FAILURE;
   }

@@ -113,12 +113,18 @@ export async function runJob(o: RunOpts): Promise<RunSummary> {
     await node?.stop().catch(() => {});
     await nats?.stop().catch(() => {});
   };
-  const onSignal = () => { void cleanup().then(() => process.exit(130)); };
-  process.once('SIGINT', onSignal);
-  process.once('SIGTERM', onSignal);
+  // `on`, not `once`: the listener must stay registered while cleanup runs, so the NATS
+  // launcher's own reaper sees that someone handles the signal and leaves its server to us.
+  let onSignal: (sig: NodeJS.Signals) => void = () => {};
+  const interrupted = new Promise<never>((_, reject) => {
+    onSignal = (sig) => reject(new DraftwireError('INTERRUPTED', `interrupted by ${sig}; stopped everything the run started`, false));
+  });
+  interrupted.catch(() => {});
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
   try {
     log.info('preparing initial weights (calibrating the draft vocabulary on the target)', { runDir: spec.runDir });
-    await writeInitialWeights(spec);
+    await Promise.race([writeInitialWeights(spec), interrupted]);
     let url = o.nats;
     if (!url) {
       nats = await startNatsServer({ credentials: auth.natsCredentials() });
@@ -139,7 +145,7 @@ export async function runJob(o: RunOpts): Promise<RunSummary> {
     }, 1000);
     const world = spec.dp * spec.tp * spec.sp;
     const ranks = Array.from({ length: world }, (_, r) => node!.spawnRank(r));
-    const codes = await Promise.all(ranks.map((r) => r.exited));
+    const codes = await Promise.race([Promise.all(ranks.map((r) => r.exited)), interrupted]);
     clearInterval(statusTimer);
     sub.unsubscribe();
     bar.stop();

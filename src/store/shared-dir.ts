@@ -353,10 +353,12 @@ export class SharedDirFeatureStore implements FeatureStore {
     return { bytes: u.bytes, samples: u.samples };
   }
 
+  /** Pressure state; rescans the directory at most every usageRefreshMs (cheap to poll per put). */
   async backpressure(): Promise<BackpressureState> {
     this.checkOpen();
-    const u = await this.scanUsage();
-    return { pressured: this.pressured, usageBytes: u.bytes, highWatermarkBytes: this.highWatermarkBytes, lowWatermarkBytes: this.lowWatermarkBytes };
+    if (!this.usageCache || Date.now() - this.usageCache.at >= this.o.usageRefreshMs) await this.scanUsage();
+    else this.updatePressure(this.usageCache.bytes);
+    return { pressured: this.pressured, usageBytes: this.usageCache!.bytes, highWatermarkBytes: this.highWatermarkBytes, lowWatermarkBytes: this.lowWatermarkBytes };
   }
 
   private async admit(bytes: number): Promise<void> {

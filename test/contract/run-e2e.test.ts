@@ -12,6 +12,13 @@ import { TRAINABLE_NAMES } from '../../src/native.ts';
 const CLI = 'bin/draftwire.js';
 const childPids = (ppid: number) => spawnSync('pgrep', ['-P', String(ppid)], { encoding: 'utf8' }).stdout.split('\n').filter(Boolean).map(Number);
 const alive = (pid: number) => { try { process.kill(pid, 0); return true; } catch { return false; } };
+/** Children still alive after up to `ms` (exited processes may take a moment to be reaped). */
+async function survivors(pids: Iterable<number>, ms = 5000): Promise<number[]> {
+  const end = Date.now() + ms;
+  let left = [...pids].filter(alive);
+  while (left.length > 0 && Date.now() < end) { await new Promise((r) => setTimeout(r, 100)); left = left.filter(alive); }
+  return left;
+}
 
 describe('draftwire run (end to end)', function () {
   this.timeout(240_000);
@@ -69,8 +76,41 @@ describe('draftwire run (end to end)', function () {
     assert.ok(!existsSync(join(workdir, 'e2e', 'store')), 'the store directory is removed');
     assert.ok(!existsSync(join(workdir, 'e2e', 'run.json')), 'run.json is removed');
     assert.ok(children.size >= 2, `saw the run's nats-server and rank: ${[...children]}`);
-    assert.deepEqual([...children].filter(alive), [], 'no process of the run left running');
+    assert.deepEqual(await survivors(children), [], 'no process of the run left running');
     assert.equal(JSON.parse(readFileSync(join(workdir, 'e2e', 'summary.json'), 'utf8')).job, 'e2e');
+  });
+
+  it('with a secret: only the right secret reaches the job, and SIGINT stops everything', async () => {
+    const secret = 'e2e-secret-0123456789abcdef';
+    const env = { ...process.env, DRAFTWIRE_SECRET: secret };
+    const proc = spawn(process.execPath, [CLI, 'run', '--size', 'tiny', '--steps', '100000', '--batch', '2', '--eval-every', '0', '--workdir', workdir, '--job', 'authjob'], { stdio: ['ignore', 'pipe', 'pipe'], env });
+    let err = '';
+    proc.stderr.on('data', (d: Buffer) => { err += d; });
+    const exited = new Promise<number | null>((r) => proc.on('exit', (c, sig) => r(c ?? (sig ? 128 : null))));
+    const children = new Set<number>();
+    const status = (e: NodeJS.ProcessEnv) => spawnSync(process.execPath, [CLI, 'status', '--job', 'authjob', '--workdir', workdir, '--json'], { encoding: 'utf8', env: e });
+    let ok = null;
+    for (let i = 0; i < 200 && !ok; i++) {
+      await new Promise((r) => setTimeout(r, 250));
+      for (const p of childPids(proc.pid!)) children.add(p);
+      if (!existsSync(join(workdir, 'authjob', 'run.json'))) continue;
+      const s = status(env);
+      if (s.status === 0 && JSON.parse(s.stdout).coordinator?.members?.length) ok = JSON.parse(s.stdout);
+    }
+    assert.ok(ok, `status with the right secret never answered:\n${err}`);
+    const { DRAFTWIRE_SECRET: _drop, ...noSecret } = process.env;
+    const missing = status(noSecret);
+    assert.equal(missing.status, 1);
+    assert.match(missing.stderr, /AUTH/);
+    const wrong = status({ ...process.env, DRAFTWIRE_SECRET: 'not-the-secret-0123456789' });
+    assert.equal(wrong.status, 1);
+    assert.match(wrong.stderr, /AUTH/);
+    proc.kill('SIGINT');
+    assert.equal(await exited, 130, err.slice(-2000));
+    for (const p of childPids(proc.pid!)) children.add(p);
+    assert.ok(children.size >= 2);
+    assert.deepEqual(await survivors(children), [], 'SIGINT left no process of the run behind');
+    assert.ok(!existsSync(join(workdir, 'authjob', 'store')), 'the store directory is removed');
   });
 
   it('rejects bad options with exit code 2 and a message naming the option', () => {
