@@ -1,0 +1,74 @@
+// Commit -> credit -> lease -> ack round trips through the real NATS path (queue actor with
+// its JetStream write-ahead log), against a plain request/reply round trip on the same
+// server in the same run.
+//   node --import tsx bench/lease.bench.ts [--n 500] [--json]
+import { parseArgs } from 'node:util';
+import { startQueue, type LeaseMessage } from '../actors/queue.ts';
+import { ensureEpoch } from '../actors/coordinator.ts';
+import { ActorSystem } from '../src/actor-system.ts';
+import { AuthPolicy } from '../src/auth.ts';
+import { Bus } from '../src/bus.ts';
+import { startNats } from '../test/support/nats-server.ts';
+import { sampleRef } from '../test/support/store-fixtures.ts';
+
+const { values } = parseArgs({ options: { n: { type: 'string', default: '500' }, json: { type: 'boolean', default: false } } });
+const N = Number(values.n);
+process.env.DRAFTWIRE_LOG_LEVEL ??= 'warn';
+
+function pct(xs: number[], p: number): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.floor(p * s.length))]!;
+}
+
+async function measure(label: string, auth: AuthPolicy): Promise<Record<string, number | string>[]> {
+  const nats = await startNats({ auth: auth.enabled ? auth.natsCredentials()! : false });
+  const job = `bench${auth.enabled ? 'a' : 'o'}`;
+  const server = await Bus.connect({ servers: nats.url, job, auth, name: 'queue' });
+  const client = await Bus.connect({ servers: nats.url, job, auth, name: 'client' });
+  const system = new ActorSystem('bench');
+  try {
+    await ensureEpoch(server, 1);
+    const q = startQueue(system, { bus: server, tickMs: 1000 });
+    // baseline: an echo request/reply on the same server
+    server.subscribe(`dw.${job}.echo`, (m) => m, { dedupe: false });
+    await client.request(`dw.${job}.echo`, { x: 1 });
+    const echo: number[] = [];
+    for (let i = 0; i < N; i++) { const t = performance.now(); await client.request(`dw.${job}.echo`, { i }); echo.push(performance.now() - t); }
+
+    let waiter: ((l: LeaseMessage) => void) | null = null;
+    client.subscribe<LeaseMessage>(client.subjects.part(1, 0), (m) => waiter?.(m), { dedupe: false });
+    await client.flush();
+    const trip: number[] = [];
+    const t0 = performance.now();
+    for (let i = 0; i < N; i++) {
+      const t = performance.now();
+      const ref = sampleRef({ job, sampleId: `s-${i}`, generation: 1 });
+      const leased = new Promise<LeaseMessage>((r) => { waiter = r; });
+      await client.request(client.subjects.queue.commit, { ref }, { idempotencyKey: `c${i}` });
+      await client.request(client.subjects.queue.credit, { consumer: 'b', partition: [0, 1], epoch: 1, max: 1 });
+      const m = await leased;
+      const l = m.leases[0]!;
+      await client.request(client.subjects.queue.ack, { leaseId: l.leaseId, epoch: l.epoch }, { idempotencyKey: `a${l.leaseId}` });
+      trip.push(performance.now() - t);
+    }
+    const secs = (performance.now() - t0) / 1000;
+    await q.stop();
+    return [
+      { path: `request/reply echo (baseline), auth ${label}`, perSec: N / (echo.reduce((a, b) => a + b) / 1000), p50ms: pct(echo, 0.5), p99ms: pct(echo, 0.99) },
+      { path: `commit+credit+lease+ack, auth ${label}`, perSec: N / secs, p50ms: pct(trip, 0.5), p99ms: pct(trip, 0.99) },
+    ];
+  } finally {
+    await system.shutdown();
+    await client.close();
+    await server.close();
+    await nats.stop();
+  }
+}
+
+const rows = [...await measure('off', AuthPolicy.disabled()), ...await measure('on', AuthPolicy.fromSecret('bench-secret-0123456789abcdef'))];
+if (values.json) console.log(JSON.stringify({ n: N, rows }));
+else {
+  console.log(`lease round trips through real NATS + JetStream WAL (n=${N}, sequential)`);
+  console.log('path'.padEnd(48) + 'trips/s'.padStart(10) + 'p50 ms'.padStart(10) + 'p99 ms'.padStart(10));
+  for (const r of rows) console.log(String(r.path).padEnd(48) + (r.perSec as number).toFixed(0).padStart(10) + (r.p50ms as number).toFixed(2).padStart(10) + (r.p99ms as number).toFixed(2).padStart(10));
+}
