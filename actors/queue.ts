@@ -5,8 +5,9 @@
 // Credits are soft state: ranks re-send them, so they are not logged.
 import type { ActorContext, ActorRef, ActorSpec, ActorSystem } from '../src/actor-system.ts';
 import type { Bus, BusSubscription } from '../src/bus.ts';
-import { InvalidArgumentError, StaleEpochError } from '../src/errors.ts';
+import { DecodeError, DraftwireError, InvalidArgumentError, LeaseExpiredError, StaleEpochError, StaleGenerationError, UnavailableError } from '../src/errors.ts';
 import { SampleRefQueue, type Lease, type LedgerEvent, type LedgerOptions } from '../src/ledger.ts';
+import { failpoint } from '../src/failpoints.ts';
 import { createLogger } from '../src/log.ts';
 import { validateSampleRef, type SampleRef } from '../src/sampleref.ts';
 
@@ -25,7 +26,7 @@ export type QueueMsg =
   | { op: 'status' }
   | { op: 'committed' };
 
-interface QueueState { ledger: SampleRefQueue | null; credits: Map<string, Credit>; grants: number }
+interface QueueState { ledger: SampleRefQueue | null; credits: Map<string, Credit>; grants: number; window: { at: number; puts: number; acks: number }[] }
 
 export interface QueueActorOptions {
   bus: Bus;
@@ -56,8 +57,10 @@ export function queueActorSpec(o: QueueActorOptions): ActorSpec<QueueState, Queu
   const { bus } = o;
   const s = bus.subjects;
   const persist = async (events: LedgerEvent[]) => {
+    if (events.length === 0) return;
+    failpoint('queue.before-persist');
     // Before any reply: a crash after this line replays these events; before it, the caller retries.
-    if (events.length > 0) await bus.append(s.walSubject, { f: WAL_RECORD, events });
+    await bus.append(s.walSubject, { f: WAL_RECORD, events });
   };
 
   const grant = async (st: QueueState, ledger: SampleRefQueue): Promise<void> => {
@@ -81,86 +84,109 @@ export function queueActorSpec(o: QueueActorOptions): ActorSpec<QueueState, Queu
   };
 
   return {
-    init: () => ({ ledger: null, credits: new Map(), grants: 0 }),
+    init: () => ({ ledger: null, credits: new Map(), grants: 0, window: [] }),
     async handle(st, msg, ctx: ActorContext<QueueMsg>) {
       if (!st.ledger) {
         const events = await readLedgerEvents(bus);
         st.ledger = SampleRefQueue.replay(events, o.ledger);
         ctx.log.info('ledger rebuilt from the write-ahead log', { events: events.length, ...st.ledger.stats() });
       }
-      const ledger = st.ledger;
-      const now = Date.now();
-      switch (msg.op) {
-        case 'commit': {
-          const ref: SampleRef = validateSampleRef(msg.ref);
-          const res = ledger.put(ref, { key: msg.key, now });
-          await persist(res.events);
-          ctx.reply({ sampleId: res.sampleId, generation: res.generation, status: res.status });
-          await grant(st, ledger);
-          break;
-        }
-        case 'credit': {
-          const epoch = ledger.currentEpoch();
-          if (msg.epoch !== epoch) throw new StaleEpochError(`credit under epoch ${msg.epoch}: the queue grants under epoch ${epoch}`, { detail: { epoch: msg.epoch, current: epoch, num: ledger.currentNum(), ahead: msg.epoch > epoch } });
-          st.credits.set(msg.consumer, { consumer: msg.consumer, partition: msg.partition, epoch: msg.epoch, remaining: msg.max, leaseMs: msg.leaseMs ?? null });
-          ctx.reply({ epoch, num: ledger.currentNum(), depth: ledger.depth() });
-          await grant(st, ledger);
-          break;
-        }
-        case 'ack':
-        case 'release': {
-          const res = ledger[msg.op](msg.leaseId, msg.epoch, { key: msg.key, now });
-          await persist(res.events);
-          ctx.reply({ leaseId: res.leaseId, sampleId: res.sampleId, status: res.status });
-          if (res.status === 'acked' && !res.repeated) bus.publish(s.storeFree, { ref: ledger.state(res.sampleId)!.ref, why: 'consumed' });
-          if (msg.op === 'release') await grant(st, ledger);
-          break;
-        }
-        case 'fail': {
-          const res = ledger.fail(msg.leaseId, msg.epoch, msg.retryable, { key: msg.key, now, reason: msg.reason });
-          await persist(res.events);
-          ctx.reply({ leaseId: res.leaseId, sampleId: res.sampleId, status: res.status });
-          if (res.status === 'dead' && !res.repeated) bus.publish(s.storeFree, { ref: ledger.state(res.sampleId)!.ref, why: 'dead' });
-          await grant(st, ledger);
-          break;
-        }
-        case 'renew': {
-          const res = ledger.renew(msg.leaseId, msg.epoch, { key: msg.key, now });
-          await persist(res.events);
-          ctx.reply({ leaseId: res.leaseId, deadline: res.deadline });
-          break;
-        }
-        case 'epoch': {
-          if (msg.epoch > ledger.currentEpoch()) {
-            const res = ledger.setEpoch(msg.epoch, { num: msg.num, key: `epoch:${msg.epoch}`, now });
-            await persist(res.events);
-            st.credits.clear(); // credits of the old epoch are void; ranks re-send under the new one
-            ctx.log.info('epoch changed', { epoch: msg.epoch, num: msg.num });
-          }
-          ctx.reply({ epoch: ledger.currentEpoch(), num: ledger.currentNum() });
-          break;
-        }
-        case 'tick': {
-          const res = ledger.expire(now);
-          await persist(res.events);
-          for (const id of res.dead) bus.publish(s.storeFree, { ref: ledger.state(id)!.ref, why: 'dead' });
-          if (res.expired.length > 0) ctx.log.warn('leases expired', { count: res.expired.length, consumers: [...new Set(res.expired.map((e) => e.consumer))] });
-          await grant(st, ledger);
-          break;
-        }
-        case 'status':
-          ctx.reply({ ...ledger.stats(), depth: ledger.depth(), inFlight: ledger.inFlight(), credits: [...st.credits.values()], leases: ledger.liveLeases() });
-          break;
-        case 'committed': {
-          // Every sample the ledger knows (any state): a restarted rollout skips these.
-          const snap = ledger.snapshot() as { samples: { sampleId: string }[] };
-          ctx.reply({ sampleIds: snap.samples.map((x) => x.sampleId) });
-          break;
-        }
+      try {
+        await apply(st, st.ledger, msg, ctx);
+      } catch (e) {
+        // A refusal by the ledger is an answer (the ledger did not change): reply with it.
+        // Anything else (the log unreachable, a bug) crashes the actor: the supervisor
+        // restarts it and it rebuilds the ledger from the log.
+        if (!isAnswer(e)) throw e;
+        ctx.reply({ refused: e });
       }
       return st;
     },
   };
+
+  async function apply(st: QueueState, ledger: SampleRefQueue, msg: QueueMsg, ctx: ActorContext<QueueMsg>): Promise<void> {
+    const now = Date.now();
+    switch (msg.op) {
+      case 'commit': {
+        const ref: SampleRef = validateSampleRef(msg.ref);
+        const res = ledger.put(ref, { key: msg.key, now });
+        await persist(res.events);
+        ctx.reply({ sampleId: res.sampleId, generation: res.generation, status: res.status });
+        await grant(st, ledger);
+        break;
+      }
+      case 'credit': {
+        const epoch = ledger.currentEpoch();
+        if (msg.epoch !== epoch) throw new StaleEpochError(`credit under epoch ${msg.epoch}: the queue grants under epoch ${epoch}`, { detail: { epoch: msg.epoch, current: epoch, num: ledger.currentNum(), ahead: msg.epoch > epoch } });
+        st.credits.set(msg.consumer, { consumer: msg.consumer, partition: msg.partition, epoch: msg.epoch, remaining: msg.max, leaseMs: msg.leaseMs ?? null });
+        ctx.reply({ epoch, num: ledger.currentNum(), depth: ledger.depth() });
+        await grant(st, ledger);
+        break;
+      }
+      case 'ack':
+      case 'release': {
+        const res = ledger[msg.op](msg.leaseId, msg.epoch, { key: msg.key, now });
+        await persist(res.events);
+        ctx.reply({ leaseId: res.leaseId, sampleId: res.sampleId, status: res.status });
+        if (res.status === 'acked' && !res.repeated) bus.publish(s.storeFree, { ref: ledger.state(res.sampleId)!.ref, why: 'consumed' });
+        if (msg.op === 'release') await grant(st, ledger);
+        break;
+      }
+      case 'fail': {
+        const res = ledger.fail(msg.leaseId, msg.epoch, msg.retryable, { key: msg.key, now, reason: msg.reason });
+        await persist(res.events);
+        ctx.reply({ leaseId: res.leaseId, sampleId: res.sampleId, status: res.status });
+        if (res.status === 'dead' && !res.repeated) bus.publish(s.storeFree, { ref: ledger.state(res.sampleId)!.ref, why: 'dead' });
+        await grant(st, ledger);
+        break;
+      }
+      case 'renew': {
+        const res = ledger.renew(msg.leaseId, msg.epoch, { key: msg.key, now });
+        await persist(res.events);
+        ctx.reply({ leaseId: res.leaseId, deadline: res.deadline });
+        break;
+      }
+      case 'epoch': {
+        if (msg.epoch > ledger.currentEpoch()) {
+          const res = ledger.setEpoch(msg.epoch, { num: msg.num, key: `epoch:${msg.epoch}`, now });
+          await persist(res.events);
+          st.credits.clear(); // credits of the old epoch are void; ranks re-send under the new one
+          ctx.log.info('epoch changed', { epoch: msg.epoch, num: msg.num });
+        }
+        ctx.reply({ epoch: ledger.currentEpoch(), num: ledger.currentNum() });
+        break;
+      }
+      case 'tick': {
+        const st0 = ledger.stats();
+        st.window.push({ at: now, puts: st0.samples, acks: st0.acks });
+        while (st.window.length > 2 && now - st.window[0]!.at > 10_000) st.window.shift();
+        const res = ledger.expire(now);
+        await persist(res.events);
+        for (const id of res.dead) bus.publish(s.storeFree, { ref: ledger.state(id)!.ref, why: 'dead' });
+        if (res.expired.length > 0) ctx.log.warn('leases expired', { count: res.expired.length, consumers: [...new Set(res.expired.map((e) => e.consumer))] });
+        await grant(st, ledger);
+        break;
+      }
+      case 'status': {
+        const w0 = st.window[0], w1 = st.window.at(-1);
+        const secs = w0 && w1 && w1.at > w0.at ? (w1.at - w0.at) / 1000 : 0;
+        const rates = { commitsPerSec: secs ? (w1!.puts - w0!.puts) / secs : 0, acksPerSec: secs ? (w1!.acks - w0!.acks) / secs : 0 };
+        ctx.reply({ ...ledger.stats(), ...rates, depth: ledger.depth(), inFlight: ledger.inFlight(), incarnation: ctx.incarnation, credits: [...st.credits.values()], leases: ledger.liveLeases() });
+        break;
+      }
+      case 'committed': {
+        // Every sample the ledger knows (any state): a restarted rollout skips these.
+        const snap = ledger.snapshot() as { samples: { sampleId: string }[] };
+        ctx.reply({ sampleIds: snap.samples.map((x) => x.sampleId) });
+        break;
+      }
+    }
+  }
+}
+
+function isAnswer(e: unknown): e is DraftwireError {
+  return e instanceof InvalidArgumentError || e instanceof DecodeError || e instanceof StaleEpochError
+    || e instanceof LeaseExpiredError || e instanceof StaleGenerationError;
 }
 
 /** Spawns the queue actor and routes the job's queue subjects to it. */
@@ -169,7 +195,18 @@ export function startQueue(system: ActorSystem, o: QueueActorOptions): { ref: Ac
   const s = bus.subjects;
   const ref = system.spawn('queue', { ...queueActorSpec(o), mailboxLimit: 10_000 });
   const log = createLogger('queue');
-  const ask = (m: QueueMsg) => system.query(ref, m, 15_000);
+  const ask = async (m: QueueMsg) => {
+    let r: unknown;
+    try {
+      r = await system.query(ref, m, 15_000);
+    } catch (e) {
+      // The actor crashed (and is restarting) or timed out: retryable, so the caller's retry
+      // (same idempotency key) is evaluated afresh by the rebuilt ledger.
+      throw new UnavailableError(`queue actor unavailable: ${(e as Error).message}`, { cause: e });
+    }
+    if (isObj(r) && r.refused) throw r.refused;
+    return r;
+  };
   const req = (x: unknown, what: string): Record<string, unknown> => {
     if (!isObj(x)) throw new InvalidArgumentError(`${what}: message must be a map`);
     return x;

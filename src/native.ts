@@ -400,3 +400,33 @@ export function sgemmBench(n: number, reps: number, threads: number): number {
 
 /** FLOPs executed by the addon's GEMM wrappers since it loaded (2·M·N·K per product). */
 export function gemmFlops(): number { return binding().gemmFlops(); }
+
+// ------------------------------------------------------------------------------------------
+// collectives (native/src/napi_comm.cc; wrapped by src/collectives.ts)
+
+/** Store callback the native rendezvous calls: 'get' resolves null when the key is absent after timeoutMs. */
+export type RawCommStoreFn = (op: 'set' | 'get' | 'del', key: string, value: Uint8Array | null, timeoutMs: number) => Promise<Uint8Array | null>;
+export interface RawCommConnectOptions {
+  rank: number; size: number; prefix: string; timeoutMs?: number; connectTimeoutMs?: number; hostname?: string; iface?: string;
+}
+/** A native communicator handle (CommHandle). Errors carry code COLLECTIVE, INVALID_ARGUMENT or NATIVE. */
+export interface RawCommHandle {
+  info(): { rank: number; size: number } | null;
+  allReduce(buf: Float32Array | Float64Array, op: 'sum' | 'max'): Promise<void>;
+  allGather(buf: Float32Array): Promise<Float32Array>;
+  reduceScatter(buf: Float32Array): Promise<Float32Array>;
+  broadcast(buf: Float32Array, root: number): Promise<void>;
+  barrier(): Promise<void>;
+  subgroup(ranks: number[], tag: string): Promise<RawCommHandle>;
+  close(): Promise<void>;
+  /** Breaks a ThreadComm group (tests); false for a Gloo communicator. */
+  abort(why: string): boolean;
+}
+export interface RawCollectives {
+  commConnect(opts: RawCommConnectOptions, store: RawCommStoreFn): Promise<RawCommHandle>;
+  commThreadWorld(n: number, timeoutMs: number): RawCommHandle[];
+  memcpyBench(bytes: number, reps: number): number;
+  blasInfo(): { gloo: boolean };
+}
+/** The collectives part of the addon. */
+export function collectivesBinding(): RawCollectives { return binding() as unknown as RawCollectives; }

@@ -123,3 +123,34 @@ describe('queue actor over NATS (real server, real process)', function () {
     zombie.sub.unsubscribe(); healthy.sub.unsubscribe();
   });
 });
+
+describe('queue actor supervision (real process, failpoint)', function () {
+  this.timeout(60_000);
+  const nats = withNats();
+
+  it('restarts a crashed queue actor from its log; the retried request gets one answer', async () => {
+    const job = 'qsup';
+    // The 3rd persist throws inside the actor: the supervisor restarts it, it replays the log.
+    const child = spawnTs('test/support/queue-child.ts', [nats.url, job, '1'], { ...process.env, DRAFTWIRE_FAILPOINTS: 'queue.before-persist=throw@3' });
+    const bus = await Bus.connect({ servers: nats.url, job, auth: AuthPolicy.disabled(), name: 'test' });
+    try {
+      await waitForLine(child, 'ready');
+      // persist #1 is the epoch event; commits 0 and 1 are #2 and #3 (the crash).
+      for (let i = 0; i < 4; i++) {
+        const r = await bus.request(bus.subjects.queue.commit, { ref: sampleRef({ job, sampleId: `s-${i}`, generation: 1 }) }, { idempotencyKey: `commit:s-${i}`, retries: 5, timeoutMs: 3000 })
+          .catch((e: Error) => bus.request(bus.subjects.queue.commit, { ref: sampleRef({ job, sampleId: `s-${i}`, generation: 1 }) }, { idempotencyKey: `commit:s-${i}`, retries: 5, timeoutMs: 3000 }).then((x) => ({ ...x, retriedAfter: e.message })));
+        assert.ok(['added', 'duplicate'].includes(r.status), JSON.stringify(r));
+      }
+      assert.match(child.output(), /failpoint queue.before-persist: throw/);
+      const st = await bus.request(`dw.${job}.queue.status`, {}, { retries: 3 });
+      assert.equal(st.incarnation, 1, 'restarted once by its supervisor');
+      assert.equal(st.samples, 4, 'four samples, none lost or doubled');
+      const report = auditEvents(await readLedgerEvents(bus));
+      assert.ok(report.ok, report.problems.join('\n'));
+      assert.equal(report.committed, 4);
+    } finally {
+      await bus.close();
+      await killChild(child);
+    }
+  });
+});
