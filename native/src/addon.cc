@@ -5,6 +5,7 @@
 #include <cstdlib>
 
 #include "blas.h"
+#include "napi_comm.h"  // collectives
 #include "napi_models.h"
 #include "parallel.h"
 #include "rng.h"
@@ -73,6 +74,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("sgemmBench", Napi::Function::New(env, SgemmBench, "sgemmBench"));
   exports.Set("fillNormal", Napi::Function::New(env, FillNormal, "fillNormal"));
   exports.Set("gemmFlops", Napi::Function::New(env, GemmFlops, "gemmFlops"));
+  registerCollectives(env, exports);  // collectives: commConnect, commThreadWorld, memcpyBench
   return exports;
 }
 

@@ -50,7 +50,7 @@ struct AttnScratch {
   void ensure(const AttnShape& sh);
 };
 
-constexpr int64_t kAttnTile = 128;  // query rows per GEMM tile
+constexpr int64_t kAttnTile = 64;  // query rows per GEMM tile
 
 void attention_forward(const AttnShape& sh, const AttnHead& hd, AttnScratch& sc);
 void attention_backward(const AttnShape& sh, const AttnHead& hd, const AttnGrad& g, AttnScratch& sc);

@@ -6,6 +6,8 @@
 #include <chrono>
 #include <vector>
 
+#include "parallel.h"
+
 extern "C" {
 // Declared by OpenBLAS's cblas.h in most builds; repeated here for builds that omit them.
 char* openblas_get_config(void);
@@ -65,6 +67,22 @@ void gemv_n(int64_t M, int64_t K, const float* A, int64_t lda, const float* x, f
   }
   count(M, 1, K);
   cblas_sgemv(CblasRowMajor, CblasNoTrans, int(M), int(K), 1.0f, A, int(lda), x, 1, beta, y, 1);
+}
+
+void with_serial_blas(const std::function<void()>& fn) {
+  const int old = blas_threads();
+  if (pool_threads() <= 1 || old <= 1) {
+    fn();
+    return;
+  }
+  openblas_set_num_threads(1);
+  try {
+    fn();
+  } catch (...) {
+    openblas_set_num_threads(old);
+    throw;
+  }
+  openblas_set_num_threads(old);
 }
 
 double gemm_flops_executed() { return g_flops.load(); }

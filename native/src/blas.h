@@ -2,6 +2,7 @@
 // here), a counter of the FLOPs they executed, and the BLAS runtime knobs.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <string>
 
 namespace dw {
@@ -20,6 +21,11 @@ void gemv_n(int64_t M, int64_t K, const float* A, int64_t lda, const float* x, f
 
 // FLOPs (2·M·N·K per product) executed by the wrappers since load, all threads together.
 double gemm_flops_executed();
+
+// Runs fn with OpenBLAS on one thread (the old count is restored after), for regions that run
+// many small independent GEMMs in parallel on the addon's pool instead (attention heads).
+// Does nothing special when the pool itself has one thread.
+void with_serial_blas(const std::function<void()>& fn);
 
 std::string blas_config();
 int blas_threads();

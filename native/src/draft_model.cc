@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <stdexcept>
 
 #include "adamw.h"
@@ -177,10 +178,19 @@ void DraftModel::layer_input_forward(LayerActs& a, float* emb) {
   rope_apply(n, a.pos.data(), a.qkv.data() + cfg.q_dim(), D, cfg.kv_heads, d, rope_, false);
 }
 
+// Runs fn(task, scratch) for task in [0, n) on the pool, each task with its own scratch and
+// single-threaded GEMMs (many small per-head products parallelise better this way).
+void DraftModel::for_each_task(int64_t n, const std::function<void(int64_t, AttnScratch&)>& fn) {
+  if (int64_t(attn_scratch_.size()) < n) attn_scratch_.resize(size_t(n));
+  with_serial_blas([&] { parallel_chunks(n, [&](int64_t t) { fn(t, attn_scratch_[size_t(t)]); }); });
+}
+
 // Step-k queries against step-0 keys (causal) and the step-1..k keys at the same position.
+// One task per (sample, kv head) runs its query heads in turn, so the task owns every
+// gradient row it accumulates into (see attention_backward_train).
 void DraftModel::attention_forward_train(int64_t k) {
   const int64_t B = ws_.B, T = ws_.T, D = cfg.qkv_dim(), d = cfg.head_dim(), nh = cfg.heads;
-  const int64_t g = cfg.heads / cfg.kv_heads, qd = cfg.q_dim(), kvd = cfg.kv_dim();
+  const int64_t nkv = cfg.kv_heads, g = nh / nkv, qd = cfg.q_dim(), kvd = cfg.kv_dim();
   LayerActs& a = ws_.steps[size_t(k)];
   const float* base0 = ws_.steps[0].qkv.data();
   AttnShape sh;
@@ -189,15 +199,15 @@ void DraftModel::attention_forward_train(int64_t k) {
   sh.d = d;
   sh.nextra = k;
   sh.scale = float(1.0 / std::sqrt(double(d)));
-  std::vector<const float*> ek(static_cast<size_t>(k)), ev(static_cast<size_t>(k));
-  for (int64_t b = 0; b < B; b++)
-    for (int64_t h = 0; h < nh; h++) {
-      const int64_t c = h / g, row0 = b * T;
-      for (int64_t j = 1; j <= k; j++) {
-        const float* bj = ws_.steps[size_t(j)].qkv.data() + row0 * D;
-        ek[size_t(j - 1)] = bj + qd + c * d;
-        ev[size_t(j - 1)] = bj + qd + kvd + c * d;
-      }
+  for_each_task(B * nkv, [&](int64_t task, AttnScratch& scratch) {
+    const int64_t b = task / nkv, c = task % nkv, row0 = b * T;
+    std::vector<const float*> ek(static_cast<size_t>(k)), ev(static_cast<size_t>(k));
+    for (int64_t j = 1; j <= k; j++) {
+      const float* bj = ws_.steps[size_t(j)].qkv.data() + row0 * D;
+      ek[size_t(j - 1)] = bj + qd + c * d;
+      ev[size_t(j - 1)] = bj + qd + kvd + c * d;
+    }
+    for (int64_t h = c * g; h < (c + 1) * g; h++) {
       AttnHead hd;
       hd.q = a.qkv.data() + row0 * D + h * d;
       hd.ldq = D;
@@ -211,8 +221,9 @@ void DraftModel::attention_forward_train(int64_t k) {
       hd.o = a.attn.data() + row0 * qd + h * d;
       hd.ldo = qd;
       hd.lse = a.lse.data() + (b * nh + h) * T;
-      attention_forward(sh, hd, attn_scratch_);
+      attention_forward(sh, hd, scratch);
     }
+  });
 }
 
 // h1 = hin + attn·oᵀ; uu = RMSNorm(h1; n_post); h2 = h1 + (silu(uu·gateᵀ) ⊙ uu·upᵀ)·downᵀ.
@@ -270,10 +281,11 @@ void DraftModel::layer_output_backward(LayerActs& a, const float* dh2, float* dh
 }
 
 // Step-k attention backward: dq of step k (written), dk/dv of step 0 and of steps 1..k at
-// the same position (accumulated). Uses ws_.dattn as the output gradient.
+// the same position (accumulated). Uses ws_.dattn as the output gradient. A task owns one
+// (sample, kv head): all the dk/dv rows it accumulates into belong to it alone.
 void DraftModel::attention_backward_train(int64_t k) {
   const int64_t B = ws_.B, T = ws_.T, D = cfg.qkv_dim(), d = cfg.head_dim(), nh = cfg.heads;
-  const int64_t g = cfg.heads / cfg.kv_heads, qd = cfg.q_dim(), kvd = cfg.kv_dim();
+  const int64_t nkv = cfg.kv_heads, g = nh / nkv, qd = cfg.q_dim(), kvd = cfg.kv_dim();
   LayerActs& a = ws_.steps[size_t(k)];
   const float* base0 = ws_.steps[0].qkv.data();
   float* dbase0 = ws_.dqkv[0].data();
@@ -284,19 +296,19 @@ void DraftModel::attention_backward_train(int64_t k) {
   sh.d = d;
   sh.nextra = k;
   sh.scale = float(1.0 / std::sqrt(double(d)));
-  std::vector<const float*> ek(static_cast<size_t>(k)), ev(static_cast<size_t>(k));
-  std::vector<float*> dek(static_cast<size_t>(k)), dev(static_cast<size_t>(k));
-  for (int64_t b = 0; b < B; b++)
-    for (int64_t h = 0; h < nh; h++) {
-      const int64_t c = h / g, row0 = b * T;
-      for (int64_t j = 1; j <= k; j++) {
-        const float* bj = ws_.steps[size_t(j)].qkv.data() + row0 * D;
-        float* dbj = ws_.dqkv[size_t(j)].data() + row0 * D;
-        ek[size_t(j - 1)] = bj + qd + c * d;
-        ev[size_t(j - 1)] = bj + qd + kvd + c * d;
-        dek[size_t(j - 1)] = dbj + qd + c * d;
-        dev[size_t(j - 1)] = dbj + qd + kvd + c * d;
-      }
+  for_each_task(B * nkv, [&](int64_t task, AttnScratch& scratch) {
+    const int64_t b = task / nkv, c = task % nkv, row0 = b * T;
+    std::vector<const float*> ek(static_cast<size_t>(k)), ev(static_cast<size_t>(k));
+    std::vector<float*> dek(static_cast<size_t>(k)), dev(static_cast<size_t>(k));
+    for (int64_t j = 1; j <= k; j++) {
+      const float* bj = ws_.steps[size_t(j)].qkv.data() + row0 * D;
+      float* dbj = ws_.dqkv[size_t(j)].data() + row0 * D;
+      ek[size_t(j - 1)] = bj + qd + c * d;
+      ev[size_t(j - 1)] = bj + qd + kvd + c * d;
+      dek[size_t(j - 1)] = dbj + qd + c * d;
+      dev[size_t(j - 1)] = dbj + qd + kvd + c * d;
+    }
+    for (int64_t h = c * g; h < (c + 1) * g; h++) {
       AttnHead hd;
       hd.q = a.qkv.data() + row0 * D + h * d;
       hd.ldq = D;
@@ -322,8 +334,9 @@ void DraftModel::attention_backward_train(int64_t k) {
       gr.dek = dek.data();
       gr.dev = dev.data();
       gr.ldde = D;
-      attention_backward(sh, hd, gr, attn_scratch_);
+      attention_backward(sh, hd, gr, scratch);
     }
+  });
 }
 
 // From the complete dqkv of this step (after RoPE) to dq/dk/dv weights, dn_in, dn_hid and
@@ -473,20 +486,21 @@ void DraftModel::decode_prefill(const float* aux, const int32_t* ids, int64_t L,
   sh.Tq = L;
   sh.d = d;
   sh.scale = float(1.0 / std::sqrt(double(d)));
-  for (int64_t h = 0; h < cfg.heads; h++) {
-    const int64_t c = h / g;
-    AttnHead hd;
-    hd.q = a.qkv.data() + h * d;
-    hd.ldq = D;
-    hd.k = a.qkv.data() + qd + c * d;
-    hd.ldk = D;
-    hd.v = a.qkv.data() + qd + kvd + c * d;
-    hd.ldv = D;
-    hd.o = a.attn.data() + h * d;
-    hd.ldo = qd;
-    hd.lse = a.lse.data() + h * L;
-    attention_forward(sh, hd, attn_scratch_);
-  }
+  for_each_task(cfg.kv_heads, [&](int64_t c, AttnScratch& scratch) {
+    for (int64_t h = c * g; h < (c + 1) * g; h++) {
+      AttnHead hd;
+      hd.q = a.qkv.data() + h * d;
+      hd.ldq = D;
+      hd.k = a.qkv.data() + qd + c * d;
+      hd.ldk = D;
+      hd.v = a.qkv.data() + qd + kvd + c * d;
+      hd.ldv = D;
+      hd.o = a.attn.data() + h * d;
+      hd.ldo = qd;
+      hd.lse = a.lse.data() + h * L;
+      attention_forward(sh, hd, scratch);
+    }
+  });
   layer_output_forward(a);
   a.hin = nullptr;  // `hin` dies here; decode_step only reads qkv and h2
   a.lrow.clear();
@@ -514,6 +528,8 @@ void DraftModel::decode_step(const LayerActs& seq, int64_t p, const float* hin, 
   sh.nextra = j;
   sh.scale = float(1.0 / std::sqrt(double(d)));
   std::vector<const float*> ek(static_cast<size_t>(j)), ev(static_cast<size_t>(j));
+  if (attn_scratch_.empty()) attn_scratch_.resize(1);
+  AttnScratch& scratch1 = attn_scratch_[0];  // one row: serial is fastest
   for (int64_t h = 0; h < cfg.heads; h++) {
     const int64_t c = h / g;
     for (int64_t i = 1; i <= j; i++) {
@@ -533,7 +549,7 @@ void DraftModel::decode_step(const LayerActs& seq, int64_t p, const float* hin, 
     hd.o = a.attn.data() + h * d;
     hd.ldo = qd;
     hd.lse = a.lse.data() + h;
-    attention_forward(sh, hd, attn_scratch_);
+    attention_forward(sh, hd, scratch1);
   }
   layer_output_forward(a);
   a.hin = nullptr;

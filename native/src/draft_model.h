@@ -5,6 +5,7 @@
 // draft vocab, and a sequence-parallel rank on its slice of positions (AttnShape::q0).
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -120,11 +121,12 @@ class DraftModel {
   void head_backward(LayerActs& a, float* dh2);
   void layer_output_backward(LayerActs& a, const float* dh2, float* dh1);
   void attention_backward_train(int64_t k);
+  void for_each_task(int64_t n, const std::function<void(int64_t, AttnScratch&)>& fn);
   void layer_input_backward(LayerActs& a, float* dqkv, float* dhin);
 
   Workspace ws_;
   RopeTable rope_;
-  AttnScratch attn_scratch_;
+  std::vector<AttnScratch> attn_scratch_;  // one per attention task
 };
 
 }  // namespace dw

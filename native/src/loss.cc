@@ -12,7 +12,7 @@ namespace dw {
 void target_distribution(int64_t N, const uint8_t* need, const float* last, int64_t H, const float* Wt,
                          int64_t V, const int32_t* d2t, const int32_t* t2d, int64_t Vd, float* p,
                          int32_t* tgt, std::vector<float>& scratch) {
-  const int64_t C = 128;  // rows per GEMM chunk
+  const int64_t C = 512;  // rows per GEMM chunk (z is C·V floats)
   scratch.resize(static_cast<size_t>(C * H + C * V));
   float* xb = scratch.data();
   float* z = xb + C * H;

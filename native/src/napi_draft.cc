@@ -96,7 +96,14 @@ BatchCopy parse_batch(Napi::Env env, Napi::Value v, const DraftConfig& c) {
   b.B = field_int(o, "batch", "batch", 1, 1 << 20);
   b.T = field_int(o, "seq", "batch", 1, 1 << 20);
   const int64_t N = b.B * b.T, H = c.hidden;
-  if (double(N) * double(3 * H) > 2e9) throw_invalid(env, "batch too large: batch·seq·3·hidden exceeds 2e9");
+  // activations kept for the backward pass, per step and row, plus the targets (see LayerActs)
+  const double per_row = double(c.ttt) * double(8 * H + 2 * c.qkv_dim() + c.q_dim() + 3 * c.intermediate + c.draft_vocab + 2 * c.heads + 8) +
+                         double(c.draft_vocab) * (c.ttt + 1) + double(4 * H + c.q_dim() + 3 * c.intermediate + 3 * H + 8);
+  const double bytes = 4.0 * double(N) * per_row;
+  if (bytes > kMaxScratchBytes)
+    throw_invalid(env, "batch too large: batch·seq = " + std::to_string(N) + " rows need ~" +
+                           std::to_string(int64_t(bytes / (1 << 20))) + " MiB of scratch (limit " +
+                           std::to_string(int64_t(kMaxScratchBytes / (1 << 20))) + " MiB)");
   auto ids = need_typed<int32_t>(env, o.Get("ids"), "batch.ids (batch·seq = " + std::to_string(N) + ")", N);
   auto aux = need_typed<float>(env, o.Get("aux"), "batch.aux (batch·seq·3·hidden = " + std::to_string(N * 3 * H) + ")",
                                N * 3 * H);

@@ -171,7 +171,11 @@ Napi::Value TargetWrap::Forward(const Napi::CallbackInfo& info) {
   const TargetConfig& c = state_->model.cfg;
   const int64_t B = need_int(env, info[1], "batch", 1, 1 << 20);
   const int64_t T = need_int(env, info[2], "seq", 1, 1 << 20);
-  if (double(B * T) * double(3 * c.hidden) > 2e9) throw_invalid(env, "batch too large: batch·seq·3·hidden exceeds 2e9");
+  if (T > kMaxDecodeLen) throw_invalid(env, "seq must be <= " + std::to_string(kMaxDecodeLen));
+  const double bytes = 4.0 * double(B * T) * double(4 * c.hidden) +
+                       4.0 * double(T) * double(2 * c.layers * c.kv_dim() + 4 * c.hidden + c.qkv_dim() + 3 * c.intermediate);
+  if (bytes > kMaxScratchBytes)
+    throw_invalid(env, "batch too large: ~" + std::to_string(int64_t(bytes / (1 << 20))) + " MiB of outputs and scratch");
   auto ids = need_typed<int32_t>(env, info[0], "ids (batch·seq = " + std::to_string(B * T) + ")", B * T);
   check_ids(env, ids.Data(), B * T, c.vocab, "ids");
   std::vector<int32_t> copy(ids.Data(), ids.Data() + B * T);
@@ -189,9 +193,10 @@ Napi::Value TargetWrap::Generate(const Napi::CallbackInfo& info) {
   const TargetConfig& c = state_->model.cfg;
   auto prompt = need_typed<int32_t>(env, info[0], "prompt", -1);
   if (prompt.ElementLength() == 0) throw_invalid(env, "prompt must hold at least one token");
-  if (prompt.ElementLength() > (1u << 20)) throw_invalid(env, "prompt longer than 2^20 tokens");
   check_ids(env, prompt.Data(), int64_t(prompt.ElementLength()), c.vocab, "prompt");
-  const int64_t max_new = need_int(env, info[1], "maxNew", 0, 1 << 20);
+  const int64_t max_new = need_int(env, info[1], "maxNew", 0, kMaxDecodeLen);
+  if (int64_t(prompt.ElementLength()) + max_new > kMaxDecodeLen)
+    throw_invalid(env, "prompt length + maxNew must be <= " + std::to_string(kMaxDecodeLen));
   const double temperature = info[2].IsUndefined() ? 0.0 : need_number(env, info[2], "temperature");
   if (temperature < 0) throw_invalid(env, "temperature must be >= 0");
   const int64_t seed = info[3].IsUndefined() ? 0 : need_int(env, info[3], "seed", 0, kMaxSeed);
@@ -215,7 +220,7 @@ Napi::Value AcceptLength(const Napi::CallbackInfo& info) {
   TargetWrap* tw = TargetWrap::from(env, info[1], "target");
   if (!info[2].IsArray()) throw_invalid(env, "prompts must be an array of Int32Array");
   Napi::Array arr = info[2].As<Napi::Array>();
-  const int64_t max_new = need_int(env, info[3], "maxNew", 1, 1 << 20);
+  const int64_t max_new = need_int(env, info[3], "maxNew", 1, kMaxDecodeLen);
   std::vector<std::vector<int32_t>> prompts;
   auto d = dw->acquire(env, "acceptLength");
   std::shared_ptr<TargetState> t;
@@ -236,7 +241,8 @@ Napi::Value AcceptLength(const Napi::CallbackInfo& info) {
       const std::string what = "prompts[" + std::to_string(i) + "]";
       auto p = need_typed<int32_t>(env, arr.Get(i), what, -1);
       if (p.ElementLength() == 0) throw_invalid(env, what + " is empty");
-      if (p.ElementLength() > (1u << 20)) throw_invalid(env, what + " longer than 2^20 tokens");
+      if (int64_t(p.ElementLength()) + max_new + dc.ttt > kMaxDecodeLen)
+        throw_invalid(env, what + ": length + maxNew + ttt must be <= " + std::to_string(kMaxDecodeLen));
       check_ids(env, p.Data(), int64_t(p.ElementLength()), tc.vocab, what);
       prompts.emplace_back(p.Data(), p.Data() + p.ElementLength());
     }

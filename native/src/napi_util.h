@@ -35,6 +35,12 @@ Napi::TypedArrayOf<T> need_typed(Napi::Env env, Napi::Value v, const std::string
 Napi::Float32Array to_f32(Napi::Env env, const float* p, size_t n);
 Napi::Int32Array to_i32(Napi::Env env, const int32_t* p, size_t n);
 
+// Upper bound on the scratch one call may allocate (Linux overcommits: an oversized request
+// would not fail cleanly but get the process OOM-killed later, so refuse it up front).
+constexpr double kMaxScratchBytes = 8.0 * (1ull << 30);
+// Longest sequence the target decodes (prompt + new tokens).
+constexpr int64_t kMaxDecodeLen = int64_t(1) << 17;
+
 // First index of a non-finite value, or -1.
 int64_t first_nonfinite(const float* p, int64_t n);
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
+#include <exception>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -12,8 +13,6 @@ namespace {
 
 class Pool {
  public:
-  ~Pool() { resize(1); }
-
   void resize(int n) {
     n = std::max(1, std::min(64, n));
     bool expected = false;
@@ -31,7 +30,10 @@ class Pool {
       for (auto& t : workers_) t.join();
       workers_.clear();
       stop_ = false;
-      for (int i = 1; i < n; i++) workers_.emplace_back([this] { loop(); });
+      // a new worker must start from the generation current now: reading it later, from the
+      // thread itself, could skip a region published in between (and deadlock its caller)
+      const uint64_t start = gen_;
+      for (int i = 1; i < n; i++) workers_.emplace_back([this, start] { loop(start); });
     }
     threads_ = n;
     busy_.store(false);
@@ -55,12 +57,16 @@ class Pool {
     }
     cv_.notify_all();
     work();
+    std::exception_ptr err;
     {
       std::unique_lock<std::mutex> lk(mu_);
       done_cv_.wait(lk, [this] { return pending_ == 0; });
       fn_ = nullptr;
+      err = error_;
+      error_ = nullptr;
     }
     busy_.store(false);
+    if (err) std::rethrow_exception(err);  // e.g. bad_alloc in a worker: fail the call, not the process
   }
 
  private:
@@ -68,16 +74,17 @@ class Pool {
     for (;;) {
       int64_t c = next_.fetch_add(1);
       if (c >= nchunks_) break;
-      (*fn_)(c);
+      try {
+        (*fn_)(c);
+      } catch (...) {
+        std::lock_guard<std::mutex> lk(mu_);
+        if (!error_) error_ = std::current_exception();
+        next_.store(nchunks_);  // stop handing out chunks
+      }
     }
   }
 
-  void loop() {
-    uint64_t seen = 0;
-    {
-      std::lock_guard<std::mutex> lk(mu_);
-      seen = gen_;
-    }
+  void loop(uint64_t seen) {
     for (;;) {
       {
         std::unique_lock<std::mutex> lk(mu_);
@@ -104,11 +111,14 @@ class Pool {
   const std::function<void(int64_t)>* fn_ = nullptr;
   int64_t nchunks_ = 0;
   std::atomic<int64_t> next_{0};
+  std::exception_ptr error_;
 };
 
+// Never destroyed: at process exit a worker may still be inside a region started by a libuv
+// thread, and joining it from a static destructor could stall the exit.
 Pool& pool() {
-  static Pool p;
-  return p;
+  static Pool* p = new Pool();
+  return *p;
 }
 
 }  // namespace

@@ -29,6 +29,9 @@ std::string TargetConfig::check() const {
   const double big = 1LL << 31;
   if (double(vocab) * double(hidden) >= big || double(intermediate) * double(hidden) * 2 >= big)
     return "config too large (a weight matrix would exceed 2^31 elements)";
+  const double per_layer = double(hidden) * double(qkv_dim() + q_dim() + 3 * intermediate + 2);
+  const double total = 2.0 * double(vocab) * double(hidden) + double(layers) * per_layer;
+  if (total * 4 > 8.0 * (1ull << 30)) return "config too large (more than 8 GiB of weights)";
   return "";
 }
 
@@ -91,7 +94,8 @@ void TargetModel::forward(const int32_t* ids, int64_t n, KVCache& cache, float* 
   gu_.resize(static_cast<size_t>(n * 2 * I));
   act_.resize(static_cast<size_t>(n * I));
   rstd_.resize(static_cast<size_t>(n));
-  lse_.resize(static_cast<size_t>(n));
+  lse_.resize(static_cast<size_t>(n * cfg.heads));
+  attn_scratch_.resize(static_cast<size_t>(cfg.kv_heads));
   pos_.resize(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; i++) {
     std::copy_n(embed.data() + int64_t(ids[i]) * H, H, h_.data() + i * H);
@@ -115,19 +119,26 @@ void TargetModel::forward(const int32_t* ids, int64_t n, KVCache& cache, float* 
       std::copy_n(qkv_.data() + i * D + qd, kvd, kc + (t0 + i) * kvd);
       std::copy_n(qkv_.data() + i * D + qd + kvd, kvd, vc + (t0 + i) * kvd);
     }
-    for (int64_t h = 0; h < cfg.heads; h++) {
-      const int64_t c = h / g;
-      AttnHead hd;
-      hd.q = qkv_.data() + h * d;
-      hd.ldq = D;
-      hd.k = kc + c * d;
-      hd.ldk = kvd;
-      hd.v = vc + c * d;
-      hd.ldv = kvd;
-      hd.o = attn_.data() + h * d;
-      hd.ldo = qd;
-      hd.lse = lse_.data();
-      attention_forward(sh, hd, attn_scratch_);
+    // one task per kv head (its query heads in turn), single-threaded GEMMs inside
+    auto task = [&](int64_t c) {
+      for (int64_t h = c * g; h < (c + 1) * g; h++) {
+        AttnHead hd;
+        hd.q = qkv_.data() + h * d;
+        hd.ldq = D;
+        hd.k = kc + c * d;
+        hd.ldk = kvd;
+        hd.v = vc + c * d;
+        hd.ldv = kvd;
+        hd.o = attn_.data() + h * d;
+        hd.ldo = qd;
+        hd.lse = lse_.data() + h * n;
+        attention_forward(sh, hd, attn_scratch_[size_t(c)]);
+      }
+    };
+    if (n == 1) {
+      for (int64_t c = 0; c < cfg.kv_heads; c++) task(c);  // decoding one token: tiny
+    } else {
+      with_serial_blas([&] { parallel_chunks(cfg.kv_heads, task); });
     }
     gemm_nt(n, H, qd, 1.0f, attn_.data(), qd, L.wo.data(), qd, 1.0f, h_.data(), H);
     // MLP block

@@ -61,7 +61,7 @@ class TargetModel {
   std::vector<Layer> layers_;
   std::vector<float> final_norm_;
   RopeTable rope_;
-  AttnScratch attn_scratch_;
+  std::vector<AttnScratch> attn_scratch_;  // one per kv head
   // scratch for `forward`, grown as needed
   std::vector<float> h_, u_, qkv_, attn_, gu_, act_, rstd_, lse_;
   std::vector<int32_t> pos_;
