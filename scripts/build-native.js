@@ -4,7 +4,7 @@
 // Plain ESM so it runs before anything else (`npm test` calls it first).
 // Usage: node scripts/build-native.js [--force]
 import { spawnSync } from 'node:child_process';
-import { existsSync, readdirSync, statSync } from 'node:fs';
+import { existsSync, readdirSync, statSync, utimesSync } from 'node:fs';
 import { dirname, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -50,6 +50,10 @@ function main() {
     console.error(`build-native: cmake-js failed (exit ${r.status ?? r.signal})`);
     return 1;
   }
+  // A no-op incremental build leaves the addon's mtime alone; touch it so a header that was
+  // merely newer does not trigger a rebuild on every run.
+  const now = new Date();
+  utimesSync(output, now, now);
   console.log(`build-native: built ${relative(root, output)} in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
   return 0;
 }
