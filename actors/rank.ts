@@ -1,13 +1,25 @@
 // One trainer rank (DESIGN.md §2): subscribes to its partition's subject for the current
 // epoch, sends credit, gathers a batch of leases, reads the features from the store, runs
-// the native step off the event loop, and acks every lease of the step as a whole. While
-// the step computes, heartbeats and lease renewals keep running on the event loop.
+// the native step off the event loop. While the step computes, heartbeats and lease
+// renewals keep running on the event loop.
+//
+// Exactly-once training across crashes: every `checkpointEvery` steps the rank writes a
+// checkpoint (weights, AdamW state, step, and the leases/sample ids trained since the
+// previous one; src/checkpoint.ts) and acks those leases only once it is durable, renewing
+// them until then. A crash loses only un-checkpointed steps: their leases were never acked,
+// so they expire and are re-leased and retrained from the checkpoint state. A sample that
+// is in the checkpoint but whose ack did not get through (crash right after the checkpoint,
+// or a lease that expired while the process was frozen) is acked without training when it
+// is leased again. On an epoch change (StaleEpochError on credit) the rank checkpoints and
+// acks what it trained, releases the leases it had not used, and re-joins under the new
+// epoch's partition count.
 import type { Bus, BusSubscription } from '../src/bus.ts';
-import { DraftwireError, InvalidArgumentError, StaleEpochError } from '../src/errors.ts';
+import { DraftwireError, InvalidArgumentError, LeaseExpiredError, StaleEpochError } from '../src/errors.ts';
+import { writeRankCheckpoint, type CheckpointLease, type LoadedRankCheckpoint } from '../src/checkpoint.ts';
 import { failpoint } from '../src/failpoints.ts';
 import type { Lease } from '../src/ledger.ts';
 import { createLogger } from '../src/log.ts';
-import type { JobSpec } from '../src/job.ts';
+import { checkpointEvery, type JobSpec } from '../src/job.ts';
 import { acceptLength, DraftModel, TargetModel } from '../src/native.ts';
 import type { FeatureStore } from '../src/store/feature-store.ts';
 import type { Tensor } from '../src/tensor.ts';
@@ -30,6 +42,10 @@ export interface RankOptions {
   weights: Record<string, Float32Array | Int32Array>;
   /** Called after every step (tests; the CLI reads the metrics subject instead). */
   onStep?: (m: StepMetrics) => void;
+  /** Resume from this checkpoint (weights must already be the checkpoint's). */
+  resume?: LoadedRankCheckpoint | null;
+  /** Called after every committed checkpoint, before its leases are acked. */
+  onCheckpoint?: (step: number) => void;
 }
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
@@ -61,24 +77,34 @@ export function stackBatch(samples: Record<string, Tensor>[], seq: number, hidde
 export class RankWorker {
   private readonly log;
   private readonly consumer: string;
+  /** Leases received and not yet trained, by leaseId (one per sample id). */
   private held = new Map<string, Lease>();
+  /** Leases trained since the last checkpoint: renewed until the checkpoint is durable, then acked. */
+  private window: Lease[] = [];
+  /** Samples trained into a committed checkpoint whose ack did not get through: ack on re-lease, never retrain. */
+  private trainedSkip = new Set<string>();
   private wake: (() => void) | null = null;
   private sub: BusSubscription | null = null;
   private epoch: EpochInfo = { epoch: 0, num: 1 };
   private stepNo = 0;
-  private state: 'starting' | 'waiting' | 'stepping' | 'done' = 'starting';
+  private state: 'starting' | 'waiting' | 'stepping' | 'checkpointing' | 'resharding' | 'done' = 'starting';
   private stopped = false;
   private timers: NodeJS.Timeout[] = [];
   private model: DraftModel | null = null;
+  /** Counters for tests and status. */
+  readonly stats = { checkpoints: 0, skippedAcks: 0, rejoins: 0, staleAcks: 0, resumedFrom: 0 };
 
   constructor(private readonly o: RankOptions) {
-    this.consumer = `rank-${o.rank}-${process.pid}`;
+    // Stable per rank (not per process): a replacement process receives what the queue granted
+    // to its predecessor's outstanding credit instead of letting it expire again.
+    this.consumer = `rank-${o.rank}`;
     this.log = createLogger(`rank.${o.rank}`);
   }
 
   get step(): number { return this.stepNo; }
+  get currentEpoch(): EpochInfo { return this.epoch; }
 
-  /** Trains spec.steps steps (from `startStep`); resolves with the model's final weights. */
+  /** Trains up to spec.steps steps; resolves with the model's final weights. */
   async run(startStep = 0): Promise<{ weights: Record<string, Float32Array>; model: DraftModel }> {
     const { spec, bus, rank } = this.o;
     if (spec.dp * spec.tp * spec.sp !== 1) {
@@ -86,14 +112,31 @@ export class RankWorker {
     }
     this.stepNo = startStep;
     this.model = DraftModel.create(spec.draft, this.o.weights, { threads: spec.threads });
+    const resume = this.o.resume ?? null;
+    if (resume) {
+      this.model.loadOptimizerState(resume.optimizer);
+      this.stepNo = resume.manifest.step;
+      this.stats.resumedFrom = resume.manifest.step;
+      for (const id of resume.manifest.trained) this.trainedSkip.add(id);
+    }
     const target = TargetModel.create(spec.target, { threads: spec.threads });
     const prompts = evalPrompts(spec);
+    const every = checkpointEvery(spec);
     this.startTimers();
     try {
       await this.joinEpoch();
+      // Acks of the resumed checkpoint's window that may not have got through.
+      if (resume) await this.ackAll(resume.manifest.window);
       while (this.stepNo < spec.steps && !this.stopped) {
         const t0 = Date.now();
-        const leases = await this.collect(spec.batch);
+        let leases: Lease[];
+        try {
+          leases = await this.collect(spec.batch);
+        } catch (e) {
+          if (!(e instanceof StaleEpochError)) throw e;
+          await this.reshard();
+          continue;
+        }
         const samples = await this.fetch(leases);
         if (samples.length < leases.length) continue; // a failed read was dead-lettered; refill
         const t1 = Date.now();
@@ -102,10 +145,7 @@ export class RankWorker {
           lr: spec.lr, clip: spec.clip, weightDecay: spec.weightDecay, returnGrads: false,
         });
         const t2 = Date.now();
-        failpoint('rank.before-ack');
-        // The step is acked as a whole once it succeeded (DESIGN.md §2).
-        await Promise.all(leases.map((l) => bus.request(bus.subjects.queue.ack, { leaseId: l.leaseId, epoch: l.epoch }, { idempotencyKey: `ack:${l.leaseId}`, retries: 10, timeoutMs: 3000 })));
-        for (const l of leases) this.held.delete(l.leaseId);
+        for (const l of leases) { this.held.delete(l.leaseId); this.window.push(l); }
         this.stepNo++;
         const evalDue = this.stepNo === spec.steps || (spec.evalEvery > 0 && this.stepNo % spec.evalEvery === 0);
         const accept = evalDue ? (await acceptLength(this.model, target, prompts, { maxNew: spec.seqLen - spec.promptLen })).acceptLength : null;
@@ -113,9 +153,13 @@ export class RankWorker {
           rank, step: this.stepNo, loss: res.loss, gradNorm: res.gradNorm, ploss: [...res.ploss], acc: [...res.acc],
           samples: leases.length, tokens: leases.length * spec.seqLen, stepMs: t2 - t1, waitMs: t1 - t0, acceptLength: accept, at: Date.now(),
         };
+        // Reported before the checkpoint: a step lost to a crash is reported again when it is
+        // retrained (the run keeps the last report of each step), and none goes unreported.
         bus.publish(`dw.${spec.job}.metrics`, m);
         this.o.onStep?.(m);
+        if (this.stepNo % every === 0 || this.stepNo === spec.steps) await this.checkpointAndAck();
       }
+      if (!this.stopped) await this.drainSkipped();
       this.state = 'done';
       return { weights: this.model.weights(), model: this.model };
     } finally {
@@ -133,15 +177,102 @@ export class RankWorker {
     this.wake?.();
   }
 
+  /** Commits a checkpoint holding the window's steps, then acks the window's leases. */
+  private async checkpointAndAck(): Promise<void> {
+    const { spec } = this.o;
+    if (this.window.length === 0 && this.trainedSkip.size === 0) return;
+    this.state = 'checkpointing';
+    const win: CheckpointLease[] = this.window.map((l) => ({ leaseId: l.leaseId, sampleId: l.sampleId, epoch: l.epoch }));
+    // Samples already in a checkpoint whose acks failed stay recorded as trained.
+    const skipped = [...this.trainedSkip].map((sampleId) => ({ leaseId: '', sampleId, epoch: 0 }));
+    await writeRankCheckpoint(spec, this.model!, this.o.weights.d2t as Int32Array, this.stepNo, [...win, ...skipped]);
+    this.stats.checkpoints++;
+    this.o.onCheckpoint?.(this.stepNo);
+    failpoint('rank.before-ack');
+    const window = this.window;
+    await this.ackAll(win);
+    if (this.window === window) this.window = [];
+  }
+
+  /** Acks leases of trained samples; a lease that is gone puts its sample on the skip list. */
+  private async ackAll(leases: CheckpointLease[]): Promise<void> {
+    const { bus } = this.o;
+    await Promise.all(leases.filter((l) => l.leaseId !== '').map(async (l) => {
+      try {
+        await bus.request(bus.subjects.queue.ack, { leaseId: l.leaseId, epoch: l.epoch }, { idempotencyKey: `ack:${l.leaseId}`, retries: 10, timeoutMs: 3000 });
+        this.trainedSkip.delete(l.sampleId);
+      } catch (e) {
+        if (!(e instanceof LeaseExpiredError || e instanceof StaleEpochError)) throw e;
+        // A stale ack is refused by the queue (fencing); the sample is trained already, so its
+        // next lease is acked without training it again.
+        this.stats.staleAcks++;
+        this.trainedSkip.add(l.sampleId);
+        this.log.warn('ack refused (lease gone); the sample will be acked on its next lease', { leaseId: l.leaseId, sampleId: l.sampleId, error: (e as Error).message });
+      }
+    }));
+  }
+
+  /** Leases of samples already trained into a checkpoint: ack them, do not train again. */
+  private async ackSkipped(): Promise<void> {
+    const { bus } = this.o;
+    for (const l of [...this.held.values()]) {
+      if (!this.trainedSkip.has(l.sampleId)) continue;
+      this.held.delete(l.leaseId);
+      try {
+        await bus.request(bus.subjects.queue.ack, { leaseId: l.leaseId, epoch: l.epoch }, { idempotencyKey: `ack:${l.leaseId}`, retries: 10, timeoutMs: 3000 });
+        this.trainedSkip.delete(l.sampleId);
+        this.stats.skippedAcks++;
+        this.log.info('acked a re-leased sample that the checkpoint already holds', { sampleId: l.sampleId, leaseId: l.leaseId });
+      } catch (e) {
+        if (!(e instanceof LeaseExpiredError || e instanceof StaleEpochError)) throw e;
+      }
+    }
+  }
+
+  /** After the last step: ack the re-leases of samples trained but not yet acked (bounded wait). */
+  private async drainSkipped(): Promise<void> {
+    const end = Date.now() + 3 * this.o.spec.leaseMs;
+    while (this.trainedSkip.size > 0 && Date.now() < end && !this.stopped) {
+      try { await this.collect(this.held.size + this.trainedSkip.size, end); } catch (e) {
+        if (e instanceof StaleEpochError) { await this.reshard(); continue; }
+        if ((e as DraftwireError).code === 'DEADLINE') break;
+        throw e;
+      }
+    }
+    if (this.trainedSkip.size > 0) this.log.warn('finished with trained samples whose acks never got through', { samples: [...this.trainedSkip] });
+    // Leases received but not trained (the job's step count was reached): give them back.
+    await this.releaseHeld();
+  }
+
+  private async releaseHeld(): Promise<void> {
+    const { bus } = this.o;
+    const held = [...this.held.values()];
+    this.held.clear();
+    await Promise.all(held.map((l) => bus.request(bus.subjects.queue.release, { leaseId: l.leaseId, epoch: l.epoch }, { idempotencyKey: `release:${l.leaseId}`, retries: 5, timeoutMs: 3000 })
+      .catch((e: unknown) => this.log.warn('release failed', { leaseId: l.leaseId, error: (e as Error).message }))));
+  }
+
+  /** The epoch changed: finish (checkpoint + ack) what was trained, give back unused leases, re-join. */
+  private async reshard(): Promise<void> {
+    this.state = 'resharding';
+    await this.checkpointAndAck();
+    await this.releaseHeld();
+    this.sub?.unsubscribe();
+    this.sub = null;
+    this.stats.rejoins++;
+    await this.joinEpoch(true);
+  }
+
   private startTimers(): void {
     const { spec, bus, rank } = this.o;
-    const hb = setInterval(() => {
-      bus.publish(bus.subjects.hb(`rank-${rank}`), { rank, pid: process.pid, step: this.stepNo, state: this.state, held: this.held.size, epoch: this.epoch.epoch, at: Date.now() });
-    }, 1000);
-    // Renew held leases well before they expire; a step longer than a lease must not lose them.
+    const beat = () => bus.publish(bus.subjects.hb(`rank-${rank}`), { rank, pid: process.pid, step: this.stepNo, state: this.state, held: this.held.size + this.window.length, epoch: this.epoch.epoch, at: Date.now() });
+    beat(); // at once: a rank frozen before its first interval must still be known, hence detectable
+    const hb = setInterval(beat, 1000);
+    // Renew held and trained-but-unacked leases well before they expire.
     const renew = setInterval(() => {
-      for (const l of this.held.values()) {
+      for (const l of [...this.held.values(), ...this.window]) {
         bus.request(bus.subjects.queue.renew, { leaseId: l.leaseId, epoch: l.epoch }, { timeoutMs: 2000, retries: 1 }).catch((e: unknown) => {
+          if (e instanceof LeaseExpiredError && this.held.get(l.leaseId) === l) this.held.delete(l.leaseId); // re-leased or gone
           this.log.warn('lease renewal failed', { leaseId: l.leaseId, error: (e as Error).message });
         });
       }
@@ -149,19 +280,25 @@ export class RankWorker {
     this.timers.push(hb, renew);
   }
 
-  private async joinEpoch(): Promise<void> {
+  private async joinEpoch(newer = false): Promise<void> {
     const { bus, spec } = this.o;
     const kv = await bus.kv(bus.subjects.kvBucket);
+    const was = this.epoch.epoch;
     for (let i = 0; ; i++) {
       const e = await kv.get<EpochInfo>('epoch');
-      if (e) { this.epoch = e.value; break; }
-      if (i > 600) throw new DraftwireError('NO_EPOCH', `no epoch in KV bucket ${bus.subjects.kvBucket} after 60 s: is the coordinator running?`, true);
+      if (e && (!newer || e.value.epoch > was)) { this.epoch = e.value; break; }
+      if (i > 600) throw new DraftwireError('NO_EPOCH', `no ${newer ? `epoch after ${was}` : 'epoch'} in KV bucket ${bus.subjects.kvBucket} after 60 s: is the coordinator running?`, true);
       await sleep(100);
     }
     const index = this.o.rank % this.epoch.num;
     this.sub = bus.subscribe<LeaseMessage>(bus.subjects.part(this.epoch.num, index), (m) => {
       if (m?.consumer !== this.consumer || !Array.isArray(m.leases)) return;
-      for (const l of m.leases) this.held.set(l.leaseId, l);
+      for (const l of m.leases) {
+        // A newer lease of a sample supersedes an older one (the older one expired: renewals
+        // lapsed while this process was frozen); never train one sample twice in a step.
+        for (const [id, h] of this.held) if (h.sampleId === l.sampleId) this.held.delete(id);
+        this.held.set(l.leaseId, l);
+      }
       this.wake?.();
     }, { dedupe: false });
     await bus.flush();
@@ -169,11 +306,14 @@ export class RankWorker {
   }
 
   /** Waits until `n` leases are held, re-sending credit while waiting. */
-  private async collect(n: number): Promise<Lease[]> {
+  private async collect(n: number, deadline = Infinity): Promise<Lease[]> {
     const { bus } = this.o;
     this.state = 'waiting';
-    while (this.held.size < n) {
+    for (;;) {
+      if (this.trainedSkip.size > 0) await this.ackSkipped();
+      if (this.held.size >= n || (this.trainedSkip.size === 0 && deadline !== Infinity)) break;
       if (this.stopped) throw new DraftwireError('STOPPED', 'rank stopped', false);
+      if (Date.now() > deadline) throw new DraftwireError('DEADLINE', 'no more leases before the deadline', true);
       const index = this.o.rank % this.epoch.num;
       try {
         await bus.request(bus.subjects.queue.credit, { consumer: this.consumer, partition: [index, this.epoch.num], epoch: this.epoch.epoch, max: n - this.held.size, leaseMs: this.o.spec.leaseMs }, { timeoutMs: 3000, retries: 2 });

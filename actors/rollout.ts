@@ -3,6 +3,14 @@
 // SampleRef to the queue with retries. Sample ids come from the dataset row, so a restarted
 // rollout skips rows the ledger already has, and re-putting a row it wrote but never
 // committed supersedes the orphan generation (the store deletes it).
+//
+// Throughput: rows go in chunks of `chunk` (aligned: chunk c is rows [c·chunk, (c+1)·chunk)).
+// The target decodes a chunk's prompts together, with aux/last from the decoding pass itself
+// (TargetModel.rolloutBatch); the chunk's samples are written concurrently (the writes wait on
+// fsync), then committed row by row, in order, each commit after its own put. While a chunk
+// commits, the next one is already computed (on the target's worker thread) and written. A
+// chunk is always computed whole, so a row's features do not depend on which rows a
+// restarted rollout still had to produce.
 import { readFileSync } from 'node:fs';
 import type { ActorContext, ActorSpec } from '../src/actor-system.ts';
 import type { Bus } from '../src/bus.ts';
@@ -11,7 +19,7 @@ import { failpoint } from '../src/failpoints.ts';
 import type { JobSpec } from '../src/job.ts';
 import { TargetModel } from '../src/native.ts';
 import type { FeatureStore } from '../src/store/feature-store.ts';
-import { tensor } from '../src/tensor.ts';
+import { tensor, type Tensor } from '../src/tensor.ts';
 
 export interface RolloutOptions {
   spec: JobSpec;
@@ -19,10 +27,25 @@ export interface RolloutOptions {
   store: FeatureStore;
   /** Rows to produce (default: every sample the job's steps consume). */
   rows?: number;
+  /** Rows the target decodes together (default ROLLOUT_CHUNK). */
+  chunk?: number;
 }
 
+/** Default rows per target call. */
+export const ROLLOUT_CHUNK = 8;
+
+type Sample = Record<string, Tensor>;
 type RolloutMsg = { op: 'next' } | { op: 'status' };
-interface RolloutState { target: TargetModel | null; done: Set<string>; row: number; produced: number; paused: boolean; prompts: Int32Array[] | null }
+type PutResult = PromiseSettledResult<Awaited<ReturnType<FeatureStore['put']>>>;
+/** A chunk in flight: its features, then the writes of its rows not yet committed (by row). */
+interface Batch { chunk: number; samples: Promise<Sample[]>; puts: Promise<Map<number, PutResult>> }
+interface RolloutState {
+  target: TargetModel | null; done: Set<string>; row: number; produced: number; paused: boolean; prompts: Int32Array[] | null;
+  /** The next chunk, computed and written ahead of its turn. */
+  ahead: Batch | null;
+  /** Features of a chunk some of whose writes met backpressure. */
+  retry: { chunk: number; samples: Sample[] } | null;
+}
 
 export function sampleId(row: number): string {
   return `row-${String(row).padStart(8, '0')}`;
@@ -60,28 +83,69 @@ export function syntheticPrompt(seed: number, row: number, vocab: number, len: n
   return Int32Array.from({ length: len }, () => { s ^= s << 13; s >>>= 0; s ^= s >>> 17; s ^= s << 5; s >>>= 0; return s % vocab; });
 }
 
-/** The features of one sample: the target writes its own continuation of the prompt. */
-export async function makeSample(target: TargetModel, spec: JobSpec, prompt: Int32Array, row: number) {
-  const ids = await target.generate(prompt, spec.seqLen - spec.promptLen, { temperature: spec.temperature, seed: spec.seed * 1_000_003 + row });
-  const { aux, last } = await target.forward(ids, 1, spec.seqLen);
+/** Sampling seed of a row (temperature > 0). */
+export function rowSeed(spec: JobSpec, row: number): number {
+  return spec.seed * 1_000_003 + row;
+}
+
+function sampleOf(spec: JobSpec, r: { ids: Int32Array; aux: Float32Array; last: Float32Array }): Sample {
   const H = spec.draft.hidden;
   return {
-    ids: tensor('i32', [spec.seqLen], ids),
-    aux: tensor('f32', [spec.seqLen, 3 * H], aux),
-    last: tensor('f32', [spec.seqLen, H], last),
+    ids: tensor('i32', [spec.seqLen], r.ids),
+    aux: tensor('f32', [spec.seqLen, 3 * H], r.aux),
+    last: tensor('f32', [spec.seqLen, H], r.last),
     mask: tensor('u8', [spec.seqLen], new Uint8Array(spec.seqLen).fill(1)),
   };
+}
+
+/** The features of one sample: the target writes its own continuation of the prompt (aux/last from the same pass). */
+export async function makeSample(target: TargetModel, spec: JobSpec, prompt: Int32Array, row: number): Promise<Sample> {
+  return sampleOf(spec, await target.rollout(prompt, spec.seqLen - spec.promptLen, { temperature: spec.temperature, seed: rowSeed(spec, row) }));
+}
+
+/** The features of several rows in one target call (prompts decoded together). */
+export async function makeSamples(target: TargetModel, spec: JobSpec, prompts: Int32Array[], rows: number[]): Promise<Sample[]> {
+  const out = await target.rolloutBatch(prompts, spec.seqLen - spec.promptLen, { temperature: spec.temperature, seeds: rows.map((r) => rowSeed(spec, r)) });
+  return out.map((r) => sampleOf(spec, r));
 }
 
 export function rolloutActorSpec(o: RolloutOptions): ActorSpec<RolloutState, RolloutMsg> {
   const { spec, bus, store } = o;
   const rows = o.rows ?? spec.steps * spec.batch * spec.dp;
+  const chunk = o.chunk ?? ROLLOUT_CHUNK;
+  if (!Number.isInteger(chunk) || chunk < 1 || chunk > 1024) throw new InvalidArgumentError(`rollout chunk must be an integer in [1, 1024] (got ${String(chunk)})`);
+  const rowsOf = (c: number): number[] => {
+    const rs: number[] = [];
+    for (let r = c * chunk; r < Math.min((c + 1) * chunk, rows); r++) rs.push(r);
+    return rs;
+  };
+  const promptOf = (st: RolloutState, row: number) =>
+    st.prompts ? st.prompts[row % st.prompts.length]! : syntheticPrompt(spec.seed, row, spec.target.vocab, spec.promptLen);
+  // Chunk c: every row computed (done or not, decoded together), then the rows not yet
+  // committed written concurrently. Errors surface where the batch is awaited.
+  const launch = (st: RolloutState, c: number, features?: Sample[]): Batch => {
+    const rs = rowsOf(c);
+    const samples = features ? Promise.resolve(features) : makeSamples(st.target!, spec, rs.map((r) => promptOf(st, r)), rs);
+    const todo = rs.filter((r) => !st.done.has(sampleId(r)));
+    const puts = samples.then(async (s) => {
+      const res = await Promise.allSettled(todo.map((r) => store.put(sampleId(r), s[r - c * chunk]!)));
+      return new Map(todo.map((r, i) => [r, res[i]!]));
+    });
+    puts.catch(() => {}); // a batch launched ahead may be dropped by a restart
+    return { chunk: c, samples, puts };
+  };
+  const hasWork = (st: RolloutState, c: number) => rowsOf(c).some((r) => !st.done.has(sampleId(r)));
   return {
     init: (ctx: ActorContext<RolloutMsg>) => {
       setImmediate(() => { try { ctx.system.dispatch(ctx.self, { op: 'next' }); } catch { /* stopped */ } });
-      return { target: null, done: new Set(), row: 0, produced: 0, paused: false, prompts: null };
+      return { target: null, done: new Set(), row: 0, produced: 0, paused: false, prompts: null, ahead: null, retry: null };
     },
-    afterStop: (st) => { st.target?.close(); },
+    afterStop: async (st) => {
+      st.target?.close();
+      // A restarted incarnation re-puts these rows: the old writes must be over by then, or one
+      // could supersede (delete) a generation the new incarnation committed.
+      await st.ahead?.puts.catch(() => undefined);
+    },
     async handle(st, msg, ctx) {
       if (msg.op === 'status') { ctx.reply({ row: st.row, rows, produced: st.produced, paused: st.paused }); return st; }
       const again = (ms: number) => {
@@ -106,21 +170,37 @@ export function rolloutActorSpec(o: RolloutOptions): ActorSpec<RolloutState, Rol
       }
       if (st.paused) ctx.log.info('rollout resumed', { usage: bp.usageBytes });
       st.paused = false;
-      const row = st.row;
-      const id = sampleId(row);
-      const prompt = st.prompts ? st.prompts[row % st.prompts.length] : syntheticPrompt(spec.seed, row, spec.target.vocab, spec.promptLen);
-      let ref;
-      try {
-        ref = await store.put(id, await makeSample(st.target, spec, prompt, row));
-      } catch (e) {
-        if (e instanceof BackpressureError) { again(200); return st; }
-        throw e; // the supervisor restarts us; the row is produced again
+      const c = Math.floor(st.row / chunk);
+      let cur: Batch;
+      if (st.ahead?.chunk === c) { cur = st.ahead; st.ahead = null; }
+      else cur = launch(st, c, st.retry?.chunk === c ? st.retry.samples : undefined);
+      st.retry = null;
+      // The next chunk with work left is computed and written meanwhile (its commits wait their turn).
+      if (!st.ahead) {
+        let n = c + 1;
+        while (n * chunk < rows && !hasWork(st, n)) n++;
+        if (n * chunk < rows) st.ahead = launch(st, n);
       }
-      failpoint('rollout.after-put'); // a crash here must leave one committed sample, no orphan
-      await bus.request(bus.subjects.queue.commit, { ref }, { idempotencyKey: `commit:${id}:${ref.generation}`, timeoutMs: 5000, retries: 20 });
-      st.done.add(id);
-      st.row++;
-      st.produced++;
+      const results = await cur.puts;
+      let pressured = false;
+      for (const r of rowsOf(c)) { // commits in row order, each after its own put
+        const id = sampleId(r), res = results.get(r);
+        if (st.done.has(id) || !res) continue;
+        if (res.status === 'rejected') {
+          if (res.reason instanceof BackpressureError) { pressured = true; continue; } // written again next time
+          throw res.reason; // the supervisor restarts us; the row is produced again
+        }
+        const ref = res.value;
+        failpoint('rollout.after-put'); // a crash here must leave one committed sample, no orphan
+        await bus.request(bus.subjects.queue.commit, { ref }, { idempotencyKey: `commit:${id}:${ref.generation}`, timeoutMs: 5000, retries: 20 });
+        st.done.add(id);
+        st.produced++;
+      }
+      if (pressured) {
+        st.retry = { chunk: c, samples: await cur.samples }; // keep the features for the rows left
+        again(200);
+        return st;
+      }
       again(0);
       return st;
     },

@@ -1,24 +1,30 @@
 // End-to-end samples/s of `draftwire run` (embedded NATS, rollout, queue, janitor, one rank
 // process) against the rank's native step alone on batches of the same shape, measured in
-// the same run: the gap is what the runtime costs (rollout, store, leases, acks).
-//   node --import tsx bench/run.bench.ts [--size small] [--steps 60] [--batch 8] [--json]
+// the same run: the gap is what the runtime costs (rollout, store, leases, acks). Also the
+// target alone, as the rollout drives it (one call per chunk of rows, aux/last from the
+// decoding pass) and as it used to (generate, then forward, one sample at a time).
+//   node --import tsx bench/run.bench.ts [--size small] [--steps 60] [--batch 8] [--checkpoint-every n] [--json]
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { stackBatch } from '../actors/rank.ts';
-import { makeSample, syntheticPrompt } from '../actors/rollout.ts';
+import { makeSamples, ROLLOUT_CHUNK, syntheticPrompt } from '../actors/rollout.ts';
 import { buildSpec, runJob } from '../cluster/commands/run.ts';
 import { loadWeightsFile, writeInitialWeights } from '../src/checkpoint.ts';
 import { saveJobSpec } from '../src/job.ts';
 import { DraftModel, TargetModel } from '../src/native.ts';
 
-const { values } = parseArgs({ options: { size: { type: 'string', default: 'small' }, steps: { type: 'string', default: '60' }, batch: { type: 'string', default: '8' }, json: { type: 'boolean', default: false } } });
+const { values } = parseArgs({ options: {
+  size: { type: 'string', default: 'small' }, steps: { type: 'string', default: '60' }, batch: { type: 'string', default: '8' },
+  'checkpoint-every': { type: 'string' }, json: { type: 'boolean', default: false },
+} });
 process.env.DRAFTWIRE_LOG_LEVEL ??= 'warn';
 const workdir = mkdtempSync(join(tmpdir(), 'draftwire-bench-run-'));
 const opts = {
   workdir, size: values.size!, steps: Number(values.steps), batch: Number(values.batch), lr: 3e-3, clip: 1, weightDecay: 0, dp: 1, tp: 1, sp: 1,
   seed: 0, temperature: 0, evalEvery: 0, evalPrompts: 2, threads: 1, leaseMs: 30_000, storeHighMb: 256, progress: false, keepStore: false,
+  ...(values['checkpoint-every'] ? { checkpointEvery: Number(values['checkpoint-every']) } : {}),
 };
 try {
   // Baseline: the step alone, in this process, on batches the target wrote.
@@ -27,9 +33,24 @@ try {
   await mkdir(spec.runDir, { recursive: true });
   await saveJobSpec(spec);
   await writeInitialWeights(spec);
-  const target = TargetModel.create(spec.target);
-  const samples = [];
-  for (let i = 0; i < spec.batch; i++) samples.push(await makeSample(target, spec, syntheticPrompt(spec.seed, i, spec.target.vocab, spec.promptLen), i));
+  const target = TargetModel.create(spec.target, { threads: 1 });
+  const rowsOf = (r0: number, n: number) => Array.from({ length: n }, (_, i) => r0 + i);
+  const promptOf = (r: number) => syntheticPrompt(spec.seed, r, spec.target.vocab, spec.promptLen);
+  const samples = await makeSamples(target, spec, rowsOf(0, spec.batch).map(promptOf), rowsOf(0, spec.batch));
+  // The target alone: 64 rows as the rollout produces them (chunks), and the old way.
+  const targetRate = async (fn: (r0: number) => Promise<number>): Promise<number> => {
+    await fn(0);
+    const t = performance.now();
+    let n = 0;
+    while (n < 64) n += await fn(1000 + n);
+    return n / ((performance.now() - t) / 1000);
+  };
+  const chunked = await targetRate(async (r0) => (await makeSamples(target, spec, rowsOf(r0, ROLLOUT_CHUNK).map(promptOf), rowsOf(r0, ROLLOUT_CHUNK))).length);
+  const twoPass = await targetRate(async (r0) => {
+    const ids = await target.generate(promptOf(r0), spec.seqLen - spec.promptLen);
+    await target.forward(ids, 1, spec.seqLen);
+    return 1;
+  });
   target.close();
   const batch = stackBatch(samples, spec.seqLen, spec.draft.hidden);
   const model = DraftModel.create(spec.draft, await loadWeightsFile(spec.initWeights, spec.draft), { threads: 1 });
@@ -42,6 +63,8 @@ try {
   const s = await runJob({ ...opts, job: 'bench' });
   const trainSecs = s.stepMsMean !== null ? (s.stepMsMean * s.steps) / 1000 : NaN;
   const rows = [
+    { what: `target: rollout chunks of ${ROLLOUT_CHUNK} (fused aux/last)`, samplesPerSec: chunked },
+    { what: 'target: generate + forward, one sample at a time', samplesPerSec: twoPass },
     { what: 'rank step alone (baseline)', samplesPerSec: stepAlone },
     { what: 'draftwire run, whole job (incl. start-up, eval)', samplesPerSec: s.samplesPerSec },
     { what: 'draftwire run, steady state (samples / time in steps)', samplesPerSec: s.samples / trainSecs },

@@ -10,6 +10,7 @@ import { DecodeError, DraftwireError, InvalidArgumentError } from '../src/errors
 import * as audit from './commands/audit.ts';
 import * as node from './commands/node.ts';
 import * as run from './commands/run.ts';
+import * as scale from './commands/scale.ts';
 import * as status from './commands/status.ts';
 import * as step from './commands/step.ts';
 
@@ -25,7 +26,7 @@ export interface GlobalOptions {
 }
 
 /** The subcommands, in help order. Others (run, node, status, audit) are added here. */
-const COMMANDS: CommandModule[] = [run, status, audit, step, node];
+const COMMANDS: CommandModule[] = [run, status, scale, audit, step, node];
 
 export const EXIT_OK = 0;
 export const EXIT_FAILURE = 1;

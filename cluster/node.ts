@@ -3,6 +3,12 @@
 // rank, on start or on request (`dw.<job>.node.<nodeId>.spawn`), so a native crash takes
 // down one rank, not the node. Rank processes hold an IPC channel to the node and exit when
 // it closes: a dead node leaves no orphan rank.
+//
+// Failure policy: a rank process that dies (non-zero exit, signal) is respawned, up to the
+// job's maxRankRestarts times; the replacement resumes from the latest checkpoint. A rank the
+// coordinator declares dead (silent past rankDeadAfterMs although its process may live, e.g.
+// SIGSTOP) is SIGKILLed here, which the same policy then replaces. `dw.<job>.node.<id>.stop`
+// retires a rank (no respawn), for scaling down.
 import { fork, type ChildProcess } from 'node:child_process';
 import { createWriteStream } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -15,7 +21,7 @@ import { ActorSystem, type ActorRef } from '../src/actor-system.ts';
 import { AuthPolicy } from '../src/auth.ts';
 import { Bus } from '../src/bus.ts';
 import { InvalidArgumentError } from '../src/errors.ts';
-import { jobFile, type JobSpec } from '../src/job.ts';
+import { jobFile, maxRankRestarts, rankDeadAfterMs, type JobSpec } from '../src/job.ts';
 import { createLogger } from '../src/log.ts';
 import { SharedDirFeatureStore } from '../src/store/shared-dir.ts';
 
@@ -34,6 +40,9 @@ export interface NodeOptions {
 
 export interface RankProcess { rank: number; proc: ChildProcess; exited: Promise<number | null> }
 
+/** How a rank ended for good: exit code 0, or the last failure once restarts are used up, or retired. */
+export interface RankOutcome { rank: number; code: number | null; restarts: number; retired: boolean }
+
 const RANK_MAIN = join(dirname(fileURLToPath(import.meta.url)), 'rank-main.ts');
 
 export function parseRoles(s: string): Role[] {
@@ -44,6 +53,12 @@ export function parseRoles(s: string): Role[] {
 
 export class NodeAgent {
   readonly ranks = new Map<number, RankProcess>();
+  /** Respawns per rank so far. */
+  readonly restarts = new Map<number, number>();
+  private readonly outcomes = new Map<number, RankOutcome>();
+  private readonly retired = new Set<number>();
+  private settleWaiters: Array<() => void> = [];
+  private stopping = false;
   private readonly stops: Array<() => Promise<void>> = [];
   private readonly log = createLogger('node');
   rollout: ActorRef | null = null;
@@ -65,6 +80,21 @@ export class NodeAgent {
       return { pid: node.spawnRank(rank as number).proc.pid ?? null };
     });
     node.stops.push(async () => spawnSub.unsubscribe());
+    const stopSub = bus.subscribe<{ rank?: unknown }>(`dw.${o.spec.job}.node.${o.nodeId}.stop`, async (m) => {
+      const rank = m?.rank;
+      if (!Number.isInteger(rank) || (rank as number) < 0) throw new InvalidArgumentError('stop: needs a rank (integer >= 0)');
+      return { stopped: await node.retireRank(rank as number) };
+    });
+    node.stops.push(async () => stopSub.unsubscribe());
+    // The coordinator's verdict: a rank silent past the deadline is killed and replaced.
+    const deadSub = bus.subscribe<{ rank?: number; pid?: number }>(`dw.${o.spec.job}.ctl.dead`, (m) => {
+      const r = typeof m?.rank === 'number' ? node.ranks.get(m.rank) : undefined;
+      if (!r || r.proc.pid !== m?.pid || r.proc.exitCode !== null || r.proc.signalCode !== null) return;
+      node.log.warn('rank declared dead by the coordinator (no heartbeat); killing it for a replacement', { rank: r.rank, pid: r.proc.pid });
+      r.proc.kill('SIGCONT'); // a stopped process cannot run, but SIGKILL works either way
+      r.proc.kill('SIGKILL');
+    }, { dedupe: false });
+    node.stops.push(async () => deadSub.unsubscribe());
     return node;
   }
 
@@ -72,7 +102,7 @@ export class NodeAgent {
     const { spec, roles } = this.o;
     const { bus, system, store } = this;
     if (roles.includes('coordinator')) {
-      const c = startCoordinator(system, { bus, dp: spec.dp });
+      const c = startCoordinator(system, { bus, dp: spec.dp, deadAfterMs: rankDeadAfterMs(spec) });
       await c.ready;
       this.stops.push(c.stop);
     }
@@ -104,16 +134,57 @@ export class NodeAgent {
     const exited = new Promise<number | null>((resolve) => proc.on('exit', (code, sig) => {
       this.log.info('rank exited', { rank, pid: proc.pid, code, signal: sig });
       log.end();
-      resolve(code ?? (sig ? 128 : null));
+      const c = code ?? (sig ? 128 : null);
+      resolve(c);
+      this.onRankExit(rank, proc, c);
     }));
     const rp = { rank, proc, exited };
     this.ranks.set(rank, rp);
-    this.log.info('rank spawned', { rank, pid: proc.pid });
+    this.outcomes.delete(rank);
+    this.retired.delete(rank);
+    this.log.info('rank spawned', { rank, pid: proc.pid, restarts: this.restarts.get(rank) ?? 0 });
+    // A first heartbeat on the rank's behalf: a process that never gets to send its own
+    // (frozen or hung while starting) is still declared dead after rankDeadAfterMs.
+    this.bus.publish(this.bus.subjects.hb(`rank-${rank}`), { rank, pid: proc.pid, step: -1, state: 'spawned', held: 0, epoch: 0, at: Date.now() });
     return rp;
+  }
+
+  private onRankExit(rank: number, proc: ChildProcess, code: number | null): void {
+    if (this.ranks.get(rank)?.proc !== proc) return;
+    const restarts = this.restarts.get(rank) ?? 0;
+    const retired = this.retired.has(rank);
+    if (code !== 0 && !retired && !this.stopping && restarts < maxRankRestarts(this.o.spec)) {
+      this.restarts.set(rank, restarts + 1);
+      this.log.warn('rank died; respawning it (it resumes from the latest checkpoint)', { rank, code, restart: restarts + 1, of: maxRankRestarts(this.o.spec) });
+      const t = setTimeout(() => { if (!this.stopping) this.spawnRank(rank); }, 200);
+      t.unref();
+      return;
+    }
+    this.outcomes.set(rank, { rank, code, restarts, retired });
+    for (const w of this.settleWaiters.splice(0)) w();
+  }
+
+  /** Resolves once every rank in `ranks` ended for good (see RankOutcome). */
+  async settled(ranks: number[]): Promise<RankOutcome[]> {
+    while (!ranks.every((r) => this.outcomes.has(r))) await new Promise<void>((r) => this.settleWaiters.push(r));
+    return ranks.map((r) => this.outcomes.get(r)!);
+  }
+
+  /** Stops a rank for good (scale down): SIGTERM, SIGKILL after 5 s; no respawn. */
+  async retireRank(rank: number): Promise<boolean> {
+    const r = this.ranks.get(rank);
+    this.retired.add(rank);
+    if (!r || r.proc.exitCode !== null || r.proc.signalCode !== null) return false;
+    r.proc.kill('SIGTERM');
+    const t = setTimeout(() => r.proc.kill('SIGKILL'), 5000);
+    await r.exited;
+    clearTimeout(t);
+    return true;
   }
 
   /** Stops rank processes (SIGTERM, then SIGKILL), actors, store and bus. */
   async stop(): Promise<void> {
+    this.stopping = true;
     await Promise.all([...this.ranks.values()].map(async (r) => {
       if (r.proc.exitCode !== null || r.proc.signalCode !== null) return;
       r.proc.kill('SIGTERM');

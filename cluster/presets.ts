@@ -1,6 +1,8 @@
 // Model sizes `draftwire run --size` offers. The target is the seeded synthetic Llama-style
-// model; the draft shares its vocabulary, hidden size and heads.
-import type { DraftConfig, TargetConfig } from '../src/native.ts';
+// model; the draft shares its vocabulary, hidden size and heads. The target's shape knobs
+// (logitScale, zipf, residualScale: docs/model-math.md "Synthetic target") are written into
+// the job spec explicitly, so job.json says which target a run trained against.
+import { TARGET_DEFAULTS, type DraftConfig, type TargetConfig } from '../src/native.ts';
 
 export interface SizePreset { draft: DraftConfig; targetLayers: number; seqLen: number; promptLen: number }
 
@@ -16,5 +18,8 @@ export const SIZES: Record<string, SizePreset> = {
 
 export function targetConfig(p: SizePreset, seed: number): TargetConfig {
   const d = p.draft;
-  return { vocab: d.vocab, hidden: d.hidden, heads: d.heads, kvHeads: d.kvHeads, intermediate: d.intermediate, layers: p.targetLayers, ropeTheta: d.ropeTheta, rmsEps: d.rmsEps, seed };
+  return {
+    vocab: d.vocab, hidden: d.hidden, heads: d.heads, kvHeads: d.kvHeads, intermediate: d.intermediate, layers: p.targetLayers, ropeTheta: d.ropeTheta, rmsEps: d.rmsEps, seed,
+    ...TARGET_DEFAULTS,
+  };
 }

@@ -1,6 +1,7 @@
 // Entry point of one rank process (spawned by the node agent):
 //   node --import tsx cluster/rank-main.ts --job-file F --rank R --nats URL --node ID
-// It trains until the job's step count, then rank 0 writes the checkpoint. It exits when
+// It resumes from <runDir>/ckpt/latest.json when present, trains until the job's step
+// count (checkpointing as it goes), then rank 0 writes the final checkpoint. It exits when
 // its node's IPC channel closes (no orphan ranks) and on SIGTERM.
 import { parseArgs } from 'node:util';
 import { join } from 'node:path';
@@ -10,7 +11,7 @@ import { Bus } from '../src/bus.ts';
 import { loadJobSpec } from '../src/job.ts';
 import { createLogger } from '../src/log.ts';
 import { SharedDirFeatureStore } from '../src/store/shared-dir.ts';
-import { loadWeightsFile, writeCheckpoint } from '../src/checkpoint.ts';
+import { loadRankCheckpoint, loadWeightsFile, writeCheckpoint } from '../src/checkpoint.ts';
 
 const log = createLogger('rank-main');
 
@@ -25,8 +26,12 @@ async function main(): Promise<number> {
     dir: spec.storeDir, storeId: spec.storeId, job: spec.job, auth, create: false,
     producer: { node: values.node ?? 'local', actor: `rank-${rank}`, incarnation: process.pid },
   });
-  const weights = await loadWeightsFile(spec.initWeights, spec.draft);
-  const worker = new RankWorker({ spec, bus, store, rank, weights });
+  const init = await loadWeightsFile(spec.initWeights, spec.draft);
+  // Resume from the job's latest committed checkpoint, if any (a respawned rank, `run --resume`).
+  const resume = await loadRankCheckpoint(spec, init);
+  const weights = resume ? resume.weights : init;
+  if (resume) log.info('resuming from checkpoint', { step: resume.manifest.step, unackedWindow: resume.manifest.window.length });
+  const worker = new RankWorker({ spec, bus, store, rank, weights, resume });
   const quit = () => { worker.stop(); };
   process.on('SIGTERM', quit);
   process.on('disconnect', () => { log.warn('node went away; exiting'); process.exit(1); });

@@ -4,37 +4,18 @@
 // InvalidArgumentError naming the key or tensor, with what was expected and what was found.
 import { readFile } from 'node:fs/promises';
 import { InvalidArgumentError } from './errors.ts';
-import { readSafetensorsFile, writeSafetensorsFile } from './safetensors.ts';
+import { open } from 'node:fs/promises';
+import { readHeader, readSafetensorsFile, writeSafetensorsFile } from './safetensors.ts';
 import { tensor, type Dtype, type Tensor } from './tensor.ts';
+// Only plain-JS parts of native.ts (it loads the addon lazily, on first native call).
+import { TRAINABLE_NAMES, draftParamShapes, validateDraftConfig, type DraftBatch, type DraftConfig } from './native.ts';
 
-/** The draft model's sizes (the same fields as native.ts's DraftConfig). */
-export interface DraftConfig {
-  vocab: number;
-  draftVocab: number;
-  hidden: number;
-  heads: number;
-  kvHeads: number;
-  intermediate: number;
-  ttt: number;
-  ropeTheta: number;
-  rmsEps: number;
-}
-
-/** One batch as the native step takes it (native.ts's DraftBatch). */
-export interface DraftBatch {
-  ids: Int32Array;
-  aux: Float32Array;
-  last: Float32Array;
-  mask: Uint8Array;
-  batch: number;
-  seq: number;
-}
+export type { DraftBatch, DraftConfig };
 
 export type DraftWeights = Record<string, Float32Array | Int32Array>;
 
 /** Trainable tensors, in docs/model-math.md order. */
-export const TRAINABLE = ['fc', 'n_in', 'n_hid', 'q', 'k', 'v', 'o', 'n_post', 'gate', 'up', 'down', 'n_final', 'lm'] as const;
-export const FROZEN = ['embed', 'target_head', 'd2t'] as const;
+export const TRAINABLE: readonly string[] = TRAINABLE_NAMES;
 
 const INT_KEYS = ['vocab', 'draftVocab', 'hidden', 'heads', 'kvHeads', 'intermediate', 'ttt'] as const;
 const CONFIG_DEFAULTS = { ropeTheta: 10000, rmsEps: 1e-6 };
@@ -71,7 +52,9 @@ export function parseDraftConfig(raw: unknown, where = 'config'): DraftConfig {
   if ((c.hidden / c.heads) % 2 !== 0) throw bad('heads', `gives head dim ${c.hidden / c.heads} = hidden/heads, which must be even (RoPE)`);
   if (c.heads % c.kvHeads !== 0) throw bad('kvHeads', `(${c.kvHeads}) must divide heads (${c.heads})`);
   if (c.draftVocab > c.vocab) throw bad('draftVocab', `(${c.draftVocab}) must not exceed vocab (${c.vocab})`);
-  return c;
+  if (c.ttt > 64) throw bad('ttt', `(${c.ttt}) must be ≤ 64`);
+  if (c.rmsEps > 1) throw bad('rmsEps', `(${c.rmsEps}) must be ≤ 1`);
+  return validateDraftConfig(c); // the native side's own rules, should they ever be stricter
 }
 
 /** Reads and validates a config JSON file. */
@@ -86,15 +69,9 @@ export async function readDraftConfig(path: string): Promise<DraftConfig> {
 
 /** Expected dtype and shape of every weight tensor (trainable and frozen). */
 export function draftWeightSpecs(c: DraftConfig): Record<string, { dtype: Dtype; shape: number[] }> {
-  const H = c.hidden, d = c.hidden / c.heads;
-  const f = (...shape: number[]) => ({ dtype: 'f32' as Dtype, shape });
-  return {
-    fc: f(H, 3 * H), n_in: f(H), n_hid: f(H),
-    q: f(c.heads * d, 2 * H), k: f(c.kvHeads * d, 2 * H), v: f(c.kvHeads * d, 2 * H), o: f(H, c.heads * d),
-    n_post: f(H), gate: f(c.intermediate, H), up: f(c.intermediate, H), down: f(H, c.intermediate),
-    n_final: f(H), lm: f(c.draftVocab, H),
-    embed: f(c.vocab, H), target_head: f(c.vocab, H), d2t: { dtype: 'i32', shape: [c.draftVocab] },
-  };
+  const out: Record<string, { dtype: Dtype; shape: number[] }> = {};
+  for (const [name, shape] of Object.entries(draftParamShapes(c))) out[name] = { dtype: name === 'd2t' ? 'i32' : 'f32', shape };
+  return out;
 }
 
 function sameShape(a: readonly number[], b: readonly number[]): boolean {
@@ -170,6 +147,125 @@ export function validateDraftBatch(tensors: Record<string, Tensor>, c: DraftConf
     if (mv[i] > 1) throw new InvalidArgumentError(`${where}: tensor "mask" has value ${mv[i]} at [${Math.floor(i / T)}, ${i % T}], expected 0 or 1`, { detail: { tensor: 'mask', index: i } });
   }
   return { ids: idv, aux: aux.data as Float32Array, last: last.data as Float32Array, mask: mv, batch: B, seq: T };
+}
+
+// ------------------------------------------------------------------------------------------
+// Sharded steps: each rank's slice of a batch (DESIGN.md §3). DP rank dpIdx owns samples
+// [dpIdx·B/dp, (dpIdx+1)·B/dp); SP rank spIdx owns positions [t0, t0+T/sp), t0 = spIdx·T/sp,
+// of aux, and gets ids, last and mask for span = min(T/sp + K, T − t0) positions from t0: the
+// TTT shift reads the token, target and weight of position t+1+k (k < K) for its last rows.
+// TP ranks of one (sp, dp) cell get the same slice.
+
+export interface BatchSlice { sp: number; dp: number; spIdx: number; dpIdx: number }
+
+/** Why a batch of B samples × T positions cannot be split sp × dp ways, or null. */
+export function batchSplitError(B: number, T: number, sp: number, dp: number): string | null {
+  if (B % dp !== 0) return `the batch has ${B} samples, which dp = ${dp} does not divide (data parallelism splits the samples)`;
+  if (T % sp !== 0) return `the sequence has ${T} positions, which sp = ${sp} does not divide (sequence parallelism splits the positions)`;
+  return null;
+}
+
+/** Samples, first position, owned positions and span of a rank's slice. */
+export function sliceGeometry(B: number, T: number, s: BatchSlice, ttt: number): { b0: number; nb: number; t0: number; nt: number; span: number } {
+  const why = batchSplitError(B, T, s.sp, s.dp);
+  if (why) throw new InvalidArgumentError(why);
+  const nb = B / s.dp, nt = T / s.sp, t0 = s.spIdx * nt;
+  return { b0: s.dpIdx * nb, nb, t0, nt, span: Math.min(nt + ttt, T - t0) };
+}
+
+/** A rank's slice of a whole batch (copies), as DraftModel.step takes it on a sharded model. */
+export function sliceBatch(b: DraftBatch, s: BatchSlice, ttt: number, hidden: number): DraftBatch {
+  const { batch: B, seq: T } = b;
+  const g = sliceGeometry(B, T, s, ttt);
+  const H = hidden;
+  const ids = new Int32Array(g.nb * g.span), mask = new Uint8Array(g.nb * g.span);
+  const last = new Float32Array(g.nb * g.span * H), aux = new Float32Array(g.nb * g.nt * 3 * H);
+  for (let i = 0; i < g.nb; i++) {
+    const src = (g.b0 + i) * T + g.t0;
+    ids.set(b.ids.subarray(src, src + g.span), i * g.span);
+    mask.set(b.mask.subarray(src, src + g.span), i * g.span);
+    last.set(b.last.subarray(src * H, (src + g.span) * H), i * g.span * H);
+    aux.set(b.aux.subarray(src * 3 * H, (src + g.nt) * 3 * H), i * g.nt * 3 * H);
+  }
+  return { ids, aux, last, mask, batch: g.nb, seq: g.nt };
+}
+
+/** [B, T] of a batch file, from its header (ids must be i32 [B, T] with B, T ≥ 1). */
+export async function readDraftBatchShape(path: string): Promise<{ B: number; T: number }> {
+  let fh;
+  try { fh = await open(path, 'r'); } catch (e) { throw fileError(e, path, 'batch'); }
+  try {
+    const e = (await readHeader(fh, path)).entries.get('ids');
+    const where = `batch ${path}`;
+    checkTensor(where, 'ids', e ? { dtype: e.dtype, shape: e.shape, data: new Uint8Array(0) } : undefined, 'i32', null);
+    if (e!.shape.length !== 2 || e!.shape[0] < 1 || e!.shape[1] < 1) {
+      throw new InvalidArgumentError(`${where}: tensor "ids" has shape [${e!.shape}], expected [B, T] with B, T ≥ 1`, { detail: { tensor: 'ids', got: e!.shape } });
+    }
+    return { B: e!.shape[0]!, T: e!.shape[1]! };
+  } finally {
+    await fh.close();
+  }
+}
+
+/**
+ * Reads a rank's slice of a batch file, touching only the bytes of that slice: every tensor's
+ * name, dtype and shape is checked against the whole batch, the values (id range, mask 0/1,
+ * finiteness) within the slice (each position belongs to some rank's slice).
+ */
+export async function readDraftBatchSlice(path: string, c: DraftConfig, s: BatchSlice): Promise<{ batch: DraftBatch; B: number; T: number }> {
+  const where = `batch ${path}`;
+  let fh;
+  try { fh = await open(path, 'r'); } catch (e) { throw fileError(e, path, 'batch'); }
+  try {
+    const h = await readHeader(fh, path);
+    const known = new Set(['ids', 'aux', 'last', 'mask']);
+    for (const name of h.entries.keys()) {
+      if (!known.has(name)) throw new InvalidArgumentError(`${where}: unexpected tensor "${name}" (expected ids, aux, last, mask)`, { detail: { tensor: name } });
+    }
+    const entry = (name: string, dtype: Dtype, shape: number[] | null) => {
+      const e = h.entries.get(name);
+      checkTensor(where, name, e ? { dtype: e.dtype, shape: e.shape, data: new Uint8Array(0) } : undefined, dtype, shape);
+      return e!;
+    };
+    const ide = entry('ids', 'i32', null);
+    if (ide.shape.length !== 2 || ide.shape[0] < 1 || ide.shape[1] < 1) {
+      throw new InvalidArgumentError(`${where}: tensor "ids" has shape [${ide.shape}], expected [B, T] with B, T ≥ 1`, { detail: { tensor: 'ids', got: ide.shape } });
+    }
+    const [B, T] = ide.shape as [number, number];
+    const H = c.hidden;
+    const auxe = entry('aux', 'f32', [B, T, 3 * H]), laste = entry('last', 'f32', [B, T, H]), maske = entry('mask', 'u8', [B, T]);
+    const g = sliceGeometry(B, T, s, c.ttt);
+    // bytes of positions [t, t + n) of sample b of a tensor with `w` elements of `bytes` per position
+    const read = async (e: typeof ide, w: number, bytes: number, dst: Uint8Array, b: number, t: number, n: number) => {
+      const off = h.dataStart + e.begin + (b * T + t) * w * bytes, len = n * w * bytes;
+      const { bytesRead } = await fh.read(dst, 0, len, off);
+      if (bytesRead !== len) throw new InvalidArgumentError(`${where}: tensor "${e.name}" is truncated`);
+    };
+    const ids = new Int32Array(g.nb * g.span), mask = new Uint8Array(g.nb * g.span);
+    const last = new Float32Array(g.nb * g.span * H), aux = new Float32Array(g.nb * g.nt * 3 * H);
+    const u8 = (a: Int32Array | Float32Array | Uint8Array, from: number, n: number) => new Uint8Array(a.buffer, a.byteOffset + from * a.BYTES_PER_ELEMENT, n * a.BYTES_PER_ELEMENT);
+    for (let i = 0; i < g.nb; i++) {
+      const b = g.b0 + i;
+      await read(ide, 1, 4, u8(ids, i * g.span, g.span), b, g.t0, g.span);
+      await read(maske, 1, 1, u8(mask, i * g.span, g.span), b, g.t0, g.span);
+      await read(laste, H, 4, u8(last, i * g.span * H, g.span * H), b, g.t0, g.span);
+      await read(auxe, 3 * H, 4, u8(aux, i * g.nt * 3 * H, g.nt * 3 * H), b, g.t0, g.nt);
+    }
+    const at = (i: number, n: number) => `[${g.b0 + Math.floor(i / n)}, ${g.t0 + (i % n)}]`;
+    for (let i = 0; i < ids.length; i++) {
+      if (ids[i] < 0 || ids[i] >= c.vocab) throw new InvalidArgumentError(`${where}: tensor "ids" has token id ${ids[i]} at ${at(i, g.span)}, outside the vocabulary [0, ${c.vocab})`, { detail: { tensor: 'ids' } });
+      if (mask[i] > 1) throw new InvalidArgumentError(`${where}: tensor "mask" has value ${mask[i]} at ${at(i, g.span)}, expected 0 or 1`, { detail: { tensor: 'mask' } });
+    }
+    for (let i = 0; i < last.length; i++) {
+      if (!Number.isFinite(last[i])) throw new InvalidArgumentError(`${where}: tensor "last" has a non-finite value (${last[i]}) at ${at(Math.floor(i / H), g.span)}`, { detail: { tensor: 'last' } });
+    }
+    for (let i = 0; i < aux.length; i++) {
+      if (!Number.isFinite(aux[i])) throw new InvalidArgumentError(`${where}: tensor "aux" has a non-finite value (${aux[i]}) at ${at(Math.floor(i / (3 * H)), g.nt)}`, { detail: { tensor: 'aux' } });
+    }
+    return { batch: { ids, aux, last, mask, batch: g.nb, seq: g.nt }, B, T };
+  } finally {
+    await fh.close();
+  }
 }
 
 async function readInput(path: string, what: string): Promise<Buffer> {

@@ -6,7 +6,7 @@ import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { DraftwireError, InvalidArgumentError, NativeError } from './errors.ts';
+import { CollectiveError, DraftwireError, InvalidArgumentError, NativeError } from './errors.ts';
 
 // ------------------------------------------------------------------------------------------
 // Public types
@@ -23,6 +23,12 @@ const NORM_NAMES = new Set(['n_in', 'n_hid', 'n_post', 'n_final']);
 
 export interface FrozenTensors { embed: Float32Array; target_head: Float32Array; d2t: Int32Array }
 
+/**
+ * ids i32[batch, seq], aux f32[batch, seq, 3H], last f32[batch, seq, H], mask u8[batch, seq].
+ * A sharded model takes its rank's slice (src/draft-io.ts sliceBatch / readDraftBatchSlice):
+ * batch = its samples, seq = its positions of aux, and ids/last/mask for
+ * span = min(seq + ttt, seq·sp − seq·spIdx) positions per sample (the TTT shift).
+ */
 export interface DraftBatch {
   ids: Int32Array; aux: Float32Array; last: Float32Array; mask: Uint8Array; batch: number; seq: number;
 }
@@ -36,10 +42,47 @@ export interface StepResult {
 export interface EvalResult { loss: number; ploss: Float32Array; acc: Float32Array }
 export interface OptimizerState { step: number; m: Record<string, Float32Array>; v: Record<string, Float32Array> }
 
+/**
+ * A sharded draft model's place in its world (DESIGN.md §3): tp·sp·dp ranks,
+ * rank = ((dpIdx·sp) + spIdx)·tp + tpIdx (the mirror of ShardLayout in src/collectives.ts).
+ * TP splits heads and kv heads (q/k/v rows, o columns), the MLP width (gate/up rows, down
+ * columns) and the draft vocabulary (lm rows); SP splits the sequence; DP splits the samples.
+ */
+export interface ShardSpec { tp: number; sp: number; dp: number }
+export interface ShardInfo extends ShardSpec { rank: number; tpIdx: number; spIdx: number; dpIdx: number; attached: boolean; step: number }
+/** Anything that hands out a native communicator handle (src/collectives.ts's Communicator). */
+export interface NativeCommunicator { readonly rank: number; readonly size: number; nativeHandle(): object }
+
 export interface TargetConfig {
   vocab: number; hidden: number; heads: number; kvHeads: number; intermediate: number; layers: number;
   ropeTheta: number; rmsEps: number; seed: number;
+  /**
+   * Shape of the seeded weights (docs/model-math.md "Synthetic target"); absent: TARGET_DEFAULTS.
+   * logitScale multiplies Wt (so logits = last·Wtᵀ stay as documented, and frozen() hands the
+   * draft the scaled head); zipf skews Wt's row norms by (v+1)^(−zipf) (a few frequent tokens);
+   * residualScale multiplies the o/down init (how much each layer changes the residual stream).
+   * { logitScale: 1, zipf: 0, residualScale: 1 } is the original near-uniform target.
+   */
+  logitScale?: number; zipf?: number; residualScale?: number;
 }
+
+/** Defaults of the target's shape knobs: greedy token p ≈ 0.45, top 5 ≈ 0.7 (small preset). */
+export const TARGET_DEFAULTS: Readonly<{ logitScale: number; zipf: number; residualScale: number }> =
+  Object.freeze({ logitScale: 3, zipf: 0.1, residualScale: 0.4 });
+
+export interface GenerateOptions {
+  /** 0 or absent: greedy. Else softmax(logits/temperature) sampling. */
+  temperature?: number;
+  /** Seed of the sampling stream (integer in [0, 2^53], default 0). */
+  seed?: number;
+}
+export interface GenerateBatchOptions {
+  temperature?: number;
+  /** One sampling seed per prompt (default 0 for each): row i equals generate(prompts[i], maxNew, { seed: seeds[i] }). */
+  seeds?: number[];
+}
+/** A rollout: ids = prompt + maxNew tokens, aux [L, 3H] and last [L, H] of the whole sequence (as forward(ids, 1, L)). */
+export interface RolloutResult { ids: Int32Array; aux: Float32Array; last: Float32Array }
 
 export interface BlasInfo { config: string; coretype: string | null; threads: number }
 
@@ -56,15 +99,21 @@ interface RawDraftModel {
   loadOptimizerState(s: OptimizerState): void;
   setWeights(w: Record<string, Float32Array>): void;
   close(): void;
+  attach(): Promise<void>;
+  gather(kind: 'weights' | 'grads' | 'm' | 'v'): Promise<Record<string, Float32Array>>;
+  shardInfo(): ShardInfo | null;
 }
 interface RawTargetModel {
   frozen(): { embed: Float32Array; target_head: Float32Array };
   forward(ids: Int32Array, batch: number, seq: number): Promise<{ aux: Float32Array; last: Float32Array }>;
   generate(prompt: Int32Array, maxNew: number, temperature: number, seed: number): Promise<Int32Array>;
+  rollout(prompts: Int32Array[], maxNew: number, temperature: number, seeds: number[] | undefined, features: boolean):
+    Promise<{ ids: Int32Array[]; aux?: Float32Array[]; last?: Float32Array[] }>;
   close(): void;
 }
 interface RawBinding {
-  DraftModel: new (config: DraftConfig, weights: Record<string, Float32Array | Int32Array>, threads: number | null) => RawDraftModel;
+  DraftModel: new (config: DraftConfig, weights: Record<string, Float32Array | Int32Array>, threads: number | null,
+    shard: { comm: object; tp: number; sp: number; dp: number } | null) => RawDraftModel;
   TargetModel: new (config: TargetConfig, threads: number | null) => RawTargetModel;
   acceptLength(draft: RawDraftModel, target: RawTargetModel, prompts: Int32Array[], maxNew: number):
     Promise<{ acceptLength: number; verifySteps: number; generated: number }>;
@@ -108,14 +157,17 @@ function binding(): RawBinding {
 }
 
 // ------------------------------------------------------------------------------------------
-// Errors: native errors carry code INVALID_ARGUMENT or NATIVE; re-raise them as Draftwire
-// errors whose stack is the caller's (captured before the async hop, sharp-style).
+// Errors: native errors carry code INVALID_ARGUMENT, COLLECTIVE (a collective of a sharded
+// model failed: a peer died, timed out or the group broke) or NATIVE; re-raise them as
+// Draftwire errors whose stack is the caller's (captured before the async hop, sharp-style).
 
 function convert(err: unknown, callerStack: string | undefined): Error {
   if (err instanceof DraftwireError) return err;
   const msg = err instanceof Error ? err.message : String(err);
   const code = typeof err === 'object' && err !== null ? (err as { code?: unknown }).code : undefined;
-  const e = code === 'INVALID_ARGUMENT' ? new InvalidArgumentError(msg, { cause: err }) : new NativeError(msg, { cause: err });
+  const e = code === 'INVALID_ARGUMENT' ? new InvalidArgumentError(msg, { cause: err })
+    : code === 'COLLECTIVE' ? new CollectiveError(msg, { cause: err })
+      : new NativeError(msg, { cause: err });
   if (callerStack) {
     const frames = callerStack.split('\n').slice(1).join('\n');
     e.stack = `${e.name}: ${msg}\n${frames}`;
@@ -190,10 +242,19 @@ export function validateTargetConfig(c: unknown): TargetConfig {
   if (typeof o.seed !== 'number' || !Number.isInteger(o.seed) || o.seed < 0 || o.seed > 2 ** 53) {
     throw new InvalidArgumentError(`config.seed must be an integer in [0, 2^53] (got ${String(o.seed)})`);
   }
+  const knob = (name: 'logitScale' | 'zipf' | 'residualScale', lo: number, loOpen: boolean, hi: number): number => {
+    const x = o[name];
+    if (x === undefined) return TARGET_DEFAULTS[name];
+    if (typeof x !== 'number' || !Number.isFinite(x) || (loOpen ? x <= lo : x < lo) || x > hi) {
+      throw new InvalidArgumentError(`config.${name} must be a number in ${loOpen ? '(' : '['}${lo}, ${hi}] (got ${String(x)})`);
+    }
+    return x;
+  };
   return {
     vocab: o.vocab as number, hidden: o.hidden as number, heads: o.heads as number, kvHeads: o.kvHeads as number,
     intermediate: o.intermediate as number, layers: o.layers as number, ropeTheta: o.ropeTheta as number,
     rmsEps: o.rmsEps as number, seed: o.seed as number,
+    logitScale: knob('logitScale', 0, true, 1000), zipf: knob('zipf', 0, false, 8), residualScale: knob('residualScale', 0, false, 16),
   };
 }
 
@@ -205,6 +266,14 @@ function threadsOpt(opts: { threads?: number } | undefined): number | null {
 
 // ------------------------------------------------------------------------------------------
 // Draft model
+
+/** Why `c` cannot be split tp ways (tensor parallelism), or null. */
+export function shardConfigError(c: DraftConfig, tp: number): string | null {
+  if (c.kvHeads % tp !== 0) return `config.kvHeads (${c.kvHeads}) must be divisible by tp (${tp}): tensor parallelism splits the kv heads (and with them the query heads)`;
+  if (c.intermediate % tp !== 0) return `config.intermediate (${c.intermediate}) must be divisible by tp (${tp}): tensor parallelism splits the MLP width`;
+  if (c.draftVocab % tp !== 0) return `config.draftVocab (${c.draftVocab}) must be divisible by tp (${tp}): tensor parallelism splits the draft vocabulary`;
+  return null;
+}
 
 export function draftParamShapes(c: DraftConfig): Record<string, number[]> {
   const { vocab: V, draftVocab: Vd, hidden: H, heads, kvHeads, intermediate: I } = validateDraftConfig(c);
@@ -266,7 +335,44 @@ export class DraftModel {
     const threads = threadsOpt(opts);
     const w = needObject(weights, 'weights') as Record<string, Float32Array | Int32Array>;
     const nat = binding();
-    return new DraftModel(callSync(() => new nat.DraftModel(cfg, w, threads)), cfg);
+    return new DraftModel(callSync(() => new nat.DraftModel(cfg, w, threads, null)), cfg);
+  }
+
+  /**
+   * One rank of a sharded world (collective: every rank of `comm` calls it with the same
+   * layout). `weights` are full-shape (as for create); world rank 0's are broadcast to all
+   * and each rank keeps its shards. Then step() takes this rank's slice of the batch
+   * (sliceBatch in src/draft-io.ts) and returns the global loss, metrics and gradient norm;
+   * returnGrads gathers full-shape gradients; gatherWeights()/gatherOptimizerState() give the
+   * full tensors. Every call on a sharded model is a collective: all ranks make the same
+   * calls in the same order. A failed collective rejects with CollectiveError and leaves the
+   * model unusable (rebuild the world).
+   */
+  static async createSharded(config: DraftConfig, weights: Record<string, Float32Array | Int32Array>, comm: NativeCommunicator,
+    layout: ShardSpec, opts?: { threads?: number }): Promise<DraftModel> {
+    const holder = new Error();
+    return callAsync(holder, async () => {
+      const cfg = validateDraftConfig(config);
+      const threads = threadsOpt(opts);
+      const w = needObject(weights, 'weights') as Record<string, Float32Array | Int32Array>;
+      const l = needObject(layout, 'layout');
+      for (const k of ['tp', 'sp', 'dp'] as const) {
+        if (!isPosInt(l[k], 1 << 20)) throw new InvalidArgumentError(`layout.${k} must be a positive integer (got ${String(l[k])})`);
+      }
+      const { tp, sp, dp } = l as unknown as ShardSpec;
+      if (tp * sp * dp !== comm.size) throw new InvalidArgumentError(`layout tp·sp·dp = ${tp}·${sp}·${dp} = ${tp * sp * dp} must equal the communicator's size ${comm.size}`);
+      const why = shardConfigError(cfg, tp);
+      if (why) throw new InvalidArgumentError(why);
+      const nat = binding();
+      const raw = new nat.DraftModel(cfg, w, threads, { comm: comm.nativeHandle(), tp, sp, dp });
+      try {
+        await raw.attach();
+      } catch (e) {
+        raw.close();
+        throw e;
+      }
+      return new DraftModel(raw, cfg);
+    });
   }
 
   get ttt(): number { return this.config.ttt; }
@@ -303,8 +409,36 @@ export class DraftModel {
     return this.serial.run(() => callAsync(holder, async () => this.handle().logits(batch)));
   }
 
-  /** Copies of the trainable weights. */
+  /** This rank's place in its world, or null for an unsharded model. */
+  get shard(): ShardInfo | null { return callSync(() => this.handle().shardInfo()); }
+
+  /** Copies of the trainable weights (unsharded models; sharded: gatherWeights()). */
   weights(): Record<string, Float32Array> { return callSync(() => this.handle().weights()); }
+
+  /** Full-shape trainable weights; on a sharded model a collective over its TP group. */
+  gatherWeights(): Promise<Record<string, Float32Array>> {
+    const holder = new Error();
+    return this.serial.run(() => callAsync(holder, async () => this.handle().gather('weights')));
+  }
+
+  /** Full-shape gradients of the last step; on a sharded model a collective over its TP group. */
+  gatherGrads(): Promise<Record<string, Float32Array>> {
+    const holder = new Error();
+    return this.serial.run(() => callAsync(holder, async () => this.handle().gather('grads')));
+  }
+
+  /** Full-shape AdamW state; on a sharded model a collective over its TP group. */
+  gatherOptimizerState(): Promise<OptimizerState> {
+    const holder = new Error();
+    return this.serial.run(() => callAsync(holder, async () => {
+      const h = this.handle();
+      const info = h.shardInfo();
+      if (!info) return h.optimizerState();
+      const m = await h.gather('m');
+      const v = await h.gather('v');
+      return { step: h.shardInfo()!.step, m, v };
+    }));
+  }
   optimizerState(): OptimizerState { return callSync(() => this.handle().optimizerState()); }
   loadOptimizerState(s: OptimizerState): void { callSync(() => this.handle().loadOptimizerState(s)); }
   /** Replaces any subset of the trainable weights (all checked before any is written). */
@@ -354,11 +488,39 @@ export class TargetModel {
     return this.serial.run(() => callAsync(holder, async () => this.handle().forward(ids, batch, seq)));
   }
 
-  /** prompt + maxNew tokens; greedy when temperature is 0 or absent. */
-  generate(prompt: Int32Array, maxNew: number, opts?: { temperature?: number; seed?: number }): Promise<Int32Array> {
+  /** prompt + maxNew tokens (KV-cached decoding); greedy when temperature is 0 or absent. */
+  generate(prompt: Int32Array, maxNew: number, opts?: GenerateOptions): Promise<Int32Array> {
     const holder = new Error();
     return this.serial.run(() => callAsync(holder, async () =>
       this.handle().generate(prompt, maxNew, opts?.temperature ?? 0, opts?.seed ?? 0)));
+  }
+
+  /** Several prompts decoded together (their rows share every GEMM); row i = generate(prompts[i], maxNew, { temperature, seed: seeds[i] }). */
+  generateBatch(prompts: Int32Array[], maxNew: number, opts?: GenerateBatchOptions): Promise<Int32Array[]> {
+    const holder = new Error();
+    return this.serial.run(() => callAsync(holder, async () => {
+      const o = batchOpts(prompts, opts);
+      return (await this.handle().rollout(prompts, maxNew, o.temperature, o.seeds, false)).ids;
+    }));
+  }
+
+  /**
+   * generate() and forward() of the result in one pass: the final token is fed too, and aux/last
+   * of the whole sequence come from the decoding pass itself (no second forward).
+   */
+  async rollout(prompt: Int32Array, maxNew: number, opts?: GenerateOptions): Promise<RolloutResult> {
+    const seed = opts?.seed;
+    return (await this.rolloutBatch([prompt], maxNew, { temperature: opts?.temperature, seeds: seed === undefined ? undefined : [seed] }))[0]!;
+  }
+
+  /** rollout() of several prompts decoded together; result i = rollout(prompts[i], maxNew, { temperature, seed: seeds[i] }). */
+  rolloutBatch(prompts: Int32Array[], maxNew: number, opts?: GenerateBatchOptions): Promise<RolloutResult[]> {
+    const holder = new Error();
+    return this.serial.run(() => callAsync(holder, async () => {
+      const o = batchOpts(prompts, opts);
+      const r = await this.handle().rollout(prompts, maxNew, o.temperature, o.seeds, true);
+      return r.ids.map((ids, i) => ({ ids, aux: r.aux![i]!, last: r.last![i]! }));
+    }));
   }
 
   close(): void {
@@ -370,6 +532,14 @@ export class TargetModel {
   rawHandle(): RawTargetModel { return this.handle(); }
   /** @internal */
   queue<T>(fn: () => Promise<T>): Promise<T> { return this.serial.run(fn); }
+}
+
+function batchOpts(prompts: unknown, opts: GenerateBatchOptions | undefined): { temperature: number; seeds: number[] | undefined } {
+  if (!Array.isArray(prompts)) throw new InvalidArgumentError('prompts must be an array of Int32Array');
+  if (opts !== undefined && (typeof opts !== 'object' || opts === null)) throw new InvalidArgumentError('options must be an object');
+  const seeds = opts?.seeds;
+  if (seeds !== undefined && !Array.isArray(seeds)) throw new InvalidArgumentError('opts.seeds must be an array of integers (one per prompt)');
+  return { temperature: opts?.temperature ?? 0, seeds };
 }
 
 /**

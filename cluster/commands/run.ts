@@ -1,8 +1,14 @@
 // `draftwire run`: the main job on one machine. With no --nats it starts a local nats-server
-// (JetStream, random port, temp store; with credentials when a secret is set), then a node
+// (JetStream, random port, store under <run>/nats so the ledger survives the run process;
+// with credentials when a secret is set) and restarts it on the same port and store if it
+// dies (clients reconnect and retry), then a node
 // with every role and the rank processes, trains --steps steps with a progress bar, writes
 // the checkpoint and a JSON summary, audits the ledger, and stops everything it started.
-import { mkdir, rm, writeFile } from 'node:fs/promises';
+// `--resume <runDir>` continues a run whose process was killed: same job.json, same NATS
+// store (so the ledger's position is restored: consumed samples are not leased again), and
+// the rank resumes from the latest checkpoint under <run>/ckpt.
+import { existsSync, readFileSync } from 'node:fs';
+import { mkdir, readdir, rm, writeFile } from 'node:fs/promises';
 import { resolve, join } from 'node:path';
 import { Command, Option } from 'commander';
 import cliProgress from 'cli-progress';
@@ -12,8 +18,9 @@ import { AuthPolicy } from '../../src/auth.ts';
 import { loadWeightsFile, writeInitialWeights } from '../../src/checkpoint.ts';
 import { acceptLength, DraftModel, TargetModel } from '../../src/native.ts';
 import { DraftwireError, InvalidArgumentError } from '../../src/errors.ts';
-import { saveJobSpec, validateJobSpec, type JobSpec } from '../../src/job.ts';
+import { jobFile, loadJobSpec, saveJobSpec, validateJobSpec, type JobSpec } from '../../src/job.ts';
 import { auditEvents, type AuditReport } from '../../src/ledger.ts';
+import type { SampleRef } from '../../src/sampleref.ts';
 import { createLogger } from '../../src/log.ts';
 import type { GlobalOptions } from '../cli.ts';
 import { startNatsServer, type NatsServerHandle } from '../nats-launcher.ts';
@@ -29,12 +36,18 @@ interface RunOpts extends GlobalOptions {
   seqLen?: number; promptLen?: number; lr: number; clip: number; weightDecay: number; dp: number; tp: number; sp: number;
   seed: number; temperature: number; dataset?: string; evalEvery: number; evalPrompts: number; threads: number;
   leaseMs: number; storeHighMb: number; progress: boolean; keepStore: boolean;
+  resume?: string; checkpointEvery?: number; maxRankRestarts?: number; rankDeadAfterMs?: number;
 }
 
 export interface RunSummary {
   job: string; runDir: string; steps: number; samples: number; tokens: number; seconds: number; samplesPerSec: number;
   firstLoss: number | null; lastLoss: number | null; lossCurve: number[];
   acceptLengthInitial: number | null; acceptLength: number | null; checkpoint: string; audit: AuditReport; stepMsMean: number | null;
+  /** Step the rank resumed from (run --resume), 0 for a fresh run. */
+  resumedFromStep: number;
+  rankRestarts: number; natsRestarts: number;
+  /** Store usage once the run finished, before the store directory is removed. */
+  storeAfter: { samples: number; bytes: number; tempFiles: number };
 }
 
 export function command(): Command {
@@ -65,6 +78,10 @@ export function command(): Command {
     .option('--store-high-mb <n>', 'store high watermark (rollout pauses above it)', positive('--store-high-mb'), 256)
     .option('--no-progress', 'no progress bar (log lines instead)')
     .option('--keep-store', 'keep the feature-store directory after the run')
+    .option('--resume <runDir>', 'continue the run in this directory (its process was killed): same job, ledger and latest checkpoint')
+    .option('--checkpoint-every <n>', 'rank checkpoint every n steps; a step\'s leases are acked once its checkpoint is durable', positiveInt('--checkpoint-every'), 1)
+    .option('--max-rank-restarts <n>', 'respawn a dead rank this many times', nonNegativeInt('--max-rank-restarts'), 3)
+    .option('--rank-dead-after-ms <n>', 'declare a rank dead after this long without a heartbeat', positiveInt('--rank-dead-after-ms'), 10_000)
     .action(async (_o: unknown, cmd: Command) => {
       const o = cmd.optsWithGlobals<RunOpts>();
       const summary = await runJob(o);
@@ -97,19 +114,27 @@ export function buildSpec(o: RunOpts): JobSpec {
     lr: o.lr, clip: o.clip > 0 ? o.clip : null, weightDecay: o.weightDecay, dp: o.dp, tp: o.tp, sp: o.sp, seed: o.seed,
     temperature: o.temperature, leaseMs: o.leaseMs, maxDeliveries: 5, storeHighBytes: high, storeLowBytes: Math.floor(high * 0.75),
     dataset: o.dataset ? resolve(o.dataset) : null, evalEvery: o.evalEvery, evalPrompts: o.evalPrompts, threads: o.threads,
+    checkpointEvery: o.checkpointEvery ?? 1, maxRankRestarts: o.maxRankRestarts ?? 3, rankDeadAfterMs: o.rankDeadAfterMs ?? 10_000,
   });
 }
 
 export async function runJob(o: RunOpts): Promise<RunSummary> {
-  const spec = buildSpec(o);
+  const resuming = o.resume !== undefined;
+  if (resuming && !existsSync(jobFile(resolve(o.resume!)))) throw new InvalidArgumentError(`--resume ${o.resume}: no job.json there (not a run directory)`);
+  const spec = resuming ? loadJobSpec(jobFile(resolve(o.resume!))) : buildSpec(o);
   if (spec.dp * spec.tp * spec.sp !== 1) throw new InvalidArgumentError(`--dp ${spec.dp} --tp ${spec.tp} --sp ${spec.sp}: this build trains with one rank; sharded and data-parallel training need the collective backend (not built yet)`);
   const auth = AuthPolicy.fromEnv();
+  if (resuming) await reapOrphanServer(spec.runDir);
+  if (!resuming && !o.nats && existsSync(join(spec.runDir, 'nats'))) throw new InvalidArgumentError(`${spec.runDir} holds an unfinished run (its ledger is in ${join(spec.runDir, 'nats')}): continue it with --resume ${spec.runDir}, or remove the directory`);
   await mkdir(spec.runDir, { recursive: true });
-  await saveJobSpec(spec);
+  if (!resuming) await saveJobSpec(spec);
   const t0 = Date.now();
+  let finished = false;
   let nats: NatsServerHandle | null = null;
   let node: NodeAgent | null = null;
+  let natsRestarts = 0, watchdog: NodeJS.Timeout | null = null, restarting = false;
   const cleanup = async () => {
+    if (watchdog) clearInterval(watchdog);
     await node?.stop().catch(() => {});
     await nats?.stop().catch(() => {});
   };
@@ -124,13 +149,24 @@ export async function runJob(o: RunOpts): Promise<RunSummary> {
   process.on('SIGTERM', onSignal);
   try {
     log.info('preparing initial weights (calibrating the draft vocabulary on the target)', { runDir: spec.runDir });
-    await Promise.race([writeInitialWeights(spec), interrupted]);
+    if (!(resuming && existsSync(spec.initWeights))) await Promise.race([writeInitialWeights(spec), interrupted]);
     let url = o.nats;
     if (!url) {
-      nats = await startNatsServer({ credentials: auth.natsCredentials() });
+      nats = await startNatsServer({ credentials: auth.natsCredentials(), storeDir: join(spec.runDir, 'nats') });
       url = nats.url;
+      // The embedded server is restarted on the same port and store if it dies; every client
+      // reconnects (the bus reconnects forever) and its requests retry.
+      const h = nats;
+      watchdog = setInterval(() => {
+        if (h.running || restarting) return;
+        restarting = true;
+        natsRestarts++;
+        log.warn('nats-server died; restarting it on the same port and store', { port: h.port });
+        h.restart().then(() => log.info('nats-server restarted', { pid: h.pid }), (e: unknown) => log.error('nats-server restart failed', { error: (e as Error).message }))
+          .finally(() => { restarting = false; });
+      }, 250);
     }
-    await writeFile(join(spec.runDir, 'run.json'), JSON.stringify({ job: spec.job, nats: url, pid: process.pid, startedAt: t0 }, null, 2));
+    await writeFile(join(spec.runDir, 'run.json'), JSON.stringify({ job: spec.job, nats: url, natsPid: nats?.pid ?? null, pid: process.pid, startedAt: t0 }, null, 2));
     node = await NodeAgent.start({ spec, nats: url, nodeId: 'local', roles: ROLES, auth });
     const metrics: StepMetrics[] = [];
     const bar = progress(o.progress && !o.json && process.stderr.isTTY, spec.steps);
@@ -144,41 +180,95 @@ export async function runJob(o: RunOpts): Promise<RunSummary> {
         .then((q) => node!.store.usage().then((u) => bar.setQueue(q.depth, q.inFlight, u.bytes))).catch(() => {});
     }, 1000);
     const world = spec.dp * spec.tp * spec.sp;
-    const ranks = Array.from({ length: world }, (_, r) => node!.spawnRank(r));
-    const codes = await Promise.race([Promise.all(ranks.map((r) => r.exited)), interrupted]);
+    const ranks = Array.from({ length: world }, (_, r) => r);
+    for (const r of ranks) node.spawnRank(r);
+    // Ranks that die are respawned by the node agent (resuming from the latest checkpoint).
+    const outcomes = await Promise.race([node.settled(ranks), interrupted]);
     clearInterval(statusTimer);
     sub.unsubscribe();
     bar.stop();
-    const bad = codes.findIndex((c) => c !== 0);
-    if (bad >= 0) throw new DraftwireError('RANK_FAILED', `rank ${bad} exited with code ${codes[bad]}; see ${join(spec.runDir, `rank-${bad}.log`)}`, false);
+    const bad = outcomes.find((c) => c.code !== 0);
+    if (bad) throw new DraftwireError('RANK_FAILED', `rank ${bad.rank} exited with code ${bad.code} after ${bad.restarts} restart(s); see ${join(spec.runDir, `rank-${bad.rank}.log`)}`, false);
 
     // Let the janitor free the last step's samples, then audit the write-ahead log.
     await waitFor(async () => (await node!.store.usage()).samples === 0, 10_000);
     const events = await readLedgerEvents(node.bus);
+    await sweepAfterRun(node.store, spec.storeDir, events);
+    const usage = await node.store.usage();
     await writeLedgerJsonl(join(spec.runDir, 'ledger.jsonl'), events);
     const audit = auditEvents(events);
     const seconds = (Date.now() - t0) / 1000;
-    const losses = metrics.filter((m) => m.rank === 0).sort((a, b) => a.step - b.step);
+    // A step retrained after a rank crash is reported twice: the last report counts.
+    const byStep = new Map<number, StepMetrics>();
+    for (const m of metrics) if (m.rank === 0) byStep.set(m.step, m);
+    const losses = [...byStep.values()].sort((a, b) => a.step - b.step);
+    const resumedFromStep = resuming ? Math.max(0, (losses[0]?.step ?? 1) - 1) : 0;
     const accepts = losses.filter((m) => m.acceptLength !== null);
     const samples = losses.reduce((n, m) => n + m.samples, 0);
     const summary: RunSummary = {
-      job: spec.job, runDir: spec.runDir, steps: losses.length, samples, tokens: samples * spec.seqLen, seconds,
+      job: spec.job, runDir: spec.runDir, steps: losses.at(-1)?.step ?? 0, samples, tokens: samples * spec.seqLen, seconds,
       samplesPerSec: samples / seconds,
       firstLoss: losses[0]?.loss ?? null, lastLoss: losses.at(-1)?.loss ?? null, lossCurve: losses.map((m) => m.loss),
       acceptLengthInitial: null, acceptLength: accepts.at(-1)?.acceptLength ?? null,
       checkpoint: join(spec.runDir, 'checkpoint.safetensors'), audit,
       stepMsMean: losses.length ? losses.reduce((n, m) => n + m.stepMs, 0) / losses.length : null,
+      resumedFromStep, rankRestarts: [...node.restarts.values()].reduce((a, b) => a + b, 0), natsRestarts,
+      storeAfter: { samples: usage.samples, bytes: usage.bytes, tempFiles: (await readdir(spec.storeDir).catch(() => [] as string[])).filter((f) => f.startsWith('.tmp')).length },
     };
     summary.acceptLengthInitial = await initialAcceptLength(spec);
     await writeFile(join(spec.runDir, 'summary.json'), JSON.stringify(summary, null, 2));
+    finished = true;
     return summary;
   } finally {
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
     await cleanup();
     if (!o.keepStore) await rm(spec.storeDir, { recursive: true, force: true });
+    // The embedded NATS store (the ledger) and rank checkpoints stay while the run can be
+    // resumed; once the run finished, the ledger is exported (ledger.jsonl) and they go.
+    if (finished) { await rm(join(spec.runDir, 'nats'), { recursive: true, force: true }); await rm(join(spec.runDir, 'ckpt'), { recursive: true, force: true }); }
     await rm(join(spec.runDir, 'run.json'), { force: true });
   }
+}
+
+/**
+ * After a run that was resumed (or whose janitor lost announcements to a crash): frees the
+ * files of samples the ledger says are consumed or dead-lettered, and removes temp files whose
+ * writer process is gone. Every data file left after this is a sample the ledger still needs.
+ */
+async function sweepAfterRun(store: NodeAgent['store'], dir: string, events: Awaited<ReturnType<typeof readLedgerEvents>>): Promise<void> {
+  const refs = new Map<string, SampleRef>();
+  const consumed = new Set<string>(), dead = new Set<string>();
+  for (const e of events) {
+    if (e.type === 'put') refs.set(e.ref.sampleId, e.ref);
+    else if (e.type === 'ack') consumed.add(e.sampleId);
+    else if (e.type === 'dead') dead.add(e.sampleId);
+  }
+  for (const id of consumed) { const r = refs.get(id); if (r) await store.release(r).catch(() => false); }
+  for (const id of dead) await store.abort(id, 'dead-lettered').catch(() => false);
+  for (const f of await readdir(dir).catch(() => [] as string[])) {
+    const m = /^\.tmp-(\d+)-/.exec(f);
+    if (!m) continue;
+    let alive = true;
+    try { process.kill(Number(m[1]), 0); } catch { alive = false; }
+    if (!alive) await rm(join(dir, f), { force: true });
+  }
+}
+
+/**
+ * A run process killed with SIGKILL cannot stop its nats-server; its ranks exit on their own
+ * (IPC channel closed). Before resuming, stop that server if it still runs on this store.
+ */
+async function reapOrphanServer(runDir: string): Promise<void> {
+  let pid: number | null = null;
+  try { pid = (JSON.parse(readFileSync(join(runDir, 'run.json'), 'utf8')) as { natsPid?: number }).natsPid ?? null; } catch { return; }
+  if (!pid) return;
+  let cmd = '';
+  try { cmd = readFileSync(`/proc/${pid}/cmdline`, 'utf8'); } catch { return; }
+  if (!cmd.includes('nats-server')) return;
+  log.warn('stopping the nats-server left behind by the killed run', { pid });
+  try { process.kill(pid, 'SIGKILL'); } catch { return; }
+  for (let i = 0; i < 50; i++) { try { process.kill(pid, 0); } catch { return; } await new Promise((r) => setTimeout(r, 100)); }
 }
 
 /** Accept length of the untrained draft (the baseline the summary compares against). */

@@ -47,7 +47,8 @@ function renderStatus(s: Record<string, any>): string {
   if (c.error) lines.push(`coordinator: unreachable (${c.error})`);
   else {
     lines.push(`coordinator: epoch ${c.epoch?.epoch} num ${c.epoch?.num}`);
-    for (const m of c.members ?? []) lines.push(`  rank ${m.rank} pid ${m.pid}: ${m.alive ? m.state : 'SILENT'} at step ${m.step}, holds ${m.held} leases (last heard ${(m.silentMs / 1000).toFixed(1)} s ago)`);
+    for (const m of c.members ?? []) lines.push(`  rank ${m.rank} pid ${m.pid}: ${m.dead ? 'DEAD (no heartbeat)' : m.alive ? m.state : 'SILENT'} at step ${m.step}, epoch ${m.epoch ?? '-'}, holds ${m.held} leases (last heard ${(m.silentMs / 1000).toFixed(1)} s ago)`);
+    for (const d of c.deaths ?? []) lines.push(`  declared dead: rank ${d.rank} pid ${d.pid} after ${(d.silentMs / 1000).toFixed(1)} s of silence`);
   }
   if (j.error) lines.push(`janitor: unreachable (${j.error})`);
   else lines.push(`janitor: freed ${j.freed}, aborted ${j.aborted}, sweeps ${j.sweeps}; store ${((j.usage?.bytes ?? 0) / 1048576).toFixed(1)} MB in ${j.usage?.samples ?? 0} samples`);

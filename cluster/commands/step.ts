@@ -1,13 +1,27 @@
-// `draftwire step`: one draft training step on one batch, single process. Reads a config
-// (JSON), weights and a batch (safetensors), runs the native step and writes loss, grad_norm,
-// ploss, acc, grad.<name> (and new.<name> with --lr) to --out.
+// `draftwire step`: one draft training step on one batch. Reads a config (JSON), weights and
+// a batch (safetensors), runs the native step and writes loss, grad_norm, ploss, acc,
+// grad.<name> (and new.<name> with --lr) to --out.
+//
+// Without --tp/--sp/--dp the step runs in this process. With any of them it is sharded
+// (DESIGN.md §3): a local nats-server (random port, temp store) serves the rendezvous, T·S·D
+// rank processes (cluster/step-rank.ts) each read their slice of the batch, join a Gloo world
+// and run one sharded step; rank 0 gathers full-shape gradients and new weights and writes
+// the same output file. When a rank fails, the others are given the collective timeout to
+// fail on their own (a dead peer's closed sockets fail them at once), then stopped; the error
+// names every rank's outcome. The nats-server and every rank are stopped and reaped at the end.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { fileURLToPath } from 'node:url';
 import { Command, InvalidArgumentError as OptionError } from 'commander';
-import { NativeError } from '../../src/errors.ts';
+import { CollectiveError, DecodeError, InvalidArgumentError, NativeError } from '../../src/errors.ts';
+import { DraftModel, shardConfigError } from '../../src/native.ts';
 import { createLogger } from '../../src/log.ts';
 import {
-  TRAINABLE, readDraftBatch, readDraftConfig, readDraftWeights, writeStepOutput,
+  TRAINABLE, batchSplitError, readDraftBatch, readDraftBatchShape, readDraftConfig, readDraftWeights, writeStepOutput,
   type DraftBatch, type DraftConfig, type DraftWeights,
 } from '../../src/draft-io.ts';
+import { startNatsServer } from '../nats-launcher.ts';
+import type { StepRankSpec } from '../step-rank.ts';
 import type { GlobalOptions } from '../cli.ts';
 
 const log = createLogger('step');
@@ -22,7 +36,8 @@ export interface StepArgs {
   weightDecay: number;
   threads: number | null;
   json: boolean;
-  // Sharded steps (--tp/--sp/--dp) add their group sizes here and branch in runStep.
+  /** Sharded step (any of --tp/--sp/--dp given): group sizes, else null. */
+  shard?: { tp: number; sp: number; dp: number; commTimeoutMs: number } | null;
 }
 
 export interface StepSummary {
@@ -70,13 +85,20 @@ export function command(): Command {
     .option('--lr <x>', 'learning rate: apply one AdamW step and write new.<name>', positive('--lr'))
     .option('--clip <x>', 'clip the global gradient norm to x before the update (0 = no clipping)', nonNegative('--clip'))
     .option('--weight-decay <x>', 'AdamW decoupled weight decay', nonNegative('--weight-decay'), 0)
-    .option('--threads <n>', 'compute threads (default: the native default)', positiveInt('--threads'))
-    // (sharding options --tp/--sp/--dp go here)
+    .option('--threads <n>', 'compute threads (default: the native default; per rank when sharded)', positiveInt('--threads'))
+    .option('--tp <n>', 'tensor-parallel ranks: split heads, kv heads, MLP width and draft vocab', positiveInt('--tp'))
+    .option('--sp <n>', 'sequence-parallel ranks: split the sequence (T)', positiveInt('--sp'))
+    .option('--dp <n>', 'data-parallel ranks: split the batch (B)', positiveInt('--dp'))
+    .option('--comm-timeout <ms>', 'sharded: bound on every collective wait (a dead rank fails the others at once)', positiveInt('--comm-timeout'), 30_000)
     .addHelpText('after', [
       '',
       'Output tensors (all f32): loss [1], grad_norm [1] (before clipping), ploss [K], acc [K],',
       'grad.<name> for every trainable tensor (unclipped), and with --lr new.<name>.',
       'Trainable: ' + TRAINABLE.join(', '),
+      '',
+      'Sharded (any of --tp/--sp/--dp, each default 1): tp·sp·dp local rank processes, rendezvous',
+      'through a private nats-server; the output file is the same (full shapes). Constraints:',
+      'kvHeads, intermediate and draftVocab divisible by tp; B by dp; T by sp.',
       '',
       'Exit status: 0 ok, 2 bad input (the message names the key or tensor), 1 other failure.',
     ].join('\n'))
@@ -84,10 +106,13 @@ export function command(): Command {
       const o = cmd.optsWithGlobals<GlobalOptions & {
         config: string; weights: string; batch: string; out: string;
         lr?: number; clip?: number; weightDecay: number; threads?: number;
+        tp?: number; sp?: number; dp?: number; commTimeout: number;
       }>();
+      const sharded = o.tp !== undefined || o.sp !== undefined || o.dp !== undefined;
       const summary = await runStep({
         config: o.config, weights: o.weights, batch: o.batch, out: o.out,
         lr: o.lr ?? null, clip: o.clip ?? null, weightDecay: o.weightDecay, threads: o.threads ?? null, json: !!o.json,
+        shard: sharded ? { tp: o.tp ?? 1, sp: o.sp ?? 1, dp: o.dp ?? 1, commTimeoutMs: o.commTimeout } : null,
       });
       if (o.json) process.stdout.write(JSON.stringify(summary) + '\n');
       else {
@@ -97,27 +122,16 @@ export function command(): Command {
     });
 }
 
-type Native = typeof import('../../src/native.ts');
-
-async function loadNative(): Promise<Native> {
-  try {
-    return await import('../../src/native.ts');
-  } catch (e) {
-    if (e instanceof NativeError) throw e;
-    throw new NativeError(`native addon unavailable (build it with \`npm run build\`): ${(e as Error).message}`, { cause: e });
-  }
-}
-
 /** Runs one step from files to a file; bad input throws InvalidArgumentError / DecodeError. */
 export async function runStep(a: StepArgs): Promise<StepSummary> {
+  if (a.shard) return runShardedStep(a, a.shard);
   const config: DraftConfig = await readDraftConfig(a.config);
   const weights: DraftWeights = await readDraftWeights(a.weights, config);
   const batch: DraftBatch = await readDraftBatch(a.batch, config);
   if (a.lr === null && (a.clip !== null || a.weightDecay !== 0)) log.warn('--clip and --weight-decay only apply to an update; without --lr they are ignored');
   log.debug('step inputs', { ...config, batch: batch.batch, seq: batch.seq, lr: a.lr, clip: a.clip, weightDecay: a.weightDecay });
 
-  const native = await loadNative();
-  const model = native.DraftModel.create(config, weights, a.threads !== null ? { threads: a.threads } : undefined);
+  const model = DraftModel.create(config, weights, a.threads !== null ? { threads: a.threads } : undefined);
   try {
     const r = await model.step(batch, { lr: a.lr, clip: a.clip, weightDecay: a.weightDecay, returnGrads: true });
     if (!r.grads) throw new NativeError('native step returned no gradients although they were requested');
@@ -132,5 +146,138 @@ export async function runStep(a: StepArgs): Promise<StepSummary> {
     return { loss: r.loss, gradNorm: r.gradNorm, ploss: Array.from(r.ploss), acc: Array.from(r.acc), out: a.out };
   } finally {
     model.close();
+  }
+}
+
+// ------------------------------------------------------------------------------------------
+// Sharded: one process per rank
+
+const STEP_RANK = fileURLToPath(new URL('../step-rank.ts', import.meta.url));
+
+interface RankOutcome {
+  rank: number;
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  /** The rank's final JSON line ({ev: 'done' | 'error', ...}), if it wrote one. */
+  result: Record<string, unknown> | null;
+  stderr: string;
+}
+
+/** Runs the sharded step (see the top of this file); resolves with rank 0's summary. */
+export async function runShardedStep(a: StepArgs, sh: { tp: number; sp: number; dp: number; commTimeoutMs: number }): Promise<StepSummary> {
+  const config = await readDraftConfig(a.config);
+  const cfgWhy = shardConfigError(config, sh.tp);
+  if (cfgWhy) throw new InvalidArgumentError(`--tp ${sh.tp}: ${cfgWhy}`);
+  const { B, T } = await readDraftBatchShape(a.batch);
+  const splitWhy = batchSplitError(B, T, sh.sp, sh.dp);
+  if (splitWhy) throw new InvalidArgumentError(`--sp ${sh.sp} --dp ${sh.dp}: ${splitWhy}`);
+  if (a.lr === null && (a.clip !== null || a.weightDecay !== 0)) log.warn('--clip and --weight-decay only apply to an update; without --lr they are ignored');
+  const n = sh.tp * sh.sp * sh.dp;
+  const t0 = performance.now();
+  const nats = await startNatsServer({ port: -1, jetstream: true, maxMemBytes: 256 * 1024 * 1024, maxFileBytes: 256 * 1024 * 1024 });
+  log.debug('sharded step: nats-server up', { url: nats.url, ranks: n, ...sh });
+  let outcomes: RankOutcome[];
+  try {
+    const base = {
+      config: a.config, weights: a.weights, batch: a.batch, out: a.out, lr: a.lr, clip: a.clip, weightDecay: a.weightDecay,
+      threads: a.threads, tp: sh.tp, sp: sh.sp, dp: sh.dp, nats: nats.url, bucket: 'dw_step', job: 'step',
+      prefix: `step-${randomBytes(6).toString('hex')}`, timeoutMs: sh.commTimeoutMs,
+    };
+    outcomes = await superviseRanks(Array.from({ length: n }, (_, rank) => ({ ...base, rank })), sh.commTimeoutMs + 5000);
+  } finally {
+    await nats.stop();
+  }
+  const failed = outcomes.filter((o) => o.code !== 0);
+  if (failed.length === 0) {
+    const r0 = outcomes[0]!.result!;
+    log.debug('sharded step done', { ms: Math.round(performance.now() - t0), loss: r0.loss });
+    return { loss: r0.loss as number, gradNorm: r0.gradNorm as number, ploss: r0.ploss as number[], acc: r0.acc as number[], out: a.out };
+  }
+  throw shardedFailure(outcomes);
+}
+
+function outcomeText(o: RankOutcome): string {
+  if (o.result?.ev === 'error') return `rank ${o.rank}: ${String(o.result.code)}: ${String(o.result.message)}`;
+  if (o.signal) return `rank ${o.rank} was killed (${o.signal})`;
+  if (o.code !== 0) {
+    const tail = o.stderr.trim().split('\n').slice(-1)[0] ?? '';
+    return `rank ${o.rank} exited with code ${o.code}${tail ? ` (${tail})` : ''}`;
+  }
+  return `rank ${o.rank}: ok`;
+}
+
+/** One error for the whole world: bad input when every failed rank says so, else COLLECTIVE. */
+function shardedFailure(outcomes: RankOutcome[]): Error {
+  const failed = outcomes.filter((o) => o.code !== 0);
+  const codes = failed.map((o) => (o.result?.ev === 'error' ? String(o.result.code) : null));
+  const msg = `sharded step failed (${failed.length} of ${outcomes.length} ranks): ${failed.map(outcomeText).join('; ')}`;
+  if (codes.every((c) => c === 'INVALID_ARGUMENT')) return new InvalidArgumentError(msg);
+  if (codes.every((c) => c === 'DECODE')) return new DecodeError(msg);
+  if (codes.some((c) => c === null) || codes.some((c) => c === 'COLLECTIVE')) return new CollectiveError(msg);
+  return new NativeError(msg);
+}
+
+/**
+ * Spawns one process per spec and waits for all of them. After the first failure the others
+ * get `graceMs` to exit by themselves, then SIGTERM, then SIGKILL after 2 s more. SIGINT /
+ * SIGTERM of this process stop every rank (and are re-raised once they are gone).
+ */
+async function superviseRanks(specs: StepRankSpec[], graceMs: number): Promise<RankOutcome[]> {
+  const tsx = import.meta.resolve('tsx');
+  const procs: ChildProcess[] = [];
+  const outcomes: Promise<RankOutcome>[] = specs.map((spec) => {
+    const proc = spawn(process.execPath, ['--import', tsx, STEP_RANK, JSON.stringify(spec)], {
+      stdio: ['ignore', 'pipe', 'pipe', 'ipc'], env: process.env,
+    });
+    procs.push(proc);
+    let stdout = '', stderr = '';
+    proc.stdout!.on('data', (d: Buffer) => { stdout += d.toString(); });
+    proc.stderr!.on('data', (d: Buffer) => {
+      const text = d.toString();
+      stderr += text;
+      if (stderr.length > 1 << 16) stderr = stderr.slice(-(1 << 15));
+      for (const line of text.split('\n')) if (line.trim()) process.stderr.write(`[rank ${spec.rank}] ${line}\n`);
+    });
+    return new Promise<RankOutcome>((resolve) => {
+      proc.on('error', (e) => { stderr += `spawn failed: ${e.message}\n`; });
+      proc.on('close', (code, signal) => {
+        let result: Record<string, unknown> | null = null;
+        for (const line of stdout.split('\n')) {
+          if (!line.startsWith('{')) continue;
+          try { result = JSON.parse(line) as Record<string, unknown>; } catch { /* not ours */ }
+        }
+        resolve({ rank: spec.rank, code, signal, result, stderr });
+      });
+    });
+  });
+  const alive = () => procs.filter((p) => p.exitCode === null && p.signalCode === null);
+  const stopAll = (sig: NodeJS.Signals) => { for (const p of alive()) p.kill(sig); };
+  let interrupted: NodeJS.Signals | null = null;
+  const onSignal = (sig: NodeJS.Signals) => { interrupted = sig; stopAll('SIGTERM'); };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  const timers: NodeJS.Timeout[] = [];
+  try {
+    let firstFailure = false;
+    for (const o of outcomes) {
+      void o.then((r) => {
+        if (r.code === 0 || firstFailure) return;
+        firstFailure = true;
+        log.debug('a rank failed; the others get the collective timeout to fail by themselves', { rank: r.rank, code: r.code, signal: r.signal, graceMs });
+        timers.push(setTimeout(() => {
+          stopAll('SIGTERM');
+          timers.push(setTimeout(() => stopAll('SIGKILL'), 2000));
+        }, graceMs));
+      });
+    }
+    return await Promise.all(outcomes);
+  } finally {
+    for (const t of timers) clearTimeout(t);
+    process.removeListener('SIGINT', onSignal);
+    process.removeListener('SIGTERM', onSignal);
+    if (interrupted) {
+      const sig: NodeJS.Signals = interrupted;
+      setImmediate(() => process.kill(process.pid, sig));
+    }
   }
 }

@@ -12,20 +12,20 @@ AcceptResult accept_length(DraftModel& draft, TargetModel& target, const std::ve
   LayerActs seq;
   std::vector<LayerActs> chain(static_cast<size_t>(K));
   std::vector<float> logits0, logits;
-  for (const auto& prompt : prompts) {
-    const int64_t P = int64_t(prompt.size());
-    // The target's greedy continuation, K tokens past max_new so every proposal has its
-    // reference token. Greedy decoding is deterministic, so verifying against it is the
-    // same as running the target's verify pass.
-    std::vector<int32_t> x = target.generate(prompt.data(), P, max_new + K, 0.0, 0);
+  // The target's greedy continuation of every prompt, K tokens past max_new so every
+  // proposal has its reference token, with aux of the whole sequence from the same pass (all
+  // prompts decode together). Greedy decoding is deterministic, so verifying against it is
+  // the same as running the target's verify pass at every step.
+  std::vector<RolloutSeq> roll;
+  target.rollout(prompts, max_new + K, 0.0, {}, true, false, roll);
+  for (size_t b = 0; b < prompts.size(); b++) {
+    const int64_t P = int64_t(prompts[b].size());
+    const std::vector<int32_t>& x = roll[b].ids;
     const int64_t L = int64_t(x.size());
-    std::vector<float> aux(static_cast<size_t>(L * 3 * H));
-    KVCache cache;
-    cache.reset(target.cfg.layers, target.cfg.kv_dim(), L);
-    target.forward(x.data(), L, cache, aux.data(), nullptr, nullptr);
+    const float* aux = roll[b].aux.data();
     // Step 0 at every position s: hin = fc(aux_s), token x_{s+1}. Position n−1 of it is
     // the step-0 proposal for prefix length n (its keys are positions ≤ n−1 only).
-    draft.decode_prefill(aux.data(), x.data(), L, seq, logits0);
+    draft.decode_prefill(aux, x.data(), L, seq, logits0);
     int64_t n = P;
     while (n - P < max_new) {
       const int64_t p = n - 1;

@@ -1,5 +1,7 @@
 // Accept length of the draft against the synthetic target (docs/model-math.md "Accept
 // length"): greedy speculative decoding, K = the draft's TTT steps proposals per verify step.
+// The target runs once per call: one KV-cached rollout of all prompts (greedy continuation
+// and aux in the same pass); the draft then replays the verify steps against it.
 #pragma once
 #include <cstdint>
 #include <vector>

@@ -24,13 +24,18 @@ std::string DraftConfig::check() const {
 }
 
 std::vector<ParamInfo> draft_param_layout(const DraftConfig& c) {
-  const int64_t H = c.hidden, I = c.intermediate;
+  return draft_param_layout(c, c.heads, c.kv_heads, c.intermediate, c.draft_vocab);
+}
+
+std::vector<ParamInfo> draft_param_layout(const DraftConfig& c, int64_t heads, int64_t kv_heads,
+                                          int64_t intermediate, int64_t draft_vocab) {
+  const int64_t H = c.hidden, I = intermediate, d = c.head_dim(), qd = heads * d, kvd = kv_heads * d;
   std::vector<ParamInfo> p = {
-      {"fc", {H, 3 * H}},        {"n_in", {H}, 0, 0, true}, {"n_hid", {H}, 0, 0, true},
-      {"q", {c.q_dim(), 2 * H}}, {"k", {c.kv_dim(), 2 * H}}, {"v", {c.kv_dim(), 2 * H}},
-      {"o", {H, c.q_dim()}},     {"n_post", {H}, 0, 0, true}, {"gate", {I, H}},
-      {"up", {I, H}},            {"down", {H, I}},            {"n_final", {H}, 0, 0, true},
-      {"lm", {c.draft_vocab, H}},
+      {"fc", {H, 3 * H}},    {"n_in", {H}, 0, 0, true}, {"n_hid", {H}, 0, 0, true},
+      {"q", {qd, 2 * H}},    {"k", {kvd, 2 * H}},       {"v", {kvd, 2 * H}},
+      {"o", {H, qd}},        {"n_post", {H}, 0, 0, true}, {"gate", {I, H}},
+      {"up", {I, H}},        {"down", {H, I}},            {"n_final", {H}, 0, 0, true},
+      {"lm", {draft_vocab, H}},
   };
   int64_t off = 0;
   for (auto& t : p) {

@@ -31,5 +31,9 @@ struct ParamInfo {
 
 std::vector<ParamInfo> draft_param_layout(const DraftConfig& c);
 int64_t draft_param_count(const DraftConfig& c);
+// The same tensors for a tensor-parallel rank holding `heads` query heads, `kv_heads` kv heads,
+// `intermediate` MLP columns and `draft_vocab` lm rows (head dim c.head_dim() unchanged).
+std::vector<ParamInfo> draft_param_layout(const DraftConfig& c, int64_t heads, int64_t kv_heads,
+                                          int64_t intermediate, int64_t draft_vocab);
 
 }  // namespace dw

@@ -7,6 +7,7 @@
 
 #include "adamw.h"
 #include "blas.h"
+#include "comm.h"
 #include "loss.h"
 #include "parallel.h"
 #include "profile.h"
@@ -24,17 +25,17 @@ void fit(std::vector<T>& v, int64_t n) {
 void zero(std::vector<float>& v) { std::fill(v.begin(), v.end(), 0.0f); }
 }  // namespace
 
-void LayerActs::resize(const DraftConfig& c, int64_t n, int64_t lse_size) {
+void LayerActs::resize(const DraftConfig& c, const ShardDims& sd, int64_t n, int64_t lse_size) {
   rows = n;
-  const int64_t H = c.hidden, I = c.intermediate;
+  const int64_t H = c.hidden, I = sd.I;
   fit(tok, n);
   fit(pos, n);
   fit(x, n * 2 * H);
   fit(rstd_e, n);
   fit(rstd_h, n);
-  fit(qkv, n * c.qkv_dim());
+  fit(qkv, n * sd.D());
   fit(lse, lse_size);
-  fit(attn, n * c.q_dim());
+  fit(attn, n * sd.qd());
   fit(h1, n * H);
   fit(rstd_post, n);
   fit(uu, n * H);
@@ -44,15 +45,24 @@ void LayerActs::resize(const DraftConfig& c, int64_t n, int64_t lse_size) {
   // compact loss rows: sized for the worst case (every row), filled per batch
   fit(hf, n * H);
   fit(rstd_f, n);
-  fit(logits, n * c.draft_vocab);
+  fit(logits, n * sd.Vd);
   lrow.reserve(static_cast<size_t>(n));
   prow.reserve(static_cast<size_t>(n));
   ltgt.reserve(static_cast<size_t>(n));
   lw.reserve(static_cast<size_t>(n));
 }
 
-DraftModel::DraftModel(const DraftConfig& c) : cfg(c), layout(draft_param_layout(c)) {
-  const int64_t n = draft_param_count(c);
+DraftModel::DraftModel(const DraftConfig& c) : DraftModel(c, ShardLayout(), false) {}
+DraftModel::DraftModel(const DraftConfig& c, const ShardLayout& L) : DraftModel(c, L, true) {}
+
+DraftModel::DraftModel(const DraftConfig& c, const ShardLayout& L, bool is_sharded)
+    : cfg(c),
+      sharded(is_sharded),
+      shard_layout(L),
+      dims(ShardDims::of(c, L)),
+      layout(draft_param_layout(c, dims.nh, dims.nkv, dims.I, dims.Vd)),
+      full_layout(draft_param_layout(c)) {
+  const int64_t n = layout.back().offset + layout.back().size;
   params.assign(size_t(n), 0.0f);
   grads.assign(size_t(n), 0.0f);
   adam_m.assign(size_t(n), 0.0f);
@@ -91,8 +101,21 @@ std::string DraftModel::set_d2t(const std::vector<int32_t>& map) {
 }
 
 std::string DraftModel::check_batch(const DraftBatch& b) const {
-  const int64_t N = b.B * b.T, H = cfg.hidden;
-  for (int64_t i = 0; i < N; i++) {
+  const int64_t H = cfg.hidden, S = b.ext();
+  if (b.B < 1 || b.T < 1) return "batch and seq must be >= 1";
+  if (!sharded) {
+    if (S != b.T) return "span (" + std::to_string(S) + ") must equal seq (" + std::to_string(b.T) + ") on an unsharded model";
+  } else {
+    const int64_t Tg = b.T * shard_layout.sp, t0 = b.T * shard_layout.spIdx;
+    const int64_t want = std::min(b.T + cfg.ttt, Tg - t0);
+    if (S != want)
+      return "ids/last/mask of a sequence-parallel rank must cover " + std::to_string(want) +
+             " positions per sample (its " + std::to_string(b.T) + " positions from " + std::to_string(t0) +
+             " plus up to ttt = " + std::to_string(cfg.ttt) + " more, within the sequence of " + std::to_string(Tg) +
+             "), got " + std::to_string(S);
+  }
+  const int64_t NS = b.B * S, N = b.B * b.T;
+  for (int64_t i = 0; i < NS; i++) {
     if (b.ids[i] < 0 || b.ids[i] >= cfg.vocab)
       return "ids[" + std::to_string(i) + "] = " + std::to_string(b.ids[i]) + " is outside [0, vocab=" +
              std::to_string(cfg.vocab) + ")";
@@ -101,58 +124,78 @@ std::string DraftModel::check_batch(const DraftBatch& b) const {
   }
   for (int64_t i = 0; i < N * 3 * H; i++)
     if (!std::isfinite(b.aux[i])) return "aux[" + std::to_string(i) + "] is not finite";
-  for (int64_t i = 0; i < N * H; i++)
+  for (int64_t i = 0; i < NS * H; i++)
     if (!std::isfinite(b.last[i])) return "last[" + std::to_string(i) + "] is not finite";
   return "";
 }
 
-void DraftModel::ensure_workspace(int64_t B, int64_t T) {
-  rope_.ensure(T, cfg.head_dim(), cfg.rope_theta);
-  if (ws_.B == B && ws_.T == T) return;
-  const int64_t N = B * T, H = cfg.hidden, K = cfg.ttt;
+void DraftModel::ensure_workspace(int64_t B, int64_t T, int64_t span) {
+  const ShardLayout& L = shard_layout;
+  rope_.ensure(T * L.sp, cfg.head_dim(), cfg.rope_theta);
+  if (ws_.B == B && ws_.T == T && ws_.span == span) return;
+  const int64_t N = B * T, NS = B * span, H = cfg.hidden, K = cfg.ttt;
   ws_ = Workspace();
   ws_.B = B;
   ws_.T = T;
+  ws_.span = span;
+  ws_.Tg = T * L.sp;
+  ws_.t0 = T * L.spIdx;
+  ws_.Ng = N * L.sp * L.dp;
   ws_.steps.resize(static_cast<size_t>(K));
-  for (auto& s : ws_.steps) s.resize(cfg, N, B * cfg.heads * T);
+  for (auto& s : ws_.steps) s.resize(cfg, dims, N, B * dims.nh * T);
   fit(ws_.fc_out, N * H);
-  fit(ws_.p, N * cfg.draft_vocab);
-  fit(ws_.tgt, N);
-  fit(ws_.need, N);
+  fit(ws_.p, NS * dims.Vd);
+  fit(ws_.tgt, NS);
+  fit(ws_.need, NS);
   fit(ws_.scr, N * H);
   fit(ws_.scr2, N * H);
+  if (tpc()) fit(ws_.part, N * H);
+  if (spc()) {
+    const int64_t kv2 = 2 * dims.kvd();
+    fit(ws_.kv0, B * ws_.Tg * kv2);
+    fit(ws_.dkv0, B * ws_.Tg * kv2);
+    fit(ws_.kvx, int64_t(L.sp) * N * kv2);
+    fit(ws_.kvl, N * kv2);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
 // Batch preparation
 
+// Target distribution of every position of ids/last/mask that some step uses as a target
+// (local position ≥ 1: the first is never a target of this rank's rows).
 void DraftModel::prepare_targets(const DraftBatch& b) {
-  const int64_t N = b.B * b.T;
-  for (int64_t r = 0; r < N; r++) ws_.need[size_t(r)] = (b.mask[r] && (r % b.T) >= 1) ? 1 : 0;
-  target_distribution(N, ws_.need.data(), b.last, cfg.hidden, target_head.data(), cfg.vocab, d2t.data(),
-                      t2d.data(), cfg.draft_vocab, ws_.p.data(), ws_.tgt.data(), ws_.tscratch);
+  const int64_t S = b.ext(), NS = b.B * S;
+  for (int64_t r = 0; r < NS; r++) ws_.need[size_t(r)] = (b.mask[r] && (r % S) >= 1) ? 1 : 0;
+  if (tpc())
+    target_distribution_vp(NS, ws_.need.data(), b.last, cfg.hidden, target_head.data(), dims.v0, dims.v1,
+                           wtd_.data(), dims.Vd, t2d.data(), ws_.p.data(), ws_.tgt.data(), ws_.tscratch, tpc());
+  else
+    target_distribution(NS, ws_.need.data(), b.last, cfg.hidden, target_head.data(), cfg.vocab, d2t.data(),
+                        t2d.data(), cfg.draft_vocab, ws_.p.data(), ws_.tgt.data(), ws_.tscratch);
 }
 
-// Token, position and loss rows of step k: u = t+1+k; token ids[u] (0 past the end),
-// weight mask[u]·ok[u] (0 past the end), target row (b, u).
+// Token, position and loss rows of step k: at global position t, u = t+1+k; token ids[u]
+// (0 past the end), weight mask[u]·ok[u] (0 past the end), target row (b, u).
 void DraftModel::prepare_step_rows(const DraftBatch& b, int64_t k, bool all_rows) {
   LayerActs& a = ws_.steps[size_t(k)];
-  const int64_t T = b.T;
+  const int64_t T = b.T, S = b.ext(), t0 = ws_.t0, Tg = ws_.Tg;
   a.lrow.clear();
   a.prow.clear();
   a.ltgt.clear();
   a.lw.clear();
   for (int64_t bi = 0; bi < b.B; bi++)
     for (int64_t t = 0; t < T; t++) {
-      const int64_t r = bi * T + t, u = t + 1 + k;
-      const bool in = u < T;
-      a.tok[size_t(r)] = in ? b.ids[bi * T + u] : 0;
-      a.pos[size_t(r)] = int32_t(t);
-      const int32_t tg = in ? ws_.tgt[size_t(bi * T + u)] : -1;
-      const float w = (in && b.mask[bi * T + u] && tg >= 0) ? 1.0f : 0.0f;
+      const int64_t r = bi * T + t, u = t0 + t + 1 + k;
+      const bool in = u < Tg;
+      const int64_t ur = bi * S + (u - t0);  // (b, u) in ids/last/mask (valid when in)
+      a.tok[size_t(r)] = in ? b.ids[ur] : 0;
+      a.pos[size_t(r)] = int32_t(t0 + t);
+      const int32_t tg = in ? ws_.tgt[size_t(ur)] : -1;
+      const float w = (in && b.mask[ur] && tg >= 0) ? 1.0f : 0.0f;
       if (w > 0 || all_rows) {
         a.lrow.push_back(int32_t(r));
-        a.prow.push_back(int32_t(in ? bi * T + u : r));
+        a.prow.push_back(int32_t(in ? ur : r));
         a.ltgt.push_back(tg);
         a.lw.push_back(w);
       }
@@ -167,15 +210,42 @@ void DraftModel::embed_rows(const int32_t* tok, int64_t rows, float* out) const 
   for (int64_t r = 0; r < rows; r++) std::copy_n(embed.data() + int64_t(tok[r]) * H, H, out + r * H);
 }
 
-// x = [RMSNorm(E[tok]; n_in) | RMSNorm(hin; n_hid)]; qkv = x·[q;k;v]ᵀ; RoPE on q and k.
+// x = [RMSNorm(E[tok]; n_in) | RMSNorm(hin; n_hid)]; qkv = x·[q;k;v]ᵀ (this rank's heads);
+// RoPE on q and k.
 void DraftModel::layer_input_forward(LayerActs& a, float* emb) {
-  const int64_t n = a.rows, H = cfg.hidden, D = cfg.qkv_dim(), d = cfg.head_dim();
+  const int64_t n = a.rows, H = cfg.hidden, D = dims.D(), d = dims.d;
   embed_rows(a.tok.data(), n, emb);
   rmsnorm_forward(n, H, emb, H, W(kNIn), cfg.rms_eps, a.x.data(), 2 * H, a.rstd_e.data());
   rmsnorm_forward(n, H, a.hin, H, W(kNHid), cfg.rms_eps, a.x.data() + H, 2 * H, a.rstd_h.data());
   gemm_nt(n, D, 2 * H, 1.0f, a.x.data(), 2 * H, W(kQ), 2 * H, 0.0f, a.qkv.data(), D);
-  rope_apply(n, a.pos.data(), a.qkv.data(), D, cfg.heads, d, rope_, false);
-  rope_apply(n, a.pos.data(), a.qkv.data() + cfg.q_dim(), D, cfg.kv_heads, d, rope_, false);
+  rope_apply(n, a.pos.data(), a.qkv.data(), D, dims.nh, d, rope_, false);
+  rope_apply(n, a.pos.data(), a.qkv.data() + dims.qd(), D, dims.nkv, d, rope_, false);
+}
+
+// SP: every position's step-0 k|v (after RoPE) of this rank's kv heads, from the whole SP
+// group, into ws_.kv0 [B, Tg, 2·kvd].
+void DraftModel::gather_step0_kv() {
+  const int64_t B = ws_.B, T = ws_.T, N = B * T, Tg = ws_.Tg, D = dims.D(), qd = dims.qd();
+  const int64_t kv2 = 2 * dims.kvd(), S = shard_layout.sp;
+  const float* q0 = ws_.steps[0].qkv.data();
+  for (int64_t r = 0; r < N; r++) std::copy_n(q0 + r * D + qd, kv2, ws_.kvl.data() + r * kv2);
+  spc()->allGather(ws_.kvl.data(), ws_.kvx.data(), size_t(N * kv2));
+  for (int64_t s = 0; s < S; s++)
+    for (int64_t b = 0; b < B; b++)
+      std::copy_n(ws_.kvx.data() + ((s * B + b) * T) * kv2, T * kv2, ws_.kv0.data() + (b * Tg + s * T) * kv2);
+}
+
+// SP: the gradients of the gathered step-0 k|v, summed over the SP group, back to the ranks
+// that own the positions (into dqkv[0], whose k|v part has no other source).
+void DraftModel::scatter_step0_dkv() {
+  const int64_t B = ws_.B, T = ws_.T, N = B * T, Tg = ws_.Tg, D = dims.D(), qd = dims.qd();
+  const int64_t kv2 = 2 * dims.kvd(), S = shard_layout.sp;
+  for (int64_t s = 0; s < S; s++)
+    for (int64_t b = 0; b < B; b++)
+      std::copy_n(ws_.dkv0.data() + (b * Tg + s * T) * kv2, T * kv2, ws_.kvx.data() + ((s * B + b) * T) * kv2);
+  spc()->reduceScatter(ws_.kvx.data(), ws_.kvl.data(), size_t(N * kv2));
+  float* dq0 = ws_.dqkv[0].data();
+  for (int64_t r = 0; r < N; r++) vaxpy(dq0 + r * D + qd, 1.0f, ws_.kvl.data() + r * kv2, kv2);
 }
 
 // Runs fn(task, scratch) for task in [0, n) on the pool, each task with its own scratch and
@@ -185,17 +255,28 @@ void DraftModel::for_each_task(int64_t n, const std::function<void(int64_t, Attn
   with_serial_blas([&] { parallel_chunks(n, [&](int64_t t) { fn(t, attn_scratch_[size_t(t)]); }); });
 }
 
+namespace {
+// Where the step-0 keys/values a query attends to live: in step 0's qkv rows (positions of
+// this rank only), or in the SP-gathered buffer (every position).
+struct SharedKV {
+  const float* base;  // k of (sample 0, kv head 0, position 0); v at + kvd
+  float* dbase;       // its gradient
+  int64_t ld, sample_stride, kvd;
+};
+}  // namespace
+
 // Step-k queries against step-0 keys (causal) and the step-1..k keys at the same position.
 // One task per (sample, kv head) runs its query heads in turn, so the task owns every
 // gradient row it accumulates into (see attention_backward_train).
 void DraftModel::attention_forward_train(int64_t k) {
-  const int64_t B = ws_.B, T = ws_.T, D = cfg.qkv_dim(), d = cfg.head_dim(), nh = cfg.heads;
-  const int64_t nkv = cfg.kv_heads, g = nh / nkv, qd = cfg.q_dim(), kvd = cfg.kv_dim();
+  const int64_t B = ws_.B, T = ws_.T, D = dims.D(), d = dims.d, nh = dims.nh;
+  const int64_t nkv = dims.nkv, g = nh / nkv, qd = dims.qd(), kvd = dims.kvd();
   LayerActs& a = ws_.steps[size_t(k)];
-  const float* base0 = ws_.steps[0].qkv.data();
+  const SharedKV kv = spc() ? SharedKV{ws_.kv0.data(), nullptr, 2 * kvd, ws_.Tg * 2 * kvd, kvd}
+                            : SharedKV{ws_.steps[0].qkv.data() + qd, nullptr, D, T * D, kvd};
   AttnShape sh;
   sh.Tq = T;
-  sh.q0 = 0;
+  sh.q0 = ws_.t0;
   sh.d = d;
   sh.nextra = k;
   sh.scale = float(1.0 / std::sqrt(double(d)));
@@ -211,10 +292,10 @@ void DraftModel::attention_forward_train(int64_t k) {
       AttnHead hd;
       hd.q = a.qkv.data() + row0 * D + h * d;
       hd.ldq = D;
-      hd.k = base0 + row0 * D + qd + c * d;
-      hd.ldk = D;
-      hd.v = base0 + row0 * D + qd + kvd + c * d;
-      hd.ldv = D;
+      hd.k = kv.base + b * kv.sample_stride + c * d;
+      hd.ldk = kv.ld;
+      hd.v = kv.base + b * kv.sample_stride + kvd + c * d;
+      hd.ldv = kv.ld;
       hd.ek = ek.data();
       hd.ev = ev.data();
       hd.lde = D;
@@ -227,20 +308,37 @@ void DraftModel::attention_forward_train(int64_t k) {
 }
 
 // h1 = hin + attn·oᵀ; uu = RMSNorm(h1; n_post); h2 = h1 + (silu(uu·gateᵀ) ⊙ uu·upᵀ)·downᵀ.
+// TP: o and down are row-parallel, so attn·oᵀ and act·downᵀ are partial sums over the TP
+// group (this rank's heads / MLP columns), all-reduced before they are added.
 void DraftModel::layer_output_forward(LayerActs& a) {
-  const int64_t n = a.rows, H = cfg.hidden, I = cfg.intermediate, qd = cfg.q_dim();
-  std::copy_n(a.hin, n * H, a.h1.data());
-  gemm_nt(n, H, qd, 1.0f, a.attn.data(), qd, W(kO), qd, 1.0f, a.h1.data(), H);
+  const int64_t n = a.rows, H = cfg.hidden, I = dims.I, qd = dims.qd();
+  Comm* tp = tpc();
+  if (!tp) {
+    std::copy_n(a.hin, n * H, a.h1.data());
+    gemm_nt(n, H, qd, 1.0f, a.attn.data(), qd, W(kO), qd, 1.0f, a.h1.data(), H);
+  } else {
+    float* part = ws_.part.data();
+    gemm_nt(n, H, qd, 1.0f, a.attn.data(), qd, W(kO), qd, 0.0f, part, H);
+    tp->allReduce(part, size_t(n * H), ReduceOp::Sum);
+    for (int64_t i = 0; i < n * H; i++) a.h1[size_t(i)] = a.hin[i] + part[i];
+  }
   rmsnorm_forward(n, H, a.h1.data(), H, W(kNPost), cfg.rms_eps, a.uu.data(), H, a.rstd_post.data());
   gemm_nt(n, 2 * I, H, 1.0f, a.uu.data(), H, W(kGate), H, 0.0f, a.gu.data(), 2 * I);
   swiglu_forward(n, I, a.gu.data(), 2 * I, a.act.data(), I);
-  std::copy_n(a.h1.data(), n * H, a.h2.data());
-  gemm_nt(n, H, I, 1.0f, a.act.data(), I, W(kDown), I, 1.0f, a.h2.data(), H);
+  if (!tp) {
+    std::copy_n(a.h1.data(), n * H, a.h2.data());
+    gemm_nt(n, H, I, 1.0f, a.act.data(), I, W(kDown), I, 1.0f, a.h2.data(), H);
+  } else {
+    float* part = ws_.part.data();
+    gemm_nt(n, H, I, 1.0f, a.act.data(), I, W(kDown), I, 0.0f, part, H);
+    tp->allReduce(part, size_t(n * H), ReduceOp::Sum);
+    for (int64_t i = 0; i < n * H; i++) a.h2[size_t(i)] = a.h1[size_t(i)] + part[i];
+  }
 }
 
-// logits = RMSNorm(h2; n_final)·lmᵀ for the loss rows only (a.lrow).
+// logits = RMSNorm(h2; n_final)·lmᵀ for the loss rows only (a.lrow); TP: this rank's columns.
 void DraftModel::head_forward(LayerActs& a, float* scratch) {
-  const int64_t nl = int64_t(a.lrow.size()), H = cfg.hidden, Vd = cfg.draft_vocab;
+  const int64_t nl = int64_t(a.lrow.size()), H = cfg.hidden, Vd = dims.Vd;
   if (nl == 0) return;
   for (int64_t i = 0; i < nl; i++) std::copy_n(a.h2.data() + int64_t(a.lrow[size_t(i)]) * H, H, scratch + i * H);
   rmsnorm_forward(nl, H, scratch, H, W(kNFinal), cfg.rms_eps, a.hf.data(), H, a.rstd_f.data());
@@ -250,22 +348,25 @@ void DraftModel::head_forward(LayerActs& a, float* scratch) {
 // ---------------------------------------------------------------------------------------------
 // Backward (gradients accumulate into `grads`)
 
-// From dlogits (in a.logits) to dh2 (accumulated), dlm, dn_final.
+// From dlogits (in a.logits) to dh2 (accumulated), dlm, dn_final. TP: lm is column-parallel
+// (vocabulary rows), so d hf is a partial sum, all-reduced.
 void DraftModel::head_backward(LayerActs& a, float* dh2) {
-  const int64_t nl = int64_t(a.lrow.size()), H = cfg.hidden, Vd = cfg.draft_vocab;
+  const int64_t nl = int64_t(a.lrow.size()), H = cfg.hidden, Vd = dims.Vd;
   if (nl == 0) return;
   float* h2g = ws_.scr.data();   // gathered h2 rows
   float* dhf = ws_.scr2.data();  // d hf, then d h2 rows
   gemm_tn(Vd, H, nl, 1.0f, a.logits.data(), Vd, a.hf.data(), H, 1.0f, G(kLm), H);
   gemm_nn(nl, H, Vd, 1.0f, a.logits.data(), Vd, W(kLm), H, 0.0f, dhf, H);
+  if (tpc()) tpc()->allReduce(dhf, size_t(nl * H), ReduceOp::Sum);
   for (int64_t i = 0; i < nl; i++) std::copy_n(a.h2.data() + int64_t(a.lrow[size_t(i)]) * H, H, h2g + i * H);
   rmsnorm_backward(nl, H, h2g, H, W(kNFinal), a.rstd_f.data(), dhf, H, h2g, H, false, G(kNFinal));
   for (int64_t i = 0; i < nl; i++) vaxpy(dh2 + int64_t(a.lrow[size_t(i)]) * H, 1.0f, h2g + i * H, H);
 }
 
 // From dh2 to dh1 (= dh2 + the MLP and n_post paths), and to the attention output (ws_.dattn).
+// TP: d uu through gate|up (column-parallel) is a partial sum, all-reduced.
 void DraftModel::layer_output_backward(LayerActs& a, const float* dh2, float* dh1) {
-  const int64_t n = a.rows, H = cfg.hidden, I = cfg.intermediate, qd = cfg.q_dim();
+  const int64_t n = a.rows, H = cfg.hidden, I = dims.I, qd = dims.qd();
   float* dact = ws_.dact.data();
   float* dgu = ws_.dgu.data();
   float* duu = ws_.duu.data();
@@ -274,25 +375,27 @@ void DraftModel::layer_output_backward(LayerActs& a, const float* dh2, float* dh
   swiglu_backward(n, I, a.gu.data(), 2 * I, dact, I, dgu, 2 * I);
   gemm_tn(2 * I, H, n, 1.0f, dgu, 2 * I, a.uu.data(), H, 1.0f, G(kGate), H);
   gemm_nn(n, H, 2 * I, 1.0f, dgu, 2 * I, W(kGate), H, 0.0f, duu, H);
+  if (tpc()) tpc()->allReduce(duu, size_t(n * H), ReduceOp::Sum);
   std::copy_n(dh2, n * H, dh1);
   rmsnorm_backward(n, H, a.h1.data(), H, W(kNPost), a.rstd_post.data(), duu, H, dh1, H, true, G(kNPost));
   gemm_tn(H, qd, n, 1.0f, dh1, H, a.attn.data(), qd, 1.0f, G(kO), qd);
   gemm_nn(n, qd, H, 1.0f, dh1, H, W(kO), qd, 0.0f, ws_.dattn.data(), qd);
 }
 
-// Step-k attention backward: dq of step k (written), dk/dv of step 0 and of steps 1..k at
-// the same position (accumulated). Uses ws_.dattn as the output gradient. A task owns one
-// (sample, kv head): all the dk/dv rows it accumulates into belong to it alone.
+// Step-k attention backward: dq of step k (written), dk/dv of step 0 (into dqkv[0], or the
+// SP-gathered ws_.dkv0) and of steps 1..k at the same position (accumulated). Uses ws_.dattn
+// as the output gradient. A task owns one (sample, kv head): all the dk/dv rows it
+// accumulates into belong to it alone.
 void DraftModel::attention_backward_train(int64_t k) {
-  const int64_t B = ws_.B, T = ws_.T, D = cfg.qkv_dim(), d = cfg.head_dim(), nh = cfg.heads;
-  const int64_t nkv = cfg.kv_heads, g = nh / nkv, qd = cfg.q_dim(), kvd = cfg.kv_dim();
+  const int64_t B = ws_.B, T = ws_.T, D = dims.D(), d = dims.d, nh = dims.nh;
+  const int64_t nkv = dims.nkv, g = nh / nkv, qd = dims.qd(), kvd = dims.kvd();
   LayerActs& a = ws_.steps[size_t(k)];
-  const float* base0 = ws_.steps[0].qkv.data();
-  float* dbase0 = ws_.dqkv[0].data();
+  const SharedKV kv = spc() ? SharedKV{ws_.kv0.data(), ws_.dkv0.data(), 2 * kvd, ws_.Tg * 2 * kvd, kvd}
+                            : SharedKV{ws_.steps[0].qkv.data() + qd, ws_.dqkv[0].data() + qd, D, T * D, kvd};
   float* dbasek = ws_.dqkv[size_t(k)].data();
   AttnShape sh;
   sh.Tq = T;
-  sh.q0 = 0;
+  sh.q0 = ws_.t0;
   sh.d = d;
   sh.nextra = k;
   sh.scale = float(1.0 / std::sqrt(double(d)));
@@ -312,10 +415,10 @@ void DraftModel::attention_backward_train(int64_t k) {
       AttnHead hd;
       hd.q = a.qkv.data() + row0 * D + h * d;
       hd.ldq = D;
-      hd.k = base0 + row0 * D + qd + c * d;
-      hd.ldk = D;
-      hd.v = base0 + row0 * D + qd + kvd + c * d;
-      hd.ldv = D;
+      hd.k = kv.base + b * kv.sample_stride + c * d;
+      hd.ldk = kv.ld;
+      hd.v = kv.base + b * kv.sample_stride + kvd + c * d;
+      hd.ldv = kv.ld;
       hd.ek = ek.data();
       hd.ev = ev.data();
       hd.lde = D;
@@ -327,10 +430,10 @@ void DraftModel::attention_backward_train(int64_t k) {
       gr.lddo = qd;
       gr.dq = dbasek + row0 * D + h * d;
       gr.lddq = D;
-      gr.dk = dbase0 + row0 * D + qd + c * d;
-      gr.lddk = D;
-      gr.dv = dbase0 + row0 * D + qd + kvd + c * d;
-      gr.lddv = D;
+      gr.dk = kv.dbase + b * kv.sample_stride + c * d;
+      gr.lddk = kv.ld;
+      gr.dv = kv.dbase + b * kv.sample_stride + kvd + c * d;
+      gr.lddv = kv.ld;
       gr.dek = dek.data();
       gr.dev = dev.data();
       gr.ldde = D;
@@ -340,14 +443,15 @@ void DraftModel::attention_backward_train(int64_t k) {
 }
 
 // From the complete dqkv of this step (after RoPE) to dq/dk/dv weights, dn_in, dn_hid and
-// dhin (accumulated).
+// dhin (accumulated). TP: dx through q|k|v (column-parallel) is a partial sum, all-reduced.
 void DraftModel::layer_input_backward(LayerActs& a, float* dqkv, float* dhin) {
-  const int64_t n = a.rows, H = cfg.hidden, D = cfg.qkv_dim(), d = cfg.head_dim();
-  rope_apply(n, a.pos.data(), dqkv, D, cfg.heads, d, rope_, true);
-  rope_apply(n, a.pos.data(), dqkv + cfg.q_dim(), D, cfg.kv_heads, d, rope_, true);
+  const int64_t n = a.rows, H = cfg.hidden, D = dims.D(), d = dims.d;
+  rope_apply(n, a.pos.data(), dqkv, D, dims.nh, d, rope_, true);
+  rope_apply(n, a.pos.data(), dqkv + dims.qd(), D, dims.nkv, d, rope_, true);
   float* dx = ws_.dx.data();
   gemm_tn(D, 2 * H, n, 1.0f, dqkv, D, a.x.data(), 2 * H, 1.0f, G(kQ), 2 * H);
   gemm_nn(n, 2 * H, D, 1.0f, dqkv, D, W(kQ), 2 * H, 0.0f, dx, 2 * H);
+  if (tpc()) tpc()->allReduce(dx, size_t(n * 2 * H), ReduceOp::Sum);
   rmsnorm_backward(n, H, a.hin, H, W(kNHid), a.rstd_h.data(), dx + H, 2 * H, dhin, H, true, G(kNHid));
   float* emb = ws_.scr.data();
   embed_rows(a.tok.data(), n, emb);  // the embedding gradient itself is not needed (E is frozen)
@@ -355,13 +459,151 @@ void DraftModel::layer_input_backward(LayerActs& a, float* dqkv, float* dhin) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Sharding
+
+void DraftModel::attach(std::shared_ptr<Comm> world, std::vector<float> full) {
+  if (!sharded) throw std::logic_error("attach: this DraftModel is not sharded");
+  if (shard_.world) throw std::logic_error("attach: the model is attached already");
+  const ShardLayout& L = shard_layout;
+  if (!world || world->size() != L.world() || world->rank() != L.rank())
+    throw std::invalid_argument("attach: the communicator is rank " + std::to_string(world ? world->rank() : -1) +
+                                " of " + std::to_string(world ? world->size() : 0) + ", the layout wants rank " +
+                                std::to_string(L.rank()) + " of " + std::to_string(L.world()));
+  if (int64_t(full.size()) != full_layout.back().offset + full_layout.back().size)
+    throw std::invalid_argument("attach: wrong number of parameters");
+  ShardContext ctx;
+  ctx.L = L;
+  ctx.world = world;
+  // Every rank creates the groups in the same order; each kind partitions the world.
+  if (L.tp > 1) ctx.tp = world->subgroup(L.tpGroup(), "dw-draft-tp");
+  if (L.sp > 1) ctx.sp = world->subgroup(L.spGroup(), "dw-draft-sp");
+  if (L.sp * L.dp > 1) ctx.rep = world->subgroup(replica_group(L), "dw-draft-rep");
+  if (world->size() > 1) {  // world rank 0's tensors everywhere
+    world->broadcast(full.data(), full.size(), 0);
+    world->broadcast(embed.data(), embed.size(), 0);
+    world->broadcast(target_head.data(), target_head.size(), 0);
+    std::vector<float> ids(d2t.size() * 2);  // 16-bit halves: exact as floats
+    for (size_t j = 0; j < d2t.size(); j++) {
+      ids[2 * j] = float(uint32_t(d2t[j]) >> 16);
+      ids[2 * j + 1] = float(uint32_t(d2t[j]) & 0xffffu);
+    }
+    world->broadcast(ids.data(), ids.size(), 0);
+    std::vector<int32_t> map(d2t.size());
+    for (size_t j = 0; j < d2t.size(); j++) map[j] = int32_t((uint32_t(ids[2 * j]) << 16) | uint32_t(ids[2 * j + 1]));
+    const std::string err = set_d2t(map);
+    if (!err.empty()) throw std::runtime_error("attach: rank 0's d2t is invalid: " + err);
+  }
+  slice_params(cfg, dims, full.data(), params.data());
+  if (ctx.tp) {
+    const int64_t H = cfg.hidden;
+    wtd_.assign(size_t(dims.Vd * H), 0.0f);
+    for (int64_t j = 0; j < dims.Vd; j++)
+      std::copy_n(target_head.data() + int64_t(d2t[size_t(dims.j0 + j)]) * H, H, wtd_.data() + j * H);
+  }
+  shard_ = std::move(ctx);
+  ws_ = Workspace();  // sized again (with the SP/TP buffers) at the next step
+}
+
+void DraftModel::gather_full(const std::vector<float>& src, std::vector<float>& full) {
+  full.assign(size_t(full_layout.back().offset + full_layout.back().size), 0.0f);
+  if (!sharded) {
+    full = src;
+    return;
+  }
+  if (!shard_.world) throw std::logic_error("gather: the model is not attached");
+  if (!shard_.broken.empty()) throw CommError("sharded DraftModel: an earlier collective failed (" + shard_.broken + ")");
+  try {
+    gather_params(cfg, dims, src.data(), full.data(), tpc());
+  } catch (const CommError& e) {
+    shard_.broken = e.what();
+    throw;
+  }
+}
+
+// Every rank of the world must step on the same global batch shape with the same request:
+// one small all-reduce (max and −min at once) before anything else, so a mismatch is an error
+// on every rank instead of mismatched collectives.
+void DraftModel::agree(const DraftBatch& b, const StepRequest& req) {
+  Comm* w = shard_.world.get();
+  if (!w || w->size() == 1) return;
+  const double lr = req.update ? req.lr : -1.0;
+  const double mine[] = {double(b.B), double(b.T), req.backward ? 1.0 : 0.0, lr, req.clip, req.weight_decay,
+                         req.gather_grads ? 1.0 : 0.0, double(step_count)};
+  constexpr size_t n = sizeof(mine) / sizeof(mine[0]);
+  double buf[2 * n];
+  for (size_t i = 0; i < n; i++) {
+    buf[i] = mine[i];
+    buf[n + i] = -mine[i];
+  }
+  w->allReduce(buf, 2 * n, ReduceOp::Max);
+  static const char* what[] = {"batch (samples per rank)", "seq (positions per rank)", "mode (step / evaluate)", "lr",
+                               "clip", "weightDecay", "returnGrads", "optimizer step count"};
+  for (size_t i = 0; i < n; i++)
+    if (buf[i] != -buf[n + i])
+      throw std::invalid_argument(std::string("sharded step: the ranks disagree on ") + what[i] + " (from " +
+                                  std::to_string(-buf[n + i]) + " to " + std::to_string(buf[i]) +
+                                  " across ranks; this rank has " + std::to_string(mine[i]) + ")");
+}
+
+// fc and the norms are replicated over TP and every TP rank computes the same gradient for
+// them from the same (all-reduced) inputs. Their TP mean makes that bitwise true whatever the
+// ranks' arithmetic (e.g. different SIMD paths on different machines), so AdamW keeps every
+// copy identical.
+void DraftModel::sync_replicated_grads() {
+  const auto sh = param_shards(cfg, dims);
+  std::vector<float> buf;
+  for (int p = 0; p < kNumParams; p++)
+    if (sh[size_t(p)].split == Split::None)
+      buf.insert(buf.end(), G(p), G(p) + layout[size_t(p)].size);
+  tpc()->allReduce(buf.data(), buf.size(), ReduceOp::Sum);
+  const float inv = 1.0f / float(shard_layout.tp);
+  size_t o = 0;
+  for (int p = 0; p < kNumParams; p++)
+    if (sh[size_t(p)].split == Split::None) {
+      float* g = G(p);
+      for (int64_t i = 0; i < layout[size_t(p)].size; i++) g[i] = buf[o++] * inv;
+    }
+}
+
+double DraftModel::global_grad_norm() {
+  Comm* tp = tpc();
+  if (!tp) return grad_norm(int64_t(grads.size()), grads.data());
+  // sharded tensors count on every TP rank; replicated ones (fc, norms) once
+  const auto sh = param_shards(cfg, dims);
+  double s = 0;
+  for (int p = 0; p < kNumParams; p++)
+    if (sh[size_t(p)].split != Split::None || shard_layout.tpIdx == 0)
+      s += sum_squares(layout[size_t(p)].size, grads.data() + layout[size_t(p)].offset);
+  tp->allReduce(&s, 1, ReduceOp::Sum);
+  return std::sqrt(s);
+}
+
+// ---------------------------------------------------------------------------------------------
 
 StepOutput DraftModel::run(const DraftBatch& b, const StepRequest& req) {
+  if (sharded) {
+    if (!shard_.world) throw std::logic_error("sharded DraftModel: attach it to its world before stepping");
+    if (!shard_.broken.empty())
+      throw CommError("sharded DraftModel: an earlier collective failed (" + shard_.broken +
+                      "); its state is undefined: rebuild the world and the model");
+    if (req.logits_out) throw std::invalid_argument("logits() is not available on a sharded model");
+  }
+  try {
+    return run_impl(b, req);
+  } catch (const CommError& e) {
+    if (sharded) shard_.broken = e.what();
+    throw;
+  }
+}
+
+StepOutput DraftModel::run_impl(const DraftBatch& b, const StepRequest& req) {
   apply_threads();
-  ensure_workspace(b.B, b.T);
-  const int64_t B = b.B, T = b.T, N = B * T, H = cfg.hidden, K = cfg.ttt, Vd = cfg.draft_vocab;
+  if (sharded) agree(b, req);
+  ensure_workspace(b.B, b.T, b.ext());
+  const int64_t B = b.B, T = b.T, N = B * T, H = cfg.hidden, K = cfg.ttt, Vd = dims.Vd;
   const bool debug_logits = req.logits_out != nullptr;
   const bool backward = req.backward && !debug_logits;
+  const double Ng = double(ws_.Ng);  // B·T of the whole (global) batch
   StepOutput out;
   out.ploss.assign(size_t(K), 0.0);
   out.acc.assign(size_t(K), 0.0);
@@ -373,12 +615,17 @@ StepOutput DraftModel::run(const DraftBatch& b, const StepRequest& req) {
   gemm_nt(N, H, 3 * H, 1.0f, b.aux, 3 * H, W(kFc), 3 * H, 0.0f, ws_.fc_out.data(), H);
   tm.lap("fwd fc");
   std::vector<double> ce(static_cast<size_t>(N)), hit(static_cast<size_t>(N));
+  std::vector<double> metrics(static_cast<size_t>(3 * K), 0.0);  // per step: Σce, Σhit, Σw
   for (int64_t k = 0; k < K; k++) {
     LayerActs& a = ws_.steps[size_t(k)];
     a.hin = k == 0 ? ws_.fc_out.data() : ws_.steps[size_t(k - 1)].h2.data();
     prepare_step_rows(b, k, debug_logits);
     layer_input_forward(a, ws_.scr.data());
     tm.lap("fwd norms+qkv+rope");
+    if (k == 0 && spc()) {
+      gather_step0_kv();
+      tm.lap("fwd sp gather k|v");
+    }
     attention_forward_train(k);
     tm.lap("fwd attention");
     layer_output_forward(a);
@@ -390,9 +637,13 @@ StepOutput DraftModel::run(const DraftBatch& b, const StepRequest& req) {
       std::copy_n(a.logits.data(), N * Vd, req.logits_out + k * N * Vd);
       continue;
     }
-    const float scale = backward ? float(std::pow(0.8, double(k)) / double(N)) : 0.0f;
-    soft_cross_entropy(nl, Vd, a.logits.data(), ws_.p.data(), a.prow.data(), a.lw.data(), a.ltgt.data(),
-                       scale, ce.data(), hit.data());
+    const float scale = backward ? float(std::pow(0.8, double(k)) / Ng) : 0.0f;
+    if (tpc())
+      soft_cross_entropy_vp(nl, Vd, dims.j0, a.logits.data(), ws_.p.data(), a.prow.data(), a.lw.data(), a.ltgt.data(),
+                            scale, ce.data(), hit.data(), tpc());
+    else
+      soft_cross_entropy(nl, Vd, a.logits.data(), ws_.p.data(), a.prow.data(), a.lw.data(), a.ltgt.data(), scale,
+                         ce.data(), hit.data());
     tm.lap("fwd loss");
     double sce = 0, shit = 0, sw = 0;
     for (int64_t i = 0; i < nl; i++) {
@@ -400,7 +651,14 @@ StepOutput DraftModel::run(const DraftBatch& b, const StepRequest& req) {
       shit += hit[size_t(i)];
       sw += a.lw[size_t(i)];
     }
-    out.ploss[size_t(k)] = sce / double(N);
+    metrics[size_t(3 * k)] = sce;
+    metrics[size_t(3 * k + 1)] = shit;
+    metrics[size_t(3 * k + 2)] = sw;
+  }
+  if (repc() && !debug_logits) repc()->allReduce(metrics.data(), metrics.size(), ReduceOp::Sum);
+  for (int64_t k = 0; k < K; k++) {
+    const double sce = metrics[size_t(3 * k)], shit = metrics[size_t(3 * k + 1)], sw = metrics[size_t(3 * k + 2)];
+    out.ploss[size_t(k)] = sce / Ng;
     out.acc[size_t(k)] = sw > 0 ? shit / sw : 0.0;
     out.loss += std::pow(0.8, double(k)) * out.ploss[size_t(k)];
   }
@@ -411,7 +669,7 @@ StepOutput DraftModel::run(const DraftBatch& b, const StepRequest& req) {
   }
 
   // ---- backward ----
-  const int64_t I = cfg.intermediate, D = cfg.qkv_dim(), qd = cfg.q_dim();
+  const int64_t I = dims.I, D = dims.D(), qd = dims.qd();
   fit(ws_.dh2, N * H);
   fit(ws_.dh1, N * H);
   fit(ws_.dact, N * I);
@@ -424,6 +682,7 @@ StepOutput DraftModel::run(const DraftBatch& b, const StepRequest& req) {
     fit(v, N * D);
     zero(v);
   }
+  if (spc()) zero(ws_.dkv0);
   zero(grads);
   zero(ws_.dh2);
   tm.lap("bwd zeroing");
@@ -435,16 +694,28 @@ StepOutput DraftModel::run(const DraftBatch& b, const StepRequest& req) {
     tm.lap("bwd o+mlp");
     attention_backward_train(k);
     tm.lap("bwd attention");
+    if (k == 0 && spc()) {
+      scatter_step0_dkv();
+      tm.lap("bwd sp reduce-scatter dk|dv");
+    }
     // dqkv of step k is complete now: its q part was just written, its k/v parts come from
-    // queries of steps ≥ k (all processed); step 0's from every step.
+    // queries of steps ≥ k (all processed); step 0's from every step (and every SP rank).
     layer_input_backward(a, ws_.dqkv[size_t(k)].data(), ws_.dh1.data());
     tm.lap("bwd rope+qkv+norms");
     std::swap(ws_.dh1, ws_.dh2);  // dhin of step k = dh2 of step k−1
   }
   gemm_tn(H, 3 * H, N, 1.0f, ws_.dh2.data(), H, b.aux, 3 * H, 1.0f, G(kFc), 3 * H);
   tm.lap("bwd fc");
+  if (repc()) {
+    repc()->allReduce(grads.data(), grads.size(), ReduceOp::Sum);
+    tm.lap("bwd all-reduce grads (sp×dp)");
+  }
+  if (tpc()) {
+    sync_replicated_grads();
+    tm.lap("bwd tp mean of replicated grads");
+  }
 
-  out.grad_norm = grad_norm(int64_t(grads.size()), grads.data());
+  out.grad_norm = global_grad_norm();
   if (req.update) {
     if (!std::isfinite(out.grad_norm))
       throw std::runtime_error("gradient norm is not finite (" + std::to_string(out.grad_norm) +
@@ -469,11 +740,12 @@ StepOutput DraftModel::run(const DraftBatch& b, const StepRequest& req) {
 
 void DraftModel::decode_prefill(const float* aux, const int32_t* ids, int64_t L, LayerActs& a,
                                 std::vector<float>& logits) {
+  if (sharded) throw std::runtime_error("decoding (accept length) needs an unsharded DraftModel");
   apply_threads();
   rope_.ensure(L, cfg.head_dim(), cfg.rope_theta);
   const int64_t H = cfg.hidden, Vd = cfg.draft_vocab, D = cfg.qkv_dim(), d = cfg.head_dim();
   const int64_t g = cfg.heads / cfg.kv_heads, qd = cfg.q_dim(), kvd = cfg.kv_dim();
-  a.resize(cfg, L, cfg.heads * L);
+  a.resize(cfg, dims, L, cfg.heads * L);
   std::vector<float> hin(static_cast<size_t>(L * H)), scratch(static_cast<size_t>(L * H));
   gemm_nt(L, H, 3 * H, 1.0f, aux, 3 * H, W(kFc), 3 * H, 0.0f, hin.data(), H);
   for (int64_t t = 0; t < L; t++) {
@@ -514,7 +786,8 @@ void DraftModel::decode_step(const LayerActs& seq, int64_t p, const float* hin, 
   const int64_t H = cfg.hidden, Vd = cfg.draft_vocab, D = cfg.qkv_dim(), d = cfg.head_dim();
   const int64_t g = cfg.heads / cfg.kv_heads, qd = cfg.q_dim(), kvd = cfg.kv_dim();
   LayerActs& a = chain[size_t(j)];
-  if (a.rows != 1) a.resize(cfg, 1, cfg.heads);
+  if (sharded) throw std::runtime_error("decoding (accept length) needs an unsharded DraftModel");
+  if (a.rows != 1) a.resize(cfg, dims, 1, cfg.heads);
   rope_.ensure(p + 1, d, cfg.rope_theta);
   std::vector<float> hin_copy(hin, hin + H), scratch(static_cast<size_t>(H));
   a.hin = hin_copy.data();

@@ -1,35 +1,53 @@
 // The EAGLE3 draft model on CPU: weights, AdamW state and scratch live here between steps.
 // Forward and backward follow docs/model-math.md, one plain function per layer piece
-// (llm.c style). Every per-layer function takes its sizes explicitly (rows, heads, widths),
-// so a tensor-parallel rank can later run the same code on its slice of heads / MLP width /
-// draft vocab, and a sequence-parallel rank on its slice of positions (AttnShape::q0).
+// (llm.c style). Every per-layer function takes its sizes from `dims` (this rank's heads,
+// MLP width, draft vocab) and its positions from the batch, so the sharded step of DESIGN.md
+// §3 is this same code on a rank's shards (shard.h) with collectives at a few seams:
+//   TP  forward: h1 and h2 partial sums (o and down are row-parallel) all-reduced; backward:
+//       the input gradients of lm, gate|up and q|k|v (column-parallel) all-reduced; the
+//       target argmax/normaliser and the loss are vocabulary-parallel (loss.h).
+//   SP  step-0 keys/values all-gathered before attention, their gradients reduce-scattered
+//       back; the batch slice carries K positions past the chunk for the TTT shift.
+//   all gradients all-reduced over the replica group (SP × DP), those of the TP-replicated
+//       fc and norms also averaged over TP; loss, accuracy and the gradient norm reduced so
+//       every rank reports the global values.
+// An unsharded model (or tp = sp = dp = 1) makes no collective call at all.
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "attention.h"
 #include "draft_config.h"
 #include "rope.h"
+#include "shard.h"
 
 namespace dw {
 
-// Borrowed views of one training batch: ids i32[B,T], aux f32[B,T,3H], last f32[B,T,H],
-// mask u8[B,T].
+// Borrowed views of one training batch: ids i32[B,S], aux f32[B,T,3H], last f32[B,S,H],
+// mask u8[B,S] with S = span (T when 0). A sharded rank gets its slice: B = its samples,
+// T = its positions [t0, t0+T) of aux, and ids/last/mask for span = min(T + K, T_global − t0)
+// positions from t0 (the TTT shift reads tokens, targets and weights up to K positions past
+// the chunk).
 struct DraftBatch {
   const int32_t* ids = nullptr;
   const float* aux = nullptr;
   const float* last = nullptr;
   const uint8_t* mask = nullptr;
   int64_t B = 0, T = 0;
+  int64_t span = 0;
+  int64_t ext() const { return span > 0 ? span : T; }
 };
 
 struct StepRequest {
   bool backward = false;      // compute gradients
   bool update = false;        // then apply AdamW
   double lr = 0, clip = 0, weight_decay = 0;
-  float* logits_out = nullptr;  // debug: all logits [K, B, T, Vd], forward only
+  float* logits_out = nullptr;  // debug: all logits [K, B, T, Vd], forward only (unsharded)
+  bool gather_grads = false;    // sharded: the caller gathers the full gradients afterwards
+                                // (every rank must agree: checked with the batch sizes)
 };
 
 struct StepOutput {
@@ -55,15 +73,21 @@ struct LayerActs {
   std::vector<int32_t> lrow, prow, ltgt;  // row, its target row (b, t+1+k), target draft id
   std::vector<float> lw;                  // weights
   std::vector<float> hf, rstd_f, logits;  // [nl, H], [nl], [nl, Vd] (gradient after a step)
-  void resize(const DraftConfig& c, int64_t rows, int64_t lse_size);
+  void resize(const DraftConfig& c, const ShardDims& s, int64_t rows, int64_t lse_size);
 };
 
 class DraftModel {
  public:
   explicit DraftModel(const DraftConfig& c);
+  // One rank of a sharded world: holds only its shards (shard.h). attach() before stepping.
+  DraftModel(const DraftConfig& c, const ShardLayout& L);
 
-  const DraftConfig cfg;
-  const std::vector<ParamInfo> layout;
+  const DraftConfig cfg;                     // global sizes
+  const bool sharded;
+  const ShardLayout shard_layout;            // 1 × 1 × 1 when unsharded
+  const ShardDims dims;                      // this rank's share (everything when unsharded)
+  const std::vector<ParamInfo> layout;       // this rank's tensors (its shapes)
+  const std::vector<ParamInfo> full_layout;  // the global shapes (== layout when unsharded)
   std::vector<float> params, grads, adam_m, adam_v;  // flat, in `layout` order
   std::vector<float> embed, target_head;             // frozen [V, H]
   std::vector<int32_t> d2t, t2d;                     // [Vd], [V] (−1: not in the draft vocab)
@@ -76,11 +100,24 @@ class DraftModel {
 
   // Rebuilds t2d from d2t; "" or a message (range, duplicates).
   std::string set_d2t(const std::vector<int32_t>& map);
-  // "" or a message naming the first bad value (ids range, mask 0/1, finite aux/last).
+  // "" or a message naming the first bad value (ids range, mask 0/1, finite aux/last), or a
+  // span that does not fit this rank's slice of the sequence.
   std::string check_batch(const DraftBatch& b) const;
 
-  // Forward (+ backward, + AdamW) over one batch. Throws std::runtime_error on numeric failure.
+  // Forward (+ backward, + AdamW) over one batch. Throws std::runtime_error on numeric failure,
+  // CommError when a collective fails (the model then refuses further steps), InvalidArg-like
+  // std::invalid_argument when the ranks' batches or requests disagree.
   StepOutput run(const DraftBatch& b, const StepRequest& req);
+
+  // ---- sharding ----
+  // Joins the world (creates the TP, SP and replica groups), replaces every trainable and
+  // frozen tensor by world rank 0's (broadcast; `full` is this rank's copy in the global
+  // layout) and keeps this rank's shards. Collective over the world.
+  void attach(std::shared_ptr<Comm> world, std::vector<float> full);
+  bool attached() const { return shard_.world != nullptr; }
+  // full (global layout) ← src (this rank's layout: params, grads, adam_m or adam_v) of every
+  // TP rank. Collective over the TP group (a copy when unsharded).
+  void gather_full(const std::vector<float>& src, std::vector<float>& full);
 
   // ---- decoding support (accept length) ----
   // Step 0 over one sequence of L positions (hin = fc(aux_s), token = ids[s+1]); keeps its
@@ -96,8 +133,13 @@ class DraftModel {
   void apply_threads() const;
 
  private:
+  DraftModel(const DraftConfig& c, const ShardLayout& L, bool is_sharded);
   struct Workspace {
-    int64_t B = 0, T = 0;
+    int64_t B = 0, T = 0, span = 0;  // this rank's samples, positions, positions of ids/last/mask
+    int64_t t0 = 0, Tg = 0, Ng = 0;  // global position of local 0, global T, global B·T
+    std::vector<float> part;         // TP partial sums [B·T, H]
+    std::vector<float> kv0, dkv0;    // SP: step-0 k|v of every position [B, Tg, 2·kvd], and d
+    std::vector<float> kvx, kvl;     // SP: exchange buffers [sp·B·T·2·kvd], [B·T·2·kvd]
     std::vector<LayerActs> steps;
     std::vector<float> fc_out, p, scr, scr2;
     std::vector<int32_t> tgt;
@@ -107,7 +149,16 @@ class DraftModel {
     std::vector<std::vector<float>> dqkv;
   };
 
-  void ensure_workspace(int64_t B, int64_t T);
+  void ensure_workspace(int64_t B, int64_t T, int64_t span);
+  StepOutput run_impl(const DraftBatch& b, const StepRequest& req);
+  void agree(const DraftBatch& b, const StepRequest& req);
+  void gather_step0_kv();
+  void scatter_step0_dkv();
+  double global_grad_norm();
+  void sync_replicated_grads();
+  Comm* tpc() const { return shard_.tp.get(); }
+  Comm* spc() const { return shard_.sp.get(); }
+  Comm* repc() const { return shard_.rep.get(); }
   void prepare_targets(const DraftBatch& b);
   void prepare_step_rows(const DraftBatch& b, int64_t k, bool all_rows);
 
@@ -125,6 +176,8 @@ class DraftModel {
   void layer_input_backward(LayerActs& a, float* dqkv, float* dhin);
 
   Workspace ws_;
+  ShardContext shard_;
+  std::vector<float> wtd_;  // TP: rows d2t[j0 .. j0+Vd) of target_head
   RopeTable rope_;
   std::vector<AttnScratch> attn_scratch_;  // one per attention task
 };

@@ -6,6 +6,8 @@
 
 namespace dw {
 
+class Comm;
+
 // For every row r with need[r] != 0: z = last[r]·Wtᵀ (V logits), y = argmax z (lowest index),
 // tgt[r] = t2d[y] (the draft id of y, −1 when y ∉ d2t, i.e. ok = 0), and
 // p[r, j] = softmax_j(z[d2t[j]]). Rows without need get tgt = −1 and p untouched.
@@ -21,5 +23,23 @@ void target_distribution(int64_t N, const uint8_t* need, const float* last, int6
 // ∂(grad_scale·Σ_r ce[r])/∂logits = grad_scale·w·(softmax·Σp − p); otherwise left as they are.
 void soft_cross_entropy(int64_t n, int64_t Vd, float* logits, const float* p, const int32_t* prow,
                         const float* w, const int32_t* tgt, float grad_scale, double* ce, double* hit);
+
+// Vocabulary-parallel versions for tensor parallelism. This rank holds draft ids [j0, j0+Vl)
+// (its p columns and logits) and searches target ids [v0, v1) for the argmax of z; `tp`
+// all-reduces over the TP group (max of the row maxima, lowest index among equal maxima, sums
+// of exponentials), so every TP rank ends with the same tgt, normalisers, ce and hit.
+// All TP ranks must pass the same rows (need / n, prow, w, tgt). Comm null: one rank holds
+// everything (the results then equal the functions above up to float rounding order).
+
+// Like target_distribution with p [N, Vl] (this rank's columns of the distribution over the
+// whole draft vocabulary) and Wtd [Vl, H] = rows d2t[j0..j0+Vl) of Wt.
+void target_distribution_vp(int64_t N, const uint8_t* need, const float* last, int64_t H, const float* Wt,
+                            int64_t v0, int64_t v1, const float* Wtd, int64_t Vl, const int32_t* t2d, float* p,
+                            int32_t* tgt, std::vector<float>& scratch, Comm* tp);
+
+// Like soft_cross_entropy with logits [n, Vl] of draft ids [j0, j0+Vl) and p rows [·, Vl];
+// tgt holds global draft ids. The gradient written is this rank's columns of the full one.
+void soft_cross_entropy_vp(int64_t n, int64_t Vl, int64_t j0, float* logits, const float* p, const int32_t* prow,
+                           const float* w, const int32_t* tgt, float grad_scale, double* ce, double* hit, Comm* tp);
 
 }  // namespace dw

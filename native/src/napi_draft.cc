@@ -1,8 +1,12 @@
 // JS binding of DraftModel: create (validating every tensor), step / evaluate / logits as
-// promises, weights and optimizer state in and out.
+// promises, weights and optimizer state in and out. A sharded model (a rank of a tp × sp × dp
+// world, shard.h) is created with its communicator and layout, then attach()ed (a promise:
+// groups, broadcast from rank 0); its JS face keeps full shapes: weights and optimizer state
+// come in whole and go out through gather() (a collective), and a step's returnGrads gathers.
 #include <cmath>
 #include <cstring>
 
+#include "napi_comm.h"
 #include "napi_models.h"
 
 namespace dw {
@@ -42,34 +46,63 @@ void read_f32(Napi::Env env, Napi::Value v, const std::string& what, int64_t n, 
   std::memcpy(dst, a.Data(), size_t(n) * sizeof(float));
 }
 
-// Trainable tensors from an object: all of them (require_all) or any subset. Unknown names are
-// rejected. Everything is checked before `dst` is touched.
+// Trainable tensors (full shapes) from an object: all of them (require_all) or any subset.
+// Unknown names are rejected. Everything is checked before `dst` (this model's layout: its
+// shards when sharded) is touched.
 void read_trainable(Napi::Env env, Napi::Object o, const DraftModel& m, bool require_all, std::vector<float>& dst,
                     const std::string& kind, const std::vector<std::string>& also_allowed) {
   Napi::Array keys = o.GetPropertyNames();
   for (uint32_t i = 0; i < keys.Length(); i++) {
     const std::string k = keys.Get(i).ToString().Utf8Value();
     bool known = false;
-    for (const auto& p : m.layout) known = known || k == p.name;
+    for (const auto& p : m.full_layout) known = known || k == p.name;
     for (const auto& a : also_allowed) known = known || k == a;
     if (!known) throw_invalid(env, "unknown " + kind + " '" + k + "'");
   }
-  std::vector<float> tmp(dst);
-  for (const auto& p : m.layout) {
+  std::vector<float> tmp(dst), one;
+  const auto shards = param_shards(m.cfg, m.dims);
+  for (size_t i = 0; i < m.full_layout.size(); i++) {
+    const ParamInfo& p = m.full_layout[i];
     Napi::Value v = o.Get(p.name);
     if (v.IsUndefined()) {
       if (require_all) throw_invalid(env, "missing " + kind + " '" + std::string(p.name) + "'");
       continue;
     }
-    read_f32(env, v, kind + " '" + std::string(p.name) + "' " + shape_str(p.shape), p.size, tmp.data() + p.offset);
+    const std::string what = kind + " '" + std::string(p.name) + "' " + shape_str(p.shape);
+    if (!m.sharded) {
+      read_f32(env, v, what, p.size, tmp.data() + p.offset);
+    } else {
+      one.resize(size_t(p.size));
+      read_f32(env, v, what, p.size, one.data());
+      slice_param(shards[i], one.data(), tmp.data() + m.layout[i].offset);
+    }
   }
   dst.swap(tmp);
 }
 
-Napi::Object trainable_object(Napi::Env env, const DraftModel& m, const std::vector<float>& src) {
+Napi::Object trainable_object(Napi::Env env, const std::vector<ParamInfo>& layout, const std::vector<float>& src) {
   Napi::Object o = Napi::Object::New(env);
-  for (const auto& p : m.layout) o.Set(p.name, to_f32(env, src.data() + p.offset, size_t(p.size)));
+  for (const auto& p : layout) o.Set(p.name, to_f32(env, src.data() + p.offset, size_t(p.size)));
   return o;
+}
+
+// All trainable tensors (full shapes) of an object into `full` (the global layout).
+void read_full(Napi::Env env, Napi::Object o, const DraftModel& m, std::vector<float>& full,
+               const std::vector<std::string>& also_allowed) {
+  Napi::Array keys = o.GetPropertyNames();
+  for (uint32_t i = 0; i < keys.Length(); i++) {
+    const std::string k = keys.Get(i).ToString().Utf8Value();
+    bool known = false;
+    for (const auto& p : m.full_layout) known = known || k == p.name;
+    for (const auto& a : also_allowed) known = known || k == a;
+    if (!known) throw_invalid(env, "unknown weight '" + k + "'");
+  }
+  full.assign(size_t(m.full_layout.back().offset + m.full_layout.back().size), 0.0f);
+  for (const auto& p : m.full_layout) {
+    Napi::Value v = o.Get(p.name);
+    if (v.IsUndefined()) throw_invalid(env, "missing weight '" + std::string(p.name) + "'");
+    read_f32(env, v, "weight '" + std::string(p.name) + "' " + shape_str(p.shape), p.size, full.data() + p.offset);
+  }
 }
 
 // A batch copied out of JS (so the caller may reuse its buffers while the step runs).
@@ -77,7 +110,7 @@ struct BatchCopy {
   std::vector<int32_t> ids;
   std::vector<float> aux, last;
   std::vector<uint8_t> mask;
-  int64_t B = 0, T = 0;
+  int64_t B = 0, T = 0, span = 0;
   DraftBatch view() const {
     DraftBatch b;
     b.ids = ids.data();
@@ -86,16 +119,25 @@ struct BatchCopy {
     b.mask = mask.data();
     b.B = B;
     b.T = T;
+    b.span = span;
     return b;
   }
 };
 
-BatchCopy parse_batch(Napi::Env env, Napi::Value v, const DraftConfig& c) {
+// A sharded model takes this rank's slice: batch = its samples, seq = its positions; ids,
+// last and mask cover span = min(seq + ttt, seq·sp − seq·spIdx) positions per sample.
+BatchCopy parse_batch(Napi::Env env, Napi::Value v, const DraftModel& m) {
+  const DraftConfig& c = m.cfg;
   Napi::Object o = need_object(env, v, "batch");
   BatchCopy b;
   b.B = field_int(o, "batch", "batch", 1, 1 << 20);
   b.T = field_int(o, "seq", "batch", 1, 1 << 20);
-  const int64_t N = b.B * b.T, H = c.hidden;
+  const ShardLayout& L = m.shard_layout;
+  b.span = m.sharded ? std::min(b.T + c.ttt, b.T * L.sp - b.T * L.spIdx) : b.T;
+  const int64_t N = b.B * b.T, NS = b.B * b.span, H = c.hidden;
+  const std::string rows = m.sharded ? "batch·span = " + std::to_string(NS) + ", span = " + std::to_string(b.span) +
+                                           " positions of this sequence-parallel rank"
+                                     : "batch·seq = " + std::to_string(NS);
   // activations kept for the backward pass, per step and row, plus the targets (see LayerActs)
   const double per_row = double(c.ttt) * double(8 * H + 2 * c.qkv_dim() + c.q_dim() + 3 * c.intermediate + c.draft_vocab + 2 * c.heads + 8) +
                          double(c.draft_vocab) * (c.ttt + 1) + double(4 * H + c.q_dim() + 3 * c.intermediate + 3 * H + 8);
@@ -104,16 +146,15 @@ BatchCopy parse_batch(Napi::Env env, Napi::Value v, const DraftConfig& c) {
     throw_invalid(env, "batch too large: batch·seq = " + std::to_string(N) + " rows need ~" +
                            std::to_string(int64_t(bytes / (1 << 20))) + " MiB of scratch (limit " +
                            std::to_string(int64_t(kMaxScratchBytes / (1 << 20))) + " MiB)");
-  auto ids = need_typed<int32_t>(env, o.Get("ids"), "batch.ids (batch·seq = " + std::to_string(N) + ")", N);
+  auto ids = need_typed<int32_t>(env, o.Get("ids"), "batch.ids (" + rows + ")", NS);
   auto aux = need_typed<float>(env, o.Get("aux"), "batch.aux (batch·seq·3·hidden = " + std::to_string(N * 3 * H) + ")",
                                N * 3 * H);
-  auto last =
-      need_typed<float>(env, o.Get("last"), "batch.last (batch·seq·hidden = " + std::to_string(N * H) + ")", N * H);
-  auto mask = need_typed<uint8_t>(env, o.Get("mask"), "batch.mask (batch·seq = " + std::to_string(N) + ")", N);
-  b.ids.assign(ids.Data(), ids.Data() + N);
+  auto last = need_typed<float>(env, o.Get("last"), "batch.last ((" + rows + ")·hidden)", NS * H);
+  auto mask = need_typed<uint8_t>(env, o.Get("mask"), "batch.mask (" + rows + ")", NS);
+  b.ids.assign(ids.Data(), ids.Data() + NS);
   b.aux.assign(aux.Data(), aux.Data() + N * 3 * H);
-  b.last.assign(last.Data(), last.Data() + N * H);
-  b.mask.assign(mask.Data(), mask.Data() + N);
+  b.last.assign(last.Data(), last.Data() + NS * H);
+  b.mask.assign(mask.Data(), mask.Data() + NS);
   return b;
 }
 
@@ -141,7 +182,7 @@ class DraftWorker : public PromiseWorker {
       req_.logits_out = logits_.data();
     }
     out_ = m.run(b, req_);
-    if (return_grads_) grads_ = m.grads;
+    if (return_grads_) m.gather_full(m.grads, grads_);  // a copy when unsharded
   }
 
   Napi::Value result(Napi::Env env) override {
@@ -155,7 +196,7 @@ class DraftWorker : public PromiseWorker {
     if (mode_ == kTrain) {
       o.Set("gradNorm", out_.grad_norm);
       o.Set("step", double(out_.step));
-      o.Set("grads", return_grads_ ? Napi::Value(trainable_object(env, m, grads_)) : env.Null());
+      o.Set("grads", return_grads_ ? Napi::Value(trainable_object(env, m.full_layout, grads_)) : env.Null());
     }
     return o;
   }
@@ -172,6 +213,45 @@ class DraftWorker : public PromiseWorker {
   std::vector<float> grads_, logits_;
 };
 
+// attach(): sharded model joins its world.
+class AttachWorker : public PromiseWorker {
+ public:
+  AttachWorker(Napi::Env env, std::shared_ptr<DraftState> st) : PromiseWorker(env, "draftwire:attach"), st_(std::move(st)) {}
+
+ protected:
+  void run() override {
+    st_->model.apply_threads();
+    st_->model.attach(st_->world, std::move(st_->pending_full));
+    st_->pending_full = std::vector<float>();
+  }
+  Napi::Value result(Napi::Env env) override { return env.Undefined(); }
+  void done() override { st_->busy.release(); }
+
+ private:
+  std::shared_ptr<DraftState> st_;
+};
+
+// gather(kind): full-shape tensors of every TP rank's shards.
+class GatherWorker : public PromiseWorker {
+ public:
+  GatherWorker(Napi::Env env, std::shared_ptr<DraftState> st, int kind)
+      : PromiseWorker(env, "draftwire:gather"), st_(std::move(st)), kind_(kind) {}
+
+ protected:
+  void run() override {
+    DraftModel& m = st_->model;
+    const std::vector<float>& src = kind_ == 0 ? m.params : kind_ == 1 ? m.grads : kind_ == 2 ? m.adam_m : m.adam_v;
+    m.gather_full(src, full_);
+  }
+  Napi::Value result(Napi::Env env) override { return trainable_object(env, st_->model.full_layout, full_); }
+  void done() override { st_->busy.release(); }
+
+ private:
+  std::shared_ptr<DraftState> st_;
+  int kind_;
+  std::vector<float> full_;
+};
+
 }  // namespace
 
 Napi::Function DraftWrap::Init(Napi::Env env) {
@@ -185,18 +265,42 @@ Napi::Function DraftWrap::Init(Napi::Env env) {
                          InstanceMethod("loadOptimizerState", &DraftWrap::LoadOptimizerState),
                          InstanceMethod("setWeights", &DraftWrap::SetWeights),
                          InstanceMethod("close", &DraftWrap::Close),
+                         InstanceMethod("attach", &DraftWrap::Attach),
+                         InstanceMethod("gather", &DraftWrap::Gather),
+                         InstanceMethod("shardInfo", &DraftWrap::ShardInfo),
                      });
 }
 
-// new DraftModel(config, weights, threads)
+// new DraftModel(config, weights, threads, shard)
+// shard: null, or {comm: CommHandle, tp, sp, dp}: this process is world rank comm.rank of a
+// tp × sp × dp world; the model then needs attach() before anything else.
 DraftWrap::DraftWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<DraftWrap>(info) {
   Napi::Env env = info.Env();
   const DraftConfig c = parse_draft_config(env, info[0]);
   Napi::Object w = need_object(env, info[1], "weights");
   const int64_t threads = info[2].IsUndefined() || info[2].IsNull() ? 0 : need_int(env, info[2], "threads", 0, 256);
-  auto st = std::make_shared<DraftState>(c);
+  std::shared_ptr<DraftState> st;
+  if (info[3].IsUndefined() || info[3].IsNull()) {
+    st = std::make_shared<DraftState>(c);
+  } else {
+    Napi::Object so = need_object(env, info[3], "shard");
+    std::shared_ptr<Comm> world = unwrapComm(so.Get("comm"));
+    const int tp = int(field_int(so, "tp", "shard", 1, 1 << 20));
+    const int sp = int(field_int(so, "sp", "shard", 1, 1 << 20));
+    const int dp = int(field_int(so, "dp", "shard", 1, 1 << 20));
+    if (int64_t(tp) * sp * dp != world->size())
+      throw_invalid(env, "shard: tp·sp·dp = " + std::to_string(int64_t(tp) * sp * dp) +
+                             " must equal the communicator's size " + std::to_string(world->size()));
+    const std::string err = check_shard_config(c, tp, sp, dp);
+    if (!err.empty()) throw_invalid(env, "shard: config." + err);
+    st = std::make_shared<DraftState>(c, ShardLayout::of(world->rank(), tp, sp, dp));
+    st->world = std::move(world);
+  }
   DraftModel& m = st->model;
-  read_trainable(env, w, m, true, m.params, "weight", {"embed", "target_head", "d2t"});
+  if (m.sharded)
+    read_full(env, w, m, st->pending_full, {"embed", "target_head", "d2t"});
+  else
+    read_trainable(env, w, m, true, m.params, "weight", {"embed", "target_head", "d2t"});
   const std::string eshape = " [" + std::to_string(c.vocab) + ", " + std::to_string(c.hidden) + "]";
   read_f32(env, w.Get("embed"), "weight 'embed'" + eshape, c.vocab * c.hidden, m.embed.data());
   read_f32(env, w.Get("target_head"), "weight 'target_head'" + eshape, c.vocab * c.hidden, m.target_head.data());
@@ -225,8 +329,9 @@ DraftWrap* DraftWrap::from(Napi::Env env, Napi::Value v, const char* what) {
 Napi::Value DraftWrap::RunBatch(const Napi::CallbackInfo& info, int mode) {
   Napi::Env env = info.Env();
   if (!state_) throw_native(env, "DraftModel: the model is closed");
-  const DraftConfig& c = state_->model.cfg;
-  BatchCopy batch = parse_batch(env, info[0], c);
+  if (state_->model.sharded && !state_->model.attached())
+    throw_native(env, "DraftModel: a sharded model must be attach()ed to its world first");
+  BatchCopy batch = parse_batch(env, info[0], state_->model);
   StepRequest req;
   bool return_grads = false;
   if (mode == kTrain) {
@@ -248,6 +353,7 @@ Napi::Value DraftWrap::RunBatch(const Napi::CallbackInfo& info, int mode) {
     }
     if (!rg.IsUndefined() && !rg.IsBoolean()) throw_invalid(env, "options.returnGrads must be a boolean");
     return_grads = rg.IsBoolean() && rg.As<Napi::Boolean>().Value();
+    req.gather_grads = return_grads;
   }
   auto st = acquire(env, mode == kTrain ? "step" : mode == kEval ? "evaluate" : "logits");
   auto* w = new DraftWorker(env, st, std::move(batch), req, mode, return_grads);
@@ -262,19 +368,23 @@ Napi::Value DraftWrap::Logits(const Napi::CallbackInfo& info) { return RunBatch(
 
 Napi::Value DraftWrap::Weights(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
+  if (state_ && state_->model.sharded)
+    throw_native(env, "DraftModel.weights: a sharded model holds only its shards; use gather('weights') (a collective)");
   auto st = acquire(env, "weights");
-  Napi::Object o = trainable_object(env, st->model, st->model.params);
+  Napi::Object o = trainable_object(env, st->model.layout, st->model.params);
   st->busy.release();
   return o;
 }
 
 Napi::Value DraftWrap::OptimizerState(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
+  if (state_ && state_->model.sharded)
+    throw_native(env, "DraftModel.optimizerState: a sharded model holds only its shards; use gather('m') and gather('v') (collectives)");
   auto st = acquire(env, "optimizerState");
   Napi::Object o = Napi::Object::New(env);
   o.Set("step", double(st->model.step_count));
-  o.Set("m", trainable_object(env, st->model, st->model.adam_m));
-  o.Set("v", trainable_object(env, st->model, st->model.adam_v));
+  o.Set("m", trainable_object(env, st->model.layout, st->model.adam_m));
+  o.Set("v", trainable_object(env, st->model.layout, st->model.adam_v));
   st->busy.release();
   return o;
 }
@@ -313,6 +423,53 @@ Napi::Value DraftWrap::SetWeights(const Napi::CallbackInfo& info) {
   }
   st->busy.release();
   return env.Undefined();
+}
+
+Napi::Value DraftWrap::Attach(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!state_) throw_native(env, "DraftModel.attach: the model is closed");
+  if (!state_->model.sharded) throw_native(env, "DraftModel.attach: the model is not sharded");
+  if (state_->model.attached() || !state_->world) throw_native(env, "DraftModel.attach: the model is attached already");
+  auto st = acquire(env, "attach");
+  auto* w = new AttachWorker(env, st);
+  Napi::Promise p = w->promise();
+  w->Queue();
+  return p;
+}
+
+// gather(kind: 'weights' | 'grads' | 'm' | 'v') → Promise<Record<name, Float32Array>> (full shapes)
+Napi::Value DraftWrap::Gather(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsString()) throw_invalid(env, "gather: kind must be 'weights', 'grads', 'm' or 'v'");
+  const std::string k = info[0].As<Napi::String>().Utf8Value();
+  const int kind = k == "weights" ? 0 : k == "grads" ? 1 : k == "m" ? 2 : k == "v" ? 3 : -1;
+  if (kind < 0) throw_invalid(env, "gather: kind must be 'weights', 'grads', 'm' or 'v' (got '" + k + "')");
+  if (state_ && state_->model.sharded && !state_->model.attached())
+    throw_native(env, "DraftModel.gather: a sharded model must be attach()ed to its world first");
+  auto st = acquire(env, "gather");
+  auto* w = new GatherWorker(env, st, kind);
+  Napi::Promise p = w->promise();
+  w->Queue();
+  return p;
+}
+
+Napi::Value DraftWrap::ShardInfo(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!state_) throw_native(env, "DraftModel.shardInfo: the model is closed");
+  const DraftModel& m = state_->model;
+  if (!m.sharded) return env.Null();
+  const ShardLayout& L = m.shard_layout;
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("rank", L.rank());
+  o.Set("tp", L.tp);
+  o.Set("sp", L.sp);
+  o.Set("dp", L.dp);
+  o.Set("tpIdx", L.tpIdx);
+  o.Set("spIdx", L.spIdx);
+  o.Set("dpIdx", L.dpIdx);
+  o.Set("attached", m.attached());
+  o.Set("step", double(m.step_count));
+  return o;
 }
 
 Napi::Value DraftWrap::Close(const Napi::CallbackInfo& info) {

@@ -14,8 +14,12 @@ namespace dw {
 
 struct DraftState {
   explicit DraftState(const DraftConfig& c) : model(c) {}
+  DraftState(const DraftConfig& c, const ShardLayout& L) : model(c, L) {}
   DraftModel model;
   BusyFlag busy;
+  // sharded, until attach(): the world and this rank's full-shape trainable tensors
+  std::shared_ptr<Comm> world;
+  std::vector<float> pending_full;
 };
 
 struct TargetState {
@@ -47,6 +51,9 @@ class DraftWrap : public Napi::ObjectWrap<DraftWrap> {
   Napi::Value SetWeights(const Napi::CallbackInfo& info);
   Napi::Value Close(const Napi::CallbackInfo& info);
   Napi::Value RunBatch(const Napi::CallbackInfo& info, int mode);
+  Napi::Value Attach(const Napi::CallbackInfo& info);     // sharded: join the world (promise)
+  Napi::Value Gather(const Napi::CallbackInfo& info);     // full-shape weights/grads/m/v (promise)
+  Napi::Value ShardInfo(const Napi::CallbackInfo& info);  // layout, or null when unsharded
 
   std::shared_ptr<DraftState> state_;
 };
@@ -62,6 +69,7 @@ class TargetWrap : public Napi::ObjectWrap<TargetWrap> {
   Napi::Value Frozen(const Napi::CallbackInfo& info);
   Napi::Value Forward(const Napi::CallbackInfo& info);
   Napi::Value Generate(const Napi::CallbackInfo& info);
+  Napi::Value Rollout(const Napi::CallbackInfo& info);  // batched KV-cached decode (+ aux/last)
   Napi::Value Close(const Napi::CallbackInfo& info);
 
   std::shared_ptr<TargetState> state_;

@@ -8,6 +8,7 @@ namespace {
 
 constexpr int64_t kMaxDim = (int64_t(1) << 31) - 1;
 constexpr int64_t kMaxSeed = int64_t(1) << 53;
+constexpr uint32_t kMaxRolloutPrompts = 4096;
 
 TargetConfig parse_target_config(Napi::Env env, Napi::Value v) {
   Napi::Object o = need_object(env, v, "config");
@@ -21,6 +22,13 @@ TargetConfig parse_target_config(Napi::Env env, Napi::Value v) {
   c.rope_theta = field_number(o, "ropeTheta", "config");
   c.rms_eps = field_number(o, "rmsEps", "config");
   c.seed = uint64_t(field_int(o, "seed", "config", 0, kMaxSeed));
+  // shape knobs of the seeded weights: optional (src/native.ts always passes them)
+  auto opt = [&](const char* key, double def) {
+    return o.Has(key) && !o.Get(key).IsUndefined() ? field_number(o, key, "config") : def;
+  };
+  c.logit_scale = opt("logitScale", kTargetLogitScale);
+  c.zipf = opt("zipf", kTargetZipf);
+  c.residual_scale = opt("residualScale", kTargetResidualScale);
   const std::string err = c.check();
   if (!err.empty()) throw_invalid(env, "config: " + err);
   return c;
@@ -87,6 +95,51 @@ class GenerateWorker : public PromiseWorker {
   std::vector<int32_t> out_;
 };
 
+class RolloutWorker : public PromiseWorker {
+ public:
+  RolloutWorker(Napi::Env env, std::shared_ptr<TargetState> st, std::vector<std::vector<int32_t>> prompts,
+                int64_t max_new, double temperature, std::vector<uint64_t> seeds, bool features)
+      : PromiseWorker(env, "draftwire:rollout"),
+        st_(std::move(st)),
+        prompts_(std::move(prompts)),
+        max_new_(max_new),
+        temperature_(temperature),
+        seeds_(std::move(seeds)),
+        features_(features) {}
+
+ protected:
+  void run() override {
+    st_->model.rollout(prompts_, max_new_, temperature_, seeds_, features_, features_, out_);
+  }
+  Napi::Value result(Napi::Env env) override {
+    const size_t n = out_.size();
+    Napi::Array ids = Napi::Array::New(env, n);
+    Napi::Object o = Napi::Object::New(env);
+    for (size_t i = 0; i < n; i++) ids.Set(uint32_t(i), to_i32(env, out_[i].ids.data(), out_[i].ids.size()));
+    o.Set("ids", ids);
+    if (features_) {
+      Napi::Array aux = Napi::Array::New(env, n), last = Napi::Array::New(env, n);
+      for (size_t i = 0; i < n; i++) {
+        aux.Set(uint32_t(i), to_f32(env, out_[i].aux.data(), out_[i].aux.size()));
+        last.Set(uint32_t(i), to_f32(env, out_[i].last.data(), out_[i].last.size()));
+      }
+      o.Set("aux", aux);
+      o.Set("last", last);
+    }
+    return o;
+  }
+  void done() override { st_->busy.release(); }
+
+ private:
+  std::shared_ptr<TargetState> st_;
+  std::vector<std::vector<int32_t>> prompts_;
+  int64_t max_new_;
+  double temperature_;
+  std::vector<uint64_t> seeds_;
+  bool features_;
+  std::vector<RolloutSeq> out_;
+};
+
 class AcceptWorker : public PromiseWorker {
  public:
   AcceptWorker(Napi::Env env, std::shared_ptr<DraftState> d, std::shared_ptr<TargetState> t,
@@ -127,6 +180,7 @@ Napi::Function TargetWrap::Init(Napi::Env env) {
                          InstanceMethod("frozen", &TargetWrap::Frozen),
                          InstanceMethod("forward", &TargetWrap::Forward),
                          InstanceMethod("generate", &TargetWrap::Generate),
+                         InstanceMethod("rollout", &TargetWrap::Rollout),
                          InstanceMethod("close", &TargetWrap::Close),
                      });
 }
@@ -203,6 +257,54 @@ Napi::Value TargetWrap::Generate(const Napi::CallbackInfo& info) {
   std::vector<int32_t> copy(prompt.Data(), prompt.Data() + prompt.ElementLength());
   auto st = acquire(env, "generate");
   auto* w = new GenerateWorker(env, st, std::move(copy), max_new, temperature, uint64_t(seed));
+  Napi::Promise p = w->promise();
+  w->Queue();
+  return p;
+}
+
+// rollout(prompts: Int32Array[], maxNew, temperature, seeds: number[] | undefined, features: boolean)
+//   → { ids: Int32Array[], aux?: Float32Array[], last?: Float32Array[] }
+Napi::Value TargetWrap::Rollout(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!state_) throw_native(env, "TargetModel.rollout: the model is closed");
+  const TargetConfig& c = state_->model.cfg;
+  if (!info[0].IsArray()) throw_invalid(env, "prompts must be an array of Int32Array");
+  Napi::Array arr = info[0].As<Napi::Array>();
+  if (arr.Length() == 0) throw_invalid(env, "prompts is empty");
+  if (arr.Length() > kMaxRolloutPrompts)
+    throw_invalid(env, "prompts holds " + std::to_string(arr.Length()) + " prompts; at most " +
+                           std::to_string(kMaxRolloutPrompts) + " per call");
+  const int64_t max_new = need_int(env, info[1], "maxNew", 0, kMaxDecodeLen);
+  const double temperature = info[2].IsUndefined() ? 0.0 : need_number(env, info[2], "temperature");
+  if (temperature < 0) throw_invalid(env, "temperature must be >= 0");
+  const bool features = info[4].IsUndefined() ? false : info[4].ToBoolean().Value();
+  std::vector<uint64_t> seeds;
+  if (!info[3].IsUndefined() && !info[3].IsNull()) {
+    if (!info[3].IsArray()) throw_invalid(env, "seeds must be an array of integers (one per prompt)");
+    Napi::Array sa = info[3].As<Napi::Array>();
+    if (sa.Length() != arr.Length())
+      throw_invalid(env, "seeds has " + std::to_string(sa.Length()) + " entries for " + std::to_string(arr.Length()) +
+                             " prompts");
+    for (uint32_t i = 0; i < sa.Length(); i++)
+      seeds.push_back(uint64_t(need_int(env, sa.Get(i), "seeds[" + std::to_string(i) + "]", 0, kMaxSeed)));
+  }
+  std::vector<std::vector<int32_t>> prompts;
+  double bytes = 0;
+  for (uint32_t i = 0; i < arr.Length(); i++) {
+    const std::string what = "prompts[" + std::to_string(i) + "]";
+    auto p = need_typed<int32_t>(env, arr.Get(i), what, -1);
+    if (p.ElementLength() == 0) throw_invalid(env, what + " is empty");
+    const int64_t L = int64_t(p.ElementLength()) + max_new;
+    if (L > kMaxDecodeLen) throw_invalid(env, what + ": length + maxNew must be <= " + std::to_string(kMaxDecodeLen));
+    check_ids(env, p.Data(), int64_t(p.ElementLength()), c.vocab, what);
+    prompts.emplace_back(p.Data(), p.Data() + p.ElementLength());
+    // outputs (ids, aux, last) and the KV cache of this sequence
+    bytes += 4.0 * double(L) * (1.0 + (features ? 4.0 * double(c.hidden) : 0.0) + 2.0 * double(c.layers * c.kv_dim()));
+  }
+  if (bytes > kMaxScratchBytes)
+    throw_invalid(env, "rollout too large: ~" + std::to_string(int64_t(bytes / (1 << 20))) + " MiB of outputs and KV cache");
+  auto st = acquire(env, "rollout");
+  auto* w = new RolloutWorker(env, st, std::move(prompts), max_new, temperature, std::move(seeds), features);
   Napi::Promise p = w->promise();
   w->Queue();
   return p;

@@ -3,6 +3,8 @@
 #include <cmath>
 #include <cstring>
 
+#include "comm.h"
+
 namespace dw {
 
 void throw_invalid(Napi::Env env, const std::string& msg) {
@@ -104,7 +106,13 @@ void PromiseWorker::Execute() {
   try {
     run();
   } catch (const InvalidArg& e) {
-    invalid_ = true;
+    code_ = "INVALID_ARGUMENT";
+    SetError(e.what());
+  } catch (const std::invalid_argument& e) {
+    code_ = "INVALID_ARGUMENT";
+    SetError(e.what());
+  } catch (const CommError& e) {
+    code_ = "COLLECTIVE";
     SetError(e.what());
   } catch (const std::bad_alloc&) {
     SetError("out of memory");
@@ -131,7 +139,7 @@ void PromiseWorker::OnError(const Napi::Error& e) {
   Napi::HandleScope scope(env);
   done();
   Napi::Error err = Napi::Error::New(env, e.Message());
-  err.Set("code", Napi::String::New(env, invalid_ ? "INVALID_ARGUMENT" : "NATIVE"));
+  err.Set("code", Napi::String::New(env, code_));
   deferred_.Reject(err.Value());
 }
 

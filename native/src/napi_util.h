@@ -1,6 +1,7 @@
 // Helpers for the N-API bindings: argument checks that throw JS errors with a stable `code`
-// ('INVALID_ARGUMENT' for bad input, 'NATIVE' otherwise), and a promise-returning AsyncWorker.
-// src/native.ts maps the codes to InvalidArgumentError / NativeError.
+// ('INVALID_ARGUMENT' for bad input, 'COLLECTIVE' for a failed collective (dw::CommError),
+// 'NATIVE' otherwise), and a promise-returning AsyncWorker. src/native.ts maps the codes to
+// InvalidArgumentError / CollectiveError / NativeError.
 #pragma once
 #include <napi.h>
 
@@ -45,7 +46,9 @@ constexpr int64_t kMaxDecodeLen = int64_t(1) << 17;
 int64_t first_nonfinite(const float* p, int64_t n);
 
 // Promise-returning worker: run() on the libuv pool, result() back on the JS thread.
-// done() runs on the JS thread in both outcomes (release busy flags there).
+// done() runs on the JS thread in both outcomes (release busy flags there). run() throwing
+// InvalidArg or std::invalid_argument rejects with code INVALID_ARGUMENT, CommError with
+// COLLECTIVE, anything else with NATIVE.
 class PromiseWorker : public Napi::AsyncWorker {
  public:
   PromiseWorker(Napi::Env env, const char* name)
@@ -63,7 +66,7 @@ class PromiseWorker : public Napi::AsyncWorker {
   void OnError(const Napi::Error& e) final;
 
   Napi::Promise::Deferred deferred_;
-  bool invalid_ = false;
+  const char* code_ = "NATIVE";
 };
 
 // RAII-less busy flag for an object shared between JS calls and workers.

@@ -120,10 +120,3 @@ function shuffle<T>(a: T[], r: () => number): void {
     [a[i], a[j]] = [a[j], a[i]];
   }
 }
-
-/** A float32 copy of every tensor in `w` that has a float type (Int32Array kept as is). */
-export function toFloat32(w: Record<string, ArrayLike<number>>): Record<string, Float32Array> {
-  const out: Record<string, Float32Array> = {};
-  for (const [k, v] of Object.entries(w)) out[k] = Float32Array.from(v);
-  return out;
-}

@@ -1,0 +1,231 @@
+// The fault-injection suite (issue 5): each scenario runs a short real job (`draftwire run`,
+// tiny preset: real nats-server, real rank process), injects one seeded fault kind (alone or
+// with a concurrent reshard), and checks the invariants (test/support/chaos.ts). A report of
+// every fault injected and every invariant checked is printed at the end.
+//   DRAFTWIRE_CHAOS_SEED=N    base seed (default 1)
+//   DRAFTWIRE_SOAK=1          longer jobs and several seeds per scenario
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { readFileSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { AuthPolicy } from '../../src/auth.ts';
+import { Bus } from '../../src/bus.ts';
+import {
+  assertInvariants, ChaosJob, checkInvariants, formatReport, ledgerOf, newWorkdir, rankLog, rng, sleep, type ChaosResult,
+} from '../support/chaos.ts';
+
+const SOAK = process.env.DRAFTWIRE_SOAK === '1';
+const BASE_SEED = Number(process.env.DRAFTWIRE_CHAOS_SEED ?? 1);
+const SEEDS = SOAK ? [BASE_SEED, BASE_SEED + 1, BASE_SEED + 2] : [BASE_SEED];
+const STEPS = SOAK ? 40 : 12;
+const BATCH = 4;
+const ROWS = STEPS * BATCH;
+
+describe('chaos: seeded faults against a real job', function () {
+  this.timeout(SOAK ? 1_800_000 : 240_000);
+  const workdir = newWorkdir();
+  const results: ChaosResult[] = [];
+  after(() => {
+    process.stdout.write(formatReport(results));
+    rmSync(workdir, { recursive: true, force: true });
+  });
+
+  /** Runs one scenario: `inject` gets the job and a seeded generator and returns the faults it injected. */
+  async function scenario(name: string, seed: number, o: { leaseMs?: number; deadAfterMs?: number; env?: NodeJS.ProcessEnv; extra?: string[] },
+    inject: (job: ChaosJob, rnd: () => number, faults: string[]) => Promise<ChaosJob | void>): Promise<{ res: ChaosResult; job: ChaosJob; summary: any }> {
+    const t0 = Date.now();
+    const rnd = rng(seed * 7919 + name.length);
+    const jobId = `${name}-${seed}`.replace(/[^A-Za-z0-9_-]/g, '-');
+    let job = new ChaosJob({ workdir, job: jobId, steps: STEPS, batch: BATCH, leaseMs: o.leaseMs ?? 3000, deadAfterMs: o.deadAfterMs ?? 10_000, env: o.env, extra: o.extra });
+    const faults: string[] = [];
+    try {
+      const replaced = await inject(job, rnd, faults);
+      if (replaced) job = replaced;
+    } catch (e) {
+      // Leave nothing behind: resume frozen processes and kill everything the run started.
+      for (const p of job.track()) { try { process.kill(p.pid, 'SIGCONT'); process.kill(p.pid, 'SIGKILL'); } catch { /* gone */ } }
+      job.proc.kill('SIGKILL');
+      throw e;
+    }
+    const r = await job.finish();
+    const res: ChaosResult = { scenario: name, seed, faults, invariants: await checkInvariants(job, r, { steps: STEPS, rows: ROWS }), seconds: (Date.now() - t0) / 1000 };
+    results.push(res);
+    return { res, job, summary: r.summary };
+  }
+  const at = (rnd: () => number, lo = 2, hi = STEPS - 3) => lo + Math.floor(rnd() * (hi - lo + 1));
+  /** A client of the job's NATS (url from run.json), for status queries without a CLI start-up. */
+  const jobBus = async (job: ChaosJob) => {
+    for (let i = 0; ; i++) {
+      try {
+        const url = (JSON.parse(readFileSync(join(job.runDir, 'run.json'), 'utf8')) as { nats: string }).nats;
+        return await Bus.connect({ servers: url, job: job.o.job, auth: AuthPolicy.fromEnv(), name: 'chaos' });
+      } catch (e) { if (i > 100) throw e; await sleep(100); }
+    }
+  };
+  const scale = (job: ChaosJob, dp: number) => spawnSync(process.execPath, ['bin/draftwire.js', 'scale', '--job', job.o.job, '--workdir', workdir, '--dp', String(dp), '--json'], { encoding: 'utf8' });
+
+  for (const seed of SEEDS) {
+    it(`SIGKILL of the rank: respawned from the checkpoint, leases re-leased (seed ${seed})`, async () => {
+      const { res, summary } = await scenario('kill-rank', seed, {}, async (job, rnd, faults) => {
+        const step = at(rnd);
+        await job.waitStep(step);
+        const pid = await job.waitRank();
+        process.kill(pid, 'SIGKILL');
+        faults.push(`SIGKILL rank pid ${pid} after checkpoint step ${step}`);
+      });
+      assertInvariants(res);
+      assert.ok(summary.rankRestarts >= 1, 'the rank was respawned');
+    });
+
+    it(`SIGKILL of the rank between its checkpoint and its acks (failpoint; seed ${seed})`, async () => {
+      const once = newWorkdir();
+      const k = 2 + (seed % 5);
+      const { res, job } = await scenario('kill-rank-before-ack', seed, { env: { ...process.env, DRAFTWIRE_FAILPOINTS: `rank.before-ack=kill@${k}`, DRAFTWIRE_FAILPOINTS_ONCE_DIR: once } }, async (_job, _rnd, faults) => {
+        faults.push(`failpoint rank.before-ack=kill@${k} (SIGKILL after checkpoint ${k} is durable, before its acks)`);
+      });
+      rmSync(once, { recursive: true, force: true });
+      assertInvariants(res);
+      assert.match(rankLog(job), /failpoint rank.before-ack: kill/);
+    });
+
+    it(`SIGSTOP of the rank past its lease, then SIGCONT: the zombie's stale acks are refused (seed ${seed})`, async () => {
+      const { res, job } = await scenario('stop-rank-zombie', seed, { leaseMs: 1500, deadAfterMs: 30_000 }, async (job, rnd, faults) => {
+        const step = at(rnd);
+        await job.waitStep(step);
+        const pid = await job.waitRank();
+        // Freeze it while it holds leases (stop, look, resume and retry if it held none).
+        const bus = await jobBus(job);
+        try {
+          for (let i = 0; ; i++) {
+            process.kill(pid, 'SIGSTOP');
+            const q = await bus.request<{ leases: { consumer: string }[] }>(`dw.${job.o.job}.queue.status`, {}, { timeoutMs: 2000, retries: 2 });
+            if (q.leases.some((l) => l.consumer === 'rank-0')) break;
+            process.kill(pid, 'SIGCONT');
+            if (i > 200) throw new Error('the rank never held a lease');
+            await sleep(5 + Math.floor(rnd() * 20));
+          }
+        } finally { await bus.close(); }
+        const ms = 3500 + Math.floor(rnd() * 1000);
+        await sleep(ms);
+        process.kill(pid, 'SIGCONT');
+        faults.push(`SIGSTOP rank pid ${pid} at step ${step} for ${ms} ms (lease 1500 ms), then SIGCONT`);
+      });
+      assertInvariants(res);
+      const ev = ledgerOf(job.runDir);
+      assert.ok(ev.some((e) => e.type === 'expire'), 'the frozen rank\'s leases expired');
+    });
+
+    it(`SIGSTOP of the rank past the heartbeat deadline: declared dead, killed, replaced (seed ${seed})`, async () => {
+      const { res, summary } = await scenario('stop-rank-dead', seed, { leaseMs: 2000, deadAfterMs: 4000 }, async (job, rnd, faults) => {
+        const step = at(rnd);
+        await job.waitStep(step);
+        const pid = await job.waitRank();
+        process.kill(pid, 'SIGSTOP');
+        faults.push(`SIGSTOP rank pid ${pid} at step ${step}, never resumed (dead after 4000 ms without heartbeat)`);
+        // The coordinator's status (what `draftwire status` shows) declares it dead although the
+        // process and its NATS connection still exist.
+        const bus = await jobBus(job);
+        let shown = false, lastErr = '', lastSeen = '';
+        try {
+          for (let i = 0; i < 150 && !shown; i++) {
+            await sleep(100);
+            const c = await bus.request<{ deaths: { pid: number }[] }>(`dw.${job.o.job}.coord.status`, {}, { timeoutMs: 2000, retries: 1 }).catch((e: Error) => { lastErr = e.message; return null; });
+            shown = !!c?.deaths?.some((d) => d.pid === pid);
+            if (c) lastSeen = JSON.stringify(c).slice(0, 400);
+          }
+        } finally { await bus.close(); }
+        assert.ok(shown, `status lists the frozen rank (pid ${pid}) as declared dead; last status ${lastSeen}; last error ${lastErr}; run stderr: ${job.stderr.slice(-1500)}`);
+        faults.push('coordinator status showed the rank declared dead');
+      });
+      assertInvariants(res);
+      assert.ok(summary.rankRestarts >= 1, 'the frozen rank was replaced');
+    });
+
+    it(`nats-server SIGKILL: restarted on the same store and port, clients reconnect (seed ${seed})`, async () => {
+      const { res, summary } = await scenario('kill-nats', seed, {}, async (job, rnd, faults) => {
+        const step = at(rnd);
+        await job.waitStep(step);
+        const pid = job.natsPid();
+        assert.ok(pid, 'found the run\'s nats-server');
+        process.kill(pid!, 'SIGKILL');
+        faults.push(`SIGKILL nats-server pid ${pid} after step ${step}`);
+      });
+      assertInvariants(res);
+      assert.ok(summary.natsRestarts >= 1, 'the server was restarted');
+    });
+
+    it(`SIGKILL of the process hosting queue, coordinator, janitor and rollout, then run --resume (seed ${seed})`, async () => {
+      const { res, summary } = await scenario('kill-node-resume', seed, {}, async (job, rnd, faults) => {
+        const step = at(rnd);
+        await job.waitStep(step);
+        job.track();
+        process.kill(job.proc.pid!, 'SIGKILL');
+        await job.exited;
+        faults.push(`SIGKILL the run process (queue, coordinator, janitor, rollout) pid ${job.proc.pid} after step ${step}`);
+        const next = new ChaosJob({ workdir, job: job.o.job, resume: true });
+        for (const p of job.seen) next.seen.add(p);
+        faults.push('draftwire run --resume (ledger from the same NATS store, rank from its checkpoint)');
+        return next;
+      });
+      assertInvariants(res);
+      assert.ok(summary.resumedFromStep > 0, `resumed from a checkpoint (step ${summary.resumedFromStep})`);
+    });
+
+    it(`dropped and delayed messages, request and reply sides (seed ${seed})`, async () => {
+      const faultsEnv = `seed=${seed},match=\\.queue\\.(credit|ack|renew|release|commit),dropRequest=0.03,dropReply=0.03,delayMs=40`;
+      const { res } = await scenario('drop-delay', seed, { env: { ...process.env, DRAFTWIRE_BUS_FAULTS: faultsEnv } }, async (_job, _rnd, faults) => {
+        faults.push(`DRAFTWIRE_BUS_FAULTS=${faultsEnv} in every process`);
+      });
+      assertInvariants(res);
+    });
+
+    it(`a client with the wrong secret cannot join (seed ${seed})`, async () => {
+      const secret = `chaos-secret-${seed}-0123456789abcdef`;
+      const { res } = await scenario('wrong-secret', seed, { env: { ...process.env, DRAFTWIRE_SECRET: secret } }, async (job, _rnd, faults) => {
+        await job.waitStep(2);
+        const url = JSON.parse(spawnSync('cat', [join(job.runDir, 'run.json')], { encoding: 'utf8' }).stdout).nats as string;
+        let refused = '';
+        try {
+          const bad = await Bus.connect({ servers: url, job: job.o.job, auth: AuthPolicy.fromSecret('not-the-secret-0123456789'), name: 'intruder', reconnect: false });
+          await bad.request(bad.subjects.queue.ack, { leaseId: 'x', epoch: 1 }, { timeoutMs: 500, retries: 0 }).catch((e: Error) => { refused = e.message; });
+          await bad.close();
+        } catch (e) { refused = (e as Error).message; }
+        faults.push(`a client with a wrong secret connects and sends an ack: ${refused ? `refused (${refused.slice(0, 80)})` : 'NOT refused'}`);
+        assert.ok(refused, 'the wrong secret was refused');
+      });
+      assertInvariants(res);
+    });
+
+    it(`reshard (epoch bump through draftwire scale) while training, alone (seed ${seed})`, async () => {
+      const { res, job } = await scenario('reshard', seed, {}, async (job, rnd, faults) => {
+        const step = at(rnd);
+        await job.waitStep(step);
+        const wide = scale(job, 2);
+        assert.equal(wide.status, 2, `dp 2 is refused in this build: ${wide.stderr}`);
+        assert.match(wide.stderr, /native sharded step/);
+        faults.push('draftwire scale --dp 2 refused (no data-parallel step in this build)');
+        const r = scale(job, 1);
+        assert.equal(r.status, 0, r.stderr);
+        faults.push(`draftwire scale --dp 1 at step ${step}: ${r.stdout.trim()}`);
+      });
+      assertInvariants(res);
+      const epochs = ledgerOf(job.runDir).filter((e) => e.type === 'epoch').map((e) => (e as { epoch: number }).epoch);
+      assert.ok(epochs.includes(2), `the ledger moved to epoch 2: ${epochs}`);
+      assert.match(rankLog(job), /joined epoch=2 num=1/, 'the rank re-joined under epoch 2');
+    });
+
+    it(`reshard combined with a rank SIGKILL (seed ${seed})`, async () => {
+      const { res, job } = await scenario('reshard-kill-rank', seed, {}, async (job, rnd, faults) => {
+        const step = at(rnd);
+        await job.waitStep(step);
+        const pid = await job.waitRank();
+        const r = scale(job, 1);
+        assert.equal(r.status, 0, r.stderr);
+        process.kill(pid, 'SIGKILL');
+        faults.push(`draftwire scale --dp 1 and SIGKILL rank pid ${pid} at step ${step}`);
+      });
+      assertInvariants(res);
+      assert.ok(ledgerOf(job.runDir).some((e) => e.type === 'epoch' && (e as { epoch: number }).epoch === 2));
+    });
+  }
+});
