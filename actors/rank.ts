@@ -85,6 +85,7 @@ export class RankWorker {
   private trainedSkip = new Set<string>();
   private wake: (() => void) | null = null;
   private sub: BusSubscription | null = null;
+  private epochSub: BusSubscription | null = null;
   private epoch: EpochInfo = { epoch: 0, num: 1 };
   private stepNo = 0;
   private state: 'starting' | 'waiting' | 'stepping' | 'checkpointing' | 'resharding' | 'done' = 'starting';
@@ -174,6 +175,8 @@ export class RankWorker {
     this.timers = [];
     this.sub?.unsubscribe();
     this.sub = null;
+    this.epochSub?.unsubscribe();
+    this.epochSub = null;
     this.wake?.();
   }
 
@@ -278,6 +281,11 @@ export class RankWorker {
       }
     }, Math.max(200, Math.floor(spec.leaseMs / 3)));
     this.timers.push(hb, renew);
+    // An announced epoch change wakes a waiting rank at once (its next credit is refused as
+    // stale and it re-joins), instead of at its next credit retry.
+    this.epochSub = bus.subscribe<EpochInfo>(bus.subjects.ctlEpoch, (e) => {
+      if (e && typeof e.epoch === 'number' && e.epoch > this.epoch.epoch) setTimeout(() => this.wake?.(), 50);
+    }, { dedupe: false });
   }
 
   private async joinEpoch(newer = false): Promise<void> {

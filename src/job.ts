@@ -52,8 +52,6 @@ export interface JobSpec {
   maxRankRestarts?: number;
   /** The coordinator declares a rank dead after this long without a heartbeat, ms (default 10000). */
   rankDeadAfterMs?: number;
-  /** What the job does when a rank is declared dead: 'respawn' (kill it, start a replacement; default) or 'shrink'. */
-  rankFailurePolicy?: 'respawn' | 'shrink';
 }
 
 export const checkpointEvery = (s: JobSpec): number => s.checkpointEvery ?? 1;
@@ -95,7 +93,6 @@ export function validateJobSpec(x: unknown): JobSpec {
   if (o.clip !== null) num(o, 'clip', { min: 0 });
   for (const k of ['checkpointEvery', 'rankDeadAfterMs']) if (o[k] !== undefined) num(o, k, { int: true, min: 1 });
   if (o.maxRankRestarts !== undefined) num(o, 'maxRankRestarts', { int: true, min: 0 });
-  if (o.rankFailurePolicy !== undefined && o.rankFailurePolicy !== 'respawn' && o.rankFailurePolicy !== 'shrink') throw new InvalidArgumentError(`job spec: "rankFailurePolicy" must be "respawn" or "shrink", got ${JSON.stringify(o.rankFailurePolicy)}`);
   if (o.dataset !== null && typeof o.dataset !== 'string') throw new InvalidArgumentError('job spec: "dataset" must be a path or null');
   if ((o.promptLen as number) >= (o.seqLen as number)) throw new InvalidArgumentError(`job spec: "promptLen" (${o.promptLen}) must be below "seqLen" (${o.seqLen})`);
   if (o.draft === null || typeof o.draft !== 'object') throw new InvalidArgumentError('job spec: "draft" must be a draft config object');

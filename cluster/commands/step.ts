@@ -46,6 +46,8 @@ export interface StepSummary {
   ploss: number[];
   acc: number[];
   out: string;
+  /** Sharded: what every rank reported (each the global value; all identical). */
+  ranks?: { rank: number; loss: number; gradNorm: number }[];
 }
 
 function positive(name: string) {
@@ -74,9 +76,10 @@ export function command(): Command {
   return new Command('step')
     .summary('one draft training step on one batch (loss, metrics, gradients, optional AdamW update)')
     .description(
-      'Runs one EAGLE3 draft training step (docs/model-math.md) on one batch in this process and ' +
-      'writes the results to --out. Without --lr only the gradients are computed; with --lr the ' +
-      'AdamW update (step 1, fresh moments) is applied and the updated weights are written too.',
+      'Runs one EAGLE3 draft training step (docs/model-math.md) on one batch in this process, or ' +
+      'sharded over tp·sp·dp local rank processes with --tp/--sp/--dp, and writes the results to ' +
+      '--out. Without --lr only the gradients are computed; with --lr the AdamW update (step 1, ' +
+      'fresh moments) is applied and the updated weights are written too.',
     )
     .requiredOption('--config <file>', 'draft config JSON: vocab, draftVocab, hidden, heads, kvHeads, intermediate, ttt [, ropeTheta=10000, rmsEps=1e-6]')
     .requiredOption('--weights <file>', 'safetensors: f32 embed, target_head, trainable tensors; i32 d2t')
@@ -187,13 +190,15 @@ export async function runShardedStep(a: StepArgs, sh: { tp: number; sp: number; 
   } finally {
     await nats.stop();
   }
-  const failed = outcomes.filter((o) => o.code !== 0);
-  if (failed.length === 0) {
-    const r0 = outcomes[0]!.result!;
-    log.debug('sharded step done', { ms: Math.round(performance.now() - t0), loss: r0.loss });
-    return { loss: r0.loss as number, gradNorm: r0.gradNorm as number, ploss: r0.ploss as number[], acc: r0.acc as number[], out: a.out };
-  }
-  throw shardedFailure(outcomes);
+  const failed = outcomes.filter((o) => o.code !== 0 || o.result?.ev !== 'done');
+  if (failed.length > 0) throw shardedFailure(outcomes);
+  const r0 = outcomes[0]!.result!;
+  const ranks = outcomes.map((o) => ({ rank: o.rank, loss: o.result!.loss as number, gradNorm: o.result!.gradNorm as number }));
+  // every rank reports the all-reduced values: any difference is a bug, not rounding
+  const odd = ranks.find((r) => r.loss !== ranks[0]!.loss || r.gradNorm !== ranks[0]!.gradNorm);
+  if (odd) throw new NativeError(`sharded step: rank ${odd.rank} reports loss ${odd.loss} / grad norm ${odd.gradNorm}, rank 0 ${ranks[0]!.loss} / ${ranks[0]!.gradNorm}`);
+  log.debug('sharded step done', { ms: Math.round(performance.now() - t0), loss: r0.loss });
+  return { loss: r0.loss as number, gradNorm: r0.gradNorm as number, ploss: r0.ploss as number[], acc: r0.acc as number[], out: a.out, ranks };
 }
 
 function outcomeText(o: RankOutcome): string {
@@ -206,21 +211,32 @@ function outcomeText(o: RankOutcome): string {
   return `rank ${o.rank}: ok`;
 }
 
-/** One error for the whole world: bad input when every failed rank says so, else COLLECTIVE. */
+const BAD_INPUT = new Set(['INVALID_ARGUMENT', 'DECODE']);
+const codeOf = (o: RankOutcome) => (o.result?.ev === 'error' ? String(o.result.code) : null);
+
+/**
+ * One error for the whole world: bad input (exit 2) when a rank rejected its input (the others
+ * were stopped), else COLLECTIVE when a rank died or a collective failed, else NATIVE.
+ */
 function shardedFailure(outcomes: RankOutcome[]): Error {
-  const failed = outcomes.filter((o) => o.code !== 0);
-  const codes = failed.map((o) => (o.result?.ev === 'error' ? String(o.result.code) : null));
+  const failed = outcomes.filter((o) => o.code !== 0 || o.result?.ev !== 'done');
+  const bad = failed.find((o) => BAD_INPUT.has(codeOf(o) ?? ''));
+  if (bad) {
+    const msg = `${String(bad.result!.message)} (rank ${bad.rank}; the other ranks were stopped)`;
+    return codeOf(bad) === 'DECODE' ? new DecodeError(msg) : new InvalidArgumentError(msg);
+  }
+  const codes = failed.map(codeOf);
   const msg = `sharded step failed (${failed.length} of ${outcomes.length} ranks): ${failed.map(outcomeText).join('; ')}`;
-  if (codes.every((c) => c === 'INVALID_ARGUMENT')) return new InvalidArgumentError(msg);
-  if (codes.every((c) => c === 'DECODE')) return new DecodeError(msg);
   if (codes.some((c) => c === null) || codes.some((c) => c === 'COLLECTIVE')) return new CollectiveError(msg);
   return new NativeError(msg);
 }
 
 /**
  * Spawns one process per spec and waits for all of them. After the first failure the others
- * get `graceMs` to exit by themselves, then SIGTERM, then SIGKILL after 2 s more. SIGINT /
- * SIGTERM of this process stop every rank (and are re-raised once they are gone).
+ * get `graceMs` to exit by themselves (so they can report how the collectives failed), then
+ * SIGTERM, then SIGKILL after 2 s more; a rank that rejected its input (it never joins) stops
+ * the others at once. SIGINT / SIGTERM of this process stop every rank (and are re-raised
+ * once they are gone).
  */
 async function superviseRanks(specs: StepRankSpec[], graceMs: number): Promise<RankOutcome[]> {
   const tsx = import.meta.resolve('tsx');
@@ -263,11 +279,12 @@ async function superviseRanks(specs: StepRankSpec[], graceMs: number): Promise<R
       void o.then((r) => {
         if (r.code === 0 || firstFailure) return;
         firstFailure = true;
-        log.debug('a rank failed; the others get the collective timeout to fail by themselves', { rank: r.rank, code: r.code, signal: r.signal, graceMs });
+        const wait = BAD_INPUT.has(codeOf(r) ?? '') ? 0 : graceMs;
+        log.debug('a rank failed; stopping the others', { rank: r.rank, code: r.code, signal: r.signal, afterMs: wait });
         timers.push(setTimeout(() => {
           stopAll('SIGTERM');
           timers.push(setTimeout(() => stopAll('SIGKILL'), 2000));
-        }, graceMs));
+        }, wait));
       });
     }
     return await Promise.all(outcomes);

@@ -83,7 +83,8 @@ class TargetModel {
   // else softmax(logits/temperature) sampled with a splitmix64 stream seeded by seeds[b]
   // (seeds empty: 0 for every prompt). With want_aux / want_last the final token is fed too
   // and the sequence's aux / last come back (equal to forward() of the final ids up to float
-  // rounding). A prompt's result does not depend on the other prompts of the call.
+  // rounding). A prompt's result equals decoding it alone up to float rounding (the GEMMs run
+  // with another row count); for a given call it is deterministic.
   void rollout(const std::vector<std::vector<int32_t>>& prompts, int64_t max_new, double temperature,
                const std::vector<uint64_t>& seeds, bool want_aux, bool want_last, std::vector<RolloutSeq>& out);
 
@@ -105,6 +106,7 @@ class TargetModel {
   std::vector<float> h_, u_, qkv_, attn_, gu_, act_, rstd_, lse_, fin_;
   std::vector<int32_t> pos_;
   std::vector<int64_t> row0_;
+  std::vector<KVCache> caches_;  // rollout / forward_batch sequences, reused across calls
 };
 
 }  // namespace dw

@@ -105,6 +105,12 @@ describe('draftwire step --tp/--sp/--dp (4 rank processes, Gloo, real nats-serve
       const summary = JSON.parse(r.stdout.trim());
       const got = await readOutput(out);
       assert.equal(Math.fround(summary.loss), got.loss);
+      // every rank reported the single-rank loss and grad norm (to 1e-5)
+      assert.equal(summary.ranks.length, name === 'tp1×sp1×dp1' ? 1 : 4);
+      for (const rk of summary.ranks) {
+        assert.ok(Math.abs(rk.loss - single.loss) <= 1e-5 * single.loss, `${name} rank ${rk.rank}: loss ${rk.loss} vs ${single.loss}`);
+        assert.ok(Math.abs(rk.gradNorm - single.gradNorm) <= 1e-5 * single.gradNorm, `${name} rank ${rk.rank}: grad norm ${rk.gradNorm} vs ${single.gradNorm}`);
+      }
       const e1 = compareStep(`${name} vs single rank`, got, single, { rel: 1e-5, gradRel: 1e-5 }, UPDATE.lr!);
       const e2 = compareStep(`${name} vs float64 reference`, got, ref, { rel: 1e-5, gradRel: 1e-4 }, UPDATE.lr!);
       if (process.env.DRAFTWIRE_SHARD_REPORT) console.log(`      ${name} (${r.ms} ms): vs single ${fmtErrors(e1)}; vs reference ${fmtErrors(e2)}`);
@@ -122,6 +128,21 @@ describe('draftwire step --tp/--sp/--dp (4 rank processes, Gloo, real nats-serve
     const c = await runCli(args(out, ['--dp', '3']));
     assert.equal(c.code, 2, c.stderr);
     assert.match(c.stderr, /the batch has 4 samples, which dp = 3 does not divide/);
+  });
+
+  it('bad values in one rank\'s slice: that rank names them, the others are stopped at once (exit 2)', async () => {
+    const bad = join(dir, 'bad-batch.safetensors');
+    const { batch: B, seq: T } = fx.batch, H = SHARD_CFG.hidden;
+    const aux = fx.batch.aux.slice();
+    aux[((3 * T + 7) * 3 + 1) * H] = NaN; // sample 3, position 7: rank (dp 1, sp 1) owns it
+    await writeSafetensorsFile(bad, {
+      ids: tensor('i32', [B, T], fx.batch.ids), aux: tensor('f32', [B, T, 3 * H], aux),
+      last: tensor('f32', [B, T, H], fx.batch.last), mask: tensor('u8', [B, T], fx.batch.mask),
+    });
+    const r = await runCli(args(join(dir, 'never.safetensors'), ['--sp', '2', '--dp', '2']).map((x) => (x === bPath ? bad : x)));
+    assert.equal(r.code, 2, r.stderr);
+    assert.match(r.stderr, /draftwire: INVALID_ARGUMENT: batch .*: tensor "aux" has a non-finite value \(NaN\) at \[3, 7\] \(rank 3; the other ranks were stopped\)/);
+    assert.ok(r.ms < 15_000, `took ${r.ms} ms`);
   });
 
   it('a rank SIGKILLed mid-step: the others fail fast with CollectiveError, the CLI reports every rank and leaves nothing behind', async () => {

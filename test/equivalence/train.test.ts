@@ -1,6 +1,9 @@
 // End to end on one core: a seeded 8-layer target generates data, a draft sharing its frozen
 // embedding and head trains 200 AdamW steps on it, and both the loss and the accept length
-// (greedy speculative decoding against the same target) must improve.
+// (greedy speculative decoding against the same target) must improve. The target is the
+// default peaked, Zipf-skewed one (TARGET_DEFAULTS, docs/model-math.md "Synthetic target"):
+// measured here loss 6.44 → 2.26, KL 4.55 → 0.37, step-0 accuracy 0.82, accept 1.08 → 2.67,
+// d2t coverage 0.98 (the near-uniform target of before managed 6.55 → 4.55, accept 1.04 → 1.62).
 import assert from 'node:assert/strict';
 import { DraftModel, TargetModel, acceptLength, initDraftWeights, type DraftConfig, type TargetConfig } from '../../src/native.ts';
 import { referenceTarget } from '../support/reference.ts';
@@ -39,7 +42,7 @@ describe('draft training against the synthetic target (L=8, 200 AdamW steps)', f
       const order = [...count.keys()].sort((a, b) => count[b] - count[a] || a - b);
       const d2t = Int32Array.from(order.slice(0, VD));
       const covered = order.slice(0, VD).reduce((s, v) => s + count[v], 0) / (N * NEW);
-      assert.ok(covered > 0.6, `d2t covers ${covered} of the generated tokens`);
+      assert.ok(covered > 0.9, `d2t covers ${covered} of the generated tokens`);
 
       const frozen = target.frozen();
       const weights = initDraftWeights(DRAFT, 1, { embed: frozen.embed, target_head: frozen.target_head, d2t });
@@ -88,10 +91,10 @@ describe('draft training against the synthetic target (L=8, 200 AdamW steps)', f
       const firstKl = mean(excess.slice(0, 20)), lastKl = mean(excess.slice(-20));
       const summary = `loss ${first.toFixed(3)} → ${lastMean.toFixed(3)}, KL ${firstKl.toFixed(3)} → ${lastKl.toFixed(3)}, ` +
         `acc ${acc.map((a) => a.toFixed(2)).join('/')}, accept ${before.acceptLength.toFixed(3)} → ${after.acceptLength.toFixed(3)}, ${trainMs} ms`;
-      assert.ok(lastMean < 0.75 * first, `loss did not fall enough: ${summary}`);
-      assert.ok(lastKl < 0.4 * firstKl, `KL to the target did not fall enough: ${summary}`);
-      assert.ok(acc[0] > 0.4, `step-0 accuracy after training: ${summary}`);
-      assert.ok(after.acceptLength > before.acceptLength + 0.25, `accept length did not rise: ${summary}`);
+      assert.ok(lastMean < 0.5 * first, `loss did not fall enough: ${summary}`);
+      assert.ok(lastKl < 0.2 * firstKl, `KL to the target did not fall enough: ${summary}`);
+      assert.ok(acc[0] > 0.6, `step-0 accuracy after training: ${summary}`);
+      assert.ok(after.acceptLength > before.acceptLength + 1 && after.acceptLength >= 2, `accept length did not rise: ${summary}`);
       assert.ok(after.verifySteps < before.verifySteps, `fewer verify steps expected: ${summary}`);
     } finally {
       draft?.close();

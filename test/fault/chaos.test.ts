@@ -197,9 +197,15 @@ describe('chaos: seeded faults against a real job', function () {
     });
 
     it(`reshard (epoch bump through draftwire scale) while training, alone (seed ${seed})`, async () => {
-      const { res, job } = await scenario('reshard', seed, {}, async (job, rnd, faults) => {
+      const { res, job } = await scenario('reshard', seed, { leaseMs: 30_000, deadAfterMs: 30_000 }, async (job, rnd, faults) => {
         const step = at(rnd);
         await job.waitStep(step);
+        // The tiny job would finish before a CLI process starts: hold the rank (well inside its
+        // 30 s lease and heartbeat deadline) while the CLI runs, so the reshard hits a live job.
+        const pid = await job.waitRank();
+        process.kill(pid, 'SIGSTOP');
+        faults.push(`rank pid ${pid} held with SIGSTOP while the scale CLI runs (lease 30 s: nothing expires)`);
+        try {
         const wide = scale(job, 2);
         assert.equal(wide.status, 2, `dp 2 is refused in this build: ${wide.stderr}`);
         assert.match(wide.stderr, /native sharded step/);
@@ -207,6 +213,7 @@ describe('chaos: seeded faults against a real job', function () {
         const r = scale(job, 1);
         assert.equal(r.status, 0, r.stderr);
         faults.push(`draftwire scale --dp 1 at step ${step}: ${r.stdout.trim()}`);
+        } finally { process.kill(pid, 'SIGCONT'); }
       });
       assertInvariants(res);
       const epochs = ledgerOf(job.runDir).filter((e) => e.type === 'epoch').map((e) => (e as { epoch: number }).epoch);
@@ -219,10 +226,15 @@ describe('chaos: seeded faults against a real job', function () {
         const step = at(rnd);
         await job.waitStep(step);
         const pid = await job.waitRank();
-        const r = scale(job, 1);
-        assert.equal(r.status, 0, r.stderr);
-        process.kill(pid, 'SIGKILL');
-        faults.push(`draftwire scale --dp 1 and SIGKILL rank pid ${pid} at step ${step}`);
+        // The coordinator's API (what the CLI calls), from a client already connected: the
+        // tiny job would finish before a CLI process starts.
+        const bus = await jobBus(job);
+        try {
+          const bump = bus.request(`dw.${job.o.job}.coord.scale`, { dp: 1 }, { timeoutMs: 5000, retries: 2 });
+          process.kill(pid, 'SIGKILL');
+          const r = await bump;
+          faults.push(`epoch bump (coordinator API, dp 1: epoch ${r.from.epoch} -> ${r.to.epoch}) and SIGKILL rank pid ${pid} at step ${step}`);
+        } finally { await bus.close(); }
       });
       assertInvariants(res);
       assert.ok(ledgerOf(job.runDir).some((e) => e.type === 'epoch' && (e as { epoch: number }).epoch === 2));
