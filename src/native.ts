@@ -509,6 +509,7 @@ export class TargetModel {
    * of the whole sequence come from the decoding pass itself (no second forward).
    */
   async rollout(prompt: Int32Array, maxNew: number, opts?: GenerateOptions): Promise<RolloutResult> {
+    if (!(prompt instanceof Int32Array)) throw new InvalidArgumentError('prompt must be an Int32Array');
     const seed = opts?.seed;
     return (await this.rolloutBatch([prompt], maxNew, { temperature: opts?.temperature, seeds: seed === undefined ? undefined : [seed] }))[0]!;
   }

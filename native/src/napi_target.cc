@@ -298,8 +298,10 @@ Napi::Value TargetWrap::Rollout(const Napi::CallbackInfo& info) {
     if (L > kMaxDecodeLen) throw_invalid(env, what + ": length + maxNew must be <= " + std::to_string(kMaxDecodeLen));
     check_ids(env, p.Data(), int64_t(p.ElementLength()), c.vocab, what);
     prompts.emplace_back(p.Data(), p.Data() + p.ElementLength());
-    // outputs (ids, aux, last) and the KV cache of this sequence
-    bytes += 4.0 * double(L) * (1.0 + (features ? 4.0 * double(c.hidden) : 0.0) + 2.0 * double(c.layers * c.kv_dim()));
+    // outputs (ids, aux, last), the KV cache, and the prefill's activations (bounded above by
+    // prefilling every prompt in one pass)
+    bytes += 4.0 * double(L) * (1.0 + (features ? 4.0 * double(c.hidden) : 0.0) + 2.0 * double(c.layers * c.kv_dim())) +
+             4.0 * double(p.ElementLength()) * double(4 * c.hidden + c.qkv_dim() + 3 * c.intermediate + c.heads);
   }
   if (bytes > kMaxScratchBytes)
     throw_invalid(env, "rollout too large: ~" + std::to_string(int64_t(bytes / (1 << 20))) + " MiB of outputs and KV cache");

@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <stdexcept>
 
 #include "blas.h"
@@ -93,73 +92,6 @@ void TargetModel::apply_threads() const {
 
 namespace {
 
-// y[M,N] = A[M,K]·W[N,K]ᵀ + beta·y for the few rows of a decoding step: each weight row is read
-// once for four rows of A (OpenBLAS would first copy the whole weight matrix into its packed
-// layout, which costs as much as the product itself at these row counts). Lanes of 16 keep
-// the inner loops vectorisable without reassociating sums.
-DW_CLONES void gemm_nt_rows(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* W,
-                            int64_t ldw, float beta, float* C, int64_t ldc) {
-  constexpr int L = 16;
-  auto hsum = [](const float* a) {
-    float s = 0;
-    for (int l = 0; l < L; l++) s += a[l];
-    return s;
-  };
-  const int64_t K16 = K - K % L;
-  for (int64_t n = 0; n < N; n++) {
-    const float* w = W + n * ldw;
-    int64_t m = 0;
-    for (; m + 4 <= M; m += 4) {
-      const float* x0 = A + m * lda;
-      const float* x1 = x0 + lda;
-      const float* x2 = x1 + lda;
-      const float* x3 = x2 + lda;
-      float a0[L] = {}, a1[L] = {}, a2[L] = {}, a3[L] = {};
-      for (int64_t k = 0; k < K16; k += L)
-        for (int l = 0; l < L; l++) {
-          const float wv = w[k + l];
-          a0[l] += x0[k + l] * wv;
-          a1[l] += x1[k + l] * wv;
-          a2[l] += x2[k + l] * wv;
-          a3[l] += x3[k + l] * wv;
-        }
-      float s0 = hsum(a0), s1 = hsum(a1), s2 = hsum(a2), s3 = hsum(a3);
-      for (int64_t k = K16; k < K; k++) {
-        s0 += x0[k] * w[k];
-        s1 += x1[k] * w[k];
-        s2 += x2[k] * w[k];
-        s3 += x3[k] * w[k];
-      }
-      float* c = C + m * ldc + n;
-      c[0] = beta == 0.0f ? s0 : beta * c[0] + s0;
-      c[ldc] = beta == 0.0f ? s1 : beta * c[ldc] + s1;
-      c[2 * ldc] = beta == 0.0f ? s2 : beta * c[2 * ldc] + s2;
-      c[3 * ldc] = beta == 0.0f ? s3 : beta * c[3 * ldc] + s3;
-    }
-    for (; m < M; m++) {
-      const float* x0 = A + m * lda;
-      float a0[L] = {};
-      for (int64_t k = 0; k < K16; k += L)
-        for (int l = 0; l < L; l++) a0[l] += x0[k + l] * w[k + l];
-      float s0 = hsum(a0);
-      for (int64_t k = K16; k < K; k++) s0 += x0[k] * w[k];
-      float* c = C + m * ldc + n;
-      c[0] = beta == 0.0f ? s0 : beta * c[0] + s0;
-    }
-  }
-}
-
-// Linear layers of forward_seqs: the row kernel for decoding steps, OpenBLAS otherwise.
-constexpr int64_t kRowKernelMaxRows = 16;
-void linear(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* W, int64_t ldw, float beta,
-            float* C, int64_t ldc) {
-  static const bool off = getenv("DWX_NOROWK") != nullptr;
-  if (M <= kRowKernelMaxRows && !off)
-    gemm_nt_rows(M, N, K, A, lda, W, ldw, beta, C, ldc);
-  else
-    gemm_nt(M, N, K, 1.0f, A, lda, W, ldw, beta, C, ldc);
-}
-
 // One query row (position p) of one head against keys/values 0..p of a KV cache: the
 // decoding case of attention_forward (same softmax kernels), without its GEMM calls.
 void decode_attention(const float* q, const float* k, const float* v, int64_t ld, int64_t p, int64_t d, float scale,
@@ -214,7 +146,7 @@ void TargetModel::forward_seqs(const SeqRows* seqs, int64_t B, float* logits) {
     const Layer& L = layers_[size_t(l)];
     // attention block
     rmsnorm_forward(R, H, h_.data(), H, L.attn_norm.data(), cfg.rms_eps, u_.data(), H, rstd_.data());
-    linear(R, D, H, u_.data(), H, L.wqkv.data(), H, 0.0f, qkv_.data(), D);
+    gemm_nt(R, D, H, 1.0f, u_.data(), H, L.wqkv.data(), H, 0.0f, qkv_.data(), D);
     rope_apply(R, pos_.data(), qkv_.data(), D, cfg.heads, d, rope_, false);
     rope_apply(R, pos_.data(), qkv_.data() + qd, D, cfg.kv_heads, d, rope_, false);
     for (int64_t b = 0; b < B; b++) {
@@ -265,12 +197,12 @@ void TargetModel::forward_seqs(const SeqRows* seqs, int64_t B, float* logits) {
     } else {
       with_serial_blas([&] { parallel_chunks(B * nkv, task); });
     }
-    linear(R, H, qd, attn_.data(), qd, L.wo.data(), qd, 1.0f, h_.data(), H);
+    gemm_nt(R, H, qd, 1.0f, attn_.data(), qd, L.wo.data(), qd, 1.0f, h_.data(), H);
     // MLP block
     rmsnorm_forward(R, H, h_.data(), H, L.mlp_norm.data(), cfg.rms_eps, u_.data(), H, rstd_.data());
-    linear(R, 2 * I, H, u_.data(), H, L.wgu.data(), H, 0.0f, gu_.data(), 2 * I);
+    gemm_nt(R, 2 * I, H, 1.0f, u_.data(), H, L.wgu.data(), H, 0.0f, gu_.data(), 2 * I);
     swiglu_forward(R, I, gu_.data(), 2 * I, act_.data(), I);
-    linear(R, H, I, act_.data(), I, L.wdown.data(), I, 1.0f, h_.data(), H);
+    gemm_nt(R, H, I, 1.0f, act_.data(), I, L.wdown.data(), I, 1.0f, h_.data(), H);
     for (int a = 0; a < 3; a++)
       if (cfg.aux_layer(a) == l)
         for (int64_t b = 0; b < B; b++)
@@ -288,7 +220,7 @@ void TargetModel::forward_seqs(const SeqRows* seqs, int64_t B, float* logits) {
   if (logits) {
     fin_.resize(static_cast<size_t>(B * H));
     for (int64_t b = 0; b < B; b++) std::copy_n(u_.data() + (row0_[size_t(b) + 1] - 1) * H, H, fin_.data() + b * H);
-    linear(B, cfg.vocab, H, fin_.data(), H, target_head.data(), H, 0.0f, logits, cfg.vocab);
+    gemm_nt(B, cfg.vocab, H, 1.0f, fin_.data(), H, target_head.data(), H, 0.0f, logits, cfg.vocab);
   }
 }
 
