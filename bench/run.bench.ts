@@ -2,7 +2,8 @@
 // process) against the rank's native step alone on batches of the same shape, measured in
 // the same run: the gap is what the runtime costs (rollout, store, leases, acks). Also the
 // target alone, as the rollout drives it (one call per chunk of rows, aux/last from the
-// decoding pass) and as it used to (generate, then forward, one sample at a time).
+// decoding pass) and as it used to (generate, then forward, one sample at a time), and the
+// rollout actor alone (target, store writes and queue commits; no rank consuming).
 //   node --import tsx bench/run.bench.ts [--size small] [--steps 60] [--batch 8] [--checkpoint-every n] [--json]
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -12,7 +13,10 @@ import { stackBatch } from '../actors/rank.ts';
 import { makeSamples, ROLLOUT_CHUNK, syntheticPrompt } from '../actors/rollout.ts';
 import { buildSpec, runJob } from '../cluster/commands/run.ts';
 import { loadWeightsFile, writeInitialWeights } from '../src/checkpoint.ts';
+import { AuthPolicy } from '../src/auth.ts';
 import { saveJobSpec } from '../src/job.ts';
+import { startNatsServer } from '../cluster/nats-launcher.ts';
+import { NodeAgent, ROLES } from '../cluster/node.ts';
 import { DraftModel, TargetModel } from '../src/native.ts';
 
 const { values } = parseArgs({ options: {
@@ -60,11 +64,36 @@ try {
   const stepAlone = (spec.steps * spec.batch) / ((performance.now() - t0) / 1000);
   model.close();
 
+  // The rollout alone: a node with every role but no rank; rows/s from the first commit to the last.
+  const rolloutAlone = await (async () => {
+    const rs = buildSpec({ ...opts, job: 'rollout-only' });
+    await mkdir(rs.runDir, { recursive: true });
+    await saveJobSpec(rs);
+    const nats = await startNatsServer({});
+    let node: NodeAgent | null = null;
+    try {
+      node = await NodeAgent.start({ spec: rs, nats: nats.url, nodeId: 'local', roles: ROLES, auth: AuthPolicy.disabled() });
+      const rows = rs.steps * rs.batch;
+      let depth = 0, first = 0;
+      const end = Date.now() + 300_000;
+      while (depth < rows && Date.now() < end) {
+        await new Promise((r) => setTimeout(r, 20));
+        depth = (await node.bus.request<{ depth: number }>(`dw.${rs.job}.queue.status`, {}, { timeoutMs: 2000, retries: 2 })).depth;
+        if (!first && depth > 0) first = performance.now();
+      }
+      return depth / ((performance.now() - first) / 1000);
+    } finally {
+      await node?.stop();
+      await nats.stop();
+    }
+  })();
+
   const s = await runJob({ ...opts, job: 'bench' });
   const trainSecs = s.stepMsMean !== null ? (s.stepMsMean * s.steps) / 1000 : NaN;
   const rows = [
     { what: `target: rollout chunks of ${ROLLOUT_CHUNK} (fused aux/last)`, samplesPerSec: chunked },
     { what: 'target: generate + forward, one sample at a time', samplesPerSec: twoPass },
+    { what: 'rollout actor alone (target + puts + commits)', samplesPerSec: rolloutAlone },
     { what: 'rank step alone (baseline)', samplesPerSec: stepAlone },
     { what: 'draftwire run, whole job (incl. start-up, eval)', samplesPerSec: s.samplesPerSec },
     { what: 'draftwire run, steady state (samples / time in steps)', samplesPerSec: s.samples / trainSecs },

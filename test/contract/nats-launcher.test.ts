@@ -22,7 +22,7 @@ const CHILD = fileURLToPath(new URL('../support/nats-launcher-child.ts', import.
 
 /** Start the child script; resolve with the server it started. */
 function startChild(mode: string): Promise<{ child: ReturnType<typeof spawn>; pid: number; url: string; storeDir: string }> {
-  const child = spawn(process.execPath, ['--import', 'tsx', CHILD, mode], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, DRAFTWIRE_LOG_LEVEL: 'silent' } });
+  const child = spawn(process.execPath, ['--import', 'tsx', CHILD, mode], { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, DRAFTWIRE_LOG_LEVEL: 'silent' } });
   let err = '';
   child.stderr!.on('data', (d) => { err += d; });
   return new Promise((resolve, reject) => {
@@ -153,6 +153,7 @@ describe('nats-launcher (real nats-server 2.9.10)', function () {
         assert.ok(isProcessAlive(c.pid), 'server is up');
         const nc = await connect({ servers: c.url });
         await nc.close();
+        c.child.stdin!.end('go\n'); // 'exit' and 'throw' children die once told to
         if (how) c.child.kill(how);
         await new Promise((r) => (c.child.exitCode !== null || c.child.signalCode !== null ? r(null) : c.child.once('exit', r)));
         assert.equal(await waitDead(c.pid), true, `nats-server ${c.pid} outlived its parent (${mode} ${how})`);
