@@ -329,8 +329,11 @@ export class RankWorker {
         if (e instanceof StaleEpochError) throw e; // reshard: the caller re-joins (elastic DP)
         this.log.warn('credit failed; retrying', { error: (e as Error).message });
       }
-      await new Promise<void>((r) => { this.wake = r; setTimeout(r, 1000); });
-      this.wake = null;
+      // Leases may have arrived while the credit request was in flight: wait only if short.
+      if (this.held.size < n && !this.stopped) {
+        await new Promise<void>((r) => { const t = setTimeout(r, 1000); this.wake = () => { clearTimeout(t); r(); }; });
+        this.wake = null;
+      }
     }
     return [...this.held.values()].slice(0, n);
   }
