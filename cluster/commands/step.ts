@@ -12,7 +12,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
-import { Command, InvalidArgumentError as OptionError } from 'commander';
+import { Command } from 'commander';
 import { CollectiveError, DecodeError, InvalidArgumentError, NativeError } from '../../src/errors.ts';
 import { DraftModel, shardConfigError } from '../../src/native.ts';
 import { createLogger } from '../../src/log.ts';
@@ -23,6 +23,7 @@ import {
 import { startNatsServer } from '../nats-launcher.ts';
 import type { StepRankSpec } from '../step-rank.ts';
 import type { GlobalOptions } from '../cli.ts';
+import { nonNegative, positive, positiveInt } from '../options.ts';
 
 const log = createLogger('step');
 
@@ -50,27 +51,6 @@ export interface StepSummary {
   ranks?: { rank: number; loss: number; gradNorm: number }[];
 }
 
-function positive(name: string) {
-  return (v: string): number => {
-    const x = Number(v);
-    if (v.trim() === '' || !Number.isFinite(x) || x <= 0) throw new OptionError(`${name} must be a positive number, got "${v}"`);
-    return x;
-  };
-}
-function nonNegative(name: string) {
-  return (v: string): number => {
-    const x = Number(v);
-    if (v.trim() === '' || !Number.isFinite(x) || x < 0) throw new OptionError(`${name} must be a number ≥ 0, got "${v}"`);
-    return x;
-  };
-}
-function positiveInt(name: string) {
-  return (v: string): number => {
-    const x = Number(v);
-    if (!/^\d+$/.test(v.trim()) || !Number.isSafeInteger(x) || x < 1) throw new OptionError(`${name} must be a positive integer, got "${v}"`);
-    return x;
-  };
-}
 
 export function command(): Command {
   return new Command('step')

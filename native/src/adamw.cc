@@ -25,7 +25,7 @@ void adamw_update(int64_t n, float* w, const float* g, float* m, float* v, const
   });
 }
 
-double grad_norm(int64_t n, const float* g) {
+double sum_squares(int64_t n, const float* g) {
   const int64_t grain = 1 << 16;
   const int64_t nchunks = (n + grain - 1) / grain;
   std::vector<double> part(size_t(std::max<int64_t>(1, nchunks)), 0.0);
@@ -37,7 +37,9 @@ double grad_norm(int64_t n, const float* g) {
   });
   double s = 0;
   for (double x : part) s += x;
-  return std::sqrt(s);
+  return s;
 }
+
+double grad_norm(int64_t n, const float* g) { return std::sqrt(sum_squares(n, g)); }
 
 }  // namespace dw

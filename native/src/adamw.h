@@ -14,6 +14,8 @@ void adamw_update(int64_t n, float* w, const float* g, float* m, float* v, const
                   int64_t t, float clip_coef);
 
 // √(Σ g²), accumulated in double in a fixed order.
+// Σ g² in double (chunked, deterministic for a given thread count), and its square root.
+double sum_squares(int64_t n, const float* g);
 double grad_norm(int64_t n, const float* g);
 
 }  // namespace dw

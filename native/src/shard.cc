@@ -128,19 +128,5 @@ std::vector<int> replica_group(const ShardLayout& L) {
   return g;
 }
 
-double sum_squares(int64_t n, const float* g) {
-  const int64_t grain = 1 << 16;
-  const int64_t nchunks = (n + grain - 1) / grain;
-  std::vector<double> part(size_t(std::max<int64_t>(1, nchunks)), 0.0);
-  parallel_chunks(nchunks, [&](int64_t c) {
-    double s = 0;
-    const int64_t e = std::min(n, (c + 1) * grain);
-    for (int64_t i = c * grain; i < e; i++) s += double(g[i]) * double(g[i]);
-    part[size_t(c)] = s;
-  });
-  double s = 0;
-  for (double x : part) s += x;
-  return s;
-}
 
 }  // namespace dw

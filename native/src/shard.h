@@ -61,7 +61,4 @@ struct ShardContext {
 // World ranks of L's replica group (same tpIdx), in (dpIdx, spIdx) order.
 std::vector<int> replica_group(const ShardLayout& L);
 
-// Σ g² in double, in a fixed order.
-double sum_squares(int64_t n, const float* g);
-
 }  // namespace dw

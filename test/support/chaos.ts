@@ -10,18 +10,10 @@ import { join } from 'node:path';
 import { auditEvents, type LedgerEvent } from '../../src/ledger.ts';
 
 const CLI = 'bin/draftwire.js';
+import { rng } from './fixtures.ts';
 
-/** mulberry32: a seeded generator, so a failing seed reproduces. */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
-  };
-}
+export { rng };
+
 
 export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
