@@ -109,7 +109,7 @@ export class RankWorker {
   async run(startStep = 0): Promise<{ weights: Record<string, Float32Array>; model: DraftModel }> {
     const { spec, bus, rank } = this.o;
     if (spec.dp * spec.tp * spec.sp !== 1) {
-      throw new InvalidArgumentError(`this build trains with one rank (dp=tp=sp=1); dp=${spec.dp} tp=${spec.tp} sp=${spec.sp} needs the collective backend`);
+      throw new InvalidArgumentError(`this build trains with one rank (dp=tp=sp=1); dp=${spec.dp} tp=${spec.tp} sp=${spec.sp} is not driven by the rank actors yet`);
     }
     this.stepNo = startStep;
     this.model = DraftModel.create(spec.draft, this.o.weights, { threads: spec.threads });

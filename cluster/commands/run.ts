@@ -13,6 +13,7 @@ import { resolve, join } from 'node:path';
 import { Command, Option } from 'commander';
 import cliProgress from 'cli-progress';
 import { readLedgerEvents } from '../../actors/queue.ts';
+import { loadPrompts } from '../../actors/rollout.ts';
 import { evalPrompts, type StepMetrics } from '../../actors/rank.ts';
 import { AuthPolicy } from '../../src/auth.ts';
 import { loadWeightsFile, writeInitialWeights } from '../../src/checkpoint.ts';
@@ -122,7 +123,9 @@ export async function runJob(o: RunOpts): Promise<RunSummary> {
   const resuming = o.resume !== undefined;
   if (resuming && !existsSync(jobFile(resolve(o.resume!)))) throw new InvalidArgumentError(`--resume ${o.resume}: no job.json there (not a run directory)`);
   const spec = resuming ? loadJobSpec(jobFile(resolve(o.resume!))) : buildSpec(o);
-  if (spec.dp * spec.tp * spec.sp !== 1) throw new InvalidArgumentError(`--dp ${spec.dp} --tp ${spec.tp} --sp ${spec.sp}: this build trains with one rank; sharded and data-parallel training need the collective backend (not built yet)`);
+  if (spec.dp * spec.tp * spec.sp !== 1) throw new InvalidArgumentError(`--dp ${spec.dp} --tp ${spec.tp} --sp ${spec.sp}: a job trains with one rank for now (the rank actors do not drive the sharded step yet; \`draftwire step --tp/--sp/--dp\` runs it on one batch)`);
+  // Fail fast on an unreadable or malformed dataset, before anything starts.
+  if (spec.dataset) loadPrompts(spec.dataset, spec.target.vocab, spec.promptLen);
   const auth = AuthPolicy.fromEnv();
   if (resuming) await reapOrphanServer(spec.runDir);
   if (!resuming && !o.nats && existsSync(join(spec.runDir, 'nats'))) throw new InvalidArgumentError(`${spec.runDir} holds an unfinished run (its ledger is in ${join(spec.runDir, 'nats')}): continue it with --resume ${spec.runDir}, or remove the directory`);
