@@ -120,6 +120,9 @@ describe('draftwire run (end to end)', function () {
     const r2 = spawnSync(process.execPath, [CLI, 'run', '--size', 'huge', '--workdir', workdir], { encoding: 'utf8' });
     assert.equal(r2.status, 2);
     assert.match(r2.stderr, /size/);
+    const r4 = spawnSync(process.execPath, [CLI, 'run', '--dataset', join(workdir, 'missing.jsonl'), '--workdir', workdir], { encoding: 'utf8' });
+    assert.equal(r4.status, 2);
+    assert.match(r4.stderr, /cannot read dataset .*missing\.jsonl/);
     const r3 = spawnSync(process.execPath, [CLI, 'audit', '--job', 'nope', '--workdir', workdir], { encoding: 'utf8' });
     assert.equal(r3.status, 2);
     assert.match(r3.stderr, /no running job/);
