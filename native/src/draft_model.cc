@@ -263,6 +263,27 @@ struct SharedKV {
   float* dbase;       // its gradient
   int64_t ld, sample_stride, kvd;
 };
+
+// Query head h (kv head c) of sample b at step k, with the step-1..k keys/values `ek`/`ev`
+// at the same positions: the view both attention passes hand to the kernels.
+AttnHead head_view(LayerActs& a, const SharedKV& kv, const float* const* ek, const float* const* ev,
+                   int64_t b, int64_t c, int64_t h, int64_t T, int64_t D, int64_t d, int64_t qd, int64_t nh) {
+  const int64_t row0 = b * T;
+  AttnHead hd;
+  hd.q = a.qkv.data() + row0 * D + h * d;
+  hd.ldq = D;
+  hd.k = kv.base + b * kv.sample_stride + c * d;
+  hd.ldk = kv.ld;
+  hd.v = kv.base + b * kv.sample_stride + kv.kvd + c * d;
+  hd.ldv = kv.ld;
+  hd.ek = ek;
+  hd.ev = ev;
+  hd.lde = D;
+  hd.o = a.attn.data() + row0 * qd + h * d;
+  hd.ldo = qd;
+  hd.lse = a.lse.data() + (b * nh + h) * T;
+  return hd;
+}
 }  // namespace
 
 // Step-k queries against step-0 keys (causal) and the step-1..k keys at the same position.
@@ -289,19 +310,7 @@ void DraftModel::attention_forward_train(int64_t k) {
       ev[size_t(j - 1)] = bj + qd + kvd + c * d;
     }
     for (int64_t h = c * g; h < (c + 1) * g; h++) {
-      AttnHead hd;
-      hd.q = a.qkv.data() + row0 * D + h * d;
-      hd.ldq = D;
-      hd.k = kv.base + b * kv.sample_stride + c * d;
-      hd.ldk = kv.ld;
-      hd.v = kv.base + b * kv.sample_stride + kvd + c * d;
-      hd.ldv = kv.ld;
-      hd.ek = ek.data();
-      hd.ev = ev.data();
-      hd.lde = D;
-      hd.o = a.attn.data() + row0 * qd + h * d;
-      hd.ldo = qd;
-      hd.lse = a.lse.data() + (b * nh + h) * T;
+      AttnHead hd = head_view(a, kv, ek.data(), ev.data(), b, c, h, T, D, d, qd, nh);
       attention_forward(sh, hd, scratch);
     }
   });
@@ -412,19 +421,7 @@ void DraftModel::attention_backward_train(int64_t k) {
       dev[size_t(j - 1)] = dbj + qd + kvd + c * d;
     }
     for (int64_t h = c * g; h < (c + 1) * g; h++) {
-      AttnHead hd;
-      hd.q = a.qkv.data() + row0 * D + h * d;
-      hd.ldq = D;
-      hd.k = kv.base + b * kv.sample_stride + c * d;
-      hd.ldk = kv.ld;
-      hd.v = kv.base + b * kv.sample_stride + kvd + c * d;
-      hd.ldv = kv.ld;
-      hd.ek = ek.data();
-      hd.ev = ev.data();
-      hd.lde = D;
-      hd.o = a.attn.data() + row0 * qd + h * d;
-      hd.ldo = qd;
-      hd.lse = a.lse.data() + (b * nh + h) * T;
+      AttnHead hd = head_view(a, kv, ek.data(), ev.data(), b, c, h, T, D, d, qd, nh);
       AttnGrad gr;
       gr.dout = ws_.dattn.data() + row0 * qd + h * d;
       gr.lddo = qd;

@@ -7,6 +7,7 @@ import {
   acceptLength, blasInfo, DraftModel, draftParamShapes, initDraftWeights, TargetModel, TRAINABLE_NAMES, validateDraftConfig,
   type DraftBatch, type DraftConfig, type StepOptions, type TargetConfig,
 } from '../../src/native.ts';
+import { rejects, throwsLike } from '../support/assert.ts';
 
 const TINY: DraftConfig = { vocab: 40, draftVocab: 24, hidden: 16, heads: 4, kvHeads: 2, intermediate: 24, ttt: 3, ropeTheta: 10000, rmsEps: 1e-6 };
 const NO_UPDATE: StepOptions = { lr: null, clip: null, weightDecay: 0, returnGrads: false };
@@ -38,22 +39,6 @@ function tinyWeights(c: DraftConfig, seed = 3): Record<string, Float32Array | In
   for (let j = 0; j < d2t.length; j++) d2t[j] = (j * 7) % c.vocab; // distinct: gcd(7, 40) = 1
   w.d2t = d2t;
   return w;
-}
-
-async function rejects(p: Promise<unknown>, cls: new (...a: never[]) => Error, re: RegExp): Promise<void> {
-  await assert.rejects(p, (e: unknown) => {
-    assert.ok(e instanceof cls, `expected ${cls.name}, got ${String(e)}`);
-    assert.match((e as Error).message, re);
-    return true;
-  });
-}
-
-function throwsLike(fn: () => unknown, cls: new (...a: never[]) => Error, re: RegExp): void {
-  assert.throws(fn, (e: unknown) => {
-    assert.ok(e instanceof cls, `expected ${cls.name}, got ${String(e)}`);
-    assert.match((e as Error).message, re);
-    return true;
-  });
 }
 
 describe('native addon', function () {

@@ -9,6 +9,7 @@ import {
   acceptLength, DraftModel, initDraftWeights, TARGET_DEFAULTS, TargetModel, validateTargetConfig,
   type DraftConfig, type TargetConfig,
 } from '../../src/native.ts';
+import { rejects, throwsLike } from '../support/assert.ts';
 
 // Two sizes: a tiny one, and the `small` preset's (cluster/presets.ts) for the statistics.
 const TC: TargetConfig = { vocab: 40, hidden: 16, heads: 4, kvHeads: 2, intermediate: 24, layers: 8, ropeTheta: 10000, rmsEps: 1e-6, seed: 5 };
@@ -45,21 +46,6 @@ function top2(z: Float64Array): { arg: number; gap: number } {
     if (z[v]! > best) { b = best; best = z[v]!; a = v; } else if (z[v]! > b) b = z[v]!;
   }
   return { arg: a, gap: best - b };
-}
-
-async function rejects(p: Promise<unknown>, cls: new (...a: never[]) => Error, re: RegExp): Promise<void> {
-  await assert.rejects(p, (e: unknown) => {
-    assert.ok(e instanceof cls, `expected ${cls.name}, got ${String(e)}`);
-    assert.match((e as Error).message, re);
-    return true;
-  });
-}
-function throwsLike(fn: () => unknown, cls: new (...a: never[]) => Error, re: RegExp): void {
-  assert.throws(fn, (e: unknown) => {
-    assert.ok(e instanceof cls, `expected ${cls.name}, got ${String(e)}`);
-    assert.match((e as Error).message, re);
-    return true;
-  });
 }
 
 describe('synthetic target: KV-cached, batched and fused decoding', function () {
