@@ -19,12 +19,13 @@ import { startNatsServer } from '../cluster/nats-launcher.ts';
 import { Bus } from '../src/bus.ts';
 import { Communicator, ShardLayout } from '../src/collectives.ts';
 import { readDraftBatchSlice, readDraftWeights } from '../src/draft-io.ts';
-import { DraftModel, TargetModel, blasInfo, initDraftWeights, type DraftBatch, type DraftConfig } from '../src/native.ts';
+import { DraftModel, blasInfo, initDraftWeights, type DraftConfig } from '../src/native.ts';
 import { writeSafetensorsFile } from '../src/safetensors.ts';
+import { DEMO, DEMO_T, makeDemoBatch } from './demo-batch.ts';
 import { tensor, type Tensor } from '../src/tensor.ts';
 
-const cfg: DraftConfig = { vocab: 8192, draftVocab: 2048, hidden: 256, heads: 8, kvHeads: 4, intermediate: 688, ttt: 3, ropeTheta: 10000, rmsEps: 1e-6 };
-const T = 512;
+const cfg: DraftConfig = DEMO;
+const T = DEMO_T;
 const SELF = fileURLToPath(import.meta.url);
 
 function arg(name: string, def: string): string {
@@ -81,20 +82,6 @@ async function child(spec: ChildSpec): Promise<void> {
 // ------------------------------------------------------------------------------------------
 // parent
 
-async function makeBatch(B: number): Promise<{ batch: DraftBatch; frozen: { embed: Float32Array; target_head: Float32Array; d2t: Int32Array } }> {
-  const target = TargetModel.create({ vocab: cfg.vocab, hidden: cfg.hidden, heads: cfg.heads, kvHeads: cfg.kvHeads, intermediate: cfg.intermediate, layers: 8, ropeTheta: 10000, rmsEps: 1e-6, seed: 42 });
-  const ids = new Int32Array(B * T);
-  for (let b = 0; b < B; b++) ids.set(await target.generate(Int32Array.from([1 + b, 100 + 7 * b, 2000 + b]), T - 3), b * T);
-  const { aux, last } = await target.forward(ids, B, T);
-  const count = new Map<number, number>();
-  for (const t of ids) count.set(t, (count.get(t) ?? 0) + 1);
-  const top = [...count.entries()].sort((a, b) => b[1] - a[1] || a[0] - b[0]).slice(0, cfg.draftVocab).map((e) => e[0]);
-  const used = new Set(top);
-  for (let t = 0; top.length < cfg.draftVocab; t++) if (!used.has(t)) top.push(t);
-  const frozen = { ...target.frozen(), d2t: Int32Array.from(top) };
-  target.close();
-  return { batch: { ids, aux, last, mask: new Uint8Array(B * T).fill(1), batch: B, seq: T }, frozen };
-}
 
 interface RankResult { rank: number; ms: number[]; cpu: number[]; loss: number }
 function runRanks(specs: ChildSpec[]): Promise<RankResult[]> {
@@ -123,7 +110,7 @@ async function main(): Promise<void> {
   const dir = await mkdtemp(join(tmpdir(), 'draftwire-shard-bench-'));
   const nats = await startNatsServer({ port: -1, jetstream: true, maxMemBytes: 256 * 1024 * 1024 });
   try {
-    const { batch, frozen } = await makeBatch(B);
+    const { batch, frozen } = await makeDemoBatch(cfg, B, T);
     const w = initDraftWeights(cfg, 1, frozen);
     const wt: Record<string, Tensor> = {};
     const shapes: Record<string, number[]> = (await import('../src/native.ts')).draftParamShapes(cfg);

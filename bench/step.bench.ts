@@ -5,7 +5,8 @@
 // backward pass, attention over the exact causal (q, key) pairs plus the TTT extras, no
 // recomputation; "executed" is what the addon's GEMM wrappers actually ran (it includes the
 // attention scores recomputed in the backward pass and the masked halves of diagonal tiles).
-import { blasInfo, DraftModel, gemmFlops, initDraftWeights, sgemmBench, TargetModel, type DraftBatch, type DraftConfig } from '../src/native.ts';
+import { blasInfo, DraftModel, gemmFlops, initDraftWeights, sgemmBench, type DraftConfig } from '../src/native.ts';
+import { DEMO, DEMO_T, makeDemoBatch } from './demo-batch.ts';
 
 function arg(name: string, def: string): string {
   const i = process.argv.indexOf(`--${name}`);
@@ -15,8 +16,8 @@ function arg(name: string, def: string): string {
 const B = Number(arg('batch', '4'));
 const STEPS = Number(arg('steps', '3'));
 const THREADS = arg('threads', '1,2').split(',').map(Number);
-const cfg: DraftConfig = { vocab: 8192, draftVocab: 2048, hidden: 256, heads: 8, kvHeads: 4, intermediate: 688, ttt: 3, ropeTheta: 10000, rmsEps: 1e-6 };
-const T = 512;
+const cfg: DraftConfig = DEMO;
+const T = DEMO_T;
 
 /** Analytic GEMM FLOPs of one training step (forward + backward), dense over all rows. */
 function stepFlops(c: DraftConfig, b: number, t: number): { total: number; parts: Record<string, number> } {
@@ -37,33 +38,13 @@ function stepFlops(c: DraftConfig, b: number, t: number): { total: number; parts
   return { total: Object.values(parts).reduce((a, x) => a + x, 0), parts };
 }
 
-async function makeBatch(): Promise<{ batch: DraftBatch; frozen: { embed: Float32Array; target_head: Float32Array; d2t: Int32Array } }> {
-  const target = TargetModel.create({ vocab: cfg.vocab, hidden: cfg.hidden, heads: cfg.heads, kvHeads: cfg.kvHeads, intermediate: cfg.intermediate, layers: 8, ropeTheta: 10000, rmsEps: 1e-6, seed: 42 });
-  const ids = new Int32Array(B * T);
-  for (let b = 0; b < B; b++) {
-    // greedy continuations: the target's argmax at t is ids[t+1], so the d2t below covers
-    // (almost) every target token and nearly every row carries loss weight, as in real training
-    const seq = await target.generate(Int32Array.from([1 + b, 100 + 7 * b, 2000 + b]), T - 3);
-    ids.set(seq, b * T);
-  }
-  const { aux, last } = await target.forward(ids, B, T);
-  // d2t: the draftVocab most frequent tokens of the batch, then the lowest unused ids
-  const count = new Map<number, number>();
-  for (const t of ids) count.set(t, (count.get(t) ?? 0) + 1);
-  const top = [...count.entries()].sort((a, b) => b[1] - a[1] || a[0] - b[0]).slice(0, cfg.draftVocab).map((e) => e[0]);
-  const used = new Set(top);
-  for (let t = 0; top.length < cfg.draftVocab; t++) if (!used.has(t)) top.push(t);
-  const frozen = { ...target.frozen(), d2t: Int32Array.from(top) };
-  target.close();
-  return { batch: { ids, aux, last, mask: new Uint8Array(B * T).fill(1), batch: B, seq: T }, frozen };
-}
 
 const fmt = (x: number, d = 1) => x.toFixed(d);
 async function main(): Promise<void> {
   const info = blasInfo();
   console.log(`OpenBLAS: ${info.config} (OPENBLAS_CORETYPE=${info.coretype ?? 'unset'})`);
   console.log(`demo size: H=${cfg.hidden} heads=${cfg.heads}/${cfg.kvHeads} I=${cfg.intermediate} V=${cfg.vocab} Vd=${cfg.draftVocab} T=${T} K=${cfg.ttt} B=${B}`);
-  const { batch, frozen } = await makeBatch();
+  const { batch, frozen } = await makeDemoBatch(cfg, B, T);
   const flops = stepFlops(cfg, B, T);
   console.log(`analytic GEMM FLOPs per step: ${fmt(flops.total / 1e9, 2)} GFLOP`);
   for (const [k, v] of Object.entries(flops.parts)) console.log(`  ${k.padEnd(26)} ${fmt(v / 1e9, 2).padStart(7)} GFLOP`);
