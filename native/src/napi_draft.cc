@@ -371,9 +371,8 @@ Napi::Value DraftWrap::Weights(const Napi::CallbackInfo& info) {
   if (state_ && state_->model.sharded)
     throw_native(env, "DraftModel.weights: a sharded model holds only its shards; use gather('weights') (a collective)");
   auto st = acquire(env, "weights");
-  Napi::Object o = trainable_object(env, st->model.layout, st->model.params);
-  st->busy.release();
-  return o;
+  BusyRelease hold{st->busy};
+  return trainable_object(env, st->model.layout, st->model.params);
 }
 
 Napi::Value DraftWrap::OptimizerState(const Napi::CallbackInfo& info) {
@@ -381,47 +380,37 @@ Napi::Value DraftWrap::OptimizerState(const Napi::CallbackInfo& info) {
   if (state_ && state_->model.sharded)
     throw_native(env, "DraftModel.optimizerState: a sharded model holds only its shards; use gather('m') and gather('v') (collectives)");
   auto st = acquire(env, "optimizerState");
+  BusyRelease hold{st->busy};
   Napi::Object o = Napi::Object::New(env);
   o.Set("step", double(st->model.step_count));
   o.Set("m", trainable_object(env, st->model.layout, st->model.adam_m));
   o.Set("v", trainable_object(env, st->model.layout, st->model.adam_v));
-  st->busy.release();
   return o;
 }
 
 Napi::Value DraftWrap::LoadOptimizerState(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   auto st = acquire(env, "loadOptimizerState");
-  try {
-    DraftModel& m = st->model;
-    Napi::Object o = need_object(env, info[0], "optimizer state");
-    const int64_t step = need_int(env, o.Get("step"), "optimizer state.step", 0, int64_t(1) << 53);
-    std::vector<float> mm(m.adam_m), vv(m.adam_v);
-    read_trainable(env, need_object(env, o.Get("m"), "optimizer state.m"), m, true, mm, "optimizer state.m tensor", {});
-    read_trainable(env, need_object(env, o.Get("v"), "optimizer state.v"), m, true, vv, "optimizer state.v tensor", {});
-    for (size_t i = 0; i < vv.size(); i++)
-      if (vv[i] < 0) throw_invalid(env, "optimizer state.v has a negative entry at flat index " + std::to_string(i));
-    m.adam_m.swap(mm);
-    m.adam_v.swap(vv);
-    m.step_count = step;
-  } catch (...) {
-    st->busy.release();
-    throw;
-  }
-  st->busy.release();
+  BusyRelease hold{st->busy};
+  DraftModel& m = st->model;
+  Napi::Object o = need_object(env, info[0], "optimizer state");
+  const int64_t step = need_int(env, o.Get("step"), "optimizer state.step", 0, int64_t(1) << 53);
+  std::vector<float> mm(m.adam_m), vv(m.adam_v);
+  read_trainable(env, need_object(env, o.Get("m"), "optimizer state.m"), m, true, mm, "optimizer state.m tensor", {});
+  read_trainable(env, need_object(env, o.Get("v"), "optimizer state.v"), m, true, vv, "optimizer state.v tensor", {});
+  for (size_t i = 0; i < vv.size(); i++)
+    if (vv[i] < 0) throw_invalid(env, "optimizer state.v has a negative entry at flat index " + std::to_string(i));
+  m.adam_m.swap(mm);
+  m.adam_v.swap(vv);
+  m.step_count = step;
   return env.Undefined();
 }
 
 Napi::Value DraftWrap::SetWeights(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   auto st = acquire(env, "setWeights");
-  try {
-    read_trainable(env, need_object(env, info[0], "weights"), st->model, false, st->model.params, "weight", {});
-  } catch (...) {
-    st->busy.release();
-    throw;
-  }
-  st->busy.release();
+  BusyRelease hold{st->busy};
+  read_trainable(env, need_object(env, info[0], "weights"), st->model, false, st->model.params, "weight", {});
   return env.Undefined();
 }
 

@@ -211,10 +211,10 @@ TargetWrap* TargetWrap::from(Napi::Env env, Napi::Value v, const char* what) {
 Napi::Value TargetWrap::Frozen(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   auto st = acquire(env, "frozen");
+  BusyRelease hold{st->busy};
   Napi::Object o = Napi::Object::New(env);
   o.Set("embed", to_f32(env, st->model.embed.data(), st->model.embed.size()));
   o.Set("target_head", to_f32(env, st->model.target_head.data(), st->model.target_head.size()));
-  st->busy.release();
   return o;
 }
 

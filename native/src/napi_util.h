@@ -79,4 +79,10 @@ struct BusyFlag {
   void release() { busy.store(false); }
 };
 
+// Releases a BusyFlag taken by a synchronous operation when it returns or throws.
+struct BusyRelease {
+  BusyFlag& flag;
+  ~BusyRelease() { flag.release(); }
+};
+
 }  // namespace dw
