@@ -32,8 +32,18 @@ export interface FrozenTensors { embed: Float32Array; target_head: Float32Array;
 export interface DraftBatch {
   ids: Int32Array; aux: Float32Array; last: Float32Array; mask: Uint8Array; batch: number; seq: number;
 }
-/** lr null: gradients only, no update. clip null or 0: no clipping. */
-export interface StepOptions { lr: number | null; clip: number | null; weightDecay: number; returnGrads: boolean }
+/**
+ * lr null: gradients only, no update. clip null or 0: no clipping.
+ * samples: the number of samples of the global batch the loss is averaged over (the real samples;
+ * the others are padding whose mask is all zero and so contribute nothing), an integer in
+ * [1, batch·dp]; the normaliser becomes samples·seq_global instead of batch·dp·seq_global. Lets
+ * data-parallel ranks pad their local batches to a common size and still get exactly the loss
+ * and gradients of the step over the real samples only. Every rank must pass the same value.
+ * null/undefined: every sample, batch·dp.
+ */
+export interface StepOptions {
+  lr: number | null; clip: number | null; weightDecay: number; returnGrads: boolean; samples?: number | null;
+}
 /** grads are the raw gradients of `loss` (before clipping); step is the optimizer step count after this call. */
 export interface StepResult {
   loss: number; gradNorm: number; ploss: Float32Array; acc: Float32Array;
@@ -89,7 +99,9 @@ export interface BlasInfo { config: string; coretype: string | null; threads: nu
 // ------------------------------------------------------------------------------------------
 // The native boundary (everything the addon exports, with explicit nulls)
 
-interface RawStepOptions { lr: number | null; clip: number | null; weightDecay: number; returnGrads: boolean }
+interface RawStepOptions {
+  lr: number | null; clip: number | null; weightDecay: number; returnGrads: boolean; samples: number | null;
+}
 interface RawDraftModel {
   step(batch: DraftBatch, opts: RawStepOptions): Promise<StepResult>;
   evaluate(batch: DraftBatch): Promise<EvalResult>;
@@ -392,6 +404,7 @@ export class DraftModel {
         clip: o.clip === undefined ? null : o.clip as number | null,
         weightDecay: o.weightDecay === undefined ? 0 : o.weightDecay as number,
         returnGrads: o.returnGrads === undefined ? false : o.returnGrads as boolean,
+        samples: o.samples === undefined ? null : o.samples as number | null,
       };
       return this.handle().step(batch, raw);
     }));

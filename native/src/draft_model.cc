@@ -524,8 +524,9 @@ void DraftModel::agree(const DraftBatch& b, const StepRequest& req) {
   Comm* w = shard_.world.get();
   if (!w || w->size() == 1) return;
   const double lr = req.update ? req.lr : -1.0;
+  const double samples = double(req.samples > 0 ? req.samples : b.B * shard_layout.dp);
   const double mine[] = {double(b.B), double(b.T), req.backward ? 1.0 : 0.0, lr, req.clip, req.weight_decay,
-                         req.gather_grads ? 1.0 : 0.0, double(step_count)};
+                         req.gather_grads ? 1.0 : 0.0, double(step_count), samples};
   constexpr size_t n = sizeof(mine) / sizeof(mine[0]);
   double buf[2 * n];
   for (size_t i = 0; i < n; i++) {
@@ -534,7 +535,8 @@ void DraftModel::agree(const DraftBatch& b, const StepRequest& req) {
   }
   w->allReduce(buf, 2 * n, ReduceOp::Max);
   static const char* what[] = {"batch (samples per rank)", "seq (positions per rank)", "mode (step / evaluate)", "lr",
-                               "clip", "weightDecay", "returnGrads", "optimizer step count"};
+                               "clip", "weightDecay", "returnGrads", "optimizer step count",
+                               "samples (loss normaliser)"};
   for (size_t i = 0; i < n; i++)
     if (buf[i] != -buf[n + i])
       throw std::invalid_argument(std::string("sharded step: the ranks disagree on ") + what[i] + " (from " +
@@ -600,7 +602,12 @@ StepOutput DraftModel::run_impl(const DraftBatch& b, const StepRequest& req) {
   const int64_t B = b.B, T = b.T, N = B * T, H = cfg.hidden, K = cfg.ttt, Vd = dims.Vd;
   const bool debug_logits = req.logits_out != nullptr;
   const bool backward = req.backward && !debug_logits;
-  const double Ng = double(ws_.Ng);  // B·T of the whole (global) batch
+  if (req.samples < 0 || req.samples > B * shard_layout.dp)
+    throw std::invalid_argument("options.samples must be in [1, " + std::to_string(B * shard_layout.dp) +
+                                "] (the samples of the global batch, B·dp; got " + std::to_string(req.samples) + ")");
+  // B·T of the whole (global) batch, or samples·T_global when the global batch is padded with
+  // all-mask-zero samples that must not dilute the mean
+  const double Ng = req.samples > 0 ? double(req.samples) * double(ws_.Tg) : double(ws_.Ng);
   StepOutput out;
   out.ploss.assign(size_t(K), 0.0);
   out.acc.assign(size_t(K), 0.0);

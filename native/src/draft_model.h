@@ -45,6 +45,9 @@ struct StepRequest {
   bool backward = false;      // compute gradients
   bool update = false;        // then apply AdamW
   double lr = 0, clip = 0, weight_decay = 0;
+  int64_t samples = 0;        // the loss normaliser is samples·T_global (the real samples of the
+                              // global batch; the others are all-mask-zero padding); 0: every
+                              // sample, B·dp (the normaliser B·T of the whole global batch)
   float* logits_out = nullptr;  // debug: all logits [K, B, T, Vd], forward only (unsharded)
   bool gather_grads = false;    // sharded: the caller gathers the full gradients afterwards
                                 // (every rank must agree: checked with the batch sizes)

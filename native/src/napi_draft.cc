@@ -352,6 +352,17 @@ Napi::Value DraftWrap::RunBatch(const Napi::CallbackInfo& info, int mode) {
       if (req.weight_decay < 0) throw_invalid(env, "options.weightDecay must be >= 0");
     }
     if (!rg.IsUndefined() && !rg.IsBoolean()) throw_invalid(env, "options.returnGrads must be a boolean");
+    Napi::Value ns = o.Get("samples");
+    if (!ns.IsNull() && !ns.IsUndefined()) {
+      // the samples of the global batch the loss is averaged over: 1 ≤ samples ≤ B·dp
+      const int64_t most = batch.B * int64_t(state_->model.shard_layout.dp);
+      const double d = need_number(env, ns, "options.samples");
+      if (std::floor(d) != d || d < 1 || d > double(most))
+        throw_invalid(env, "options.samples must be an integer in [1, B·dp = " + std::to_string(most) +
+                               "] (the real samples of the global batch; or null for all of them), got " +
+                               std::to_string(d));
+      req.samples = int64_t(d);
+    }
     return_grads = rg.IsBoolean() && rg.As<Napi::Boolean>().Value();
     req.gather_grads = return_grads;
   }
