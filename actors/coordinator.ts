@@ -1,37 +1,51 @@
 // The coordinator: owns the job's epoch record in the KV bucket `dw_<job>` (key `epoch` =
 // {epoch, num, members}), written only by compare-and-set, and announced on
-// `dw.<job>.ctl.epoch`. It tracks rank heartbeats for membership: a rank silent for
-// `deadAfterMs` is declared dead (even if its NATS connection lives, e.g. a SIGSTOPped
-// process) on `dw.<job>.ctl.dead` {rank, pid}; the node agent that hosts it kills it and
-// its failure policy replaces it. Status shows every member, alive or dead.
+// `dw.<job>.ctl.epoch`. `members` lists the rank ids of the epoch's data-parallel world in
+// order: members[i] is world rank i and trains partition i of `dw.<job>.part.<num>.<i>`.
+// Every change of the world is a new epoch, so a collective group is formed once per epoch
+// (its rendezvous prefix is the epoch) and never reused after a failure.
 //
-// Scaling (`dw.<job>.coord.scale` {dp}, `draftwire scale`): the coordinator bumps the epoch
-// with a compare-and-set on the KV revision ({epoch+1, num: dp}); the queue follows the KV
-// and stops granting under the old epoch; ranks get StaleEpochError on their next credit,
-// checkpoint and ack what they trained, release the rest and re-join under the new
-// partition count. This build trains with one rank only (the data-parallel step needs the
-// native sharded step), so a dp other than 1 is refused with an error saying so; a scale to
-// dp 1 still runs the whole epoch protocol (a reshard to a new epoch of the same width).
+// It tracks heartbeats: a rank silent for `deadAfterMs` is declared dead (even if its NATS
+// connection lives, e.g. a SIGSTOPped process) on `dw.<job>.ctl.dead` {rank, pid}; the node
+// agent that hosts it kills it. Status shows every member, alive or dead, and every node.
+//
+// Requests (all compare-and-set on the KV revision, so concurrent callers make one change):
+// - `coord.scale` {dp}: members become ranks 0..dp-1; ranks that are new are spawned on the
+//   node agents (the one hosting the fewest ranks first), ranks dropped retire by themselves
+//   when they see an epoch without them (after checkpointing and acking what they trained).
+// - `coord.regroup` {fromEpoch?, rank?, remove?}: a rank's collective group failed, or a node
+//   lost a rank process. A new epoch with the same members (policy `replace`: the node respawns
+//   the rank) or without `remove` (policy `shrink`, or the rank's restarts are used up).
+//   With fromEpoch, nothing happens if the epoch already moved past it.
 import type { ActorRef, ActorSystem } from '../src/actor-system.ts';
 import type { Bus } from '../src/bus.ts';
-import { ConflictError, InvalidArgumentError } from '../src/errors.ts';
+import { ConflictError, InvalidArgumentError, UnavailableError } from '../src/errors.ts';
+import { createLogger } from '../src/log.ts';
 import type { EpochInfo } from './rank.ts';
 
-type CoordMsg = { op: 'hb'; hb: Record<string, unknown> } | { op: 'status' } | { op: 'check' };
-interface Member { rank: number; pid: number; step: number; state: string; lastSeen: number; held: number; epoch: number; dead: boolean; deaths: number }
-interface CoordState { members: Map<number, Member>; deaths: { rank: number; pid: number; at: number; silentMs: number }[] }
+type CoordMsg = { op: 'hb'; hb: Record<string, unknown> } | { op: 'status' } | { op: 'check' } | { op: 'nodes' };
+interface Member { rank: number; pid: number; node: string | null; step: number; state: string; lastSeen: number; held: number; epoch: number; dead: boolean; deaths: number }
+interface NodeSeen { node: string; pid: number; lastSeen: number; ranks: number[] }
+interface CoordState { members: Map<number, Member>; nodes: Map<string, NodeSeen>; deaths: { rank: number; pid: number; at: number; silentMs: number }[] }
 
-/** The widest data-parallel world this build can train (see the header). */
-export const MAX_TRAINABLE_DP = 1;
+/** The largest data-parallel width `scale` accepts (one rank process per DP index). */
+export const MAX_DP = 64;
 
-/** Creates the epoch record if absent (epoch 1, num = dp); returns the current one. */
+const range = (n: number) => Array.from({ length: n }, (_, i) => i);
+
+/** Normalises a KV record (older records have no member list: ranks 0..num-1). */
+export function epochMembers(e: EpochInfo): number[] {
+  return Array.isArray(e.members) && e.members.length === e.num && e.members.every((m) => Number.isInteger(m)) ? e.members as number[] : range(e.num);
+}
+
+/** Creates the epoch record if absent (epoch 1, ranks 0..dp-1); returns the current one. */
 export async function ensureEpoch(bus: Bus, dp: number): Promise<EpochInfo> {
   const kv = await bus.kv(bus.subjects.kvBucket);
   for (;;) {
     const cur = await kv.get<EpochInfo>('epoch');
     if (cur) return cur.value;
     try {
-      const info: EpochInfo = { epoch: 1, num: dp, members: [] };
+      const info: EpochInfo = { epoch: 1, num: dp, members: range(dp) };
       await kv.create('epoch', info);
       bus.publish(bus.subjects.ctlEpoch, info);
       return info;
@@ -41,76 +55,123 @@ export async function ensureEpoch(bus: Bus, dp: number): Promise<EpochInfo> {
   }
 }
 
-/** Bumps the epoch to {epoch + 1, num: dp} by compare-and-set on the KV revision; retries on a lost race. */
-export async function bumpEpoch(bus: Bus, dp: number): Promise<{ from: EpochInfo; to: EpochInfo }> {
-  if (!Number.isInteger(dp) || dp < 1) throw new InvalidArgumentError(`scale: dp must be an integer >= 1, got ${String(dp)}`);
-  if (dp > MAX_TRAINABLE_DP) {
-    throw new InvalidArgumentError(`scale: dp ${dp} refused: this build trains with one rank; a wider data-parallel world needs the native sharded step (gradient all-reduce over the collective group), which is not available yet, and ranks training independently would not be data-parallel training`);
-  }
+/**
+ * Writes epoch + 1 with the members `next` computes from the current record (compare-and-set
+ * on the KV revision; retried on a lost race). `next` returning null leaves the record as is.
+ */
+export async function changeEpoch(bus: Bus, next: (cur: EpochInfo) => number[] | null): Promise<{ from: EpochInfo; to: EpochInfo; changed: boolean }> {
   const kv = await bus.kv(bus.subjects.kvBucket);
   for (let i = 0; i < 20; i++) {
     const cur = await kv.get<EpochInfo>('epoch');
-    if (!cur) throw new InvalidArgumentError('scale: the job has no epoch record yet (is the coordinator running?)');
-    const to: EpochInfo = { epoch: cur.value.epoch + 1, num: dp, members: [] };
+    if (!cur) throw new UnavailableError('the job has no epoch record yet (is the coordinator running?)');
+    const members = next(cur.value);
+    if (members === null) return { from: cur.value, to: cur.value, changed: false };
+    if (members.length === 0) throw new InvalidArgumentError('an epoch needs at least one member rank');
+    const to: EpochInfo = { epoch: cur.value.epoch + 1, num: members.length, members };
     try {
       await kv.update('epoch', to, cur.revision);
       bus.publish(bus.subjects.ctlEpoch, to);
-      return { from: cur.value, to };
+      return { from: cur.value, to, changed: true };
     } catch (e) {
-      if (!(e instanceof ConflictError)) throw e; // someone else bumped it: read again
+      if (!(e instanceof ConflictError)) throw e; // someone else changed it: read again
     }
   }
-  throw new ConflictError('scale: lost the epoch compare-and-set 20 times in a row');
+  throw new ConflictError('lost the epoch compare-and-set 20 times in a row');
+}
+
+/** Bumps the epoch to data-parallel width dp (members 0..dp-1). */
+export function bumpEpoch(bus: Bus, dp: number): Promise<{ from: EpochInfo; to: EpochInfo }> {
+  if (!Number.isInteger(dp) || dp < 1 || dp > MAX_DP) throw new InvalidArgumentError(`scale: dp must be an integer in [1, ${MAX_DP}], got ${String(dp)}`);
+  return changeEpoch(bus, () => range(dp));
 }
 
 export function startCoordinator(system: ActorSystem, o: { bus: Bus; dp: number; deadAfterMs?: number; checkEveryMs?: number }): { ref: ActorRef<CoordMsg>; ready: Promise<EpochInfo>; stop(): Promise<void> } {
   const { bus } = o;
+  const job = bus.job;
   const deadAfter = o.deadAfterMs ?? 5000;
+  const log = createLogger('coordinator');
   const ref = system.spawn<CoordState, CoordMsg>('coordinator', {
-    init: () => ({ members: new Map(), deaths: [] }),
+    init: () => ({ members: new Map(), nodes: new Map(), deaths: [] }),
     async handle(st, msg, ctx) {
       const now = Date.now();
       if (msg.op === 'hb') {
         const h = msg.hb;
-        if (typeof h.rank === 'number') {
+        if (h.kind === 'node' && typeof h.node === 'string') {
+          st.nodes.set(h.node, { node: h.node, pid: Number(h.pid), lastSeen: now, ranks: Array.isArray(h.ranks) ? h.ranks.filter((r) => Number.isInteger(r)) as number[] : [] });
+        } else if (typeof h.rank === 'number') {
           const prev = st.members.get(h.rank);
           const pid = Number(h.pid);
           // A heartbeat from a declared-dead pid is a zombie's: it stays dead.
           if (prev?.dead && prev.pid === pid) return st;
-          st.members.set(h.rank, { rank: h.rank, pid, step: Number(h.step), state: String(h.state), held: Number(h.held), epoch: Number(h.epoch), lastSeen: now, dead: false, deaths: prev?.deaths ?? 0 });
+          st.members.set(h.rank, {
+            rank: h.rank, pid, node: typeof h.node === 'string' ? h.node : prev?.node ?? null, step: Number(h.step), state: String(h.state),
+            held: Number(h.held), epoch: Number(h.epoch), lastSeen: now, dead: false, deaths: prev?.deaths ?? 0,
+          });
         }
       } else if (msg.op === 'check') {
         for (const m of st.members.values()) {
-          if (m.dead || now - m.lastSeen <= deadAfter) continue;
+          if (m.dead || m.state === 'retired' || m.state === 'done' || now - m.lastSeen <= deadAfter) continue;
           m.dead = true;
           m.deaths++;
           st.deaths.push({ rank: m.rank, pid: m.pid, at: now, silentMs: now - m.lastSeen });
           ctx.log.warn('rank declared dead: no heartbeat', { rank: m.rank, pid: m.pid, silentMs: now - m.lastSeen });
-          bus.publish(`dw.${bus.job}.ctl.dead`, { rank: m.rank, pid: m.pid, silentMs: now - m.lastSeen });
+          bus.publish(`dw.${job}.ctl.dead`, { rank: m.rank, pid: m.pid, silentMs: now - m.lastSeen });
         }
+      } else if (msg.op === 'nodes') {
+        ctx.reply([...st.nodes.values()].filter((n) => now - n.lastSeen < Math.max(5000, deadAfter)));
       } else {
         const kv = await bus.kv(bus.subjects.kvBucket);
         const epoch = (await kv.get<EpochInfo>('epoch'))?.value ?? null;
         ctx.reply({
           epoch, deadAfterMs: deadAfter, deaths: st.deaths,
-          members: [...st.members.values()].map((m) => ({ ...m, alive: !m.dead && now - m.lastSeen < deadAfter, silentMs: now - m.lastSeen })),
+          nodes: [...st.nodes.values()].map((n) => ({ ...n, alive: now - n.lastSeen < Math.max(5000, deadAfter) })),
+          members: [...st.members.values()].map((m) => ({
+            ...m, alive: !m.dead && now - m.lastSeen < deadAfter, silentMs: now - m.lastSeen,
+            member: epoch ? epochMembers(epoch).includes(m.rank) : false,
+          })),
         });
       }
       return st;
     },
   });
+
+  /** Asks the node agent hosting the fewest ranks to spawn `rank` (joining at epoch >= minEpoch). */
+  async function spawnRank(rank: number, minEpoch: number): Promise<string> {
+    const nodes = await system.query<NodeSeen[]>(ref, { op: 'nodes' }, 10_000);
+    if (nodes.length === 0) throw new UnavailableError(`scale: no node agent of job ${job} is alive to spawn rank ${rank} on`);
+    const node = [...nodes].sort((a, b) => a.ranks.length - b.ranks.length || a.node.localeCompare(b.node))[0]!;
+    await bus.request(bus.subjects.nodeSpawn(node.node), { rank, minEpoch }, { timeoutMs: 10_000, retries: 2, idempotencyKey: `spawn:${rank}:${minEpoch}` });
+    return node.node;
+  }
+
   const hbSub = bus.subscribe<Record<string, unknown>>(bus.subjects.hbAll, (hb) => { if (hb && typeof hb === 'object') system.dispatch(ref, { op: 'hb', hb }); }, { dedupe: false });
-  const statusSub = bus.subscribe(`dw.${bus.job}.coord.status`, () => system.query(ref, { op: 'status' }, 10_000), { dedupe: false });
-  const scaleSub = bus.subscribe<{ dp?: unknown }>(`dw.${bus.job}.coord.scale`, async (m) => {
+  const statusSub = bus.subscribe(`dw.${job}.coord.status`, () => system.query(ref, { op: 'status' }, 10_000), { dedupe: false });
+  const scaleSub = bus.subscribe<{ dp?: unknown }>(`dw.${job}.coord.scale`, async (m) => {
     const dp = m?.dp;
     if (!Number.isInteger(dp)) throw new InvalidArgumentError('scale: needs dp (an integer >= 1)');
-    return bumpEpoch(bus, dp as number); // KV compare-and-set: no actor state involved
+    const r = await bumpEpoch(bus, dp as number);
+    const before = new Set(epochMembers(r.from));
+    const spawned: { rank: number; node: string }[] = [];
+    for (const rank of epochMembers(r.to)) if (!before.has(rank)) spawned.push({ rank, node: await spawnRank(rank, r.to.epoch) });
+    return { ...r, spawned, retiring: [...before].filter((x) => !epochMembers(r.to).includes(x)) };
+  });
+  const regroupSub = bus.subscribe<{ fromEpoch?: unknown; remove?: unknown; rank?: unknown }>(`dw.${job}.coord.regroup`, async (m) => {
+    const from = m?.fromEpoch, remove = m?.remove;
+    if (from !== undefined && !Number.isInteger(from)) throw new InvalidArgumentError('regroup: fromEpoch must be an integer');
+    if (remove !== undefined && !Number.isInteger(remove)) throw new InvalidArgumentError('regroup: remove must be a rank id (integer)');
+    const r = await changeEpoch(bus, (cur) => {
+      if (from !== undefined && cur.epoch > (from as number)) return null; // someone regrouped already
+      const members = epochMembers(cur).filter((x) => x !== remove);
+      return members.length ? members : null;
+    });
+    if (r.changed) log.warn('regroup: new epoch', { from: r.from.epoch, to: r.to.epoch, members: r.to.members, removed: remove ?? null, rank: m?.rank ?? null });
+    return r;
   });
   const timer = setInterval(() => { try { system.dispatch(ref, { op: 'check' }); } catch { /* busy */ } }, o.checkEveryMs ?? Math.max(200, Math.min(1000, Math.floor(deadAfter / 4))));
   timer.unref();
   return {
     ref,
     ready: ensureEpoch(bus, o.dp),
-    async stop() { clearInterval(timer); hbSub.unsubscribe(); statusSub.unsubscribe(); scaleSub.unsubscribe(); await system.stop(ref); },
+    async stop() { clearInterval(timer); for (const s of [hbSub, statusSub, scaleSub, regroupSub]) s.unsubscribe(); await system.stop(ref); },
   };
 }

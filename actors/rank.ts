@@ -1,37 +1,56 @@
-// One trainer rank (DESIGN.md §2): subscribes to its partition's subject for the current
-// epoch, sends credit, gathers a batch of leases, reads the features from the store, runs
-// the native step off the event loop. While the step computes, heartbeats and lease
-// renewals keep running on the event loop.
+// One trainer rank (DESIGN.md §2). Per epoch it finds its place in the epoch's member list
+// (world rank = partition index), subscribes to `dw.<job>.part.<num>.<index>`, forms the
+// epoch's data-parallel group (actors/dp-group.ts) and trains in lockstep with it: leases
+// arrive on credit, their features are read at once, and every step starts with an
+// agreement round (two tiny all-reduces) that decides, for the whole world at the same
+// moment, whether to step, checkpoint, reshard or finish. While a step computes, heartbeats
+// and lease renewals keep running on the event loop.
 //
-// Exactly-once training across crashes: every `checkpointEvery` steps the rank writes a
-// checkpoint (weights, AdamW state, step, and the leases/sample ids trained since the
-// previous one; src/checkpoint.ts) and acks those leases only once it is durable, renewing
-// them until then. A crash loses only un-checkpointed steps: their leases were never acked,
-// so they expire and are re-leased and retrained from the checkpoint state. A sample that
-// is in the checkpoint but whose ack did not get through (crash right after the checkpoint,
-// or a lease that expired while the process was frozen) is acked without training when it
-// is leased again. On an epoch change (StaleEpochError on credit) the rank checkpoints and
-// acks what it trained, releases the leases it had not used, and re-joins under the new
-// epoch's partition count.
+// Batches. Each rank steps on up to `batch` samples of its own partition. Hash partitions
+// fill unevenly, so ranks short of samples pad with fully-masked samples and the step
+// averages over the real ones only (StepOptions.samples): the step equals the single-rank
+// step on the union of the real samples. The world steps when every rank is full, when it
+// holds every sample the job has left, or (dp > 1) when `batchWaitMs` passed with at least
+// one sample in hand. The job ends when the queue has no sample left that is not finished
+// (consumed or dead-lettered): its sample budget is steps × batch × dp of the job spec.
+//
+// Exactly-once training across crashes: every `checkpointEvery` steps the world writes a
+// checkpoint (each rank its trained leases, world rank 0 the weights and AdamW state and the
+// manifest that commits them; src/checkpoint.ts) and each rank acks its leases only once the
+// checkpoint is durable, renewing them until then. A sample that is in a checkpoint but whose
+// ack did not get through is acked without training when it is leased again (skip list).
+//
+// Epoch changes. A newer epoch (credit refused as stale, or the announcement) is agreed in the
+// next round; the world checkpoints and acks what it trained, releases what it did not use,
+// and every member re-forms under the new epoch; a rank that is no longer a member retires
+// (exits 0). A failed collective (a peer died or froze) reverts the rank to the latest
+// committed checkpoint: leases it trained since are released (retrained by whoever gets them)
+// unless that checkpoint holds them (then acked); it asks the coordinator for a new epoch
+// (`coord.regroup`) and re-forms with whoever is a member of it.
 import type { Bus, BusSubscription } from '../src/bus.ts';
-import { DraftwireError, InvalidArgumentError, LeaseExpiredError, StaleEpochError } from '../src/errors.ts';
-import { writeRankCheckpoint, type CheckpointLease, type LoadedRankCheckpoint } from '../src/checkpoint.ts';
+import { latestManifest, loadRankCheckpoint, loadWeightsFile, takeWindowParts, writeRankCheckpoint, writeWindowPart, type CheckpointLease, type LoadedRankCheckpoint } from '../src/checkpoint.ts';
+import { CollectiveError, DraftwireError, InvalidArgumentError, LeaseExpiredError, StaleEpochError } from '../src/errors.ts';
 import { failpoint } from '../src/failpoints.ts';
+import { checkpointEvery, jobRows, rankDeadAfterMs, type JobSpec } from '../src/job.ts';
 import type { Lease } from '../src/ledger.ts';
 import { createLogger } from '../src/log.ts';
-import { checkpointEvery, type JobSpec } from '../src/job.ts';
-import { acceptLength, DraftModel, TargetModel } from '../src/native.ts';
+import { acceptLength, DraftModel, TargetModel, TRAINABLE_NAMES } from '../src/native.ts';
 import type { FeatureStore } from '../src/store/feature-store.ts';
 import type { Tensor } from '../src/tensor.ts';
+import { epochMembers } from './coordinator.ts';
+import { DpGroup, initialState, type Round, type TrainState } from './dp-group.ts';
 import type { LeaseMessage } from './queue.ts';
 
 export const FEATURES = ['ids', 'aux', 'last', 'mask'] as const;
 
-export interface EpochInfo { epoch: number; num: number; members?: unknown[] }
+/** The KV record `epoch`: members[i] is the rank id of world rank i (partition i of num). */
+export interface EpochInfo { epoch: number; num: number; members?: number[] }
 
 export interface StepMetrics {
   rank: number; step: number; loss: number; gradNorm: number; ploss: number[]; acc: number[];
   samples: number; tokens: number; stepMs: number; waitMs: number; acceptLength: number | null; at: number;
+  /** The data-parallel width and epoch the step ran at. */
+  dp: number; epoch: number;
 }
 
 export interface RankOptions {
@@ -39,14 +58,22 @@ export interface RankOptions {
   bus: Bus;
   store: FeatureStore;
   rank: number;
+  /** Initial weights (frozen + trainable), or the checkpoint's when resuming. */
   weights: Record<string, Float32Array | Int32Array>;
-  /** Called after every step (tests; the CLI reads the metrics subject instead). */
+  /** Join no epoch older than this (a process spawned for a scale-up or as a replacement). */
+  minEpoch?: number;
+  /** The node agent hosting this rank (reported in heartbeats). */
+  node?: string;
+  /** Called after every step this rank publishes (tests; the CLI reads the metrics subject). */
   onStep?: (m: StepMetrics) => void;
   /** Resume from this checkpoint (weights must already be the checkpoint's). */
   resume?: LoadedRankCheckpoint | null;
   /** Called after every committed checkpoint, before its leases are acked. */
   onCheckpoint?: (step: number) => void;
 }
+
+/** How run() ended: trained to the end of the data, or retired by a scale-down. */
+export interface RankResult { state: TrainState; step: number; retired: boolean; index: number }
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
@@ -57,9 +84,9 @@ export function evalPrompts(spec: JobSpec): Int32Array[] {
   return Array.from({ length: spec.evalPrompts }, () => Int32Array.from({ length: spec.promptLen }, () => next() % spec.draft.vocab));
 }
 
-/** Stacks per-sample tensors into one batch. */
-export function stackBatch(samples: Record<string, Tensor>[], seq: number, hidden: number) {
-  const B = samples.length;
+/** Stacks per-sample tensors into one batch, then `pad` fully-masked samples (zero features). */
+export function stackBatch(samples: Record<string, Tensor>[], seq: number, hidden: number, pad = 0) {
+  const B = samples.length + pad;
   const ids = new Int32Array(B * seq), aux = new Float32Array(B * seq * 3 * hidden), last = new Float32Array(B * seq * hidden), mask = new Uint8Array(B * seq);
   samples.forEach((t, b) => {
     const check = (name: string, n: number) => {
@@ -74,11 +101,14 @@ export function stackBatch(samples: Record<string, Tensor>[], seq: number, hidde
   return { ids, aux, last, mask, batch: B, seq };
 }
 
+interface Held { lease: Lease; tensors: Record<string, Tensor> | null }
+type EpochEnd = 'done' | 'reshard';
+
 export class RankWorker {
   private readonly log;
   private readonly consumer: string;
-  /** Leases received and not yet trained, by leaseId (one per sample id). */
-  private held = new Map<string, Lease>();
+  /** Leases received and not yet trained, by leaseId (one per sample id), with their features once read. */
+  private held = new Map<string, Held>();
   /** Leases trained since the last checkpoint: renewed until the checkpoint is durable, then acked. */
   private window: Lease[] = [];
   /** Samples trained into a committed checkpoint whose ack did not get through: ack on re-lease, never retrain. */
@@ -86,83 +116,84 @@ export class RankWorker {
   private wake: (() => void) | null = null;
   private sub: BusSubscription | null = null;
   private epochSub: BusSubscription | null = null;
-  private epoch: EpochInfo = { epoch: 0, num: 1 };
+  private epoch: EpochInfo = { epoch: 0, num: 1, members: [] };
+  private index = -1;
+  private wasMember = false;
+  private newerEpochSeen = false;
+  /** The queue's last word on samples not finished yet (budget − consumed − dead). */
+  private outstanding: number;
   private stepNo = 0;
-  private state: 'starting' | 'waiting' | 'stepping' | 'checkpointing' | 'resharding' | 'done' = 'starting';
+  private state: 'starting' | 'waiting' | 'stepping' | 'checkpointing' | 'resharding' | 'forming' | 'recovering' | 'done' | 'retired' = 'starting';
   private stopped = false;
   private timers: NodeJS.Timeout[] = [];
-  private model: DraftModel | null = null;
+  private train: TrainState;
+  private lastMetrics: StepMetrics | null = null;
+  private readonly frozen: Record<string, Float32Array | Int32Array>;
   /** Counters for tests and status. */
-  readonly stats = { checkpoints: 0, skippedAcks: 0, rejoins: 0, staleAcks: 0, resumedFrom: 0 };
+  readonly stats = { checkpoints: 0, skippedAcks: 0, rejoins: 0, staleAcks: 0, resumedFrom: 0, regroups: 0, paddedSteps: 0 };
 
   constructor(private readonly o: RankOptions) {
     // Stable per rank (not per process): a replacement process receives what the queue granted
     // to its predecessor's outstanding credit instead of letting it expire again.
     this.consumer = `rank-${o.rank}`;
     this.log = createLogger(`rank.${o.rank}`);
+    this.outstanding = jobRows(o.spec);
+    this.frozen = Object.fromEntries(Object.entries(o.weights).filter(([k]) => !TRAINABLE_NAMES.includes(k)));
+    this.train = initialState(o.spec, o.weights);
+    const resume = o.resume ?? null;
+    if (resume) {
+      this.train = { ...this.train, optimizer: resume.optimizer, step: resume.manifest.step };
+      this.stats.resumedFrom = resume.manifest.step;
+      for (const id of resume.manifest.trained) this.trainedSkip.add(id);
+    }
+    this.stepNo = this.train.step;
   }
 
   get step(): number { return this.stepNo; }
   get currentEpoch(): EpochInfo { return this.epoch; }
 
-  /** Trains up to spec.steps steps; resolves with the model's final weights. */
-  async run(startStep = 0): Promise<{ weights: Record<string, Float32Array>; model: DraftModel }> {
-    const { spec, bus, rank } = this.o;
-    if (spec.dp * spec.tp * spec.sp !== 1) {
-      throw new InvalidArgumentError(`this build trains with one rank (dp=tp=sp=1); dp=${spec.dp} tp=${spec.tp} sp=${spec.sp} is not driven by the rank actors yet`);
-    }
-    this.stepNo = startStep;
-    this.model = DraftModel.create(spec.draft, this.o.weights, { threads: spec.threads });
-    const resume = this.o.resume ?? null;
-    if (resume) {
-      this.model.loadOptimizerState(resume.optimizer);
-      this.stepNo = resume.manifest.step;
-      this.stats.resumedFrom = resume.manifest.step;
-      for (const id of resume.manifest.trained) this.trainedSkip.add(id);
+  /** Trains until the job's data is consumed (or this rank is retired by a scale-down). */
+  async run(): Promise<RankResult> {
+    const { spec } = this.o;
+    if (spec.tp * spec.sp !== 1) {
+      throw new InvalidArgumentError(`the rank actors train data-parallel worlds (tp = sp = 1); tp=${spec.tp} sp=${spec.sp} runs in \`draftwire step\` only`);
     }
     const target = TargetModel.create(spec.target, { threads: spec.threads });
-    const prompts = evalPrompts(spec);
-    const every = checkpointEvery(spec);
     this.startTimers();
+    let retired = false;
     try {
-      await this.joinEpoch();
-      // Acks of the resumed checkpoint's window that may not have got through.
-      if (resume) await this.ackAll(resume.manifest.window);
-      while (this.stepNo < spec.steps && !this.stopped) {
-        const t0 = Date.now();
-        let leases: Lease[];
-        try {
-          leases = await this.collect(spec.batch);
-        } catch (e) {
-          if (!(e instanceof StaleEpochError)) throw e;
-          await this.reshard();
-          continue;
+      let minEpoch = this.o.minEpoch ?? 0;
+      for (;;) {
+        if (this.stopped) throw new DraftwireError('STOPPED', 'rank stopped', false);
+        const member = await this.joinEpoch(minEpoch);
+        minEpoch = this.epoch.epoch + 1;
+        if (!member) {
+          if (this.wasMember) { retired = true; break; } // scaled down: what it trained is acked
+          continue; // not (yet) a member: wait for an epoch that includes it
         }
-        const samples = await this.fetch(leases);
-        if (samples.length < leases.length) continue; // a failed read was dead-lettered; refill
-        const t1 = Date.now();
-        this.state = 'stepping';
-        const res = await this.model.step(stackBatch(samples, spec.seqLen, spec.draft.hidden), {
-          lr: spec.lr, clip: spec.clip, weightDecay: spec.weightDecay, returnGrads: false,
-        });
-        const t2 = Date.now();
-        for (const l of leases) { this.held.delete(l.leaseId); this.window.push(l); }
-        this.stepNo++;
-        const evalDue = this.stepNo === spec.steps || (spec.evalEvery > 0 && this.stepNo % spec.evalEvery === 0);
-        const accept = evalDue ? (await acceptLength(this.model, target, prompts, { maxNew: spec.seqLen - spec.promptLen })).acceptLength : null;
-        const m: StepMetrics = {
-          rank, step: this.stepNo, loss: res.loss, gradNorm: res.gradNorm, ploss: [...res.ploss], acc: [...res.acc],
-          samples: leases.length, tokens: leases.length * spec.seqLen, stepMs: t2 - t1, waitMs: t1 - t0, acceptLength: accept, at: Date.now(),
-        };
-        // Reported before the checkpoint: a step lost to a crash is reported again when it is
-        // retrained (the run keeps the last report of each step), and none goes unreported.
-        bus.publish(`dw.${spec.job}.metrics`, m);
-        this.o.onStep?.(m);
-        if (this.stepNo % every === 0 || this.stepNo === spec.steps) await this.checkpointAndAck();
+        this.wasMember = true;
+        let group: DpGroup | null = null;
+        try {
+          this.state = 'forming';
+          group = await this.formGroup();
+          const end = await this.trainEpoch(group, target);
+          if (end === 'done') break;
+        } catch (e) {
+          if (!(e instanceof CollectiveError)) throw e;
+          await group?.close();
+          group = null;
+          await this.recover(e);
+        } finally {
+          await group?.close();
+          this.sub?.unsubscribe();
+          this.sub = null;
+        }
       }
-      if (!this.stopped) await this.drainSkipped();
-      this.state = 'done';
-      return { weights: this.model.weights(), model: this.model };
+      if (!retired) await this.drainSkipped();
+      await this.releaseHeld();
+      this.state = retired ? 'retired' : 'done';
+      this.beat();
+      return { state: this.train, step: this.stepNo, retired, index: this.index };
     } finally {
       target.close();
       this.stop();
@@ -180,21 +211,155 @@ export class RankWorker {
     this.wake?.();
   }
 
-  /** Commits a checkpoint holding the window's steps, then acks the window's leases. */
-  private async checkpointAndAck(): Promise<void> {
+  private async formGroup(): Promise<DpGroup> {
+    const { spec, bus } = this.o;
+    const dead = rankDeadAfterMs(spec);
+    const group = await DpGroup.form({
+      bus, spec, epoch: this.epoch.epoch, index: this.index, size: this.epoch.num, frozen: this.frozen,
+      timeoutMs: Math.max(10_000, 2 * dead), connectTimeoutMs: Math.max(30_000, 3 * dead),
+    }, this.train);
+    this.stepNo = group.step;
+    // Every sample the committed checkpoint holds is trained: never train it again.
+    const m = await latestManifest(spec);
+    if (m) {
+      for (const id of m.trained) this.trainedSkip.add(id);
+      // Its leases are acked by world rank 0 (idempotent), also those of a rank that died after it.
+      if (this.index === 0) await this.ackAll(m.window);
+    }
+    this.log.info('world formed', { epoch: this.epoch.epoch, dp: this.epoch.num, index: this.index, step: this.stepNo });
+    return group;
+  }
+
+  /** Trains in lockstep with the epoch's world until the data is consumed or the epoch changes. */
+  private async trainEpoch(group: DpGroup, target: TargetModel): Promise<EpochEnd> {
+    const { spec, bus, rank } = this.o;
+    const every = checkpointEvery(spec);
+    const batchWaitMs = spec.batchWaitMs ?? 2000;
+    const roundMs = group.size > 1 ? 250 : 1000;
+    for (;;) {
+      const t0 = Date.now();
+      let a: Round;
+      for (;;) {
+        const stale = await this.collect(spec.batch, Date.now() + roundMs);
+        a = await group.agree({
+          held: this.ready().length, window: this.window.length, stale: stale || this.newerEpochSeen,
+          waitedOut: Date.now() - t0 >= batchWaitMs, outstanding: this.outstanding,
+        });
+        if (a.stale) {
+          this.state = 'resharding';
+          await this.checkpointAndAck(group);
+          this.stats.rejoins++;
+          return 'reshard';
+        }
+        const left = a.outstanding - a.window; // samples not trained by this world yet
+        if (a.total === 0 && left <= 0) {
+          if (a.window > 0) { await this.checkpointAndAck(group); continue; } // flush: the acks finish the job
+          // The accept length of the final weights, reported with the last step.
+          if (group.index === 0 && this.lastMetrics && this.lastMetrics.acceptLength === null) {
+            this.publishStep({ ...this.lastMetrics, acceptLength: await this.evaluate(group, target), at: Date.now() });
+          }
+          return 'done';
+        }
+        if (a.total > 0 && (a.minHeld >= spec.batch || a.total >= left || (group.size > 1 && a.waitedOut))) break;
+      }
+      const mine = this.ready().slice(0, spec.batch);
+      const width = Math.min(spec.batch, a.maxHeld);
+      const pad = width - mine.length;
+      if (pad > 0) this.stats.paddedSteps++;
+      const t1 = Date.now();
+      this.state = 'stepping';
+      const res = await group.model.step(stackBatch(mine.map((h) => h.tensors!), spec.seqLen, spec.draft.hidden, pad), {
+        lr: spec.lr, clip: spec.clip, weightDecay: spec.weightDecay, returnGrads: false, samples: group.size > 1 || pad > 0 ? a.total : null,
+      });
+      const t2 = Date.now();
+      for (const h of mine) { this.held.delete(h.lease.leaseId); this.window.push(h.lease); }
+      this.stepNo++;
+      if (group.index === 0) {
+        const evalDue = spec.evalEvery > 0 && this.stepNo % spec.evalEvery === 0;
+        const m: StepMetrics = {
+          rank, step: this.stepNo, loss: res.loss, gradNorm: res.gradNorm, ploss: [...res.ploss], acc: [...res.acc],
+          samples: a.total, tokens: a.total * spec.seqLen, stepMs: t2 - t1, waitMs: t1 - t0,
+          acceptLength: evalDue ? await this.evaluate(group, target) : null, at: Date.now(), dp: group.size, epoch: this.epoch.epoch,
+        };
+        // Reported before the checkpoint: a step lost to a crash is reported again when it is
+        // retrained (the run keeps the last report of each step), and none goes unreported.
+        this.publishStep(m);
+      }
+      if (this.stepNo % every === 0) await this.checkpointAndAck(group);
+    }
+  }
+
+  private publishStep(m: StepMetrics): void {
+    this.lastMetrics = m;
+    this.o.bus.publish(`dw.${this.o.spec.job}.metrics`, m);
+    this.o.onStep?.(m);
+  }
+
+  /** Accept length of the current weights (world rank 0; an unsharded copy when the model is sharded). */
+  private async evaluate(group: DpGroup, target: TargetModel): Promise<number> {
     const { spec } = this.o;
-    if (this.window.length === 0 && this.trainedSkip.size === 0) return;
+    const opts = { maxNew: spec.seqLen - spec.promptLen };
+    if (group.size === 1) return (await acceptLength(group.model, target, evalPrompts(spec), opts)).acceptLength;
+    const copy = DraftModel.create(spec.draft, { ...this.frozen, ...(await group.state(this.stepNo)).weights }, { threads: spec.threads });
+    try { return (await acceptLength(copy, target, evalPrompts(spec), opts)).acceptLength; } finally { copy.close(); }
+  }
+
+  /** Held leases whose features were read, oldest first. */
+  private ready(): Held[] { return [...this.held.values()].filter((h) => h.tensors !== null); }
+
+  /**
+   * Commits a checkpoint of the world's state holding every rank's trained leases, then acks
+   * this rank's. A collective on a world of several ranks (all call it in the same round).
+   */
+  private async checkpointAndAck(group: DpGroup): Promise<void> {
+    const { spec } = this.o;
+    if (group.size === 1 && this.window.length === 0 && this.trainedSkip.size === 0) return;
     this.state = 'checkpointing';
     const win: CheckpointLease[] = this.window.map((l) => ({ leaseId: l.leaseId, sampleId: l.sampleId, epoch: l.epoch }));
-    // Samples already in a checkpoint whose acks failed stay recorded as trained.
-    const skipped = [...this.trainedSkip].map((sampleId) => ({ leaseId: '', sampleId, epoch: 0 }));
-    await writeRankCheckpoint(spec, this.model!, this.o.weights.d2t as Int32Array, this.stepNo, [...win, ...skipped]);
+    const epoch = this.epoch.epoch;
+    let all: CheckpointLease[];
+    if (group.size === 1) {
+      // Samples already in a checkpoint whose acks failed stay recorded as trained.
+      all = [...win, ...[...this.trainedSkip].map((sampleId) => ({ leaseId: '', sampleId, epoch: 0 }))];
+    } else {
+      await writeWindowPart(spec, this.stepNo, epoch, group.index, { window: win, skipped: [...this.trainedSkip] });
+      await group.barrier();
+      all = group.index === 0 ? await takeWindowParts(spec, this.stepNo, epoch, group.size) : [];
+    }
+    this.train = await group.state(this.stepNo);
+    if (group.index === 0) await writeRankCheckpoint(spec, this.train, this.frozen.d2t as Int32Array, this.stepNo, all, epoch);
+    await group.barrier(); // committed: every rank may ack now
     this.stats.checkpoints++;
     this.o.onCheckpoint?.(this.stepNo);
     failpoint('rank.before-ack');
     const window = this.window;
     await this.ackAll(win);
     if (this.window === window) this.window = [];
+  }
+
+  /**
+   * A collective failed: the world's state is unknown. Back to the latest committed checkpoint;
+   * leases trained since then are acked if it holds them and released otherwise; ask for a
+   * new epoch and re-form.
+   */
+  private async recover(e: Error): Promise<void> {
+    const { spec, bus, rank } = this.o;
+    this.state = 'recovering';
+    this.stats.regroups++;
+    this.log.warn('collective group failed; reverting to the latest checkpoint and regrouping', { epoch: this.epoch.epoch, error: e.message });
+    const init = await loadWeightsFile(spec.initWeights, spec.draft);
+    const ck = await loadRankCheckpoint(spec, init);
+    const inCk = new Set(ck?.manifest.trained ?? []);
+    const trained = this.window.filter((l) => inCk.has(l.sampleId));
+    const lost = this.window.filter((l) => !inCk.has(l.sampleId));
+    this.window = [];
+    for (const l of lost) this.held.set(l.leaseId, { lease: l, tensors: null });
+    for (const id of inCk) this.trainedSkip.add(id);
+    await this.ackAll(trained);
+    await this.releaseHeld();
+    this.train = ck ? { ...initialState(spec, ck.weights), optimizer: ck.optimizer, step: ck.manifest.step } : initialState(spec, init);
+    this.stepNo = this.train.step;
+    await bus.request(`dw.${spec.job}.coord.regroup`, { fromEpoch: this.epoch.epoch, rank }, { timeoutMs: 10_000, retries: 5, idempotencyKey: `regroup:${rank}:${this.epoch.epoch}` });
   }
 
   /** Acks leases of trained samples; a lease that is gone puts its sample on the skip list. */
@@ -218,7 +383,7 @@ export class RankWorker {
   /** Leases of samples already trained into a checkpoint: ack them, do not train again. */
   private async ackSkipped(): Promise<void> {
     const { bus } = this.o;
-    for (const l of [...this.held.values()]) {
+    for (const { lease: l } of [...this.held.values()]) {
       if (!this.trainedSkip.has(l.sampleId)) continue;
       this.held.delete(l.leaseId);
       try {
@@ -232,125 +397,128 @@ export class RankWorker {
     }
   }
 
-  /** After the last step: ack the re-leases of samples trained but not yet acked (bounded wait). */
+  /** After the data ran out: ack re-leases of samples trained but not yet acked (bounded wait). */
   private async drainSkipped(): Promise<void> {
     const end = Date.now() + 3 * this.o.spec.leaseMs;
-    while (this.trainedSkip.size > 0 && Date.now() < end && !this.stopped) {
-      try { await this.collect(this.held.size + this.trainedSkip.size, end); } catch (e) {
-        if (e instanceof StaleEpochError) { await this.reshard(); continue; }
-        if ((e as DraftwireError).code === 'DEADLINE') break;
-        throw e;
-      }
+    while (this.trainedSkip.size > 0 && Date.now() < end && !this.stopped && this.outstanding > 0) {
+      await this.collect(this.held.size + this.trainedSkip.size, Math.min(end, Date.now() + 1000));
     }
-    if (this.trainedSkip.size > 0) this.log.warn('finished with trained samples whose acks never got through', { samples: [...this.trainedSkip] });
-    // Leases received but not trained (the job's step count was reached): give them back.
-    await this.releaseHeld();
+    if (this.trainedSkip.size > 0 && this.outstanding > 0) this.log.warn('finished with trained samples whose acks never got through', { samples: [...this.trainedSkip] });
   }
 
   private async releaseHeld(): Promise<void> {
     const { bus } = this.o;
-    const held = [...this.held.values()];
+    const held = [...this.held.values()].map((h) => h.lease);
     this.held.clear();
     await Promise.all(held.map((l) => bus.request(bus.subjects.queue.release, { leaseId: l.leaseId, epoch: l.epoch }, { idempotencyKey: `release:${l.leaseId}`, retries: 5, timeoutMs: 3000 })
       .catch((e: unknown) => this.log.warn('release failed', { leaseId: l.leaseId, error: (e as Error).message }))));
   }
 
-  /** The epoch changed: finish (checkpoint + ack) what was trained, give back unused leases, re-join. */
-  private async reshard(): Promise<void> {
-    this.state = 'resharding';
-    await this.checkpointAndAck();
-    await this.releaseHeld();
-    this.sub?.unsubscribe();
-    this.sub = null;
-    this.stats.rejoins++;
-    await this.joinEpoch(true);
+  private beat(): void {
+    const { bus, rank } = this.o;
+    bus.publish(bus.subjects.hb(`rank-${rank}`), {
+      rank, pid: process.pid, node: this.o.node ?? null, step: this.stepNo, state: this.state, held: this.held.size + this.window.length,
+      epoch: this.epoch.epoch, index: this.index, dp: this.epoch.num, at: Date.now(),
+    });
   }
 
   private startTimers(): void {
-    const { spec, bus, rank } = this.o;
-    const beat = () => bus.publish(bus.subjects.hb(`rank-${rank}`), { rank, pid: process.pid, step: this.stepNo, state: this.state, held: this.held.size + this.window.length, epoch: this.epoch.epoch, at: Date.now() });
-    beat(); // at once: a rank frozen before its first interval must still be known, hence detectable
-    const hb = setInterval(beat, 1000);
+    const { spec, bus } = this.o;
+    this.beat(); // at once: a rank frozen before its first interval must still be known, hence detectable
+    const hb = setInterval(() => this.beat(), 1000);
     // Renew held and trained-but-unacked leases well before they expire.
     const renew = setInterval(() => {
-      for (const l of [...this.held.values(), ...this.window]) {
+      for (const l of [...[...this.held.values()].map((h) => h.lease), ...this.window]) {
+        if (l.epoch !== this.epoch.epoch) continue; // an older epoch's lease cannot be renewed: it is acked or released soon
         bus.request(bus.subjects.queue.renew, { leaseId: l.leaseId, epoch: l.epoch }, { timeoutMs: 2000, retries: 1 }).catch((e: unknown) => {
-          if (e instanceof LeaseExpiredError && this.held.get(l.leaseId) === l) this.held.delete(l.leaseId); // re-leased or gone
+          if (e instanceof LeaseExpiredError && this.held.get(l.leaseId)?.lease === l) this.held.delete(l.leaseId); // re-leased or gone
           this.log.warn('lease renewal failed', { leaseId: l.leaseId, error: (e as Error).message });
         });
       }
     }, Math.max(200, Math.floor(spec.leaseMs / 3)));
     this.timers.push(hb, renew);
-    // An announced epoch change wakes a waiting rank at once (its next credit is refused as
-    // stale and it re-joins), instead of at its next credit retry.
+    // An announced epoch change wakes a waiting rank at once, instead of at its next credit retry.
     this.epochSub = bus.subscribe<EpochInfo>(bus.subjects.ctlEpoch, (e) => {
-      if (e && typeof e.epoch === 'number' && e.epoch > this.epoch.epoch) setTimeout(() => this.wake?.(), 50);
+      if (e && typeof e.epoch === 'number' && e.epoch > this.epoch.epoch) { this.newerEpochSeen = true; setTimeout(() => this.wake?.(), 20); }
     }, { dedupe: false });
   }
 
-  private async joinEpoch(newer = false): Promise<void> {
-    const { bus, spec } = this.o;
+  /** Waits for an epoch >= minEpoch; subscribes to its partition if this rank is a member. */
+  private async joinEpoch(minEpoch: number): Promise<boolean> {
+    const { bus, spec, rank } = this.o;
     const kv = await bus.kv(bus.subjects.kvBucket);
-    const was = this.epoch.epoch;
     for (let i = 0; ; i++) {
       const e = await kv.get<EpochInfo>('epoch');
-      if (e && (!newer || e.value.epoch > was)) { this.epoch = e.value; break; }
-      if (i > 600) throw new DraftwireError('NO_EPOCH', `no ${newer ? `epoch after ${was}` : 'epoch'} in KV bucket ${bus.subjects.kvBucket} after 60 s: is the coordinator running?`, true);
+      if (e && e.value.epoch >= minEpoch) { this.epoch = { ...e.value, members: epochMembers(e.value) }; break; }
+      if (this.stopped) throw new DraftwireError('STOPPED', 'rank stopped', false);
+      if (i > 1200) throw new DraftwireError('NO_EPOCH', `no epoch >= ${minEpoch} in KV bucket ${bus.subjects.kvBucket} after 120 s: is the coordinator running?`, true);
       await sleep(100);
     }
-    const index = this.o.rank % this.epoch.num;
-    this.sub = bus.subscribe<LeaseMessage>(bus.subjects.part(this.epoch.num, index), (m) => {
+    this.newerEpochSeen = false;
+    this.index = this.epoch.members!.indexOf(rank);
+    this.beat();
+    if (this.index < 0) {
+      this.log.info('not a member of the epoch', { epoch: this.epoch.epoch, members: this.epoch.members });
+      return false;
+    }
+    this.sub = bus.subscribe<LeaseMessage>(bus.subjects.part(this.epoch.num, this.index), (m) => {
       if (m?.consumer !== this.consumer || !Array.isArray(m.leases)) return;
       for (const l of m.leases) {
         // A newer lease of a sample supersedes an older one (the older one expired: renewals
         // lapsed while this process was frozen); never train one sample twice in a step.
-        for (const [id, h] of this.held) if (h.sampleId === l.sampleId) this.held.delete(id);
-        this.held.set(l.leaseId, l);
+        for (const [id, h] of this.held) if (h.lease.sampleId === l.sampleId) this.held.delete(id);
+        this.held.set(l.leaseId, { lease: l, tensors: null });
       }
       this.wake?.();
     }, { dedupe: false });
     await bus.flush();
-    this.log.info('joined', { epoch: this.epoch.epoch, num: this.epoch.num, partition: index, job: spec.job });
+    this.log.info('joined', { epoch: this.epoch.epoch, num: this.epoch.num, partition: this.index, job: spec.job });
+    return true;
   }
 
-  /** Waits until `n` leases are held, re-sending credit while waiting. */
-  private async collect(n: number, deadline = Infinity): Promise<Lease[]> {
-    const { bus } = this.o;
+  /**
+   * Gathers leases until `n` are held with their features read, or `until`; re-sends credit
+   * while short. Returns true when the queue refused the credit as stale (a newer epoch).
+   */
+  private async collect(n: number, until: number): Promise<boolean> {
+    const { bus, spec } = this.o;
     this.state = 'waiting';
     for (;;) {
       if (this.trainedSkip.size > 0) await this.ackSkipped();
-      if (this.held.size >= n || (this.trainedSkip.size === 0 && deadline !== Infinity)) break;
+      await this.fetchNew();
+      if (this.ready().length >= n || this.newerEpochSeen) return false;
       if (this.stopped) throw new DraftwireError('STOPPED', 'rank stopped', false);
-      if (Date.now() > deadline) throw new DraftwireError('DEADLINE', 'no more leases before the deadline', true);
-      const index = this.o.rank % this.epoch.num;
+      if (Date.now() >= until) return false;
       try {
-        await bus.request(bus.subjects.queue.credit, { consumer: this.consumer, partition: [index, this.epoch.num], epoch: this.epoch.epoch, max: n - this.held.size, leaseMs: this.o.spec.leaseMs }, { timeoutMs: 3000, retries: 2 });
+        const r = await bus.request<{ consumed?: number; dead?: number }>(bus.subjects.queue.credit, {
+          consumer: this.consumer, partition: [this.index, this.epoch.num], epoch: this.epoch.epoch, max: n - this.held.size, leaseMs: spec.leaseMs,
+        }, { timeoutMs: 3000, retries: 2 });
+        if (typeof r.consumed === 'number' && typeof r.dead === 'number') this.outstanding = jobRows(spec) - r.consumed - r.dead;
       } catch (e) {
-        if (e instanceof StaleEpochError) throw e; // reshard: the caller re-joins (elastic DP)
+        if (e instanceof StaleEpochError) return true; // reshard: agreed in the next round
         this.log.warn('credit failed; retrying', { error: (e as Error).message });
       }
       // Leases may have arrived while the credit request was in flight: wait only if short.
-      if (this.held.size < n && !this.stopped) {
-        await new Promise<void>((r) => { const t = setTimeout(r, 1000); this.wake = () => { clearTimeout(t); r(); }; });
+      if (this.held.size < n && !this.stopped && Date.now() < until) {
+        await new Promise<void>((r) => { const t = setTimeout(r, Math.max(1, until - Date.now())); this.wake = () => { clearTimeout(t); r(); }; });
         this.wake = null;
       }
     }
-    return [...this.held.values()].slice(0, n);
   }
 
-  /** Reads the leased samples; one that cannot be read is failed (dead-lettered) and dropped. */
-  private async fetch(leases: Lease[]): Promise<Record<string, Tensor>[]> {
+  /** Reads the features of leases not read yet; one that cannot be read is failed (dead-lettered) and dropped. */
+  private async fetchNew(): Promise<void> {
     const { bus, store } = this.o;
-    const out: Record<string, Tensor>[] = [];
-    for (const l of leases) {
+    for (const h of [...this.held.values()]) {
+      if (h.tensors || this.held.get(h.lease.leaseId) !== h) continue;
+      const l = h.lease;
       try {
-        out.push(await store.get(l.ref, { names: FEATURES }));
+        h.tensors = await store.get(l.ref, { names: FEATURES });
       } catch (e) {
         this.log.error('sample unreadable; failing its lease', { sampleId: l.sampleId, error: (e as Error).message });
         this.held.delete(l.leaseId);
         await bus.request(bus.subjects.queue.fail, { leaseId: l.leaseId, epoch: l.epoch, retryable: false, reason: (e as Error).message }, { idempotencyKey: `fail:${l.leaseId}`, retries: 5 });
       }
     }
-    return out;
   }
 }

@@ -14,7 +14,7 @@
 import { readFileSync } from 'node:fs';
 import type { ActorContext, ActorSpec } from '../src/actor-system.ts';
 import type { Bus } from '../src/bus.ts';
-import { BackpressureError, InvalidArgumentError } from '../src/errors.ts';
+import { BackpressureError, InvalidArgumentError, StoreWriteError } from '../src/errors.ts';
 import { failpoint } from '../src/failpoints.ts';
 import type { JobSpec } from '../src/job.ts';
 import { TargetModel } from '../src/native.ts';
@@ -43,8 +43,21 @@ interface RolloutState {
   target: TargetModel | null; done: Set<string>; row: number; produced: number; paused: boolean; prompts: Int32Array[] | null;
   /** The next chunk, computed and written ahead of its turn. */
   ahead: Batch | null;
-  /** Features of a chunk some of whose writes met backpressure. */
+  /** Features of a chunk some of whose writes met backpressure or a full disk. */
   retry: { chunk: number; samples: Sample[] } | null;
+  /** Consecutive passes whose writes met a full disk (0: none; sets the back-off), and writes refused for it in all. */
+  diskFull: number; diskFullWrites: number;
+}
+
+/** A write refused because the store's filesystem is full (ENOSPC): retryable once space is freed. */
+export function isDiskFull(e: unknown): boolean {
+  if (!(e instanceof StoreWriteError)) return false;
+  return e.detail?.errno === 'ENOSPC' || (e.cause as NodeJS.ErrnoException | undefined)?.code === 'ENOSPC';
+}
+
+/** Back-off before writing again after the n-th consecutive full-disk pass (n >= 1), ms. */
+export function diskFullBackoffMs(n: number): number {
+  return Math.min(2000, 100 * 2 ** Math.min(n - 1, 5));
 }
 
 export function sampleId(row: number): string {
@@ -138,7 +151,7 @@ export function rolloutActorSpec(o: RolloutOptions): ActorSpec<RolloutState, Rol
   return {
     init: (ctx: ActorContext<RolloutMsg>) => {
       setImmediate(() => { try { ctx.system.dispatch(ctx.self, { op: 'next' }); } catch { /* stopped */ } });
-      return { target: null, done: new Set(), row: 0, produced: 0, paused: false, prompts: null, ahead: null, retry: null };
+      return { target: null, done: new Set(), row: 0, produced: 0, paused: false, prompts: null, ahead: null, retry: null, diskFull: 0, diskFullWrites: 0 };
     },
     afterStop: async (st) => {
       st.target?.close();
@@ -147,7 +160,7 @@ export function rolloutActorSpec(o: RolloutOptions): ActorSpec<RolloutState, Rol
       await st.ahead?.puts.catch(() => undefined);
     },
     async handle(st, msg, ctx) {
-      if (msg.op === 'status') { ctx.reply({ row: st.row, rows, produced: st.produced, paused: st.paused }); return st; }
+      if (msg.op === 'status') { ctx.reply({ row: st.row, rows, produced: st.produced, paused: st.paused, diskFull: st.diskFull > 0, diskFullWrites: st.diskFullWrites }); return st; }
       const again = (ms: number) => {
         const t = setTimeout(() => { try { ctx.system.dispatch(ctx.self, { op: 'next' }); } catch { /* stopped */ } }, ms);
         t.unref();
@@ -182,12 +195,14 @@ export function rolloutActorSpec(o: RolloutOptions): ActorSpec<RolloutState, Rol
         if (n * chunk < rows) st.ahead = launch(st, n);
       }
       const results = await cur.puts;
-      let pressured = false;
+      let pressured = false, full = 0;
       for (const r of rowsOf(c)) { // commits in row order, each after its own put
         const id = sampleId(r), res = results.get(r);
         if (st.done.has(id) || !res) continue;
         if (res.status === 'rejected') {
           if (res.reason instanceof BackpressureError) { pressured = true; continue; } // written again next time
+          // Disk full: the store published nothing; the janitor frees consumed samples meanwhile.
+          if (isDiskFull(res.reason)) { full++; continue; }
           throw res.reason; // the supervisor restarts us; the row is produced again
         }
         const ref = res.value;
@@ -196,9 +211,17 @@ export function rolloutActorSpec(o: RolloutOptions): ActorSpec<RolloutState, Rol
         st.done.add(id);
         st.produced++;
       }
-      if (pressured) {
+      if (full > 0) {
+        st.diskFullWrites += full;
+        if (st.diskFull === 0) ctx.log.warn('store disk full (ENOSPC); rollout writes again after a back-off', { chunk: c, refused: full });
+        st.diskFull++;
+      } else if (st.diskFull > 0) {
+        ctx.log.info('store has space again; rollout resumed', { refusedWrites: st.diskFullWrites });
+        st.diskFull = 0;
+      }
+      if (pressured || full > 0) {
         st.retry = { chunk: c, samples: await cur.samples }; // keep the features for the rows left
-        again(200);
+        again(full > 0 ? diskFullBackoffMs(st.diskFull) : 200);
         return st;
       }
       again(0);

@@ -4,11 +4,16 @@
 // down one rank, not the node. Rank processes hold an IPC channel to the node and exit when
 // it closes: a dead node leaves no orphan rank.
 //
-// Failure policy: a rank process that dies (non-zero exit, signal) is respawned, up to the
-// job's maxRankRestarts times; the replacement resumes from the latest checkpoint. A rank the
-// coordinator declares dead (silent past rankDeadAfterMs although its process may live, e.g.
-// SIGSTOP) is SIGKILLed here, which the same policy then replaces. `dw.<job>.node.<id>.stop`
-// retires a rank (no respawn), for scaling down.
+// Failure policy (the job's onRankLoss): a rank process that dies (non-zero exit, signal)
+// makes the node ask the coordinator for a new epoch (`coord.regroup`): with `replace` (the
+// default) the same members, and the rank is respawned to join that epoch, up to the job's
+// maxRankRestarts times (the replacement resumes from the latest checkpoint and gets the
+// world's state by broadcast); with `shrink`, or once the restarts are used up, the epoch
+// drops the rank and the job goes on at the smaller width. A rank the coordinator declares
+// dead (silent past rankDeadAfterMs although its process may live, e.g. SIGSTOP) is
+// SIGKILLed here, which the same policy then handles. A rank that exits 0 finished (or was
+// retired by a scale-down) and is not respawned. The node heartbeats on `dw.<job>.hb.node-<id>`
+// so the coordinator knows where to spawn ranks for a scale-up (`node.<id>.spawn`).
 import { fork, type ChildProcess } from 'node:child_process';
 import { createWriteStream } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -21,7 +26,7 @@ import { ActorSystem, type ActorRef } from '../src/actor-system.ts';
 import { AuthPolicy } from '../src/auth.ts';
 import { Bus } from '../src/bus.ts';
 import { InvalidArgumentError } from '../src/errors.ts';
-import { jobFile, maxRankRestarts, rankDeadAfterMs, type JobSpec } from '../src/job.ts';
+import { jobFile, maxRankRestarts, rankDeadAfterMs, rankLossPolicy, type JobSpec } from '../src/job.ts';
 import { createLogger } from '../src/log.ts';
 import { SharedDirFeatureStore } from '../src/store/shared-dir.ts';
 
@@ -74,10 +79,11 @@ export class NodeAgent {
     });
     const node = new NodeAgent(o, bus, new ActorSystem(`node-${o.nodeId}`), store);
     await node.startRoles();
-    const spawnSub = bus.subscribe<{ rank?: unknown }>(bus.subjects.nodeSpawn(o.nodeId), (m) => {
-      const rank = m?.rank;
+    const spawnSub = bus.subscribe<{ rank?: unknown; minEpoch?: unknown }>(bus.subjects.nodeSpawn(o.nodeId), (m) => {
+      const rank = m?.rank, minEpoch = m?.minEpoch ?? 0;
       if (!Number.isInteger(rank) || (rank as number) < 0) throw new InvalidArgumentError('spawn: needs a rank (integer >= 0)');
-      return { pid: node.spawnRank(rank as number).proc.pid ?? null };
+      if (!Number.isInteger(minEpoch) || (minEpoch as number) < 0) throw new InvalidArgumentError('spawn: minEpoch must be an integer >= 0');
+      return { pid: node.spawnRank(rank as number, minEpoch as number).proc.pid ?? null };
     });
     node.stops.push(async () => spawnSub.unsubscribe());
     const stopSub = bus.subscribe<{ rank?: unknown }>(`dw.${o.spec.job}.node.${o.nodeId}.stop`, async (m) => {
@@ -95,6 +101,10 @@ export class NodeAgent {
       r.proc.kill('SIGKILL');
     }, { dedupe: false });
     node.stops.push(async () => deadSub.unsubscribe());
+    const beat = () => bus.publish(bus.subjects.hb(`node-${o.nodeId}`), { kind: 'node', node: o.nodeId, pid: process.pid, ranks: node.running(), at: Date.now() });
+    beat();
+    const hb = setInterval(beat, 1000);
+    node.stops.push(async () => clearInterval(hb));
     return node;
   }
 
@@ -118,13 +128,18 @@ export class NodeAgent {
     }
   }
 
-  /** Starts rank `rank` as its own OS process (logs to <logDir>/rank-<rank>.log). */
-  spawnRank(rank: number): RankProcess {
+  /** Ranks whose process runs now. */
+  running(): number[] {
+    return [...this.ranks.values()].filter((r) => r.proc.exitCode === null && r.proc.signalCode === null).map((r) => r.rank);
+  }
+
+  /** Starts rank `rank` as its own OS process (logs to <logDir>/rank-<rank>.log), joining no epoch before minEpoch. */
+  spawnRank(rank: number, minEpoch = 0): RankProcess {
     const { spec, nats, nodeId } = this.o;
     const prev = this.ranks.get(rank);
     if (prev && prev.proc.exitCode === null && prev.proc.signalCode === null) throw new InvalidArgumentError(`rank ${rank} is already running (pid ${prev.proc.pid})`);
     const log = createWriteStream(join(this.o.logDir ?? spec.runDir, `rank-${rank}.log`), { flags: 'a' });
-    const proc = fork(RANK_MAIN, ['--job-file', jobFile(spec.runDir), '--rank', String(rank), '--nats', nats, '--node', nodeId], {
+    const proc = fork(RANK_MAIN, ['--job-file', jobFile(spec.runDir), '--rank', String(rank), '--nats', nats, '--node', nodeId, '--min-epoch', String(minEpoch)], {
       execArgv: ['--import', 'tsx'],
       stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
       env: process.env,
@@ -142,7 +157,7 @@ export class NodeAgent {
     this.ranks.set(rank, rp);
     this.outcomes.delete(rank);
     this.retired.delete(rank);
-    this.log.info('rank spawned', { rank, pid: proc.pid, restarts: this.restarts.get(rank) ?? 0 });
+    this.log.info('rank spawned', { rank, pid: proc.pid, restarts: this.restarts.get(rank) ?? 0, minEpoch });
     // A first heartbeat on the rank's behalf: a process that never gets to send its own
     // (frozen or hung while starting) is still declared dead after rankDeadAfterMs.
     this.bus.publish(this.bus.subjects.hb(`rank-${rank}`), { rank, pid: proc.pid, step: -1, state: 'spawned', held: 0, epoch: 0, at: Date.now() });
@@ -153,12 +168,18 @@ export class NodeAgent {
     if (this.ranks.get(rank)?.proc !== proc) return;
     const restarts = this.restarts.get(rank) ?? 0;
     const retired = this.retired.has(rank);
-    if (code !== 0 && !retired && !this.stopping && restarts < maxRankRestarts(this.o.spec)) {
-      this.restarts.set(rank, restarts + 1);
-      this.log.warn('rank died; respawning it (it resumes from the latest checkpoint)', { rank, code, restart: restarts + 1, of: maxRankRestarts(this.o.spec) });
-      const t = setTimeout(() => { if (!this.stopping) this.spawnRank(rank); }, 200);
-      t.unref();
-      return;
+    if (code !== 0 && !retired && !this.stopping) {
+      const replace = rankLossPolicy(this.o.spec) === 'replace' && restarts < maxRankRestarts(this.o.spec);
+      if (replace) this.restarts.set(rank, restarts + 1);
+      // A new epoch first (its world forms afresh, with the replacement or without the rank), then the respawn joins it.
+      const regroup = this.bus.request<{ to: { epoch: number } }>(`dw.${this.o.spec.job}.coord.regroup`, replace ? { rank } : { rank, remove: rank }, { timeoutMs: 10_000, retries: 3 })
+        .then((r) => r.to.epoch, (e: unknown) => { this.log.error('regroup request failed', { rank, error: (e as Error).message }); return 0; });
+      if (replace) {
+        this.log.warn('rank died; respawning it (it resumes from the latest checkpoint)', { rank, code, restart: restarts + 1, of: maxRankRestarts(this.o.spec) });
+        void regroup.then((minEpoch) => { if (!this.stopping) this.spawnRank(rank, minEpoch); });
+        return;
+      }
+      this.log.warn('rank lost for good; the job goes on without it', { rank, code, restarts, policy: rankLossPolicy(this.o.spec) });
     }
     this.outcomes.set(rank, { rank, code, restarts, retired });
     for (const w of this.settleWaiters.splice(0)) w();
@@ -168,6 +189,15 @@ export class NodeAgent {
   async settled(ranks: number[]): Promise<RankOutcome[]> {
     while (!ranks.every((r) => this.outcomes.has(r))) await new Promise<void>((r) => this.settleWaiters.push(r));
     return ranks.map((r) => this.outcomes.get(r)!);
+  }
+
+  /** Resolves once every rank this node ever spawned (including scale-ups) ended for good. */
+  async allSettled(): Promise<RankOutcome[]> {
+    for (;;) {
+      const ranks = [...this.ranks.keys()];
+      const out = await this.settled(ranks);
+      if (this.ranks.size === ranks.length && this.running().length === 0) return out;
+    }
   }
 
   /** Stops a rank for good (scale down): SIGTERM, SIGKILL after 5 s; no respawn. */

@@ -1,8 +1,9 @@
 // Entry point of one rank process (spawned by the node agent):
-//   node --import tsx cluster/rank-main.ts --job-file F --rank R --nats URL --node ID
-// It resumes from <runDir>/ckpt/latest.json when present, trains until the job's step
-// count (checkpointing as it goes), then rank 0 writes the final checkpoint. It exits when
-// its node's IPC channel closes (no orphan ranks) and on SIGTERM.
+//   node --import tsx cluster/rank-main.ts --job-file F --rank R --nats URL --node ID [--min-epoch E]
+// It resumes from <runDir>/ckpt/latest.json when present, trains until the job's data is
+// consumed (checkpointing as it goes), then world rank 0 writes the final checkpoint. A rank
+// retired by a scale-down exits 0 too. It exits when its node's IPC channel closes (no orphan
+// ranks) and on SIGTERM.
 import { parseArgs } from 'node:util';
 import { join } from 'node:path';
 import { RankWorker } from '../actors/rank.ts';
@@ -16,7 +17,7 @@ import { loadRankCheckpoint, loadWeightsFile, writeCheckpoint } from '../src/che
 const log = createLogger('rank-main');
 
 async function main(): Promise<number> {
-  const { values } = parseArgs({ options: { 'job-file': { type: 'string' }, rank: { type: 'string' }, nats: { type: 'string' }, node: { type: 'string' } } });
+  const { values } = parseArgs({ options: { 'job-file': { type: 'string' }, rank: { type: 'string' }, nats: { type: 'string' }, node: { type: 'string' }, 'min-epoch': { type: 'string' } } });
   const spec = loadJobSpec(values['job-file'] ?? '');
   const rank = Number(values.rank);
   if (!Number.isInteger(rank) || rank < 0) throw new Error(`--rank must be an integer >= 0, got ${values.rank}`);
@@ -31,19 +32,21 @@ async function main(): Promise<number> {
   const resume = await loadRankCheckpoint(spec, init);
   const weights = resume ? resume.weights : init;
   if (resume) log.info('resuming from checkpoint', { step: resume.manifest.step, unackedWindow: resume.manifest.window.length });
-  const worker = new RankWorker({ spec, bus, store, rank, weights, resume });
+  const minEpoch = Number(values['min-epoch'] ?? 0);
+  if (!Number.isInteger(minEpoch) || minEpoch < 0) throw new Error(`--min-epoch must be an integer >= 0, got ${values['min-epoch']}`);
+  const worker = new RankWorker({ spec, bus, store, rank, weights, resume, minEpoch, node: values.node ?? 'local' });
   const quit = () => { worker.stop(); };
   process.on('SIGTERM', quit);
   process.on('disconnect', () => { log.warn('node went away; exiting'); process.exit(1); });
   try {
-    const { model } = await worker.run();
-    if (rank === 0) {
+    const res = await worker.run();
+    if (res.retired) log.info('retired by a scale-down', { step: res.step });
+    else if (res.index === 0) {
       const path = join(spec.runDir, 'checkpoint.safetensors');
-      await writeCheckpoint(path, spec, model, weights.d2t as Int32Array, worker.step);
-      bus.publish(`dw.${spec.job}.rank.done`, { rank, step: worker.step, checkpoint: path });
-      log.info('checkpoint written', { path, step: worker.step });
+      await writeCheckpoint(path, spec, res.state, weights.d2t as Int32Array, res.step);
+      bus.publish(`dw.${spec.job}.rank.done`, { rank, step: res.step, checkpoint: path });
+      log.info('checkpoint written', { path, step: res.step });
     }
-    model.close();
     await bus.flush();
     return 0;
   } finally {

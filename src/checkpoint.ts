@@ -6,7 +6,7 @@
 import { mkdir, open, readdir, readFile, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { readDraftWeights, type DraftWeights } from './draft-io.ts';
-import { DecodeError, InvalidArgumentError } from './errors.ts';
+import { DecodeError, InvalidArgumentError, StaleEpochError } from './errors.ts';
 import type { JobSpec } from './job.ts';
 import { draftParamShapes, initDraftWeights, TargetModel, TRAINABLE_NAMES, type DraftConfig, type DraftModel, type OptimizerState } from './native.ts';
 import { readSafetensorsFile, writeSafetensorsFile } from './safetensors.ts';
@@ -61,15 +61,24 @@ export async function writeInitialWeights(spec: JobSpec): Promise<void> {
   }
 }
 
+/** A model's trainable state, full-shape: what a checkpoint holds and what a DP group broadcasts. */
+export interface ModelState { weights: Record<string, Float32Array>; optimizer: OptimizerState }
+
+/** The full state of a model (a collective over its TP group when sharded). */
+export async function modelState(model: DraftModel): Promise<ModelState> {
+  if (model.shard) return { weights: await model.gatherWeights(), optimizer: await model.gatherOptimizerState() };
+  return { weights: model.weights(), optimizer: model.optimizerState() };
+}
+
 /** Writes the trained draft (and its optimizer state beside it). */
-export async function writeCheckpoint(path: string, spec: JobSpec, model: DraftModel, d2t: Int32Array, step: number): Promise<void> {
+export async function writeCheckpoint(path: string, spec: JobSpec, state: ModelState, d2t: Int32Array, step: number): Promise<void> {
   const shapes = draftParamShapes(spec.draft);
-  const w = model.weights();
+  const w = state.weights;
   const meta = { format: CHECKPOINT_FORMAT, config: JSON.stringify(spec.draft), step: String(step), job: spec.job };
   const tensors = Object.fromEntries(TRAINABLE_NAMES.map((n) => f32(n, shapes[n]!, w[n]!)));
   tensors.d2t = tensor('i32', [d2t.length], d2t);
   await writeSafetensorsFile(path, tensors, meta);
-  const opt = model.optimizerState();
+  const opt = state.optimizer;
   const moments: Record<string, Tensor> = {};
   for (const n of TRAINABLE_NAMES) {
     moments[`m.${n}`] = tensor('f32', shapes[n]!, opt.m[n]!);
@@ -95,6 +104,8 @@ export interface RankCheckpointManifest {
   format: 'draftwire-rank-checkpoint/1';
   job: string;
   step: number;
+  /** The epoch of the world that wrote it: a writer from an older epoch (a zombie) never replaces it. */
+  epoch: number;
   weights: string;
   optim: string;
   /** Leases of the steps since the previous checkpoint (acked after this manifest is durable). */
@@ -113,29 +124,54 @@ async function fsyncPath(path: string): Promise<void> {
   try { await fh.sync(); } finally { await fh.close(); }
 }
 
-/** Writes a rank checkpoint and commits it (temp + fsync + rename of the manifest). */
-export async function writeRankCheckpoint(spec: JobSpec, model: DraftModel, d2t: Int32Array, step: number, window: CheckpointLease[]): Promise<RankCheckpointManifest> {
+async function readManifest(path: string): Promise<RankCheckpointManifest | null> {
+  let text: string;
+  try { text = await readFile(path, 'utf8'); } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    throw e;
+  }
+  let m: RankCheckpointManifest;
+  try { m = JSON.parse(text) as RankCheckpointManifest; } catch { throw new DecodeError(`${path} is not valid JSON`); }
+  if (m.format !== 'draftwire-rank-checkpoint/1' || !Number.isInteger(m.step) || !Array.isArray(m.window) || !Array.isArray(m.trained)) {
+    throw new DecodeError(`${path}: not a draftwire rank checkpoint manifest`);
+  }
+  m.epoch = Number.isInteger(m.epoch) ? m.epoch : 0;
+  return m;
+}
+
+/**
+ * Writes a rank checkpoint and commits it (temp + fsync + rename of the manifest). Refused
+ * with StaleEpochError when the committed one comes from a newer epoch: a rank frozen and
+ * resumed (a zombie) must not roll the job back.
+ */
+export async function writeRankCheckpoint(spec: JobSpec, state: ModelState, d2t: Int32Array, step: number, window: CheckpointLease[], epoch = 0): Promise<RankCheckpointManifest> {
   const dir = checkpointDir(spec);
   await mkdir(dir, { recursive: true });
-  const base = `step-${String(step).padStart(8, '0')}`;
+  const path = join(dir, 'latest.json');
+  const refuseIfNewer = async () => {
+    const cur = await readManifest(path);
+    if (cur && cur.epoch > epoch) throw new StaleEpochError(`checkpoint of step ${step} at epoch ${epoch} refused: the committed one is from epoch ${cur.epoch} (step ${cur.step})`, { detail: { epoch, current: cur.epoch } });
+  };
+  await refuseIfNewer();
+  const base = `step-${String(step).padStart(8, '0')}-e${epoch}`;
   const weights = join(dir, `${base}.safetensors`);
-  await writeCheckpoint(weights, spec, model, d2t, step);
+  await writeCheckpoint(weights, spec, state, d2t, step);
   const optim = join(dir, `${base}.optim.safetensors`);
   await fsyncPath(weights);
   await fsyncPath(optim);
   const m: RankCheckpointManifest = {
-    format: 'draftwire-rank-checkpoint/1', job: spec.job, step, weights: `${base}.safetensors`, optim: `${base}.optim.safetensors`,
+    format: 'draftwire-rank-checkpoint/1', job: spec.job, step, epoch, weights: `${base}.safetensors`, optim: `${base}.optim.safetensors`,
     window, trained: [...new Set(window.map((l) => l.sampleId))], at: Date.now(),
   };
-  const path = join(dir, 'latest.json');
   const tmp = `${path}.tmp-${process.pid}`;
   const fh = await open(tmp, 'w');
   try { await fh.writeFile(JSON.stringify(m)); await fh.sync(); } finally { await fh.close(); }
+  await refuseIfNewer().catch(async (e: unknown) => { await rm(tmp, { force: true }); throw e; });
   await rename(tmp, path);
   await fsyncPath(dir);
   // Older checkpoints are garbage now.
   for (const f of await readdir(dir)) {
-    if (f.startsWith('step-') && !f.startsWith(base + '.')) await rm(join(dir, f), { force: true });
+    if (f.startsWith('step-') && !f.startsWith(base + '.') && parseInt(f.slice(5), 10) <= step) await rm(join(dir, f), { force: true });
     else if (f.startsWith('latest.json.tmp-')) await rm(join(dir, f), { force: true });
   }
   return m;
@@ -143,19 +179,47 @@ export async function writeRankCheckpoint(spec: JobSpec, model: DraftModel, d2t:
 
 export interface LoadedRankCheckpoint { manifest: RankCheckpointManifest; weights: Record<string, Float32Array | Int32Array>; optimizer: OptimizerState }
 
+/** The committed manifest alone (no tensors), or null. */
+export function latestManifest(spec: JobSpec): Promise<RankCheckpointManifest | null> {
+  return readManifest(join(checkpointDir(spec), 'latest.json'));
+}
+
+// A data-parallel world checkpoints together: every rank writes its part (the leases it
+// trained since the last checkpoint, and samples trained but not acked), then world rank 0
+// writes the weights and a manifest naming every part's leases, and commits it.
+export interface WindowPart { window: CheckpointLease[]; skipped: string[] }
+
+const partPath = (spec: JobSpec, step: number, epoch: number, index: number) => join(checkpointDir(spec), 'parts', `step-${step}-e${epoch}-r${index}.json`);
+
+export async function writeWindowPart(spec: JobSpec, step: number, epoch: number, index: number, part: WindowPart): Promise<void> {
+  const path = partPath(spec, step, epoch, index);
+  await mkdir(join(checkpointDir(spec), 'parts'), { recursive: true });
+  const tmp = `${path}.tmp-${process.pid}`;
+  const fh = await open(tmp, 'w');
+  try { await fh.writeFile(JSON.stringify(part)); await fh.sync(); } finally { await fh.close(); }
+  await rename(tmp, path);
+}
+
+/** Every part of a world of `size` ranks (all must exist: the ranks wrote them before a barrier); removes them. */
+export async function takeWindowParts(spec: JobSpec, step: number, epoch: number, size: number): Promise<CheckpointLease[]> {
+  const out: CheckpointLease[] = [];
+  for (let i = 0; i < size; i++) {
+    const path = partPath(spec, step, epoch, i);
+    let p: WindowPart;
+    try { p = JSON.parse(await readFile(path, 'utf8')) as WindowPart; } catch (e) {
+      throw new DecodeError(`checkpoint part ${path} unreadable: ${(e as Error).message}`);
+    }
+    out.push(...p.window, ...p.skipped.map((sampleId) => ({ leaseId: '', sampleId, epoch: 0 })));
+  }
+  for (let i = 0; i < size; i++) await rm(partPath(spec, step, epoch, i), { force: true });
+  return out;
+}
+
 /** The latest committed rank checkpoint of the job, or null when there is none. */
 export async function loadRankCheckpoint(spec: JobSpec, init: Record<string, Float32Array | Int32Array>): Promise<LoadedRankCheckpoint | null> {
   const dir = checkpointDir(spec);
-  let text: string;
-  try { text = await readFile(join(dir, 'latest.json'), 'utf8'); } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
-    throw e;
-  }
-  let m: RankCheckpointManifest;
-  try { m = JSON.parse(text) as RankCheckpointManifest; } catch { throw new DecodeError(`${join(dir, 'latest.json')} is not valid JSON`); }
-  if (m.format !== 'draftwire-rank-checkpoint/1' || !Number.isInteger(m.step) || !Array.isArray(m.window) || !Array.isArray(m.trained)) {
-    throw new DecodeError(`${join(dir, 'latest.json')}: not a draftwire rank checkpoint manifest`);
-  }
+  const m = await readManifest(join(dir, 'latest.json'));
+  if (!m) return null;
   if (m.job !== spec.job) throw new InvalidArgumentError(`checkpoint ${join(dir, 'latest.json')} belongs to job ${m.job}, not ${spec.job}`);
   const w = await readSafetensorsFile(join(dir, m.weights));
   const weights: Record<string, Float32Array | Int32Array> = { ...init };

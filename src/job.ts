@@ -52,11 +52,19 @@ export interface JobSpec {
   maxRankRestarts?: number;
   /** The coordinator declares a rank dead after this long without a heartbeat, ms (default 10000). */
   rankDeadAfterMs?: number;
+  /** A data-parallel world steps with short (padded) batches once it waited this long for full ones, ms (default 2000). */
+  batchWaitMs?: number;
+  /** When a rank is lost: replace it (respawn; the world waits for it) or shrink the world (default replace). */
+  onRankLoss?: 'replace' | 'shrink';
 }
+
+/** The job's sample budget: rows the rollout produces, and the ranks train to the end of. */
+export const jobRows = (s: JobSpec): number => s.steps * s.batch * s.dp;
 
 export const checkpointEvery = (s: JobSpec): number => s.checkpointEvery ?? 1;
 export const maxRankRestarts = (s: JobSpec): number => s.maxRankRestarts ?? 3;
 export const rankDeadAfterMs = (s: JobSpec): number => s.rankDeadAfterMs ?? 10_000;
+export const rankLossPolicy = (s: JobSpec): 'replace' | 'shrink' => s.onRankLoss ?? 'replace';
 
 const ID_RE = /^[A-Za-z0-9_-]{1,64}$/;
 
@@ -91,7 +99,8 @@ export function validateJobSpec(x: unknown): JobSpec {
   num(o, 'storeHighBytes', { int: true, min: 1 });
   num(o, 'storeLowBytes', { int: true, min: 0, max: o.storeHighBytes as number });
   if (o.clip !== null) num(o, 'clip', { min: 0 });
-  for (const k of ['checkpointEvery', 'rankDeadAfterMs']) if (o[k] !== undefined) num(o, k, { int: true, min: 1 });
+  for (const k of ['checkpointEvery', 'rankDeadAfterMs', 'batchWaitMs']) if (o[k] !== undefined) num(o, k, { int: true, min: 1 });
+  if (o.onRankLoss !== undefined && o.onRankLoss !== 'replace' && o.onRankLoss !== 'shrink') throw new InvalidArgumentError(`job spec: "onRankLoss" must be "replace" or "shrink", got ${JSON.stringify(o.onRankLoss)}`);
   if (o.maxRankRestarts !== undefined) num(o, 'maxRankRestarts', { int: true, min: 0 });
   if (o.dataset !== null && typeof o.dataset !== 'string') throw new InvalidArgumentError('job spec: "dataset" must be a path or null');
   if ((o.promptLen as number) >= (o.seqLen as number)) throw new InvalidArgumentError(`job spec: "promptLen" (${o.promptLen}) must be below "seqLen" (${o.seqLen})`);

@@ -12,6 +12,7 @@ import { mkdir, readdir, rm, writeFile } from 'node:fs/promises';
 import { resolve, join } from 'node:path';
 import { Command, Option } from 'commander';
 import cliProgress from 'cli-progress';
+import { ensureEpoch, epochMembers } from '../../actors/coordinator.ts';
 import { readLedgerEvents } from '../../actors/queue.ts';
 import { loadPrompts } from '../../actors/rollout.ts';
 import { evalPrompts, type StepMetrics } from '../../actors/rank.ts';
@@ -38,6 +39,7 @@ interface RunOpts extends GlobalOptions {
   seed: number; temperature: number; dataset?: string; evalEvery: number; evalPrompts: number; threads: number;
   leaseMs: number; storeHighMb: number; progress: boolean; keepStore: boolean;
   resume?: string; checkpointEvery?: number; maxRankRestarts?: number; rankDeadAfterMs?: number;
+  onRankLoss?: 'replace' | 'shrink'; batchWaitMs?: number;
 }
 
 export interface RunSummary {
@@ -47,6 +49,10 @@ export interface RunSummary {
   /** Step the rank resumed from (run --resume), 0 for a fresh run. */
   resumedFromStep: number;
   rankRestarts: number; natsRestarts: number;
+  /** Ranks lost for good (onRankLoss shrink, or restarts used up) while the job went on. */
+  ranksLost: number[];
+  /** The data-parallel widths the job trained at, in order of first use. */
+  dpHistory: number[];
   /** Store usage once the run finished, before the store directory is removed. */
   storeAfter: { samples: number; bytes: number; tempFiles: number };
 }
@@ -82,6 +88,8 @@ export function command(): Command {
     .option('--resume <runDir>', 'continue the run in this directory (its process was killed): same job, ledger and latest checkpoint')
     .option('--checkpoint-every <n>', 'rank checkpoint every n steps; a step\'s leases are acked once its checkpoint is durable', positiveInt('--checkpoint-every'), 1)
     .option('--max-rank-restarts <n>', 'respawn a dead rank this many times', nonNegativeInt('--max-rank-restarts'), 3)
+    .addOption(new Option('--on-rank-loss <policy>', 'a lost rank is replaced (respawned; the world waits for it) or the world shrinks').choices(['replace', 'shrink']).default('replace'))
+    .option('--batch-wait-ms <n>', 'a data-parallel world steps on short (padded) batches after waiting this long for full ones', positiveInt('--batch-wait-ms'), 2000)
     .option('--rank-dead-after-ms <n>', 'declare a rank dead after this long without a heartbeat', positiveInt('--rank-dead-after-ms'), 10_000)
     .action(async (_o: unknown, cmd: Command) => {
       const o = cmd.optsWithGlobals<RunOpts>();
@@ -116,6 +124,7 @@ export function buildSpec(o: RunOpts): JobSpec {
     temperature: o.temperature, leaseMs: o.leaseMs, maxDeliveries: 5, storeHighBytes: high, storeLowBytes: Math.floor(high * 0.75),
     dataset: o.dataset ? resolve(o.dataset) : null, evalEvery: o.evalEvery, evalPrompts: o.evalPrompts, threads: o.threads,
     checkpointEvery: o.checkpointEvery ?? 1, maxRankRestarts: o.maxRankRestarts ?? 3, rankDeadAfterMs: o.rankDeadAfterMs ?? 10_000,
+    onRankLoss: o.onRankLoss ?? 'replace', batchWaitMs: o.batchWaitMs ?? 2000,
   });
 }
 
@@ -123,7 +132,7 @@ export async function runJob(o: RunOpts): Promise<RunSummary> {
   const resuming = o.resume !== undefined;
   if (resuming && !existsSync(jobFile(resolve(o.resume!)))) throw new InvalidArgumentError(`--resume ${o.resume}: no job.json there (not a run directory)`);
   const spec = resuming ? loadJobSpec(jobFile(resolve(o.resume!))) : buildSpec(o);
-  if (spec.dp * spec.tp * spec.sp !== 1) throw new InvalidArgumentError(`--dp ${spec.dp} --tp ${spec.tp} --sp ${spec.sp}: a job trains with one rank for now (the rank actors do not drive the sharded step yet; \`draftwire step --tp/--sp/--dp\` runs it on one batch)`);
+  if (spec.tp * spec.sp !== 1) throw new InvalidArgumentError(`--tp ${spec.tp} --sp ${spec.sp}: a job trains data-parallel worlds (--dp N, and \`draftwire scale\` while it runs); tensor and sequence parallelism run in \`draftwire step --tp/--sp\` only`);
   // Fail fast on an unreadable or malformed dataset, before anything starts.
   if (spec.dataset) loadPrompts(spec.dataset, spec.target.vocab, spec.promptLen);
   const auth = AuthPolicy.fromEnv();
@@ -182,16 +191,23 @@ export async function runJob(o: RunOpts): Promise<RunSummary> {
       void node!.bus.request<{ depth: number; inFlight: number }>(`dw.${spec.job}.queue.status`, {}, { timeoutMs: 1000, retries: 0 })
         .then((q) => node!.store.usage().then((u) => bar.setQueue(q.depth, q.inFlight, u.bytes))).catch(() => {});
     }, 1000);
-    const world = spec.dp * spec.tp * spec.sp;
-    const ranks = Array.from({ length: world }, (_, r) => r);
-    for (const r of ranks) node.spawnRank(r);
-    // Ranks that die are respawned by the node agent (resuming from the latest checkpoint).
-    const outcomes = await Promise.race([node.settled(ranks), interrupted]);
+    let finalCheckpoint: string | null = null;
+    const doneSub = node.bus.subscribe<{ checkpoint?: string }>(`dw.${spec.job}.rank.done`, (m) => { finalCheckpoint = m?.checkpoint ?? null; }, { dedupe: false });
+    // The ranks of the current epoch (the initial world, or what --resume finds).
+    for (const r of epochMembers(await ensureEpoch(node.bus, spec.dp))) node.spawnRank(r);
+    // Ranks that die are handled by the node agent (onRankLoss); scale-ups add ranks: wait for all.
+    const outcomes = await Promise.race([node.allSettled(), interrupted]);
+    await node.bus.flush();
     clearInterval(statusTimer);
     sub.unsubscribe();
+    doneSub.unsubscribe();
     bar.stop();
-    const bad = outcomes.find((c) => c.code !== 0);
-    if (bad) throw new DraftwireError('RANK_FAILED', `rank ${bad.rank} exited with code ${bad.code} after ${bad.restarts} restart(s); see ${join(spec.runDir, `rank-${bad.rank}.log`)}`, false);
+    const lost = outcomes.filter((c) => c.code !== 0);
+    if (!finalCheckpoint) {
+      const bad = lost[0] ?? outcomes[0];
+      throw new DraftwireError('RANK_FAILED', bad ? `rank ${bad.rank} exited with code ${bad.code} after ${bad.restarts} restart(s) and no rank finished the job; see ${join(spec.runDir, `rank-${bad.rank}.log`)}` : 'no rank finished the job', false);
+    }
+    for (const c of lost) log.warn('a rank was lost during the job (it went on without it)', { rank: c.rank, code: c.code, restarts: c.restarts });
 
     // Let the janitor free the last step's samples, then audit the write-ahead log.
     await waitFor(async () => (await node!.store.usage()).samples === 0, 10_000);
@@ -203,7 +219,7 @@ export async function runJob(o: RunOpts): Promise<RunSummary> {
     const seconds = (Date.now() - t0) / 1000;
     // A step retrained after a rank crash is reported twice: the last report counts.
     const byStep = new Map<number, StepMetrics>();
-    for (const m of metrics) if (m.rank === 0) byStep.set(m.step, m);
+    for (const m of metrics) byStep.set(m.step, m); // world rank 0 reports each step
     const losses = [...byStep.values()].sort((a, b) => a.step - b.step);
     const resumedFromStep = resuming ? Math.max(0, (losses[0]?.step ?? 1) - 1) : 0;
     const accepts = losses.filter((m) => m.acceptLength !== null);
@@ -216,6 +232,7 @@ export async function runJob(o: RunOpts): Promise<RunSummary> {
       checkpoint: join(spec.runDir, 'checkpoint.safetensors'), audit,
       stepMsMean: losses.length ? losses.reduce((n, m) => n + m.stepMs, 0) / losses.length : null,
       resumedFromStep, rankRestarts: [...node.restarts.values()].reduce((a, b) => a + b, 0), natsRestarts,
+      ranksLost: lost.map((c) => c.rank), dpHistory: [...new Set(losses.map((m) => m.dp))],
       storeAfter: { samples: usage.samples, bytes: usage.bytes, tempFiles: (await readdir(spec.storeDir).catch(() => [] as string[])).filter((f) => f.startsWith('.tmp')).length },
     };
     summary.acceptLengthInitial = await initialAcceptLength(spec);

@@ -4,7 +4,8 @@
 import assert from 'node:assert/strict';
 import { mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { checkpointDir, loadRankCheckpoint, writeRankCheckpoint } from '../../src/checkpoint.ts';
+import { checkpointDir, loadRankCheckpoint, modelState, writeRankCheckpoint } from '../../src/checkpoint.ts';
+import { StaleEpochError } from '../../src/errors.ts';
 import { faultsFromEnv } from '../../src/bus.ts';
 import { DraftModel, initDraftWeights, TRAINABLE_NAMES } from '../../src/native.ts';
 import { testSpec } from '../support/jobs.ts';
@@ -19,7 +20,7 @@ describe('rank checkpoint (exactly-once training across rank crashes)', () => {
       w.d2t = d2t;
       const model = DraftModel.create(spec.draft, w);
       assert.equal(await loadRankCheckpoint(spec, w), null, 'no checkpoint yet');
-      const m1 = await writeRankCheckpoint(spec, model, d2t, 3, [{ leaseId: 'L1', sampleId: 'row-1', epoch: 1 }]);
+      const m1 = await writeRankCheckpoint(spec, await modelState(model), d2t, 3, [{ leaseId: 'L1', sampleId: 'row-1', epoch: 1 }], 1);
       assert.equal(m1.step, 3);
       // A later checkpoint torn before its manifest was renamed: the first one still loads.
       writeFileSync(join(checkpointDir(spec), 'latest.json.tmp-999'), '{"torn":');
@@ -32,10 +33,15 @@ describe('rank checkpoint (exactly-once training across rank crashes)', () => {
         assert.deepEqual(got!.weights[n], model.weights()[n], `weights ${n}`);
         assert.deepEqual(got!.optimizer.m[n], opt.m[n], `m.${n}`);
       }
-      await writeRankCheckpoint(spec, model, d2t, 5, []);
+      await writeRankCheckpoint(spec, await modelState(model), d2t, 5, [], 2);
       got = await loadRankCheckpoint(spec, w);
       assert.equal(got!.manifest.step, 5);
-      assert.deepEqual(readdirSync(checkpointDir(spec)).sort(), ['latest.json', 'step-00000005.optim.safetensors', 'step-00000005.safetensors'], 'older checkpoints and torn temps are removed');
+      assert.equal(got!.manifest.epoch, 2);
+      assert.deepEqual(readdirSync(checkpointDir(spec)).sort(), ['latest.json', 'step-00000005-e2.optim.safetensors', 'step-00000005-e2.safetensors'], 'older checkpoints and torn temps are removed');
+      // A writer of an older epoch (a rank frozen and resumed) cannot roll the job back.
+      await assert.rejects(writeRankCheckpoint(spec, await modelState(model), d2t, 4, [], 1), (e: unknown) => e instanceof StaleEpochError && /from epoch 2/.test((e as Error).message));
+      assert.equal((await loadRankCheckpoint(spec, w))!.manifest.step, 5, 'the committed checkpoint is unchanged');
+      assert.deepEqual(readdirSync(checkpointDir(spec)).filter((f) => f.includes('tmp')), [], 'no temp manifest left behind');
       const other = { ...spec, job: 'another' };
       await assert.rejects(loadRankCheckpoint(other, w), /belongs to job ckpt/);
       model.close();

@@ -1,0 +1,128 @@
+// One epoch's data-parallel world, as a rank sees it (DESIGN.md §2 resharding, step 3): the
+// collective group (Gloo, rendezvous under `<job>/e<epoch>` in the job's KV bucket, so a
+// group is formed once per epoch and never reused after a failure), the model attached to
+// it, and the small agreement round that keeps the ranks in lockstep. A world of one rank
+// has no communicator: every collective here is then local and free.
+//
+// Forming the group synchronises the training state: the ranks find the most advanced state
+// (highest step; lowest world rank among equals) and broadcast its weights, AdamW moments
+// and step from there, so a rank that joins (scale-up, a respawned process) starts from
+// exactly the state of the ranks that trained.
+import type { Bus } from '../src/bus.ts';
+import type { ModelState } from '../src/checkpoint.ts';
+import { Communicator } from '../src/collectives.ts';
+import type { JobSpec } from '../src/job.ts';
+import { DraftModel, draftParamShapes, TRAINABLE_NAMES } from '../src/native.ts';
+
+/** The training state a rank carries between epochs (full-shape). */
+export interface TrainState extends ModelState { step: number }
+
+/** What one rank brings to an agreement round. */
+export interface RoundInput { held: number; window: number; stale: boolean; waitedOut: boolean; outstanding: number }
+/** What the world agreed: sums, extremes and flags over every rank. */
+export interface Round { total: number; maxHeld: number; minHeld: number; window: number; stale: boolean; waitedOut: boolean; outstanding: number }
+
+export interface GroupOptions {
+  bus: Bus;
+  spec: JobSpec;
+  epoch: number;
+  index: number;
+  size: number;
+  /** Frozen tensors (embed, target_head, d2t) every rank holds. */
+  frozen: Record<string, Float32Array | Int32Array>;
+  timeoutMs: number;
+  connectTimeoutMs: number;
+}
+
+const numel = (shape: number[]) => shape.reduce((a, b) => a * b, 1);
+
+export class DpGroup {
+  private constructor(readonly o: GroupOptions, readonly model: DraftModel, private readonly comm: Communicator | null, readonly step: number) {}
+
+  get index(): number { return this.o.index; }
+  get size(): number { return this.o.size; }
+
+  /** Joins the epoch's world, agrees on the training state and builds the model on it. */
+  static async form(o: GroupOptions, state: TrainState): Promise<DpGroup> {
+    const { spec } = o;
+    if (o.size === 1) {
+      const model = DraftModel.create(spec.draft, { ...o.frozen, ...state.weights }, { threads: spec.threads });
+      model.loadOptimizerState(state.optimizer);
+      return new DpGroup(o, model, null, state.step);
+    }
+    const comm = await Communicator.connect({
+      rank: o.index, size: o.size, kv: await o.bus.kv(o.bus.subjects.kvBucket), prefix: `${spec.job}/e${o.epoch}`,
+      timeoutMs: o.timeoutMs, connectTimeoutMs: o.connectTimeoutMs,
+    });
+    try {
+      const step = (await comm.allReduce(new Float64Array([state.step]), 'max'))[0]!;
+      const root = o.size - (await comm.allReduce(new Float64Array([state.step === step ? o.size - o.index : 0]), 'max'))[0]!;
+      const flat = o.index === root ? pack(spec, state) : new Float32Array(packedLength(spec));
+      await comm.broadcast(flat, root);
+      const synced = unpack(spec, flat, step);
+      const model = await DraftModel.createSharded(spec.draft, { ...o.frozen, ...synced.weights }, comm, { tp: 1, sp: 1, dp: o.size }, { threads: spec.threads });
+      model.loadOptimizerState(synced.optimizer);
+      return new DpGroup(o, model, comm, step);
+    } catch (e) {
+      await comm.close().catch(() => {});
+      throw e;
+    }
+  }
+
+  /** One agreement round (a collective on a world of several ranks). */
+  async agree(r: RoundInput): Promise<Round> {
+    if (!this.comm) {
+      return { total: r.held, maxHeld: r.held, minHeld: r.held, window: r.window, stale: r.stale, waitedOut: r.waitedOut, outstanding: r.outstanding };
+    }
+    const mx = await this.comm.allReduce(new Float64Array([r.held, -r.held, r.stale ? 1 : 0, r.waitedOut ? 1 : 0, -r.outstanding]), 'max');
+    const sum = await this.comm.allReduce(new Float64Array([r.held, r.window]), 'sum');
+    return { total: sum[0]!, window: sum[1]!, maxHeld: mx[0]!, minHeld: -mx[1]!, stale: mx[2]! > 0, waitedOut: mx[3]! > 0, outstanding: -mx[4]! };
+  }
+
+  async barrier(): Promise<void> { if (this.comm) await this.comm.barrier(); }
+
+  /** Full-shape weights and optimizer state (identical on every rank of the world). */
+  async state(step: number): Promise<TrainState> {
+    const sharded = this.model.shard !== null;
+    return {
+      weights: sharded ? await this.model.gatherWeights() : this.model.weights(),
+      optimizer: sharded ? await this.model.gatherOptimizerState() : this.model.optimizerState(),
+      step,
+    };
+  }
+
+  async close(): Promise<void> {
+    this.model.close();
+    await this.comm?.close().catch(() => {});
+  }
+}
+
+// The broadcast payload: [adam step, every trainable tensor, every m, every v] as f32 (the
+// adam step is exact in f32 up to 2^24 steps).
+function packedLength(spec: JobSpec): number {
+  const shapes = draftParamShapes(spec.draft);
+  return 1 + 3 * TRAINABLE_NAMES.reduce((n, k) => n + numel(shapes[k]!), 0);
+}
+
+function pack(spec: JobSpec, s: TrainState): Float32Array {
+  const out = new Float32Array(packedLength(spec));
+  out[0] = s.optimizer.step;
+  let o = 1;
+  for (const part of [s.weights, s.optimizer.m, s.optimizer.v]) for (const k of TRAINABLE_NAMES) { out.set(part[k]!, o); o += part[k]!.length; }
+  return out;
+}
+
+function unpack(spec: JobSpec, flat: Float32Array, step: number): TrainState {
+  const shapes = draftParamShapes(spec.draft);
+  let o = 1;
+  const take = () => Object.fromEntries(TRAINABLE_NAMES.map((k) => { const n = numel(shapes[k]!); const t = flat.slice(o, o + n); o += n; return [k, t]; }));
+  const weights = take(), m = take(), v = take();
+  return { weights, optimizer: { step: flat[0]!, m, v }, step };
+}
+
+/** The state of a model freshly initialised from `weights` (zero moments). */
+export function initialState(spec: JobSpec, weights: Record<string, Float32Array | Int32Array>): TrainState {
+  const shapes = draftParamShapes(spec.draft);
+  const zeros = () => Object.fromEntries(TRAINABLE_NAMES.map((k) => [k, new Float32Array(numel(shapes[k]!))]));
+  return { weights: Object.fromEntries(TRAINABLE_NAMES.map((k) => [k, weights[k] as Float32Array])), optimizer: { step: 0, m: zeros(), v: zeros() }, step: 0 };
+}
