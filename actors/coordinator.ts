@@ -80,7 +80,7 @@ export async function changeEpoch(bus: Bus, next: (cur: EpochInfo) => number[] |
 }
 
 /** Bumps the epoch to data-parallel width dp (members 0..dp-1). */
-export function bumpEpoch(bus: Bus, dp: number): Promise<{ from: EpochInfo; to: EpochInfo }> {
+export async function bumpEpoch(bus: Bus, dp: number): Promise<{ from: EpochInfo; to: EpochInfo }> {
   if (!Number.isInteger(dp) || dp < 1 || dp > MAX_DP) throw new InvalidArgumentError(`scale: dp must be an integer in [1, ${MAX_DP}], got ${String(dp)}`);
   return changeEpoch(bus, () => range(dp));
 }
@@ -135,13 +135,19 @@ export function startCoordinator(system: ActorSystem, o: { bus: Bus; dp: number;
     },
   });
 
-  /** Asks the node agent hosting the fewest ranks to spawn `rank` (joining at epoch >= minEpoch). */
-  async function spawnRank(rank: number, minEpoch: number): Promise<string> {
+  const liveNodes = async (): Promise<NodeSeen[]> => {
     const nodes = await system.query<NodeSeen[]>(ref, { op: 'nodes' }, 10_000);
-    if (nodes.length === 0) throw new UnavailableError(`scale: no node agent of job ${job} is alive to spawn rank ${rank} on`);
-    const node = [...nodes].sort((a, b) => a.ranks.length - b.ranks.length || a.node.localeCompare(b.node))[0]!;
-    await bus.request(bus.subjects.nodeSpawn(node.node), { rank, minEpoch }, { timeoutMs: 10_000, retries: 2, idempotencyKey: `spawn:${rank}:${minEpoch}` });
-    return node.node;
+    if (nodes.length === 0) throw new UnavailableError(`scale: no node agent of job ${job} is alive to spawn ranks on`);
+    return nodes;
+  };
+
+  /** Asks the node agent hosting the fewest ranks (counting `load`, this scale's spawns) to spawn `rank`. */
+  async function spawnRank(rank: number, minEpoch: number, load: Map<string, number>): Promise<string> {
+    const nodes = (await liveNodes()).map((n) => ({ node: n.node, ranks: n.ranks.length + (load.get(n.node) ?? 0) }));
+    const node = nodes.sort((a, b) => a.ranks - b.ranks || a.node.localeCompare(b.node))[0]!.node;
+    await bus.request(bus.subjects.nodeSpawn(node), { rank, minEpoch }, { timeoutMs: 10_000, retries: 2, idempotencyKey: `spawn:${rank}:${minEpoch}` });
+    load.set(node, (load.get(node) ?? 0) + 1);
+    return node;
   }
 
   const hbSub = bus.subscribe<Record<string, unknown>>(bus.subjects.hbAll, (hb) => { if (hb && typeof hb === 'object') system.dispatch(ref, { op: 'hb', hb }); }, { dedupe: false });
@@ -149,10 +155,22 @@ export function startCoordinator(system: ActorSystem, o: { bus: Bus; dp: number;
   const scaleSub = bus.subscribe<{ dp?: unknown }>(`dw.${job}.coord.scale`, async (m) => {
     const dp = m?.dp;
     if (!Number.isInteger(dp)) throw new InvalidArgumentError('scale: needs dp (an integer >= 1)');
+    const cur = await ensureEpoch(bus, 1);
+    if ((dp as number) > cur.num) await liveNodes(); // refuse before any change when nobody can spawn the ranks
     const r = await bumpEpoch(bus, dp as number);
     const before = new Set(epochMembers(r.from));
     const spawned: { rank: number; node: string }[] = [];
-    for (const rank of epochMembers(r.to)) if (!before.has(rank)) spawned.push({ rank, node: await spawnRank(rank, r.to.epoch) });
+    const failed: { rank: number; error: string }[] = [];
+    const load = new Map<string, number>();
+    for (const rank of epochMembers(r.to)) {
+      if (before.has(rank)) continue;
+      try { spawned.push({ rank, node: await spawnRank(rank, r.to.epoch, load) }); } catch (e) { failed.push({ rank, error: (e as Error).message }); }
+    }
+    if (failed.length) {
+      // A member that never comes would stall the world's rendezvous: drop it again.
+      await changeEpoch(bus, (c) => epochMembers(c).filter((x) => !failed.some((f) => f.rank === x)));
+      throw new UnavailableError(`scale: could not spawn ranks ${failed.map((f) => `${f.rank} (${f.error})`).join(', ')}; the job goes on without them`);
+    }
     return { ...r, spawned, retiring: [...before].filter((x) => !epochMembers(r.to).includes(x)) };
   });
   const regroupSub = bus.subscribe<{ fromEpoch?: unknown; remove?: unknown; rank?: unknown }>(`dw.${job}.coord.regroup`, async (m) => {

@@ -72,8 +72,11 @@ export interface RankOptions {
   onCheckpoint?: (step: number) => void;
 }
 
-/** How run() ended: trained to the end of the data, or retired by a scale-down. */
-export interface RankResult { state: TrainState; step: number; retired: boolean; index: number }
+/**
+ * How run() ended: trained to the end of the data, or retired by a scale-down. `final`: this
+ * rank was world rank 0 of the world that finished the job (it writes the final checkpoint).
+ */
+export interface RankResult { state: TrainState; step: number; retired: boolean; final: boolean }
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
@@ -160,7 +163,7 @@ export class RankWorker {
     }
     const target = TargetModel.create(spec.target, { threads: spec.threads });
     this.startTimers();
-    let retired = false;
+    let retired = false, final = false;
     try {
       let minEpoch = this.o.minEpoch ?? 0;
       for (;;) {
@@ -172,12 +175,14 @@ export class RankWorker {
           continue; // not (yet) a member: wait for an epoch that includes it
         }
         this.wasMember = true;
+        // A job whose data is all consumed has nothing to form a world for (a rank that joins late).
+        if (this.window.length === 0 && await this.queueFinished()) break;
         let group: DpGroup | null = null;
         try {
           this.state = 'forming';
           group = await this.formGroup();
           const end = await this.trainEpoch(group, target);
-          if (end === 'done') break;
+          if (end === 'done') { final = group.index === 0; break; }
         } catch (e) {
           if (!(e instanceof CollectiveError)) throw e;
           await group?.close();
@@ -193,7 +198,7 @@ export class RankWorker {
       await this.releaseHeld();
       this.state = retired ? 'retired' : 'done';
       this.beat();
-      return { state: this.train, step: this.stepNo, retired, index: this.index };
+      return { state: this.train, step: this.stepNo, retired, final };
     } finally {
       target.close();
       this.stop();
@@ -287,6 +292,14 @@ export class RankWorker {
       }
       if (this.stepNo % every === 0) await this.checkpointAndAck(group);
     }
+  }
+
+  /** Asks the queue how much of the budget is finished; true when nothing is left. */
+  private async queueFinished(): Promise<boolean> {
+    const { bus, spec } = this.o;
+    const q = await bus.request<{ consumed: number; dead: number }>(`dw.${spec.job}.queue.status`, {}, { timeoutMs: 5000, retries: 5 });
+    this.outstanding = jobRows(spec) - q.consumed - q.dead;
+    return this.outstanding <= 0;
   }
 
   private publishStep(m: StepMetrics): void {
@@ -432,7 +445,9 @@ export class RankWorker {
         if (l.epoch !== this.epoch.epoch) continue; // an older epoch's lease cannot be renewed: it is acked or released soon
         bus.request(bus.subjects.queue.renew, { leaseId: l.leaseId, epoch: l.epoch }, { timeoutMs: 2000, retries: 1 }).catch((e: unknown) => {
           if (e instanceof LeaseExpiredError && this.held.get(l.leaseId)?.lease === l) this.held.delete(l.leaseId); // re-leased or gone
-          this.log.warn('lease renewal failed', { leaseId: l.leaseId, error: (e as Error).message });
+          // Refused as stale: the epoch moved on; the lease is acked or released at the reshard.
+          if (e instanceof StaleEpochError) this.log.debug('lease renewal refused: newer epoch', { leaseId: l.leaseId });
+          else this.log.warn('lease renewal failed', { leaseId: l.leaseId, error: (e as Error).message });
         });
       }
     }, Math.max(200, Math.floor(spec.leaseMs / 3)));

@@ -41,7 +41,7 @@ async function main(): Promise<number> {
   try {
     const res = await worker.run();
     if (res.retired) log.info('retired by a scale-down', { step: res.step });
-    else if (res.index === 0) {
+    else if (res.final) {
       const path = join(spec.runDir, 'checkpoint.safetensors');
       await writeCheckpoint(path, spec, res.state, weights.d2t as Int32Array, res.step);
       bus.publish(`dw.${spec.job}.rank.done`, { rank, step: res.step, checkpoint: path });

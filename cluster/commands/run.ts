@@ -51,7 +51,7 @@ export interface RunSummary {
   rankRestarts: number; natsRestarts: number;
   /** Ranks lost for good (onRankLoss shrink, or restarts used up) while the job went on. */
   ranksLost: number[];
-  /** The data-parallel widths the job trained at, in order of first use. */
+  /** The data-parallel widths the job trained at, in order (a scale 1 → 3 → 1 reads [1, 3, 1]). */
   dpHistory: number[];
   /** Store usage once the run finished, before the store directory is removed. */
   storeAfter: { samples: number; bytes: number; tempFiles: number };
@@ -232,7 +232,7 @@ export async function runJob(o: RunOpts): Promise<RunSummary> {
       checkpoint: join(spec.runDir, 'checkpoint.safetensors'), audit,
       stepMsMean: losses.length ? losses.reduce((n, m) => n + m.stepMs, 0) / losses.length : null,
       resumedFromStep, rankRestarts: [...node.restarts.values()].reduce((a, b) => a + b, 0), natsRestarts,
-      ranksLost: lost.map((c) => c.rank), dpHistory: [...new Set(losses.map((m) => m.dp))],
+      ranksLost: lost.map((c) => c.rank), dpHistory: losses.map((m) => m.dp).filter((d, i, a) => i === 0 || a[i - 1] !== d),
       storeAfter: { samples: usage.samples, bytes: usage.bytes, tempFiles: (await readdir(spec.storeDir).catch(() => [] as string[])).filter((f) => f.startsWith('.tmp')).length },
     };
     summary.acceptLengthInitial = await initialAcceptLength(spec);

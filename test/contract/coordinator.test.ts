@@ -1,0 +1,82 @@
+// The coordinator against a real nats-server: the epoch record is changed only by
+// compare-and-set, regroups after a failure move one epoch however many ranks ask, a rank can
+// be dropped (shrink), scale-ups ask a node agent to spawn the new ranks, and bad requests get
+// typed errors.
+import assert from 'node:assert/strict';
+import { bumpEpoch, epochMembers, startCoordinator } from '../../actors/coordinator.ts';
+import type { EpochInfo } from '../../actors/rank.ts';
+import { ActorSystem } from '../../src/actor-system.ts';
+import { AuthPolicy } from '../../src/auth.ts';
+import { Bus } from '../../src/bus.ts';
+import { InvalidArgumentError, UnavailableError } from '../../src/errors.ts';
+import { withNats } from '../support/nats-server.ts';
+
+describe('coordinator (real nats-server)', function () {
+  this.timeout(30_000);
+  const nats = withNats();
+  let bus: Bus;
+  let system: ActorSystem;
+  let coord: ReturnType<typeof startCoordinator>;
+  let job = 0;
+
+  beforeEach(async () => {
+    const name = `coord${++job}`;
+    bus = await Bus.connect({ servers: nats.url, job: name, auth: AuthPolicy.disabled(), name: 'test' });
+    system = new ActorSystem('coord-test');
+    coord = startCoordinator(system, { bus, dp: 2, deadAfterMs: 2000 });
+    await coord.ready;
+  });
+  afterEach(async () => { await coord.stop(); await system.shutdown(); await bus.close(); });
+
+  const epoch = async () => (await (await bus.kv(bus.subjects.kvBucket)).get<EpochInfo>('epoch'))!.value;
+  const regroup = (m: Record<string, unknown>) => bus.request<{ from: EpochInfo; to: EpochInfo; changed: boolean }>(`dw.${bus.job}.coord.regroup`, m, { timeoutMs: 5000 });
+
+  it('creates epoch 1 with members 0..dp-1 and bumps by compare-and-set', async () => {
+    assert.deepEqual(await epoch(), { epoch: 1, num: 2, members: [0, 1] });
+    const r = await bumpEpoch(bus, 3);
+    assert.deepEqual(r.to, { epoch: 2, num: 3, members: [0, 1, 2] });
+    assert.deepEqual(await epoch(), r.to);
+    await assert.rejects(bumpEpoch(bus, 0), (e: unknown) => e instanceof InvalidArgumentError && /dp must be an integer in \[1, 64\], got 0/.test((e as Error).message));
+    await assert.rejects(bumpEpoch(bus, 2.5), InvalidArgumentError);
+  });
+
+  it('a regroup from an epoch moves exactly one epoch, however many ranks ask', async () => {
+    const rs = await Promise.all([0, 1].map((rank) => regroup({ fromEpoch: 1, rank })));
+    assert.equal(rs.filter((r) => r.changed).length, 1, 'one of the two requests changed the epoch');
+    assert.deepEqual(await epoch(), { epoch: 2, num: 2, members: [0, 1] }, 'same members (policy replace)');
+    const late = await regroup({ fromEpoch: 1, rank: 0 });
+    assert.equal(late.changed, false);
+    assert.equal(late.to.epoch, 2);
+  });
+
+  it('drops a lost rank (shrink) but never empties the world', async () => {
+    const r = await regroup({ rank: 0, remove: 0 });
+    assert.deepEqual(r.to, { epoch: 2, num: 1, members: [1] });
+    assert.deepEqual(epochMembers(r.to), [1], 'rank 1 is world rank 0 now (partition 0 of 1)');
+    const last = await regroup({ rank: 1, remove: 1 });
+    assert.equal(last.changed, false, 'the last member is kept');
+    await assert.rejects(regroup({ remove: 'x' }), (e: unknown) => e instanceof InvalidArgumentError && /remove must be a rank id/.test((e as Error).message));
+  });
+
+  it('scale-up spreads the new ranks over the node agents, fewest ranks first; without one it refuses and changes nothing', async () => {
+    await assert.rejects(bus.request(`dw.${bus.job}.coord.scale`, { dp: 3 }, { timeoutMs: 15_000 }), (e: unknown) => e instanceof UnavailableError && /no node agent/.test((e as Error).message));
+    assert.deepEqual(await epoch(), { epoch: 1, num: 2, members: [0, 1] }, 'a refused scale changes nothing');
+    // Two node agents (their heartbeats), each answering spawn requests.
+    const spawned: { node: string; rank: number; minEpoch: number }[] = [];
+    const subs = ['a', 'b'].map((node) => bus.subscribe<{ rank: number; minEpoch: number }>(bus.subjects.nodeSpawn(node), (m) => { spawned.push({ node, ...m }); return { pid: 1 }; }));
+    bus.publish(bus.subjects.hb('node-a'), { kind: 'node', node: 'a', pid: 1, ranks: [0, 1] });
+    bus.publish(bus.subjects.hb('node-b'), { kind: 'node', node: 'b', pid: 2, ranks: [] });
+    await bus.flush();
+    await new Promise((r) => setTimeout(r, 200));
+    const r = await bus.request<{ to: EpochInfo; spawned: { rank: number; node: string }[] }>(`dw.${bus.job}.coord.scale`, { dp: 5 }, { timeoutMs: 15_000 });
+    assert.equal(r.to.num, 5);
+    assert.deepEqual(r.spawned.map((s) => s.rank), [2, 3, 4]);
+    // b hosts none, a two: b gets ranks 2 and 3, then the tie goes to a.
+    assert.deepEqual(spawned, [{ node: 'b', rank: 2, minEpoch: r.to.epoch }, { node: 'b', rank: 3, minEpoch: r.to.epoch }, { node: 'a', rank: 4, minEpoch: r.to.epoch }]);
+    const down = await bus.request<{ to: EpochInfo; retiring: number[] }>(`dw.${bus.job}.coord.scale`, { dp: 1 }, { timeoutMs: 15_000 });
+    assert.deepEqual(down.retiring, [1, 2, 3, 4]);
+    assert.deepEqual(down.to.members, [0]);
+    await assert.rejects(bus.request(`dw.${bus.job}.coord.scale`, { dp: 'three' }, { timeoutMs: 5000 }), InvalidArgumentError);
+    for (const s of subs) s.unsubscribe();
+  });
+});
