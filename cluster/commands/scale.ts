@@ -1,8 +1,9 @@
 // `draftwire scale --job J --dp N`: changes the data-parallel width of a running job. The
 // coordinator bumps the epoch by compare-and-set in the job's KV bucket; the queue stops
-// granting under the old epoch; ranks checkpoint and ack what they trained, release the rest
-// and re-join under the new partition count (actors/coordinator.ts, actors/rank.ts).
-// This build trains with one rank: dp other than 1 is refused (exit 2) with the reason.
+// granting under the old epoch; the world checkpoints and acks what it trained, releases the
+// rest; new ranks are spawned on the node agents, dropped ones retire, and the new world
+// forms (weights and AdamW state broadcast from the most advanced rank) and re-subscribes
+// under the new partition count (actors/coordinator.ts, actors/rank.ts, actors/dp-group.ts).
 import { Command } from 'commander';
 import { AuthPolicy } from '../../src/auth.ts';
 import { Bus } from '../../src/bus.ts';
@@ -24,9 +25,12 @@ export function command(): Command {
       if (!url) throw new InvalidArgumentError(`job ${o.job} is not running here (no run.json under ${o.workdir}/${o.job}); pass --nats URL`);
       const bus = await Bus.connect({ servers: url, job: o.job, auth: AuthPolicy.fromEnv(), name: 'scale', reconnect: false });
       try {
-        const r = await bus.request<{ from: { epoch: number; num: number }; to: { epoch: number; num: number } }>(`dw.${o.job}.coord.scale`, { dp: o.dp }, { timeoutMs: 10_000, retries: 2, idempotencyKey: `scale:${o.dp}:${Date.now()}` });
+        const r = await bus.request<{ from: { epoch: number; num: number }; to: { epoch: number; num: number }; spawned: { rank: number; node: string }[]; retiring: number[] }>(`dw.${o.job}.coord.scale`, { dp: o.dp }, { timeoutMs: 10_000, retries: 2, idempotencyKey: `scale:${o.dp}:${Date.now()}` });
         if (o.json) process.stdout.write(JSON.stringify(r) + '\n');
-        else process.stdout.write(`job ${o.job}: epoch ${r.from.epoch} (dp ${r.from.num}) -> epoch ${r.to.epoch} (dp ${r.to.num})\n`);
+        else {
+          const extra = [r.spawned.length ? `spawned ${r.spawned.map((x) => `rank ${x.rank} on ${x.node}`).join(', ')}` : '', r.retiring.length ? `retiring ranks ${r.retiring.join(', ')}` : ''].filter(Boolean).join('; ');
+          process.stdout.write(`job ${o.job}: epoch ${r.from.epoch} (dp ${r.from.num}) -> epoch ${r.to.epoch} (dp ${r.to.num})${extra ? `; ${extra}` : ''}\n`);
+        }
       } finally { await bus.close(); }
     });
 }

@@ -46,8 +46,12 @@ function renderStatus(s: Record<string, any>): string {
   }
   if (c.error) lines.push(`coordinator: unreachable (${c.error})`);
   else {
-    lines.push(`coordinator: epoch ${c.epoch?.epoch} num ${c.epoch?.num}`);
-    for (const m of c.members ?? []) lines.push(`  rank ${m.rank} pid ${m.pid}: ${m.dead ? 'DEAD (no heartbeat)' : m.alive ? m.state : 'SILENT'} at step ${m.step}, epoch ${m.epoch ?? '-'}, holds ${m.held} leases (last heard ${(m.silentMs / 1000).toFixed(1)} s ago)`);
+    lines.push(`coordinator: epoch ${c.epoch?.epoch}, data-parallel width ${c.epoch?.num}, members (world rank order) [${(c.epoch?.members ?? []).join(', ')}]`);
+    for (const m of c.members ?? []) {
+      const where = m.member ? `world rank ${(c.epoch?.members ?? []).indexOf(m.rank)} of ${c.epoch?.num}` : 'not a member';
+      lines.push(`  rank ${m.rank} pid ${m.pid}${m.node ? ` on ${m.node}` : ''}: ${m.dead ? 'DEAD (no heartbeat)' : m.alive ? m.state : 'SILENT'} at step ${m.step}, epoch ${m.epoch ?? '-'}, ${where}, holds ${m.held} leases (last heard ${(m.silentMs / 1000).toFixed(1)} s ago)`);
+    }
+    for (const n of c.nodes ?? []) lines.push(`  node ${n.node} pid ${n.pid}: ${n.alive ? 'alive' : 'SILENT'}, rank processes [${n.ranks.join(', ')}]`);
     for (const d of c.deaths ?? []) lines.push(`  declared dead: rank ${d.rank} pid ${d.pid} after ${(d.silentMs / 1000).toFixed(1)} s of silence`);
   }
   if (j.error) lines.push(`janitor: unreachable (${j.error})`);

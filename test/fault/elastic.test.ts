@@ -1,0 +1,135 @@
+// Elastic data parallelism with real processes (issue 5): a job trains a data-parallel world
+// of rank processes (Gloo all-reduce between them), scales 1 → 3 → 1 while it trains (watched
+// with `draftwire status`), and survives the loss of one rank of a world, replaced or shrunk.
+// Each scenario ends with the chaos suite's invariants (test/support/chaos.ts): audit clean,
+// every committed sample consumed exactly once, store empty, no process left.
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { readFileSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { readSafetensorsFile } from '../../src/safetensors.ts';
+import { ChaosJob, checkInvariants, newWorkdir, sleep, type Invariant } from '../support/chaos.ts';
+
+const CLI = 'bin/draftwire.js';
+const BATCH = 4;
+
+function cli(args: string[]): { status: number | null; stdout: string; stderr: string } {
+  const r = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', timeout: 60_000 });
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+function assertAll(inv: Invariant[]): void {
+  const bad = inv.filter((i) => !i.ok);
+  assert.equal(bad.length, 0, bad.map((i) => `${i.name}: ${i.detail}`).join('\n'));
+}
+
+/** The pid of rank `rank`'s process (the latest incarnation), or null. */
+function rankPid(job: ChaosJob, rank: number): number | null {
+  return job.track().filter((p) => p.args.includes('rank-main.ts') && p.args.includes(`--rank ${rank} `)).at(-1)?.pid ?? null;
+}
+
+async function until<T>(what: string, fn: () => T | null | undefined | false, ms = 60_000): Promise<T> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = fn();
+    if (v) return v;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await sleep(100);
+  }
+}
+
+describe('elastic data parallelism (real rank processes, Gloo)', function () {
+  this.timeout(240_000);
+  const workdir = newWorkdir();
+  after(() => rmSync(workdir, { recursive: true, force: true }));
+
+  it('run --dp 2 trains one data-parallel world to the end of its data; the checkpoint loads elsewhere', async () => {
+    const steps = 12;
+    const job = new ChaosJob({ workdir, job: 'dp2', steps, batch: BATCH, extra: ['--dp', '2'] });
+    const r = await job.finish();
+    assertAll(await checkInvariants(job, r, { steps: r.summary?.steps ?? -1, rows: steps * BATCH * 2 }));
+    const s = r.summary;
+    assert.deepEqual(s.dpHistory, [2]);
+    assert.equal(s.samples, steps * BATCH * 2, 'every sample trained once (the sum of the steps\' global batches)');
+    assert.ok(s.steps >= steps, `at least ${steps} steps (short steps pad): ${s.steps}`);
+    for (const rank of [0, 1]) assert.match(readFileSync(join(job.runDir, `rank-${rank}.log`), 'utf8'), /world formed epoch=1 dp=2 index=\d/);
+    const ck = await readSafetensorsFile(s.checkpoint);
+    assert.equal(ck.metadata.step, String(s.steps));
+    assert.ok(s.lastLoss < s.firstLoss, `loss falls: ${s.firstLoss} -> ${s.lastLoss}`);
+  });
+
+  it('scales 1 → 3 → 1 while training, watched with draftwire status; audit clean', async () => {
+    const steps = 300; // 1200 samples: long enough to watch both changes
+    const job = new ChaosJob({ workdir, job: 'scale', steps, batch: BATCH, leaseMs: 5000 });
+    await job.waitStep(10);
+    const up = cli(['scale', '--workdir', workdir, '--job', 'scale', '--dp', '3', '--json']);
+    assert.equal(up.status, 0, up.stderr);
+    const u = JSON.parse(up.stdout);
+    assert.equal(u.to.num, 3);
+    assert.deepEqual(u.spawned.map((x: { rank: number }) => x.rank), [1, 2]);
+    const stepAtUp = job.checkpointStep();
+    // The status view shows the three members training at the new epoch.
+    const status3 = await until('3 members training at the new epoch', () => {
+      const st = cli(['status', '--workdir', workdir, '--job', 'scale', '--json']);
+      if (st.status !== 0) return null;
+      const c = JSON.parse(st.stdout).coordinator;
+      const live = (c.members ?? []).filter((m: any) => m.alive && m.member && m.epoch === u.to.epoch && m.step > stepAtUp);
+      return live.length === 3 ? c : null;
+    });
+    assert.deepEqual(status3.epoch.members, [0, 1, 2]);
+    const text = cli(['status', '--workdir', workdir, '--job', 'scale']);
+    assert.match(text.stdout, /data-parallel width 3, members \(world rank order\) \[0, 1, 2\]/);
+    await job.waitStep(job.checkpointStep() + 5);
+    const down = cli(['scale', '--workdir', workdir, '--job', 'scale', '--dp', '1']);
+    assert.equal(down.status, 0, down.stderr);
+    assert.match(down.stdout, /-> epoch \d+ \(dp 1\); retiring ranks 1, 2/);
+    const r = await job.finish();
+    assertAll(await checkInvariants(job, r, { steps: r.summary?.steps ?? -1, rows: steps * BATCH }));
+    assert.deepEqual(r.summary.dpHistory, [1, 3, 1]);
+    for (const rank of [1, 2]) assert.match(readFileSync(join(job.runDir, `rank-${rank}.log`), 'utf8'), /retired by a scale-down/);
+    assert.match(job.stderr, /rank exited rank=1 pid=\d+ code=0/);
+    const audit = cli(['audit', '--workdir', workdir, '--job', 'scale', '--json']);
+    assert.equal(audit.status, 0, audit.stderr);
+    assert.equal(JSON.parse(audit.stdout).ok, true);
+  });
+
+  it('SIGKILL of one rank of a dp 2 world: the world reverts to its checkpoint and re-forms with the replacement', async () => {
+    const steps = 60;
+    const job = new ChaosJob({ workdir, job: 'dpkill', steps, batch: BATCH, leaseMs: 3000, deadAfterMs: 3000, extra: ['--dp', '2'] });
+    await job.waitStep(8);
+    const pid = await until('rank 1 process', () => rankPid(job, 1));
+    process.kill(pid, 'SIGKILL');
+    const r = await job.finish();
+    assertAll(await checkInvariants(job, r, { steps: r.summary?.steps ?? -1, rows: steps * BATCH * 2 }));
+    assert.equal(r.summary.rankRestarts, 1);
+    assert.deepEqual(r.summary.dpHistory, [2]);
+    const log0 = readFileSync(join(job.runDir, 'rank-0.log'), 'utf8');
+    assert.match(log0, /collective group failed; reverting to the latest checkpoint/);
+    assert.match(log0, /world formed epoch=[2-9] dp=2/);
+  });
+
+  it('with --on-rank-loss shrink, a lost rank leaves the world and the job finishes at dp 1', async () => {
+    const steps = 40;
+    const job = new ChaosJob({ workdir, job: 'shrink', steps, batch: BATCH, leaseMs: 3000, deadAfterMs: 3000, extra: ['--dp', '2', '--on-rank-loss', 'shrink'] });
+    await job.waitStep(6);
+    const pid = await until('rank 1 process', () => rankPid(job, 1));
+    process.kill(pid, 'SIGKILL');
+    const r = await job.finish();
+    assertAll(await checkInvariants(job, r, { steps: r.summary?.steps ?? -1, rows: steps * BATCH * 2 }));
+    assert.deepEqual(r.summary.ranksLost, [1]);
+    assert.deepEqual(r.summary.dpHistory, [2, 1]);
+    assert.equal(r.summary.rankRestarts, 0);
+  });
+
+  it('refuses bad widths and layouts with exit 2 and a message naming them', () => {
+    const tp = cli(['run', '--size', 'tiny', '--tp', '2', '--workdir', workdir, '--job', 'bad']);
+    assert.equal(tp.status, 2);
+    assert.match(tp.stderr, /--tp 2 --sp 1: a job trains data-parallel worlds/);
+    const zero = cli(['scale', '--job', 'nope', '--dp', '0', '--workdir', workdir]);
+    assert.equal(zero.status, 2);
+    assert.match(zero.stderr, /--dp/);
+    const none = cli(['scale', '--job', 'nope', '--dp', '2', '--workdir', workdir]);
+    assert.equal(none.status, 2);
+    assert.match(none.stderr, /job nope is not running here/);
+  });
+});
