@@ -274,7 +274,19 @@ export class SharedDirFeatureStore implements FeatureStore {
     for (;;) {
       try {
         const fh = await open(path, 'wx', this.o.fileMode);
-        try { await fh.writeFile(`${hostname()} ${process.pid} ${Date.now()}\n`); } finally { await fh.close(); }
+        try {
+          await fh.writeFile(`${hostname()} ${process.pid} ${Date.now()}\n`);
+        } catch (e) {
+          // The holder line only helps others break the lock of a dead writer. On a full disk
+          // hold the lock without it (abort and release must work there); otherwise give the
+          // lock back rather than leave it behind.
+          if (errCode(e) !== 'ENOSPC') {
+            await fh.close().catch(() => undefined);
+            await unlinkIfExists(path).catch(() => undefined);
+            throw e;
+          }
+        }
+        await fh.close();
         break;
       } catch (e) {
         if (errCode(e) !== 'EEXIST') throw new StoreWriteError(`cannot create lock ${path}: ${errCode(e) ?? e}`, { cause: e });
@@ -317,7 +329,13 @@ export class SharedDirFeatureStore implements FeatureStore {
   private async retire(id: string, gen: number, t: Tombstone): Promise<number> {
     const st = await statIfExists(this.dataPath(id, gen));
     if (!st) return 0;
-    await this.tombstone(id, gen, t);
+    try {
+      await this.tombstone(id, gen, t);
+    } catch (e) {
+      // Freeing space must not need space: on a full disk the file goes without its tombstone
+      // (a get of the old ref then reports it gone, or stale when a newer generation exists).
+      if (errCode(e) !== 'ENOSPC') throw e;
+    }
     const gone = await unlinkIfExists(this.dataPath(id, gen));
     if (gone && this.usageCache) { this.usageCache.bytes -= st.size; this.usageCache.samples--; }
     return gone ? st.size : 0;

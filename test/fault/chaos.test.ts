@@ -11,7 +11,8 @@ import { join } from 'node:path';
 import { AuthPolicy } from '../../src/auth.ts';
 import { Bus } from '../../src/bus.ts';
 import {
-  assertInvariants, ChaosJob, checkInvariants, formatReport, ledgerOf, newWorkdir, rankLog, rng, sleep, type ChaosResult,
+  assertInvariants, ChaosJob, checkInvariants, corruptSampleFile, formatReport, ledgerOf, listDir, mountTmpfs, newWorkdir, rankLog, rng, sleep, unmountTmpfs,
+  type ChaosResult, type InvariantOptions,
 } from '../support/chaos.ts';
 
 const SOAK = process.env.DRAFTWIRE_SOAK === '1';
@@ -30,12 +31,20 @@ describe('chaos: seeded faults against a real job', function () {
     rmSync(workdir, { recursive: true, force: true });
   });
 
-  /** Runs one scenario: `inject` gets the job and a seeded generator and returns the faults it injected. */
-  async function scenario(name: string, seed: number, o: { leaseMs?: number; deadAfterMs?: number; env?: NodeJS.ProcessEnv; extra?: string[] },
+  /**
+   * Runs one scenario: `inject` gets the job and a seeded generator and returns the faults it
+   * injected. `before` prepares the run directory before the job starts; `expect` adds the
+   * scenario's own invariants (dead letters, a store directory that outlives the run).
+   */
+  async function scenario(name: string, seed: number, o: {
+    leaseMs?: number; deadAfterMs?: number; env?: NodeJS.ProcessEnv; extra?: string[];
+    before?: (runDir: string) => void; expect?: () => Omit<InvariantOptions, 'steps' | 'rows'>;
+  },
     inject: (job: ChaosJob, rnd: () => number, faults: string[]) => Promise<ChaosJob | void>): Promise<{ res: ChaosResult; job: ChaosJob; summary: any }> {
     const t0 = Date.now();
     const rnd = rng(seed * 7919 + name.length);
     const jobId = `${name}-${seed}`.replace(/[^A-Za-z0-9_-]/g, '-');
+    o.before?.(join(workdir, jobId));
     let job = new ChaosJob({ workdir, job: jobId, steps: STEPS, batch: BATCH, leaseMs: o.leaseMs ?? 3000, deadAfterMs: o.deadAfterMs ?? 10_000, env: o.env, extra: o.extra });
     const faults: string[] = [];
     try {
@@ -48,7 +57,7 @@ describe('chaos: seeded faults against a real job', function () {
       throw e;
     }
     const r = await job.finish();
-    const res: ChaosResult = { scenario: name, seed, faults, invariants: await checkInvariants(job, r, { steps: STEPS, rows: ROWS }), seconds: (Date.now() - t0) / 1000 };
+    const res: ChaosResult = { scenario: name, seed, faults, invariants: await checkInvariants(job, r, { steps: STEPS, rows: ROWS, ...o.expect?.() }), seconds: (Date.now() - t0) / 1000 };
     results.push(res);
     return { res, job, summary: r.summary };
   }
@@ -62,6 +71,44 @@ describe('chaos: seeded faults against a real job', function () {
       } catch (e) { if (i > 100) throw e; await sleep(100); }
     }
   };
+  /**
+   * Freezes the rank, then flips bytes in the tensor data (not the header) of one published
+   * sample file that no live lease holds: samples are granted in commit order, so one of the
+   * newest such files has not been read by any rank. With `reshard`, also bumps the epoch
+   * (coordinator API) while the rank is frozen. Resumes the rank; returns the sample's id.
+   */
+  async function corruptUnreadSample(job: ChaosJob, rnd: () => number, faults: string[], o: { reshard?: boolean } = {}): Promise<string> {
+    const step = at(rnd, 1, Math.floor(STEPS / 2));
+    await job.waitStep(step);
+    const pid = await job.waitRank();
+    const storeDir = join(job.runDir, 'store');
+    const bus = await jobBus(job);
+    try {
+      for (let i = 0; ; i++) {
+        process.kill(pid, 'SIGSTOP');
+        try {
+          await sleep(300); // acks sent before the stop reach the janitor, which frees those files
+          const q = await bus.request<{ leases: { sampleId: string }[] }>(`dw.${job.o.job}.queue.status`, {}, { timeoutMs: 2000, retries: 2 });
+          const held = new Set(q.leases.map((l) => l.sampleId));
+          const files = listDir(storeDir).filter((f) => /^row-\d+\.g\d+\.safetensors$/.test(f) && !held.has(f.slice(0, f.indexOf('.g')))).sort();
+          if (files.length > 0) {
+            const newest = files.slice(-3);
+            const file = newest[Math.floor(rnd() * newest.length)]!;
+            const what = corruptSampleFile(join(storeDir, file), rnd);
+            faults.push(`rank pid ${pid} frozen (SIGSTOP) after step ${step}; ${held.size} samples leased; corrupted ${file} (not leased, not yet read): ${what}`);
+            if (o.reshard) {
+              const r = await bus.request<{ from: { epoch: number }; to: { epoch: number } }>(`dw.${job.o.job}.coord.scale`, { dp: 1 }, { timeoutMs: 5000, retries: 2 });
+              faults.push(`epoch bump (coordinator API, dp 1: epoch ${r.from.epoch} -> ${r.to.epoch}) while the rank is frozen`);
+            }
+            faults.push('rank resumed (SIGCONT)');
+            return file.slice(0, file.indexOf('.g'));
+          }
+        } finally { process.kill(pid, 'SIGCONT'); }
+        if (i > 100) throw new Error(`no unleased sample file appeared in ${storeDir}`);
+        await sleep(20 + Math.floor(rnd() * 40));
+      }
+    } finally { await bus.close(); }
+  }
   const scale = (job: ChaosJob, dp: number) => spawnSync(process.execPath, ['bin/draftwire.js', 'scale', '--job', job.o.job, '--workdir', workdir, '--dp', String(dp), '--json'], { encoding: 'utf8' });
 
   for (const seed of SEEDS) {
@@ -242,6 +289,70 @@ describe('chaos: seeded faults against a real job', function () {
       });
       assertInvariants(res);
       assert.ok(ledgerOf(job.runDir).some((e) => e.type === 'epoch' && (e as { epoch: number }).epoch === 2));
+    });
+
+    // A corrupted sample: the rank's read verifies block checksums (ChecksumError), fails the
+    // lease non-retryably, and the ledger dead-letters the sample. One sample fewer than
+    // steps x batch is trained: the last step is one short.
+    for (const reshard of [false, true]) {
+      it(`corrupted sample file (bytes flipped in its tensor data)${reshard ? ' combined with a reshard' : ''}: checksum failure, dead-lettered (seed ${seed})`, async () => {
+        let corrupted = '';
+        const { res, job, summary } = await scenario(reshard ? 'reshard-corrupt-sample' : 'corrupt-sample', seed, {
+          leaseMs: 10_000, expect: () => ({ dead: { sampleIds: [corrupted], reason: /checksum/i } }),
+        }, async (job, rnd, faults) => { corrupted = await corruptUnreadSample(job, rnd, faults, { reshard }); });
+        assertInvariants(res);
+        assert.equal(summary.samples, ROWS - 1, 'every sample but the corrupted one was trained');
+        assert.match(rankLog(job), new RegExp(`sample unreadable; failing its lease.*${corrupted}.*checksum`), 'the rank failed the corrupted sample\'s lease');
+        if (reshard) assert.ok(ledgerOf(job.runDir).some((e) => e.type === 'epoch' && (e as { epoch: number }).epoch === 2), 'the ledger moved to epoch 2');
+      });
+    }
+
+    // A full disk: the store directory is a small tmpfs (a real filesystem that fills up, well
+    // below the store's own high watermark, so writes really fail with ENOSPC). The rank is held
+    // until the rollout has met ENOSPC, so the fault happens whatever the speeds. A failed put
+    // publishes nothing; the rollout backs off and writes again once the janitor has freed
+    // consumed samples. Samples are 128 tokens here (67760-byte files, 17 pages); tombstones and
+    // generation records take a page each and stay for the whole run, so the size is: those,
+    // plus slack for locks and records in flight, plus 13 samples (at least one rollout chunk
+    // written ahead, 8, plus a batch, 4: fewer could starve the rank). About 19 samples fit
+    // at the start, 13 at the end, of the job's ${ROWS}.
+    const SEQ = 128, SAMPLE_PAGES = 17;
+    const DISK_KIB = 4 * (2 * ROWS + 1 + 24 + 13 * SAMPLE_PAGES);
+    it(`full disk: the store's filesystem fills up (ENOSPC), the rollout backs off until the janitor frees space (seed ${seed})`, async () => {
+      let mnt: string | null = null;
+      try {
+        const { res, job } = await scenario('disk-full', seed, {
+          leaseMs: 30_000, deadAfterMs: 30_000,
+          // --store-high-mb far above the tmpfs: the write hits ENOSPC, not the watermark's backpressure.
+          // --keep-store: the store directory (a mount point) outlives the run, to be inspected and unmounted here.
+          extra: ['--seq-len', String(SEQ), '--store-high-mb', '64', '--keep-store'],
+          before: (runDir) => { mountTmpfs(join(runDir, 'store'), DISK_KIB); mnt = join(runDir, 'store'); },
+          expect: () => ({ dead: { sampleIds: [], reason: /.^/ }, keptStore: mnt! }),
+        }, async (job, rnd, faults) => {
+          faults.push(`store directory on a ${DISK_KIB} KiB tmpfs (about ${Math.floor(DISK_KIB / 4 / SAMPLE_PAGES)} samples of ${SEQ} tokens; store high watermark 64 MiB)`);
+          const pid = await job.waitRank();
+          process.kill(pid, 'SIGSTOP'); // within its 30 s lease and heartbeat deadline
+          try {
+            const end = Date.now() + 60_000;
+            while (!/ENOSPC/.test(job.stderr)) { // the rollout's warning (or, were it to crash on it, the crash)
+              if (Date.now() > end || job.proc.exitCode !== null) throw new Error(`the rollout never met a full disk; stderr:\n${job.stderr.slice(-3000)}`);
+              await sleep(50);
+            }
+            const ms = 500 + Math.floor(rnd() * 1000);
+            await sleep(ms); // the rollout retries against the full disk meanwhile
+            faults.push(`rank pid ${pid} held (SIGSTOP) until the rollout met ENOSPC, then ${ms} ms more; store writes failing meanwhile`);
+          } finally { try { process.kill(pid, 'SIGCONT'); } catch { /* gone */ } }
+        });
+        const resumed = [...job.stderr.matchAll(/store has space again; rollout resumed refusedWrites=(\d+)/g)].at(-1);
+        res.faults.push(`rollout: ${(job.stderr.match(/store disk full \(ENOSPC\)/g) ?? []).length} full-disk episode(s), ${resumed?.[1] ?? 'no'} writes refused with ENOSPC in all`);
+        assertInvariants(res);
+        const crashes = job.stderr.split('\n').filter((l) => /rollout/.test(l) && /actor crashed|restarted too often/.test(l));
+        assert.deepEqual(crashes, [], 'a full disk is waited out, not a crash loop');
+        assert.match(job.stderr, /store disk full \(ENOSPC\)/, 'the rollout met ENOSPC and said so');
+        assert.match(job.stderr, /store has space again; rollout resumed/, 'the rollout resumed once space was freed');
+      } finally {
+        if (mnt) unmountTmpfs(mnt);
+      }
     });
   }
 });

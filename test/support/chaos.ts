@@ -4,7 +4,7 @@
 // every invariant checked.
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, readdirSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, readdirSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { auditEvents, type LedgerEvent } from '../../src/ledger.ts';
@@ -120,7 +120,15 @@ export function ledgerOf(runDir: string): LedgerEvent[] {
  * accepted stale ack); the job's step count was reached; store samples and temp files back to
  * zero; no process the run started is left.
  */
-export async function checkInvariants(job: ChaosJob, r: { code: number | null; summary: any }, o: { steps: number; rows: number }): Promise<Invariant[]> {
+export interface InvariantOptions {
+  steps: number; rows: number;
+  /** Exactly these samples are dead-lettered (default: not checked), each with a reason matching `reason`. */
+  dead?: { sampleIds: string[]; reason: RegExp };
+  /** A store directory that outlives the run (--keep-store): no temp file, lock or sample file may be left in it. */
+  keptStore?: string;
+}
+
+export async function checkInvariants(job: ChaosJob, r: { code: number | null; summary: any }, o: InvariantOptions): Promise<Invariant[]> {
   const inv: Invariant[] = [];
   const add = (name: string, ok: boolean, detail: string) => inv.push({ name, ok, detail });
   add('run exits 0', r.code === 0, `exit ${r.code}${r.code === 0 ? '' : `; stderr tail:\n${job.stderr.slice(-2500)}`}`);
@@ -134,7 +142,18 @@ export async function checkInvariants(job: ChaosJob, r: { code: number | null; s
     const acks = events.filter((e) => e.type === 'ack');
     add('one accepted ack per consumed sample', new Set(acks.map((e) => (e as { sampleId: string }).sampleId)).size === acks.length && acks.length === a.consumed, `${acks.length} acks, ${a.consumed} consumed`);
     add('store samples and temp files back to zero', s.storeAfter?.samples === 0 && s.storeAfter?.tempFiles === 0, JSON.stringify(s.storeAfter));
+    if (o.dead) {
+      const dead = events.filter((e) => e.type === 'dead') as { sampleId: string; reason: string }[];
+      const want = [...o.dead.sampleIds].sort();
+      add(`dead-lettered exactly ${want.join(', ') || 'nothing'}, reason matching ${o.dead.reason}`,
+        JSON.stringify(dead.map((d) => d.sampleId).sort()) === JSON.stringify(want) && dead.every((d) => o.dead!.reason.test(d.reason)) && s.audit?.dead === want.length,
+        `dead letters: ${JSON.stringify(dead.map((d) => ({ sampleId: d.sampleId, reason: d.reason.slice(0, 200) })))}; summary audit dead ${s.audit?.dead}`);
+    }
   } else add('summary printed', false, job.stderr.slice(-2500));
+  if (o.keptStore) {
+    const left = listDir(o.keptStore).filter((f) => f.startsWith('.tmp-') || f.startsWith('.stale-') || f.endsWith('.lock') || f.endsWith('.safetensors'));
+    add('no temp file, lock or sample file left in the store directory', left.length === 0, left.length ? `left: ${left.slice(0, 10).join(', ')}` : `${listDir(o.keptStore).length} entries (tombstones, generation records, marker)`);
+  }
   const end = Date.now() + 5000;
   let left = [...job.seen].filter(isAlive);
   while (left.length && Date.now() < end) { await sleep(100); left = left.filter(isAlive); }
@@ -164,3 +183,50 @@ export function rankLog(job: ChaosJob): string {
   return existsSync(f) ? readFileSync(f, 'utf8') : '';
 }
 export function listDir(d: string): string[] { try { return readdirSync(d); } catch { return []; } }
+
+/**
+ * Flips `n` bytes (seeded) of one tensor's data in a published sample file, in place: the
+ * header (and so the manifest of block checksums) is left intact, so only a reader that
+ * verifies the blocks notices. Returns what was done, for the report.
+ */
+export function corruptSampleFile(path: string, rnd: () => number, tensorName = 'aux', n = 4): string {
+  const fd = openSync(path, 'r+');
+  try {
+    const head = Buffer.alloc(8);
+    readSync(fd, head, 0, 8, 0);
+    const hlen = Number(head.readBigUInt64LE(0));
+    const json = Buffer.alloc(hlen);
+    readSync(fd, json, 0, hlen, 8);
+    const h = JSON.parse(json.toString('utf8')) as Record<string, { data_offsets?: [number, number] }>;
+    const off = h[tensorName]?.data_offsets;
+    if (!off || off[1] <= off[0]) throw new Error(`${path} has no tensor "${tensorName}" to corrupt`);
+    const at: number[] = [];
+    for (let i = 0; i < n; i++) {
+      const pos = 8 + hlen + off[0] + Math.floor(rnd() * (off[1] - off[0]));
+      const b = Buffer.alloc(1);
+      readSync(fd, b, 0, 1, pos);
+      b[0] = b[0]! ^ (1 + Math.floor(rnd() * 255)); // never a no-op flip
+      writeSync(fd, b, 0, 1, pos);
+      at.push(pos);
+    }
+    return `flipped ${n} bytes of tensor "${tensorName}" at file offsets ${at.join(', ')} (data starts at ${8 + hlen})`;
+  } finally { closeSync(fd); }
+}
+
+/**
+ * Mounts a tmpfs of `sizeKiB` at `dir` (a real filesystem that fills up: writes past it fail
+ * with ENOSPC). Needs root (or CAP_SYS_ADMIN); fails with a clear message otherwise.
+ */
+export function mountTmpfs(dir: string, sizeKiB: number): void {
+  mkdirSync(dir, { recursive: true });
+  const r = spawnSync('mount', ['-t', 'tmpfs', '-o', `size=${sizeKiB}k,mode=0755`, 'tmpfs', dir], { encoding: 'utf8' });
+  if (r.status !== 0) {
+    throw new Error(`cannot mount a ${sizeKiB} KiB tmpfs at ${dir} (the full-disk scenario needs root or CAP_SYS_ADMIN to mount a small filesystem): ${(r.stderr || r.error?.message || `exit ${r.status}`).trim()}`);
+  }
+}
+
+/** Unmounts what mountTmpfs mounted (lazily if it is still busy). */
+export function unmountTmpfs(dir: string): void {
+  if (spawnSync('umount', [dir]).status !== 0) spawnSync('umount', ['-l', dir]);
+}
+
