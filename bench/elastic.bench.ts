@@ -1,8 +1,10 @@
 // Elastic data parallelism of a real `draftwire run` (embedded NATS, rank processes, Gloo):
 // - samples/s at DP 1, 2 and 4, steady state (acks in the ledger from 20% of the data to the
-//   end), next to the single-rank native step alone on the same batch shape, in this process
-//   (the baseline; DP k cannot beat k x it, and on a machine with fewer cores than ranks the
-//   ranks share them);
+//   end) and step side (samples over the time world rank 0 spent in steps, all-reduce
+//   included), next to the single-rank native step alone on the same batch shape, in this
+//   process (the baseline). The wall figure includes the rollout, which runs the target model
+//   on the same cores: on a machine with few cores it bounds the job (run.bench.ts measures
+//   the rollout alone); DP k cannot beat k x the step alone, nor the cores it has;
 // - reshard stall: `draftwire scale --dp 2` on a DP 1 job -> the first checkpoint of the new
 //   world (new rank processes start, the group forms, the state is broadcast), and the samples
 //   granted more than once because of it;
@@ -83,6 +85,8 @@ try {
     const s = await finish(j);
     const rate = steadyRate(j.runDir);
     rows.push({ what: `DP ${dp}: steady state (ledger acks, 20%..100% of the data)`, value: rate, unit: `samples/s = ${(rate / base * 100).toFixed(0)}% of the step alone; ${s.steps} steps` });
+    const inSteps = s.samples / (s.steps * s.stepMsMean / 1000);
+    rows.push({ what: `DP ${dp}: step side (samples / time in steps of world rank 0)`, value: inSteps, unit: `samples/s = ${(inSteps / base * 100).toFixed(0)}% of the step alone` });
     rows.push({ what: `DP ${dp}: whole run incl. start-up and evaluation`, value: s.samplesPerSec, unit: 'samples/s' });
   }
   {

@@ -243,7 +243,7 @@ export async function runJob(o: RunOpts): Promise<RunSummary> {
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
     await cleanup();
-    if (!o.keepStore) await rm(spec.storeDir, { recursive: true, force: true });
+    if (!o.keepStore) await removeStoreDir(spec.storeDir);
     // The embedded NATS store (the ledger) and rank checkpoints stay while the run can be
     // resumed; once the run finished, the ledger is exported (ledger.jsonl) and they go.
     if (finished) { await rm(join(spec.runDir, 'nats'), { recursive: true, force: true }); await rm(join(spec.runDir, 'ckpt'), { recursive: true, force: true }); }
@@ -272,6 +272,16 @@ async function sweepAfterRun(store: NodeAgent['store'], dir: string, events: Awa
     let alive = true;
     try { process.kill(Number(m[1]), 0); } catch { alive = false; }
     if (!alive) await rm(join(dir, f), { force: true });
+  }
+}
+
+/** Removes the store directory; one that is a mount point (its own filesystem) is emptied instead. */
+async function removeStoreDir(dir: string): Promise<void> {
+  try {
+    await rm(dir, { recursive: true, force: true });
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'EBUSY') throw e;
+    for (const f of await readdir(dir).catch(() => [] as string[])) await rm(join(dir, f), { recursive: true, force: true });
   }
 }
 

@@ -37,15 +37,16 @@ describe('chaos: seeded faults against a real job', function () {
    * scenario's own invariants (dead letters, a store directory that outlives the run).
    */
   async function scenario(name: string, seed: number, o: {
-    leaseMs?: number; deadAfterMs?: number; env?: NodeJS.ProcessEnv; extra?: string[];
-    before?: (runDir: string) => void; expect?: () => Omit<InvariantOptions, 'steps' | 'rows'>;
+    leaseMs?: number; deadAfterMs?: number; env?: NodeJS.ProcessEnv; extra?: string[]; steps?: number;
+    before?: (runDir: string) => void; expect?: () => Omit<InvariantOptions, 'rows' | 'steps'> & { steps?: number | null };
   },
     inject: (job: ChaosJob, rnd: () => number, faults: string[]) => Promise<ChaosJob | void>): Promise<{ res: ChaosResult; job: ChaosJob; summary: any }> {
     const t0 = Date.now();
     const rnd = rng(seed * 7919 + name.length);
     const jobId = `${name}-${seed}`.replace(/[^A-Za-z0-9_-]/g, '-');
     o.before?.(join(workdir, jobId));
-    let job = new ChaosJob({ workdir, job: jobId, steps: STEPS, batch: BATCH, leaseMs: o.leaseMs ?? 3000, deadAfterMs: o.deadAfterMs ?? 10_000, env: o.env, extra: o.extra });
+    const steps = o.steps ?? STEPS;
+    let job = new ChaosJob({ workdir, job: jobId, steps, batch: BATCH, leaseMs: o.leaseMs ?? 3000, deadAfterMs: o.deadAfterMs ?? 10_000, env: o.env, extra: o.extra });
     const faults: string[] = [];
     try {
       const replaced = await inject(job, rnd, faults);
@@ -57,7 +58,7 @@ describe('chaos: seeded faults against a real job', function () {
       throw e;
     }
     const r = await job.finish();
-    const res: ChaosResult = { scenario: name, seed, faults, invariants: await checkInvariants(job, r, { steps: STEPS, rows: ROWS, ...o.expect?.() }), seconds: (Date.now() - t0) / 1000 };
+    const res: ChaosResult = { scenario: name, seed, faults, invariants: await checkInvariants(job, r, { steps, rows: steps * BATCH, ...o.expect?.() }), seconds: (Date.now() - t0) / 1000 };
     results.push(res);
     return { res, job, summary: r.summary };
   }
@@ -247,8 +248,8 @@ describe('chaos: seeded faults against a real job', function () {
       assertInvariants(res);
     });
 
-    it(`reshard (epoch bump through draftwire scale) while training, alone (seed ${seed})`, async () => {
-      const { res, job } = await scenario('reshard', seed, { leaseMs: 30_000, deadAfterMs: 30_000 }, async (job, rnd, faults) => {
+    it(`reshard (draftwire scale 1 -> 2 -> 1) while training, alone (seed ${seed})`, async () => {
+      const { res, job } = await scenario('reshard', seed, { leaseMs: 30_000, deadAfterMs: 30_000, steps: 5 * STEPS, expect: () => ({ steps: null }) }, async (job, rnd, faults) => {
         const step = at(rnd);
         await job.waitStep(step);
         // The tiny job would finish before a CLI process starts: hold the rank (well inside its
@@ -256,20 +257,24 @@ describe('chaos: seeded faults against a real job', function () {
         const pid = await job.waitRank();
         process.kill(pid, 'SIGSTOP');
         faults.push(`rank pid ${pid} held with SIGSTOP while the scale CLI runs (lease 30 s: nothing expires)`);
+        let wide;
+        try { wide = scale(job, 2); } finally { process.kill(pid, 'SIGCONT'); }
+        assert.equal(wide.status, 0, wide.stderr);
+        faults.push(`draftwire scale --dp 2 at step ${step}: ${wide.stdout.trim()}`);
+        // Back to dp 1 through the coordinator's API (no CLI start-up) once the dp 2 world trained.
+        const bus = await jobBus(job);
         try {
-        const wide = scale(job, 2);
-        assert.equal(wide.status, 2, `dp 2 is refused in this build: ${wide.stderr}`);
-        assert.match(wide.stderr, /native sharded step/);
-        faults.push('draftwire scale --dp 2 refused (no data-parallel step in this build)');
-        const r = scale(job, 1);
-        assert.equal(r.status, 0, r.stderr);
-        faults.push(`draftwire scale --dp 1 at step ${step}: ${r.stdout.trim()}`);
-        } finally { process.kill(pid, 'SIGCONT'); }
+          while (!/world formed epoch=2 dp=2/.test(rankLog(job))) { if (job.proc.exitCode !== null) throw new Error('job ended before the dp 2 world formed'); await sleep(20); }
+          const r = await bus.request<{ from: { epoch: number }; to: { epoch: number; num: number } }>(`dw.${job.o.job}.coord.scale`, { dp: 1 }, { timeoutMs: 10_000 });
+          assert.equal(r.to.num, 1);
+          faults.push(`scale to dp 1 (coordinator API) once the dp 2 world formed: epoch ${r.from.epoch} -> ${r.to.epoch}`);
+        } finally { await bus.close(); }
       });
       assertInvariants(res);
       const epochs = ledgerOf(job.runDir).filter((e) => e.type === 'epoch').map((e) => (e as { epoch: number }).epoch);
-      assert.ok(epochs.includes(2), `the ledger moved to epoch 2: ${epochs}`);
-      assert.match(rankLog(job), /joined epoch=2 num=1/, 'the rank re-joined under epoch 2');
+      assert.ok(epochs.includes(2) && epochs.includes(3), `the ledger moved to epochs 2 and 3: ${epochs}`);
+      assert.match(rankLog(job), /joined epoch=2 num=2/, 'rank 0 re-joined under epoch 2 (dp 2)');
+      assert.match(rankLog(job), /joined epoch=3 num=1/, 'and under epoch 3 (dp 1)');
     });
 
     it(`reshard combined with a rank SIGKILL (seed ${seed})`, async () => {

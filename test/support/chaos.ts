@@ -121,7 +121,8 @@ export function ledgerOf(runDir: string): LedgerEvent[] {
  * zero; no process the run started is left.
  */
 export interface InvariantOptions {
-  steps: number; rows: number;
+  /** The job's step count, or null when its data-parallel width changed (steps differ; rows still all trained). */
+  steps: number | null; rows: number;
   /** Exactly these samples are dead-lettered (default: not checked), each with a reason matching `reason`. */
   dead?: { sampleIds: string[]; reason: RegExp };
   /** A store directory that outlives the run (--keep-store): no temp file, lock or sample file may be left in it. */
@@ -134,7 +135,8 @@ export async function checkInvariants(job: ChaosJob, r: { code: number | null; s
   add('run exits 0', r.code === 0, `exit ${r.code}${r.code === 0 ? '' : `; stderr tail:\n${job.stderr.slice(-2500)}`}`);
   const s = r.summary;
   if (s) {
-    add('steps reached', s.steps === o.steps, `steps ${s.steps} of ${o.steps}`);
+    if (o.steps !== null) add('steps reached', s.steps === o.steps, `steps ${s.steps} of ${o.steps}`);
+    else add('steps reported for every width', s.steps > 0 && Array.isArray(s.dpHistory) && s.dpHistory.length > 0, `steps ${s.steps}, widths ${JSON.stringify(s.dpHistory)}`);
     const events = ledgerOf(job.runDir);
     const a = auditEvents(events);
     add('audit clean (consumed once or dead, no overlapping leases, no accepted stale ack)', a.ok, a.problems.slice(0, 5).join('; ') || `committed ${a.committed}, consumed ${a.consumed}, dead ${a.dead}`);
