@@ -4,7 +4,7 @@
 // - reshard stall: `draftwire scale` -> the first step committed under the new epoch, and the
 //   steps lost (retrained) by it;
 // - time to recover from a nats-server SIGKILL (restart on the same store + reconnect).
-// DP 2 and 4 are not measured: this build has no data-parallel step (see README).
+// DP 2 and 4, a DP 1 -> 2 reshard and a rank kill in a DP 2 world: bench/elastic.bench.ts.
 //   node --import tsx bench/recovery.bench.ts [--size tiny|small] [--steps 40] [--batch 8] [--json]
 import { spawnSync } from 'node:child_process';
 import { rmSync } from 'node:fs';
@@ -97,7 +97,7 @@ try {
   else {
     console.log(`recovery bench: size ${values.size}, ${steps} steps x ${batch} samples, 1 rank, 1 BLAS thread`);
     for (const r of rows) console.log(String(r.what).padEnd(72) + Number(r.value).toFixed(1).padStart(10) + ' ' + r.unit);
-    console.log('DP 2 / DP 4: not measured (no data-parallel step in this build)');
+    console.log('DP 2 / DP 4, reshards that change the width, a rank kill in a DP 2 world: bench/elastic.bench.ts');
   }
 } finally {
   rmSync(workdir, { recursive: true, force: true });
