@@ -23,6 +23,7 @@ export type QueueMsg =
   | { op: 'fail'; leaseId: string; epoch: number; retryable: boolean; reason: string; key: string }
   | { op: 'epoch'; epoch: number; num: number }
   | { op: 'tick' }
+  | { op: 'revoke'; consumer: string }
   | { op: 'status' }
   | { op: 'committed' };
 
@@ -169,6 +170,17 @@ export function queueActorSpec(o: QueueActorOptions): ActorSpec<QueueState, Queu
         await grant(st, ledger);
         break;
       }
+      case 'revoke': {
+        // The consumer's process is gone (its node saw it exit): its samples go back now.
+        const res = ledger.revokeConsumer(msg.consumer, now);
+        await persist(res.events);
+        for (const id of res.dead) bus.publish(s.storeFree, { ref: ledger.state(id)!.ref, why: 'dead' });
+        st.credits.delete(msg.consumer);
+        ctx.log.info('leases of a gone consumer revoked', { consumer: msg.consumer, count: res.expired.length });
+        ctx.reply({ revoked: res.expired.length, dead: res.dead.length });
+        await grant(st, ledger);
+        break;
+      }
       case 'status': {
         const w0 = st.window[0], w1 = st.window.at(-1);
         const secs = w0 && w1 && w1.at > w0.at ? (w1.at - w0.at) / 1000 : 0;
@@ -236,6 +248,11 @@ export function startQueue(system: ActorSystem, o: QueueActorOptions): { ref: Ac
       const m = req(x, 'fail');
       if (typeof m.leaseId !== 'string' || typeof m.epoch !== 'number') throw new InvalidArgumentError('fail: needs leaseId (string) and epoch (number)');
       return ask({ op: 'fail', leaseId: m.leaseId, epoch: m.epoch, retryable: m.retryable !== false, reason: String(m.reason ?? '').slice(0, 500), key: meta.idempotencyKey ?? `fail:${m.leaseId}` });
+    }),
+    bus.subscribe(`dw.${bus.job}.queue.revoke`, (x) => {
+      const m = req(x, 'revoke');
+      if (typeof m.consumer !== 'string' || m.consumer.length === 0) throw new InvalidArgumentError('revoke: needs consumer (a non-empty string)');
+      return ask({ op: 'revoke', consumer: m.consumer });
     }),
     bus.subscribe(`dw.${bus.job}.queue.status`, () => ask({ op: 'status' }), { dedupe: false }),
     bus.subscribe(`dw.${bus.job}.queue.committed`, () => ask({ op: 'committed' }), { dedupe: false }),

@@ -172,8 +172,16 @@ export class NodeAgent {
       const replace = rankLossPolicy(this.o.spec) === 'replace' && restarts < maxRankRestarts(this.o.spec);
       if (replace) this.restarts.set(rank, restarts + 1);
       // A new epoch first (its world forms afresh, with the replacement or without the rank), then the respawn joins it.
-      const regroup = this.bus.request<{ to: { epoch: number } }>(`dw.${this.o.spec.job}.coord.regroup`, replace ? { rank } : { rank, remove: rank }, { timeoutMs: 10_000, retries: 3 })
-        .then((r) => r.to.epoch, (e: unknown) => { this.log.error('regroup request failed', { rank, error: (e as Error).message }); return 0; });
+      const job = this.o.spec.job;
+      const regroup = this.bus.request<{ to: { epoch: number } }>(`dw.${job}.coord.regroup`, replace ? { rank } : { rank, remove: rank }, { timeoutMs: 10_000, retries: 3 })
+        .then((r) => r.to.epoch, (e: unknown) => { this.log.error('regroup request failed', { rank, error: (e as Error).message }); return 0; })
+        // After the new epoch voids the old credits and before a replacement exists, every lease
+        // of this rank's consumer is the dead process's: back to pending now, not at its deadline.
+        .then(async (epoch) => {
+          await this.bus.request(`dw.${job}.queue.revoke`, { consumer: `rank-${rank}` }, { timeoutMs: 10_000, retries: 3 })
+            .catch((e: unknown) => this.log.warn('revoking the dead rank\'s leases failed; they expire at their deadline', { rank, error: (e as Error).message }));
+          return epoch;
+        });
       if (replace) {
         this.log.warn('rank died; respawning it (it resumes from the latest checkpoint)', { rank, code, restart: restarts + 1, of: maxRankRestarts(this.o.spec) });
         void regroup.then((minEpoch) => { if (!this.stopping) this.spawnRank(rank, minEpoch); });

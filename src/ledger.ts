@@ -406,9 +406,24 @@ export class SampleRefQueue {
   /** Reclaims every live lease whose deadline is <= now (back to pending, charged). */
   expire(now: number): ExpireResult {
     checkTime(now);
+    return this.reclaim((l) => l.deadline <= now, now, 'lease expired');
+  }
+
+  /**
+   * Reclaims every live lease of `consumer` now, whatever its deadline (back to pending,
+   * charged): its holder is known to be gone (its process exited), so waiting for the
+   * deadline would only delay the samples. Logged as an expiry.
+   */
+  revokeConsumer(consumer: string, now: number): ExpireResult {
+    checkString(consumer, 'consumer');
+    checkTime(now);
+    return this.reclaim((l) => l.consumer === consumer, now, `holder ${consumer} gone`);
+  }
+
+  private reclaim(which: (l: LiveLease) => boolean, now: number, why: string): ExpireResult {
     const expired: ExpiredLease[] = [];
     for (const l of this.leases.values()) {
-      if (l.deadline <= now) expired.push({ leaseId: l.leaseId, sampleId: l.sampleId, epoch: l.epoch, consumer: l.consumer, deadline: l.deadline });
+      if (which(l)) expired.push({ leaseId: l.leaseId, sampleId: l.sampleId, epoch: l.epoch, consumer: l.consumer, deadline: l.deadline });
     }
     if (expired.length === 0) return { expired, dead: [], events: [], repeated: false };
     const events: LedgerEvent[] = [this.emit({ type: 'expire', at: now, leases: expired })];
@@ -417,7 +432,7 @@ export class SampleRefQueue {
       const e = this.samples.get(x.sampleId)!;
       if (e.state === 'pending' && e.deliveries >= this.maxDeliveries) {
         dead.push(x.sampleId);
-        events.push(this.emit({ type: 'dead', at: now, sampleId: x.sampleId, generation: e.ref.generation, deliveries: e.deliveries, reason: `lease expired; ${e.deliveries} deliveries reached maxDeliveries ${this.maxDeliveries}` }));
+        events.push(this.emit({ type: 'dead', at: now, sampleId: x.sampleId, generation: e.ref.generation, deliveries: e.deliveries, reason: `${why}; ${e.deliveries} deliveries reached maxDeliveries ${this.maxDeliveries}` }));
       }
     }
     return { expired, dead, events, repeated: false };

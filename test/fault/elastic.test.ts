@@ -95,17 +95,36 @@ describe('elastic data parallelism (real rank processes, Gloo)', function () {
 
   it('SIGKILL of one rank of a dp 2 world: the world reverts to its checkpoint and re-forms with the replacement', async () => {
     const steps = 60;
-    const job = new ChaosJob({ workdir, job: 'dpkill', steps, batch: BATCH, leaseMs: 3000, deadAfterMs: 3000, extra: ['--dp', '2'] });
+    // Leases of 60 s: the dead rank's samples come back because its node revokes them, not by expiry.
+    const job = new ChaosJob({ workdir, job: 'dpkill', steps, batch: BATCH, leaseMs: 60_000, deadAfterMs: 3000, extra: ['--dp', '2'] });
     await job.waitStep(8);
     const pid = await until('rank 1 process', () => rankPid(job, 1));
     process.kill(pid, 'SIGKILL');
+    const t0 = Date.now();
     const r = await job.finish();
+    assert.ok(Date.now() - t0 < 45_000, `finished ${Date.now() - t0} ms after the kill, without waiting out the 60 s leases`);
+    assert.match(job.stderr, /leases of a gone consumer revoked consumer=rank-1 count=\d+/);
     assertAll(await checkInvariants(job, r, { steps: r.summary?.steps ?? -1, rows: steps * BATCH * 2 }));
     assert.equal(r.summary.rankRestarts, 1);
     assert.deepEqual(r.summary.dpHistory, [2]);
     const log0 = readFileSync(join(job.runDir, 'rank-0.log'), 'utf8');
     assert.match(log0, /collective group failed; reverting to the latest checkpoint/);
     assert.match(log0, /world formed epoch=[2-9] dp=2/);
+  });
+
+  it('SIGSTOP of one rank of a dp 2 world: declared dead by heartbeat, killed, replaced; the world re-forms', async () => {
+    const steps = 60;
+    const job = new ChaosJob({ workdir, job: 'dpstop', steps, batch: BATCH, leaseMs: 60_000, deadAfterMs: 3000, extra: ['--dp', '2'] });
+    await job.waitStep(8);
+    const pid = await until('rank 1 process', () => rankPid(job, 1));
+    process.kill(pid, 'SIGSTOP');
+    try {
+      const r = await job.finish();
+      assertAll(await checkInvariants(job, r, { steps: r.summary?.steps ?? -1, rows: steps * BATCH * 2 }));
+      assert.equal(r.summary.rankRestarts, 1);
+      assert.match(job.stderr, new RegExp(`rank declared dead: no heartbeat rank=1 pid=${pid}`));
+      assert.match(readFileSync(join(job.runDir, 'rank-0.log'), 'utf8'), /collective group failed; reverting/);
+    } finally { try { process.kill(pid, 'SIGCONT'); process.kill(pid, 'SIGKILL'); } catch { /* gone */ } }
   });
 
   it('with --on-rank-loss shrink, a lost rank leaves the world and the job finishes at dp 1', async () => {

@@ -209,6 +209,26 @@ describe('SampleRefQueue (lease ledger)', () => {
     assert.deepEqual([au.committed, au.consumed, au.dead], [2, 1, 1]);
   });
 
+  it('revokeConsumer reclaims every live lease of a gone consumer at once (charged, logged, replayable)', () => {
+    const h = new Harness();
+    for (const id of ['a', 'b', 'c']) h.put(id);
+    const mine = h.get(2, 0, 1, { consumer: 'rank-1', now: 0, leaseMs: 60_000 });
+    const other = h.get(1, 0, 1, { consumer: 'rank-0', now: 0, leaseMs: 60_000 });
+    const r = h.rec(h.q.revokeConsumer('rank-1', 10));
+    assert.deepEqual(r.expired.map((x) => x.leaseId).sort(), mine.map((l) => l.leaseId).sort(), 'long before the deadline');
+    for (const l of mine) {
+      assert.equal(h.q.state(l.sampleId)!.state, 'pending');
+      assert.equal(h.q.state(l.sampleId)!.deliveries, 1, 'charged like an expiry');
+      assert.throws(() => h.ack(l), LeaseExpiredError, 'a late ack of the gone holder is refused');
+    }
+    assert.equal(h.q.state(other[0]!.sampleId)!.state, 'leased', 'other consumers keep theirs');
+    assert.deepEqual(h.rec(h.q.revokeConsumer('rank-1', 20)).events, [], 'nothing left to revoke');
+    assert.throws(() => h.q.revokeConsumer('', 0), InvalidArgumentError);
+    const again = SampleRefQueue.replay(h.log, { leaseMs: 1000, maxDeliveries: 3 });
+    assert.deepEqual(again.stats(), h.q.stats());
+    assert.ok(auditEvents(h.log).ok);
+  });
+
   it('epoch fencing: old-epoch get/renew refused, own-epoch ack of a live lease accepted', () => {
     const h = new Harness();
     for (let i = 0; i < 6; i++) h.put(`s${i}`);
