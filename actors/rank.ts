@@ -506,7 +506,7 @@ export class RankWorker {
       if (Date.now() >= until) return false;
       try {
         const r = await bus.request<{ consumed?: number; dead?: number }>(bus.subjects.queue.credit, {
-          consumer: this.consumer, partition: [this.index, this.epoch.num], epoch: this.epoch.epoch, max: n - this.held.size, leaseMs: spec.leaseMs,
+          consumer: this.consumer, partition: [this.index, this.epoch.num], epoch: this.epoch.epoch, max: Math.max(0, n - this.held.size), leaseMs: spec.leaseMs,
         }, { timeoutMs: 3000, retries: 2 });
         if (typeof r.consumed === 'number' && typeof r.dead === 'number') this.outstanding = jobRows(spec) - r.consumed - r.dead;
       } catch (e) {

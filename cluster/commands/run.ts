@@ -12,7 +12,7 @@ import { mkdir, readdir, rm, writeFile } from 'node:fs/promises';
 import { resolve, join } from 'node:path';
 import { Command, Option } from 'commander';
 import cliProgress from 'cli-progress';
-import { ensureEpoch, epochMembers } from '../../actors/coordinator.ts';
+import { changeEpoch, ensureEpoch, epochMembers } from '../../actors/coordinator.ts';
 import { readLedgerEvents } from '../../actors/queue.ts';
 import { loadPrompts } from '../../actors/rollout.ts';
 import { evalPrompts, type StepMetrics } from '../../actors/rank.ts';
@@ -193,8 +193,11 @@ export async function runJob(o: RunOpts): Promise<RunSummary> {
     }, 1000);
     let finalCheckpoint: string | null = null;
     const doneSub = node.bus.subscribe<{ checkpoint?: string }>(`dw.${spec.job}.rank.done`, (m) => { finalCheckpoint = m?.checkpoint ?? null; }, { dedupe: false });
-    // The ranks of the current epoch (the initial world, or what --resume finds).
-    for (const r of epochMembers(await ensureEpoch(node.bus, spec.dp))) node.spawnRank(r);
+    // The ranks of the current epoch (the initial world, or what --resume finds). A resumed
+    // world forms under a new epoch: the old one's rendezvous keys name dead processes.
+    let world = await ensureEpoch(node.bus, spec.dp);
+    if (resuming) world = (await changeEpoch(node.bus, (cur) => epochMembers(cur))).to;
+    for (const r of epochMembers(world)) node.spawnRank(r, world.epoch);
     // Ranks that die are handled by the node agent (onRankLoss); scale-ups add ranks: wait for all.
     const outcomes = await Promise.race([node.allSettled(), interrupted]);
     await node.bus.flush();

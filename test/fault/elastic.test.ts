@@ -127,6 +127,22 @@ describe('elastic data parallelism (real rank processes, Gloo)', function () {
     } finally { try { process.kill(pid, 'SIGCONT'); process.kill(pid, 'SIGKILL'); } catch { /* gone */ } }
   });
 
+  it('SIGKILL of the run process of a dp 2 job, then run --resume: the world re-forms under a new epoch', async () => {
+    const steps = 40;
+    const job = new ChaosJob({ workdir, job: 'dpresume', steps, batch: BATCH, leaseMs: 3000, extra: ['--dp', '2'] });
+    await job.waitStep(6);
+    job.track();
+    process.kill(job.proc.pid!, 'SIGKILL');
+    await job.exited;
+    const next = new ChaosJob({ workdir, job: 'dpresume', resume: true });
+    for (const p of job.seen) next.seen.add(p);
+    const r = await next.finish();
+    assertAll(await checkInvariants(next, r, { steps: r.summary?.steps ?? -1, rows: steps * BATCH * 2 }));
+    assert.ok(r.summary.resumedFromStep > 0, `resumed from a checkpoint (step ${r.summary.resumedFromStep})`);
+    assert.deepEqual(r.summary.dpHistory, [2]);
+    assert.match(readFileSync(join(next.runDir, 'rank-1.log'), 'utf8'), /world formed epoch=2 dp=2 index=1/);
+  });
+
   it('with --on-rank-loss shrink, a lost rank leaves the world and the job finishes at dp 1', async () => {
     const steps = 40;
     const job = new ChaosJob({ workdir, job: 'shrink', steps, batch: BATCH, leaseMs: 3000, deadAfterMs: 3000, extra: ['--dp', '2', '--on-rank-loss', 'shrink'] });
