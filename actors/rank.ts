@@ -224,12 +224,13 @@ export class RankWorker {
       timeoutMs: Math.max(10_000, 2 * dead), connectTimeoutMs: Math.max(30_000, 3 * dead),
     }, this.train);
     this.stepNo = group.step;
-    // Every sample the committed checkpoint holds is trained: never train it again.
+    // Every sample the committed checkpoint holds is trained: never train it again. Its leases
+    // are acked (idempotent; also those of a rank that died after the commit): what is acked
+    // leaves the skip list, what was re-granted meanwhile stays on it.
     const m = await latestManifest(spec);
     if (m) {
       for (const id of m.trained) this.trainedSkip.add(id);
-      // Its leases are acked by world rank 0 (idempotent), also those of a rank that died after it.
-      if (this.index === 0) await this.ackAll(m.window);
+      await this.ackAll(m.window);
     }
     this.log.info('world formed', { epoch: this.epoch.epoch, dp: this.epoch.num, index: this.index, step: this.stepNo });
     return group;
