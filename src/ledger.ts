@@ -34,127 +34,22 @@
 //   (or throws the first error) without mutating again. Answers of calls that logged events
 //   are rebuilt by replay; cached errors are not (a retried request after a restart is
 //   evaluated afresh, which never grants a second lease).
+//
+// The event and result types are in ledger-events.ts and the log audit in ledger-audit.ts;
+// both are re-exported here, so imports of '…/src/ledger.ts' stay as they were.
 import { DraftwireError, InvalidArgumentError, LeaseExpiredError, StaleEpochError, StaleGenerationError } from './errors.ts';
 import { dpPartition, hash64, jumpHash } from './partition.ts';
 import { validateSampleRef, type SampleRef } from './sampleref.ts';
+import type {
+  Applied, CallOpts, EndResult, EpochResult, ExpireResult, ExpiredLease, GetOpts, GetResult, Lease, LeaseGrant,
+  LedgerEvent, LedgerOptions, LedgerStats, NewEvent, PutResult, RenewResult, SampleState, SampleStatus,
+} from './ledger-events.ts';
 
-export type SampleState = 'pending' | 'leased' | 'consumed' | 'dead';
-
-export interface Lease {
-  leaseId: string;
-  sampleId: string;
-  ref: SampleRef;
-  epoch: number;
-  consumer: string;
-  deadline: number;
-  /** Which delivery this is (1 = first). */
-  delivery: number;
-}
-
-/** One lease as logged (the ref is in the sample's put event). */
-export interface LeaseGrant {
-  leaseId: string;
-  sampleId: string;
-  generation: number;
-  deadline: number;
-  delivery: number;
-}
-
-export interface ExpiredLease {
-  leaseId: string;
-  sampleId: string;
-  epoch: number;
-  consumer: string;
-  deadline: number;
-}
-
-interface EventBase {
-  /** Position in the ledger's log, 1-based, contiguous. */
-  seq: number;
-  /** Time the call was applied (ms). */
-  at: number;
-  /** Idempotency key of the call that produced it (absent for expire/dead). */
-  key?: string;
-}
-
-export type LedgerEvent =
-  | (EventBase & { type: 'put'; ref: SampleRef; prevGeneration: number | null })
-  | (EventBase & { type: 'lease'; epoch: number; consumer: string; partition: [number, number]; leases: LeaseGrant[] })
-  | (EventBase & { type: 'ack'; leaseId: string; sampleId: string; epoch: number })
-  | (EventBase & { type: 'release'; leaseId: string; sampleId: string; epoch: number })
-  | (EventBase & { type: 'fail'; leaseId: string; sampleId: string; epoch: number; retryable: boolean; reason: string; dead: boolean })
-  | (EventBase & { type: 'renew'; leaseId: string; sampleId: string; epoch: number; deadline: number })
-  | (EventBase & { type: 'expire'; leases: ExpiredLease[] })
-  | (EventBase & { type: 'dead'; sampleId: string; generation: number; deliveries: number; reason: string })
-  | (EventBase & { type: 'epoch'; epoch: number; num: number | null });
-
-export type LedgerEventType = LedgerEvent['type'];
-type NewEvent = LedgerEvent extends infer E ? (E extends LedgerEvent ? Omit<E, 'seq'> : never) : never;
-
-/** What every mutating call returns besides its answer. */
-export interface Applied {
-  /** The events this call applied, in order (empty when nothing changed or the key repeated). */
-  events: LedgerEvent[];
-  /** True when the key had been seen and this is the first call's answer. */
-  repeated: boolean;
-}
-
-export type PutResult = Applied & { sampleId: string; generation: number; status: 'added' | 'replaced' | 'duplicate' };
-export type GetResult = Applied & { leases: Lease[] };
-export type EndResult = Applied & { leaseId: string; sampleId: string; status: 'acked' | 'released' | 'pending' | 'dead' | 'duplicate' };
-export type RenewResult = Applied & { leaseId: string; sampleId: string; deadline: number };
-export type ExpireResult = Applied & { expired: ExpiredLease[]; dead: string[] };
-export type EpochResult = Applied & { epoch: number; num: number | null };
-
-export interface LedgerOptions {
-  /** Charged deliveries after which a sample is dead-lettered (default 5). */
-  maxDeliveries?: number;
-  /** Default lease length, ms (default 60 000). */
-  leaseMs?: number;
-  /** Initial epoch (default 0). */
-  epoch?: number;
-  /** Remembered idempotency keys (default 100 000; oldest evicted first). */
-  keyCacheSize?: number;
-  /** Remembered ended leases, for duplicate detection and messages (default 1 000 000). */
-  endedLeaseCacheSize?: number;
-  /** Prefix of lease ids (default 'L'); ids are prefix + a counter rebuilt by replay. */
-  leaseIdPrefix?: string;
-}
-
-export interface CallOpts { key: string; now: number }
-export interface GetOpts extends CallOpts {
-  partition: readonly [number, number];
-  consumer: string;
-  epoch: number;
-  leaseMs?: number;
-}
-
-export interface SampleStatus {
-  sampleId: string;
-  state: SampleState;
-  generation: number;
-  /** Charged deliveries so far. */
-  deliveries: number;
-  lease: Omit<Lease, 'ref'> | null;
-  ref: SampleRef;
-}
-
-export interface LedgerStats {
-  epoch: number;
-  num: number | null;
-  seq: number;
-  samples: number;
-  pending: number;
-  leased: number;
-  consumed: number;
-  dead: number;
-  leasesGranted: number;
-  acks: number;
-  releases: number;
-  fails: number;
-  expired: number;
-  renewals: number;
-}
+export type {
+  SampleState, Lease, LeaseGrant, ExpiredLease, LedgerEvent, LedgerEventType, Applied, PutResult, GetResult,
+  EndResult, RenewResult, ExpireResult, EpochResult, LedgerOptions, CallOpts, GetOpts, SampleStatus, LedgerStats,
+} from './ledger-events.ts';
+export { auditEvents, type AuditReport } from './ledger-audit.ts';
 
 interface LiveLease {
   leaseId: string;
@@ -706,107 +601,4 @@ function remember<K, V>(m: Map<K, V>, k: K, v: V, cap: number): void {
   m.delete(k);
   m.set(k, v);
   while (m.size > cap) m.delete(m.keys().next().value as K);
-}
-
-// -------------------------------------------------------------------- audit
-
-export interface AuditReport {
-  ok: boolean;
-  problems: string[];
-  /** Distinct samples put. */
-  committed: number;
-  /** Samples consumed exactly once. */
-  consumed: number;
-  dead: number;
-  /** Still pending / leased at the end of the log (job incomplete, not a problem). */
-  pending: number;
-  leased: number;
-  /** True when every committed sample is consumed or dead. */
-  complete: boolean;
-}
-
-/**
- * Checks a ledger log independently of the ledger's own code: every committed sample is
- * consumed exactly once or dead-lettered (or still pending/leased: reported, not a problem),
- * no sample has two overlapping leases, no sample is leased after it is consumed or dead,
- * only the current holder's ack/release/fail/renew is accepted, leases are granted only
- * under the current epoch and to the partition that owns the sample, seq is contiguous.
- */
-export function auditEvents(events: Iterable<LedgerEvent>): AuditReport {
-  const problems: string[] = [];
-  const s = new Map<string, { live: string | null; consumed: number; dead: boolean }>();
-  let epoch: number | null = null;
-  let lastSeq = 0;
-  const p = (msg: string) => { if (problems.length < 1000) problems.push(msg); };
-  const holder = (ev: { seq: number; type: string; leaseId: string; sampleId: string }) => {
-    const x = s.get(ev.sampleId);
-    if (!x) { p(`#${ev.seq} ${ev.type} of uncommitted sample "${ev.sampleId}"`); return null; }
-    if (x.live !== ev.leaseId) p(`#${ev.seq} ${ev.type} of lease ${ev.leaseId} accepted, but the holder of "${ev.sampleId}" is ${x.live ?? 'nobody'}`);
-    return x;
-  };
-  for (const ev of events) {
-    if (ev.seq !== lastSeq + 1) p(`seq ${ev.seq} follows ${lastSeq}`);
-    lastSeq = ev.seq;
-    switch (ev.type) {
-      case 'put': {
-        const x = s.get(ev.ref.sampleId);
-        if (!x) s.set(ev.ref.sampleId, { live: null, consumed: 0, dead: false });
-        else if (x.consumed > 0 || x.dead) p(`#${ev.seq} put of "${ev.ref.sampleId}" after it was ${x.dead ? 'dead' : 'consumed'}`);
-        break;
-      }
-      case 'lease': {
-        if (epoch !== null && ev.epoch !== epoch) p(`#${ev.seq} lease granted under epoch ${ev.epoch} while the epoch is ${epoch}`);
-        const [index, num] = ev.partition;
-        for (const g of ev.leases) {
-          const x = s.get(g.sampleId);
-          if (!x) { p(`#${ev.seq} lease of uncommitted sample "${g.sampleId}"`); continue; }
-          if (x.consumed > 0 || x.dead) p(`#${ev.seq} lease ${g.leaseId} of "${g.sampleId}" after it was ${x.dead ? 'dead' : 'consumed'}`);
-          if (x.live !== null) p(`#${ev.seq} lease ${g.leaseId} of "${g.sampleId}" overlaps live lease ${x.live}`);
-          if (dpPartition(g.sampleId, num) !== index) p(`#${ev.seq} lease ${g.leaseId} of "${g.sampleId}" went to partition ${index}/${num}, which does not own it`);
-          x.live = g.leaseId;
-        }
-        break;
-      }
-      case 'ack': {
-        const x = holder(ev);
-        if (x) {
-          if (x.consumed > 0) p(`#${ev.seq} "${ev.sampleId}" consumed twice`);
-          x.consumed++;
-          x.live = null;
-        }
-        break;
-      }
-      case 'release': case 'fail': {
-        const x = holder(ev);
-        if (x) x.live = null;
-        break;
-      }
-      case 'renew': holder(ev); break;
-      case 'expire':
-        for (const l of ev.leases) { const x = holder({ seq: ev.seq, type: 'expire', leaseId: l.leaseId, sampleId: l.sampleId }); if (x) x.live = null; }
-        break;
-      case 'dead': {
-        const x = s.get(ev.sampleId);
-        if (!x) { p(`#${ev.seq} dead letter of uncommitted sample "${ev.sampleId}"`); break; }
-        if (x.live !== null) p(`#${ev.seq} "${ev.sampleId}" dead-lettered while leased as ${x.live}`);
-        if (x.consumed > 0) p(`#${ev.seq} "${ev.sampleId}" dead-lettered after it was consumed`);
-        x.dead = true;
-        break;
-      }
-      case 'epoch':
-        if (epoch !== null && ev.epoch < epoch) p(`#${ev.seq} epoch went back from ${epoch} to ${ev.epoch}`);
-        epoch = ev.epoch;
-        break;
-      default:
-        p(`#${(ev as LedgerEvent).seq} unknown event type`);
-    }
-  }
-  let consumed = 0, dead = 0, pending = 0, leased = 0;
-  for (const x of s.values()) {
-    if (x.dead) dead++;
-    else if (x.consumed === 1) consumed++;
-    else if (x.live !== null) leased++;
-    else if (x.consumed === 0) pending++;
-  }
-  return { ok: problems.length === 0, problems, committed: s.size, consumed, dead, pending, leased, complete: pending + leased === 0 };
 }

@@ -1,0 +1,472 @@
+// The Bus over core NATS: the connection and its status, sealing (frames and records), and
+// publish / request / subscribe with retries, reply dedupe and fault injection. Bus
+// (bus.ts) extends it with the JetStream side; the two are split only so each reads in one
+// sitting. Import from bus.ts, not from here.
+//
+// Wire format (every message): auth.seal(encodeMessage(frame)), frame one of
+//   publish  {k: 'm', s: subject, d: body}
+//   request  {k: 'q', s: subject, i: idempotencyKey, a: attempt, d: body}
+//   reply    {k: 'r', i: idempotencyKey, d: result}  |  {k: 'e', i, error: {code, message, retryable, detail?}}
+// The subject is inside the MAC, so a sealed message cannot be moved to another subject;
+// the idempotency key is inside too, and replies echo it. A retry is sealed afresh (new
+// nonce), so the replay window never eats it. KV values and stream records are MAC'd (no
+// replay window: they are read again later) with their key/subject bound in.
+//
+// A message that fails auth or decode is counted and dropped with a (rate-limited) warning;
+// it never throws into NATS. Handler errors that are DraftwireErrors go back to the
+// requester, which rethrows them as the same class.
+
+import { randomUUID } from 'node:crypto';
+import { EventEmitter } from 'node:events';
+import type { NatsConnection, Msg, Subscription, Status } from '@nats-io/transport-node';
+import { AuthError, DecodeError, DraftwireError, InvalidArgumentError, TimeoutError, UnavailableError } from './errors.ts';
+import type { AuthPolicy } from './auth.ts';
+import { encodeMessage, decodeMessage, MESSAGE_MAX_BYTES } from './sampleref.ts';
+import { createLogger, type Logger } from './log.ts';
+import { subjects, checkSubject, type JobSubjects } from './subjects.ts';
+import { errorToWire, errorFromWire, type WireError } from './wire-errors.ts';
+import { faultsFromEnv, type BusFaults } from './bus-faults.ts';
+import { mapNatsError, isNatsTimeout, isNoResponders } from './nats-errors.ts';
+
+export interface MsgMeta {
+  subject: string;
+  /** Set for requests. */
+  reply?: string;
+  idempotencyKey?: string;
+  /** 0 for the first try of a request, 1.. for retries. */
+  attempt?: number;
+}
+
+export type Handler<T = any, R = any> = (msg: T, meta: MsgMeta) => Promise<R | void> | R | void;
+
+export interface SubscribeOptions {
+  queue?: string;
+  /**
+   * Reply cache by idempotency key (default on): a retried request whose first try already
+   * ran (or is running) gets the same answer without running the handler again. Only
+   * successes and non-retryable errors are cached. Per process: the handler must still be
+   * idempotent across restarts.
+   */
+  dedupe?: boolean;
+  dedupeEntries?: number;
+  dedupeTtlMs?: number;
+}
+
+export interface RequestOptions {
+  /** Per attempt (default 2000). */
+  timeoutMs?: number;
+  /** Extra attempts after a timeout or no-responders (default 3). */
+  retries?: number;
+  /** Same key on every attempt (default: a random UUID). */
+  idempotencyKey?: string;
+  /** Backoff between attempts: backoffMs * 2^n, capped at maxBackoffMs (defaults 50 / 1000). */
+  backoffMs?: number;
+  maxBackoffMs?: number;
+}
+
+export interface BusConnectOptions {
+  servers: string | string[];
+  job: string;
+  auth?: AuthPolicy;
+  name?: string;
+  /** Keep reconnecting forever (default true). */
+  reconnect?: boolean;
+  /** NATS user/pass; default auth.natsCredentials() (null: anonymous). */
+  credentials?: { user: string; pass: string } | null;
+  /** Bound on decoded messages (default 1 MiB). */
+  maxMessageBytes?: number;
+  reconnectTimeWaitMs?: number;
+  connectTimeoutMs?: number;
+  /** JetStream API timeout (default 5000). */
+  jsTimeoutMs?: number;
+}
+
+export interface BusStats {
+  published: number;
+  requests: number;
+  attempts: number;
+  retries: number;
+  timeouts: number;
+  noResponders: number;
+  received: number;
+  rejectedAuth: number;
+  rejectedDecode: number;
+  handlerErrors: number;
+  repliesSent: number;
+  repliesFromCache: number;
+  droppedByFault: number;
+  /** Publishes made while disconnected (nats.js 3 discards its outbound buffer on reconnect). */
+  droppedDisconnected: number;
+  badReplies: number;
+  disconnects: number;
+  reconnects: number;
+}
+
+export interface BusSubscription {
+  readonly subject: string;
+  unsubscribe(): void;
+  /** Stop receiving, let handlers in flight finish. */
+  drain(): Promise<void>;
+}
+
+// ---------------------------------------------------------------------------------------
+
+export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+const enc = new TextEncoder();
+
+function concatBytes(a: Uint8Array, b: Uint8Array): Uint8Array {
+  const out = new Uint8Array(a.byteLength + b.byteLength);
+  out.set(a, 0); out.set(b, a.byteLength);
+  return out;
+}
+
+class RateLimitedWarn {
+  private last = 0;
+  private suppressed = 0;
+  constructor(private readonly log: Logger, private readonly everyMs = 1000) {}
+  warn(msg: string, fields: Record<string, unknown>): void {
+    const now = Date.now();
+    if (now - this.last < this.everyMs) { this.suppressed++; return; }
+    this.last = now;
+    this.log.warn(msg, this.suppressed ? { ...fields, suppressed: this.suppressed } : fields);
+    this.suppressed = 0;
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+
+export abstract class BusCore extends EventEmitter {
+  readonly job: string;
+  readonly subjects: JobSubjects;
+  readonly auth: AuthPolicy;
+  /** Fault injection for tests (see BusFaults). */
+  faults: BusFaults = {};
+  protected readonly nc: NatsConnection;
+  private readonly log: Logger;
+  private readonly maxBytes: number;
+  private readonly subs = new Set<BusSubscription>();
+  private readonly counters: BusStats = {
+    published: 0, requests: 0, attempts: 0, retries: 0, timeouts: 0, noResponders: 0, received: 0,
+    rejectedAuth: 0, rejectedDecode: 0, handlerErrors: 0, repliesSent: 0, repliesFromCache: 0,
+    droppedByFault: 0, droppedDisconnected: 0, badReplies: 0, disconnects: 0, reconnects: 0,
+  };
+  private connected = true;
+  private connWaiters: Array<() => void> = [];
+  private readonly warnAuth: RateLimitedWarn;
+  private readonly warnDecode: RateLimitedWarn;
+  private closing = false;
+
+  protected constructor(nc: NatsConnection, o: BusConnectOptions, auth: AuthPolicy) {
+    super();
+    this.nc = nc;
+    this.job = o.job;
+    this.subjects = subjects(o.job);
+    this.auth = auth;
+    this.log = createLogger(`bus.${o.name ?? o.job}`);
+    this.maxBytes = o.maxMessageBytes ?? MESSAGE_MAX_BYTES;
+    this.warnAuth = new RateLimitedWarn(this.log);
+    this.warnDecode = new RateLimitedWarn(this.log);
+    this.faults = faultsFromEnv(process.env.DRAFTWIRE_BUS_FAULTS, o.name ?? o.job);
+    void this.watchStatus();
+  }
+
+  stats(): BusStats { return { ...this.counters }; }
+  get server(): string { return this.nc.getServer(); }
+  isClosed(): boolean { return this.nc.isClosed(); }
+
+  /** Round trip to the server (ms). */
+  async rtt(): Promise<number> { return this.nc.rtt(); }
+  /** Resolves when everything published so far reached the server. */
+  async flush(): Promise<void> { try { await this.nc.flush(); } catch (e) { throw mapNatsError(e, 'flush'); } }
+
+  private async watchStatus(): Promise<void> {
+    try {
+      for await (const s of this.nc.status() as AsyncIterable<Status>) {
+        switch (s.type) {
+          case 'disconnect':
+            this.connected = false;
+            this.counters.disconnects++;
+            if (!this.closing) this.log.warn('NATS disconnected', { server: s.server });
+            break;
+          case 'reconnect': {
+            this.connected = true;
+            this.counters.reconnects++;
+            this.log.info('NATS reconnected', { server: s.server });
+            const w = this.connWaiters; this.connWaiters = [];
+            w.forEach((f) => f());
+            break;
+          }
+          case 'close': {
+            const w = this.connWaiters; this.connWaiters = [];
+            w.forEach((f) => f());
+            if (!this.closing) this.log.warn('NATS connection closed for good');
+            break;
+          }
+          case 'reconnecting': this.log.debug('NATS reconnecting'); break;
+          case 'error': this.log.warn('NATS error', { error: s.error }); break;
+          case 'ldm': this.log.warn('NATS server entering lame duck mode', { server: s.server }); break;
+          case 'staleConnection': this.log.warn('NATS connection stale'); break;
+          case 'slowConsumer': this.log.warn('NATS slow consumer', { subject: s.sub.getSubject(), pending: s.pending }); break;
+          default: break;
+        }
+        this.emit('status', s.type);
+      }
+    } catch (e) {
+      this.log.debug('status stream ended', { error: e as Error });
+    }
+  }
+
+  /**
+   * nats.js 3 discards whatever was published while disconnected when it reconnects, so a
+   * request sent then is lost for sure. Wait (up to ms) for the connection before sending.
+   */
+  protected waitConnected(ms: number): Promise<boolean> {
+    if (this.connected || this.nc.isClosed()) return Promise.resolve(!this.nc.isClosed());
+    return new Promise((res) => {
+      const t = setTimeout(() => { this.connWaiters = this.connWaiters.filter((f) => f !== done); res(false); }, ms);
+      const done = () => { clearTimeout(t); res(true); };
+      this.connWaiters.push(done);
+    });
+  }
+
+  // ------------------------------------------------------------------ sealing
+
+  private sealFrame(frame: Record<string, unknown>): Uint8Array {
+    return this.auth.seal(encodeMessage(frame, this.maxBytes));
+  }
+
+  /** Open + decode; null (counted, warned) when it fails auth or decode. */
+  private openFrame(data: Uint8Array, subject: string): Record<string, unknown> | null {
+    let body: Uint8Array;
+    try {
+      body = this.auth.open(data);
+    } catch (e) {
+      if (e instanceof AuthError) {
+        this.counters.rejectedAuth++;
+        this.warnAuth.warn('dropped a message that failed authentication', { subject, total: this.counters.rejectedAuth });
+      } else {
+        this.counters.rejectedDecode++;
+        this.warnDecode.warn('dropped an undecodable message', { subject, error: e as Error, total: this.counters.rejectedDecode });
+      }
+      return null;
+    }
+    try {
+      return decodeMessage(body, this.maxBytes);
+    } catch (e) {
+      this.counters.rejectedDecode++;
+      this.warnDecode.warn('dropped an undecodable message', { subject, error: e as Error, total: this.counters.rejectedDecode });
+      return null;
+    }
+  }
+
+  private badFrame(subject: string, why: string): null {
+    this.counters.rejectedDecode++;
+    this.warnDecode.warn('dropped a malformed message', { subject, why, total: this.counters.rejectedDecode });
+    return null;
+  }
+
+  /** MAC'd record bytes: {b: body, m?: mac over (context, body)}. */
+  protected sealRecord(context: string, obj: unknown): Uint8Array {
+    const body = encodeMessage({ d: obj }, this.maxBytes);
+    if (!this.auth.enabled) return encodeMessage({ b: body }, this.maxBytes + 64);
+    const mac = this.auth.mac(concatBytes(enc.encode(context + '\u0000'), body));
+    return encodeMessage({ b: body, m: mac }, this.maxBytes + 64);
+  }
+
+  /** Throws AuthError / DecodeError. */
+  protected openRecord(context: string, bytes: Uint8Array): unknown {
+    const outer = decodeMessage(bytes, this.maxBytes + 64);
+    const body = outer.b;
+    if (!(body instanceof Uint8Array)) throw new DecodeError(`record ${context}: body must be bytes`);
+    if (this.auth.enabled) this.auth.verifyMac(concatBytes(enc.encode(context + '\u0000'), body), outer.m as Uint8Array | undefined);
+    return decodeMessage(body, this.maxBytes).d;
+  }
+
+  /** @internal */ _warnBadRecord(what: string, e: unknown): void {
+    if (e instanceof AuthError) { this.counters.rejectedAuth++; this.warnAuth.warn('skipped a record that failed authentication', { what }); }
+    else { this.counters.rejectedDecode++; this.warnDecode.warn('skipped an undecodable record', { what, error: e as Error }); }
+  }
+
+  // ------------------------------------------------------------------ core messaging
+
+  /** Fire-and-forget. Throws InvalidArgumentError for a bad subject or a non-plain body. */
+  publish(subject: string, obj: unknown): void {
+    checkSubject(subject, false);
+    const data = this.sealFrame({ k: 'm', s: subject, d: obj });
+    this.counters.published++;
+    if (this.faults.dropRequest?.(subject)) { this.counters.droppedByFault++; return; }
+    const delay = this.faults.delayMs?.(subject) ?? 0;
+    const send = () => {
+      if (!this.connected) { this.counters.droppedDisconnected++; this.log.debug('publish while disconnected (will be lost)', { subject }); }
+      try { this.nc.publish(subject, data); } catch (e) { this.log.warn('publish failed', { subject, error: mapNatsError(e, 'publish') }); }
+    };
+    if (delay > 0) setTimeout(send, delay); else send();
+  }
+
+  /**
+   * Request/reply with retries under one idempotency key. Rejects with TimeoutError when no
+   * attempt got an answer, or with the handler's error (same class) when it answered one.
+   */
+  async request<R = any>(subject: string, obj: unknown, opts: RequestOptions = {}): Promise<R> {
+    checkSubject(subject, false);
+    const timeoutMs = opts.timeoutMs ?? 2000;
+    const retries = opts.retries ?? 3;
+    const key = opts.idempotencyKey ?? randomUUID();
+    if (typeof key !== 'string' || key.length === 0 || key.length > 256) throw new InvalidArgumentError('idempotencyKey must be a string of 1..256 characters');
+    if (!(timeoutMs > 0) || !Number.isInteger(retries) || retries < 0) throw new InvalidArgumentError('request needs timeoutMs > 0 and retries >= 0');
+    const backoff = opts.backoffMs ?? 50;
+    const maxBackoff = opts.maxBackoffMs ?? 1000;
+    encodeMessage({ d: obj }, this.maxBytes); // fail fast on a bad body
+    this.counters.requests++;
+    let lastFailure = 'timeout';
+    for (let attempt = 0; attempt <= retries; attempt++) {
+      if (attempt > 0) {
+        this.counters.retries++;
+        const wait = Math.min(maxBackoff, backoff * 2 ** (attempt - 1));
+        await sleep(wait * (0.75 + Math.random() * 0.5));
+      }
+      if (this.nc.isClosed()) throw new UnavailableError(`request to ${subject}: the NATS connection is closed`);
+      this.counters.attempts++;
+      const delay = this.faults.delayMs?.(subject) ?? 0;
+      if (delay > 0) await sleep(delay);
+      if (this.faults.dropRequest?.(subject)) {
+        this.counters.droppedByFault++;
+        await sleep(timeoutMs);
+        this.counters.timeouts++;
+        lastFailure = 'timeout';
+        continue;
+      }
+      if (!(await this.waitConnected(timeoutMs))) { this.counters.timeouts++; lastFailure = 'disconnected'; continue; }
+      const data = this.sealFrame({ k: 'q', s: subject, i: key, a: attempt, d: obj });
+      let msg: Msg;
+      try {
+        msg = await this.nc.request(subject, data, { timeout: timeoutMs });
+      } catch (e) {
+        if (isNatsTimeout(e)) { this.counters.timeouts++; lastFailure = 'timeout'; continue; }
+        if (isNoResponders(e)) {
+          this.counters.noResponders++; lastFailure = 'no responders';
+          // No one is listening right now (restarting?): wait out the attempt's time, then retry.
+          await sleep(Math.min(timeoutMs, Math.max(backoff, 20)));
+          continue;
+        }
+        throw mapNatsError(e, `request to ${subject}`);
+      }
+      const frame = this.openFrame(msg.data, subject);
+      if (!frame) { this.counters.badReplies++; lastFailure = 'bad reply'; continue; }
+      if (frame.i !== key || (frame.k !== 'r' && frame.k !== 'e')) {
+        this.badFrame(subject, 'reply does not match the request');
+        this.counters.badReplies++; lastFailure = 'bad reply'; continue;
+      }
+      if (frame.k === 'e') throw errorFromWire(frame.error, subject);
+      return frame.d as R;
+    }
+    throw new TimeoutError(`request to ${subject} got no reply after ${retries + 1} attempt(s) of ${timeoutMs} ms (${lastFailure})`,
+      { detail: { subject, attempts: retries + 1, timeoutMs, idempotencyKey: key, lastFailure } });
+  }
+
+  /** Subscribe; `handler`'s return value is the reply to requests. Never throws into NATS. */
+  subscribe<T = any, R = any>(subject: string, handler: Handler<T, R>, opts: SubscribeOptions = {}): BusSubscription {
+    checkSubject(subject, true);
+    const dedupe = opts.dedupe ?? true;
+    const cacheMax = opts.dedupeEntries ?? 10_000;
+    const cacheTtl = opts.dedupeTtlMs ?? 5 * 60_000;
+    const cache = new Map<string, { at: number; frame: Promise<Record<string, unknown>> }>();
+    const inflight = new Set<Promise<void>>();
+
+    const run = async (frame: Record<string, unknown>, msg: Msg): Promise<Record<string, unknown>> => {
+      const meta: MsgMeta = { subject: msg.subject, reply: msg.reply, idempotencyKey: frame.i as string, attempt: frame.a as number };
+      try {
+        const out = await handler(frame.d as T, meta);
+        return out === undefined ? { k: 'r', i: frame.i } : { k: 'r', i: frame.i, d: out };
+      } catch (err) {
+        this.counters.handlerErrors++;
+        if (!(err instanceof DraftwireError)) this.log.error('request handler threw a non-Draftwire error', { subject: msg.subject, error: err as Error });
+        else this.log.debug('request handler error', { subject: msg.subject, code: err.code });
+        return { k: 'e', i: frame.i, error: errorToWire(err) };
+      }
+    };
+
+    const reply = async (msg: Msg, frame: Record<string, unknown>): Promise<void> => {
+      if (this.faults.dropReply?.(msg.subject)) { this.counters.droppedByFault++; return; }
+      const delay = this.faults.delayMs?.(msg.subject) ?? 0;
+      if (delay > 0) await sleep(delay);
+      let data: Uint8Array;
+      try {
+        data = this.sealFrame(frame);
+      } catch (e) {
+        // A result or error detail that does not encode: say so instead of timing out.
+        this.log.error('reply does not encode', { subject: msg.subject, error: e as Error });
+        data = this.sealFrame({ k: 'e', i: frame.i, error: { code: 'INTERNAL', message: `reply does not encode: ${(e as Error).message}`, retryable: false } });
+      }
+      try { msg.respond(data); this.counters.repliesSent++; } catch (e) { this.log.warn('reply failed', { subject: msg.subject, error: mapNatsError(e, 'reply') }); }
+    };
+
+    const onMessage = async (msg: Msg): Promise<void> => {
+      this.counters.received++;
+      const frame = this.openFrame(msg.data, msg.subject);
+      if (!frame) return;
+      if (frame.s !== msg.subject) { this.badFrame(msg.subject, `sealed for subject ${String(frame.s).slice(0, 80)}`); return; }
+      if (frame.k === 'm') {
+        try { await handler(frame.d as T, { subject: msg.subject }); } catch (err) {
+          this.counters.handlerErrors++;
+          this.log.warn('message handler threw', { subject: msg.subject, error: err as Error });
+        }
+        return;
+      }
+      if (frame.k !== 'q' || typeof frame.i !== 'string' || !msg.reply) { this.badFrame(msg.subject, 'not a publish or a request'); return; }
+      if (!dedupe) { await reply(msg, await run(frame, msg)); return; }
+      const now = Date.now();
+      const ck = `${msg.subject}\u0000${frame.i}`;
+      const hit = cache.get(ck);
+      if (hit && now - hit.at < cacheTtl) {
+        this.counters.repliesFromCache++;
+        await reply(msg, await hit.frame);
+        return;
+      }
+      const p = run(frame, msg);
+      cache.set(ck, { at: now, frame: p });
+      while (cache.size > cacheMax) cache.delete(cache.keys().next().value as string);
+      const out = await p;
+      // Retryable errors and internal failures are not remembered: a retry runs again.
+      if (out.k === 'e' && ((out.error as WireError).retryable || (out.error as WireError).code === 'INTERNAL')) {
+        if (cache.get(ck)?.frame === p) cache.delete(ck);
+      }
+      await reply(msg, out);
+    };
+
+    let sub: Subscription;
+    try {
+      sub = this.nc.subscribe(subject, {
+        queue: opts.queue,
+        callback: (err, msg) => {
+          if (err) { this.log.warn('subscription error', { subject, error: err }); return; }
+          const p = onMessage(msg).catch((e) => this.log.error('message processing failed', { subject, error: e as Error }));
+          inflight.add(p);
+          void p.finally(() => inflight.delete(p));
+        },
+      });
+    } catch (e) {
+      throw mapNatsError(e, `subscribe to ${subject}`);
+    }
+    const handle: BusSubscription = {
+      subject,
+      unsubscribe: () => { this.subs.delete(handle); try { sub.unsubscribe(); } catch { /* closed */ } },
+      drain: async () => {
+        this.subs.delete(handle);
+        try { await sub.drain(); } catch { /* closed */ }
+        await Promise.allSettled([...inflight]);
+      },
+    };
+    this.subs.add(handle);
+    return handle;
+  }
+
+  /** Drain subscriptions (handlers in flight finish) and close. */
+  async close(): Promise<void> {
+    if (this.closing) return;
+    this.closing = true;
+    await Promise.allSettled([...this.subs].map((s) => s.drain()));
+    try { await this.nc.drain(); } catch { /* already closed */ }
+    if (!this.nc.isClosed()) await this.nc.close().catch(() => {});
+  }
+}

@@ -1,0 +1,107 @@
+// The audit of a ledger log (DESIGN.md §2): checks the lease protocol's guarantees from the
+// events alone, without the state machine's code, so a bug there cannot hide itself here.
+// Used by the tests, the chaos suite and `draftwire audit`; ledger.ts re-exports it.
+
+import { dpPartition } from './partition.ts';
+import type { LedgerEvent } from './ledger-events.ts';
+
+export interface AuditReport {
+  ok: boolean;
+  problems: string[];
+  /** Distinct samples put. */
+  committed: number;
+  /** Samples consumed exactly once. */
+  consumed: number;
+  dead: number;
+  /** Still pending / leased at the end of the log (job incomplete, not a problem). */
+  pending: number;
+  leased: number;
+  /** True when every committed sample is consumed or dead. */
+  complete: boolean;
+}
+
+/**
+ * Checks a ledger log independently of the ledger's own code: every committed sample is
+ * consumed exactly once or dead-lettered (or still pending/leased: reported, not a problem),
+ * no sample has two overlapping leases, no sample is leased after it is consumed or dead,
+ * only the current holder's ack/release/fail/renew is accepted, leases are granted only
+ * under the current epoch and to the partition that owns the sample, seq is contiguous.
+ */
+export function auditEvents(events: Iterable<LedgerEvent>): AuditReport {
+  const problems: string[] = [];
+  const s = new Map<string, { live: string | null; consumed: number; dead: boolean }>();
+  let epoch: number | null = null;
+  let lastSeq = 0;
+  const p = (msg: string) => { if (problems.length < 1000) problems.push(msg); };
+  const holder = (ev: { seq: number; type: string; leaseId: string; sampleId: string }) => {
+    const x = s.get(ev.sampleId);
+    if (!x) { p(`#${ev.seq} ${ev.type} of uncommitted sample "${ev.sampleId}"`); return null; }
+    if (x.live !== ev.leaseId) p(`#${ev.seq} ${ev.type} of lease ${ev.leaseId} accepted, but the holder of "${ev.sampleId}" is ${x.live ?? 'nobody'}`);
+    return x;
+  };
+  for (const ev of events) {
+    if (ev.seq !== lastSeq + 1) p(`seq ${ev.seq} follows ${lastSeq}`);
+    lastSeq = ev.seq;
+    switch (ev.type) {
+      case 'put': {
+        const x = s.get(ev.ref.sampleId);
+        if (!x) s.set(ev.ref.sampleId, { live: null, consumed: 0, dead: false });
+        else if (x.consumed > 0 || x.dead) p(`#${ev.seq} put of "${ev.ref.sampleId}" after it was ${x.dead ? 'dead' : 'consumed'}`);
+        break;
+      }
+      case 'lease': {
+        if (epoch !== null && ev.epoch !== epoch) p(`#${ev.seq} lease granted under epoch ${ev.epoch} while the epoch is ${epoch}`);
+        const [index, num] = ev.partition;
+        for (const g of ev.leases) {
+          const x = s.get(g.sampleId);
+          if (!x) { p(`#${ev.seq} lease of uncommitted sample "${g.sampleId}"`); continue; }
+          if (x.consumed > 0 || x.dead) p(`#${ev.seq} lease ${g.leaseId} of "${g.sampleId}" after it was ${x.dead ? 'dead' : 'consumed'}`);
+          if (x.live !== null) p(`#${ev.seq} lease ${g.leaseId} of "${g.sampleId}" overlaps live lease ${x.live}`);
+          if (dpPartition(g.sampleId, num) !== index) p(`#${ev.seq} lease ${g.leaseId} of "${g.sampleId}" went to partition ${index}/${num}, which does not own it`);
+          x.live = g.leaseId;
+        }
+        break;
+      }
+      case 'ack': {
+        const x = holder(ev);
+        if (x) {
+          if (x.consumed > 0) p(`#${ev.seq} "${ev.sampleId}" consumed twice`);
+          x.consumed++;
+          x.live = null;
+        }
+        break;
+      }
+      case 'release': case 'fail': {
+        const x = holder(ev);
+        if (x) x.live = null;
+        break;
+      }
+      case 'renew': holder(ev); break;
+      case 'expire':
+        for (const l of ev.leases) { const x = holder({ seq: ev.seq, type: 'expire', leaseId: l.leaseId, sampleId: l.sampleId }); if (x) x.live = null; }
+        break;
+      case 'dead': {
+        const x = s.get(ev.sampleId);
+        if (!x) { p(`#${ev.seq} dead letter of uncommitted sample "${ev.sampleId}"`); break; }
+        if (x.live !== null) p(`#${ev.seq} "${ev.sampleId}" dead-lettered while leased as ${x.live}`);
+        if (x.consumed > 0) p(`#${ev.seq} "${ev.sampleId}" dead-lettered after it was consumed`);
+        x.dead = true;
+        break;
+      }
+      case 'epoch':
+        if (epoch !== null && ev.epoch < epoch) p(`#${ev.seq} epoch went back from ${epoch} to ${ev.epoch}`);
+        epoch = ev.epoch;
+        break;
+      default:
+        p(`#${(ev as LedgerEvent).seq} unknown event type`);
+    }
+  }
+  let consumed = 0, dead = 0, pending = 0, leased = 0;
+  for (const x of s.values()) {
+    if (x.dead) dead++;
+    else if (x.consumed === 1) consumed++;
+    else if (x.live !== null) leased++;
+    else if (x.consumed === 0) pending++;
+  }
+  return { ok: problems.length === 0, problems, committed: s.size, consumed, dead, pending, leased, complete: pending + leased === 0 };
+}
