@@ -17,10 +17,13 @@ import { DraftModel, draftParamShapes, TRAINABLE_NAMES } from '../src/native.ts'
 /** The training state a rank carries between epochs (full-shape). */
 export interface TrainState extends ModelState { step: number }
 
-/** What one rank brings to an agreement round. */
-export interface RoundInput { held: number; window: number; stale: boolean; waitedOut: boolean; outstanding: number }
-/** What the world agreed: sums, extremes and flags over every rank. */
-export interface Round { total: number; maxHeld: number; minHeld: number; window: number; stale: boolean; waitedOut: boolean; outstanding: number }
+/**
+ * What one rank brings to an agreement round. `short`: it holds less than a full batch and
+ * its partition may still get more (its pending pool is not known to be exhausted).
+ */
+export interface RoundInput { held: number; window: number; stale: boolean; waitedOut: boolean; outstanding: number; short: boolean }
+/** What the world agreed: sums, extremes and flags over every rank (`short`: any rank is). */
+export interface Round { total: number; maxHeld: number; window: number; stale: boolean; waitedOut: boolean; outstanding: number; short: boolean }
 
 export interface GroupOptions {
   bus: Bus;
@@ -32,6 +35,8 @@ export interface GroupOptions {
   frozen: Record<string, Float32Array | Int32Array>;
   timeoutMs: number;
   connectTimeoutMs: number;
+  /** Abandons the rendezvous (a newer epoch superseded this world). */
+  signal?: AbortSignal;
 }
 
 const numel = (shape: number[]) => shape.reduce((a, b) => a * b, 1);
@@ -52,7 +57,7 @@ export class DpGroup {
     }
     const comm = await Communicator.connect({
       rank: o.index, size: o.size, kv: await o.bus.kv(o.bus.subjects.kvBucket), prefix: `${spec.job}/e${o.epoch}`,
-      timeoutMs: o.timeoutMs, connectTimeoutMs: o.connectTimeoutMs,
+      timeoutMs: o.timeoutMs, connectTimeoutMs: o.connectTimeoutMs, signal: o.signal,
     });
     try {
       const step = (await comm.allReduce(new Float64Array([state.step]), 'max'))[0]!;
@@ -72,11 +77,11 @@ export class DpGroup {
   /** One agreement round (a collective on a world of several ranks). */
   async agree(r: RoundInput): Promise<Round> {
     if (!this.comm) {
-      return { total: r.held, maxHeld: r.held, minHeld: r.held, window: r.window, stale: r.stale, waitedOut: r.waitedOut, outstanding: r.outstanding };
+      return { total: r.held, maxHeld: r.held, window: r.window, stale: r.stale, waitedOut: r.waitedOut, outstanding: r.outstanding, short: r.short };
     }
-    const mx = await this.comm.allReduce(new Float64Array([r.held, -r.held, r.stale ? 1 : 0, r.waitedOut ? 1 : 0, -r.outstanding]), 'max');
+    const mx = await this.comm.allReduce(new Float64Array([r.held, r.short ? 1 : 0, r.stale ? 1 : 0, r.waitedOut ? 1 : 0, -r.outstanding]), 'max');
     const sum = await this.comm.allReduce(new Float64Array([r.held, r.window]), 'sum');
-    return { total: sum[0]!, window: sum[1]!, maxHeld: mx[0]!, minHeld: -mx[1]!, stale: mx[2]! > 0, waitedOut: mx[3]! > 0, outstanding: -mx[4]! };
+    return { total: sum[0]!, window: sum[1]!, maxHeld: mx[0]!, short: mx[1]! > 0, stale: mx[2]! > 0, waitedOut: mx[3]! > 0, outstanding: -mx[4]! };
   }
 
   async barrier(): Promise<void> { if (this.comm) await this.comm.barrier(); }

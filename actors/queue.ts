@@ -120,9 +120,10 @@ export function queueActorSpec(o: QueueActorOptions): ActorSpec<QueueState, Queu
         const epoch = ledger.currentEpoch();
         if (msg.epoch !== epoch) throw new StaleEpochError(`credit under epoch ${msg.epoch}: the queue grants under epoch ${epoch}`, { detail: { epoch: msg.epoch, current: epoch, num: ledger.currentNum(), ahead: msg.epoch > epoch } });
         st.credits.set(msg.consumer, { consumer: msg.consumer, partition: msg.partition, epoch: msg.epoch, remaining: msg.max, leaseMs: msg.leaseMs ?? null });
-        // consumed + dead tell the ranks how much of the job's sample budget is finished.
-        const { consumed, dead } = ledger.stats();
-        ctx.reply({ epoch, num: ledger.currentNum(), depth: ledger.depth(), consumed, dead });
+        // consumed + dead tell the ranks how much of the job's sample budget is finished;
+        // committed and the partition's pending samples whether more can still come to them.
+        const { consumed, dead, samples: committed } = ledger.stats();
+        ctx.reply({ epoch, num: ledger.currentNum(), depth: ledger.depth(), consumed, dead, committed, partitionPending: ledger.pendingIds(msg.partition).length });
         await grant(st, ledger);
         break;
       }

@@ -123,8 +123,12 @@ export class RankWorker {
   private index = -1;
   private wasMember = false;
   private newerEpochSeen = false;
+  /** Cancels the rendezvous of the world being formed when a newer epoch is announced. */
+  private forming: AbortController | null = null;
   /** The queue's last word on samples not finished yet (budget − consumed − dead). */
   private outstanding: number;
+  /** The queue's last word: every sample of the budget is committed and none is pending in this partition. */
+  private exhausted = false;
   private stepNo = 0;
   private state: 'starting' | 'waiting' | 'stepping' | 'checkpointing' | 'resharding' | 'forming' | 'recovering' | 'done' | 'retired' = 'starting';
   private stopped = false;
@@ -219,10 +223,15 @@ export class RankWorker {
   private async formGroup(): Promise<DpGroup> {
     const { spec, bus } = this.o;
     const dead = rankDeadAfterMs(spec);
-    const group = await DpGroup.form({
-      bus, spec, epoch: this.epoch.epoch, index: this.index, size: this.epoch.num, frozen: this.frozen,
-      timeoutMs: Math.max(10_000, 2 * dead), connectTimeoutMs: Math.max(30_000, 3 * dead),
-    }, this.train);
+    this.forming = new AbortController();
+    if (this.newerEpochSeen) this.forming.abort(`epoch ${this.epoch.epoch} was superseded before its world formed`);
+    let group: DpGroup;
+    try {
+      group = await DpGroup.form({
+        bus, spec, epoch: this.epoch.epoch, index: this.index, size: this.epoch.num, frozen: this.frozen,
+        timeoutMs: Math.max(10_000, 2 * dead), connectTimeoutMs: Math.max(30_000, 3 * dead), signal: this.forming.signal,
+      }, this.train);
+    } finally { this.forming = null; }
     this.stepNo = group.step;
     // Every sample the committed checkpoint holds is trained: never train it again. Its leases
     // are acked (idempotent; also those of a rank that died after the commit): what is acked
@@ -247,9 +256,10 @@ export class RankWorker {
       let a: Round;
       for (;;) {
         const stale = await this.collect(spec.batch, Date.now() + roundMs);
+        const held = this.ready().length;
         a = await group.agree({
-          held: this.ready().length, window: this.window.length, stale: stale || this.newerEpochSeen,
-          waitedOut: Date.now() - t0 >= batchWaitMs, outstanding: this.outstanding,
+          held, window: this.window.length, stale: stale || this.newerEpochSeen,
+          waitedOut: Date.now() - t0 >= batchWaitMs, outstanding: this.outstanding, short: held < spec.batch && !this.exhausted,
         });
         if (a.stale) {
           this.state = 'resharding';
@@ -266,7 +276,8 @@ export class RankWorker {
           }
           return 'done';
         }
-        if (a.total > 0 && (a.minHeld >= spec.batch || a.total >= left || (group.size > 1 && a.waitedOut))) break;
+        // Every rank full (or its partition exhausted), everything left in hand, or waited long enough.
+        if (a.total > 0 && (!a.short || a.total >= left || (group.size > 1 && a.waitedOut))) break;
       }
       const mine = this.ready().slice(0, spec.batch);
       const width = Math.min(spec.batch, a.maxHeld);
@@ -455,7 +466,12 @@ export class RankWorker {
     this.timers.push(hb, renew);
     // An announced epoch change wakes a waiting rank at once, instead of at its next credit retry.
     this.epochSub = bus.subscribe<EpochInfo>(bus.subjects.ctlEpoch, (e) => {
-      if (e && typeof e.epoch === 'number' && e.epoch > this.epoch.epoch) { this.newerEpochSeen = true; setTimeout(() => this.wake?.(), 20); }
+      if (e && typeof e.epoch === 'number' && e.epoch > this.epoch.epoch) {
+        this.newerEpochSeen = true;
+        // A world still forming for the old epoch will never complete: its members move on.
+        this.forming?.abort(`epoch ${e.epoch} superseded epoch ${this.epoch.epoch} while its world was forming`);
+        setTimeout(() => this.wake?.(), 20);
+      }
     }, { dedupe: false });
   }
 
@@ -506,10 +522,15 @@ export class RankWorker {
       if (this.stopped) throw new DraftwireError('STOPPED', 'rank stopped', false);
       if (Date.now() >= until) return false;
       try {
-        const r = await bus.request<{ consumed?: number; dead?: number }>(bus.subjects.queue.credit, {
+        const r = await bus.request<{ consumed?: number; dead?: number; committed?: number; partitionPending?: number }>(bus.subjects.queue.credit, {
           consumer: this.consumer, partition: [this.index, this.epoch.num], epoch: this.epoch.epoch, max: Math.max(0, n - this.held.size), leaseMs: spec.leaseMs,
         }, { timeoutMs: 3000, retries: 2 });
         if (typeof r.consumed === 'number' && typeof r.dead === 'number') this.outstanding = jobRows(spec) - r.consumed - r.dead;
+        // Nothing pending here and nothing more to be committed: this credit grants nothing, and
+        // waiting for a full batch would only hold the world up (samples expired or released
+        // later make the partition non-empty again, and the next reply says so).
+        this.exhausted = typeof r.committed === 'number' && r.committed >= jobRows(spec) && r.partitionPending === 0;
+        if (this.exhausted) return false;
       } catch (e) {
         if (e instanceof StaleEpochError) return true; // reshard: agreed in the next round
         this.log.warn('credit failed; retrying', { error: (e as Error).message });

@@ -35,6 +35,11 @@ export interface ConnectOptions {
   iface?: string;
   /** Address to listen on and publish (default 127.0.0.1: single host). */
   hostname?: string;
+  /**
+   * Cancels the rendezvous: connect() then rejects with CollectiveError at once instead of
+   * waiting for ranks that will not come (e.g. the world was superseded by a newer epoch).
+   */
+  signal?: AbortSignal;
 }
 
 // ------------------------------------------------------------------------------------------
@@ -81,8 +86,10 @@ export function decodeKvKey(key: string): string {
 const MAX_VALUE_BYTES = 64 * 1024;
 
 /** The rendezvous store the native side calls: NATS KV, 'get' polls until the key exists. */
-function kvStore(kv: BusKv): RawCommStoreFn {
+function kvStore(kv: BusKv, signal?: AbortSignal): RawCommStoreFn {
+  const cancelled = () => new CollectiveError(`rendezvous cancelled: ${String(signal?.reason ?? 'aborted')}`);
   return async (op, key, value, timeoutMs) => {
+    if (signal?.aborted) throw cancelled();
     const k = encodeKvKey(key);
     if (op === 'set') {
       if (!(value instanceof Uint8Array) || value.length > MAX_VALUE_BYTES) throw new InvalidArgumentError(`rendezvous value for ${key} must be bytes (<= ${MAX_VALUE_BYTES})`);
@@ -100,6 +107,7 @@ function kvStore(kv: BusKv): RawCommStoreFn {
       const left = deadline - Date.now();
       if (left <= 0) return null;
       await sleep(Math.min(pause, left));
+      if (signal?.aborted) throw cancelled();
     }
   };
 }
@@ -157,7 +165,7 @@ export class Communicator {
       const raw = await collectivesBinding().commConnect({
         rank: o.rank, size: o.size, prefix: o.prefix, timeoutMs: o.timeoutMs, connectTimeoutMs: o.connectTimeoutMs,
         hostname: o.hostname, iface: o.iface,
-      }, kvStore(o.kv));
+      }, kvStore(o.kv, o.signal));
       return new Communicator(raw);
     });
   }

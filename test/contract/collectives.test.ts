@@ -188,7 +188,7 @@ describe('collectives over Gloo (processes, rendezvous through NATS KV)', functi
     }
   });
 
-  it('connect rejects with CollectiveError when a rank never shows up', async () => {
+  it('connect rejects with CollectiveError when a rank never shows up, or at once when cancelled', async () => {
     const bus = await Bus.connect({ servers: nats.url, job: JOB, name: 'lonely' });
     try {
       const kv = await bus.kv(BUCKET, { storage: 'memory' });
@@ -199,6 +199,15 @@ describe('collectives over Gloo (processes, rendezvous through NATS KV)', functi
       );
       const ms = Date.now() - t0;
       assert.ok(ms >= 1400 && ms < 8000, `rejected after ${ms} ms (connect timeout 1500 ms)`);
+      // A cancelled rendezvous (the world was superseded) rejects at once, naming the reason.
+      const ac = new AbortController();
+      const t1 = Date.now();
+      setTimeout(() => ac.abort('epoch 3 superseded this world'), 300);
+      await assert.rejects(
+        Communicator.connect({ rank: 0, size: 2, kv, prefix: `cancelled-${randomBytes(4).toString('hex')}`, connectTimeoutMs: 30_000, signal: ac.signal }),
+        (e: unknown) => e instanceof CollectiveError && /rendezvous cancelled: epoch 3 superseded this world/.test(e.message),
+      );
+      assert.ok(Date.now() - t1 < 5000, `cancelled after ${Date.now() - t1} ms, not at the 30 s connect timeout`);
       await assert.rejects(
         Communicator.connect({ rank: 0, size: 2, kv, prefix: 'no-such-iface', iface: 'dw-no-such0', connectTimeoutMs: 1500 }),
         (e: unknown) => e instanceof CollectiveError && /dw-no-such0/.test(e.message),

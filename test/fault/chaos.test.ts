@@ -277,8 +277,8 @@ describe('chaos: seeded faults against a real job', function () {
       assert.match(rankLog(job), /joined epoch=3 num=1/, 'and under epoch 3 (dp 1)');
     });
 
-    it(`reshard combined with a rank SIGKILL (seed ${seed})`, async () => {
-      const { res, job } = await scenario('reshard-kill-rank', seed, {}, async (job, rnd, faults) => {
+    it(`reshard to dp 2 combined with a rank SIGKILL (seed ${seed})`, async () => {
+      const { res, job, summary } = await scenario('reshard-kill-rank', seed, { steps: 3 * STEPS, expect: () => ({ steps: null }) }, async (job, rnd, faults) => {
         const step = at(rnd);
         await job.waitStep(step);
         const pid = await job.waitRank();
@@ -286,14 +286,16 @@ describe('chaos: seeded faults against a real job', function () {
         // tiny job would finish before a CLI process starts.
         const bus = await jobBus(job);
         try {
-          const bump = bus.request(`dw.${job.o.job}.coord.scale`, { dp: 1 }, { timeoutMs: 5000, retries: 2 });
+          const wide = bus.request<{ from: { epoch: number }; to: { epoch: number } }>(`dw.${job.o.job}.coord.scale`, { dp: 2 }, { timeoutMs: 10_000, retries: 2 });
           process.kill(pid, 'SIGKILL');
-          const r = await bump;
-          faults.push(`epoch bump (coordinator API, dp 1: epoch ${r.from.epoch} -> ${r.to.epoch}) and SIGKILL rank pid ${pid} at step ${step}`);
+          const r = await wide;
+          faults.push(`scale to dp 2 (coordinator API: epoch ${r.from.epoch} -> ${r.to.epoch}; rank 1 spawned) and SIGKILL of rank 0 pid ${pid} at step ${step}`);
         } finally { await bus.close(); }
       });
       assertInvariants(res);
-      assert.ok(ledgerOf(job.runDir).some((e) => e.type === 'epoch' && (e as { epoch: number }).epoch === 2));
+      assert.ok(ledgerOf(job.runDir).some((e) => e.type === 'epoch' && (e as { epoch: number }).epoch >= 2));
+      assert.equal(summary.rankRestarts, 1, 'rank 0 was replaced');
+      assert.ok(summary.dpHistory.includes(2), `trained at dp 2: ${JSON.stringify(summary.dpHistory)}`);
     });
 
     // A corrupted sample: the rank's read verifies block checksums (ChecksumError), fails the
