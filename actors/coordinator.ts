@@ -1,7 +1,9 @@
 // The coordinator: owns the job's epoch record in the KV bucket `dw_<job>` (key `epoch` =
-// {epoch, num, members}), written only by compare-and-set, and announced on
-// `dw.<job>.ctl.epoch`. `members` lists the rank ids of the epoch's data-parallel world in
-// order: members[i] is world rank i and trains partition i of `dw.<job>.part.<num>.<i>`.
+// {epoch, num, members, group}), written only by compare-and-set, and announced on
+// `dw.<job>.ctl.epoch`. `members` lists the rank ids of the epoch's world in order:
+// members[i] is world rank i. A data-parallel index is a group of `group` = tp·sp
+// consecutive world ranks (one rank when the job has no TP/SP), and DP index d trains
+// partition d of `dw.<job>.part.<num>.<d>`; num = members / group.
 // Every change of the world is a new epoch, so a collective group is formed once per epoch
 // (its rendezvous prefix is the epoch) and never reused after a failure.
 //
@@ -33,19 +35,23 @@ export const MAX_DP = 64;
 
 const range = (n: number) => Array.from({ length: n }, (_, i) => i);
 
-/** Normalises a KV record (older records have no member list: ranks 0..num-1). */
+/** Ranks per data-parallel index (tp·sp) of a record (older records: 1). */
+export const epochGroup = (e: EpochInfo): number => (Number.isInteger(e.group) && e.group! >= 1 ? e.group! : 1);
+
+/** Normalises a KV record (older records have no member list: ranks 0..num·group-1). */
 export function epochMembers(e: EpochInfo): number[] {
-  return Array.isArray(e.members) && e.members.length === e.num && e.members.every((m) => Number.isInteger(m)) ? e.members as number[] : range(e.num);
+  const n = e.num * epochGroup(e);
+  return Array.isArray(e.members) && e.members.length === n && e.members.every((m) => Number.isInteger(m)) ? e.members as number[] : range(n);
 }
 
-/** Creates the epoch record if absent (epoch 1, ranks 0..dp-1); returns the current one. */
-export async function ensureEpoch(bus: Bus, dp: number): Promise<EpochInfo> {
+/** Creates the epoch record if absent (epoch 1, ranks 0..dp·group-1); returns the current one. */
+export async function ensureEpoch(bus: Bus, dp: number, group = 1): Promise<EpochInfo> {
   const kv = await bus.kv(bus.subjects.kvBucket);
   for (;;) {
     const cur = await kv.get<EpochInfo>('epoch');
     if (cur) return cur.value;
     try {
-      const info: EpochInfo = { epoch: 1, num: dp, members: range(dp) };
+      const info: EpochInfo = { epoch: 1, num: dp, members: range(dp * group), group };
       await kv.create('epoch', info);
       bus.publish(bus.subjects.ctlEpoch, info);
       return info;
@@ -57,7 +63,8 @@ export async function ensureEpoch(bus: Bus, dp: number): Promise<EpochInfo> {
 
 /**
  * Writes epoch + 1 with the members `next` computes from the current record (compare-and-set
- * on the KV revision; retried on a lost race). `next` returning null leaves the record as is.
+ * on the KV revision; retried on a lost race). `next` returning null leaves the record as is;
+ * it returns whole data-parallel groups (a multiple of the record's group size).
  */
 export async function changeEpoch(bus: Bus, next: (cur: EpochInfo) => number[] | null): Promise<{ from: EpochInfo; to: EpochInfo; changed: boolean }> {
   const kv = await bus.kv(bus.subjects.kvBucket);
@@ -66,8 +73,9 @@ export async function changeEpoch(bus: Bus, next: (cur: EpochInfo) => number[] |
     if (!cur) throw new UnavailableError('the job has no epoch record yet (is the coordinator running?)');
     const members = next(cur.value);
     if (members === null) return { from: cur.value, to: cur.value, changed: false };
-    if (members.length === 0) throw new InvalidArgumentError('an epoch needs at least one member rank');
-    const to: EpochInfo = { epoch: cur.value.epoch + 1, num: members.length, members };
+    const group = epochGroup(cur.value);
+    if (members.length === 0 || members.length % group !== 0) throw new InvalidArgumentError(`an epoch needs whole data-parallel groups of ${group} ranks, got ${members.length} members`);
+    const to: EpochInfo = { epoch: cur.value.epoch + 1, num: members.length / group, members, group };
     try {
       await kv.update('epoch', to, cur.revision);
       bus.publish(bus.subjects.ctlEpoch, to);
@@ -82,10 +90,18 @@ export async function changeEpoch(bus: Bus, next: (cur: EpochInfo) => number[] |
 /** Bumps the epoch to data-parallel width dp (members 0..dp-1). */
 export async function bumpEpoch(bus: Bus, dp: number): Promise<{ from: EpochInfo; to: EpochInfo }> {
   if (!Number.isInteger(dp) || dp < 1 || dp > MAX_DP) throw new InvalidArgumentError(`scale: dp must be an integer in [1, ${MAX_DP}], got ${String(dp)}`);
-  return changeEpoch(bus, () => range(dp));
+  return changeEpoch(bus, (cur) => range(dp * epochGroup(cur)));
 }
 
-export function startCoordinator(system: ActorSystem, o: { bus: Bus; dp: number; deadAfterMs?: number; checkEveryMs?: number }): { ref: ActorRef<CoordMsg>; ready: Promise<EpochInfo>; stop(): Promise<void> } {
+/** The members without the data-parallel group that holds `rank` (its other ranks cannot train without it). */
+export function withoutGroupOf(e: EpochInfo, rank: number): number[] {
+  const m = epochMembers(e), g = epochGroup(e), i = m.indexOf(rank);
+  if (i < 0) return m;
+  const d = Math.floor(i / g);
+  return m.filter((_, j) => Math.floor(j / g) !== d);
+}
+
+export function startCoordinator(system: ActorSystem, o: { bus: Bus; dp: number; group?: number; deadAfterMs?: number; checkEveryMs?: number }): { ref: ActorRef<CoordMsg>; ready: Promise<EpochInfo>; stop(): Promise<void> } {
   const { bus } = o;
   const job = bus.job;
   const deadAfter = o.deadAfterMs ?? 5000;
@@ -168,7 +184,7 @@ export function startCoordinator(system: ActorSystem, o: { bus: Bus; dp: number;
     }
     if (failed.length) {
       // A member that never comes would stall the world's rendezvous: drop it again.
-      await changeEpoch(bus, (c) => epochMembers(c).filter((x) => !failed.some((f) => f.rank === x)));
+      await changeEpoch(bus, (c) => failed.reduce((m, f) => withoutGroupOf({ ...c, members: m, num: m.length / epochGroup(c) }, f.rank), epochMembers(c)));
       throw new UnavailableError(`scale: could not spawn ranks ${failed.map((f) => `${f.rank} (${f.error})`).join(', ')}; the job goes on without them`);
     }
     return { ...r, spawned, retiring: [...before].filter((x) => !epochMembers(r.to).includes(x)) };
@@ -179,7 +195,7 @@ export function startCoordinator(system: ActorSystem, o: { bus: Bus; dp: number;
     if (remove !== undefined && !Number.isInteger(remove)) throw new InvalidArgumentError('regroup: remove must be a rank id (integer)');
     const r = await changeEpoch(bus, (cur) => {
       if (from !== undefined && cur.epoch > (from as number)) return null; // someone regrouped already
-      const members = epochMembers(cur).filter((x) => x !== remove);
+      const members = remove === undefined ? epochMembers(cur) : withoutGroupOf(cur, remove as number);
       return members.length ? members : null;
     });
     if (r.changed) log.warn('regroup: new epoch', { from: r.from.epoch, to: r.to.epoch, members: r.to.members, removed: remove ?? null, rank: m?.rank ?? null });
@@ -189,7 +205,7 @@ export function startCoordinator(system: ActorSystem, o: { bus: Bus; dp: number;
   timer.unref();
   return {
     ref,
-    ready: ensureEpoch(bus, o.dp),
+    ready: ensureEpoch(bus, o.dp, o.group ?? 1),
     async stop() { clearInterval(timer); for (const s of [hbSub, statusSub, scaleSub, regroupSub]) s.unsubscribe(); await system.stop(ref); },
   };
 }

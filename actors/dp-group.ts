@@ -1,8 +1,11 @@
-// One epoch's data-parallel world, as a rank sees it (DESIGN.md §2 resharding, step 3): the
-// collective group (Gloo, rendezvous under `<job>/e<epoch>` in the job's KV bucket, so a
-// group is formed once per epoch and never reused after a failure), the model attached to
-// it, and the small agreement round that keeps the ranks in lockstep. A world of one rank
-// has no communicator: every collective here is then local and free.
+// One epoch's world, as a rank sees it (DESIGN.md §2 resharding, step 3): the collective
+// group (Gloo, rendezvous under `<job>/e<epoch>` in the job's KV bucket, so a group is formed
+// once per epoch and never reused after a failure), the sharded model attached to it, and the
+// small agreement round that keeps the ranks in lockstep. World rank w is tpIdx = w mod tp,
+// spIdx = ⌊w/tp⌋ mod sp, dpIdx = ⌊w/(tp·sp)⌋ (native ShardLayout); the tp·sp ranks of one
+// data-parallel index form a cell whose first rank (the leader) holds the leases and shares
+// the step's sample refs with the others (a broadcast in the cell). A world of one rank has
+// no communicator: every collective here is then local and free.
 //
 // Forming the group synchronises the training state: the ranks find the most advanced state
 // (highest step; lowest world rank among equals) and broadcast its weights, AdamW moments
@@ -11,8 +14,10 @@
 import type { Bus } from '../src/bus.ts';
 import type { ModelState } from '../src/checkpoint.ts';
 import { Communicator } from '../src/collectives.ts';
+import { InvalidArgumentError } from '../src/errors.ts';
 import type { JobSpec } from '../src/job.ts';
 import { DraftModel, draftParamShapes, TRAINABLE_NAMES } from '../src/native.ts';
+import { decodeMessage, encodeMessage } from '../src/sampleref.ts';
 
 /** The training state a rank carries between epochs (full-shape). */
 export interface TrainState extends ModelState { step: number }
@@ -42,10 +47,17 @@ export interface GroupOptions {
 const numel = (shape: number[]) => shape.reduce((a, b) => a * b, 1);
 
 export class DpGroup {
-  private constructor(readonly o: GroupOptions, readonly model: DraftModel, private readonly comm: Communicator | null, readonly step: number) {}
+  private constructor(readonly o: GroupOptions, readonly model: DraftModel, private readonly comm: Communicator | null,
+    private readonly cell: Communicator | null, readonly step: number) {}
 
   get index(): number { return this.o.index; }
   get size(): number { return this.o.size; }
+  /** Ranks per data-parallel index (tp·sp). */
+  get cellSize(): number { return this.o.spec.tp * this.o.spec.sp; }
+  get dpIdx(): number { return Math.floor(this.o.index / this.cellSize); }
+  get spIdx(): number { return Math.floor(this.o.index / this.o.spec.tp) % this.o.spec.sp; }
+  /** The cell's first rank: it holds the leases of partition dpIdx. */
+  get leader(): boolean { return this.o.index % this.cellSize === 0; }
 
   /** Joins the epoch's world, agrees on the training state and builds the model on it. */
   static async form(o: GroupOptions, state: TrainState): Promise<DpGroup> {
@@ -53,8 +65,10 @@ export class DpGroup {
     if (o.size === 1) {
       const model = DraftModel.create(spec.draft, { ...o.frozen, ...state.weights }, { threads: spec.threads });
       model.loadOptimizerState(state.optimizer);
-      return new DpGroup(o, model, null, state.step);
+      return new DpGroup(o, model, null, null, state.step);
     }
+    const g = spec.tp * spec.sp;
+    if (o.size % g !== 0) throw new InvalidArgumentError(`a world of ${o.size} ranks is not whole cells of tp·sp = ${g}`);
     const comm = await Communicator.connect({
       rank: o.index, size: o.size, kv: await o.bus.kv(o.bus.subjects.kvBucket), prefix: `${spec.job}/e${o.epoch}`,
       timeoutMs: o.timeoutMs, connectTimeoutMs: o.connectTimeoutMs, signal: o.signal,
@@ -65,9 +79,11 @@ export class DpGroup {
       const flat = o.index === root ? pack(spec, state) : new Float32Array(packedLength(spec));
       await comm.broadcast(flat, root);
       const synced = unpack(spec, flat, step);
-      const model = await DraftModel.createSharded(spec.draft, { ...o.frozen, ...synced.weights }, comm, { tp: 1, sp: 1, dp: o.size }, { threads: spec.threads });
-      model.loadOptimizerState(synced.optimizer);
-      return new DpGroup(o, model, comm, step);
+      const model = await DraftModel.createSharded(spec.draft, { ...o.frozen, ...synced.weights }, comm, { tp: spec.tp, sp: spec.sp, dp: o.size / g }, { threads: spec.threads });
+      model.loadOptimizerState(synced.optimizer); // full-shape: each rank keeps its shards
+      const d = Math.floor(o.index / g);
+      const cell = g > 1 ? await comm.subgroup(Array.from({ length: g }, (_, i) => d * g + i), `cell${d}`) : null;
+      return new DpGroup(o, model, comm, cell, step);
     } catch (e) {
       await comm.close().catch(() => {});
       throw e;
@@ -86,6 +102,22 @@ export class DpGroup {
 
   async barrier(): Promise<void> { if (this.comm) await this.comm.barrier(); }
 
+  /**
+   * The cell's leader sends `msg` (small, msgpack: the step's sample refs) to the other ranks
+   * of its cell; every rank of the cell gets it back. A collective on the cell.
+   */
+  async shareInCell(msg: Record<string, unknown> | null): Promise<Record<string, unknown>> {
+    if (!this.cell) return msg ?? {};
+    const bytes = this.leader ? encodeMessage(msg ?? {}) : new Uint8Array(0);
+    const len = await this.cell.broadcast(Float32Array.of(bytes.length), 0); // exact: < 2^24
+    const n = len[0]!;
+    // Bytes travel as the bit patterns of f32 words (a broadcast copies, never computes).
+    const words = new Float32Array(Math.ceil(n / 4));
+    if (this.leader) new Uint8Array(words.buffer).set(bytes);
+    await this.cell.broadcast(words, 0);
+    return decodeMessage(new Uint8Array(words.buffer, 0, n));
+  }
+
   /** Full-shape weights and optimizer state (identical on every rank of the world). */
   async state(step: number): Promise<TrainState> {
     const sharded = this.model.shard !== null;
@@ -98,6 +130,7 @@ export class DpGroup {
 
   async close(): Promise<void> {
     this.model.close();
+    await this.cell?.close().catch(() => {});
     await this.comm?.close().catch(() => {});
   }
 }

@@ -34,7 +34,9 @@ import { failpoint } from '../src/failpoints.ts';
 import { checkpointEvery, jobRows, rankDeadAfterMs, type JobSpec } from '../src/job.ts';
 import type { Lease } from '../src/ledger.ts';
 import { createLogger } from '../src/log.ts';
-import { acceptLength, DraftModel, TargetModel, TRAINABLE_NAMES } from '../src/native.ts';
+import { sliceBatch } from '../src/draft-io.ts';
+import { acceptLength, DraftModel, TargetModel, TRAINABLE_NAMES, type DraftBatch } from '../src/native.ts';
+import { validateSampleRef, type SampleRef } from '../src/sampleref.ts';
 import type { FeatureStore } from '../src/store/feature-store.ts';
 import type { Tensor } from '../src/tensor.ts';
 import { epochMembers } from './coordinator.ts';
@@ -43,8 +45,11 @@ import type { LeaseMessage } from './queue.ts';
 
 export const FEATURES = ['ids', 'aux', 'last', 'mask'] as const;
 
-/** The KV record `epoch`: members[i] is the rank id of world rank i (partition i of num). */
-export interface EpochInfo { epoch: number; num: number; members?: number[] }
+/**
+ * The KV record `epoch`: members[i] is the rank id of world rank i; each data-parallel index
+ * is `group` (= tp·sp) consecutive world ranks and trains partition index of num.
+ */
+export interface EpochInfo { epoch: number; num: number; members?: number[]; group?: number }
 
 export interface StepMetrics {
   rank: number; step: number; loss: number; gradNorm: number; ploss: number[]; acc: number[];
@@ -135,6 +140,8 @@ export class RankWorker {
   private timers: NodeJS.Timeout[] = [];
   private train: TrainState;
   private lastMetrics: StepMetrics | null = null;
+  /** A step was taken since the last accept-length measurement (the same on every rank). */
+  private evalPending = false;
   private readonly frozen: Record<string, Float32Array | Int32Array>;
   /** Counters for tests and status. */
   readonly stats = { checkpoints: 0, skippedAcks: 0, rejoins: 0, staleAcks: 0, resumedFrom: 0, regroups: 0, paddedSteps: 0 };
@@ -157,14 +164,17 @@ export class RankWorker {
   }
 
   get step(): number { return this.stepNo; }
+  /** Ranks per data-parallel index (a cell of tp·sp ranks). */
+  private get cellSize(): number { return this.o.spec.tp * this.o.spec.sp; }
+  /** The data-parallel index (= partition) of this rank in the current epoch. */
+  private get dpIdx(): number { return Math.floor(this.index / this.cellSize); }
+  /** The first rank of its cell: it alone leases, for the whole cell. */
+  private get leader(): boolean { return this.index >= 0 && this.index % this.cellSize === 0; }
   get currentEpoch(): EpochInfo { return this.epoch; }
 
   /** Trains until the job's data is consumed (or this rank is retired by a scale-down). */
   async run(): Promise<RankResult> {
     const { spec } = this.o;
-    if (spec.tp * spec.sp !== 1) {
-      throw new InvalidArgumentError(`the rank actors train data-parallel worlds (tp = sp = 1); tp=${spec.tp} sp=${spec.sp} runs in \`draftwire step\` only`);
-    }
     const target = TargetModel.create(spec.target, { threads: spec.threads });
     this.startTimers();
     let retired = false, final = false;
@@ -198,7 +208,7 @@ export class RankWorker {
           this.sub = null;
         }
       }
-      if (!retired) await this.drainSkipped();
+      if (!retired && this.leader) await this.drainSkipped();
       await this.releaseHeld();
       this.state = retired ? 'retired' : 'done';
       this.beat();
@@ -228,7 +238,7 @@ export class RankWorker {
     let group: DpGroup;
     try {
       group = await DpGroup.form({
-        bus, spec, epoch: this.epoch.epoch, index: this.index, size: this.epoch.num, frozen: this.frozen,
+        bus, spec, epoch: this.epoch.epoch, index: this.index, size: this.epoch.members!.length, frozen: this.frozen,
         timeoutMs: Math.max(10_000, 2 * dead), connectTimeoutMs: Math.max(30_000, 3 * dead), signal: this.forming.signal,
       }, this.train);
     } finally { this.forming = null; }
@@ -236,12 +246,12 @@ export class RankWorker {
     // Every sample the committed checkpoint holds is trained: never train it again. Its leases
     // are acked (idempotent; also those of a rank that died after the commit): what is acked
     // leaves the skip list, what was re-granted meanwhile stays on it.
-    const m = await latestManifest(spec);
+    const m = this.leader ? await latestManifest(spec) : null;
     if (m) {
       for (const id of m.trained) this.trainedSkip.add(id);
       await this.ackAll(m.window);
     }
-    this.log.info('world formed', { epoch: this.epoch.epoch, dp: this.epoch.num, index: this.index, step: this.stepNo });
+    this.log.info('world formed', { epoch: this.epoch.epoch, dp: this.epoch.num, index: this.index, dpIdx: group.dpIdx, leader: group.leader, step: this.stepNo });
     return group;
   }
 
@@ -255,11 +265,12 @@ export class RankWorker {
       const t0 = Date.now();
       let a: Round;
       for (;;) {
-        const stale = await this.collect(spec.batch, Date.now() + roundMs);
+        // Only a cell's leader leases; its other ranks (TP/SP) get the step's refs from it.
+        const stale = this.leader ? await this.collect(spec.batch, Date.now() + roundMs) : false;
         const held = this.ready().length;
         a = await group.agree({
           held, window: this.window.length, stale: stale || this.newerEpochSeen,
-          waitedOut: Date.now() - t0 >= batchWaitMs, outstanding: this.outstanding, short: held < spec.batch && !this.exhausted,
+          waitedOut: Date.now() - t0 >= batchWaitMs, outstanding: this.outstanding, short: this.leader && held < spec.batch && !this.exhausted,
         });
         if (a.stale) {
           this.state = 'resharding';
@@ -271,8 +282,9 @@ export class RankWorker {
         if (a.total === 0 && left <= 0) {
           if (a.window > 0) { await this.checkpointAndAck(group); continue; } // flush: the acks finish the job
           // The accept length of the final weights, reported with the last step.
-          if (group.index === 0 && this.lastMetrics && this.lastMetrics.acceptLength === null) {
-            this.publishStep({ ...this.lastMetrics, acceptLength: await this.evaluate(group, target), at: Date.now() });
+          if (this.evalPending) {
+            const accept = await this.evaluate(group, target);
+            if (accept !== null && this.lastMetrics) this.publishStep({ ...this.lastMetrics, acceptLength: accept, at: Date.now() });
           }
           return 'done';
         }
@@ -281,22 +293,24 @@ export class RankWorker {
       }
       const mine = this.ready().slice(0, spec.batch);
       const width = Math.min(spec.batch, a.maxHeld);
-      const pad = width - mine.length;
-      if (pad > 0) this.stats.paddedSteps++;
       const t1 = Date.now();
       this.state = 'stepping';
-      const res = await group.model.step(stackBatch(mine.map((h) => h.tensors!), spec.seqLen, spec.draft.hidden, pad), {
-        lr: spec.lr, clip: spec.clip, weightDecay: spec.weightDecay, returnGrads: false, samples: group.size > 1 || pad > 0 ? a.total : null,
+      const batch = await this.cellBatch(group, mine, width);
+      if (batch.batch > batch.real) this.stats.paddedSteps++;
+      const res = await group.model.step(batch.slice, {
+        lr: spec.lr, clip: spec.clip, weightDecay: spec.weightDecay, returnGrads: false, samples: group.size > 1 || batch.batch > batch.real ? a.total : null,
       });
       const t2 = Date.now();
       for (const h of mine) { this.held.delete(h.lease.leaseId); this.window.push(h.lease); }
       this.stepNo++;
+      this.evalPending = true;
+      const evalDue = spec.evalEvery > 0 && this.stepNo % spec.evalEvery === 0;
+      const accept = evalDue ? await this.evaluate(group, target) : null; // a collective when TP-sharded
       if (group.index === 0) {
-        const evalDue = spec.evalEvery > 0 && this.stepNo % spec.evalEvery === 0;
         const m: StepMetrics = {
           rank, step: this.stepNo, loss: res.loss, gradNorm: res.gradNorm, ploss: [...res.ploss], acc: [...res.acc],
           samples: a.total, tokens: a.total * spec.seqLen, stepMs: t2 - t1, waitMs: t1 - t0,
-          acceptLength: evalDue ? await this.evaluate(group, target) : null, at: Date.now(), dp: group.size, epoch: this.epoch.epoch,
+          acceptLength: accept, at: Date.now(), dp: this.epoch.num, epoch: this.epoch.epoch,
         };
         // Reported before the checkpoint: a step lost to a crash is reported again when it is
         // retrained (the run keeps the last report of each step), and none goes unreported.
@@ -320,13 +334,37 @@ export class RankWorker {
     this.o.onStep?.(m);
   }
 
-  /** Accept length of the current weights (world rank 0; an unsharded copy when the model is sharded). */
-  private async evaluate(group: DpGroup, target: TargetModel): Promise<number> {
+  /**
+   * Accept length of the current weights, measured by world rank 0 (null on the others). Every
+   * rank calls it: gathering a TP-sharded model's weights is a collective.
+   */
+  private async evaluate(group: DpGroup, target: TargetModel): Promise<number | null> {
     const { spec } = this.o;
+    this.evalPending = false;
     const opts = { maxNew: spec.seqLen - spec.promptLen };
     if (group.size === 1) return (await acceptLength(group.model, target, evalPrompts(spec), opts)).acceptLength;
-    const copy = DraftModel.create(spec.draft, { ...this.frozen, ...(await group.state(this.stepNo)).weights }, { threads: spec.threads });
+    const weights = (await group.state(this.stepNo)).weights;
+    if (group.index !== 0) return null;
+    const copy = DraftModel.create(spec.draft, { ...this.frozen, ...weights }, { threads: spec.threads });
     try { return (await acceptLength(copy, target, evalPrompts(spec), opts)).acceptLength; } finally { copy.close(); }
+  }
+
+  /**
+   * This rank's part of its cell's step: the leader's samples (shared as refs with the cell's
+   * TP/SP ranks, which read the features themselves), padded to `width` with fully-masked
+   * samples, and the SP slice of it.
+   */
+  private async cellBatch(group: DpGroup, mine: Held[], width: number): Promise<{ slice: DraftBatch; batch: number; real: number }> {
+    const { spec, store } = this.o;
+    let tensors = mine.map((h) => h.tensors!);
+    if (group.cellSize > 1) {
+      const shared = await group.shareInCell(this.leader ? { refs: mine.map((h) => h.lease.ref) } : null);
+      const refs = (shared.refs ?? []) as SampleRef[];
+      if (!this.leader) tensors = await Promise.all(refs.map((r) => store.get(validateSampleRef(r), { names: FEATURES })));
+    }
+    const full = stackBatch(tensors, spec.seqLen, spec.draft.hidden, width - tensors.length);
+    const slice = spec.sp > 1 ? sliceBatch(full, { sp: spec.sp, dp: 1, spIdx: group.spIdx, dpIdx: 0 }, spec.draft.ttt, spec.draft.hidden) : full;
+    return { slice, batch: width, real: tensors.length };
   }
 
   /** Held leases whose features were read, oldest first. */
@@ -493,7 +531,11 @@ export class RankWorker {
       this.log.info('not a member of the epoch', { epoch: this.epoch.epoch, members: this.epoch.members });
       return false;
     }
-    this.sub = bus.subscribe<LeaseMessage>(bus.subjects.part(this.epoch.num, this.index), (m) => {
+    if (!this.leader) {
+      this.log.info('joined', { epoch: this.epoch.epoch, num: this.epoch.num, worldRank: this.index, partition: this.dpIdx, leases: 'from its cell leader', job: spec.job });
+      return true;
+    }
+    this.sub = bus.subscribe<LeaseMessage>(bus.subjects.part(this.epoch.num, this.dpIdx), (m) => {
       if (m?.consumer !== this.consumer || !Array.isArray(m.leases)) return;
       for (const l of m.leases) {
         // A newer lease of a sample supersedes an older one (the older one expired: renewals
@@ -504,7 +546,7 @@ export class RankWorker {
       this.wake?.();
     }, { dedupe: false });
     await bus.flush();
-    this.log.info('joined', { epoch: this.epoch.epoch, num: this.epoch.num, partition: this.index, job: spec.job });
+    this.log.info('joined', { epoch: this.epoch.epoch, num: this.epoch.num, partition: this.dpIdx, job: spec.job });
     return true;
   }
 
@@ -523,7 +565,7 @@ export class RankWorker {
       if (Date.now() >= until) return false;
       try {
         const r = await bus.request<{ consumed?: number; dead?: number; committed?: number; partitionPending?: number }>(bus.subjects.queue.credit, {
-          consumer: this.consumer, partition: [this.index, this.epoch.num], epoch: this.epoch.epoch, max: Math.max(0, n - this.held.size), leaseMs: spec.leaseMs,
+          consumer: this.consumer, partition: [this.dpIdx, this.epoch.num], epoch: this.epoch.epoch, max: Math.max(0, n - this.held.size), leaseMs: spec.leaseMs,
         }, { timeoutMs: 3000, retries: 2 });
         if (typeof r.consumed === 'number' && typeof r.dead === 'number') this.outstanding = jobRows(spec) - r.consumed - r.dead;
         // Nothing pending here and nothing more to be committed: this credit grants nothing, and

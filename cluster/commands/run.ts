@@ -18,7 +18,7 @@ import { loadPrompts } from '../../actors/rollout.ts';
 import { evalPrompts, type StepMetrics } from '../../actors/rank.ts';
 import { AuthPolicy } from '../../src/auth.ts';
 import { loadWeightsFile, writeInitialWeights } from '../../src/checkpoint.ts';
-import { acceptLength, DraftModel, TargetModel } from '../../src/native.ts';
+import { acceptLength, DraftModel, shardConfigError, TargetModel } from '../../src/native.ts';
 import { DraftwireError, InvalidArgumentError } from '../../src/errors.ts';
 import { jobFile, loadJobSpec, saveJobSpec, validateJobSpec, type JobSpec } from '../../src/job.ts';
 import { auditEvents, type AuditReport } from '../../src/ledger.ts';
@@ -132,7 +132,9 @@ export async function runJob(o: RunOpts): Promise<RunSummary> {
   const resuming = o.resume !== undefined;
   if (resuming && !existsSync(jobFile(resolve(o.resume!)))) throw new InvalidArgumentError(`--resume ${o.resume}: no job.json there (not a run directory)`);
   const spec = resuming ? loadJobSpec(jobFile(resolve(o.resume!))) : buildSpec(o);
-  if (spec.tp * spec.sp !== 1) throw new InvalidArgumentError(`--tp ${spec.tp} --sp ${spec.sp}: a job trains data-parallel worlds (--dp N, and \`draftwire scale\` while it runs); tensor and sequence parallelism run in \`draftwire step --tp/--sp\` only`);
+  // Each data-parallel index is a cell of tp·sp rank processes: the layout must split the model and the sequence.
+  const layoutError = shardConfigError(spec.draft, spec.tp) ?? (spec.seqLen % spec.sp !== 0 ? `the sequence has ${spec.seqLen} positions, which --sp ${spec.sp} does not divide` : null);
+  if (layoutError) throw new InvalidArgumentError(`--tp ${spec.tp} --sp ${spec.sp}: ${layoutError}`);
   // Fail fast on an unreadable or malformed dataset, before anything starts.
   if (spec.dataset) loadPrompts(spec.dataset, spec.target.vocab, spec.promptLen);
   const auth = AuthPolicy.fromEnv();
@@ -195,7 +197,7 @@ export async function runJob(o: RunOpts): Promise<RunSummary> {
     const doneSub = node.bus.subscribe<{ checkpoint?: string }>(`dw.${spec.job}.rank.done`, (m) => { finalCheckpoint = m?.checkpoint ?? null; }, { dedupe: false });
     // The ranks of the current epoch (the initial world, or what --resume finds). A resumed
     // world forms under a new epoch: the old one's rendezvous keys name dead processes.
-    let world = await ensureEpoch(node.bus, spec.dp);
+    let world = await ensureEpoch(node.bus, spec.dp, spec.tp * spec.sp);
     if (resuming) world = (await changeEpoch(node.bus, (cur) => epochMembers(cur))).to;
     for (const r of epochMembers(world)) node.spawnRank(r, world.epoch);
     // Ranks that die are handled by the node agent (onRankLoss); scale-ups add ranks: wait for all.
