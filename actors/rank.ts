@@ -1,22 +1,26 @@
 // One trainer rank (DESIGN.md §2). Per epoch it finds its place in the epoch's member list
-// (world rank = partition index), subscribes to `dw.<job>.part.<num>.<index>`, forms the
-// epoch's data-parallel group (actors/dp-group.ts) and trains in lockstep with it: leases
-// arrive on credit, their features are read at once, and every step starts with an
-// agreement round (two tiny all-reduces) that decides, for the whole world at the same
-// moment, whether to step, checkpoint, reshard or finish. While a step computes, heartbeats
-// and lease renewals keep running on the event loop.
+// (its world rank; each data-parallel index is a cell of tp·sp consecutive world ranks that
+// trains partition `dw.<job>.part.<num>.<dpIdx>`), forms the epoch's world
+// (actors/dp-group.ts) and trains in lockstep with it. The cell's first rank (the leader)
+// subscribes to the partition and holds the leases; it reads the features at once and, at
+// each step, shares the step's sample refs with the cell's other ranks, which read the
+// features themselves (an SP rank keeps its chunk). Every step starts with an agreement
+// round (two tiny all-reduces) that decides, for the whole world at the same moment, whether
+// to step, checkpoint, reshard or finish. While a step computes, heartbeats and lease
+// renewals keep running on the event loop.
 //
-// Batches. Each rank steps on up to `batch` samples of its own partition. Hash partitions
-// fill unevenly, so ranks short of samples pad with fully-masked samples and the step
+// Batches. Each cell steps on up to `batch` samples of its own partition. Hash partitions
+// fill unevenly, so cells short of samples pad with fully-masked samples and the step
 // averages over the real ones only (StepOptions.samples): the step equals the single-rank
-// step on the union of the real samples. The world steps when every rank is full, when it
-// holds every sample the job has left, or (dp > 1) when `batchWaitMs` passed with at least
-// one sample in hand. The job ends when the queue has no sample left that is not finished
-// (consumed or dead-lettered): its sample budget is steps × batch × dp of the job spec.
+// step on the union of the real samples. The world steps when every leader is full (or its
+// partition exhausted), when it holds every sample the job has left, or (dp > 1) when
+// `batchWaitMs` passed with at least one sample in hand. The job ends when the queue has no
+// sample left that is not finished (consumed or dead-lettered): its sample budget is
+// steps × batch × dp of the job spec.
 //
 // Exactly-once training across crashes: every `checkpointEvery` steps the world writes a
 // checkpoint (each rank its trained leases, world rank 0 the weights and AdamW state and the
-// manifest that commits them; src/checkpoint.ts) and each rank acks its leases only once the
+// manifest that commits them; src/checkpoint.ts) and each leader acks its leases only once the
 // checkpoint is durable, renewing them until then. A sample that is in a checkpoint but whose
 // ack did not get through is acked without training when it is leased again (skip list).
 //

@@ -156,10 +156,33 @@ describe('elastic data parallelism (real rank processes, Gloo)', function () {
     assert.equal(r.summary.rankRestarts, 0);
   });
 
+  it('with --tp 2: scale 1 -> 2 spawns a whole cell; a lost rank under shrink takes its cell out', async () => {
+    const steps = 150;
+    const job = new ChaosJob({ workdir, job: 'cells', steps, batch: BATCH, leaseMs: 5000, deadAfterMs: 3000, extra: ['--tp', '2', '--on-rank-loss', 'shrink'] });
+    await job.waitStep(5);
+    const up = cli(['scale', '--workdir', workdir, '--job', 'cells', '--dp', '2', '--json']);
+    assert.equal(up.status, 0, up.stderr);
+    const u = JSON.parse(up.stdout);
+    assert.deepEqual(u.to.members, [0, 1, 2, 3]);
+    assert.deepEqual(u.spawned.map((x: { rank: number }) => x.rank), [2, 3], 'a whole TP cell for DP index 1');
+    await until('the dp 2 world formed', () => /world formed epoch=2 dp=2 index=3 dpIdx=1 leader=false/.test(readFileSync(join(job.runDir, 'rank-3.log'), 'utf8')));
+    await job.waitStep(job.checkpointStep() + 3);
+    const pid = await until('rank 3 process', () => rankPid(job, 3));
+    process.kill(pid, 'SIGKILL');
+    const r = await job.finish();
+    assertAll(await checkInvariants(job, r, { steps: r.summary?.steps ?? -1, rows: steps * BATCH }));
+    assert.deepEqual(r.summary.ranksLost, [3]);
+    assert.deepEqual(r.summary.dpHistory, [1, 2, 1]);
+    assert.match(readFileSync(join(job.runDir, 'rank-2.log'), 'utf8'), /retired by a scale-down/, 'its cell partner retired with it');
+  });
+
   it('refuses bad widths and layouts with exit 2 and a message naming them', () => {
-    const tp = cli(['run', '--size', 'tiny', '--tp', '2', '--workdir', workdir, '--job', 'bad']);
+    const tp = cli(['run', '--size', 'tiny', '--tp', '3', '--workdir', workdir, '--job', 'bad']);
     assert.equal(tp.status, 2);
-    assert.match(tp.stderr, /--tp 2 --sp 1: a job trains data-parallel worlds/);
+    assert.match(tp.stderr, /--tp 3 --sp 1: config.kvHeads \(2\) must be divisible by tp \(3\)/);
+    const sp = cli(['run', '--size', 'tiny', '--sp', '5', '--workdir', workdir, '--job', 'bad']);
+    assert.equal(sp.status, 2);
+    assert.match(sp.stderr, /--sp 5: the sequence has 32 positions, which --sp 5 does not divide/);
     const zero = cli(['scale', '--job', 'nope', '--dp', '0', '--workdir', workdir]);
     assert.equal(zero.status, 2);
     assert.match(zero.stderr, /--dp/);
