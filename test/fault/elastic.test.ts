@@ -8,7 +8,7 @@ import { spawnSync } from 'node:child_process';
 import { readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { readSafetensorsFile } from '../../src/safetensors.ts';
-import { ChaosJob, checkInvariants, newWorkdir, sleep, type Invariant } from '../support/chaos.ts';
+import { ChaosJob, checkInvariants, formatReport, newWorkdir, sleep, type ChaosResult } from '../support/chaos.ts';
 
 const CLI = 'bin/draftwire.js';
 const BATCH = 4;
@@ -18,8 +18,13 @@ function cli(args: string[]): { status: number | null; stdout: string; stderr: s
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
-function assertAll(inv: Invariant[]): void {
-  const bad = inv.filter((i) => !i.ok);
+const results: ChaosResult[] = [];
+
+/** Checks the chaos suite's invariants after a job (its step count varies with the width), records them for the report, asserts them. */
+async function settle(scenario: string, faults: string[], job: ChaosJob, r: { code: number | null; summary: any }, rows: number, t0: number): Promise<void> {
+  const invariants = await checkInvariants(job, r, { steps: null, rows });
+  results.push({ scenario, seed: 0, faults, invariants, seconds: (Date.now() - t0) / 1000 });
+  const bad = invariants.filter((i) => !i.ok);
   assert.equal(bad.length, 0, bad.map((i) => `${i.name}: ${i.detail}`).join('\n'));
 }
 
@@ -41,13 +46,17 @@ async function until<T>(what: string, fn: () => T | null | undefined | false, ms
 describe('elastic data parallelism (real rank processes, Gloo)', function () {
   this.timeout(240_000);
   const workdir = newWorkdir();
-  after(() => rmSync(workdir, { recursive: true, force: true }));
+  after(() => {
+    process.stdout.write(formatReport(results).replace('chaos report\n============', 'elastic report\n=============='));
+    rmSync(workdir, { recursive: true, force: true });
+  });
 
   it('run --dp 2 trains one data-parallel world to the end of its data; the checkpoint loads elsewhere', async () => {
     const steps = 12;
+    const t0 = Date.now();
     const job = new ChaosJob({ workdir, job: 'dp2', steps, batch: BATCH, extra: ['--dp', '2'] });
     const r = await job.finish();
-    assertAll(await checkInvariants(job, r, { steps: r.summary?.steps ?? -1, rows: steps * BATCH * 2 }));
+    await settle('run --dp 2', ['none: a data-parallel world of 2 rank processes'], job, r, steps * BATCH * 2, t0);
     const s = r.summary;
     assert.deepEqual(s.dpHistory, [2]);
     assert.equal(s.samples, steps * BATCH * 2, 'every sample trained once (the sum of the steps\' global batches)');
@@ -60,6 +69,7 @@ describe('elastic data parallelism (real rank processes, Gloo)', function () {
 
   it('scales 1 → 3 → 1 while training, watched with draftwire status; audit clean', async () => {
     const steps = 300; // 1200 samples: long enough to watch both changes
+    const t0 = Date.now(), faults: string[] = [];
     const job = new ChaosJob({ workdir, job: 'scale', steps, batch: BATCH, leaseMs: 5000 });
     await job.waitStep(10);
     const up = cli(['scale', '--workdir', workdir, '--job', 'scale', '--dp', '3', '--json']);
@@ -67,6 +77,7 @@ describe('elastic data parallelism (real rank processes, Gloo)', function () {
     const u = JSON.parse(up.stdout);
     assert.equal(u.to.num, 3);
     assert.deepEqual(u.spawned.map((x: { rank: number }) => x.rank), [1, 2]);
+    faults.push(`draftwire scale --dp 3 at step ${job.checkpointStep()}: epoch ${u.from.epoch} -> ${u.to.epoch}, spawned ranks 1, 2`);
     const stepAtUp = job.checkpointStep();
     // The status view shows the three members training at the new epoch.
     const status3 = await until('3 members training at the new epoch', () => {
@@ -83,8 +94,9 @@ describe('elastic data parallelism (real rank processes, Gloo)', function () {
     const down = cli(['scale', '--workdir', workdir, '--job', 'scale', '--dp', '1']);
     assert.equal(down.status, 0, down.stderr);
     assert.match(down.stdout, /-> epoch \d+ \(dp 1\); retiring ranks 1, 2/);
+    faults.push(`draftwire scale --dp 1 at step ${job.checkpointStep()}: ${down.stdout.trim()}`);
     const r = await job.finish();
-    assertAll(await checkInvariants(job, r, { steps: r.summary?.steps ?? -1, rows: steps * BATCH }));
+    await settle('scale 1 -> 3 -> 1', faults, job, r, steps * BATCH, t0);
     assert.deepEqual(r.summary.dpHistory, [1, 3, 1]);
     for (const rank of [1, 2]) assert.match(readFileSync(join(job.runDir, `rank-${rank}.log`), 'utf8'), /retired by a scale-down/);
     assert.match(job.stderr, /rank exited rank=1 pid=\d+ code=0/);
@@ -103,8 +115,8 @@ describe('elastic data parallelism (real rank processes, Gloo)', function () {
     const t0 = Date.now();
     const r = await job.finish();
     assert.ok(Date.now() - t0 < 45_000, `finished ${Date.now() - t0} ms after the kill, without waiting out the 60 s leases`);
+    await settle('dp 2, rank SIGKILL', [`SIGKILL rank 1 pid ${pid} after checkpoint step 8 (leases of 60 s)`], job, r, steps * BATCH * 2, t0);
     assert.match(job.stderr, /leases of a gone consumer revoked consumer=rank-1 count=\d+/);
-    assertAll(await checkInvariants(job, r, { steps: r.summary?.steps ?? -1, rows: steps * BATCH * 2 }));
     assert.equal(r.summary.rankRestarts, 1);
     assert.deepEqual(r.summary.dpHistory, [2]);
     const log0 = readFileSync(join(job.runDir, 'rank-0.log'), 'utf8');
@@ -118,9 +130,10 @@ describe('elastic data parallelism (real rank processes, Gloo)', function () {
     await job.waitStep(8);
     const pid = await until('rank 1 process', () => rankPid(job, 1));
     process.kill(pid, 'SIGSTOP');
+    const t0 = Date.now();
     try {
       const r = await job.finish();
-      assertAll(await checkInvariants(job, r, { steps: r.summary?.steps ?? -1, rows: steps * BATCH * 2 }));
+      await settle('dp 2, rank SIGSTOP', [`SIGSTOP rank 1 pid ${pid} after checkpoint step 8, never resumed (dead after 3000 ms without heartbeat)`], job, r, steps * BATCH * 2, t0);
       assert.equal(r.summary.rankRestarts, 1);
       assert.match(job.stderr, new RegExp(`rank declared dead: no heartbeat rank=1 pid=${pid}`));
       assert.match(readFileSync(join(job.runDir, 'rank-0.log'), 'utf8'), /collective group failed; reverting/);
@@ -132,12 +145,13 @@ describe('elastic data parallelism (real rank processes, Gloo)', function () {
     const job = new ChaosJob({ workdir, job: 'dpresume', steps, batch: BATCH, leaseMs: 3000, extra: ['--dp', '2'] });
     await job.waitStep(6);
     job.track();
+    const t0 = Date.now();
     process.kill(job.proc.pid!, 'SIGKILL');
     await job.exited;
     const next = new ChaosJob({ workdir, job: 'dpresume', resume: true });
     for (const p of job.seen) next.seen.add(p);
     const r = await next.finish();
-    assertAll(await checkInvariants(next, r, { steps: r.summary?.steps ?? -1, rows: steps * BATCH * 2 }));
+    await settle('dp 2, run process SIGKILL + --resume', [`SIGKILL the run process pid ${job.proc.pid} after checkpoint step 6`, 'draftwire run --resume'], next, r, steps * BATCH * 2, t0);
     assert.ok(r.summary.resumedFromStep > 0, `resumed from a checkpoint (step ${r.summary.resumedFromStep})`);
     assert.deepEqual(r.summary.dpHistory, [2]);
     assert.match(readFileSync(join(next.runDir, 'rank-1.log'), 'utf8'), /world formed epoch=2 dp=2 index=1/);
@@ -145,12 +159,13 @@ describe('elastic data parallelism (real rank processes, Gloo)', function () {
 
   it('with --on-rank-loss shrink, a lost rank leaves the world and the job finishes at dp 1', async () => {
     const steps = 40;
+    const t0 = Date.now();
     const job = new ChaosJob({ workdir, job: 'shrink', steps, batch: BATCH, leaseMs: 3000, deadAfterMs: 3000, extra: ['--dp', '2', '--on-rank-loss', 'shrink'] });
     await job.waitStep(6);
     const pid = await until('rank 1 process', () => rankPid(job, 1));
     process.kill(pid, 'SIGKILL');
     const r = await job.finish();
-    assertAll(await checkInvariants(job, r, { steps: r.summary?.steps ?? -1, rows: steps * BATCH * 2 }));
+    await settle('dp 2 --on-rank-loss shrink, rank SIGKILL', [`SIGKILL rank 1 pid ${pid} after checkpoint step 6`], job, r, steps * BATCH * 2, t0);
     assert.deepEqual(r.summary.ranksLost, [1]);
     assert.deepEqual(r.summary.dpHistory, [2, 1]);
     assert.equal(r.summary.rankRestarts, 0);
@@ -158,6 +173,7 @@ describe('elastic data parallelism (real rank processes, Gloo)', function () {
 
   it('with --tp 2: scale 1 -> 2 spawns a whole cell; a lost rank under shrink takes its cell out', async () => {
     const steps = 150;
+    const t0 = Date.now();
     const job = new ChaosJob({ workdir, job: 'cells', steps, batch: BATCH, leaseMs: 5000, deadAfterMs: 3000, extra: ['--tp', '2', '--on-rank-loss', 'shrink'] });
     await job.waitStep(5);
     const up = cli(['scale', '--workdir', workdir, '--job', 'cells', '--dp', '2', '--json']);
@@ -170,7 +186,7 @@ describe('elastic data parallelism (real rank processes, Gloo)', function () {
     const pid = await until('rank 3 process', () => rankPid(job, 3));
     process.kill(pid, 'SIGKILL');
     const r = await job.finish();
-    assertAll(await checkInvariants(job, r, { steps: r.summary?.steps ?? -1, rows: steps * BATCH }));
+    await settle('tp 2 cells: scale 1 -> 2, then a rank SIGKILL under shrink', ['draftwire scale --dp 2 (spawned ranks 2, 3: one TP cell)', `SIGKILL rank 3 pid ${pid} (not its cell's leader)`], job, r, steps * BATCH, t0);
     assert.deepEqual(r.summary.ranksLost, [3]);
     assert.deepEqual(r.summary.dpHistory, [1, 2, 1]);
     assert.match(readFileSync(join(job.runDir, 'rank-2.log'), 'utf8'), /retired by a scale-down/, 'its cell partner retired with it');
