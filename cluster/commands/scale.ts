@@ -15,8 +15,9 @@ import { liveNatsUrl } from './audit.ts';
 export function command(): Command {
   return new Command('scale')
     .summary('change the data-parallel width of a running job (epoch bump + reshard)')
+    .description('Changes the data-parallel width of a running job: the coordinator bumps the epoch, the node agents spawn the new ranks (a whole TP x SP cell per DP index), dropped ranks retire after checkpointing and acking what they trained, and the new world forms and re-subscribes under the new partition count. Watch it with `draftwire status --job J`.\n\nExample: draftwire scale --job dw-20261128 --dp 3')
     .requiredOption('--job <id>', 'job id', jobId)
-    .requiredOption('--dp <n>', 'new data-parallel width', positiveInt('--dp'))
+    .requiredOption('--dp <n>', 'new data-parallel width (1..64)', positiveInt('--dp'))
     .option('--workdir <dir>', 'where run directories are', 'runs')
     .option('--nats <url>', 'NATS server of the job (default: from the run directory)')
     .action(async (_o: unknown, cmd: Command) => {
