@@ -101,6 +101,8 @@ export function command(): Command {
           `job ${summary.job}: ${summary.steps} steps, ${summary.samples} samples in ${summary.seconds.toFixed(1)} s (${summary.samplesPerSec.toFixed(2)} samples/s)`,
           `loss ${f(summary.firstLoss)} -> ${f(summary.lastLoss)}   accept length ${f(summary.acceptLengthInitial, 3)} -> ${f(summary.acceptLength, 3)}`,
           `audit: ${summary.audit.ok ? 'clean' : 'PROBLEMS'} (committed ${summary.audit.committed}, consumed ${summary.audit.consumed}, dead ${summary.audit.dead}, pending ${summary.audit.pending})`,
+          ...(summary.dpHistory.length > 1 || summary.dpHistory[0] !== 1 ? [`data-parallel width: ${summary.dpHistory.join(' -> ')}`] : []),
+          ...(summary.rankRestarts || summary.ranksLost.length ? [`ranks: ${summary.rankRestarts} restart(s)${summary.ranksLost.length ? `, lost ${summary.ranksLost.join(', ')}` : ''}`] : []),
           `checkpoint: ${summary.checkpoint}`,
           `summary: ${join(summary.runDir, 'summary.json')}`,
         ].join('\n') + '\n');
