@@ -20,7 +20,7 @@ import { AuthPolicy } from '../../src/auth.ts';
 import { loadWeightsFile, writeInitialWeights } from '../../src/checkpoint.ts';
 import { acceptLength, DraftModel, shardConfigError, TargetModel } from '../../src/native.ts';
 import { DraftwireError, InvalidArgumentError } from '../../src/errors.ts';
-import { jobFile, loadJobSpec, saveJobSpec, validateJobSpec, type JobSpec } from '../../src/job.ts';
+import { jobFile, jobRows, loadJobSpec, saveJobSpec, validateJobSpec, type JobSpec } from '../../src/job.ts';
 import { auditEvents, type AuditReport } from '../../src/ledger.ts';
 import type { SampleRef } from '../../src/sampleref.ts';
 import { createLogger } from '../../src/log.ts';
@@ -185,7 +185,7 @@ export async function runJob(o: RunOpts): Promise<RunSummary> {
     await writeFile(join(spec.runDir, 'run.json'), JSON.stringify({ job: spec.job, nats: url, natsPid: nats?.pid ?? null, pid: process.pid, startedAt: t0 }, null, 2));
     node = await NodeAgent.start({ spec, nats: url, nodeId: 'local', roles: ROLES, auth });
     const metrics: StepMetrics[] = [];
-    const bar = progress(o.progress && !o.json && process.stderr.isTTY, spec.steps);
+    const bar = progress(o.progress && !o.json && process.stderr.isTTY, jobRows(spec));
     const sub = node.bus.subscribe<StepMetrics>(`dw.${spec.job}.metrics`, (m) => {
       if (!m || typeof m.step !== 'number') return;
       metrics.push(m);
@@ -325,20 +325,30 @@ async function waitFor(cond: () => Promise<boolean>, ms: number): Promise<boolea
 
 interface Progress { update(m: StepMetrics, t0: number): void; setQueue(depth: number, inFlight: number, bytes: number): void; stop(): void }
 
+/**
+ * Progress in samples (the job's budget), since a job whose data-parallel width changes takes
+ * more or fewer steps than --steps. A retrained step (after a crash) counts once.
+ */
 function progress(tty: boolean, total: number): Progress {
   const q = { depth: 0, inFlight: 0, bytes: 0 };
-  let acc: number | null = null;
+  const perStep = new Map<number, number>();
+  let acc: number | null = null, done = 0;
   const fields = (m: StepMetrics, t0: number) => ({
-    loss: m.loss.toFixed(4), accept: acc === null ? '-' : acc.toFixed(2), sps: (m.step * m.samples / ((Date.now() - t0) / 1000)).toFixed(1),
+    step: m.step, dp: m.dp, loss: m.loss.toFixed(4), accept: acc === null ? '-' : acc.toFixed(2), sps: (done / ((Date.now() - t0) / 1000)).toFixed(1),
     depth: q.depth, inflight: q.inFlight, mb: (q.bytes / 1048576).toFixed(1),
   });
+  const record = (m: StepMetrics) => {
+    if (m.acceptLength !== null) acc = m.acceptLength;
+    done += m.samples - (perStep.get(m.step) ?? 0);
+    perStep.set(m.step, m.samples);
+  };
   if (!tty) {
     return {
       update(m, t0) {
-        if (m.acceptLength !== null) acc = m.acceptLength;
-        if (m.step === 1 || m.step % 10 === 0 || m.step === total) {
+        record(m);
+        if (m.step === 1 || m.step % 10 === 0 || done >= total) {
           const f = fields(m, t0);
-          log.info(`step ${m.step}/${total}`, { loss: Number(f.loss), accept: acc, samplesPerSec: Number(f.sps), queueDepth: q.depth, storeMB: Number(f.mb) });
+          log.info(`step ${m.step}: ${done}/${total} samples`, { dp: m.dp, loss: Number(f.loss), accept: acc, samplesPerSec: Number(f.sps), queueDepth: q.depth, storeMB: Number(f.mb) });
         }
       },
       setQueue(d, i, b) { q.depth = d; q.inFlight = i; q.bytes = b; },
@@ -346,12 +356,12 @@ function progress(tty: boolean, total: number): Progress {
     };
   }
   const bar = new cliProgress.SingleBar({
-    format: 'step {value}/{total} |{bar}| loss {loss} | accept {accept} | {sps} samples/s | queue {depth} (+{inflight} leased) | store {mb} MB | {eta_formatted}',
+    format: '{value}/{total} samples |{bar}| step {step} (dp {dp}) | loss {loss} | accept {accept} | {sps} samples/s | queue {depth} (+{inflight} leased) | store {mb} MB | {eta_formatted}',
     stream: process.stderr, hideCursor: true,
   }, cliProgress.Presets.shades_classic);
-  bar.start(total, 0, { loss: '-', accept: '-', sps: '-', depth: 0, inflight: 0, mb: '0.0' });
+  bar.start(total, 0, { step: 0, dp: '-', loss: '-', accept: '-', sps: '-', depth: 0, inflight: 0, mb: '0.0' });
   return {
-    update(m, t0) { if (m.acceptLength !== null) acc = m.acceptLength; bar.update(m.step, fields(m, t0)); },
+    update(m, t0) { record(m); bar.update(done, fields(m, t0)); },
     setQueue(d, i, b) { q.depth = d; q.inFlight = i; q.bytes = b; bar.update({ depth: d, inflight: i, mb: (b / 1048576).toFixed(1) }); },
     stop() { bar.stop(); },
   };
