@@ -19,8 +19,11 @@ import type { JobSpec } from '../src/job.ts';
 import { DraftModel, draftParamShapes, TRAINABLE_NAMES } from '../src/native.ts';
 import { decodeMessage, encodeMessage } from '../src/sampleref.ts';
 
-/** The training state a rank carries between epochs (full-shape). */
-export interface TrainState extends ModelState { step: number }
+/**
+ * The training state a rank carries between epochs (full-shape): `samples` counts the real
+ * samples trained into these weights, the exactly-once ledger of the model itself.
+ */
+export interface TrainState extends ModelState { step: number; samples: number }
 
 /**
  * What one rank brings to an agreement round. `short`: it holds less than a full batch and
@@ -48,7 +51,7 @@ const numel = (shape: number[]) => shape.reduce((a, b) => a * b, 1);
 
 export class DpGroup {
   private constructor(readonly o: GroupOptions, readonly model: DraftModel, private readonly comm: Communicator | null,
-    private readonly cell: Communicator | null, readonly step: number) {}
+    private readonly cell: Communicator | null, readonly step: number, readonly samples: number) {}
 
   get index(): number { return this.o.index; }
   get size(): number { return this.o.size; }
@@ -65,7 +68,7 @@ export class DpGroup {
     if (o.size === 1) {
       const model = DraftModel.create(spec.draft, { ...o.frozen, ...state.weights }, { threads: spec.threads });
       model.loadOptimizerState(state.optimizer);
-      return new DpGroup(o, model, null, null, state.step);
+      return new DpGroup(o, model, null, null, state.step, state.samples);
     }
     const g = spec.tp * spec.sp;
     if (o.size % g !== 0) throw new InvalidArgumentError(`a world of ${o.size} ranks is not whole cells of tp·sp = ${g}`);
@@ -83,7 +86,7 @@ export class DpGroup {
       model.loadOptimizerState(synced.optimizer); // full-shape: each rank keeps its shards
       const d = Math.floor(o.index / g);
       const cell = g > 1 ? await comm.subgroup(Array.from({ length: g }, (_, i) => d * g + i), `cell${d}`) : null;
-      return new DpGroup(o, model, comm, cell, step);
+      return new DpGroup(o, model, comm, cell, step, synced.samples);
     } catch (e) {
       await comm.close().catch(() => {});
       throw e;
@@ -119,12 +122,12 @@ export class DpGroup {
   }
 
   /** Full-shape weights and optimizer state (identical on every rank of the world). */
-  async state(step: number): Promise<TrainState> {
+  async state(step: number, samples: number): Promise<TrainState> {
     const sharded = this.model.shard !== null;
     return {
       weights: sharded ? await this.model.gatherWeights() : this.model.weights(),
       optimizer: sharded ? await this.model.gatherOptimizerState() : this.model.optimizerState(),
-      step,
+      step, samples,
     };
   }
 
@@ -135,32 +138,37 @@ export class DpGroup {
   }
 }
 
-// The broadcast payload: [adam step, every trainable tensor, every m, every v] as f32 (the
-// adam step is exact in f32 up to 2^24 steps).
+// The broadcast payload: [adam step, samples / 2^24, samples mod 2^24, every trainable
+// tensor, every m, every v] as f32 (each header value exact in f32: below 2^24).
+const HEADER = 3;
+const SPLIT = 2 ** 24;
+
 function packedLength(spec: JobSpec): number {
   const shapes = draftParamShapes(spec.draft);
-  return 1 + 3 * TRAINABLE_NAMES.reduce((n, k) => n + numel(shapes[k]!), 0);
+  return HEADER + 3 * TRAINABLE_NAMES.reduce((n, k) => n + numel(shapes[k]!), 0);
 }
 
 function pack(spec: JobSpec, s: TrainState): Float32Array {
   const out = new Float32Array(packedLength(spec));
   out[0] = s.optimizer.step;
-  let o = 1;
+  out[1] = Math.floor(s.samples / SPLIT);
+  out[2] = s.samples % SPLIT;
+  let o = HEADER;
   for (const part of [s.weights, s.optimizer.m, s.optimizer.v]) for (const k of TRAINABLE_NAMES) { out.set(part[k]!, o); o += part[k]!.length; }
   return out;
 }
 
 function unpack(spec: JobSpec, flat: Float32Array, step: number): TrainState {
   const shapes = draftParamShapes(spec.draft);
-  let o = 1;
+  let o = HEADER;
   const take = () => Object.fromEntries(TRAINABLE_NAMES.map((k) => { const n = numel(shapes[k]!); const t = flat.slice(o, o + n); o += n; return [k, t]; }));
   const weights = take(), m = take(), v = take();
-  return { weights, optimizer: { step: flat[0]!, m, v }, step };
+  return { weights, optimizer: { step: flat[0]!, m, v }, step, samples: flat[1]! * SPLIT + flat[2]! };
 }
 
 /** The state of a model freshly initialised from `weights` (zero moments). */
 export function initialState(spec: JobSpec, weights: Record<string, Float32Array | Int32Array>): TrainState {
   const shapes = draftParamShapes(spec.draft);
   const zeros = () => Object.fromEntries(TRAINABLE_NAMES.map((k) => [k, new Float32Array(numel(shapes[k]!))]));
-  return { weights: Object.fromEntries(TRAINABLE_NAMES.map((k) => [k, weights[k] as Float32Array])), optimizer: { step: 0, m: zeros(), v: zeros() }, step: 0 };
+  return { weights: Object.fromEntries(TRAINABLE_NAMES.map((k) => [k, weights[k] as Float32Array])), optimizer: { step: 0, m: zeros(), v: zeros() }, step: 0, samples: 0 };
 }

@@ -23,7 +23,7 @@ export type QueueMsg =
   | { op: 'fail'; leaseId: string; epoch: number; retryable: boolean; reason: string; key: string }
   | { op: 'epoch'; epoch: number; num: number }
   | { op: 'tick' }
-  | { op: 'revoke'; consumer: string }
+  | { op: 'revoke'; consumer: string; beforeEpoch?: number }
   | { op: 'status' }
   | { op: 'committed' };
 
@@ -173,7 +173,7 @@ export function queueActorSpec(o: QueueActorOptions): ActorSpec<QueueState, Queu
       }
       case 'revoke': {
         // The consumer's process is gone (its node saw it exit): its samples go back now.
-        const res = ledger.revokeConsumer(msg.consumer, now);
+        const res = ledger.revokeConsumer(msg.consumer, now, msg.beforeEpoch);
         await persist(res.events);
         for (const id of res.dead) bus.publish(s.storeFree, { ref: ledger.state(id)!.ref, why: 'dead' });
         st.credits.delete(msg.consumer);
@@ -253,7 +253,8 @@ export function startQueue(system: ActorSystem, o: QueueActorOptions): { ref: Ac
     bus.subscribe(`dw.${bus.job}.queue.revoke`, (x) => {
       const m = req(x, 'revoke');
       if (typeof m.consumer !== 'string' || m.consumer.length === 0) throw new InvalidArgumentError('revoke: needs consumer (a non-empty string)');
-      return ask({ op: 'revoke', consumer: m.consumer });
+      if (m.beforeEpoch !== undefined && !(Number.isInteger(m.beforeEpoch) && (m.beforeEpoch as number) >= 0)) throw new InvalidArgumentError('revoke: beforeEpoch must be an integer >= 0');
+      return ask({ op: 'revoke', consumer: m.consumer, ...(m.beforeEpoch !== undefined ? { beforeEpoch: m.beforeEpoch as number } : {}) });
     }),
     bus.subscribe(`dw.${bus.job}.queue.status`, () => ask({ op: 'status' }), { dedupe: false }),
     bus.subscribe(`dw.${bus.job}.queue.committed`, () => ask({ op: 'committed' }), { dedupe: false }),
@@ -262,18 +263,35 @@ export function startQueue(system: ActorSystem, o: QueueActorOptions): { ref: Ac
     try { system.dispatch(ref, { op: 'tick' }); } catch { /* mailbox full: the next tick will do */ }
   }, o.tickMs ?? 500);
   timer.unref();
-  // The coordinator owns the epoch (KV); the queue follows it and logs every change.
+  // The coordinator owns the epoch (KV); the queue follows it and logs every change. The watch
+  // is restarted if it ends (a NATS restart) and a full mailbox is retried: a queue that stops
+  // following the epoch would refuse every newer rank's credit for good.
   let watch: { stop(): void } | null = null;
   let stopped = false;
-  void (async () => {
-    const kv = await bus.kv(s.kvBucket);
-    if (stopped) return;
-    const w = await kv.watch<{ epoch: number; num: number }>({ key: 'epoch' });
-    watch = w;
-    for await (const ch of w) {
-      if (ch.value && typeof ch.value.epoch === 'number') system.dispatch(ref, { op: 'epoch', epoch: ch.value.epoch, num: ch.value.num });
+  const dispatchEpoch = async (epoch: number, num: number) => {
+    for (let i = 0; !stopped; i++) {
+      try { system.dispatch(ref, { op: 'epoch', epoch, num }); return; } catch (e) {
+        if (i % 50 === 0) log.warn('epoch change not delivered yet (queue mailbox full); retrying', { epoch, error: (e as Error).message });
+        await new Promise((r) => setTimeout(r, 100));
+      }
     }
-  })().catch((e: unknown) => { if (!stopped) log.error('epoch watch ended', { error: (e as Error).message }); });
+  };
+  void (async () => {
+    while (!stopped) {
+      try {
+        const kv = await bus.kv(s.kvBucket);
+        if (stopped) return;
+        const w = await kv.watch<{ epoch: number; num: number }>({ key: 'epoch' });
+        watch = w;
+        for await (const ch of w) {
+          if (ch.value && typeof ch.value.epoch === 'number') await dispatchEpoch(ch.value.epoch, ch.value.num);
+        }
+      } catch (e) {
+        if (!stopped) log.warn('epoch watch ended; restarting it', { error: (e as Error).message });
+      }
+      if (!stopped) await new Promise((r) => setTimeout(r, 500));
+    }
+  })();
   return {
     ref,
     async stop() {

@@ -85,7 +85,7 @@ export interface RankOptions {
  * How run() ended: trained to the end of the data, or retired by a scale-down. `final`: this
  * rank was world rank 0 of the world that finished the job (it writes the final checkpoint).
  */
-export interface RankResult { state: TrainState; step: number; retired: boolean; final: boolean }
+export interface RankResult { state: TrainState; step: number; samples: number; retired: boolean; final: boolean }
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
@@ -130,8 +130,9 @@ export class RankWorker {
   private epochSub: BusSubscription | null = null;
   private epoch: EpochInfo = { epoch: 0, num: 1, members: [] };
   private index = -1;
-  private wasMember = false;
   private newerEpochSeen = false;
+  /** The newest epoch announced on ctl.epoch (an announcement may arrive before the KV read). */
+  private announced = 0;
   /** Cancels the rendezvous of the world being formed when a newer epoch is announced. */
   private forming: AbortController | null = null;
   /** The queue's last word on samples not finished yet (budget − consumed − dead). */
@@ -144,6 +145,10 @@ export class RankWorker {
   private timers: NodeJS.Timeout[] = [];
   private train: TrainState;
   private lastMetrics: StepMetrics | null = null;
+  /** Real samples trained into the current weights (agreed by the world, reverted with them). */
+  private samplesTrained = 0;
+  /** Leases of the step being computed (between the agreement and the window). */
+  private inStep: Lease[] = [];
   /** A step was taken since the last accept-length measurement (the same on every rank). */
   private evalPending = false;
   private readonly frozen: Record<string, Float32Array | Int32Array>;
@@ -160,11 +165,12 @@ export class RankWorker {
     this.train = initialState(o.spec, o.weights);
     const resume = o.resume ?? null;
     if (resume) {
-      this.train = { ...this.train, optimizer: resume.optimizer, step: resume.manifest.step };
+      this.train = { ...this.train, optimizer: resume.optimizer, step: resume.manifest.step, samples: resume.manifest.samples };
       this.stats.resumedFrom = resume.manifest.step;
       for (const id of resume.manifest.trained) this.trainedSkip.add(id);
     }
     this.stepNo = this.train.step;
+    this.samplesTrained = this.train.samples;
   }
 
   get step(): number { return this.stepNo; }
@@ -188,13 +194,12 @@ export class RankWorker {
         if (this.stopped) throw new DraftwireError('STOPPED', 'rank stopped', false);
         const member = await this.joinEpoch(minEpoch);
         minEpoch = this.epoch.epoch + 1;
-        if (!member) {
-          if (this.wasMember) { retired = true; break; } // scaled down: what it trained is acked
-          continue; // not (yet) a member: wait for an epoch that includes it
-        }
-        this.wasMember = true;
-        // A job whose data is all consumed has nothing to form a world for (a rank that joins late).
-        if (this.window.length === 0 && await this.queueFinished()) break;
+        // Not a member of an epoch at or after the one it was started for: scaled down (what it
+        // trained is acked), or dropped by a later scale before it ever joined.
+        if (!member) { retired = true; break; }
+        // A job whose data is all consumed has nothing to form a world for (a rank that joins
+        // late, or a world re-formed after the last acks): its state is the committed checkpoint.
+        if (this.window.length === 0 && await this.queueFinished()) { final = this.index === 0; break; }
         let group: DpGroup | null = null;
         try {
           this.state = 'forming';
@@ -216,7 +221,7 @@ export class RankWorker {
       await this.releaseHeld();
       this.state = retired ? 'retired' : 'done';
       this.beat();
-      return { state: this.train, step: this.stepNo, retired, final };
+      return { state: this.train, step: this.stepNo, samples: this.samplesTrained, retired, final };
     } finally {
       target.close();
       this.stop();
@@ -247,6 +252,7 @@ export class RankWorker {
       }, this.train);
     } finally { this.forming = null; }
     this.stepNo = group.step;
+    this.samplesTrained = group.samples;
     // Every sample the committed checkpoint holds is trained: never train it again. Its leases
     // are acked (idempotent; also those of a rank that died after the commit): what is acked
     // leaves the skip list, what was re-granted meanwhile stays on it.
@@ -268,10 +274,14 @@ export class RankWorker {
     for (;;) {
       const t0 = Date.now();
       let a: Round;
+      let mine: Held[];
       for (;;) {
         // Only a cell's leader leases; its other ranks (TP/SP) get the step's refs from it.
         const stale = this.leader ? await this.collect(spec.batch, Date.now() + roundMs) : false;
-        const held = this.ready().length;
+        // What this rank steps on if the world steps: fixed before the round, so the agreed
+        // count is the count stepped on even if a lease is superseded meanwhile.
+        mine = this.ready().slice(0, spec.batch);
+        const held = mine.length;
         a = await group.agree({
           held, window: this.window.length, stale: stale || this.newerEpochSeen,
           waitedOut: Date.now() - t0 >= batchWaitMs, outstanding: this.outstanding, short: this.leader && held < spec.batch && !this.exhausted,
@@ -279,6 +289,8 @@ export class RankWorker {
         if (a.stale) {
           this.state = 'resharding';
           await this.checkpointAndAck(group);
+          // Leases of the old epoch cannot be renewed: give back what was not trained.
+          await this.releaseHeld();
           this.stats.rejoins++;
           return 'reshard';
         }
@@ -295,18 +307,20 @@ export class RankWorker {
         // Every rank full (or its partition exhausted), everything left in hand, or waited long enough.
         if (a.total > 0 && (!a.short || a.total >= left || (group.size > 1 && a.waitedOut))) break;
       }
-      const mine = this.ready().slice(0, spec.batch);
       const width = Math.min(spec.batch, a.maxHeld);
       const t1 = Date.now();
       this.state = 'stepping';
+      this.inStep = mine.map((h) => h.lease);
       const batch = await this.cellBatch(group, mine, width);
       if (batch.batch > batch.real) this.stats.paddedSteps++;
       const res = await group.model.step(batch.slice, {
         lr: spec.lr, clip: spec.clip, weightDecay: spec.weightDecay, returnGrads: false, samples: group.size > 1 || batch.batch > batch.real ? a.total : null,
       });
       const t2 = Date.now();
-      for (const h of mine) { this.held.delete(h.lease.leaseId); this.window.push(h.lease); }
+      for (const h of mine) { if (this.held.get(h.lease.leaseId) === h) this.held.delete(h.lease.leaseId); this.window.push(h.lease); }
+      this.inStep = [];
       this.stepNo++;
+      this.samplesTrained += a.total;
       this.evalPending = true;
       const evalDue = spec.evalEvery > 0 && this.stepNo % spec.evalEvery === 0;
       const accept = evalDue ? await this.evaluate(group, target) : null; // a collective when TP-sharded
@@ -347,7 +361,7 @@ export class RankWorker {
     this.evalPending = false;
     const opts = { maxNew: spec.seqLen - spec.promptLen };
     if (group.size === 1) return (await acceptLength(group.model, target, evalPrompts(spec), opts)).acceptLength;
-    const weights = (await group.state(this.stepNo)).weights;
+    const weights = (await group.state(this.stepNo, this.samplesTrained)).weights;
     if (group.index !== 0) return null;
     const copy = DraftModel.create(spec.draft, { ...this.frozen, ...weights }, { threads: spec.threads });
     try { return (await acceptLength(copy, target, evalPrompts(spec), opts)).acceptLength; } finally { copy.close(); }
@@ -372,7 +386,19 @@ export class RankWorker {
   }
 
   /** Held leases whose features were read, oldest first. */
-  private ready(): Held[] { return [...this.held.values()].filter((h) => h.tensors !== null); }
+  /**
+   * Held leases whose features were read, oldest first, without samples already trained since
+   * the last checkpoint: a sample re-granted while its trained lease awaits the checkpoint (the
+   * old lease expired) is acked through the skip list once that checkpoint commits, never
+   * trained twice.
+   */
+  private ready(): Held[] { return this.usable().filter((h) => h.tensors !== null); }
+
+  /** Held leases this rank may train (read or not): not of a sample trained since the last checkpoint. */
+  private usable(): Held[] {
+    const trained = new Set([...this.window, ...this.inStep].map((l) => l.sampleId));
+    return [...this.held.values()].filter((h) => !trained.has(h.lease.sampleId));
+  }
 
   /**
    * Commits a checkpoint of the world's state holding every rank's trained leases, then acks
@@ -393,8 +419,8 @@ export class RankWorker {
       await group.barrier();
       all = group.index === 0 ? await takeWindowParts(spec, this.stepNo, epoch, group.size) : [];
     }
-    this.train = await group.state(this.stepNo);
-    if (group.index === 0) await writeRankCheckpoint(spec, this.train, this.frozen.d2t as Int32Array, this.stepNo, all, epoch);
+    this.train = await group.state(this.stepNo, this.samplesTrained);
+    if (group.index === 0) await writeRankCheckpoint(spec, this.train, this.frozen.d2t as Int32Array, this.stepNo, all, epoch, this.samplesTrained);
     await group.barrier(); // committed: every rank may ack now
     this.stats.checkpoints++;
     this.o.onCheckpoint?.(this.stepNo);
@@ -424,8 +450,9 @@ export class RankWorker {
     for (const id of inCk) this.trainedSkip.add(id);
     await this.ackAll(trained);
     await this.releaseHeld();
-    this.train = ck ? { ...initialState(spec, ck.weights), optimizer: ck.optimizer, step: ck.manifest.step } : initialState(spec, init);
+    this.train = ck ? { ...initialState(spec, ck.weights), optimizer: ck.optimizer, step: ck.manifest.step, samples: ck.manifest.samples } : initialState(spec, init);
     this.stepNo = this.train.step;
+    this.samplesTrained = this.train.samples;
     await bus.request(`dw.${spec.job}.coord.regroup`, { fromEpoch: this.epoch.epoch, rank }, { timeoutMs: 10_000, retries: 5, idempotencyKey: `regroup:${rank}:${this.epoch.epoch}` });
   }
 
@@ -508,6 +535,7 @@ export class RankWorker {
     this.timers.push(hb, renew);
     // An announced epoch change wakes a waiting rank at once, instead of at its next credit retry.
     this.epochSub = bus.subscribe<EpochInfo>(bus.subjects.ctlEpoch, (e) => {
+      if (e && typeof e.epoch === 'number') this.announced = Math.max(this.announced, e.epoch);
       if (e && typeof e.epoch === 'number' && e.epoch > this.epoch.epoch) {
         this.newerEpochSeen = true;
         // A world still forming for the old epoch will never complete: its members move on.
@@ -528,7 +556,7 @@ export class RankWorker {
       if (i > 1200) throw new DraftwireError('NO_EPOCH', `no epoch >= ${minEpoch} in KV bucket ${bus.subjects.kvBucket} after 120 s: is the coordinator running?`, true);
       await sleep(100);
     }
-    this.newerEpochSeen = false;
+    this.newerEpochSeen = this.announced > this.epoch.epoch;
     this.index = this.epoch.members!.indexOf(rank);
     this.beat();
     if (this.index < 0) {
@@ -569,7 +597,7 @@ export class RankWorker {
       if (Date.now() >= until) return false;
       try {
         const r = await bus.request<{ consumed?: number; dead?: number; committed?: number; partitionPending?: number }>(bus.subjects.queue.credit, {
-          consumer: this.consumer, partition: [this.dpIdx, this.epoch.num], epoch: this.epoch.epoch, max: Math.max(0, n - this.held.size), leaseMs: spec.leaseMs,
+          consumer: this.consumer, partition: [this.dpIdx, this.epoch.num], epoch: this.epoch.epoch, max: Math.max(0, n - this.usable().length), leaseMs: spec.leaseMs,
         }, { timeoutMs: 3000, retries: 2 });
         if (typeof r.consumed === 'number' && typeof r.dead === 'number') this.outstanding = jobRows(spec) - r.consumed - r.dead;
         // Nothing pending here and nothing more to be committed: this credit grants nothing, and
@@ -578,11 +606,15 @@ export class RankWorker {
         this.exhausted = typeof r.committed === 'number' && r.committed >= jobRows(spec) && r.partitionPending === 0;
         if (this.exhausted) return false;
       } catch (e) {
-        if (e instanceof StaleEpochError) return true; // reshard: agreed in the next round
+        if (e instanceof StaleEpochError) {
+          // The queue has not seen this rank's (newer) epoch yet: not a reshard, ask again.
+          if ((e.detail as { ahead?: boolean } | undefined)?.ahead) { await sleep(100); continue; }
+          return true; // reshard: agreed in the next round
+        }
         this.log.warn('credit failed; retrying', { error: (e as Error).message });
       }
       // Leases may have arrived while the credit request was in flight: wait only if short.
-      if (this.held.size < n && !this.stopped && Date.now() < until) {
+      if (this.usable().length < n && !this.stopped && Date.now() < until) {
         await new Promise<void>((r) => { const t = setTimeout(r, Math.max(1, until - Date.now())); this.wake = () => { clearTimeout(t); r(); }; });
         this.wake = null;
       }

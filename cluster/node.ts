@@ -60,6 +60,8 @@ export class NodeAgent {
   readonly ranks = new Map<number, RankProcess>();
   /** Respawns per rank so far. */
   readonly restarts = new Map<number, number>();
+  /** The epoch each running rank process last reported in its heartbeat. */
+  readonly lastEpoch = new Map<number, number>();
   private readonly outcomes = new Map<number, RankOutcome>();
   private readonly retired = new Set<number>();
   private settleWaiters: Array<() => void> = [];
@@ -97,10 +99,15 @@ export class NodeAgent {
       const r = typeof m?.rank === 'number' ? node.ranks.get(m.rank) : undefined;
       if (!r || r.proc.pid !== m?.pid || r.proc.exitCode !== null || r.proc.signalCode !== null) return;
       node.log.warn('rank declared dead by the coordinator (no heartbeat); killing it for a replacement', { rank: r.rank, pid: r.proc.pid });
-      r.proc.kill('SIGCONT'); // a stopped process cannot run, but SIGKILL works either way
-      r.proc.kill('SIGKILL');
+      r.proc.kill('SIGKILL'); // also ends a stopped process, without letting it run first
     }, { dedupe: false });
     node.stops.push(async () => deadSub.unsubscribe());
+    // The epoch each of its rank processes last reported: a death regroups from that epoch only.
+    const hbSub = bus.subscribe<{ rank?: number; pid?: number; epoch?: number }>(bus.subjects.hbAll, (h) => {
+      const r = typeof h?.rank === 'number' ? node.ranks.get(h.rank) : undefined;
+      if (r && r.proc.pid === h?.pid && typeof h.epoch === 'number') node.lastEpoch.set(r.rank, h.epoch);
+    }, { dedupe: false });
+    node.stops.push(async () => hbSub.unsubscribe());
     const beat = () => bus.publish(bus.subjects.hb(`node-${o.nodeId}`), { kind: 'node', node: o.nodeId, pid: process.pid, ranks: node.running(), at: Date.now() });
     beat();
     const hb = setInterval(beat, 1000);
@@ -173,13 +180,19 @@ export class NodeAgent {
       if (replace) this.restarts.set(rank, restarts + 1);
       // A new epoch first (its world forms afresh, with the replacement or without the rank), then the respawn joins it.
       const job = this.o.spec.job;
-      const regroup = this.bus.request<{ to: { epoch: number } }>(`dw.${job}.coord.regroup`, replace ? { rank } : { rank, remove: rank }, { timeoutMs: 10_000, retries: 3 })
+      // Replace: a new epoch after the one the rank died in (a no-op if its world's survivors
+      // asked first); the replacement joins it. Shrink: the epoch drops the rank's cell.
+      const from = this.lastEpoch.get(rank);
+      const ask = replace ? { rank, ...(from !== undefined ? { fromEpoch: from } : {}) } : { rank, remove: rank };
+      const regroup = this.bus.request<{ to: { epoch: number } }>(`dw.${job}.coord.regroup`, ask, { timeoutMs: 10_000, retries: 3 })
         .then((r) => r.to.epoch, (e: unknown) => { this.log.error('regroup request failed', { rank, error: (e as Error).message }); return 0; })
-        // After the new epoch voids the old credits and before a replacement exists, every lease
-        // of this rank's consumer is the dead process's: back to pending now, not at its deadline.
+        // The dead process's leases (granted before the new epoch; a replacement only holds
+        // leases of that epoch or later) go back to pending now, not at their deadline.
         .then(async (epoch) => {
-          await this.bus.request(`dw.${job}.queue.revoke`, { consumer: `rank-${rank}` }, { timeoutMs: 10_000, retries: 3 })
-            .catch((e: unknown) => this.log.warn('revoking the dead rank\'s leases failed; they expire at their deadline', { rank, error: (e as Error).message }));
+          if (epoch > 0) {
+            await this.bus.request(`dw.${job}.queue.revoke`, { consumer: `rank-${rank}`, beforeEpoch: epoch }, { timeoutMs: 10_000, retries: 3 })
+              .catch((e: unknown) => this.log.warn('revoking the dead rank\'s leases failed; they expire at their deadline', { rank, error: (e as Error).message }));
+          }
           return epoch;
         });
       if (replace) {

@@ -43,8 +43,8 @@ async function main(): Promise<number> {
     if (res.retired) log.info('retired by a scale-down', { step: res.step });
     else if (res.final) {
       const path = join(spec.runDir, 'checkpoint.safetensors');
-      await writeCheckpoint(path, spec, res.state, weights.d2t as Int32Array, res.step);
-      bus.publish(`dw.${spec.job}.rank.done`, { rank, step: res.step, checkpoint: path });
+      await writeCheckpoint(path, spec, res.state, weights.d2t as Int32Array, res.step, res.samples);
+      bus.publish(`dw.${spec.job}.rank.done`, { rank, step: res.step, samples: res.samples, checkpoint: path });
       log.info('checkpoint written', { path, step: res.step });
     }
     await bus.flush();

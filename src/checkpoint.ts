@@ -70,11 +70,12 @@ export async function modelState(model: DraftModel): Promise<ModelState> {
   return { weights: model.weights(), optimizer: model.optimizerState() };
 }
 
-/** Writes the trained draft (and its optimizer state beside it). */
-export async function writeCheckpoint(path: string, spec: JobSpec, state: ModelState, d2t: Int32Array, step: number): Promise<void> {
+/** Writes the trained draft (and its optimizer state beside it); `samples`: real samples trained into it. */
+export async function writeCheckpoint(path: string, spec: JobSpec, state: ModelState, d2t: Int32Array, step: number, samples?: number): Promise<void> {
   const shapes = draftParamShapes(spec.draft);
   const w = state.weights;
-  const meta = { format: CHECKPOINT_FORMAT, config: JSON.stringify(spec.draft), step: String(step), job: spec.job };
+  const meta: Record<string, string> = { format: CHECKPOINT_FORMAT, config: JSON.stringify(spec.draft), step: String(step), job: spec.job };
+  if (samples !== undefined) meta.samples = String(samples);
   const tensors = Object.fromEntries(TRAINABLE_NAMES.map((n) => f32(n, shapes[n]!, w[n]!)));
   tensors.d2t = tensor('i32', [d2t.length], d2t);
   await writeSafetensorsFile(path, tensors, meta);
@@ -106,6 +107,8 @@ export interface RankCheckpointManifest {
   step: number;
   /** The epoch of the world that wrote it: a writer from an older epoch (a zombie) never replaces it. */
   epoch: number;
+  /** Real samples trained into these weights since the job started. */
+  samples: number;
   weights: string;
   optim: string;
   /** Leases of the steps since the previous checkpoint (acked after this manifest is durable). */
@@ -136,6 +139,7 @@ async function readManifest(path: string): Promise<RankCheckpointManifest | null
     throw new DecodeError(`${path}: not a draftwire rank checkpoint manifest`);
   }
   m.epoch = Number.isInteger(m.epoch) ? m.epoch : 0;
+  m.samples = Number.isInteger(m.samples) ? m.samples : 0;
   return m;
 }
 
@@ -144,15 +148,16 @@ async function readManifest(path: string): Promise<RankCheckpointManifest | null
  * with StaleEpochError when the committed one comes from a newer epoch: a rank frozen and
  * resumed (a zombie) must not roll the job back.
  */
-export async function writeRankCheckpoint(spec: JobSpec, state: ModelState, d2t: Int32Array, step: number, window: CheckpointLease[], epoch = 0): Promise<RankCheckpointManifest> {
+export async function writeRankCheckpoint(spec: JobSpec, state: ModelState, d2t: Int32Array, step: number, window: CheckpointLease[], epoch = 0, samples = 0): Promise<RankCheckpointManifest> {
   const dir = checkpointDir(spec);
   await mkdir(dir, { recursive: true });
   const path = join(dir, 'latest.json');
   const refuseIfNewer = async () => {
     const cur = await readManifest(path);
     if (cur && cur.epoch > epoch) throw new StaleEpochError(`checkpoint of step ${step} at epoch ${epoch} refused: the committed one is from epoch ${cur.epoch} (step ${cur.step})`, { detail: { epoch, current: cur.epoch } });
+    return cur;
   };
-  await refuseIfNewer();
+  const previous = await refuseIfNewer();
   const base = `step-${String(step).padStart(8, '0')}-e${epoch}`;
   const weights = join(dir, `${base}.safetensors`);
   await writeCheckpoint(weights, spec, state, d2t, step);
@@ -160,7 +165,7 @@ export async function writeRankCheckpoint(spec: JobSpec, state: ModelState, d2t:
   await fsyncPath(weights);
   await fsyncPath(optim);
   const m: RankCheckpointManifest = {
-    format: 'draftwire-rank-checkpoint/1', job: spec.job, step, epoch, weights: `${base}.safetensors`, optim: `${base}.optim.safetensors`,
+    format: 'draftwire-rank-checkpoint/1', job: spec.job, step, epoch, samples, weights: `${base}.safetensors`, optim: `${base}.optim.safetensors`,
     window, trained: [...new Set(window.map((l) => l.sampleId))], at: Date.now(),
   };
   const tmp = `${path}.tmp-${process.pid}`;
@@ -169,9 +174,11 @@ export async function writeRankCheckpoint(spec: JobSpec, state: ModelState, d2t:
   await refuseIfNewer().catch(async (e: unknown) => { await rm(tmp, { force: true }); throw e; });
   await rename(tmp, path);
   await fsyncPath(dir);
-  // Older checkpoints are garbage now.
+  // Older checkpoints are garbage now, except the one just replaced: a reader that read the
+  // previous manifest may still be opening its files.
+  const keep = new Set([base, previous?.weights.replace(/\.safetensors$/, '')]);
   for (const f of await readdir(dir)) {
-    if (f.startsWith('step-') && !f.startsWith(base + '.') && parseInt(f.slice(5), 10) <= step) await rm(join(dir, f), { force: true });
+    if (f.startsWith('step-') && !keep.has(f.replace(/(\.optim)?\.safetensors$/, '')) && parseInt(f.slice(5), 10) <= step) await rm(join(dir, f), { force: true });
     else if (f.startsWith('latest.json.tmp-')) await rm(join(dir, f), { force: true });
   }
   return m;
@@ -217,6 +224,16 @@ export async function takeWindowParts(spec: JobSpec, step: number, epoch: number
 
 /** The latest committed rank checkpoint of the job, or null when there is none. */
 export async function loadRankCheckpoint(spec: JobSpec, init: Record<string, Float32Array | Int32Array>): Promise<LoadedRankCheckpoint | null> {
+  // A commit may replace the manifest (and, one commit later, remove these files) while we
+  // read: read again from the newer manifest.
+  for (let attempt = 0; ; attempt++) {
+    try { return await loadRankCheckpointOnce(spec, init); } catch (e) {
+      if (attempt >= 5 || (e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+    }
+  }
+}
+
+async function loadRankCheckpointOnce(spec: JobSpec, init: Record<string, Float32Array | Int32Array>): Promise<LoadedRankCheckpoint | null> {
   const dir = checkpointDir(spec);
   const m = await readManifest(join(dir, 'latest.json'));
   if (!m) return null;

@@ -306,13 +306,16 @@ export class SampleRefQueue {
 
   /**
    * Reclaims every live lease of `consumer` now, whatever its deadline (back to pending,
-   * charged): its holder is known to be gone (its process exited), so waiting for the
-   * deadline would only delay the samples. Logged as an expiry.
+   * charged) granted before `beforeEpoch`: its holder is known to be gone (its process
+   * exited), so waiting for the deadline would only delay the samples. Logged as an expiry.
    */
-  revokeConsumer(consumer: string, now: number): ExpireResult {
+  revokeConsumer(consumer: string, now: number, beforeEpoch = Number.MAX_SAFE_INTEGER): ExpireResult {
     checkString(consumer, 'consumer');
     checkTime(now);
-    return this.reclaim((l) => l.consumer === consumer, now, `holder ${consumer} gone`);
+    checkUint(beforeEpoch, 'beforeEpoch');
+    // Only leases granted before `beforeEpoch`: a replacement reusing the consumer name joins a
+    // later epoch, and a late revoke must not take its leases.
+    return this.reclaim((l) => l.consumer === consumer && l.epoch < beforeEpoch, now, `holder ${consumer} gone`);
   }
 
   private reclaim(which: (l: LiveLease) => boolean, now: number, why: string): ExpireResult {

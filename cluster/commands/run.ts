@@ -7,7 +7,7 @@
 // `--resume <runDir>` continues a run whose process was killed: same job.json, same NATS
 // store (so the ledger's position is restored: consumed samples are not leased again), and
 // the rank resumes from the latest checkpoint under <run>/ckpt.
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, statSync } from 'node:fs';
 import { mkdir, readdir, rm, writeFile } from 'node:fs/promises';
 import { resolve, join } from 'node:path';
 import { Command, Option } from 'commander';
@@ -22,6 +22,7 @@ import { acceptLength, DraftModel, shardConfigError, TargetModel } from '../../s
 import { DraftwireError, InvalidArgumentError } from '../../src/errors.ts';
 import { jobFile, jobRows, loadJobSpec, saveJobSpec, validateJobSpec, type JobSpec } from '../../src/job.ts';
 import { auditEvents, type AuditReport } from '../../src/ledger.ts';
+import { readSafetensorsFile } from '../../src/safetensors.ts';
 import type { SampleRef } from '../../src/sampleref.ts';
 import { createLogger } from '../../src/log.ts';
 import type { GlobalOptions } from '../cli.ts';
@@ -43,6 +44,7 @@ interface RunOpts extends GlobalOptions {
 }
 
 export interface RunSummary {
+  /** steps and samples: of the final weights (the whole job, also across --resume); samplesPerSec: of the steps this process saw. */
   job: string; runDir: string; steps: number; samples: number; tokens: number; seconds: number; samplesPerSec: number;
   firstLoss: number | null; lastLoss: number | null; lossCurve: number[];
   acceptLengthInitial: number | null; acceptLength: number | null; checkpoint: string; audit: AuditReport; stepMsMean: number | null;
@@ -210,7 +212,12 @@ export async function runJob(o: RunOpts): Promise<RunSummary> {
     doneSub.unsubscribe();
     bar.stop();
     const lost = outcomes.filter((c) => c.code !== 0);
-    if (!finalCheckpoint) {
+    // The final checkpoint is the proof that a world finished the job (its announcement is a
+    // plain NATS message, which a restart of the server can lose: the file decides).
+    const finalPath = join(spec.runDir, 'checkpoint.safetensors');
+    const final = existsSync(finalPath) && statSync(finalPath).mtimeMs >= t0 ? (await readSafetensorsFile(finalPath, { names: [] })).metadata : null;
+    if (final) finalCheckpoint = finalPath;
+    if (!finalCheckpoint || !final) {
       const bad = lost[0] ?? outcomes[0];
       throw new DraftwireError('RANK_FAILED', bad ? `rank ${bad.rank} exited with code ${bad.code} after ${bad.restarts} restart(s) and no rank finished the job; see ${join(spec.runDir, `rank-${bad.rank}.log`)}` : 'no rank finished the job', false);
     }
@@ -230,10 +237,13 @@ export async function runJob(o: RunOpts): Promise<RunSummary> {
     const losses = [...byStep.values()].sort((a, b) => a.step - b.step);
     const resumedFromStep = resuming ? Math.max(0, (losses[0]?.step ?? 1) - 1) : 0;
     const accepts = losses.filter((m) => m.acceptLength !== null);
-    const samples = losses.reduce((n, m) => n + m.samples, 0);
+    // The model's own count: real samples trained into the final weights (exactly once each:
+    // the consumed samples). Reports may miss steps trained by an earlier process (--resume).
+    const samples = Number(final.samples ?? losses.reduce((n, m) => n + m.samples, 0));
+    const reported = losses.reduce((n, m) => n + m.samples, 0);
     const summary: RunSummary = {
-      job: spec.job, runDir: spec.runDir, steps: losses.at(-1)?.step ?? 0, samples, tokens: samples * spec.seqLen, seconds,
-      samplesPerSec: samples / seconds,
+      job: spec.job, runDir: spec.runDir, steps: Number(final.step ?? losses.at(-1)?.step ?? 0), samples, tokens: samples * spec.seqLen, seconds,
+      samplesPerSec: reported / seconds,
       firstLoss: losses[0]?.loss ?? null, lastLoss: losses.at(-1)?.loss ?? null, lossCurve: losses.map((m) => m.loss),
       acceptLengthInitial: null, acceptLength: accepts.at(-1)?.acceptLength ?? null,
       checkpoint: join(spec.runDir, 'checkpoint.safetensors'), audit,

@@ -37,10 +37,14 @@ describe('rank checkpoint (exactly-once training across rank crashes)', () => {
       got = await loadRankCheckpoint(spec, w);
       assert.equal(got!.manifest.step, 5);
       assert.equal(got!.manifest.epoch, 2);
-      assert.deepEqual(readdirSync(checkpointDir(spec)).sort(), ['latest.json', 'step-00000005-e2.optim.safetensors', 'step-00000005-e2.safetensors'], 'older checkpoints and torn temps are removed');
+      assert.deepEqual(readdirSync(checkpointDir(spec)).sort(), ['latest.json', 'step-00000003-e1.optim.safetensors', 'step-00000003-e1.safetensors', 'step-00000005-e2.optim.safetensors', 'step-00000005-e2.safetensors'],
+        'torn temps are removed; the checkpoint just replaced stays one commit longer (a reader may be opening it)');
+      await writeRankCheckpoint(spec, await modelState(model), d2t, 6, [], 2);
+      assert.deepEqual(readdirSync(checkpointDir(spec)).filter((f) => f.startsWith('step-')).sort(), ['step-00000005-e2.optim.safetensors', 'step-00000005-e2.safetensors', 'step-00000006-e2.optim.safetensors', 'step-00000006-e2.safetensors']);
       // A writer of an older epoch (a rank frozen and resumed) cannot roll the job back.
       await assert.rejects(writeRankCheckpoint(spec, await modelState(model), d2t, 4, [], 1), (e: unknown) => e instanceof StaleEpochError && /from epoch 2/.test((e as Error).message));
-      assert.equal((await loadRankCheckpoint(spec, w))!.manifest.step, 5, 'the committed checkpoint is unchanged');
+      // A reader that read the previous manifest can still open its files (kept one commit longer).
+      assert.equal((await loadRankCheckpoint(spec, w))!.manifest.step, 6, 'the committed checkpoint is unchanged');
       assert.deepEqual(readdirSync(checkpointDir(spec)).filter((f) => f.includes('tmp')), [], 'no temp manifest left behind');
       const other = { ...spec, job: 'another' };
       await assert.rejects(loadRankCheckpoint(other, w), /belongs to job ckpt/);

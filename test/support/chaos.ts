@@ -143,6 +143,9 @@ export async function checkInvariants(job: ChaosJob, r: { code: number | null; s
     add('every committed sample accounted for', a.committed === o.rows && a.consumed + a.dead === a.committed && a.pending === 0 && a.leased === 0, `committed ${a.committed}/${o.rows}, consumed ${a.consumed}, dead ${a.dead}, pending ${a.pending}, leased ${a.leased}`);
     const acks = events.filter((e) => e.type === 'ack');
     add('one accepted ack per consumed sample', new Set(acks.map((e) => (e as { sampleId: string }).sampleId)).size === acks.length && acks.length === a.consumed, `${acks.length} acks, ${a.consumed} consumed`);
+    // Each step counted once (a step retrained after a crash was reported again; the last report
+    // stands): the steps that made the final weights trained exactly the consumed samples.
+    add('every consumed sample trained exactly once (steps\' samples add up to the consumed)', s.samples === a.consumed, `steps trained ${s.samples} samples, ${a.consumed} consumed`);
     add('store samples and temp files back to zero', s.storeAfter?.samples === 0 && s.storeAfter?.tempFiles === 0, JSON.stringify(s.storeAfter));
     if (o.dead) {
       const dead = events.filter((e) => e.type === 'dead') as { sampleId: string; reason: string }[];

@@ -224,6 +224,12 @@ describe('SampleRefQueue (lease ledger)', () => {
     assert.equal(h.q.state(other[0]!.sampleId)!.state, 'leased', 'other consumers keep theirs');
     assert.deepEqual(h.rec(h.q.revokeConsumer('rank-1', 20)).events, [], 'nothing left to revoke');
     assert.throws(() => h.q.revokeConsumer('', 0), InvalidArgumentError);
+    // Fenced by epoch: a replacement reusing the consumer name holds leases of a later epoch.
+    h.epoch(3, 1);
+    const replacement = h.get(1, 0, 1, { consumer: 'rank-1', now: 30, leaseMs: 60_000 });
+    assert.deepEqual(h.rec(h.q.revokeConsumer('rank-1', 40, 3)).expired, [], 'a revoke of what was granted before epoch 3 leaves the replacement\'s lease');
+    assert.equal(h.q.state(replacement[0]!.sampleId)!.state, 'leased');
+    assert.equal(h.rec(h.q.revokeConsumer('rank-1', 50, 4)).expired.length, 1);
     const again = SampleRefQueue.replay(h.log, { leaseMs: 1000, maxDeliveries: 3 });
     assert.deepEqual(again.stats(), h.q.stats());
     assert.ok(auditEvents(h.log).ok);
