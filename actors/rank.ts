@@ -604,7 +604,9 @@ export class RankWorker {
         // waiting for a full batch would only hold the world up (samples expired or released
         // later make the partition non-empty again, and the next reply says so).
         this.exhausted = typeof r.committed === 'number' && r.committed >= jobRows(spec) && r.partitionPending === 0;
-        if (this.exhausted) return false;
+        // Leases granted before this reply are here already (one connection, in order): read
+        // them, so that a short batch is short only of samples that do not exist.
+        if (this.exhausted) { await this.fetchNew(); return false; }
       } catch (e) {
         if (e instanceof StaleEpochError) {
           // The queue has not seen this rank's (newer) epoch yet: not a reshard, ask again.

@@ -105,14 +105,19 @@ describe('elastic data parallelism (real rank processes, Gloo)', function () {
     assert.equal(JSON.parse(audit.stdout).ok, true);
   });
 
+  /** A dp 2 job of `steps` (leases of 60 s) whose rank 1 gets `signal` after checkpoint step 8. */
+  async function signalRank1(name: string, steps: number, signal: NodeJS.Signals) {
+    const job = new ChaosJob({ workdir, job: name, steps, batch: BATCH, leaseMs: 60_000, deadAfterMs: 3000, extra: ['--dp', '2'] });
+    await job.waitStep(8);
+    const pid = await until('rank 1 process', () => rankPid(job, 1));
+    process.kill(pid, signal);
+    return { job, pid, t0: Date.now() };
+  }
+
   it('SIGKILL of one rank of a dp 2 world: the world reverts to its checkpoint and re-forms with the replacement', async () => {
     const steps = 60;
     // Leases of 60 s: the dead rank's samples come back because its node revokes them, not by expiry.
-    const job = new ChaosJob({ workdir, job: 'dpkill', steps, batch: BATCH, leaseMs: 60_000, deadAfterMs: 3000, extra: ['--dp', '2'] });
-    await job.waitStep(8);
-    const pid = await until('rank 1 process', () => rankPid(job, 1));
-    process.kill(pid, 'SIGKILL');
-    const t0 = Date.now();
+    const { job, pid, t0 } = await signalRank1('dpkill', steps, 'SIGKILL');
     const r = await job.finish();
     assert.ok(Date.now() - t0 < 45_000, `finished ${Date.now() - t0} ms after the kill, without waiting out the 60 s leases`);
     await settle('dp 2, rank SIGKILL', [`SIGKILL rank 1 pid ${pid} after checkpoint step 8 (leases of 60 s)`], job, r, steps * BATCH * 2, t0);
@@ -126,11 +131,7 @@ describe('elastic data parallelism (real rank processes, Gloo)', function () {
 
   it('SIGSTOP of one rank of a dp 2 world: declared dead by heartbeat, killed, replaced; the world re-forms', async () => {
     const steps = 60;
-    const job = new ChaosJob({ workdir, job: 'dpstop', steps, batch: BATCH, leaseMs: 60_000, deadAfterMs: 3000, extra: ['--dp', '2'] });
-    await job.waitStep(8);
-    const pid = await until('rank 1 process', () => rankPid(job, 1));
-    process.kill(pid, 'SIGSTOP');
-    const t0 = Date.now();
+    const { job, pid, t0 } = await signalRank1('dpstop', steps, 'SIGSTOP');
     try {
       const r = await job.finish();
       await settle('dp 2, rank SIGSTOP', [`SIGSTOP rank 1 pid ${pid} after checkpoint step 8, never resumed (dead after 3000 ms without heartbeat)`], job, r, steps * BATCH * 2, t0);
