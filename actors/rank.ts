@@ -7,7 +7,8 @@
 // features themselves (an SP rank keeps its chunk). Every step starts with an agreement
 // round (two tiny all-reduces) that decides, for the whole world at the same moment, whether
 // to step, checkpoint, reshard or finish. While a step computes, heartbeats and lease
-// renewals keep running on the event loop.
+// renewals keep running on the event loop. The leases it holds live in a LeaseBook
+// (actors/rank-leases.ts); the epoch, credit and the world stay here.
 //
 // Batches. Each cell steps on up to `batch` samples of its own partition. Hash partitions
 // fill unevenly, so cells short of samples pad with fully-masked samples and the step
@@ -33,10 +34,9 @@
 // (`coord.regroup`) and re-forms with whoever is a member of it.
 import type { Bus, BusSubscription } from '../src/bus.ts';
 import { latestManifest, loadRankCheckpoint, loadWeightsFile, takeWindowParts, writeRankCheckpoint, writeWindowPart, type CheckpointLease, type LoadedRankCheckpoint } from '../src/checkpoint.ts';
-import { CollectiveError, DraftwireError, InvalidArgumentError, LeaseExpiredError, StaleEpochError } from '../src/errors.ts';
+import { CollectiveError, DraftwireError, InvalidArgumentError, StaleEpochError } from '../src/errors.ts';
 import { failpoint } from '../src/failpoints.ts';
 import { checkpointEvery, jobRows, rankDeadAfterMs, type JobSpec } from '../src/job.ts';
-import type { Lease } from '../src/ledger.ts';
 import { createLogger } from '../src/log.ts';
 import { sliceBatch } from '../src/draft-io.ts';
 import { acceptLength, DraftModel, TargetModel, TRAINABLE_NAMES, type DraftBatch } from '../src/native.ts';
@@ -45,9 +45,10 @@ import type { FeatureStore } from '../src/store/feature-store.ts';
 import type { Tensor } from '../src/tensor.ts';
 import { epochMembers } from './coordinator.ts';
 import { DpGroup, initialState, type Round, type TrainState } from './dp-group.ts';
+import { FEATURES, LeaseBook, type Held } from './rank-leases.ts';
 import type { LeaseMessage } from './queue.ts';
 
-export const FEATURES = ['ids', 'aux', 'last', 'mask'] as const;
+export { FEATURES } from './rank-leases.ts';
 
 /**
  * The KV record `epoch`: members[i] is the rank id of world rank i; each data-parallel index
@@ -113,18 +114,13 @@ export function stackBatch(samples: Record<string, Tensor>[], seq: number, hidde
   return { ids, aux, last, mask, batch: B, seq };
 }
 
-interface Held { lease: Lease; tensors: Record<string, Tensor> | null }
 type EpochEnd = 'done' | 'reshard';
 
 export class RankWorker {
   private readonly log;
   private readonly consumer: string;
-  /** Leases received and not yet trained, by leaseId (one per sample id), with their features once read. */
-  private held = new Map<string, Held>();
-  /** Leases trained since the last checkpoint: renewed until the checkpoint is durable, then acked. */
-  private window: Lease[] = [];
-  /** Samples trained into a committed checkpoint whose ack did not get through: ack on re-lease, never retrain. */
-  private trainedSkip = new Set<string>();
+  /** What this rank holds: leases to train, trained ones awaiting their checkpoint, the skip list. */
+  private readonly book: LeaseBook;
   private wake: (() => void) | null = null;
   private sub: BusSubscription | null = null;
   private epochSub: BusSubscription | null = null;
@@ -147,8 +143,6 @@ export class RankWorker {
   private lastMetrics: StepMetrics | null = null;
   /** Real samples trained into the current weights (agreed by the world, reverted with them). */
   private samplesTrained = 0;
-  /** Leases of the step being computed (between the agreement and the window). */
-  private inStep: Lease[] = [];
   /** A step was taken since the last accept-length measurement (the same on every rank). */
   private evalPending = false;
   private readonly frozen: Record<string, Float32Array | Int32Array>;
@@ -160,6 +154,7 @@ export class RankWorker {
     // to its predecessor's outstanding credit instead of letting it expire again.
     this.consumer = `rank-${o.rank}`;
     this.log = createLogger(`rank.${o.rank}`);
+    this.book = new LeaseBook({ bus: o.bus, store: o.store, log: this.log, stats: this.stats });
     this.outstanding = jobRows(o.spec);
     this.frozen = Object.fromEntries(Object.entries(o.weights).filter(([k]) => !TRAINABLE_NAMES.includes(k)));
     this.train = initialState(o.spec, o.weights);
@@ -167,7 +162,7 @@ export class RankWorker {
     if (resume) {
       this.train = { ...this.train, optimizer: resume.optimizer, step: resume.manifest.step, samples: resume.manifest.samples };
       this.stats.resumedFrom = resume.manifest.step;
-      for (const id of resume.manifest.trained) this.trainedSkip.add(id);
+      for (const id of resume.manifest.trained) this.book.trainedSkip.add(id);
     }
     this.stepNo = this.train.step;
     this.samplesTrained = this.train.samples;
@@ -199,7 +194,7 @@ export class RankWorker {
         if (!member) { retired = true; break; }
         // A job whose data is all consumed has nothing to form a world for (a rank that joins
         // late, or a world re-formed after the last acks): its state is the committed checkpoint.
-        if (this.window.length === 0 && await this.queueFinished()) { final = this.index === 0; break; }
+        if (this.book.window.length === 0 && await this.queueFinished()) { final = this.index === 0; break; }
         let group: DpGroup | null = null;
         try {
           this.state = 'forming';
@@ -218,7 +213,7 @@ export class RankWorker {
         }
       }
       if (!retired && this.leader) await this.drainSkipped();
-      await this.releaseHeld();
+      await this.book.releaseHeld();
       this.state = retired ? 'retired' : 'done';
       this.beat();
       return { state: this.train, step: this.stepNo, samples: this.samplesTrained, retired, final };
@@ -258,8 +253,8 @@ export class RankWorker {
     // leaves the skip list, what was re-granted meanwhile stays on it.
     const m = this.leader ? await latestManifest(spec) : null;
     if (m) {
-      for (const id of m.trained) this.trainedSkip.add(id);
-      await this.ackAll(m.window);
+      for (const id of m.trained) this.book.trainedSkip.add(id);
+      await this.book.ackAll(m.window);
     }
     this.log.info('world formed', { epoch: this.epoch.epoch, dp: this.epoch.num, index: this.index, dpIdx: group.dpIdx, leader: group.leader, step: this.stepNo });
     return group;
@@ -267,7 +262,7 @@ export class RankWorker {
 
   /** Trains in lockstep with the epoch's world until the data is consumed or the epoch changes. */
   private async trainEpoch(group: DpGroup, target: TargetModel): Promise<EpochEnd> {
-    const { spec, bus, rank } = this.o;
+    const { spec, rank } = this.o;
     const every = checkpointEvery(spec);
     const batchWaitMs = spec.batchWaitMs ?? 2000;
     const roundMs = group.size > 1 ? 250 : 1000;
@@ -280,17 +275,17 @@ export class RankWorker {
         const stale = this.leader ? await this.collect(spec.batch, Date.now() + roundMs) : false;
         // What this rank steps on if the world steps: fixed before the round, so the agreed
         // count is the count stepped on even if a lease is superseded meanwhile.
-        mine = this.ready().slice(0, spec.batch);
+        mine = this.book.ready().slice(0, spec.batch);
         const held = mine.length;
         a = await group.agree({
-          held, window: this.window.length, stale: stale || this.newerEpochSeen,
+          held, window: this.book.window.length, stale: stale || this.newerEpochSeen,
           waitedOut: Date.now() - t0 >= batchWaitMs, outstanding: this.outstanding, short: this.leader && held < spec.batch && !this.exhausted,
         });
         if (a.stale) {
           this.state = 'resharding';
           await this.checkpointAndAck(group);
           // Leases of the old epoch cannot be renewed: give back what was not trained.
-          await this.releaseHeld();
+          await this.book.releaseHeld();
           this.stats.rejoins++;
           return 'reshard';
         }
@@ -310,15 +305,14 @@ export class RankWorker {
       const width = Math.min(spec.batch, a.maxHeld);
       const t1 = Date.now();
       this.state = 'stepping';
-      this.inStep = mine.map((h) => h.lease);
+      this.book.inStep = mine.map((h) => h.lease);
       const batch = await this.cellBatch(group, mine, width);
       if (batch.batch > batch.real) this.stats.paddedSteps++;
       const res = await group.model.step(batch.slice, {
         lr: spec.lr, clip: spec.clip, weightDecay: spec.weightDecay, returnGrads: false, samples: group.size > 1 || batch.batch > batch.real ? a.total : null,
       });
       const t2 = Date.now();
-      for (const h of mine) { if (this.held.get(h.lease.leaseId) === h) this.held.delete(h.lease.leaseId); this.window.push(h.lease); }
-      this.inStep = [];
+      this.book.trained(mine);
       this.stepNo++;
       this.samplesTrained += a.total;
       this.evalPending = true;
@@ -385,37 +379,22 @@ export class RankWorker {
     return { slice, batch: width, real: tensors.length };
   }
 
-  /** Held leases whose features were read, oldest first. */
-  /**
-   * Held leases whose features were read, oldest first, without samples already trained since
-   * the last checkpoint: a sample re-granted while its trained lease awaits the checkpoint (the
-   * old lease expired) is acked through the skip list once that checkpoint commits, never
-   * trained twice.
-   */
-  private ready(): Held[] { return this.usable().filter((h) => h.tensors !== null); }
-
-  /** Held leases this rank may train (read or not): not of a sample trained since the last checkpoint. */
-  private usable(): Held[] {
-    const trained = new Set([...this.window, ...this.inStep].map((l) => l.sampleId));
-    return [...this.held.values()].filter((h) => !trained.has(h.lease.sampleId));
-  }
-
   /**
    * Commits a checkpoint of the world's state holding every rank's trained leases, then acks
    * this rank's. A collective on a world of several ranks (all call it in the same round).
    */
   private async checkpointAndAck(group: DpGroup): Promise<void> {
     const { spec } = this.o;
-    if (group.size === 1 && this.window.length === 0 && this.trainedSkip.size === 0) return;
+    if (group.size === 1 && this.book.window.length === 0 && this.book.trainedSkip.size === 0) return;
     this.state = 'checkpointing';
-    const win: CheckpointLease[] = this.window.map((l) => ({ leaseId: l.leaseId, sampleId: l.sampleId, epoch: l.epoch }));
+    const win: CheckpointLease[] = this.book.window.map((l) => ({ leaseId: l.leaseId, sampleId: l.sampleId, epoch: l.epoch }));
     const epoch = this.epoch.epoch;
     let all: CheckpointLease[];
     if (group.size === 1) {
       // Samples already in a checkpoint whose acks failed stay recorded as trained.
-      all = [...win, ...[...this.trainedSkip].map((sampleId) => ({ leaseId: '', sampleId, epoch: 0 }))];
+      all = [...win, ...[...this.book.trainedSkip].map((sampleId) => ({ leaseId: '', sampleId, epoch: 0 }))];
     } else {
-      await writeWindowPart(spec, this.stepNo, epoch, group.index, { window: win, skipped: [...this.trainedSkip] });
+      await writeWindowPart(spec, this.stepNo, epoch, group.index, { window: win, skipped: [...this.book.trainedSkip] });
       await group.barrier();
       all = group.index === 0 ? await takeWindowParts(spec, this.stepNo, epoch, group.size) : [];
     }
@@ -425,9 +404,9 @@ export class RankWorker {
     this.stats.checkpoints++;
     this.o.onCheckpoint?.(this.stepNo);
     failpoint('rank.before-ack');
-    const window = this.window;
-    await this.ackAll(win);
-    if (this.window === window) this.window = [];
+    const window = this.book.window;
+    await this.book.ackAll(win);
+    if (this.book.window === window) this.book.window = [];
   }
 
   /**
@@ -443,75 +422,32 @@ export class RankWorker {
     const init = await loadWeightsFile(spec.initWeights, spec.draft);
     const ck = await loadRankCheckpoint(spec, init);
     const inCk = new Set(ck?.manifest.trained ?? []);
-    const trained = this.window.filter((l) => inCk.has(l.sampleId));
-    const lost = this.window.filter((l) => !inCk.has(l.sampleId));
-    this.window = [];
-    for (const l of lost) this.held.set(l.leaseId, { lease: l, tensors: null });
-    for (const id of inCk) this.trainedSkip.add(id);
-    await this.ackAll(trained);
-    await this.releaseHeld();
+    const trained = this.book.window.filter((l) => inCk.has(l.sampleId));
+    const lost = this.book.window.filter((l) => !inCk.has(l.sampleId));
+    this.book.window = [];
+    for (const l of lost) this.book.held.set(l.leaseId, { lease: l, tensors: null });
+    for (const id of inCk) this.book.trainedSkip.add(id);
+    await this.book.ackAll(trained);
+    await this.book.releaseHeld();
     this.train = ck ? { ...initialState(spec, ck.weights), optimizer: ck.optimizer, step: ck.manifest.step, samples: ck.manifest.samples } : initialState(spec, init);
     this.stepNo = this.train.step;
     this.samplesTrained = this.train.samples;
     await bus.request(`dw.${spec.job}.coord.regroup`, { fromEpoch: this.epoch.epoch, rank }, { timeoutMs: 10_000, retries: 5, idempotencyKey: `regroup:${rank}:${this.epoch.epoch}` });
   }
 
-  /** Acks leases of trained samples; a lease that is gone puts its sample on the skip list. */
-  private async ackAll(leases: CheckpointLease[]): Promise<void> {
-    const { bus } = this.o;
-    await Promise.all(leases.filter((l) => l.leaseId !== '').map(async (l) => {
-      try {
-        await bus.request(bus.subjects.queue.ack, { leaseId: l.leaseId, epoch: l.epoch }, { idempotencyKey: `ack:${l.leaseId}`, retries: 10, timeoutMs: 3000 });
-        this.trainedSkip.delete(l.sampleId);
-      } catch (e) {
-        if (!(e instanceof LeaseExpiredError || e instanceof StaleEpochError)) throw e;
-        // A stale ack is refused by the queue (fencing); the sample is trained already, so its
-        // next lease is acked without training it again.
-        this.stats.staleAcks++;
-        this.trainedSkip.add(l.sampleId);
-        this.log.warn('ack refused (lease gone); the sample will be acked on its next lease', { leaseId: l.leaseId, sampleId: l.sampleId, error: (e as Error).message });
-      }
-    }));
-  }
-
-  /** Leases of samples already trained into a checkpoint: ack them, do not train again. */
-  private async ackSkipped(): Promise<void> {
-    const { bus } = this.o;
-    for (const { lease: l } of [...this.held.values()]) {
-      if (!this.trainedSkip.has(l.sampleId)) continue;
-      this.held.delete(l.leaseId);
-      try {
-        await bus.request(bus.subjects.queue.ack, { leaseId: l.leaseId, epoch: l.epoch }, { idempotencyKey: `ack:${l.leaseId}`, retries: 10, timeoutMs: 3000 });
-        this.trainedSkip.delete(l.sampleId);
-        this.stats.skippedAcks++;
-        this.log.info('acked a re-leased sample that the checkpoint already holds', { sampleId: l.sampleId, leaseId: l.leaseId });
-      } catch (e) {
-        if (!(e instanceof LeaseExpiredError || e instanceof StaleEpochError)) throw e;
-      }
-    }
-  }
-
   /** After the data ran out: ack re-leases of samples trained but not yet acked (bounded wait). */
   private async drainSkipped(): Promise<void> {
     const end = Date.now() + 3 * this.o.spec.leaseMs;
-    while (this.trainedSkip.size > 0 && Date.now() < end && !this.stopped && this.outstanding > 0) {
-      await this.collect(this.held.size + this.trainedSkip.size, Math.min(end, Date.now() + 1000));
+    while (this.book.trainedSkip.size > 0 && Date.now() < end && !this.stopped && this.outstanding > 0) {
+      await this.collect(this.book.held.size + this.book.trainedSkip.size, Math.min(end, Date.now() + 1000));
     }
-    if (this.trainedSkip.size > 0 && this.outstanding > 0) this.log.warn('finished with trained samples whose acks never got through', { samples: [...this.trainedSkip] });
-  }
-
-  private async releaseHeld(): Promise<void> {
-    const { bus } = this.o;
-    const held = [...this.held.values()].map((h) => h.lease);
-    this.held.clear();
-    await Promise.all(held.map((l) => bus.request(bus.subjects.queue.release, { leaseId: l.leaseId, epoch: l.epoch }, { idempotencyKey: `release:${l.leaseId}`, retries: 5, timeoutMs: 3000 })
-      .catch((e: unknown) => this.log.warn('release failed', { leaseId: l.leaseId, error: (e as Error).message }))));
+    if (this.book.trainedSkip.size > 0 && this.outstanding > 0) this.log.warn('finished with trained samples whose acks never got through', { samples: [...this.book.trainedSkip] });
   }
 
   private beat(): void {
     const { bus, rank } = this.o;
     bus.publish(bus.subjects.hb(`rank-${rank}`), {
-      rank, pid: process.pid, node: this.o.node ?? null, step: this.stepNo, state: this.state, held: this.held.size + this.window.length,
+      rank, pid: process.pid, node: this.o.node ?? null, step: this.stepNo, state: this.state, held: this.book.held.size + this.book.window.length,
       epoch: this.epoch.epoch, index: this.index, dp: this.epoch.num, at: Date.now(),
     });
   }
@@ -521,17 +457,7 @@ export class RankWorker {
     this.beat(); // at once: a rank frozen before its first interval must still be known, hence detectable
     const hb = setInterval(() => this.beat(), 1000);
     // Renew held and trained-but-unacked leases well before they expire.
-    const renew = setInterval(() => {
-      for (const l of [...[...this.held.values()].map((h) => h.lease), ...this.window]) {
-        if (l.epoch !== this.epoch.epoch) continue; // an older epoch's lease cannot be renewed: it is acked or released soon
-        bus.request(bus.subjects.queue.renew, { leaseId: l.leaseId, epoch: l.epoch }, { timeoutMs: 2000, retries: 1 }).catch((e: unknown) => {
-          if (e instanceof LeaseExpiredError && this.held.get(l.leaseId)?.lease === l) this.held.delete(l.leaseId); // re-leased or gone
-          // Refused as stale: the epoch moved on; the lease is acked or released at the reshard.
-          if (e instanceof StaleEpochError) this.log.debug('lease renewal refused: newer epoch', { leaseId: l.leaseId });
-          else this.log.warn('lease renewal failed', { leaseId: l.leaseId, error: (e as Error).message });
-        });
-      }
-    }, Math.max(200, Math.floor(spec.leaseMs / 3)));
+    const renew = setInterval(() => this.book.renew(this.epoch.epoch), Math.max(200, Math.floor(spec.leaseMs / 3)));
     this.timers.push(hb, renew);
     // An announced epoch change wakes a waiting rank at once, instead of at its next credit retry.
     this.epochSub = bus.subscribe<EpochInfo>(bus.subjects.ctlEpoch, (e) => {
@@ -569,12 +495,7 @@ export class RankWorker {
     }
     this.sub = bus.subscribe<LeaseMessage>(bus.subjects.part(this.epoch.num, this.dpIdx), (m) => {
       if (m?.consumer !== this.consumer || !Array.isArray(m.leases)) return;
-      for (const l of m.leases) {
-        // A newer lease of a sample supersedes an older one (the older one expired: renewals
-        // lapsed while this process was frozen); never train one sample twice in a step.
-        for (const [id, h] of this.held) if (h.lease.sampleId === l.sampleId) this.held.delete(id);
-        this.held.set(l.leaseId, { lease: l, tensors: null });
-      }
+      this.book.receive(m.leases);
       this.wake?.();
     }, { dedupe: false });
     await bus.flush();
@@ -590,14 +511,14 @@ export class RankWorker {
     const { bus, spec } = this.o;
     this.state = 'waiting';
     for (;;) {
-      if (this.trainedSkip.size > 0) await this.ackSkipped();
-      await this.fetchNew();
-      if (this.ready().length >= n || this.newerEpochSeen) return false;
+      if (this.book.trainedSkip.size > 0) await this.book.ackSkipped();
+      await this.book.fetchNew();
+      if (this.book.ready().length >= n || this.newerEpochSeen) return false;
       if (this.stopped) throw new DraftwireError('STOPPED', 'rank stopped', false);
       if (Date.now() >= until) return false;
       try {
         const r = await bus.request<{ consumed?: number; dead?: number; committed?: number; partitionPending?: number }>(bus.subjects.queue.credit, {
-          consumer: this.consumer, partition: [this.dpIdx, this.epoch.num], epoch: this.epoch.epoch, max: Math.max(0, n - this.usable().length), leaseMs: spec.leaseMs,
+          consumer: this.consumer, partition: [this.dpIdx, this.epoch.num], epoch: this.epoch.epoch, max: Math.max(0, n - this.book.usable().length), leaseMs: spec.leaseMs,
         }, { timeoutMs: 3000, retries: 2 });
         if (typeof r.consumed === 'number' && typeof r.dead === 'number') this.outstanding = jobRows(spec) - r.consumed - r.dead;
         // Nothing pending here and nothing more to be committed: this credit grants nothing, and
@@ -606,7 +527,7 @@ export class RankWorker {
         this.exhausted = typeof r.committed === 'number' && r.committed >= jobRows(spec) && r.partitionPending === 0;
         // Leases granted before this reply are here already (one connection, in order): read
         // them, so that a short batch is short only of samples that do not exist.
-        if (this.exhausted) { await this.fetchNew(); return false; }
+        if (this.exhausted) { await this.book.fetchNew(); return false; }
       } catch (e) {
         if (e instanceof StaleEpochError) {
           // The queue has not seen this rank's (newer) epoch yet: not a reshard, ask again.
@@ -616,25 +537,9 @@ export class RankWorker {
         this.log.warn('credit failed; retrying', { error: (e as Error).message });
       }
       // Leases may have arrived while the credit request was in flight: wait only if short.
-      if (this.usable().length < n && !this.stopped && Date.now() < until) {
+      if (this.book.usable().length < n && !this.stopped && Date.now() < until) {
         await new Promise<void>((r) => { const t = setTimeout(r, Math.max(1, until - Date.now())); this.wake = () => { clearTimeout(t); r(); }; });
         this.wake = null;
-      }
-    }
-  }
-
-  /** Reads the features of leases not read yet; one that cannot be read is failed (dead-lettered) and dropped. */
-  private async fetchNew(): Promise<void> {
-    const { bus, store } = this.o;
-    for (const h of [...this.held.values()]) {
-      if (h.tensors || this.held.get(h.lease.leaseId) !== h) continue;
-      const l = h.lease;
-      try {
-        h.tensors = await store.get(l.ref, { names: FEATURES });
-      } catch (e) {
-        this.log.error('sample unreadable; failing its lease', { sampleId: l.sampleId, error: (e as Error).message });
-        this.held.delete(l.leaseId);
-        await bus.request(bus.subjects.queue.fail, { leaseId: l.leaseId, epoch: l.epoch, retryable: false, reason: (e as Error).message }, { idempotencyKey: `fail:${l.leaseId}`, retries: 5 });
       }
     }
   }
