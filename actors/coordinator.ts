@@ -171,8 +171,8 @@ export function startCoordinator(system: ActorSystem, o: { bus: Bus; dp: number;
   const scaleSub = bus.subscribe<{ dp?: unknown }>(`dw.${job}.coord.scale`, async (m) => {
     const dp = m?.dp;
     if (!Number.isInteger(dp)) throw new InvalidArgumentError('scale: needs dp (an integer >= 1)');
-    const cur = await ensureEpoch(bus, 1);
-    if ((dp as number) > cur.num) await liveNodes(); // refuse before any change when nobody can spawn the ranks
+    const cur = (await (await bus.kv(bus.subjects.kvBucket)).get<EpochInfo>('epoch'))?.value;
+    if (!cur || (dp as number) > cur.num) await liveNodes(); // refuse before any change when nobody can spawn the ranks
     const r = await bumpEpoch(bus, dp as number);
     const before = new Set(epochMembers(r.from));
     const spawned: { rank: number; node: string }[] = [];

@@ -197,8 +197,6 @@ export async function runJob(o: RunOpts): Promise<RunSummary> {
       void node!.bus.request<{ depth: number; inFlight: number }>(`dw.${spec.job}.queue.status`, {}, { timeoutMs: 1000, retries: 0 })
         .then((q) => node!.store.usage().then((u) => bar.setQueue(q.depth, q.inFlight, u.bytes))).catch(() => {});
     }, 1000);
-    let finalCheckpoint: string | null = null;
-    const doneSub = node.bus.subscribe<{ checkpoint?: string }>(`dw.${spec.job}.rank.done`, (m) => { finalCheckpoint = m?.checkpoint ?? null; }, { dedupe: false });
     // The ranks of the current epoch (the initial world, or what --resume finds). A resumed
     // world forms under a new epoch: the old one's rendezvous keys name dead processes.
     let world = await ensureEpoch(node.bus, spec.dp, spec.tp * spec.sp);
@@ -209,15 +207,13 @@ export async function runJob(o: RunOpts): Promise<RunSummary> {
     await node.bus.flush();
     clearInterval(statusTimer);
     sub.unsubscribe();
-    doneSub.unsubscribe();
     bar.stop();
     const lost = outcomes.filter((c) => c.code !== 0);
     // The final checkpoint is the proof that a world finished the job (its announcement is a
     // plain NATS message, which a restart of the server can lose: the file decides).
     const finalPath = join(spec.runDir, 'checkpoint.safetensors');
     const final = existsSync(finalPath) && statSync(finalPath).mtimeMs >= t0 ? (await readSafetensorsFile(finalPath, { names: [] })).metadata : null;
-    if (final) finalCheckpoint = finalPath;
-    if (!finalCheckpoint || !final) {
+    if (!final) {
       const bad = lost[0] ?? outcomes[0];
       throw new DraftwireError('RANK_FAILED', bad ? `rank ${bad.rank} exited with code ${bad.code} after ${bad.restarts} restart(s) and no rank finished the job; see ${join(spec.runDir, `rank-${bad.rank}.log`)}` : 'no rank finished the job', false);
     }

@@ -47,10 +47,9 @@ void read_f32(Napi::Env env, Napi::Value v, const std::string& what, int64_t n, 
 }
 
 // Trainable tensors (full shapes) from an object: all of them (require_all) or any subset.
-// Unknown names are rejected. Everything is checked before `dst` (this model's layout: its
-// shards when sharded) is touched.
-void read_trainable(Napi::Env env, Napi::Object o, const DraftModel& m, bool require_all, std::vector<float>& dst,
-                    const std::string& kind, const std::vector<std::string>& also_allowed) {
+// Rejects a name that is neither a trainable tensor of `m` nor in `also_allowed`.
+void reject_unknown(Napi::Env env, Napi::Object o, const DraftModel& m, const std::string& kind,
+                    const std::vector<std::string>& also_allowed) {
   Napi::Array keys = o.GetPropertyNames();
   for (uint32_t i = 0; i < keys.Length(); i++) {
     const std::string k = keys.Get(i).ToString().Utf8Value();
@@ -59,6 +58,13 @@ void read_trainable(Napi::Env env, Napi::Object o, const DraftModel& m, bool req
     for (const auto& a : also_allowed) known = known || k == a;
     if (!known) throw_invalid(env, "unknown " + kind + " '" + k + "'");
   }
+}
+
+// Unknown names are rejected. Everything is checked before `dst` (this model's layout: its
+// shards when sharded) is touched.
+void read_trainable(Napi::Env env, Napi::Object o, const DraftModel& m, bool require_all, std::vector<float>& dst,
+                    const std::string& kind, const std::vector<std::string>& also_allowed) {
+  reject_unknown(env, o, m, kind, also_allowed);
   std::vector<float> tmp(dst), one;
   const auto shards = param_shards(m.cfg, m.dims);
   for (size_t i = 0; i < m.full_layout.size(); i++) {
@@ -89,14 +95,7 @@ Napi::Object trainable_object(Napi::Env env, const std::vector<ParamInfo>& layou
 // All trainable tensors (full shapes) of an object into `full` (the global layout).
 void read_full(Napi::Env env, Napi::Object o, const DraftModel& m, std::vector<float>& full,
                const std::vector<std::string>& also_allowed) {
-  Napi::Array keys = o.GetPropertyNames();
-  for (uint32_t i = 0; i < keys.Length(); i++) {
-    const std::string k = keys.Get(i).ToString().Utf8Value();
-    bool known = false;
-    for (const auto& p : m.full_layout) known = known || k == p.name;
-    for (const auto& a : also_allowed) known = known || k == a;
-    if (!known) throw_invalid(env, "unknown weight '" + k + "'");
-  }
+  reject_unknown(env, o, m, "weight", also_allowed);
   full.assign(size_t(m.full_layout.back().offset + m.full_layout.back().size), 0.0f);
   for (const auto& p : m.full_layout) {
     Napi::Value v = o.Get(p.name);
