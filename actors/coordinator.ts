@@ -19,87 +19,17 @@
 //   lost a rank process. A new epoch with the same members (policy `replace`: the node respawns
 //   the rank) or without `remove` (policy `shrink`, or the rank's restarts are used up).
 //   With fromEpoch, nothing happens if the epoch already moved past it.
-import type { ActorRef, ActorSystem } from '../src/actor-system.ts';
-import type { Bus } from '../src/bus.ts';
+import type { ActorRef, ActorSystem } from '../src/runtime/actor-system.ts';
+import type { Bus } from '../src/bus/bus.ts';
 import { ConflictError, InvalidArgumentError, UnavailableError } from '../src/errors.ts';
 import { createLogger } from '../src/log.ts';
-import type { EpochInfo } from './rank.ts';
+import { bumpEpoch, changeEpoch, ensureEpoch, epochGroup, epochMembers, withoutGroupOf, type EpochInfo } from '../src/job/epoch.ts';
 
 type CoordMsg = { op: 'hb'; hb: Record<string, unknown> } | { op: 'status' } | { op: 'check' } | { op: 'nodes' };
 interface Member { rank: number; pid: number; node: string | null; step: number; state: string; lastSeen: number; held: number; epoch: number; dead: boolean; deaths: number }
 interface NodeSeen { node: string; pid: number; lastSeen: number; ranks: number[] }
 interface CoordState { members: Map<number, Member>; nodes: Map<string, NodeSeen>; deaths: { rank: number; pid: number; at: number; silentMs: number }[] }
 
-/** The largest data-parallel width `scale` accepts (one rank process per DP index). */
-export const MAX_DP = 64;
-
-const range = (n: number) => Array.from({ length: n }, (_, i) => i);
-
-/** Ranks per data-parallel index (tp·sp) of a record (older records: 1). */
-export const epochGroup = (e: EpochInfo): number => (Number.isInteger(e.group) && e.group! >= 1 ? e.group! : 1);
-
-/** Normalises a KV record (older records have no member list: ranks 0..num·group-1). */
-export function epochMembers(e: EpochInfo): number[] {
-  const n = e.num * epochGroup(e);
-  return Array.isArray(e.members) && e.members.length === n && e.members.every((m) => Number.isInteger(m)) ? e.members as number[] : range(n);
-}
-
-/** Creates the epoch record if absent (epoch 1, ranks 0..dp·group-1); returns the current one. */
-export async function ensureEpoch(bus: Bus, dp: number, group = 1): Promise<EpochInfo> {
-  const kv = await bus.kv(bus.subjects.kvBucket);
-  for (;;) {
-    const cur = await kv.get<EpochInfo>('epoch');
-    if (cur) return cur.value;
-    try {
-      const info: EpochInfo = { epoch: 1, num: dp, members: range(dp * group), group };
-      await kv.create('epoch', info);
-      bus.publish(bus.subjects.ctlEpoch, info);
-      return info;
-    } catch (e) {
-      if (!(e instanceof ConflictError)) throw e; // another coordinator won the race: read it
-    }
-  }
-}
-
-/**
- * Writes epoch + 1 with the members `next` computes from the current record (compare-and-set
- * on the KV revision; retried on a lost race). `next` returning null leaves the record as is;
- * it returns whole data-parallel groups (a multiple of the record's group size).
- */
-export async function changeEpoch(bus: Bus, next: (cur: EpochInfo) => number[] | null): Promise<{ from: EpochInfo; to: EpochInfo; changed: boolean }> {
-  const kv = await bus.kv(bus.subjects.kvBucket);
-  for (let i = 0; i < 20; i++) {
-    const cur = await kv.get<EpochInfo>('epoch');
-    if (!cur) throw new UnavailableError('the job has no epoch record yet (is the coordinator running?)');
-    const members = next(cur.value);
-    if (members === null) return { from: cur.value, to: cur.value, changed: false };
-    const group = epochGroup(cur.value);
-    if (members.length === 0 || members.length % group !== 0) throw new InvalidArgumentError(`an epoch needs whole data-parallel groups of ${group} ranks, got ${members.length} members`);
-    const to: EpochInfo = { epoch: cur.value.epoch + 1, num: members.length / group, members, group };
-    try {
-      await kv.update('epoch', to, cur.revision);
-      bus.publish(bus.subjects.ctlEpoch, to);
-      return { from: cur.value, to, changed: true };
-    } catch (e) {
-      if (!(e instanceof ConflictError)) throw e; // someone else changed it: read again
-    }
-  }
-  throw new ConflictError('lost the epoch compare-and-set 20 times in a row');
-}
-
-/** Bumps the epoch to data-parallel width dp (members 0..dp-1). */
-export async function bumpEpoch(bus: Bus, dp: number): Promise<{ from: EpochInfo; to: EpochInfo }> {
-  if (!Number.isInteger(dp) || dp < 1 || dp > MAX_DP) throw new InvalidArgumentError(`scale: dp must be an integer in [1, ${MAX_DP}], got ${String(dp)}`);
-  return changeEpoch(bus, (cur) => range(dp * epochGroup(cur)));
-}
-
-/** The members without the data-parallel group that holds `rank` (its other ranks cannot train without it). */
-export function withoutGroupOf(e: EpochInfo, rank: number): number[] {
-  const m = epochMembers(e), g = epochGroup(e), i = m.indexOf(rank);
-  if (i < 0) return m;
-  const d = Math.floor(i / g);
-  return m.filter((_, j) => Math.floor(j / g) !== d);
-}
 
 export function startCoordinator(system: ActorSystem, o: { bus: Bus; dp: number; group?: number; deadAfterMs?: number; checkEveryMs?: number }): { ref: ActorRef<CoordMsg>; ready: Promise<EpochInfo>; stop(): Promise<void> } {
   const { bus } = o;

@@ -1,11 +1,11 @@
 // The store janitor: frees the bytes of consumed and dead-lettered samples when the queue
 // announces them on `dw.<job>.store.free`, and sweeps abandoned temp files, stale locks and
 // old tombstones on a timer. Freeing is idempotent (a repeated announcement is harmless).
-import type { ActorRef, ActorSystem } from '../src/actor-system.ts';
-import type { Bus } from '../src/bus.ts';
+import type { ActorRef, ActorSystem } from '../src/runtime/actor-system.ts';
+import type { Bus } from '../src/bus/bus.ts';
 import type { GcStats } from '../src/store/feature-store.ts';
 import type { FeatureStore } from '../src/store/feature-store.ts';
-import { validateSampleRef } from '../src/sampleref.ts';
+import { validateSampleRef } from '../src/wire/sampleref.ts';
 
 type JanitorMsg = { op: 'free'; ref: unknown; why: string } | { op: 'gc' } | { op: 'status' };
 interface JanitorState { freed: number; aborted: number; lastGc: GcStats | null; sweeps: number }

@@ -3,13 +3,14 @@
 // to the job's JetStream write-ahead log, and only then is the reply sent. After a crash or
 // restart the actor rebuilds the ledger by replaying that stream, leases included.
 // Credits are soft state: ranks re-send them, so they are not logged.
-import type { ActorContext, ActorRef, ActorSpec, ActorSystem } from '../src/actor-system.ts';
-import type { Bus, BusSubscription } from '../src/bus.ts';
+import type { ActorContext, ActorRef, ActorSpec, ActorSystem } from '../src/runtime/actor-system.ts';
+import type { Bus, BusSubscription } from '../src/bus/bus.ts';
 import { DecodeError, DraftwireError, InvalidArgumentError, LeaseExpiredError, StaleEpochError, StaleGenerationError, UnavailableError } from '../src/errors.ts';
-import { SampleRefQueue, type Lease, type LedgerEvent, type LedgerOptions } from '../src/ledger.ts';
+import { SampleRefQueue, type Lease, type LedgerEvent, type LedgerOptions } from '../src/ledger/ledger.ts';
+import { readLedgerEvents, WAL_RECORD } from '../src/ledger/wal.ts';
 import { failpoint } from '../src/failpoints.ts';
 import { createLogger } from '../src/log.ts';
-import { validateSampleRef, type SampleRef } from '../src/sampleref.ts';
+import { validateSampleRef, type SampleRef } from '../src/wire/sampleref.ts';
 
 export interface Credit { consumer: string; partition: [number, number]; epoch: number; remaining: number; leaseMs: number | null }
 
@@ -34,20 +35,6 @@ export interface QueueActorOptions {
   ledger?: LedgerOptions;
   /** How often expired leases are reclaimed, ms (default 500). */
   tickMs?: number;
-}
-
-export const WAL_RECORD = 'draftwire/ledger-events/1';
-
-/** Reads every ledger event of the job's write-ahead log, in order. */
-export async function readLedgerEvents(bus: Bus): Promise<LedgerEvent[]> {
-  const s = bus.subjects;
-  await bus.ensureStream(s.walStream, [s.walSubject]);
-  const out: LedgerEvent[] = [];
-  for await (const rec of bus.readAll<{ f: string; events: LedgerEvent[] }>(s.walStream, 1)) {
-    if (rec.obj?.f !== WAL_RECORD || !Array.isArray(rec.obj.events)) throw new InvalidArgumentError(`ledger stream record #${rec.seq} is not a ledger-events record`);
-    out.push(...rec.obj.events);
-  }
-  return out;
 }
 
 function isObj(x: unknown): x is Record<string, unknown> {

@@ -11,13 +11,13 @@
 // commits, the next one is already computed (on the target's worker thread) and written. A
 // chunk is always computed whole, so a row's features do not depend on which rows a
 // restarted rollout still had to produce.
-import { readFileSync } from 'node:fs';
-import type { ActorContext, ActorSpec } from '../src/actor-system.ts';
-import type { Bus } from '../src/bus.ts';
+import type { ActorContext, ActorSpec } from '../src/runtime/actor-system.ts';
+import type { Bus } from '../src/bus/bus.ts';
 import { BackpressureError, InvalidArgumentError, StoreWriteError } from '../src/errors.ts';
 import { failpoint } from '../src/failpoints.ts';
-import type { JobSpec } from '../src/job.ts';
-import { TargetModel } from '../src/native.ts';
+import type { JobSpec } from '../src/job/spec.ts';
+import { loadPrompts, syntheticPrompt } from '../src/job/prompts.ts';
+import { TargetModel } from '../src/native/addon.ts';
 import type { FeatureStore } from '../src/store/feature-store.ts';
 import { tensor, type Tensor } from '../src/tensor.ts';
 
@@ -62,38 +62,6 @@ export function diskFullBackoffMs(n: number): number {
 
 export function sampleId(row: number): string {
   return `row-${String(row).padStart(8, '0')}`;
-}
-
-/** Prompt token ids of every row of a text (one row per non-empty line) or JSONL file ({"text"} or {"ids"}). */
-export function loadPrompts(path: string, vocab: number, promptLen: number): Int32Array[] {
-  let text: string;
-  try { text = readFileSync(path, 'utf8'); } catch (e) { throw new InvalidArgumentError(`cannot read dataset ${path}: ${(e as NodeJS.ErrnoException).code ?? e}`); }
-  const lines = text.split('\n').map((l) => l.trim()).filter((l) => l.length > 0);
-  const jsonl = path.endsWith('.jsonl');
-  const rows = lines.map((line, i) => {
-    let ids: number[];
-    if (jsonl) {
-      let o: unknown;
-      try { o = JSON.parse(line); } catch { throw new InvalidArgumentError(`dataset ${path} line ${i + 1}: not valid JSON`); }
-      const r = o as { text?: unknown; ids?: unknown };
-      if (Array.isArray(r.ids)) {
-        if (!r.ids.every((x) => Number.isInteger(x) && x >= 0 && x < vocab)) throw new InvalidArgumentError(`dataset ${path} line ${i + 1}: "ids" must be integers in [0, ${vocab})`);
-        ids = r.ids as number[];
-      } else if (typeof r.text === 'string') ids = [...Buffer.from(r.text, 'utf8')].map((b) => b % vocab);
-      else throw new InvalidArgumentError(`dataset ${path} line ${i + 1}: needs "text" (string) or "ids" (array)`);
-    } else ids = [...Buffer.from(line, 'utf8')].map((b) => b % vocab); // byte-level tokens
-    const out = new Int32Array(promptLen);
-    for (let t = 0; t < promptLen; t++) out[t] = ids.length > 0 ? ids[t % ids.length] : 0;
-    return out;
-  });
-  if (rows.length === 0) throw new InvalidArgumentError(`dataset ${path} has no rows`);
-  return rows;
-}
-
-/** Seeded synthetic prompt of a row (same on every machine). */
-export function syntheticPrompt(seed: number, row: number, vocab: number, len: number): Int32Array {
-  let s = (seed * 2654435761 + row * 40503 + 1) >>> 0;
-  return Int32Array.from({ length: len }, () => { s ^= s << 13; s >>>= 0; s ^= s >>> 17; s ^= s << 5; s >>>= 0; return s % vocab; });
 }
 
 /** Sampling seed of a row (temperature > 0). */

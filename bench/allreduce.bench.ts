@@ -10,7 +10,7 @@
 // the bytes copied (each is read once and written once).
 
 import { fileURLToPath } from 'node:url';
-import { memcpyBandwidth } from '../src/collectives.ts';
+import { memcpyBandwidth } from '../src/native/collectives.ts';
 import { startNats } from '../test/support/nats-server.ts';
 import { killChild, spawnTs, type Child } from '../test/support/procs.ts';
 import type { CommChildSpec } from '../test/support/comm-child.ts';

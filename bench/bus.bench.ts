@@ -8,9 +8,9 @@
 
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { startNatsServer } from '../cluster/nats-launcher.ts';
-import { Bus } from '../src/bus.ts';
-import { AuthPolicy } from '../src/auth.ts';
-import { encodeMessage, decodeMessage } from '../src/sampleref.ts';
+import { Bus } from '../src/bus/bus.ts';
+import { AuthPolicy } from '../src/wire/auth.ts';
+import { encodeMessage, decodeMessage } from '../src/wire/sampleref.ts';
 
 process.env.DRAFTWIRE_LOG_LEVEL ??= 'warn';
 

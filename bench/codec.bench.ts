@@ -2,8 +2,8 @@
 // msgpackr and JSON on the same record, plus MAC sign/verify. Baselines run in the same process.
 // Run: node --import tsx bench/codec.bench.ts
 import { Packr } from 'msgpackr';
-import { AuthPolicy } from '../src/auth.ts';
-import { decodeSampleRef, encodeSampleRef, type SampleRef } from '../src/sampleref.ts';
+import { AuthPolicy } from '../src/wire/auth.ts';
+import { decodeSampleRef, encodeSampleRef, type SampleRef } from '../src/wire/sampleref.ts';
 
 const ref: SampleRef = {
   v: 1, job: 'job1', sampleId: 'ds.train:000123456', generation: 1_795_875_193_774,

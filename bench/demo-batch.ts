@@ -1,7 +1,7 @@
 // The demo size both step benchmarks measure, and one batch of it written by the synthetic
 // target (greedy continuations, so d2t covers nearly every target token and nearly every
 // row carries loss weight, as in real training).
-import { TargetModel, type DraftBatch, type DraftConfig, type FrozenTensors } from '../src/native.ts';
+import { TargetModel, type DraftBatch, type DraftConfig, type FrozenTensors } from '../src/native/addon.ts';
 
 export const DEMO: DraftConfig = { vocab: 8192, draftVocab: 2048, hidden: 256, heads: 8, kvHeads: 4, intermediate: 688, ttt: 3, ropeTheta: 10000, rmsEps: 1e-6 };
 export const DEMO_T = 512;

@@ -17,7 +17,7 @@ import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { SIZES, targetConfig } from '../cluster/presets.ts';
-import { DraftModel, initDraftWeights, TargetModel } from '../src/native.ts';
+import { DraftModel, initDraftWeights, TargetModel } from '../src/native/addon.ts';
 import { ChaosJob, ledgerOf, newWorkdir, sleep } from '../test/support/chaos.ts';
 
 const { values } = parseArgs({ options: { size: { type: 'string', default: 'small' }, steps: { type: 'string', default: '30' }, batch: { type: 'string', default: '8' }, json: { type: 'boolean', default: false } } });

@@ -4,10 +4,10 @@
 //   node --import tsx bench/lease.bench.ts [--n 500] [--json]
 import { parseArgs } from 'node:util';
 import { startQueue, type LeaseMessage } from '../actors/queue.ts';
-import { ensureEpoch } from '../actors/coordinator.ts';
-import { ActorSystem } from '../src/actor-system.ts';
-import { AuthPolicy } from '../src/auth.ts';
-import { Bus } from '../src/bus.ts';
+import { ensureEpoch } from '../src/job/epoch.ts';
+import { ActorSystem } from '../src/runtime/actor-system.ts';
+import { AuthPolicy } from '../src/wire/auth.ts';
+import { Bus } from '../src/bus/bus.ts';
 import { startNats } from '../test/support/nats-server.ts';
 import { sampleRef } from '../test/support/store-fixtures.ts';
 

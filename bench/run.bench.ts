@@ -9,15 +9,16 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { stackBatch } from '../actors/rank.ts';
-import { makeSamples, ROLLOUT_CHUNK, syntheticPrompt } from '../actors/rollout.ts';
+import { stackBatch } from '../trainer/rank-worker.ts';
+import { makeSamples, ROLLOUT_CHUNK } from '../actors/rollout.ts';
+import { syntheticPrompt } from '../src/job/prompts.ts';
 import { buildSpec, runJob } from '../cluster/commands/run.ts';
-import { loadWeightsFile, writeInitialWeights } from '../src/checkpoint.ts';
-import { AuthPolicy } from '../src/auth.ts';
-import { saveJobSpec } from '../src/job.ts';
+import { loadWeightsFile, writeInitialWeights } from '../src/job/checkpoint.ts';
+import { AuthPolicy } from '../src/wire/auth.ts';
+import { saveJobSpec } from '../src/job/spec.ts';
 import { startNatsServer } from '../cluster/nats-launcher.ts';
 import { NodeAgent, ROLES } from '../cluster/node.ts';
-import { DraftModel, TargetModel } from '../src/native.ts';
+import { DraftModel, TargetModel } from '../src/native/addon.ts';
 
 const { values } = parseArgs({ options: {
   size: { type: 'string', default: 'small' }, steps: { type: 'string', default: '60' }, batch: { type: 'string', default: '8' },

@@ -16,11 +16,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startNatsServer } from '../cluster/nats-launcher.ts';
-import { Bus } from '../src/bus.ts';
-import { Communicator, ShardLayout } from '../src/collectives.ts';
-import { readDraftBatchSlice, readDraftWeights } from '../src/draft-io.ts';
-import { DraftModel, blasInfo, initDraftWeights, type DraftConfig } from '../src/native.ts';
-import { writeSafetensorsFile } from '../src/safetensors.ts';
+import { Bus } from '../src/bus/bus.ts';
+import { Communicator, ShardLayout } from '../src/native/collectives.ts';
+import { readDraftBatchSlice, readDraftWeights } from '../src/job/draft-io.ts';
+import { DraftModel, blasInfo, initDraftWeights, type DraftConfig } from '../src/native/addon.ts';
+import { writeSafetensorsFile } from '../src/store/safetensors.ts';
 import { DEMO, DEMO_T, makeDemoBatch } from './demo-batch.ts';
 import { tensor, type Tensor } from '../src/tensor.ts';
 
@@ -113,7 +113,7 @@ async function main(): Promise<void> {
     const { batch, frozen } = await makeDemoBatch(cfg, B, T);
     const w = initDraftWeights(cfg, 1, frozen);
     const wt: Record<string, Tensor> = {};
-    const shapes: Record<string, number[]> = (await import('../src/native.ts')).draftParamShapes(cfg);
+    const shapes: Record<string, number[]> = (await import('../src/native/addon.ts')).draftParamShapes(cfg);
     for (const [name, shape] of Object.entries(shapes)) wt[name] = tensor(name === 'd2t' ? 'i32' : 'f32', shape, w[name]!);
     await writeSafetensorsFile(join(dir, 'weights.safetensors'), wt);
     const H = cfg.hidden;

@@ -5,7 +5,7 @@
 // backward pass, attention over the exact causal (q, key) pairs plus the TTT extras, no
 // recomputation; "executed" is what the addon's GEMM wrappers actually ran (it includes the
 // attention scores recomputed in the backward pass and the masked halves of diagonal tiles).
-import { blasInfo, DraftModel, gemmFlops, initDraftWeights, sgemmBench, type DraftConfig } from '../src/native.ts';
+import { blasInfo, DraftModel, gemmFlops, initDraftWeights, sgemmBench, type DraftConfig } from '../src/native/addon.ts';
 import { DEMO, DEMO_T, makeDemoBatch } from './demo-batch.ts';
 
 function arg(name: string, def: string): string {

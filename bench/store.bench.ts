@@ -9,7 +9,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { open, unlink } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { AuthPolicy } from '../src/auth.ts';
+import { AuthPolicy } from '../src/wire/auth.ts';
 import { SharedDirFeatureStore } from '../src/store/shared-dir.ts';
 import type { Tensor } from '../src/tensor.ts';
 

@@ -7,6 +7,8 @@
 import { pathToFileURL } from 'node:url';
 import { Command, CommanderError, Option } from 'commander';
 import { DecodeError, DraftwireError, InvalidArgumentError } from '../src/errors.ts';
+import type { GlobalOptions } from './options.ts';
+export type { GlobalOptions };
 import * as audit from './commands/audit.ts';
 import * as node from './commands/node.ts';
 import * as run from './commands/run.ts';
@@ -17,12 +19,6 @@ import * as step from './commands/step.ts';
 export interface CommandModule {
   /** A fresh commander Command (name, options, action). Global options: see GlobalOptions. */
   command(): Command;
-}
-
-/** Options every subcommand can read with `cmd.optsWithGlobals()`. */
-export interface GlobalOptions {
-  logLevel?: 'error' | 'warn' | 'info' | 'debug' | 'silent';
-  json?: boolean;
 }
 
 /** The subcommands, in help order. Others (run, node, status, audit) are added here. */

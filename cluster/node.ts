@@ -22,11 +22,11 @@ import { startCoordinator } from '../actors/coordinator.ts';
 import { startJanitor } from '../actors/janitor.ts';
 import { startQueue } from '../actors/queue.ts';
 import { rolloutActorSpec } from '../actors/rollout.ts';
-import { ActorSystem, type ActorRef } from '../src/actor-system.ts';
-import { AuthPolicy } from '../src/auth.ts';
-import { Bus } from '../src/bus.ts';
+import { ActorSystem, type ActorRef } from '../src/runtime/actor-system.ts';
+import { AuthPolicy } from '../src/wire/auth.ts';
+import { Bus } from '../src/bus/bus.ts';
 import { InvalidArgumentError } from '../src/errors.ts';
-import { jobFile, maxRankRestarts, rankDeadAfterMs, rankLossPolicy, type JobSpec } from '../src/job.ts';
+import { jobFile, maxRankRestarts, rankDeadAfterMs, rankLossPolicy, type JobSpec } from '../src/job/spec.ts';
 import { createLogger } from '../src/log.ts';
 import { SharedDirFeatureStore } from '../src/store/shared-dir.ts';
 

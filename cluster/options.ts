@@ -1,6 +1,12 @@
 // Option parsers shared by the subcommands: each names the option in its error.
 import { InvalidArgumentError as OptionError } from 'commander';
 
+/** Options every subcommand can read with `cmd.optsWithGlobals()`. */
+export interface GlobalOptions {
+  logLevel?: 'error' | 'warn' | 'info' | 'debug' | 'silent';
+  json?: boolean;
+}
+
 export function positive(name: string) {
   return (v: string): number => {
     const x = Number(v);

@@ -2,7 +2,7 @@
 // model; the draft shares its vocabulary, hidden size and heads. The target's shape knobs
 // (logitScale, zipf, residualScale: docs/model-math.md "Synthetic target") are written into
 // the job spec explicitly, so job.json says which target a run trained against.
-import { TARGET_DEFAULTS, type DraftConfig, type TargetConfig } from '../src/native.ts';
+import { TARGET_DEFAULTS, type DraftConfig, type TargetConfig } from '../src/native/addon.ts';
 
 export interface SizePreset { draft: DraftConfig; targetLayers: number; seqLen: number; promptLen: number }
 

@@ -6,13 +6,13 @@
 // ranks) and on SIGTERM.
 import { parseArgs } from 'node:util';
 import { join } from 'node:path';
-import { RankWorker } from '../actors/rank.ts';
-import { AuthPolicy } from '../src/auth.ts';
-import { Bus } from '../src/bus.ts';
-import { loadJobSpec } from '../src/job.ts';
+import { RankWorker } from '../trainer/rank-worker.ts';
+import { AuthPolicy } from '../src/wire/auth.ts';
+import { Bus } from '../src/bus/bus.ts';
+import { loadJobSpec } from '../src/job/spec.ts';
 import { createLogger } from '../src/log.ts';
 import { SharedDirFeatureStore } from '../src/store/shared-dir.ts';
-import { loadRankCheckpoint, loadWeightsFile, writeCheckpoint } from '../src/checkpoint.ts';
+import { loadRankCheckpoint, loadWeightsFile, writeCheckpoint } from '../src/job/checkpoint.ts';
 
 const log = createLogger('rank-main');
 

@@ -9,13 +9,13 @@
 // stdout carries exactly one JSON line: {"ev":"done", rank, loss, gradNorm, ploss, acc, ms}
 // or {"ev":"error", rank, code, name, message} (then exit 2 for bad input, 1 otherwise).
 // Logs go to stderr. The rank exits when its launcher goes away (IPC channel closed).
-import { Bus } from '../src/bus.ts';
-import { Communicator, ShardLayout } from '../src/collectives.ts';
-import { readDraftBatchSlice, readDraftConfig, readDraftWeights, writeStepOutput, TRAINABLE } from '../src/draft-io.ts';
+import { Bus } from '../src/bus/bus.ts';
+import { Communicator, ShardLayout } from '../src/native/collectives.ts';
+import { readDraftBatchSlice, readDraftConfig, readDraftWeights, writeStepOutput, TRAINABLE } from '../src/job/draft-io.ts';
 import { DecodeError, DraftwireError, InvalidArgumentError, NativeError } from '../src/errors.ts';
 import { failpoint } from '../src/failpoints.ts';
 import { createLogger } from '../src/log.ts';
-import { DraftModel } from '../src/native.ts';
+import { DraftModel } from '../src/native/addon.ts';
 
 export interface StepRankSpec {
   config: string; weights: string; batch: string; out: string;

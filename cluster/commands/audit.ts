@@ -6,12 +6,12 @@ import { existsSync, readFileSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { Command } from 'commander';
-import { readLedgerEvents } from '../../actors/queue.ts';
-import { AuthPolicy } from '../../src/auth.ts';
-import { Bus } from '../../src/bus.ts';
+import { readLedgerEvents } from '../../src/ledger/wal.ts';
+import { AuthPolicy } from '../../src/wire/auth.ts';
+import { Bus } from '../../src/bus/bus.ts';
 import { DecodeError, DraftwireError, InvalidArgumentError } from '../../src/errors.ts';
-import { auditEvents, type LedgerEvent } from '../../src/ledger.ts';
-import type { GlobalOptions } from '../cli.ts';
+import { auditEvents, type LedgerEvent } from '../../src/ledger/ledger.ts';
+import type { GlobalOptions } from '../options.ts';
 import { jobId } from '../options.ts';
 
 const hex = (_k: string, v: unknown) => (v instanceof Uint8Array ? Buffer.from(v).toString('hex') : v);

@@ -3,11 +3,11 @@
 // SIGINT/SIGTERM, then stops its ranks and actors.
 import { hostname } from 'node:os';
 import { Command } from 'commander';
-import { AuthPolicy } from '../../src/auth.ts';
+import { AuthPolicy } from '../../src/wire/auth.ts';
 import { InvalidArgumentError } from '../../src/errors.ts';
-import { loadJobSpec } from '../../src/job.ts';
+import { loadJobSpec } from '../../src/job/spec.ts';
 import { createLogger } from '../../src/log.ts';
-import type { GlobalOptions } from '../cli.ts';
+import type { GlobalOptions } from '../options.ts';
 import { NodeAgent, parseRoles, ROLES } from '../node.ts';
 
 const log = createLogger('node');

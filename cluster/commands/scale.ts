@@ -5,10 +5,10 @@
 // forms (weights and AdamW state broadcast from the most advanced rank) and re-subscribes
 // under the new partition count (actors/coordinator.ts, actors/rank.ts, actors/dp-group.ts).
 import { Command } from 'commander';
-import { AuthPolicy } from '../../src/auth.ts';
-import { Bus } from '../../src/bus.ts';
+import { AuthPolicy } from '../../src/wire/auth.ts';
+import { Bus } from '../../src/bus/bus.ts';
 import { InvalidArgumentError } from '../../src/errors.ts';
-import type { GlobalOptions } from '../cli.ts';
+import type { GlobalOptions } from '../options.ts';
 import { jobId, positiveInt } from '../options.ts';
 import { liveNatsUrl } from './audit.ts';
 

@@ -1,10 +1,10 @@
 // `draftwire status --job J [--json]`: actors, partitions, leases and rates of a running job,
 // asked of its queue, coordinator and janitor over NATS.
 import { Command } from 'commander';
-import { AuthPolicy } from '../../src/auth.ts';
-import { Bus } from '../../src/bus.ts';
+import { AuthPolicy } from '../../src/wire/auth.ts';
+import { Bus } from '../../src/bus/bus.ts';
 import { InvalidArgumentError } from '../../src/errors.ts';
-import type { GlobalOptions } from '../cli.ts';
+import type { GlobalOptions } from '../options.ts';
 import { jobId } from '../options.ts';
 import { liveNatsUrl } from './audit.ts';
 

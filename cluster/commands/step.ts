@@ -14,15 +14,15 @@ import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import { Command } from 'commander';
 import { CollectiveError, DecodeError, InvalidArgumentError, NativeError } from '../../src/errors.ts';
-import { DraftModel, shardConfigError } from '../../src/native.ts';
+import { DraftModel, shardConfigError } from '../../src/native/addon.ts';
 import { createLogger } from '../../src/log.ts';
 import {
   TRAINABLE, batchSplitError, readDraftBatch, readDraftBatchShape, readDraftConfig, readDraftWeights, writeStepOutput,
   type DraftBatch, type DraftConfig, type DraftWeights,
-} from '../../src/draft-io.ts';
+} from '../../src/job/draft-io.ts';
 import { startNatsServer } from '../nats-launcher.ts';
 import type { StepRankSpec } from '../step-rank.ts';
-import type { GlobalOptions } from '../cli.ts';
+import type { GlobalOptions } from '../options.ts';
 import { nonNegative, positive, positiveInt } from '../options.ts';
 
 const log = createLogger('step');

@@ -10,7 +10,7 @@
 //   deletes newer data.
 // - Above the high watermark put throws BackpressureError (retryable) until usage falls to
 //   the low watermark; unconsumed samples are never evicted to make room.
-import type { Producer, SampleRef } from '../sampleref.ts';
+import type { Producer, SampleRef } from '../wire/sampleref.ts';
 import type { Tensor } from '../tensor.ts';
 
 export interface PutOptions {

@@ -25,17 +25,17 @@ import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { link, mkdir, open, readdir, readFile, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
-import { AuthPolicy } from '../auth.ts';
+import { AuthPolicy } from '../wire/auth.ts';
 import {
   blockSpan, buildManifestAsync, checksumOfManifestJson, manifestJson, parseManifest, rowsOf, verifyBlocksAsync, type Manifest, type ManifestTensor,
-} from '../checksum.ts';
+} from './checksum.ts';
 import {
   AuthError, BackpressureError, ChecksumError, DecodeError, DraftwireError, InvalidArgumentError, SampleGoneError, StaleGenerationError, StoreWriteError,
 } from '../errors.ts';
-import { encodeSafetensors, readHeader } from '../safetensors.ts';
+import { encodeSafetensors, readHeader } from './safetensors.ts';
 import {
   FEATURE_NAME_RE, SAMPLE_DTYPES, checkId, dirUri, parseSampleUri, validateSampleRef, type FeatureSpec, type Producer, type SampleDtype, type SampleRef,
-} from '../sampleref.ts';
+} from '../wire/sampleref.ts';
 import { DTYPE_BYTES, bytesOf, numel, viewAs, type Tensor } from '../tensor.ts';
 import type { BackpressureState, FeatureStore, GcStats, GetOptions, PutOptions, StoreHealth, StoreUsage } from './feature-store.ts';
 

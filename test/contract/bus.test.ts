@@ -2,8 +2,8 @@ import assert from 'node:assert/strict';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { Kvm } from '@nats-io/kv';
 import { withNats } from '../support/nats-server.ts';
-import { Bus, subjects, errorFromWire } from '../../src/bus.ts';
-import { AuthPolicy } from '../../src/auth.ts';
+import { Bus, subjects, errorFromWire } from '../../src/bus/bus.ts';
+import { AuthPolicy } from '../../src/wire/auth.ts';
 import {
   AuthError, BackpressureError, ConflictError, DraftwireError, InvalidArgumentError, StaleEpochError, TimeoutError, UnavailableError, DecodeError,
 } from '../../src/errors.ts';

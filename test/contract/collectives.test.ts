@@ -4,8 +4,8 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
-import { Bus } from '../../src/bus.ts';
-import { Communicator, ShardLayout, encodeKvKey } from '../../src/collectives.ts';
+import { Bus } from '../../src/bus/bus.ts';
+import { Communicator, ShardLayout, encodeKvKey } from '../../src/native/collectives.ts';
 import { CollectiveError } from '../../src/errors.ts';
 import { withNats, type NatsFixture } from '../support/nats-server.ts';
 import { killChild, spawnTs, type Child } from '../support/procs.ts';

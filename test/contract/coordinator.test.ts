@@ -3,11 +3,12 @@
 // be dropped (shrink), scale-ups ask a node agent to spawn the new ranks, and bad requests get
 // typed errors.
 import assert from 'node:assert/strict';
-import { bumpEpoch, epochMembers, startCoordinator, withoutGroupOf } from '../../actors/coordinator.ts';
-import type { EpochInfo } from '../../actors/rank.ts';
-import { ActorSystem } from '../../src/actor-system.ts';
-import { AuthPolicy } from '../../src/auth.ts';
-import { Bus } from '../../src/bus.ts';
+import { startCoordinator } from '../../actors/coordinator.ts';
+import { bumpEpoch, epochMembers, withoutGroupOf } from '../../src/job/epoch.ts';
+import type { EpochInfo } from '../../src/job/epoch.ts';
+import { ActorSystem } from '../../src/runtime/actor-system.ts';
+import { AuthPolicy } from '../../src/wire/auth.ts';
+import { Bus } from '../../src/bus/bus.ts';
 import { InvalidArgumentError, UnavailableError } from '../../src/errors.ts';
 import { withNats } from '../support/nats-server.ts';
 

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { diskFullBackoffMs, isDiskFull } from '../../actors/rollout.ts';
-import { AuthPolicy } from '../../src/auth.ts';
+import { AuthPolicy } from '../../src/wire/auth.ts';
 import { BackpressureError, SampleGoneError, StoreWriteError } from '../../src/errors.ts';
 import { SharedDirFeatureStore } from '../../src/store/shared-dir.ts';
 import { mountTmpfs, newWorkdir, unmountTmpfs } from '../support/chaos.ts';

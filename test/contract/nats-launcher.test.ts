@@ -8,8 +8,8 @@ import { fileURLToPath } from 'node:url';
 import { connect } from '@nats-io/transport-node';
 import { startNatsServer, isProcessAlive, renderConfig, type NatsServerHandle } from '../../cluster/nats-launcher.ts';
 import { withNats, startNats } from '../support/nats-server.ts';
-import { Bus } from '../../src/bus.ts';
-import { AuthPolicy } from '../../src/auth.ts';
+import { Bus } from '../../src/bus/bus.ts';
+import { AuthPolicy } from '../../src/wire/auth.ts';
 import { AuthError, UnavailableError, InvalidArgumentError } from '../../src/errors.ts';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));

@@ -5,11 +5,11 @@
 import assert from 'node:assert/strict';
 import { mkdirSync, rmSync } from 'node:fs';
 import { dirname } from 'node:path';
-import type { EpochInfo } from '../../actors/rank.ts';
-import { AuthPolicy } from '../../src/auth.ts';
-import { Bus } from '../../src/bus.ts';
-import { writeInitialWeights } from '../../src/checkpoint.ts';
-import { jobFile, jobRows, saveJobSpec } from '../../src/job.ts';
+import type { EpochInfo } from '../../src/job/epoch.ts';
+import { AuthPolicy } from '../../src/wire/auth.ts';
+import { Bus } from '../../src/bus/bus.ts';
+import { writeInitialWeights } from '../../src/job/checkpoint.ts';
+import { jobFile, jobRows, saveJobSpec } from '../../src/job/spec.ts';
 import { descendants, isAlive, sleep } from '../support/chaos.ts';
 import { testSpec } from '../support/jobs.ts';
 import { withNats } from '../support/nats-server.ts';

@@ -2,12 +2,13 @@
 // NATS, a SIGKILL in the middle, and a restart that rebuilds the ledger (leases included)
 // from the JetStream write-ahead log without losing or duplicating a sample.
 import assert from 'node:assert/strict';
-import { readLedgerEvents, type LeaseMessage } from '../../actors/queue.ts';
-import { AuthPolicy } from '../../src/auth.ts';
-import { Bus } from '../../src/bus.ts';
+import type { LeaseMessage } from '../../actors/queue.ts';
+import { readLedgerEvents } from '../../src/ledger/wal.ts';
+import { AuthPolicy } from '../../src/wire/auth.ts';
+import { Bus } from '../../src/bus/bus.ts';
 import { InvalidArgumentError, LeaseExpiredError } from '../../src/errors.ts';
-import { auditEvents, type Lease } from '../../src/ledger.ts';
-import { dpPartition } from '../../src/partition.ts';
+import { auditEvents, type Lease } from '../../src/ledger/ledger.ts';
+import { dpPartition } from '../../src/ledger/partition.ts';
 import { withNats } from '../support/nats-server.ts';
 import { killChild, spawnTs, waitForLine, type Child } from '../support/procs.ts';
 import { sampleRef } from '../support/store-fixtures.ts';

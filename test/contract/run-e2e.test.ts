@@ -6,8 +6,8 @@ import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { readSafetensorsFile } from '../../src/safetensors.ts';
-import { TRAINABLE_NAMES } from '../../src/native.ts';
+import { readSafetensorsFile } from '../../src/store/safetensors.ts';
+import { TRAINABLE_NAMES } from '../../src/native/addon.ts';
 
 const CLI = 'bin/draftwire.js';
 const childPids = (ppid: number) => spawnSync('pgrep', ['-P', String(ppid)], { encoding: 'utf8' }).stdout.split('\n').filter(Boolean).map(Number);

@@ -7,7 +7,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { readSafetensorsFile, writeSafetensorsFile } from '../../src/safetensors.ts';
+import { readSafetensorsFile, writeSafetensorsFile } from '../../src/store/safetensors.ts';
 import { tensor, type Tensor } from '../../src/tensor.ts';
 import { REF_TRAINABLE, globalNorm, referenceAdamW, referenceGrads, referenceLoss, relErr, refShapes, worstElement } from '../support/reference.ts';
 import { TINY, makeFixture, type Fixture, type FixtureBatch, type FixtureWeights } from '../support/fixtures.ts';

@@ -4,9 +4,9 @@
 // acc, grad norm, gradients, AdamW update). Plus the option's validation and the agreement
 // check across ranks.
 import assert from 'node:assert/strict';
-import { Communicator } from '../../src/collectives.ts';
+import { Communicator } from '../../src/native/collectives.ts';
 import { InvalidArgumentError } from '../../src/errors.ts';
-import { DraftModel, type DraftBatch, type StepOptions } from '../../src/native.ts';
+import { DraftModel, type DraftBatch, type StepOptions } from '../../src/native/addon.ts';
 import type { Fixture } from '../support/fixtures.ts';
 import { UPDATE, compareStep, fmtErrors, shardFixture, singleRankStep, type StepNumbers } from '../support/sharded.ts';
 

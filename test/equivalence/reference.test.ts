@@ -3,7 +3,7 @@
 // float64 backward), AdamW with clipping and weight decay, and hand-computed cases.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { DraftModel, type StepOptions, type StepResult } from '../../src/native.ts';
+import { DraftModel, type StepOptions, type StepResult } from '../../src/native/addon.ts';
 import {
   REF_TRAINABLE, referenceAdamW, referenceBackward, referenceGradEntries, referenceGrads, referenceLoss, relErr, worstElement,
   type RefAdamState, type RefConfig, type RefLoss, type RefWeights,
@@ -61,7 +61,7 @@ interface ChildResult { loss: number; ploss: number[]; acc: number[]; grads: Rec
 function threadedChild(threads: number, steps: number): Promise<ChildResult[]> {
   const url = (rel: string) => JSON.stringify(new URL(rel, import.meta.url).href);
   const code = `
-    const { DraftModel } = await import(${url('../../src/native.ts')});
+    const { DraftModel } = await import(${url('../../src/native/addon.ts')});
     const { TINY, makeFixture } = await import(${url('../support/fixtures.ts')});
     const fx = makeFixture(TINY, 2, { batch: 3, seq: 11 });
     const m = DraftModel.create(TINY, fx.weights, { threads: ${threads} });

@@ -8,8 +8,8 @@ import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { TRAINABLE_NAMES } from '../../src/native.ts';
-import { readSafetensorsFile } from '../../src/safetensors.ts';
+import { TRAINABLE_NAMES } from '../../src/native/addon.ts';
+import { readSafetensorsFile } from '../../src/store/safetensors.ts';
 
 const STEPS = 8;
 

@@ -3,10 +3,10 @@
 // step and the float64 reference on the same weights and batch; a broken group mid-step.
 // (test/equivalence/sharded.test.ts runs the same layouts as real processes over Gloo.)
 import assert from 'node:assert/strict';
-import { Communicator } from '../../src/collectives.ts';
-import { sliceBatch } from '../../src/draft-io.ts';
+import { Communicator } from '../../src/native/collectives.ts';
+import { sliceBatch } from '../../src/job/draft-io.ts';
 import { CollectiveError, InvalidArgumentError } from '../../src/errors.ts';
-import { DraftModel, type StepOptions, type StepResult } from '../../src/native.ts';
+import { DraftModel, type StepOptions, type StepResult } from '../../src/native/addon.ts';
 import type { Fixture } from '../support/fixtures.ts';
 import {
   LAYOUTS, SHARD_CFG, UPDATE, compareStep, fmtErrors, referenceStep, shardFixture, singleRankStep, type StepNumbers,

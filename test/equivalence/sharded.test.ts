@@ -8,7 +8,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { readSafetensorsFile, writeSafetensorsFile } from '../../src/safetensors.ts';
+import { readSafetensorsFile, writeSafetensorsFile } from '../../src/store/safetensors.ts';
 import { tensor, type Tensor } from '../../src/tensor.ts';
 import { REF_TRAINABLE, refShapes } from '../support/reference.ts';
 import type { Fixture } from '../support/fixtures.ts';

@@ -5,7 +5,7 @@
 // measured here loss 6.44 → 2.26, KL 4.55 → 0.37, step-0 accuracy 0.82, accept 1.08 → 2.67,
 // d2t coverage 0.98 (the near-uniform target of before managed 6.55 → 4.55, accept 1.04 → 1.62).
 import assert from 'node:assert/strict';
-import { DraftModel, TargetModel, acceptLength, initDraftWeights, type DraftConfig, type TargetConfig } from '../../src/native.ts';
+import { DraftModel, TargetModel, acceptLength, initDraftWeights, type DraftConfig, type TargetConfig } from '../../src/native/addon.ts';
 import { referenceTarget } from '../support/reference.ts';
 import { rng } from '../support/fixtures.ts';
 

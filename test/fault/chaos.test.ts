@@ -8,8 +8,8 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { AuthPolicy } from '../../src/auth.ts';
-import { Bus } from '../../src/bus.ts';
+import { AuthPolicy } from '../../src/wire/auth.ts';
+import { Bus } from '../../src/bus/bus.ts';
 import {
   assertInvariants, ChaosJob, checkInvariants, corruptSampleFile, formatReport, ledgerOf, listDir, mountTmpfs, newWorkdir, rankLog, rng, sleep, unmountTmpfs,
   type ChaosResult, type InvariantOptions,

@@ -4,10 +4,10 @@
 import assert from 'node:assert/strict';
 import { mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { checkpointDir, loadRankCheckpoint, modelState, writeRankCheckpoint } from '../../src/checkpoint.ts';
+import { checkpointDir, loadRankCheckpoint, modelState, writeRankCheckpoint } from '../../src/job/checkpoint.ts';
 import { StaleEpochError } from '../../src/errors.ts';
-import { faultsFromEnv } from '../../src/bus.ts';
-import { DraftModel, initDraftWeights, TRAINABLE_NAMES } from '../../src/native.ts';
+import { faultsFromEnv } from '../../src/bus/bus.ts';
+import { DraftModel, initDraftWeights, TRAINABLE_NAMES } from '../../src/native/addon.ts';
 import { testSpec } from '../support/jobs.ts';
 
 describe('rank checkpoint (exactly-once training across rank crashes)', () => {

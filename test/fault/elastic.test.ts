@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { readSafetensorsFile } from '../../src/safetensors.ts';
+import { readSafetensorsFile } from '../../src/store/safetensors.ts';
 import { ChaosJob, checkInvariants, formatReport, newWorkdir, sleep, type ChaosResult } from '../support/chaos.ts';
 
 const CLI = 'bin/draftwire.js';

@@ -2,11 +2,11 @@
 // restarts, that row is committed exactly once and no orphan file or temp file is left.
 import assert from 'node:assert/strict';
 import { mkdirSync, readdirSync } from 'node:fs';
-import { readLedgerEvents } from '../../actors/queue.ts';
-import { AuthPolicy } from '../../src/auth.ts';
-import { Bus } from '../../src/bus.ts';
-import { saveJobSpec } from '../../src/job.ts';
-import { auditEvents } from '../../src/ledger.ts';
+import { readLedgerEvents } from '../../src/ledger/wal.ts';
+import { AuthPolicy } from '../../src/wire/auth.ts';
+import { Bus } from '../../src/bus/bus.ts';
+import { saveJobSpec } from '../../src/job/spec.ts';
+import { auditEvents } from '../../src/ledger/ledger.ts';
 import { withNats } from '../support/nats-server.ts';
 import { killChild, spawnTs, type Child } from '../support/procs.ts';
 import { testSpec } from '../support/jobs.ts';

@@ -7,7 +7,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, readdirSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { auditEvents, type LedgerEvent } from '../../src/ledger.ts';
+import { auditEvents, type LedgerEvent } from '../../src/ledger/ledger.ts';
 
 const CLI = 'bin/draftwire.js';
 import { rng } from './fixtures.ts';

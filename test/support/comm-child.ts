@@ -5,8 +5,8 @@
 // {"ev": "pending"} (fault scenario: a collective is in flight), {"ev": "error", name, code,
 // message, ms}, and {"ev": "closed"} once the communicator and the bus are closed; the process
 // then exits by itself (nothing may keep it alive). Fatal errors: {"ev": "fatal", ...}, exit 1.
-import { Bus } from '../../src/bus.ts';
-import { Communicator, ShardLayout } from '../../src/collectives.ts';
+import { Bus } from '../../src/bus/bus.ts';
+import { Communicator, ShardLayout } from '../../src/native/collectives.ts';
 import { DraftwireError } from '../../src/errors.ts';
 
 export interface CommChildSpec {

@@ -3,7 +3,7 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { buildSpec } from '../../cluster/commands/run.ts';
-import type { JobSpec } from '../../src/job.ts';
+import type { JobSpec } from '../../src/job/spec.ts';
 
 export function testSpec(job: string, over: Partial<Parameters<typeof buildSpec>[0]> = {}): JobSpec {
   const workdir = mkdtempSync(join(tmpdir(), 'draftwire-job-'));

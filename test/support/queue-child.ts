@@ -3,9 +3,9 @@
 // Prints "ready" on stdout once its subscriptions are live.
 import { startCoordinator } from '../../actors/coordinator.ts';
 import { startQueue } from '../../actors/queue.ts';
-import { ActorSystem } from '../../src/actor-system.ts';
-import { AuthPolicy } from '../../src/auth.ts';
-import { Bus } from '../../src/bus.ts';
+import { ActorSystem } from '../../src/runtime/actor-system.ts';
+import { AuthPolicy } from '../../src/wire/auth.ts';
+import { Bus } from '../../src/bus/bus.ts';
 
 const [url, job, dp, leaseMs] = process.argv.slice(2);
 const bus = await Bus.connect({ servers: url!, job: job!, auth: AuthPolicy.fromEnv(), name: 'queue-child' });

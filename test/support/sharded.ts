@@ -3,7 +3,7 @@
 // divisible by 4; sp 4: T = 8; dp 4: B = 4), the single-rank native step and the float64
 // reference on it, and the comparisons with their measured errors.
 import assert from 'node:assert/strict';
-import { DraftModel, type StepOptions } from '../../src/native.ts';
+import { DraftModel, type StepOptions } from '../../src/native/addon.ts';
 import { REF_TRAINABLE, referenceAdamW, referenceBackward, referenceLoss, relErr, type RefConfig } from './reference.ts';
 import { makeFixture, type Fixture } from './fixtures.ts';
 

@@ -2,9 +2,9 @@
 // Usage: node --import tsx test/support/store-child.ts '<json spec>'
 // Prints one JSON line per event: {"ok": ...} or {"error": {name, code, message}}; with a
 // `hang` spec it prints {"hang": {...}} at the fault point and then blocks (to be SIGKILLed).
-import { AuthPolicy } from '../../src/auth.ts';
+import { AuthPolicy } from '../../src/wire/auth.ts';
 import { DraftwireError } from '../../src/errors.ts';
-import { decodeSampleRef, encodeSampleRef } from '../../src/sampleref.ts';
+import { decodeSampleRef, encodeSampleRef } from '../../src/wire/sampleref.ts';
 import { SharedDirFeatureStore, type StoreFaults } from '../../src/store/shared-dir.ts';
 import { digestTensors, makeSample } from './store-fixtures.ts';
 

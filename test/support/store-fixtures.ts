@@ -1,5 +1,5 @@
 // Shared fixtures for the contract tests of sampleref, ledger and store (and their child processes).
-import type { SampleRef } from '../../src/sampleref.ts';
+import type { SampleRef } from '../../src/wire/sampleref.ts';
 
 export function sampleRef(over: Partial<SampleRef> = {}): SampleRef {
   const sampleId = over.sampleId ?? 'row-000042';

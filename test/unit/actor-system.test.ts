@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { ActorSystem, type ActorRef, type ActorSpec } from '../../src/actor-system.ts';
+import { ActorSystem, type ActorRef, type ActorSpec } from '../../src/runtime/actor-system.ts';
 import { ActorStoppedError, BackpressureError, TimeoutError, DraftwireError } from '../../src/errors.ts';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));

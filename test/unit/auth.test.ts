@@ -3,9 +3,9 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
-import { AuthPolicy } from '../../src/auth.ts';
+import { AuthPolicy } from '../../src/wire/auth.ts';
 import { AuthError, DecodeError, InvalidArgumentError } from '../../src/errors.ts';
-import { decodeMessage, decodeSampleRef, encodeMessage, encodeSampleRef } from '../../src/sampleref.ts';
+import { decodeMessage, decodeSampleRef, encodeMessage, encodeSampleRef } from '../../src/wire/sampleref.ts';
 import { sampleRef } from '../support/store-fixtures.ts';
 
 const SECRET = 'correct horse battery staple 42';
@@ -140,7 +140,7 @@ describe('AuthPolicy', () => {
     assert.throws(() => a.verifyStoreToken('store-b', tok), isAuth);
     assert.throws(() => AuthPolicy.fromSecret(OTHER).verifyStoreToken('store-a', tok), isAuth);
     assert.equal(AuthPolicy.disabled().storeToken('store-a'), '');
-    const code = `import { AuthPolicy } from './src/auth.ts'; const a = AuthPolicy.fromEnv(); console.log(JSON.stringify({ c: a.natsCredentials(), t: a.storeToken('store-a') }));`;
+    const code = `import { AuthPolicy } from './src/wire/auth.ts'; const a = AuthPolicy.fromEnv(); console.log(JSON.stringify({ c: a.natsCredentials(), t: a.storeToken('store-a') }));`;
     const r = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', code], { encoding: 'utf8', env: { ...process.env, DRAFTWIRE_SECRET: SECRET, DRAFTWIRE_SECRET_FILE: '' } });
     assert.equal(r.status, 0, r.stderr);
     assert.deepEqual(JSON.parse(r.stdout), { c: creds, t: tok });

@@ -2,7 +2,7 @@
 // every op, sub-groups, timeouts, mismatched calls and torn-down groups; plus the KV key
 // encoding and the ShardLayout mirror.
 import assert from 'node:assert/strict';
-import { Communicator, ShardLayout, decodeKvKey, encodeKvKey } from '../../src/collectives.ts';
+import { Communicator, ShardLayout, decodeKvKey, encodeKvKey } from '../../src/native/collectives.ts';
 import { CollectiveError, InvalidArgumentError } from '../../src/errors.ts';
 
 const range = (n: number) => Array.from({ length: n }, (_, i) => i);

@@ -1,8 +1,8 @@
 import assert from 'node:assert/strict';
 import { InvalidArgumentError, LeaseExpiredError, StaleEpochError, StaleGenerationError } from '../../src/errors.ts';
-import { SampleRefQueue, auditEvents, type Lease, type LedgerEvent } from '../../src/ledger.ts';
-import { dpPartition } from '../../src/partition.ts';
-import { decodeMessage, encodeMessage, type SampleRef } from '../../src/sampleref.ts';
+import { SampleRefQueue, auditEvents, type Lease, type LedgerEvent } from '../../src/ledger/ledger.ts';
+import { dpPartition } from '../../src/ledger/partition.ts';
+import { decodeMessage, encodeMessage, type SampleRef } from '../../src/wire/sampleref.ts';
 import { sampleRef } from '../support/store-fixtures.ts';
 
 function ref(id: string, gen = 1): SampleRef {

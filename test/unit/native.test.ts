@@ -6,7 +6,7 @@ import { InvalidArgumentError, NativeError } from '../../src/errors.ts';
 import {
   acceptLength, blasInfo, DraftModel, draftParamShapes, initDraftWeights, TargetModel, TRAINABLE_NAMES, validateDraftConfig,
   type DraftBatch, type DraftConfig, type StepOptions, type TargetConfig,
-} from '../../src/native.ts';
+} from '../../src/native/addon.ts';
 import { rejects, throwsLike } from '../support/assert.ts';
 
 const TINY: DraftConfig = { vocab: 40, draftVocab: 24, hidden: 16, heads: 4, kvHeads: 2, intermediate: 24, ttt: 3, ropeTheta: 10000, rmsEps: 1e-6 };

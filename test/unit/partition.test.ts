@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { InvalidArgumentError } from '../../src/errors.ts';
-import { MAX_PARTITIONS, dpPartition, hash64, jumpHash } from '../../src/partition.ts';
+import { MAX_PARTITIONS, dpPartition, hash64, jumpHash } from '../../src/ledger/partition.ts';
 
 describe('partition: jump consistent hash', () => {
   it('matches the published jump-hash test vectors', () => {
@@ -29,7 +29,7 @@ describe('partition: jump consistent hash', () => {
   });
 
   it('gives the same answer in another process', () => {
-    const code = `import { dpPartition } from './src/partition.ts'; console.log(JSON.stringify(['row-0','row-1','x','ds.train:000123'].map((id) => dpPartition(id, 37))));`;
+    const code = `import { dpPartition } from './src/ledger/partition.ts'; console.log(JSON.stringify(['row-0','row-1','x','ds.train:000123'].map((id) => dpPartition(id, 37))));`;
     const r = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', code], { encoding: 'utf8' });
     assert.equal(r.status, 0, r.stderr);
     assert.deepEqual(JSON.parse(r.stdout), ['row-0', 'row-1', 'x', 'ds.train:000123'].map((id) => dpPartition(id, 37)));

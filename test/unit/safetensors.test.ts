@@ -4,7 +4,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DecodeError, InvalidArgumentError } from '../../src/errors.ts';
-import { MAX_HEADER_BYTES, decodeSafetensors, encodeSafetensorsBuffer, readSafetensorsFile, writeSafetensorsFile } from '../../src/safetensors.ts';
+import { MAX_HEADER_BYTES, decodeSafetensors, encodeSafetensorsBuffer, readSafetensorsFile, writeSafetensorsFile } from '../../src/store/safetensors.ts';
 import { tensor, type Tensor } from '../../src/tensor.ts';
 import { digestTensors, makeSample, sliceRows } from '../support/store-fixtures.ts';
 

@@ -5,7 +5,7 @@ import { DecodeError, InvalidArgumentError } from '../../src/errors.ts';
 import {
   SAMPLE_REF_MAX_BYTES, checkPlain, checkSubjectToken, decodeMessage, decodeSampleRef, encodeMessage, encodeSampleRef, packr, parseSampleUri, validateSampleRef,
   type SampleRef,
-} from '../../src/sampleref.ts';
+} from '../../src/wire/sampleref.ts';
 import { sampleRef } from '../support/store-fixtures.ts';
 
 const raw = new Packr({ useRecords: false });

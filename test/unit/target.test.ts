@@ -8,7 +8,7 @@ import { InvalidArgumentError, NativeError } from '../../src/errors.ts';
 import {
   acceptLength, DraftModel, initDraftWeights, TARGET_DEFAULTS, TargetModel, validateTargetConfig,
   type DraftConfig, type TargetConfig,
-} from '../../src/native.ts';
+} from '../../src/native/addon.ts';
 import { rejects, throwsLike } from '../support/assert.ts';
 
 // Two sizes: a tiny one, and the `small` preset's (cluster/presets.ts) for the statistics.

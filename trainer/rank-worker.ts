@@ -32,29 +32,29 @@
 // committed checkpoint: leases it trained since are released (retrained by whoever gets them)
 // unless that checkpoint holds them (then acked); it asks the coordinator for a new epoch
 // (`coord.regroup`) and re-forms with whoever is a member of it.
-import type { Bus, BusSubscription } from '../src/bus.ts';
-import { latestManifest, loadRankCheckpoint, loadWeightsFile, takeWindowParts, writeRankCheckpoint, writeWindowPart, type CheckpointLease, type LoadedRankCheckpoint } from '../src/checkpoint.ts';
+import type { Bus, BusSubscription } from '../src/bus/bus.ts';
+import { latestManifest, loadRankCheckpoint, loadWeightsFile, takeWindowParts, writeRankCheckpoint, writeWindowPart, type CheckpointLease, type LoadedRankCheckpoint } from '../src/job/checkpoint.ts';
 import { CollectiveError, DraftwireError, InvalidArgumentError, StaleEpochError } from '../src/errors.ts';
 import { failpoint } from '../src/failpoints.ts';
-import { checkpointEvery, jobRows, rankDeadAfterMs, type JobSpec } from '../src/job.ts';
+import { evalPrompts } from '../src/job/prompts.ts';
+import { checkpointEvery, jobRows, rankDeadAfterMs, type JobSpec } from '../src/job/spec.ts';
 import { createLogger } from '../src/log.ts';
-import { sliceBatch } from '../src/draft-io.ts';
-import { acceptLength, DraftModel, TargetModel, TRAINABLE_NAMES, type DraftBatch } from '../src/native.ts';
-import { validateSampleRef, type SampleRef } from '../src/sampleref.ts';
+import { sliceBatch } from '../src/job/draft-io.ts';
+import { acceptLength, DraftModel, TargetModel, TRAINABLE_NAMES, type DraftBatch } from '../src/native/addon.ts';
+import { validateSampleRef, type SampleRef } from '../src/wire/sampleref.ts';
 import type { FeatureStore } from '../src/store/feature-store.ts';
 import type { Tensor } from '../src/tensor.ts';
-import { epochMembers } from './coordinator.ts';
-import { DpGroup, initialState, type Round, type TrainState } from './dp-group.ts';
-import { FEATURES, LeaseBook, type Held } from './rank-leases.ts';
-import type { LeaseMessage } from './queue.ts';
+import { epochMembers, type EpochInfo } from '../src/job/epoch.ts';
+import { DpGroup, initialState, type Round, type TrainState } from './world.ts';
+import { FEATURES, LeaseBook, type Held } from './lease-book.ts';
+import type { LeaseMessage } from '../actors/queue.ts';
 
-export { FEATURES } from './rank-leases.ts';
+export { FEATURES } from './lease-book.ts';
 
 /**
  * The KV record `epoch`: members[i] is the rank id of world rank i; each data-parallel index
  * is `group` (= tp·sp) consecutive world ranks and trains partition index of num.
  */
-export interface EpochInfo { epoch: number; num: number; members?: number[]; group?: number }
 
 export interface StepMetrics {
   rank: number; step: number; loss: number; gradNorm: number; ploss: number[]; acc: number[];
@@ -90,14 +90,6 @@ export interface RankResult { state: TrainState; step: number; samples: number; 
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
-/** Deterministic evaluation prompts, disjoint from the rollout's rows (another seed stream). */
-export function evalPrompts(spec: JobSpec): Int32Array[] {
-  let s = (spec.seed ^ 0x5eed) >>> 0;
-  const next = () => { s = (Math.imul(s, 1664525) + 1013904223) >>> 0; return s; };
-  return Array.from({ length: spec.evalPrompts }, () => Int32Array.from({ length: spec.promptLen }, () => next() % spec.draft.vocab));
-}
-
-/** Stacks per-sample tensors into one batch, then `pad` fully-masked samples (zero features). */
 export function stackBatch(samples: Record<string, Tensor>[], seq: number, hidden: number, pad = 0) {
   const B = samples.length + pad;
   const ids = new Int32Array(B * seq), aux = new Float32Array(B * seq * 3 * hidden), last = new Float32Array(B * seq * hidden), mask = new Uint8Array(B * seq);

@@ -14,9 +14,9 @@
 // world under a new prefix (a prefix is one rendezvous: use a fresh one per attempt).
 
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { BusKv } from './bus.ts';
-import { CollectiveError, DecodeError, DraftwireError, InvalidArgumentError, NativeError } from './errors.ts';
-import { collectivesBinding, type RawCommHandle, type RawCommStoreFn } from './native.ts';
+import type { BusKv } from '../bus/bus.ts';
+import { CollectiveError, DecodeError, DraftwireError, InvalidArgumentError, NativeError } from '../errors.ts';
+import { collectivesBinding, type RawCommHandle, type RawCommStoreFn } from './addon.ts';
 
 export type ReduceOpName = 'sum' | 'max';
 

@@ -3,12 +3,12 @@
 // native step relies on (names, dtypes, shapes, ranges, finiteness) and fails with an
 // InvalidArgumentError naming the key or tensor, with what was expected and what was found.
 import { readFile } from 'node:fs/promises';
-import { InvalidArgumentError } from './errors.ts';
+import { InvalidArgumentError } from '../errors.ts';
 import { open } from 'node:fs/promises';
-import { readHeader, readSafetensorsFile, writeSafetensorsFile } from './safetensors.ts';
-import { tensor, type Dtype, type Tensor } from './tensor.ts';
+import { readHeader, readSafetensorsFile, writeSafetensorsFile } from '../store/safetensors.ts';
+import { tensor, type Dtype, type Tensor } from '../tensor.ts';
 // Only plain-JS parts of native.ts (it loads the addon lazily, on first native call).
-import { TRAINABLE_NAMES, draftParamShapes, validateDraftConfig, type DraftBatch, type DraftConfig } from './native.ts';
+import { TRAINABLE_NAMES, draftParamShapes, validateDraftConfig, type DraftBatch, type DraftConfig } from '../native/addon.ts';
 
 export type { DraftBatch, DraftConfig };
 

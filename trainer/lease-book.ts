@@ -3,10 +3,10 @@
 // their checkpoint, and the skip list of samples a committed checkpoint holds whose ack did not
 // get through (their next lease is acked, never trained). Every queue call about a lease it
 // already holds goes through here; credit and the epoch stay with the rank.
-import type { Bus } from '../src/bus.ts';
-import type { CheckpointLease } from '../src/checkpoint.ts';
+import type { Bus } from '../src/bus/bus.ts';
+import type { CheckpointLease } from '../src/job/checkpoint.ts';
 import { LeaseExpiredError, StaleEpochError } from '../src/errors.ts';
-import type { Lease } from '../src/ledger.ts';
+import type { Lease } from '../src/ledger/ledger.ts';
 import type { Logger } from '../src/log.ts';
 import type { FeatureStore } from '../src/store/feature-store.ts';
 import type { Tensor } from '../src/tensor.ts';

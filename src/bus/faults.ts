@@ -2,7 +2,7 @@
 // Tests set Bus.faults directly; child processes of the chaos suite get theirs from the
 // environment (faultsFromEnv). Separate so the chaos knobs read apart from the real paths.
 
-import { InvalidArgumentError } from './errors.ts';
+import { InvalidArgumentError } from '../errors.ts';
 
 export interface BusFaults {
   /** Requester side: do not send this request/publish (the attempt times out). */

@@ -4,8 +4,8 @@
 // header and is bound to the (MAC'd) ref by that checksum, so a reader of some tensors or
 // some rows verifies exactly the blocks it reads, and a full reader verifies everything.
 import { createHash } from 'node:crypto';
-import { ChecksumError, DecodeError } from './errors.ts';
-import { DTYPE_BYTES, numel, type Dtype } from './tensor.ts';
+import { ChecksumError, DecodeError } from '../errors.ts';
+import { DTYPE_BYTES, numel, type Dtype } from '../tensor.ts';
 
 export const DEFAULT_BLOCK_BYTES = 1 << 20;
 

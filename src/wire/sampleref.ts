@@ -4,7 +4,7 @@
 // (Date, C1, ...), so every decoded value is checked to be plain data and bounded in size:
 // garbage, truncated, oversized or extension-typed input is a DecodeError, never a crash.
 import { Packr } from 'msgpackr';
-import { DecodeError, InvalidArgumentError } from './errors.ts';
+import { DecodeError, InvalidArgumentError } from '../errors.ts';
 
 /** Dtypes a sample may hold (a subset of tensor.ts's Dtype). */
 export type SampleDtype = 'f32' | 'bf16' | 'f16' | 'i32' | 'u8';

@@ -4,8 +4,8 @@
 import { readFileSync } from 'node:fs';
 import { writeFile, rename } from 'node:fs/promises';
 import { join } from 'node:path';
-import { DecodeError, InvalidArgumentError } from './errors.ts';
-import type { DraftConfig, TargetConfig } from './native.ts';
+import { DecodeError, InvalidArgumentError } from '../errors.ts';
+import type { DraftConfig, TargetConfig } from '../native/addon.ts';
 
 export interface JobSpec {
   /** Job id: [A-Za-z0-9_-]{1,64} (a NATS subject token). */

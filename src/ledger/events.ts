@@ -3,7 +3,7 @@
 // calls. Separate from ledger.ts so the shapes read apart from the state machine; ledger.ts
 // re-exports them all.
 
-import type { SampleRef } from './sampleref.ts';
+import type { SampleRef } from '../wire/sampleref.ts';
 
 export type SampleState = 'pending' | 'leased' | 'consumed' | 'dead';
 

@@ -3,7 +3,7 @@
 
 import { errors as natsErrors } from '@nats-io/transport-node';
 import { JetStreamApiError, JetStreamApiCodes } from '@nats-io/jetstream';
-import { AuthError, ConflictError, DraftwireError, TimeoutError, UnavailableError } from './errors.ts';
+import { AuthError, ConflictError, DraftwireError, TimeoutError, UnavailableError } from '../errors.ts';
 
 export function isNatsTimeout(e: unknown): boolean {
   return e instanceof natsErrors.TimeoutError || (e instanceof natsErrors.RequestError && (e.cause instanceof natsErrors.TimeoutError));

@@ -19,13 +19,13 @@
 import { randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import type { NatsConnection, Msg, Subscription, Status } from '@nats-io/transport-node';
-import { AuthError, DecodeError, DraftwireError, InvalidArgumentError, TimeoutError, UnavailableError } from './errors.ts';
-import type { AuthPolicy } from './auth.ts';
-import { encodeMessage, decodeMessage, MESSAGE_MAX_BYTES } from './sampleref.ts';
-import { createLogger, type Logger } from './log.ts';
-import { subjects, checkSubject, type JobSubjects } from './subjects.ts';
-import { errorToWire, errorFromWire, type WireError } from './wire-errors.ts';
-import { faultsFromEnv, type BusFaults } from './bus-faults.ts';
+import { AuthError, DecodeError, DraftwireError, InvalidArgumentError, TimeoutError, UnavailableError } from '../errors.ts';
+import type { AuthPolicy } from '../wire/auth.ts';
+import { encodeMessage, decodeMessage, MESSAGE_MAX_BYTES } from '../wire/sampleref.ts';
+import { createLogger, type Logger } from '../log.ts';
+import { subjects, checkSubject, type JobSubjects } from '../wire/subjects.ts';
+import { errorToWire, errorFromWire, type WireError } from '../wire/error-codec.ts';
+import { faultsFromEnv, type BusFaults } from './faults.ts';
 import { mapNatsError, isNatsTimeout, isNoResponders } from './nats-errors.ts';
 
 export interface MsgMeta {

@@ -2,8 +2,8 @@
 // requester as {code, message, retryable, detail} and is rethrown there as the same class.
 // Separate from the Bus because the mapping is pure and needs only errors.ts.
 
-import * as E from './errors.ts';
-import { DecodeError, DraftwireError } from './errors.ts';
+import * as E from '../errors.ts';
+import { DecodeError, DraftwireError } from '../errors.ts';
 
 export type ErrorCtor = new (message: string, opts?: E.DraftwireErrorOptions) => DraftwireError;
 let errorTable: Map<string, ErrorCtor> | null = null;

@@ -2,17 +2,26 @@
 // with the bucket and key bound in. Separate from bus.ts because it is its own API
 // (get/create/update/put/delete/keys/watch) over a handful of the Bus's internals.
 
-import { DeliverPolicy } from '@nats-io/jetstream';
+import { DeliverPolicy, type JetStreamClient } from '@nats-io/jetstream';
 import type { KV, KvEntry } from '@nats-io/kv';
-import { ConflictError, InvalidArgumentError } from './errors.ts';
-import type { Bus } from './bus.ts';
+import { ConflictError, InvalidArgumentError } from '../errors.ts';
+
+/** What a bucket needs of the Bus that opened it (the Bus implements it; kept here so kv.ts does not import bus.ts). */
+export interface KvHost {
+  _sealKv(bucket: string, key: string, obj: unknown): Uint8Array;
+  _openKv(bucket: string, key: string, bytes: Uint8Array): unknown;
+  _js(): JetStreamClient;
+  _jsOp<T>(what: string, fn: () => Promise<T>, idempotent: boolean): Promise<T>;
+  _warnBadRecord(what: string, e: unknown): void;
+  streamInfo(name: string): Promise<{ lastSeq: number }>;
+}
 
 export interface KvValue<T = unknown> { key: string; value: T; revision: number }
 export interface KvChange<T = unknown> { key: string; value: T | null; revision: number; op: 'PUT' | 'DEL' | 'PURGE' }
 export interface KvWatch<T = unknown> extends AsyncIterable<KvChange<T>> { stop(): void }
 
 export class BusKv {
-  constructor(private readonly bus: Bus, readonly bucket: string, private readonly kv: KV) {}
+  constructor(private readonly bus: KvHost, readonly bucket: string, private readonly kv: KV) {}
 
   private decode<T>(e: KvEntry): T { return this.bus._openKv(this.bucket, e.key, e.value) as T; }
 

@@ -3,7 +3,7 @@
 // 2014). Same answer on every node, every run and every Node version (sha256 + integer math
 // only). When `num` grows from n to n+1, only ~1/(n+1) of the keys move, all to index n.
 import { createHash } from 'node:crypto';
-import { InvalidArgumentError } from './errors.ts';
+import { InvalidArgumentError } from '../errors.ts';
 
 const MASK64 = (1n << 64n) - 1n;
 const JUMP_MULT = 2862933555777941757n;

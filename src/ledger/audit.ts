@@ -3,7 +3,7 @@
 // Used by the tests, the chaos suite and `draftwire audit`; ledger.ts re-exports it.
 
 import { dpPartition } from './partition.ts';
-import type { LedgerEvent } from './ledger-events.ts';
+import type { LedgerEvent } from './events.ts';
 
 export interface AuditReport {
   ok: boolean;

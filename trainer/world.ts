@@ -11,13 +11,13 @@
 // (highest step; lowest world rank among equals) and broadcast its weights, AdamW moments
 // and step from there, so a rank that joins (scale-up, a respawned process) starts from
 // exactly the state of the ranks that trained.
-import type { Bus } from '../src/bus.ts';
-import type { ModelState } from '../src/checkpoint.ts';
-import { Communicator } from '../src/collectives.ts';
+import type { Bus } from '../src/bus/bus.ts';
+import type { ModelState } from '../src/job/checkpoint.ts';
+import { Communicator } from '../src/native/collectives.ts';
 import { InvalidArgumentError } from '../src/errors.ts';
-import type { JobSpec } from '../src/job.ts';
-import { DraftModel, draftParamShapes, TRAINABLE_NAMES } from '../src/native.ts';
-import { decodeMessage, encodeMessage } from '../src/sampleref.ts';
+import type { JobSpec } from '../src/job/spec.ts';
+import { DraftModel, draftParamShapes, TRAINABLE_NAMES } from '../src/native/addon.ts';
+import { decodeMessage, encodeMessage } from '../src/wire/sampleref.ts';
 
 /**
  * The training state a rank carries between epochs (full-shape): `samples` counts the real

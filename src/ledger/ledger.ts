@@ -37,19 +37,19 @@
 //
 // The event and result types are in ledger-events.ts and the log audit in ledger-audit.ts;
 // both are re-exported here, so imports of '…/src/ledger.ts' stay as they were.
-import { DraftwireError, InvalidArgumentError, LeaseExpiredError, StaleEpochError, StaleGenerationError } from './errors.ts';
+import { DraftwireError, InvalidArgumentError, LeaseExpiredError, StaleEpochError, StaleGenerationError } from '../errors.ts';
 import { dpPartition, hash64, jumpHash } from './partition.ts';
-import { validateSampleRef, type SampleRef } from './sampleref.ts';
+import { validateSampleRef, type SampleRef } from '../wire/sampleref.ts';
 import type {
   Applied, CallOpts, EndResult, EpochResult, ExpireResult, ExpiredLease, GetOpts, GetResult, Lease, LeaseGrant,
   LedgerEvent, LedgerOptions, LedgerStats, NewEvent, PutResult, RenewResult, SampleState, SampleStatus,
-} from './ledger-events.ts';
+} from './events.ts';
 
 export type {
   SampleState, Lease, LeaseGrant, ExpiredLease, LedgerEvent, LedgerEventType, Applied, PutResult, GetResult,
   EndResult, RenewResult, ExpireResult, EpochResult, LedgerOptions, CallOpts, GetOpts, SampleStatus, LedgerStats,
-} from './ledger-events.ts';
-export { auditEvents, type AuditReport } from './ledger-audit.ts';
+} from './events.ts';
+export { auditEvents, type AuditReport } from './audit.ts';
 
 interface LiveLease {
   leaseId: string;

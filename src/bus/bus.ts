@@ -11,19 +11,19 @@ import {
   type JetStreamClient, type JetStreamManager, type StreamConfig,
 } from '@nats-io/jetstream';
 import { Kvm } from '@nats-io/kv';
-import { ConflictError, DecodeError, DraftwireError, InvalidArgumentError, TimeoutError, UnavailableError } from './errors.ts';
-import { AuthPolicy } from './auth.ts';
-import { subjects, checkSubject } from './subjects.ts';
-import type { ErrorCtor } from './wire-errors.ts';
+import { ConflictError, DecodeError, DraftwireError, InvalidArgumentError, TimeoutError, UnavailableError } from '../errors.ts';
+import { AuthPolicy } from '../wire/auth.ts';
+import { subjects, checkSubject } from '../wire/subjects.ts';
+import type { ErrorCtor } from '../wire/error-codec.ts';
 import { mapNatsError, isNatsTimeout, isNoResponders } from './nats-errors.ts';
-import { BusCore, sleep, type BusConnectOptions } from './bus-core.ts';
-import { BusKv } from './bus-kv.ts';
+import { BusCore, sleep, type BusConnectOptions } from './core.ts';
+import { BusKv } from './kv.ts';
 
-export { subjects, type JobSubjects } from './subjects.ts';
-export { errorToWire, errorFromWire, type WireError } from './wire-errors.ts';
-export { faultsFromEnv, type BusFaults } from './bus-faults.ts';
-export { BusKv, type KvValue, type KvChange, type KvWatch } from './bus-kv.ts';
-export type { MsgMeta, Handler, SubscribeOptions, RequestOptions, BusConnectOptions, BusStats, BusSubscription } from './bus-core.ts';
+export { subjects, type JobSubjects } from '../wire/subjects.ts';
+export { errorToWire, errorFromWire, type WireError } from '../wire/error-codec.ts';
+export { faultsFromEnv, type BusFaults } from './faults.ts';
+export { BusKv, type KvValue, type KvChange, type KvWatch } from './kv.ts';
+export type { MsgMeta, Handler, SubscribeOptions, RequestOptions, BusConnectOptions, BusStats, BusSubscription } from './core.ts';
 
 export interface StreamOptions {
   storage?: 'file' | 'memory';

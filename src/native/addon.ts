@@ -2,11 +2,11 @@
 // built by scripts/build-native.js), declares every function the addon exports, and wraps them
 // in the typed API the rest of Draftwire uses. Native failures surface as NativeError, bad input
 // as InvalidArgumentError, both carrying the caller's JS stack.
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { CollectiveError, DraftwireError, InvalidArgumentError, NativeError } from './errors.ts';
+import { CollectiveError, DraftwireError, InvalidArgumentError, NativeError } from '../errors.ts';
 
 // ------------------------------------------------------------------------------------------
 // Public types
@@ -136,7 +136,20 @@ interface RawBinding {
   gemmFlops(): number;
 }
 
-const ADDON_PATH = join(dirname(fileURLToPath(import.meta.url)), '..', 'build', 'native', 'Release', 'draftwire_native.node');
+// The package root is the nearest folder above this file with Draftwire's package.json: the
+// same answer from src/native/ under tsx and from dist/src/native/ in the built package.
+function packageRoot(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (;;) {
+    const pj = join(dir, 'package.json');
+    if (existsSync(pj) && (JSON.parse(readFileSync(pj, 'utf8')) as { name?: string }).name === 'draftwire') return dir;
+    const up = dirname(dir);
+    if (up === dir) throw new NativeError(`cannot find Draftwire's package.json above ${fileURLToPath(import.meta.url)}`);
+    dir = up;
+  }
+}
+
+const addonPath = (): string => process.env.DRAFTWIRE_ADDON ?? join(packageRoot(), 'build', 'native', 'Release', 'draftwire_native.node');
 
 /**
  * Environment OpenBLAS reads when it loads (left alone when already set):
@@ -160,9 +173,9 @@ function binding(): RawBinding {
   if (cached) return cached;
   prepareBlasEnv();
   try {
-    cached = createRequire(import.meta.url)(ADDON_PATH) as RawBinding;
+    cached = createRequire(import.meta.url)(addonPath()) as RawBinding;
   } catch (err) {
-    throw new NativeError(`cannot load the native addon ${ADDON_PATH} (build it: node scripts/build-native.js): ${
+    throw new NativeError(`cannot load the native addon ${addonPath()} (build it: node scripts/build-native.js): ${
       err instanceof Error ? err.message : String(err)}`, { cause: err });
   }
   return cached;

@@ -2,7 +2,7 @@
 // before the Bus publishes, requests, subscribes or appends to it. Separate from bus.ts
 // because the names are pure: no NATS client behind them.
 
-import { InvalidArgumentError } from './errors.ts';
+import { InvalidArgumentError } from '../errors.ts';
 
 const TOKEN_RE = /^[A-Za-z0-9_-]{1,64}$/;
 

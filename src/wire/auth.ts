@@ -5,7 +5,7 @@
 // reveals another. MACs are compared in constant time; failures say nothing about why.
 import { createHmac, createSecretKey, hkdfSync, randomBytes, timingSafeEqual, type KeyObject } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { AuthError, DecodeError, InvalidArgumentError } from './errors.ts';
+import { AuthError, DecodeError, InvalidArgumentError } from '../errors.ts';
 import { canonicalRefBytes, decodeMessage, encodeMessage, type SampleRef } from './sampleref.ts';
 
 export const MIN_SECRET_BYTES = 16;

@@ -6,12 +6,12 @@
 import { mkdir, open, readdir, readFile, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { readDraftWeights, type DraftWeights } from './draft-io.ts';
-import { DecodeError, InvalidArgumentError, StaleEpochError } from './errors.ts';
-import type { JobSpec } from './job.ts';
-import { draftParamShapes, initDraftWeights, TargetModel, TRAINABLE_NAMES, type DraftConfig, type DraftModel, type OptimizerState } from './native.ts';
-import { readSafetensorsFile, writeSafetensorsFile } from './safetensors.ts';
-import { tensor, type Tensor } from './tensor.ts';
-import { syntheticPrompt } from '../actors/rollout.ts';
+import { DecodeError, InvalidArgumentError, StaleEpochError } from '../errors.ts';
+import type { JobSpec } from './spec.ts';
+import { draftParamShapes, initDraftWeights, TargetModel, TRAINABLE_NAMES, type DraftConfig, type DraftModel, type OptimizerState } from '../native/addon.ts';
+import { readSafetensorsFile, writeSafetensorsFile } from '../store/safetensors.ts';
+import { tensor, type Tensor } from '../tensor.ts';
+import { syntheticPrompt } from './prompts.ts';
 
 export const CHECKPOINT_FORMAT = 'draftwire-eagle3/1';
 

@@ -13,8 +13,8 @@
 // incarnation; messages queued behind the one that crashed are delivered to it too.
 
 import { start as nactStart, spawn as nactSpawn, stop as nactStop, dispatch as nactDispatch, type Ref } from 'nact';
-import { ActorStoppedError, BackpressureError, InvalidArgumentError, TimeoutError } from './errors.ts';
-import { createLogger, type Logger } from './log.ts';
+import { ActorStoppedError, BackpressureError, InvalidArgumentError, TimeoutError } from '../errors.ts';
+import { createLogger, type Logger } from '../log.ts';
 
 export interface ActorRef<M = unknown> {
   readonly name: string;

@@ -1,0 +1,22 @@
+// Import rules `npm test` checks (dependency-cruiser): no cycles, and the layering of the
+// tree (README "Layout"): src/ is the library and imports nothing above it; actors/ and
+// trainer/ build on src/; cluster/ (processes and the CLI) on all three.
+/** @type {import('dependency-cruiser').IConfiguration} */
+module.exports = {
+  forbidden: [
+    { name: 'no-circular', severity: 'error', comment: 'an import cycle', from: {}, to: { circular: true } },
+    { name: 'src-is-the-library', severity: 'error', comment: 'src/ must not import actors/, trainer/ or cluster/',
+      from: { path: '^src/' }, to: { path: '^(actors|trainer|cluster)/' } },
+    { name: 'actors-stay-thin', severity: 'error', comment: 'actors/ must not import trainer/ or cluster/',
+      from: { path: '^actors/' }, to: { path: '^(trainer|cluster)/' } },
+    { name: 'trainer-is-not-an-actor', severity: 'error', comment: 'trainer/ must not import actors/ (except protocol types) or cluster/',
+      from: { path: '^trainer/' }, to: { path: '^cluster/' } },
+    { name: 'no-test-code-in-the-tree', severity: 'error', from: { path: '^(src|actors|trainer|cluster)/' }, to: { path: '^(test|bench)/' } },
+  ],
+  options: {
+    doNotFollow: { path: 'node_modules' },
+    tsPreCompilationDeps: true,
+    tsConfig: { fileName: 'tsconfig.json' },
+    exclude: { path: '^(node_modules|dist|build)/' },
+  },
+};
