@@ -9,7 +9,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { stackBatch } from '../trainer/rank-worker.ts';
+import { stackBatch } from '../src/job/batch.ts';
 import { makeSamples, ROLLOUT_CHUNK } from '../actors/rollout.ts';
 import { syntheticPrompt } from '../src/job/prompts.ts';
 import { buildSpec, runJob } from '../cluster/commands/run.ts';

@@ -36,6 +36,7 @@ import type { Bus, BusSubscription } from '../src/bus/bus.ts';
 import { latestManifest, loadRankCheckpoint, loadWeightsFile, takeWindowParts, writeRankCheckpoint, writeWindowPart, type CheckpointLease, type LoadedRankCheckpoint } from '../src/job/checkpoint.ts';
 import { CollectiveError, DraftwireError, InvalidArgumentError, StaleEpochError } from '../src/errors.ts';
 import { failpoint } from '../src/failpoints.ts';
+import { stackBatch } from '../src/job/batch.ts';
 import { evalPrompts } from '../src/job/prompts.ts';
 import { checkpointEvery, jobRows, rankDeadAfterMs, type JobSpec } from '../src/job/spec.ts';
 import { createLogger } from '../src/log.ts';
@@ -90,21 +91,6 @@ export interface RankResult { state: TrainState; step: number; samples: number; 
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
-export function stackBatch(samples: Record<string, Tensor>[], seq: number, hidden: number, pad = 0) {
-  const B = samples.length + pad;
-  const ids = new Int32Array(B * seq), aux = new Float32Array(B * seq * 3 * hidden), last = new Float32Array(B * seq * hidden), mask = new Uint8Array(B * seq);
-  samples.forEach((t, b) => {
-    const check = (name: string, n: number) => {
-      if (!t[name] || t[name].data.length !== n) throw new InvalidArgumentError(`sample ${b}: feature "${name}" has ${t[name]?.data.length ?? 0} elements, the job needs ${n}`);
-      return t[name].data;
-    };
-    ids.set(check('ids', seq) as Int32Array, b * seq);
-    aux.set(check('aux', seq * 3 * hidden) as Float32Array, b * seq * 3 * hidden);
-    last.set(check('last', seq * hidden) as Float32Array, b * seq * hidden);
-    mask.set(check('mask', seq) as Uint8Array, b * seq);
-  });
-  return { ids, aux, last, mask, batch: B, seq };
-}
 
 type EpochEnd = 'done' | 'reshard';
 
