@@ -23,7 +23,7 @@ import type { ActorRef, ActorSystem } from '../src/runtime/actor-system.ts';
 import type { Bus } from '../src/bus/bus.ts';
 import { ConflictError, InvalidArgumentError, UnavailableError } from '../src/errors.ts';
 import { createLogger } from '../src/log.ts';
-import { bumpEpoch, changeEpoch, ensureEpoch, epochGroup, epochMembers, withoutGroupOf, type EpochInfo } from '../src/job/epoch.ts';
+import { bumpEpoch, changeEpoch, ensureEpoch, cellSizeOf, epochMembers, withoutGroupOf, type EpochInfo } from '../src/job/epoch.ts';
 
 type CoordMsg = { op: 'hb'; hb: Record<string, unknown> } | { op: 'status' } | { op: 'check' } | { op: 'nodes' };
 interface Member { rank: number; pid: number; node: string | null; step: number; state: string; lastSeen: number; held: number; epoch: number; dead: boolean; deaths: number }
@@ -31,7 +31,7 @@ interface NodeSeen { node: string; pid: number; lastSeen: number; ranks: number[
 interface CoordState { members: Map<number, Member>; nodes: Map<string, NodeSeen>; deaths: { rank: number; pid: number; at: number; silentMs: number }[] }
 
 
-export function startCoordinator(system: ActorSystem, o: { bus: Bus; dp: number; group?: number; deadAfterMs?: number; checkEveryMs?: number }): { ref: ActorRef<CoordMsg>; ready: Promise<EpochInfo>; stop(): Promise<void> } {
+export function startCoordinator(system: ActorSystem, o: { bus: Bus; dp: number; cellSize?: number; deadAfterMs?: number; checkEveryMs?: number }): { ref: ActorRef<CoordMsg>; ready: Promise<EpochInfo>; stop(): Promise<void> } {
   const { bus } = o;
   const job = bus.job;
   const deadAfter = o.deadAfterMs ?? 5000;
@@ -102,7 +102,7 @@ export function startCoordinator(system: ActorSystem, o: { bus: Bus; dp: number;
     const dp = m?.dp;
     if (!Number.isInteger(dp)) throw new InvalidArgumentError('scale: needs dp (an integer >= 1)');
     const cur = (await (await bus.kv(bus.subjects.kvBucket)).get<EpochInfo>('epoch'))?.value;
-    if (!cur || (dp as number) > cur.num) await liveNodes(); // refuse before any change when nobody can spawn the ranks
+    if (!cur || (dp as number) > cur.partitions) await liveNodes(); // refuse before any change when nobody can spawn the ranks
     const r = await bumpEpoch(bus, dp as number);
     const before = new Set(epochMembers(r.from));
     const spawned: { rank: number; node: string }[] = [];
@@ -114,7 +114,7 @@ export function startCoordinator(system: ActorSystem, o: { bus: Bus; dp: number;
     }
     if (failed.length) {
       // A member that never comes would stall the world's rendezvous: drop it again.
-      await changeEpoch(bus, (c) => failed.reduce((m, f) => withoutGroupOf({ ...c, members: m, num: m.length / epochGroup(c) }, f.rank), epochMembers(c)));
+      await changeEpoch(bus, (c) => failed.reduce((m, f) => withoutGroupOf({ ...c, members: m, partitions: m.length / cellSizeOf(c) }, f.rank), epochMembers(c)));
       throw new UnavailableError(`scale: could not spawn ranks ${failed.map((f) => `${f.rank} (${f.error})`).join(', ')}; the job goes on without them`);
     }
     return { ...r, spawned, retiring: [...before].filter((x) => !epochMembers(r.to).includes(x)) };
@@ -135,7 +135,7 @@ export function startCoordinator(system: ActorSystem, o: { bus: Bus; dp: number;
   timer.unref();
   return {
     ref,
-    ready: ensureEpoch(bus, o.dp, o.group ?? 1),
+    ready: ensureEpoch(bus, o.dp, o.cellSize ?? 1),
     async stop() { clearInterval(timer); for (const s of [hbSub, statusSub, scaleSub, regroupSub]) s.unsubscribe(); await system.stop(ref); },
   };
 }

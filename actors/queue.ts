@@ -6,7 +6,8 @@
 import type { ActorContext, ActorRef, ActorSpec, ActorSystem } from '../src/runtime/actor-system.ts';
 import type { Bus, BusSubscription } from '../src/bus/bus.ts';
 import { DecodeError, DraftwireError, InvalidArgumentError, LeaseExpiredError, StaleEpochError, StaleGenerationError, UnavailableError } from '../src/errors.ts';
-import { SampleRefQueue, type Lease, type LedgerEvent, type LedgerOptions } from '../src/ledger/ledger.ts';
+import { LeaseLedger, type Lease, type LedgerEvent, type LedgerOptions } from '../src/ledger/ledger.ts';
+import type { EpochInfo } from '../src/job/epoch.ts';
 import { readLedgerEvents, WAL_RECORD } from '../src/ledger/wal.ts';
 import { failpoint } from '../src/failpoints.ts';
 import { createLogger } from '../src/log.ts';
@@ -28,7 +29,7 @@ export type QueueMsg =
   | { op: 'status' }
   | { op: 'committed' };
 
-interface QueueState { ledger: SampleRefQueue | null; credits: Map<string, Credit>; grants: number; window: { at: number; puts: number; acks: number }[] }
+interface QueueState { ledger: LeaseLedger | null; credits: Map<string, Credit>; grants: number; window: { at: number; puts: number; acks: number }[] }
 
 export interface QueueActorOptions {
   bus: Bus;
@@ -51,7 +52,7 @@ export function queueActorSpec(o: QueueActorOptions): ActorSpec<QueueState, Queu
     await bus.append(s.walSubject, { f: WAL_RECORD, events });
   };
 
-  const grant = async (st: QueueState, ledger: SampleRefQueue): Promise<void> => {
+  const grant = async (st: QueueState, ledger: LeaseLedger): Promise<void> => {
     const now = Date.now();
     for (const c of st.credits.values()) {
       if (c.remaining <= 0 || ledger.depth() === 0) continue;
@@ -76,7 +77,7 @@ export function queueActorSpec(o: QueueActorOptions): ActorSpec<QueueState, Queu
     async handle(st, msg, ctx: ActorContext<QueueMsg>) {
       if (!st.ledger) {
         const events = await readLedgerEvents(bus);
-        st.ledger = SampleRefQueue.replay(events, o.ledger);
+        st.ledger = LeaseLedger.replay(events, o.ledger);
         ctx.log.info('ledger rebuilt from the write-ahead log', { events: events.length, ...st.ledger.stats() });
       }
       try {
@@ -92,7 +93,7 @@ export function queueActorSpec(o: QueueActorOptions): ActorSpec<QueueState, Queu
     },
   };
 
-  async function apply(st: QueueState, ledger: SampleRefQueue, msg: QueueMsg, ctx: ActorContext<QueueMsg>): Promise<void> {
+  async function apply(st: QueueState, ledger: LeaseLedger, msg: QueueMsg, ctx: ActorContext<QueueMsg>): Promise<void> {
     const now = Date.now();
     switch (msg.op) {
       case 'commit': {
@@ -268,10 +269,10 @@ export function startQueue(system: ActorSystem, o: QueueActorOptions): { ref: Ac
       try {
         const kv = await bus.kv(s.kvBucket);
         if (stopped) return;
-        const w = await kv.watch<{ epoch: number; num: number }>({ key: 'epoch' });
+        const w = await kv.watch<EpochInfo>({ key: 'epoch' });
         watch = w;
         for await (const ch of w) {
-          if (ch.value && typeof ch.value.epoch === 'number') await dispatchEpoch(ch.value.epoch, ch.value.num);
+          if (ch.value && typeof ch.value.epoch === 'number') await dispatchEpoch(ch.value.epoch, ch.value.partitions);
         }
       } catch (e) {
         if (!stopped) log.warn('epoch watch ended; restarting it', { error: (e as Error).message });

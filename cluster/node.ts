@@ -119,7 +119,7 @@ export class NodeAgent {
     const { spec, roles } = this.o;
     const { bus, system, store } = this;
     if (roles.includes('coordinator')) {
-      const c = startCoordinator(system, { bus, dp: spec.dp, group: spec.tp * spec.sp, deadAfterMs: rankDeadAfterMs(spec) });
+      const c = startCoordinator(system, { bus, dp: spec.dp, cellSize: spec.tp * spec.sp, deadAfterMs: rankDeadAfterMs(spec) });
       await c.ready;
       this.stops.push(c.stop);
     }

@@ -102,7 +102,7 @@ export class RankWorker {
   private wake: (() => void) | null = null;
   private sub: BusSubscription | null = null;
   private epochSub: BusSubscription | null = null;
-  private epoch: EpochInfo = { epoch: 0, num: 1, members: [] };
+  private epoch: EpochInfo = { epoch: 0, partitions: 1, members: [] };
   private index = -1;
   private newerEpochSeen = false;
   /** The newest epoch announced on ctl.epoch (an announcement may arrive before the KV read). */
@@ -234,7 +234,7 @@ export class RankWorker {
       for (const id of m.trained) this.book.trainedSkip.add(id);
       await this.book.ackAll(m.window);
     }
-    this.log.info('world formed', { epoch: this.epoch.epoch, dp: this.epoch.num, index: this.index, dpIdx: group.dpIdx, leader: group.leader, step: this.stepNo });
+    this.log.info('world formed', { epoch: this.epoch.epoch, dp: this.epoch.partitions, index: this.index, dpIdx: group.dpIdx, leader: group.leader, step: this.stepNo });
     return group;
   }
 
@@ -300,7 +300,7 @@ export class RankWorker {
         const m: StepMetrics = {
           rank, step: this.stepNo, loss: res.loss, gradNorm: res.gradNorm, ploss: [...res.ploss], acc: [...res.acc],
           samples: a.total, tokens: a.total * spec.seqLen, stepMs: t2 - t1, waitMs: t1 - t0,
-          acceptLength: accept, at: Date.now(), dp: this.epoch.num, epoch: this.epoch.epoch,
+          acceptLength: accept, at: Date.now(), dp: this.epoch.partitions, epoch: this.epoch.epoch,
         };
         // Reported before the checkpoint: a step lost to a crash is reported again when it is
         // retrained (the run keeps the last report of each step), and none goes unreported.
@@ -426,7 +426,7 @@ export class RankWorker {
     const { bus, rank } = this.o;
     bus.publish(bus.subjects.hb(`rank-${rank}`), {
       rank, pid: process.pid, node: this.o.node ?? null, step: this.stepNo, state: this.state, held: this.book.held.size + this.book.window.length,
-      epoch: this.epoch.epoch, index: this.index, dp: this.epoch.num, at: Date.now(),
+      epoch: this.epoch.epoch, index: this.index, dp: this.epoch.partitions, at: Date.now(),
     });
   }
 
@@ -468,16 +468,16 @@ export class RankWorker {
       return false;
     }
     if (!this.leader) {
-      this.log.info('joined', { epoch: this.epoch.epoch, num: this.epoch.num, worldRank: this.index, partition: this.dpIdx, leases: 'from its cell leader', job: spec.job });
+      this.log.info('joined', { epoch: this.epoch.epoch, num: this.epoch.partitions, worldRank: this.index, partition: this.dpIdx, leases: 'from its cell leader', job: spec.job });
       return true;
     }
-    this.sub = bus.subscribe<LeaseMessage>(bus.subjects.part(this.epoch.num, this.dpIdx), (m) => {
+    this.sub = bus.subscribe<LeaseMessage>(bus.subjects.part(this.epoch.partitions, this.dpIdx), (m) => {
       if (m?.consumer !== this.consumer || !Array.isArray(m.leases)) return;
       this.book.receive(m.leases);
       this.wake?.();
     }, { dedupe: false });
     await bus.flush();
-    this.log.info('joined', { epoch: this.epoch.epoch, num: this.epoch.num, partition: this.dpIdx, job: spec.job });
+    this.log.info('joined', { epoch: this.epoch.epoch, num: this.epoch.partitions, partition: this.dpIdx, job: spec.job });
     return true;
   }
 
@@ -496,7 +496,7 @@ export class RankWorker {
       if (Date.now() >= until) return false;
       try {
         const r = await bus.request<{ consumed?: number; dead?: number; committed?: number; partitionPending?: number }>(bus.subjects.queue.credit, {
-          consumer: this.consumer, partition: [this.dpIdx, this.epoch.num], epoch: this.epoch.epoch, max: Math.max(0, n - this.book.usable().length), leaseMs: spec.leaseMs,
+          consumer: this.consumer, partition: [this.dpIdx, this.epoch.partitions], epoch: this.epoch.epoch, max: Math.max(0, n - this.book.usable().length), leaseMs: spec.leaseMs,
         }, { timeoutMs: 3000, retries: 2 });
         if (typeof r.consumed === 'number' && typeof r.dead === 'number') this.outstanding = jobRows(spec) - r.consumed - r.dead;
         // Nothing pending here and nothing more to be committed: this credit grants nothing, and

@@ -46,9 +46,9 @@ function renderStatus(s: Record<string, any>): string {
   }
   if (c.error) lines.push(`coordinator: unreachable (${c.error})`);
   else {
-    lines.push(`coordinator: epoch ${c.epoch?.epoch}, data-parallel width ${c.epoch?.num}, members (world rank order) [${(c.epoch?.members ?? []).join(', ')}]`);
+    lines.push(`coordinator: epoch ${c.epoch?.epoch}, data-parallel width ${c.epoch?.partitions}, members (world rank order) [${(c.epoch?.members ?? []).join(', ')}]`);
     for (const m of c.members ?? []) {
-      const where = m.member ? `world rank ${(c.epoch?.members ?? []).indexOf(m.rank)} of ${c.epoch?.num}` : 'not a member';
+      const where = m.member ? `world rank ${(c.epoch?.members ?? []).indexOf(m.rank)} of ${c.epoch?.partitions}` : 'not a member';
       lines.push(`  rank ${m.rank} pid ${m.pid}${m.node ? ` on ${m.node}` : ''}: ${m.dead ? 'DEAD (no heartbeat)' : m.alive ? m.state : 'SILENT'} at step ${m.step}, epoch ${m.epoch ?? '-'}, ${where}, holds ${m.held} leases (last heard ${(m.silentMs / 1000).toFixed(1)} s ago)`);
     }
     for (const n of c.nodes ?? []) lines.push(`  node ${n.node} pid ${n.pid}: ${n.alive ? 'alive' : 'SILENT'}, rank processes [${n.ranks.join(', ')}]`);

@@ -1,7 +1,7 @@
 // The lease ledger (DESIGN.md §2 "Lease protocol") as a pure, deterministic state machine:
 // no timers, no I/O, time passed in as `now` (ms). The queue actor is a thin adapter: it
 // calls a method, writes the returned events to a JetStream stream, then replies; after a
-// restart it rebuilds the ledger with `SampleRefQueue.replay(events)`.
+// restart it rebuilds the ledger with `LeaseLedger.replay(events)`.
 //
 // A sample is  pending -> leased -> consumed,  or -> dead (dead letter).
 //
@@ -93,7 +93,7 @@ function checkString(x: unknown, what: string): string {
   return x;
 }
 
-export class SampleRefQueue {
+export class LeaseLedger {
   readonly maxDeliveries: number;
   readonly leaseMs: number;
   private readonly keyCacheSize: number;
@@ -130,8 +130,8 @@ export class SampleRefQueue {
   }
 
   /** A ledger rebuilt from a log (events in order, seq contiguous from 1). */
-  static replay(events: Iterable<LedgerEvent>, opts: LedgerOptions = {}): SampleRefQueue {
-    const q = new SampleRefQueue(opts);
+  static replay(events: Iterable<LedgerEvent>, opts: LedgerOptions = {}): LeaseLedger {
+    const q = new LeaseLedger(opts);
     for (const ev of events) q.apply(ev);
     return q;
   }

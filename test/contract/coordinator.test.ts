@@ -33,9 +33,9 @@ describe('coordinator (real nats-server)', function () {
   const regroup = (m: Record<string, unknown>) => bus.request<{ from: EpochInfo; to: EpochInfo; changed: boolean }>(`dw.${bus.job}.coord.regroup`, m, { timeoutMs: 5000 });
 
   it('creates epoch 1 with members 0..dp-1 and bumps by compare-and-set', async () => {
-    assert.deepEqual(await epoch(), { epoch: 1, num: 2, members: [0, 1], group: 1 });
+    assert.deepEqual(await epoch(), { epoch: 1, partitions: 2, members: [0, 1], cellSize: 1 });
     const r = await bumpEpoch(bus, 3);
-    assert.deepEqual(r.to, { epoch: 2, num: 3, members: [0, 1, 2], group: 1 });
+    assert.deepEqual(r.to, { epoch: 2, partitions: 3, members: [0, 1, 2], cellSize: 1 });
     assert.deepEqual(await epoch(), r.to);
     await assert.rejects(bumpEpoch(bus, 0), (e: unknown) => e instanceof InvalidArgumentError && /dp must be an integer in \[1, 64\], got 0/.test((e as Error).message));
     await assert.rejects(bumpEpoch(bus, 2.5), InvalidArgumentError);
@@ -44,7 +44,7 @@ describe('coordinator (real nats-server)', function () {
   it('a regroup from an epoch moves exactly one epoch, however many ranks ask', async () => {
     const rs = await Promise.all([0, 1].map((rank) => regroup({ fromEpoch: 1, rank })));
     assert.equal(rs.filter((r) => r.changed).length, 1, 'one of the two requests changed the epoch');
-    assert.deepEqual(await epoch(), { epoch: 2, num: 2, members: [0, 1], group: 1 }, 'same members (policy replace)');
+    assert.deepEqual(await epoch(), { epoch: 2, partitions: 2, members: [0, 1], cellSize: 1 }, 'same members (policy replace)');
     const late = await regroup({ fromEpoch: 1, rank: 0 });
     assert.equal(late.changed, false);
     assert.equal(late.to.epoch, 2);
@@ -52,7 +52,7 @@ describe('coordinator (real nats-server)', function () {
 
   it('drops a lost rank (shrink) but never empties the world', async () => {
     const r = await regroup({ rank: 0, remove: 0 });
-    assert.deepEqual(r.to, { epoch: 2, num: 1, members: [1], group: 1 });
+    assert.deepEqual(r.to, { epoch: 2, partitions: 1, members: [1], cellSize: 1 });
     assert.deepEqual(epochMembers(r.to), [1], 'rank 1 is world rank 0 now (partition 0 of 1)');
     const last = await regroup({ rank: 1, remove: 1 });
     assert.equal(last.changed, false, 'the last member is kept');
@@ -62,17 +62,17 @@ describe('coordinator (real nats-server)', function () {
   it('with TP/SP cells (group 2): scale and shrink move whole cells', async () => {
     const kv = await bus.kv(bus.subjects.kvBucket);
     const cur = await kv.get<EpochInfo>('epoch');
-    await kv.update('epoch', { epoch: 5, num: 2, members: [0, 1, 2, 3], group: 2 }, cur!.revision);
+    await kv.update('epoch', { epoch: 5, partitions: 2, members: [0, 1, 2, 3], cellSize: 2 }, cur!.revision);
     const up = await bumpEpoch(bus, 3);
-    assert.deepEqual(up.to, { epoch: 6, num: 3, members: [0, 1, 2, 3, 4, 5], group: 2 }, 'three cells of two ranks');
+    assert.deepEqual(up.to, { epoch: 6, partitions: 3, members: [0, 1, 2, 3, 4, 5], cellSize: 2 }, 'three cells of two ranks');
     const r = await regroup({ rank: 3, remove: 3 });
-    assert.deepEqual(r.to, { epoch: 7, num: 2, members: [0, 1, 4, 5], group: 2 }, 'rank 3 lost: its cell (ranks 2, 3) leaves');
+    assert.deepEqual(r.to, { epoch: 7, partitions: 2, members: [0, 1, 4, 5], cellSize: 2 }, 'rank 3 lost: its cell (ranks 2, 3) leaves');
     assert.deepEqual(withoutGroupOf(r.to, 9), [0, 1, 4, 5], 'a rank that is not a member changes nothing');
   });
 
   it('scale-up spreads the new ranks over the node agents, fewest ranks first; without one it refuses and changes nothing', async () => {
     await assert.rejects(bus.request(`dw.${bus.job}.coord.scale`, { dp: 3 }, { timeoutMs: 15_000 }), (e: unknown) => e instanceof UnavailableError && /no node agent/.test((e as Error).message));
-    assert.deepEqual(await epoch(), { epoch: 1, num: 2, members: [0, 1], group: 1 }, 'a refused scale changes nothing');
+    assert.deepEqual(await epoch(), { epoch: 1, partitions: 2, members: [0, 1], cellSize: 1 }, 'a refused scale changes nothing');
     // Two node agents (their heartbeats), each answering spawn requests.
     const spawned: { node: string; rank: number; minEpoch: number }[] = [];
     const subs = ['a', 'b'].map((node) => bus.subscribe<{ rank: number; minEpoch: number }>(bus.subjects.nodeSpawn(node), (m) => { spawned.push({ node, ...m }); return { pid: 1 }; }));
@@ -81,7 +81,7 @@ describe('coordinator (real nats-server)', function () {
     await bus.flush();
     await new Promise((r) => setTimeout(r, 200));
     const r = await bus.request<{ to: EpochInfo; spawned: { rank: number; node: string }[] }>(`dw.${bus.job}.coord.scale`, { dp: 5 }, { timeoutMs: 15_000 });
-    assert.equal(r.to.num, 5);
+    assert.equal(r.to.partitions, 5);
     assert.deepEqual(r.spawned.map((s) => s.rank), [2, 3, 4]);
     // b hosts none, a two: b gets ranks 2 and 3, then the tie goes to a.
     assert.deepEqual(spawned, [{ node: 'b', rank: 2, minEpoch: r.to.epoch }, { node: 'b', rank: 3, minEpoch: r.to.epoch }, { node: 'a', rank: 4, minEpoch: r.to.epoch }]);

@@ -270,8 +270,8 @@ describe('chaos: seeded faults against a real job', function () {
         const bus = await jobBus(job);
         try {
           while (!/world formed epoch=2 dp=2/.test(rankLog(job))) { if (job.proc.exitCode !== null) throw new Error('job ended before the dp 2 world formed'); await sleep(20); }
-          const r = await bus.request<{ from: { epoch: number }; to: { epoch: number; num: number } }>(`dw.${job.o.job}.coord.scale`, { dp: 1 }, { timeoutMs: 10_000 });
-          assert.equal(r.to.num, 1);
+          const r = await bus.request<{ from: { epoch: number }; to: { epoch: number; partitions: number } }>(`dw.${job.o.job}.coord.scale`, { dp: 1 }, { timeoutMs: 10_000 });
+          assert.equal(r.to.partitions, 1);
           faults.push(`scale to dp 1 (coordinator API) once the dp 2 world formed: epoch ${r.from.epoch} -> ${r.to.epoch}`);
         } finally { await bus.close(); }
       });

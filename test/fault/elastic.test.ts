@@ -75,7 +75,7 @@ describe('elastic data parallelism (real rank processes, Gloo)', function () {
     const up = cli(['scale', '--workdir', workdir, '--job', 'scale', '--dp', '3', '--json']);
     assert.equal(up.status, 0, up.stderr);
     const u = JSON.parse(up.stdout);
-    assert.equal(u.to.num, 3);
+    assert.equal(u.to.partitions, 3);
     assert.deepEqual(u.spawned.map((x: { rank: number }) => x.rank), [1, 2]);
     faults.push(`draftwire scale --dp 3 at step ${job.checkpointStep()}: epoch ${u.from.epoch} -> ${u.to.epoch}, spawned ranks 1, 2`);
     const stepAtUp = job.checkpointStep();

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { InvalidArgumentError, LeaseExpiredError, StaleEpochError, StaleGenerationError } from '../../src/errors.ts';
-import { SampleRefQueue, auditEvents, type Lease, type LedgerEvent } from '../../src/ledger/ledger.ts';
+import { LeaseLedger, auditEvents, type Lease, type LedgerEvent } from '../../src/ledger/ledger.ts';
 import { dpPartition } from '../../src/ledger/partition.ts';
 import { decodeMessage, encodeMessage, type SampleRef } from '../../src/wire/sampleref.ts';
 import { sampleRef } from '../support/store-fixtures.ts';
@@ -13,7 +13,7 @@ function ref(id: string, gen = 1): SampleRef {
 class Harness {
   readonly log: LedgerEvent[] = [];
   private k = 0;
-  constructor(readonly q = new SampleRefQueue({ leaseMs: 1000, maxDeliveries: 3 })) {}
+  constructor(readonly q = new LeaseLedger({ leaseMs: 1000, maxDeliveries: 3 })) {}
   key(): string { return `k${++this.k}`; }
   rec<T extends { events: LedgerEvent[] }>(r: T): T { this.log.push(...r.events); return r; }
   put(id: string, gen = 1, now = 0) { return this.rec(this.q.put(ref(id, gen), { key: this.key(), now })); }
@@ -37,7 +37,7 @@ function rng(seed: number): () => number {
   };
 }
 
-describe('SampleRefQueue (lease ledger)', () => {
+describe('LeaseLedger (lease ledger)', () => {
   it('put -> get -> ack: states, depth, inFlight, stats', () => {
     const h = new Harness();
     for (let i = 0; i < 5; i++) assert.equal(h.put(`s${i}`).status, 'added');
@@ -97,7 +97,7 @@ describe('SampleRefQueue (lease ledger)', () => {
     }
     assert.equal(h.q.depth(), 0);
     // Many pending samples of one partition do not slow down another's get.
-    const q = new SampleRefQueue();
+    const q = new LeaseLedger();
     let n = 0;
     for (let i = 0; n < 20000; i++) { const id = `big${i}`; if (dpPartition(id, 2) === 0) { q.put(ref(id), { key: `p${id}`, now: 0 }); n++; } }
     q.put(ref('lonely-1'), { key: 'pl', now: 0 });
@@ -136,7 +136,7 @@ describe('SampleRefQueue (lease ledger)', () => {
     assert.throws(() => h.q.release(lid, 0, { key: 'ack-1', now: 0 }), /was used for ack/);
     assert.throws(() => h.q.ack(lid, 0, { key: '', now: 0 }), InvalidArgumentError);
     // Bounded cache: the oldest keys are forgotten.
-    const q = new SampleRefQueue({ keyCacheSize: 3 });
+    const q = new LeaseLedger({ keyCacheSize: 3 });
     for (let i = 0; i < 5; i++) q.put(ref(`x${i}`), { key: `put-${i}`, now: 0 });
     assert.equal(q.put(ref('x0', 2), { key: 'put-0', now: 0 }).status, 'replaced', 'evicted key is evaluated afresh');
     assert.equal(q.put(ref('x4', 2), { key: 'put-4', now: 0 }).repeated, true);
@@ -230,7 +230,7 @@ describe('SampleRefQueue (lease ledger)', () => {
     assert.deepEqual(h.rec(h.q.revokeConsumer('rank-1', 40, 3)).expired, [], 'a revoke of what was granted before epoch 3 leaves the replacement\'s lease');
     assert.equal(h.q.state(replacement[0]!.sampleId)!.state, 'leased');
     assert.equal(h.rec(h.q.revokeConsumer('rank-1', 50, 4)).expired.length, 1);
-    const again = SampleRefQueue.replay(h.log, { leaseMs: 1000, maxDeliveries: 3 });
+    const again = LeaseLedger.replay(h.log, { leaseMs: 1000, maxDeliveries: 3 });
     assert.deepEqual(again.stats(), h.q.stats());
     assert.ok(auditEvents(h.log).ok);
   });
@@ -260,7 +260,7 @@ describe('SampleRefQueue (lease ledger)', () => {
   });
 
   it('replay (also through the msgpack codec) rebuilds an identical ledger, keys included', () => {
-    const h = new Harness(new SampleRefQueue({ leaseMs: 50, maxDeliveries: 3 }));
+    const h = new Harness(new LeaseLedger({ leaseMs: 50, maxDeliveries: 3 }));
     const r = rng(42);
     let now = 0;
     const leases: Lease[] = [];
@@ -285,9 +285,9 @@ describe('SampleRefQueue (lease ledger)', () => {
     const types = new Set(h.log.map((e) => e.type));
     for (const t of ['put', 'lease', 'ack', 'release', 'fail', 'renew', 'expire', 'dead', 'epoch']) assert.ok(types.has(t as LedgerEvent['type']), `workload produced ${t}`);
     const snap = h.q.snapshot();
-    assert.deepEqual(SampleRefQueue.replay(h.log, { leaseMs: 50, maxDeliveries: 3 }).snapshot(), snap);
+    assert.deepEqual(LeaseLedger.replay(h.log, { leaseMs: 50, maxDeliveries: 3 }).snapshot(), snap);
     const wire = h.log.map((e) => decodeMessage(encodeMessage(e as unknown as Record<string, unknown>)) as unknown as LedgerEvent);
-    const q2 = SampleRefQueue.replay(wire, { leaseMs: 50, maxDeliveries: 3 });
+    const q2 = LeaseLedger.replay(wire, { leaseMs: 50, maxDeliveries: 3 });
     assert.deepEqual(q2.snapshot(), snap);
     // Applying old events again is a no-op; a gap is refused.
     assert.equal(q2.apply(wire[5]!), false);
@@ -325,12 +325,12 @@ describe('SampleRefQueue (lease ledger)', () => {
     const r = auditEvents(good);
     assert.deepEqual([r.committed, r.leased, r.pending, r.complete], [2, 2, 0, false]);
     // apply() refuses the same inconsistencies.
-    assert.throws(() => SampleRefQueue.replay(bad1), InvalidArgumentError);
-    assert.throws(() => SampleRefQueue.replay(bad2), InvalidArgumentError);
+    assert.throws(() => LeaseLedger.replay(bad1), InvalidArgumentError);
+    assert.throws(() => LeaseLedger.replay(bad2), InvalidArgumentError);
   });
 
   it('re-partitions the same pending pool from num=2 to num=3, leasing each sample exactly once', () => {
-    const h = new Harness(new SampleRefQueue({ leaseMs: 1000, maxDeliveries: 10 }));
+    const h = new Harness(new LeaseLedger({ leaseMs: 1000, maxDeliveries: 10 }));
     const N = 300;
     for (let i = 0; i < N; i++) h.put(`ds:${i}`);
     h.epoch(1, 2);
@@ -370,12 +370,12 @@ describe('SampleRefQueue (lease ledger)', () => {
     assert.deepEqual([au.committed, au.consumed, au.complete], [N, N, true]);
     // Every grant under epoch 2 respected num=3 (the audit checks partitions of every lease).
     assert.ok(h.log.some((e) => e.type === 'lease' && e.epoch === 2 && e.partition[1] === 3));
-    assert.deepEqual(SampleRefQueue.replay(h.log).snapshot(), h.q.snapshot());
+    assert.deepEqual(LeaseLedger.replay(h.log).snapshot(), h.q.snapshot());
   });
 
   it('validates arguments', () => {
-    const q = new SampleRefQueue();
-    assert.throws(() => new SampleRefQueue({ maxDeliveries: 0 }), InvalidArgumentError);
+    const q = new LeaseLedger();
+    assert.throws(() => new LeaseLedger({ maxDeliveries: 0 }), InvalidArgumentError);
     assert.throws(() => q.get(1, { partition: [2, 2], consumer: 'r', epoch: 0, key: 'a', now: 0 }), InvalidArgumentError);
     assert.throws(() => q.get(-1, { partition: [0, 2], consumer: 'r', epoch: 0, key: 'b', now: 0 }), InvalidArgumentError);
     assert.throws(() => q.get(1, { partition: [0, 2], consumer: '', epoch: 0, key: 'c', now: 0 }), InvalidArgumentError);
