@@ -141,8 +141,8 @@ export class Bus extends BusCore {
     return p;
   }
 
-  /** @internal */ _sealKv(bucket: string, key: string, obj: unknown): Uint8Array { return this.sealRecord(`kv:${bucket}:${key}`, obj); }
-  /** @internal */ _openKv(bucket: string, key: string, bytes: Uint8Array): unknown { return this.openRecord(`kv:${bucket}:${key}`, bytes); }
+  /** @internal */ _sealKv(bucket: string, key: string, obj: unknown, version: number): Uint8Array { return this.sealRecord(`kv:${bucket}:${key}`, obj, version); }
+  /** @internal */ _openKv(bucket: string, key: string, bytes: Uint8Array): { value: unknown; version: number } { return this.openVersionedRecord(`kv:${bucket}:${key}`, bytes); }
   /** @internal */ _js(): JetStreamClient { return this.js(); }
   /** @internal */ _jsOp<T>(what: string, fn: () => Promise<T>, idempotent: boolean): Promise<T> { return this.jsOp(what, fn, idempotent); }
 

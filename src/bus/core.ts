@@ -285,9 +285,12 @@ export abstract class BusCore extends EventEmitter {
     return null;
   }
 
-  /** MAC'd record bytes: {b: body, m?: mac over (context, body)}. */
-  protected sealRecord(context: string, obj: unknown): Uint8Array {
-    const body = encodeMessage({ d: obj }, this.maxBytes);
+  /**
+   * MAC'd record bytes: {b: body, m?: mac over (context, body)}, body = msgpack {d: obj} or,
+   * for KV values, {d: obj, v: version} (the version is what makes a value current: kv.ts).
+   */
+  protected sealRecord(context: string, obj: unknown, version?: number): Uint8Array {
+    const body = encodeMessage(version === undefined ? { d: obj } : { d: obj, v: version }, this.maxBytes);
     if (!this.auth.enabled) return encodeMessage({ b: body }, this.maxBytes + 64);
     const mac = this.auth.mac(concatBytes(enc.encode(context + '\u0000'), body));
     return encodeMessage({ b: body, m: mac }, this.maxBytes + 64);
@@ -295,15 +298,27 @@ export abstract class BusCore extends EventEmitter {
 
   /** Throws AuthError / DecodeError. */
   protected openRecord(context: string, bytes: Uint8Array): unknown {
+    return this.openRecordBody(context, bytes).d;
+  }
+
+  /** openRecord with the record's version (0 when it has none: written before versions). */
+  protected openVersionedRecord(context: string, bytes: Uint8Array): { value: unknown; version: number } {
+    const body = this.openRecordBody(context, bytes);
+    const v = body.v ?? 0;
+    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) throw new DecodeError(`record ${context}: version must be an unsigned integer`);
+    return { value: body.d, version: v };
+  }
+
+  private openRecordBody(context: string, bytes: Uint8Array): Record<string, unknown> {
     const outer = decodeMessage(bytes, this.maxBytes + 64);
     const body = outer.b;
     if (!(body instanceof Uint8Array)) throw new DecodeError(`record ${context}: body must be bytes`);
     if (this.auth.enabled) this.auth.verifyMac(concatBytes(enc.encode(context + '\u0000'), body), outer.m as Uint8Array | undefined);
-    return decodeMessage(body, this.maxBytes).d;
+    return decodeMessage(body, this.maxBytes);
   }
 
   /** @internal */ _warnBadRecord(what: string, e: unknown): void {
-    if (e instanceof AuthError) { this.counters.rejectedAuth++; this.warnAuth.warn('skipped a record that failed authentication', { what }); }
+    if (e instanceof AuthError) { this.counters.rejectedAuth++; this.warnAuth.warn(e.detail?.rollback ? 'refused a rolled-back record' : 'skipped a record that failed authentication', { what, ...(e.detail?.rollback ? { detail: e.message } : {}) }); }
     else { this.counters.rejectedDecode++; this.warnDecode.warn('skipped an undecodable record', { what, error: e as Error }); }
   }
 
