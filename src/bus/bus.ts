@@ -23,6 +23,7 @@ export { subjects, type JobSubjects } from '../wire/subjects.ts';
 export { errorToWire, errorFromWire, type WireError } from '../wire/error-codec.ts';
 export { faultsFromEnv, type BusFaults } from './faults.ts';
 export { BusKv, type KvValue, type KvChange, type KvWatch } from './kv.ts';
+export { sealRecordBytes, openRecordBytes } from './core.ts';
 export type { MsgMeta, Handler, SubscribeOptions, RequestOptions, BusConnectOptions, BusStats, BusSubscription } from './core.ts';
 
 export interface StreamOptions {

@@ -118,11 +118,35 @@ export interface BusSubscription {
   drain(): Promise<void>;
 }
 
-// ---------------------------------------------------------------------------------------
-
-export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 const enc = new TextEncoder();
 
+// ---------------------------------------------------------------------------------------
+
+/**
+ * A MAC'd record (KV value, stream record): msgpack {b: body, m?: mac}, body = msgpack {d: obj}
+ * or, for KV values, {d: obj, v: version} (what makes a value current: kv.ts); mac =
+ * HMAC(key, context || 0x00 || body), context `kv:<bucket>:<key>` or `js:<subject>`.
+ */
+export function sealRecordBytes(auth: AuthPolicy, context: string, obj: unknown, version?: number, maxBytes = MESSAGE_MAX_BYTES): Uint8Array {
+  const body = encodeMessage(version === undefined ? { d: obj } : { d: obj, v: version }, maxBytes);
+  if (!auth.enabled) return encodeMessage({ b: body }, maxBytes + 64);
+  const mac = auth.mac(concatBytes(enc.encode(context + '\u0000'), body));
+  return encodeMessage({ b: body, m: mac }, maxBytes + 64);
+}
+
+/** Opens a record of sealRecordBytes: AuthError on a bad MAC, DecodeError when malformed; version 0 when absent. */
+export function openRecordBytes(auth: AuthPolicy, context: string, bytes: Uint8Array, maxBytes = MESSAGE_MAX_BYTES): { value: unknown; version: number } {
+  const outer = decodeMessage(bytes, maxBytes + 64);
+  const body = outer.b;
+  if (!(body instanceof Uint8Array)) throw new DecodeError(`record ${context}: body must be bytes`);
+  if (auth.enabled) auth.verifyMac(concatBytes(enc.encode(context + '\u0000'), body), outer.m as Uint8Array | undefined);
+  const inner = decodeMessage(body, maxBytes);
+  const v = inner.v ?? 0;
+  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) throw new DecodeError(`record ${context}: version must be an unsigned integer`);
+  return { value: inner.d, version: v };
+}
+
+export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 function concatBytes(a: Uint8Array, b: Uint8Array): Uint8Array {
   const out = new Uint8Array(a.byteLength + b.byteLength);
   out.set(a, 0); out.set(b, a.byteLength);
@@ -285,36 +309,19 @@ export abstract class BusCore extends EventEmitter {
     return null;
   }
 
-  /**
-   * MAC'd record bytes: {b: body, m?: mac over (context, body)}, body = msgpack {d: obj} or,
-   * for KV values, {d: obj, v: version} (the version is what makes a value current: kv.ts).
-   */
+  /** MAC'd record bytes (see sealRecordBytes). */
   protected sealRecord(context: string, obj: unknown, version?: number): Uint8Array {
-    const body = encodeMessage(version === undefined ? { d: obj } : { d: obj, v: version }, this.maxBytes);
-    if (!this.auth.enabled) return encodeMessage({ b: body }, this.maxBytes + 64);
-    const mac = this.auth.mac(concatBytes(enc.encode(context + '\u0000'), body));
-    return encodeMessage({ b: body, m: mac }, this.maxBytes + 64);
+    return sealRecordBytes(this.auth, context, obj, version, this.maxBytes);
   }
 
   /** Throws AuthError / DecodeError. */
   protected openRecord(context: string, bytes: Uint8Array): unknown {
-    return this.openRecordBody(context, bytes).d;
+    return openRecordBytes(this.auth, context, bytes, this.maxBytes).value;
   }
 
   /** openRecord with the record's version (0 when it has none: written before versions). */
   protected openVersionedRecord(context: string, bytes: Uint8Array): { value: unknown; version: number } {
-    const body = this.openRecordBody(context, bytes);
-    const v = body.v ?? 0;
-    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) throw new DecodeError(`record ${context}: version must be an unsigned integer`);
-    return { value: body.d, version: v };
-  }
-
-  private openRecordBody(context: string, bytes: Uint8Array): Record<string, unknown> {
-    const outer = decodeMessage(bytes, this.maxBytes + 64);
-    const body = outer.b;
-    if (!(body instanceof Uint8Array)) throw new DecodeError(`record ${context}: body must be bytes`);
-    if (this.auth.enabled) this.auth.verifyMac(concatBytes(enc.encode(context + '\u0000'), body), outer.m as Uint8Array | undefined);
-    return decodeMessage(body, this.maxBytes);
+    return openRecordBytes(this.auth, context, bytes, this.maxBytes);
   }
 
   /** @internal */ _warnBadRecord(what: string, e: unknown): void {
