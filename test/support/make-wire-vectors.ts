@@ -8,6 +8,9 @@ import { writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { AuthPolicy } from '../../src/wire/auth.ts';
 import { sealRecordBytes } from '../../src/bus/bus.ts';
+import { buildManifest, checksumOfManifestJson, manifestJson } from '../../src/store/checksum.ts';
+import { encodeSafetensorsBuffer } from '../../src/store/safetensors.ts';
+import { tensor, bytesOf, type Tensor } from '../../src/tensor.ts';
 import { canonicalRefBytes, encodeMessage, encodeSampleRef, type SampleRef } from '../../src/wire/sampleref.ts';
 
 export const VECTORS_PATH = fileURLToPath(new URL('../fixtures/wire/vectors.json', import.meta.url));
@@ -28,6 +31,14 @@ export const INPUTS = {
   request: { subject: 'dw.job1.queue.commit', reply: '_INBOX.GOLDENVECTORREPLY0001', idempotencyKey: 'commit:row-000042:1733000000123', attempt: 0, ts: 1_733_000_000_500, nonce: '000102030405060708090a0b0c0d0e0f' },
   reply: { ts: 1_733_000_000_510, nonce: 'f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff', result: { status: 'committed', repeated: false } },
   kv: { bucket: 'dw_job1', key: 'epoch', version: 1_733_000_000_777, value: { epoch: 3, num: 2, members: [0, 1], group: 1 } },
+  // A tiny training sample (T = 4, H = 2) with a small block size, so tensors span several blocks.
+  sample: {
+    T: 4, H: 2, blockBytes: 16,
+    ids: [101, 102, 103, 104],
+    aux: Array.from({ length: 4 * 6 }, (_, i) => 0x3f80 + i), // bf16 bit patterns (0x3f80 = 1.0)
+    last: Array.from({ length: 4 * 2 }, (_, i) => i * 0.5 - 1), // f32
+    mask: [0, 1, 1, 1],
+  },
 } as const;
 
 export interface WireVectors {
@@ -37,6 +48,7 @@ export interface WireVectors {
   request: { frameHex: string; macInputHex: string; mac: string; sealedHex: string };
   reply: { frameHex: string; mac: string; sealedHex: string };
   kv: { bodyHex: string; macInputHex: string; mac: string; recordHex: string };
+  sample: { manifestJson: string; checksum: string; fileHex: string };
 }
 
 function envelopeMacInput(ts: number, nonce: Uint8Array, body: Uint8Array): Uint8Array {
@@ -71,12 +83,23 @@ export function computeWireVectors(): WireVectors {
   const kvMacInput = Buffer.concat([enc.encode(`kv:${kv.bucket}:${kv.key}\0`), kvBody]);
   const kvMac = auth.mac(kvMacInput);
 
+  const sm = INPUTS.sample;
+  const tensors: Record<string, Tensor> = {
+    ids: tensor('i32', [sm.T], Int32Array.from(sm.ids)),
+    aux: tensor('bf16', [sm.T, 3 * sm.H], Uint16Array.from(sm.aux)),
+    last: tensor('f32', [sm.T, sm.H], Float32Array.from(sm.last)),
+    mask: tensor('u8', [sm.T], Uint8Array.from(sm.mask)),
+  };
+  const mjson = manifestJson(buildManifest(Object.entries(tensors).map(([name, t]) => ({ name, dtype: t.dtype, shape: t.shape, bytes: bytesOf(t) })), sm.blockBytes));
+  const file = encodeSafetensorsBuffer(tensors, { format: 'draftwire/1', 'draftwire.manifest': mjson });
+
   return {
     inputs: INPUTS,
     keys: { macKey: hex(macKey), natsUser: creds.user, natsPass: creds.pass, storeToken: auth.storeToken(INPUTS.storeId) },
     ref: { unsignedHex: hex(unsigned), mac: hex(signed.mac!), encodedHex: hex(encodeSampleRef(signed)) },
     request: { frameHex: hex(frame), macInputHex: hex(envelopeMacInput(rq.ts, rqNonce, frame)), mac: hex(auth.mac(envelopeMacInput(rq.ts, rqNonce, frame))), sealedHex: hex(sealed) },
     reply: { frameHex: hex(replyFrame), mac: hex(auth.mac(envelopeMacInput(rp.ts, rpNonce, replyFrame))), sealedHex: hex(replySealed) },
+    sample: { manifestJson: mjson, checksum: checksumOfManifestJson(mjson), fileHex: hex(file) },
     kv: { bodyHex: hex(kvBody), macInputHex: hex(kvMacInput), mac: hex(kvMac), recordHex: hex(sealRecordBytes(auth, `kv:${kv.bucket}:${kv.key}`, kv.value, kv.version)) },
   };
 }
