@@ -19,7 +19,7 @@ export function stackBatch(samples: Record<string, Tensor>[], seq: number, hidde
       const { dtype, data } = t[name]!;
       const n = numel(schema.features[name].shape);
       if (!(data instanceof ARRAY_OF[dtype as keyof typeof ARRAY_OF]) || data.length !== n) {
-        throw new SchemaError(`${where}: feature "${name}" (${dtype}) holds a ${data.constructor.name} of ${data.length} elements, its dtype and shape need a ${ARRAY_OF[dtype as keyof typeof ARRAY_OF].name} of ${n}`,
+        throw new SchemaError(`${where}: feature "${name}" (${dtype}) holds ${data.constructor.name}(${data.length}), its dtype and shape need ${ARRAY_OF[dtype as keyof typeof ARRAY_OF].name}(${n})`,
           { detail: { field: name, found: { elements: data.length }, expected: { elements: n } } });
       }
     }

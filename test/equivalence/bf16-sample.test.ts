@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { SchemaError } from '../../src/errors.ts';
 import { stackBatch } from '../../src/job/batch.ts';
 import { DraftModel, type DraftBatch } from '../../src/native/addon.ts';
 import { SharedDirFeatureStore } from '../../src/store/shared-dir.ts';
@@ -141,4 +142,18 @@ describe('a bf16 / f16 sample trains like its f32 values (store â†’ stackBatch â
       assert.ok(!(Math.abs(garbage.losses[0]! - o.losses[0]!) <= 10 * tol), `raw ${dtype} words as numbers: loss ${garbage.losses[0]} vs ${o.losses[0]}`);
     });
   }
+
+  it('stackBatch refuses a sample off the schema with a SchemaError naming the feature', () => {
+    const ok = samplesOf(fx, (x) => ({ dtype: 'bf16', data: toBf16(x) }));
+    const bad = (over: Record<string, Tensor | undefined>, field: string, re: RegExp) => {
+      const s = Object.fromEntries(Object.entries({ ...ok[1]!, ...over }).filter(([, v]) => v !== undefined)) as Record<string, Tensor>;
+      assert.throws(() => stackBatch([ok[0]!, s], T, H), (e: Error) => e instanceof SchemaError && e.detail?.field === field && re.test(e.message), re.source);
+    };
+    bad({ aux: tensor('i32', [T, 3 * H]) }, 'aux', /sample 1: feature "aux" has dtype i32, the job expects f32, bf16, f16/);
+    bad({ last: tensor('f16', [T * H]) }, 'last', /feature "last" has shape \[64\], the job expects \[8, 8\]/);
+    bad({ mask: undefined }, 'mask', /feature "mask" is missing/);
+    bad({ ids: { dtype: 'i32', shape: [T], data: new Int32Array(T - 1) } }, 'ids', /feature "ids" \(i32\) holds Int32Array\(7\), its dtype and shape need Int32Array\(8\)/);
+    bad({ aux: { dtype: 'bf16', shape: [T, 3 * H], data: new Float32Array(T * 3 * H) } }, 'aux', /feature "aux" \(bf16\) holds Float32Array\(192\), its dtype and shape need Uint16Array\(192\)/);
+    assert.equal(stackBatch(ok, T, H).batch, ok.length);
+  });
 });
