@@ -29,6 +29,7 @@ import { InvalidArgumentError } from '../src/errors.ts';
 import { jobFile, maxRankRestarts, rankDeadAfterMs, rankLossPolicy, type JobSpec } from '../src/job/spec.ts';
 import { createLogger } from '../src/log.ts';
 import { SharedDirFeatureStore } from '../src/store/shared-dir.ts';
+import { sampleSchema } from '../src/wire/schema.ts';
 
 export const ROLES = ['coordinator', 'queue', 'janitor', 'rollout'] as const;
 export type Role = (typeof ROLES)[number];
@@ -124,7 +125,7 @@ export class NodeAgent {
       this.stops.push(c.stop);
     }
     if (roles.includes('queue')) {
-      const q = startQueue(system, { bus, ledger: { leaseMs: spec.leaseMs, maxDeliveries: spec.maxDeliveries } });
+      const q = startQueue(system, { bus, ledger: { leaseMs: spec.leaseMs, maxDeliveries: spec.maxDeliveries }, schema: sampleSchema(spec) });
       this.stops.push(q.stop);
     }
     if (roles.includes('janitor')) this.stops.push(startJanitor(system, { bus, store }).stop);
