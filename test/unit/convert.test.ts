@@ -1,6 +1,6 @@
 // The native bf16/f16 → f32 upcast (native/src/convert.cc) against references written from the
 // IEEE definitions, for every one of the 65536 bit patterns of each, on both f16 paths (F16C
-// where the CPU has it, and the portable loop), and against numpy's float16 where python3 has it.
+// where the CPU has it, and the portable loop), and against numpy's float16 (python3 with numpy: scripts/setup.sh installs it).
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { InvalidArgumentError } from '../../src/errors.ts';
@@ -58,7 +58,7 @@ describe('upcastToF32 (native bf16/f16 → f32)', () => {
 
   it('f16 agrees with numpy float16 → float32 (NaNs: both NaN)', function () {
     const py = spawnSync('python3', ['-c', 'import sys, numpy as np; sys.stdout.buffer.write(np.arange(65536, dtype=np.uint16).view(np.float16).astype(np.float32).tobytes())'], { maxBuffer: 1 << 20 });
-    if (py.status !== 0 || py.stdout.length !== 65536 * 4) this.skip(); // no python3/numpy here: the IEEE references above still decide
+    assert.ok(py.status === 0 && py.stdout.length === 65536 * 4, `python3 with numpy is needed (scripts/setup.sh installs it): ${py.stderr?.toString().trim().split('\n').at(-1) ?? ''}`);
     const np = new Float32Array(py.stdout.buffer.slice(py.stdout.byteOffset, py.stdout.byteOffset + py.stdout.length));
     const dst = new Float32Array(65536);
     upcastToF32(ALL, 'f16', dst, 0);
