@@ -429,7 +429,8 @@ export class RankWorker {
       return false;
     }
     if (!this.leader) {
-      this.log.info('joined', { epoch: this.epoch.epoch, partitions: this.epoch.partitions, worldRank: this.index, partition: this.dpIdx, leases: 'from its cell leader', job: spec.job });
+      // The log key stays `num` (the partition count): test/fault/chaos.test.ts and operators' greps read it.
+      this.log.info('joined', { epoch: this.epoch.epoch, num: this.epoch.partitions, worldRank: this.index, partition: this.dpIdx, leases: 'from its cell leader', job: spec.job });
       return true;
     }
     this.sub = bus.subscribe<LeaseMessage>(bus.subjects.part(this.epoch.partitions, this.dpIdx), (m) => {
@@ -438,7 +439,7 @@ export class RankWorker {
       if (this.book.receive(m.leases, this.epoch.epoch) > 0) this.wake?.();
     }, { dedupe: false });
     await bus.flush();
-    this.log.info('joined', { epoch: this.epoch.epoch, partitions: this.epoch.partitions, partition: this.dpIdx, job: spec.job });
+    this.log.info('joined', { epoch: this.epoch.epoch, num: this.epoch.partitions, partition: this.dpIdx, job: spec.job });
     return true;
   }
 
