@@ -595,60 +595,112 @@ StepOutput DraftModel::run(const DraftBatch& b, const StepRequest& req) {
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// The training step, llm.c style: forward (fc, then the K TTT steps through the layer and the
+// lm head), loss, zero_grad, backward (the steps in reverse, then fc), update (AdamW).
+
 StepOutput DraftModel::run_impl(const DraftBatch& b, const StepRequest& req) {
   apply_threads();
   if (sharded) agree(b, req);
   ensure_workspace(b.B, b.T, b.ext());
-  const int64_t B = b.B, T = b.T, N = B * T, H = cfg.hidden, K = cfg.ttt, Vd = dims.Vd;
+  const int64_t K = cfg.ttt;
   const bool debug_logits = req.logits_out != nullptr;
-  const bool backward = req.backward && !debug_logits;
-  if (req.samples < 0 || req.samples > B * shard_layout.dp)
-    throw std::invalid_argument("options.samples must be in [1, " + std::to_string(B * shard_layout.dp) +
+  const bool with_grad = req.backward && !debug_logits;
+  if (req.samples < 0 || req.samples > b.B * shard_layout.dp)
+    throw std::invalid_argument("options.samples must be in [1, " + std::to_string(b.B * shard_layout.dp) +
                                 "] (the samples of the global batch, B·dp; got " + std::to_string(req.samples) + ")");
   // B·T of the whole (global) batch, or samples·T_global when the global batch is padded with
   // all-mask-zero samples that must not dilute the mean
   const double Ng = req.samples > 0 ? double(req.samples) * double(ws_.Tg) : double(ws_.Ng);
   StepOutput out;
-  out.ploss.assign(size_t(K), 0.0);
-  out.acc.assign(size_t(K), 0.0);
+  out.step = step_count;
 
   PhaseTimer tm;
+  forward(b, debug_logits, tm);
+  if (debug_logits) {
+    copy_logits(req.logits_out);
+    out.ploss.assign(size_t(K), 0.0);
+    out.acc.assign(size_t(K), 0.0);
+    tm.report("forward");
+    return out;
+  }
+  compute_loss(Ng, with_grad, out, tm);
+  if (!with_grad) {
+    tm.report("forward");
+    return out;
+  }
+  zero_grad();
+  tm.lap("bwd zeroing");
+  backward(b, tm);
+  out.grad_norm = global_grad_norm();
+  if (req.update) {
+    update(req, out.grad_norm);
+    out.step = step_count;
+  }
+  tm.lap("grad norm + adamw");
+  tm.report("step");
+  return out;
+}
+
+// fc: hin of step 0 = aux·fcᵀ, [n, 3H] → [n, H].
+void DraftModel::fc_forward(const float* aux, int64_t n, float* out) const {
+  const int64_t H = cfg.hidden;
+  gemm_nt(n, H, 3 * H, 1.0f, aux, 3 * H, W(kFc), 3 * H, 0.0f, out, H);
+}
+
+// TTT step k: the layer on (token ids[t+1+k], hin = h2 of step k−1, fc(aux) at step 0), then
+// the lm head on its loss rows (every row with all_rows).
+void DraftModel::step_forward(const DraftBatch& b, int64_t k, bool all_rows, PhaseTimer& tm) {
+  LayerActs& a = ws_.steps[size_t(k)];
+  a.hin = k == 0 ? ws_.fc_out.data() : ws_.steps[size_t(k - 1)].h2.data();
+  prepare_step_rows(b, k, all_rows);
+  layer_input_forward(a, ws_.scr.data());
+  tm.lap("fwd norms+qkv+rope");
+  if (k == 0 && spc()) {
+    gather_step0_kv();
+    tm.lap("fwd sp gather k|v");
+  }
+  attention_forward_train(k);
+  tm.lap("fwd attention");
+  layer_output_forward(a);
+  tm.lap("fwd o+mlp");
+  head_forward(a, ws_.scr.data());
+  tm.lap("fwd lm head");
+}
+
+// The target distribution of the batch, fc, then every TTT step: each step's logits (of its
+// loss rows, or of every row with all_rows) stay in ws_.steps[k].logits.
+void DraftModel::forward(const DraftBatch& b, bool all_rows, PhaseTimer& tm) {
   prepare_targets(b);
   tm.lap("fwd target distribution");
-  // ---- forward ----
-  gemm_nt(N, H, 3 * H, 1.0f, b.aux, 3 * H, W(kFc), 3 * H, 0.0f, ws_.fc_out.data(), H);
+  fc_forward(b.aux, b.B * b.T, ws_.fc_out.data());
   tm.lap("fwd fc");
+  for (int64_t k = 0; k < cfg.ttt; k++) step_forward(b, k, all_rows, tm);
+}
+
+// Debug: every step's logits (forward with all rows) to out [K, B·T, Vd].
+void DraftModel::copy_logits(float* out) const {
+  const int64_t N = ws_.B * ws_.T, Vd = dims.Vd;
+  for (int64_t k = 0; k < cfg.ttt; k++) std::copy_n(ws_.steps[size_t(k)].logits.data(), N * Vd, out + k * N * Vd);
+}
+
+// Soft cross-entropy of every step's loss rows against the target distribution:
+// ploss_k = Σ ce / Ng, acc_k = Σ hit / Σ w, loss = Σ_k 0.8^k·ploss_k, summed over the replica
+// group. With grad, each step's logits become ∂loss/∂logits (scale 0.8^k / Ng) for backward.
+void DraftModel::compute_loss(double Ng, bool with_grad, StepOutput& out, PhaseTimer& tm) {
+  const int64_t N = ws_.B * ws_.T, K = cfg.ttt, Vd = dims.Vd;
   std::vector<double> ce(static_cast<size_t>(N)), hit(static_cast<size_t>(N));
   std::vector<double> metrics(static_cast<size_t>(3 * K), 0.0);  // per step: Σce, Σhit, Σw
   for (int64_t k = 0; k < K; k++) {
     LayerActs& a = ws_.steps[size_t(k)];
-    a.hin = k == 0 ? ws_.fc_out.data() : ws_.steps[size_t(k - 1)].h2.data();
-    prepare_step_rows(b, k, debug_logits);
-    layer_input_forward(a, ws_.scr.data());
-    tm.lap("fwd norms+qkv+rope");
-    if (k == 0 && spc()) {
-      gather_step0_kv();
-      tm.lap("fwd sp gather k|v");
-    }
-    attention_forward_train(k);
-    tm.lap("fwd attention");
-    layer_output_forward(a);
-    tm.lap("fwd o+mlp");
-    head_forward(a, ws_.scr.data());
-    tm.lap("fwd lm head");
     const int64_t nl = int64_t(a.lrow.size());
-    if (debug_logits) {
-      std::copy_n(a.logits.data(), N * Vd, req.logits_out + k * N * Vd);
-      continue;
-    }
-    const float scale = backward ? float(std::pow(0.8, double(k)) / Ng) : 0.0f;
+    const float scale = with_grad ? float(std::pow(0.8, double(k)) / Ng) : 0.0f;
     if (tpc())
       soft_cross_entropy_vp(nl, Vd, dims.j0, a.logits.data(), ws_.p.data(), a.prow.data(), a.lw.data(), a.ltgt.data(),
                             scale, ce.data(), hit.data(), tpc());
     else
       soft_cross_entropy(nl, Vd, a.logits.data(), ws_.p.data(), a.prow.data(), a.lw.data(), a.ltgt.data(), scale,
                          ce.data(), hit.data());
-    tm.lap("fwd loss");
     double sce = 0, shit = 0, sw = 0;
     for (int64_t i = 0; i < nl; i++) {
       sce += ce[size_t(i)];
@@ -659,21 +711,23 @@ StepOutput DraftModel::run_impl(const DraftBatch& b, const StepRequest& req) {
     metrics[size_t(3 * k + 1)] = shit;
     metrics[size_t(3 * k + 2)] = sw;
   }
-  if (repc() && !debug_logits) repc()->allReduce(metrics.data(), metrics.size(), ReduceOp::Sum);
+  tm.lap("fwd loss");
+  if (repc()) repc()->allReduce(metrics.data(), metrics.size(), ReduceOp::Sum);
+  out.ploss.assign(size_t(K), 0.0);
+  out.acc.assign(size_t(K), 0.0);
   for (int64_t k = 0; k < K; k++) {
     const double sce = metrics[size_t(3 * k)], shit = metrics[size_t(3 * k + 1)], sw = metrics[size_t(3 * k + 2)];
     out.ploss[size_t(k)] = sce / Ng;
     out.acc[size_t(k)] = sw > 0 ? shit / sw : 0.0;
     out.loss += std::pow(0.8, double(k)) * out.ploss[size_t(k)];
   }
-  out.step = step_count;
-  if (!backward) {
-    tm.report("forward");
-    return out;
-  }
+}
 
-  // ---- backward ----
-  const int64_t I = dims.I, D = dims.D(), qd = dims.qd();
+// Sizes the backward buffers and zeroes what accumulates: the parameter gradients, dh2 (the
+// last step's hidden output gets gradient only from its head) and every step's dqkv (its k|v
+// parts collect from the queries of later steps).
+void DraftModel::zero_grad() {
+  const int64_t N = ws_.B * ws_.T, H = cfg.hidden, K = cfg.ttt, I = dims.I, D = dims.D(), qd = dims.qd();
   fit(ws_.dh2, N * H);
   fit(ws_.dh1, N * H);
   fit(ws_.dact, N * I);
@@ -689,26 +743,39 @@ StepOutput DraftModel::run_impl(const DraftBatch& b, const StepRequest& req) {
   if (spc()) zero(ws_.dkv0);
   zero(grads);
   zero(ws_.dh2);
-  tm.lap("bwd zeroing");
-  for (int64_t k = K - 1; k >= 0; k--) {
-    LayerActs& a = ws_.steps[size_t(k)];
-    head_backward(a, ws_.dh2.data());
-    tm.lap("bwd lm head");
-    layer_output_backward(a, ws_.dh2.data(), ws_.dh1.data());
-    tm.lap("bwd o+mlp");
-    attention_backward_train(k);
-    tm.lap("bwd attention");
-    if (k == 0 && spc()) {
-      scatter_step0_dkv();
-      tm.lap("bwd sp reduce-scatter dk|dv");
-    }
-    // dqkv of step k is complete now: its q part was just written, its k/v parts come from
-    // queries of steps ≥ k (all processed); step 0's from every step (and every SP rank).
-    layer_input_backward(a, ws_.dqkv[size_t(k)].data(), ws_.dh1.data());
-    tm.lap("bwd rope+qkv+norms");
-    std::swap(ws_.dh1, ws_.dh2);  // dhin of step k = dh2 of step k−1
+}
+
+// TTT step k backward, from dlogits (in its logits) and dh2 (the gradient of its hidden output
+// from step k+1) to dhin, left in ws_.dh2 for step k−1 (or fc).
+void DraftModel::step_backward(int64_t k, PhaseTimer& tm) {
+  LayerActs& a = ws_.steps[size_t(k)];
+  head_backward(a, ws_.dh2.data());
+  tm.lap("bwd lm head");
+  layer_output_backward(a, ws_.dh2.data(), ws_.dh1.data());
+  tm.lap("bwd o+mlp");
+  attention_backward_train(k);
+  tm.lap("bwd attention");
+  if (k == 0 && spc()) {
+    scatter_step0_dkv();
+    tm.lap("bwd sp reduce-scatter dk|dv");
   }
-  gemm_tn(H, 3 * H, N, 1.0f, ws_.dh2.data(), H, b.aux, 3 * H, 1.0f, G(kFc), 3 * H);
+  // dqkv of step k is complete now: its q part was just written, its k/v parts come from
+  // queries of steps ≥ k (all processed); step 0's from every step (and every SP rank).
+  layer_input_backward(a, ws_.dqkv[size_t(k)].data(), ws_.dh1.data());
+  tm.lap("bwd rope+qkv+norms");
+  std::swap(ws_.dh1, ws_.dh2);  // dhin of step k = dh2 of step k−1
+}
+
+// dfc += dhinᵀ·aux (the gradient of fc's input is not needed: aux is data).
+void DraftModel::fc_backward(const float* aux, int64_t n, const float* dhin) {
+  const int64_t H = cfg.hidden;
+  gemm_tn(H, 3 * H, n, 1.0f, dhin, H, aux, 3 * H, 1.0f, G(kFc), 3 * H);
+}
+
+// The steps in reverse, then fc; then the gradients reduced over the ranks that share them.
+void DraftModel::backward(const DraftBatch& b, PhaseTimer& tm) {
+  for (int64_t k = cfg.ttt - 1; k >= 0; k--) step_backward(k, tm);
+  fc_backward(b.aux, b.B * b.T, ws_.dh2.data());
   tm.lap("bwd fc");
   if (repc()) {
     repc()->allReduce(grads.data(), grads.size(), ReduceOp::Sum);
@@ -718,25 +785,22 @@ StepOutput DraftModel::run_impl(const DraftBatch& b, const StepRequest& req) {
     sync_replicated_grads();
     tm.lap("bwd tp mean of replicated grads");
   }
+}
 
-  out.grad_norm = global_grad_norm();
-  if (req.update) {
-    if (!std::isfinite(out.grad_norm))
-      throw std::runtime_error("gradient norm is not finite (" + std::to_string(out.grad_norm) +
-                               "); weights were not updated");
-    float c = 1.0f;
-    if (req.clip > 0) c = float(std::min(1.0, req.clip / (out.grad_norm + 1e-6)));
-    AdamWParams p;
-    p.lr = req.lr;
-    p.weight_decay = req.weight_decay;
-    step_count++;
-    adamw_update(int64_t(params.size()), params.data(), grads.data(), adam_m.data(), adam_v.data(), p,
-                 step_count, c);
-    out.step = step_count;
-  }
-  tm.lap("grad norm + adamw");
-  tm.report("step");
-  return out;
+// AdamW on every parameter of this rank, the gradient scaled so its global norm is at most
+// req.clip (when > 0). Refuses a non-finite norm before touching anything.
+void DraftModel::update(const StepRequest& req, double grad_norm) {
+  if (!std::isfinite(grad_norm))
+    throw std::runtime_error("gradient norm is not finite (" + std::to_string(grad_norm) +
+                             "); weights were not updated");
+  float c = 1.0f;
+  if (req.clip > 0) c = float(std::min(1.0, req.clip / (grad_norm + 1e-6)));
+  AdamWParams p;
+  p.lr = req.lr;
+  p.weight_decay = req.weight_decay;
+  step_count++;
+  adamw_update(int64_t(params.size()), params.data(), grads.data(), adam_m.data(), adam_v.data(), p, step_count,
+               c);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -751,7 +815,7 @@ void DraftModel::decode_prefill(const float* aux, const int32_t* ids, int64_t L,
   const int64_t g = cfg.heads / cfg.kv_heads, qd = cfg.q_dim(), kvd = cfg.kv_dim();
   a.resize(cfg, dims, L, cfg.heads * L);
   std::vector<float> hin(static_cast<size_t>(L * H)), scratch(static_cast<size_t>(L * H));
-  gemm_nt(L, H, 3 * H, 1.0f, aux, 3 * H, W(kFc), 3 * H, 0.0f, hin.data(), H);
+  fc_forward(aux, L, hin.data());
   for (int64_t t = 0; t < L; t++) {
     a.tok[size_t(t)] = t + 1 < L ? ids[t + 1] : 0;
     a.pos[size_t(t)] = int32_t(t);

@@ -26,6 +26,8 @@
 
 namespace dw {
 
+class PhaseTimer;
+
 // Borrowed views of one training batch: ids i32[B,S], aux f32[B,T,3H], last f32[B,S,H],
 // mask u8[B,S] with S = span (T when 0). A sharded rank gets its slice: B = its samples,
 // T = its positions [t0, t0+T) of aux, and ids/last/mask for span = min(T + K, T_global − t0)
@@ -165,13 +167,26 @@ class DraftModel {
   void prepare_targets(const DraftBatch& b);
   void prepare_step_rows(const DraftBatch& b, int64_t k, bool all_rows);
 
+  // the training step (run_impl): forward, loss, zero_grad, backward, update
+  void forward(const DraftBatch& b, bool all_rows, PhaseTimer& tm);
+  void copy_logits(float* out) const;
+  void compute_loss(double Ng, bool with_grad, StepOutput& out, PhaseTimer& tm);
+  void zero_grad();
+  void backward(const DraftBatch& b, PhaseTimer& tm);
+  void update(const StepRequest& req, double grad_norm);
+  // one TTT step, forward and backward
+  void step_forward(const DraftBatch& b, int64_t k, bool all_rows, PhaseTimer& tm);
+  void step_backward(int64_t k, PhaseTimer& tm);
+
   // forward pieces
+  void fc_forward(const float* aux, int64_t n, float* out) const;
   void embed_rows(const int32_t* tok, int64_t rows, float* out) const;
   void layer_input_forward(LayerActs& a, float* emb_scratch);
   void attention_forward_train(int64_t k);
   void layer_output_forward(LayerActs& a);
   void head_forward(LayerActs& a, float* scratch);
   // backward pieces (gradients accumulate into `grads`)
+  void fc_backward(const float* aux, int64_t n, const float* dhin);
   void head_backward(LayerActs& a, float* dh2);
   void layer_output_backward(LayerActs& a, const float* dh2, float* dh1);
   void attention_backward_train(int64_t k);
