@@ -1,8 +1,9 @@
 // The EAGLE3 draft model on CPU: weights, AdamW state and scratch live here between steps.
 // Forward and backward follow docs/model-math.md, one plain function per layer piece
-// (llm.c style). Every per-layer function takes its sizes from `dims` (this rank's heads,
-// MLP width, draft vocab) and its positions from the batch, so the sharded step of DESIGN.md
-// §3 is this same code on a rank's shards (shard.h) with collectives at a few seams:
+// (llm.c style, draft_layers.cc), strung together by the step (draft_model.cc). Every
+// per-layer function takes its sizes from `dims` (this rank's heads, MLP width, draft vocab)
+// and its positions from the batch, so the sharded step of DESIGN.md §3 is this same code on
+// a rank's shards (shard.h) with collectives at a few seams:
 //   TP  forward: h1 and h2 partial sums (o and down are row-parallel) all-reduced; backward:
 //       the input gradients of lm, gate|up and q|k|v (column-parallel) all-reduced; the
 //       target argmax/normaliser and the loss are vocabulary-parallel (kernels/loss.h).
