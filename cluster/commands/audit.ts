@@ -11,6 +11,7 @@ import { Command } from 'commander';
 import { readWal } from '../../src/ledger/wal.ts';
 import { AuthPolicy } from '../../src/wire/auth.ts';
 import { Bus } from '../../src/bus/bus.ts';
+import { startNatsServer, type NatsServerHandle } from '../nats-launcher.ts';
 import { DecodeError, DraftwireError, InvalidArgumentError } from '../../src/errors.ts';
 import { auditEvents, type LedgerEvent } from '../../src/ledger/ledger.ts';
 import type { WalFindings } from '../../src/ledger/events.ts';
@@ -41,15 +42,34 @@ export function liveNatsUrl(workdir: string, job: string): string | null {
   try { return (JSON.parse(readFileSync(f, 'utf8')) as { nats?: string }).nats ?? null; } catch { return null; }
 }
 
-export async function loadEvents(job: string, workdir: string, nats?: string): Promise<{ events: LedgerEvent[]; source: string; wal?: WalFindings }> {
-  const url = nats ?? liveNatsUrl(workdir, job);
-  if (url) {
-    const bus = await Bus.connect({ servers: url, job, auth: AuthPolicy.fromEnv(), name: 'audit', reconnect: false });
-    try {
-      const { events, bad, skipped, duplicates } = await readWal(bus);
-      return { events, source: `${url} (stream dw_${job}_wal)`, wal: { bad, skipped, duplicates } };
-    } finally { await bus.close(); }
+/**
+ * Runs `fn` with a bus to the job's NATS: --nats, the running job's (run.json), or, for a
+ * stopped run that did not finish (its ledger still in <run>/nats), a private nats-server on
+ * that store for the length of `fn` (so `audit` and `wal skip` work after a failed --resume).
+ * null when there is none of those.
+ */
+export async function withJobBus<T>(job: string, workdir: string, nats: string | undefined, name: string, fn: (bus: Bus, source: string) => Promise<T>): Promise<T | null> {
+  const auth = AuthPolicy.fromEnv();
+  let url = nats ?? liveNatsUrl(workdir, job);
+  let server: NatsServerHandle | null = null;
+  const store = join(resolve(workdir), job, 'nats');
+  if (!url && existsSync(store)) {
+    server = await startNatsServer({ credentials: auth.natsCredentials(), storeDir: store });
+    url = server.url;
   }
+  if (!url) return null;
+  try {
+    const bus = await Bus.connect({ servers: url, job, auth, name, reconnect: false });
+    try { return await fn(bus, server ? `${store} (stream dw_${job}_wal)` : `${url} (stream dw_${job}_wal)`); } finally { await bus.close(); }
+  } finally { await server?.stop(); }
+}
+
+export async function loadEvents(job: string, workdir: string, nats?: string): Promise<{ events: LedgerEvent[]; source: string; wal?: WalFindings }> {
+  const live = await withJobBus(job, workdir, nats, 'audit', async (bus, source) => {
+    const { events, bad, skipped, duplicates } = await readWal(bus);
+    return { events, source, wal: { bad, skipped, duplicates } };
+  });
+  if (live) return live;
   const file = join(resolve(workdir), job, 'ledger.jsonl');
   if (!existsSync(file)) throw new InvalidArgumentError(`job ${job}: no running job (no ${join(workdir, job, 'run.json')}) and no ledger export at ${file}; pass --nats URL for a job elsewhere`);
   return { events: readLedgerJsonl(file), source: file };

@@ -5,12 +5,11 @@
 // Skipping a well-formed record loses its events, so that needs --force.
 import { Argument, Command } from 'commander';
 import { appendWalSkip, readWal } from '../../src/ledger/wal.ts';
-import { AuthPolicy } from '../../src/wire/auth.ts';
-import { Bus } from '../../src/bus/bus.ts';
+import type { Bus } from '../../src/bus/bus.ts';
 import { InvalidArgumentError } from '../../src/errors.ts';
 import type { GlobalOptions } from '../options.ts';
 import { jobId, positiveInt } from '../options.ts';
-import { liveNatsUrl } from './audit.ts';
+import { withJobBus } from './audit.ts';
 
 interface SkipOptions extends GlobalOptions { job: string; seq: number; reason: string; workdir: string; nats?: string; force?: boolean }
 
@@ -45,15 +44,14 @@ export function command(): Command {
     .action(async (_action: string, _o: unknown, cmd: Command) => {
       const o = cmd.optsWithGlobals<SkipOptions>();
       if (o.reason.trim() === '') throw new InvalidArgumentError('--reason must say why the record is skipped');
-      const url = o.nats ?? liveNatsUrl(o.workdir, o.job);
-      if (!url) throw new InvalidArgumentError(`job ${o.job}: no running job (no run.json under ${o.workdir}); pass --nats URL`);
-      const bus = await Bus.connect({ servers: url, job: o.job, auth: AuthPolicy.fromEnv(), name: 'wal-skip', reconnect: false });
-      try {
+      const done = await withJobBus(o.job, o.workdir, o.nats, 'wal-skip', async (bus) => {
         const r = await walSkip(bus, o.seq, o.reason, o.force === true);
         if (o.json) process.stdout.write(JSON.stringify(r) + '\n');
         else process.stdout.write(r.status === 'skipped' ? `skipped stream seq ${r.seq} (${r.was}); skip record at stream seq ${r.skipRecord}\n`
           : r.status === 'already-skipped' ? `stream seq ${r.seq} was skipped already (skip record ${r.skipRecord})\n`
           : `stream seq ${r.seq} is ${r.was}; nothing to do\n`);
-      } finally { await bus.close(); }
+        return true;
+      });
+      if (!done) throw new InvalidArgumentError(`job ${o.job}: no running job and no unfinished run under ${o.workdir} (no ${o.job}/run.json, no ${o.job}/nats); pass --nats URL`);
     });
 }

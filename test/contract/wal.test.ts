@@ -17,6 +17,12 @@ import { auditEvents } from '../../src/ledger/audit.ts';
 import { readWal, WAL_RECORD, WalCorruptError, rebuildLedger, readLedgerEvents } from '../../src/ledger/wal.ts';
 import { walSkip } from '../../cluster/commands/wal.ts';
 import { withNats } from '../support/nats-server.ts';
+import { ChaosJob, newWorkdir } from '../support/chaos.ts';
+import { isAlive } from '../support/procs.ts';
+import { startNatsServer } from '../../cluster/nats-launcher.ts';
+import { subjects } from '../../src/wire/subjects.ts';
+import { join } from 'node:path';
+import { rmSync } from 'node:fs';
 import { sampleRef } from '../support/store-fixtures.ts';
 
 const packr = new Packr({ useRecords: false });
@@ -119,6 +125,46 @@ describe('write-ahead log replay: bad, fuzzed and replayed records (real server)
       assert.equal(s2.status, 2, s2.stderr);
       assert.match(s2.stderr, /no record at stream seq 999/);
     });
+  });
+
+  it('run --resume after a fuzzed record: refused by stream seq; wal skip on the stopped run; the resume finishes', async () => {
+    const workdir = newWorkdir();
+    const env = { ...process.env, DRAFTWIRE_SECRET: '', DRAFTWIRE_SECRET_FILE: '' };
+    const JOB = 'walresume';
+    try {
+      const job = new ChaosJob({ workdir, job: JOB, steps: 12, batch: 4, leaseMs: 3000, env });
+      await job.waitStep(3);
+      job.track();
+      process.kill(job.proc.pid!, 'SIGKILL');
+      await job.exited;
+      for (const end = Date.now() + 15_000; [...job.seen].some(isAlive) && Date.now() < end;) await new Promise((r) => setTimeout(r, 100));
+      for (const pid of job.seen) if (isAlive(pid)) process.kill(pid, 'SIGKILL');
+      // Someone with access to the run's NATS appends a fuzzed record to its WAL.
+      const srv = await startNatsServer({ storeDir: join(workdir, JOB, 'nats') });
+      let bad: number;
+      try {
+        const nc = await connect({ servers: srv.url });
+        const fuzzed = { f: WAL_RECORD, events: [{ type: 'expire', seq: 1, at: 1, leases: 'x' }] };
+        bad = (await jetstream(nc).publish(subjects(JOB).walSubject, pack({ b: pack({ d: fuzzed }) }))).seq;
+        await nc.close();
+      } finally { await srv.stop(); }
+      const j1 = new ChaosJob({ workdir, job: JOB, resume: true, env });
+      const r1 = await j1.finish();
+      assert.notEqual(r1.code, 0);
+      assert.match(j1.stderr, new RegExp(`WAL_CORRUPT: .*stream seq ${bad} .*expire\\.leases.*wal skip --job ${JOB} --seq ${bad}`));
+      const skip = cli(['wal', 'skip', '--workdir', workdir, '--job', JOB, '--seq', String(bad), '--reason', 'fuzzed by the test']);
+      assert.equal(skip.status, 0, skip.stdout + skip.stderr);
+      const a = cli(['audit', '--workdir', workdir, '--job', JOB]);
+      assert.match(a.stdout, new RegExp(`skipped by the operator: stream seq ${bad} `), a.stdout + a.stderr);
+      const next = new ChaosJob({ workdir, job: JOB, resume: true, env });
+      const r2 = await next.finish();
+      assert.equal(r2.code, 0, next.stderr.slice(-3000));
+      assert.equal(r2.summary.audit.ok, true, JSON.stringify(r2.summary.audit.problems));
+      // Nothing was lost to the refused resume: every sample trained, none dead-lettered.
+      assert.equal(r2.summary.audit.dead, 0, JSON.stringify(r2.summary.audit));
+      assert.equal(r2.summary.audit.complete, true);
+      assert.equal(r2.summary.steps, 12);
+    } finally { rmSync(workdir, { recursive: true, force: true }); }
   });
 
   describe('auth on: a record with a bad MAC, and a byte-for-byte replayed record', () => {
