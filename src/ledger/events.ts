@@ -165,7 +165,9 @@ const leaseEnd = { leaseId: str, sampleId: str, epoch: uint };
 const CHECKS: Record<LedgerEventType, Check> = {
   put: (o) => {
     if (!(o.prevGeneration === null || uint(o.prevGeneration))) return `put.prevGeneration is ${describeValue(o.prevGeneration)}`;
-    try { validateSampleRef(o.ref); return null; } catch (e) { return `put.ref: ${(e as Error).message}`; }
+    // A ledger exported as JSON (ledger.jsonl) holds the ref's mac as hex: the same ref.
+    const ref = isObj(o.ref) && typeof o.ref.mac === 'string' && /^[0-9a-f]{64}$/.test(o.ref.mac) ? { ...o.ref, mac: new Uint8Array(Buffer.from(o.ref.mac, 'hex')) } : o.ref;
+    try { validateSampleRef(ref); return null; } catch (e) { return `put.ref: ${(e as Error).message}`; }
   },
   lease: (o) => {
     const r = fields(o, { epoch: uint, consumer: str }, 'lease');

@@ -39,6 +39,10 @@ describe('WAL replay rules (no NATS)', () => {
     assert.deepEqual(w.bad, []);
     assert.equal(w.events.length, recs.flat().length);
     assert.equal(auditEvents(w.events, w).ok, true);
+    // A signed ref as ledger.jsonl holds it (mac in hex) is the same ref; a broken mac is not.
+    const put = recs.flat().find((e) => e.type === 'put')! as Extract<LedgerEvent, { type: 'put' }>;
+    assert.equal(ledgerEventProblem({ ...put, ref: { ...put.ref, mac: 'ab'.repeat(32) } }), null);
+    assert.match(ledgerEventProblem({ ...put, ref: { ...put.ref, mac: 'zz' } })!, /put\.ref: .*mac/);
   });
 
   it('every field of every event, dropped or mistyped, is refused by name (never a TypeError), and the audit reports it', () => {
