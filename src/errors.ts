@@ -93,3 +93,11 @@ export class ActorStoppedError extends DraftwireError {
 export class SchemaError extends DraftwireError {
   constructor(message: string, opts?: DraftwireErrorOptions) { super('SCHEMA', message, false, opts); }
 }
+/**
+ * The ledger's write-ahead log holds a record replay cannot use (a bad MAC, a wrong shape, a
+ * gap): the queue refuses requests until an operator skips it (`draftwire wal skip`).
+ * detail: streamSeq, reason.
+ */
+export class WalCorruptError extends DraftwireError {
+  constructor(message: string, opts?: DraftwireErrorOptions) { super('WAL_CORRUPT', message, false, opts); }
+}

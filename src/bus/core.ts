@@ -146,6 +146,8 @@ export function openRecordBytes(auth: AuthPolicy, context: string, bytes: Uint8A
   return { value: inner.d, version: v };
 }
 
+const NOT_REMEMBERED = new Set(['INTERNAL', 'WAL_CORRUPT']);
+
 export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 function concatBytes(a: Uint8Array, b: Uint8Array): Uint8Array {
   const out = new Uint8Array(a.byteLength + b.byteLength);
@@ -489,8 +491,9 @@ export abstract class BusCore extends EventEmitter {
       cache.set(ck, { at: now, frame: p });
       while (cache.size > cacheMax) cache.delete(cache.keys().next().value as string);
       const out = await p;
-      // Retryable errors and internal failures are not remembered: a retry runs again.
-      if (out.k === 'e' && ((out.error as WireError).retryable || (out.error as WireError).code === 'INTERNAL')) {
+      // Retryable errors, internal failures and a refusal for the responder's own state (a WAL
+      // awaiting an operator's skip) are not remembered: a retry runs again.
+      if (out.k === 'e' && ((out.error as WireError).retryable || NOT_REMEMBERED.has((out.error as WireError).code))) {
         if (cache.get(ck)?.frame === p) cache.delete(ck);
       }
       await reply(msg, out);

@@ -12,7 +12,7 @@
 // not retryable), so it neither crash-loops nor silently drops a record.
 import { createHash } from 'node:crypto';
 import type { Bus } from '../bus/bus.ts';
-import { DraftwireError, InvalidArgumentError, AuthError } from '../errors.ts';
+import { DraftwireError, InvalidArgumentError, AuthError, WalCorruptError } from '../errors.ts';
 import { ledgerEventProblem, type LedgerEvent, type WalFindings, type BadWalRecord } from './events.ts';
 import { LeaseLedger } from './ledger.ts';
 import type { LedgerOptions } from './events.ts';
@@ -20,12 +20,7 @@ import type { LedgerOptions } from './events.ts';
 export const WAL_RECORD = 'draftwire/ledger-events/1';
 export const WAL_SKIP = 'draftwire/ledger-skip/1';
 
-/** The write-ahead log holds a record replay cannot use, and no operator decision about it. */
-export class WalCorruptError extends DraftwireError {
-  constructor(message: string, opts: { streamSeq: number; reason: string; cause?: unknown }) {
-    super('WAL_CORRUPT', message, false, { cause: opts.cause, detail: { streamSeq: opts.streamSeq, reason: opts.reason } });
-  }
-}
+export { WalCorruptError };
 
 /** One entry as the stream gave it: the opened record, or why it did not open. */
 export type WalEntry = { seq: number; obj: unknown; error?: undefined } | { seq: number; obj?: undefined; error: Error };
@@ -126,7 +121,7 @@ export function walCorrupt(job: string, b: BadWalRecord, more: number, wellForme
     `the write-ahead log of job ${job} has a record replay cannot use: stream seq ${b.streamSeq} ${b.reason}` +
     `${more > 0 ? ` (and ${more} more; see draftwire audit --job ${job})` : ''}; ` +
     `if it is not the queue's, skip it: draftwire wal skip --job ${job} --seq ${b.streamSeq} --reason "..."${wellFormed ? ' --force' : ''}`,
-    { streamSeq: b.streamSeq, reason: b.reason });
+    { detail: { streamSeq: b.streamSeq, reason: b.reason } });
 }
 
 /** Every usable ledger event of the job's log, in order; WalCorruptError on a bad record nobody skipped. */
