@@ -292,7 +292,8 @@ export const PROTOCOL = Object.freeze({
       if (!Number.isInteger(m.rank) || (m.rank as number) < 0) throw new InvalidArgumentError('stop: needs a rank (integer >= 0)', { detail: { field: 'rank' } });
       return { rank: m.rank as number };
     },
-    key: (r) => `stop:${r.rank}`, keyRule: 'stop:<rank>', timeoutMs: 10_000, retries: 1,
+    // No key: a rank respawned and stopped again must really be stopped again.
+    key: null, keyRule: 'none (stopping a stopped rank is a no-op)', timeoutMs: 10_000, retries: 1,
     tail: (nodeId) => `node.${token(nodeId, 'node id')}.stop`,
   }),
   'part': ev<LeaseMessage, [partitions: number, index: number]>('publish', {
@@ -364,4 +365,6 @@ export const STORAGE = Object.freeze({
   epochKey: 'epoch',
   walStream: (job: string) => `dw_${token(job, 'job id')}_wal`,
   walSubject: (job: string) => `dw.${token(job, 'job id')}.wal.ledger`,
+  /** The same names as patterns, for the docs. */
+  patterns: Object.freeze({ kvBucket: 'dw_<job>', walStream: 'dw_<job>_wal', walSubject: 'dw.<job>.wal.ledger' }),
 });

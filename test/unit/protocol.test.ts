@@ -14,6 +14,7 @@ import { NodeAgent } from '../../cluster/node.ts';
 import { withNats } from '../support/nats-server.ts';
 import { testSpec } from '../support/jobs.ts';
 import { sampleRef } from '../support/store-fixtures.ts';
+import { wireTable } from '../../scripts/wire-table.ts';
 
 const names = Object.keys(PROTOCOL) as EndpointName[];
 const E = (n: EndpointName) => PROTOCOL[n] as unknown as Endpoint<unknown, unknown, unknown[]>;
@@ -75,6 +76,12 @@ describe('protocol table', () => {
     named('ctl.epoch', { epoch: 1 }, /ctl.epoch: partitions must be/);
     assert.throws(() => E('queue.commit').parse({ ref: { v: 2 } }), (e: Error & { code?: string }) => e.code === 'DECODE');
     assert.deepEqual(E('queue.fail').parse({ leaseId: 'L', epoch: 2 }), { leaseId: 'L', epoch: 2, retryable: true, reason: '' });
+  });
+
+  it('scripts/wire-table.ts prints one row per table entry', () => {
+    const rows = wireTable().split('\n').filter((l) => l.startsWith('| `dw.'));
+    assert.equal(rows.length, names.length);
+    for (const n of names) assert.ok(rows.some((r) => r.startsWith(`| \`dw.<job>.${E(n).pattern}\` | ${E(n).kind} |`)), n);
   });
 
   it('idempotency keys follow the documented rules', () => {
