@@ -17,6 +17,6 @@ module.exports = {
     doNotFollow: { path: 'node_modules' },
     tsPreCompilationDeps: true,
     tsConfig: { fileName: 'tsconfig.json' },
-    exclude: { path: '^(node_modules|dist|build)/' },
+    exclude: { path: '^(node_modules|dist|build)/|^test/fixtures/lint/' },
   },
 };

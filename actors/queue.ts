@@ -5,7 +5,7 @@
 // Credits are soft state: ranks re-send them, so they are not logged.
 import type { ActorContext, ActorRef, ActorSpec, ActorSystem } from '../src/runtime/actor-system.ts';
 import type { Bus, BusSubscription } from '../src/bus/bus.ts';
-import { DecodeError, DraftwireError, InvalidArgumentError, LeaseExpiredError, StaleEpochError, StaleGenerationError, UnavailableError } from '../src/errors.ts';
+import { DecodeError, DraftwireError, InvalidArgumentError, LeaseExpiredError, SchemaError, StaleEpochError, StaleGenerationError, UnavailableError } from '../src/errors.ts';
 import { LeaseLedger, type Lease, type LedgerEvent, type LedgerOptions } from '../src/ledger/ledger.ts';
 import type { EpochInfo } from '../src/job/epoch.ts';
 import { readLedgerEvents, WAL_RECORD } from '../src/ledger/wal.ts';
@@ -16,6 +16,7 @@ import {
   STORAGE, parseEpochInfo, type CommitReply, type CommittedReply, type CreditReply, type LeaseMessage, type LeaseReply, type QueueStatus, type RenewReply, type RevokeReply,
 } from '../src/wire/protocol.ts';
 import { publish, serve } from '../src/bus/clients.ts';
+import { checkSampleRef, type SampleSchema } from '../src/wire/schema.ts';
 
 export interface Credit { consumer: string; partition: [number, number]; epoch: number; remaining: number; leaseMs: number | null }
 
@@ -39,6 +40,8 @@ export interface QueueActorOptions {
   ledger?: LedgerOptions;
   /** How often expired leases are reclaimed, ms (default 500). */
   tickMs?: number;
+  /** The job's sample schema: a commit whose ref does not match it is refused (SchemaError), nothing logged. */
+  schema?: SampleSchema;
 }
 
 function isObj(x: unknown): x is Record<string, unknown> {
@@ -101,6 +104,7 @@ export function queueActorSpec(o: QueueActorOptions): ActorSpec<QueueState, Queu
     switch (msg.op) {
       case 'commit': {
         const ref: SampleRef = validateSampleRef(msg.ref);
+        if (o.schema) checkSampleRef(ref, o.schema);
         const res = ledger.put(ref, { key: msg.key, now });
         await persist(res.events);
         ctx.reply({ sampleId: res.sampleId, generation: res.generation, status: res.status });
@@ -192,7 +196,7 @@ export function queueActorSpec(o: QueueActorOptions): ActorSpec<QueueState, Queu
 
 function isAnswer(e: unknown): e is DraftwireError {
   return e instanceof InvalidArgumentError || e instanceof DecodeError || e instanceof StaleEpochError
-    || e instanceof LeaseExpiredError || e instanceof StaleGenerationError;
+    || e instanceof LeaseExpiredError || e instanceof StaleGenerationError || e instanceof SchemaError;
 }
 
 /** Spawns the queue actor and routes the job's queue subjects to it. */

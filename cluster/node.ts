@@ -30,6 +30,7 @@ import { jobFile, maxRankRestarts, rankDeadAfterMs, rankLossPolicy, type JobSpec
 import { createLogger } from '../src/log.ts';
 import { SharedDirFeatureStore } from '../src/store/shared-dir.ts';
 import { CoordinatorClient, HeartbeatPublisher, QueueClient, listen, serve } from '../src/bus/clients.ts';
+import { sampleSchema } from '../src/wire/schema.ts';
 
 export const ROLES = ['coordinator', 'queue', 'janitor', 'rollout'] as const;
 export type Role = (typeof ROLES)[number];
@@ -120,7 +121,7 @@ export class NodeAgent {
       this.stops.push(c.stop);
     }
     if (roles.includes('queue')) {
-      const q = startQueue(system, { bus, ledger: { leaseMs: spec.leaseMs, maxDeliveries: spec.maxDeliveries } });
+      const q = startQueue(system, { bus, ledger: { leaseMs: spec.leaseMs, maxDeliveries: spec.maxDeliveries }, schema: sampleSchema(spec) });
       this.stops.push(q.stop);
     }
     if (roles.includes('janitor')) this.stops.push(startJanitor(system, { bus, store }).stop);

@@ -20,6 +20,12 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
+# The tests check the wire format and the f16 kernel against Python's msgpack and numpy.
+if ! python3 -c "import msgpack, numpy" >/dev/null 2>&1; then
+  echo "setup: pip install msgpack numpy"
+  python3 -m pip install -q msgpack numpy
+fi
+
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules ]; then
   echo "setup: npm ci"
   npm ci --no-audit --no-fund

@@ -89,3 +89,7 @@ export class UnavailableError extends DraftwireError {
 export class ActorStoppedError extends DraftwireError {
   constructor(message: string, opts?: DraftwireErrorOptions) { super('ACTOR_STOPPED', message, false, opts); }
 }
+/** A sample does not match the job's schema (src/wire/schema.ts): a feature missing, unknown, or of the wrong dtype or shape. detail: field, found, expected. */
+export class SchemaError extends DraftwireError {
+  constructor(message: string, opts?: DraftwireErrorOptions) { super('SCHEMA', message, false, opts); }
+}

@@ -1,10 +1,14 @@
-// The leases one rank holds, as the queue granted them (actors/rank.ts drives it): the ones
-// not trained yet (with their features once read), the window of trained ones waiting for
-// their checkpoint, and the skip list of samples a committed checkpoint holds whose ack did not
-// get through (their next lease is acked, never trained). Every queue call about a lease it
-// already holds goes through here; credit and the epoch stay with the rank.
+// The leases one rank holds, as the queue granted them (trainer/rank-worker.ts drives it): the
+// ones not trained yet (with their features once read), the window of trained ones waiting
+// for their checkpoint, and the skip list of samples a committed checkpoint holds whose ack
+// did not get through (their next lease is acked, never trained). The upkeep of held leases
+// (read, renew, fail, release) goes through here; acks are the checkpoint protocol's
+// (trainer/world-checkpoint.ts); credit and the epoch stay with the rank.
+//
+// Replays are harmless: a lease push is accepted once per leaseId (a replayed or duplicated
+// push of a lease held, trained, acked, released or failed is ignored, so a sample is never
+// trained twice from one lease), and never for an epoch older than the rank's.
 import type { Bus } from '../src/bus/bus.ts';
-import type { CheckpointLease } from '../src/job/checkpoint.ts';
 import { LeaseExpiredError, StaleEpochError } from '../src/errors.ts';
 import type { Lease } from '../src/ledger/ledger.ts';
 import type { Logger } from '../src/log.ts';
@@ -14,8 +18,6 @@ import type { Tensor } from '../src/tensor.ts';
 export const FEATURES = ['ids', 'aux', 'last', 'mask'] as const;
 
 export interface Held { lease: Lease; tensors: Record<string, Tensor> | null }
-
-export interface LeaseStats { skippedAcks: number; staleAcks: number }
 
 export class LeaseBook {
   /** Leases received and not yet trained, by leaseId (one per sample id). */
@@ -27,14 +29,32 @@ export class LeaseBook {
   /** Samples trained into a committed checkpoint whose ack did not get through: ack on re-lease, never retrain. */
   readonly trainedSkip = new Set<string>();
 
-  constructor(private readonly o: { bus: Bus; store: FeatureStore; log: Logger; stats: LeaseStats }) {}
+  /** Every leaseId ever received: a lease is taken once, whatever became of it since. */
+  private readonly seen = new Set<string>();
 
-  /** New leases from the queue. A newer lease of a sample supersedes an older one (the older expired). */
-  receive(leases: Lease[]): void {
+  constructor(private readonly o: { bus: Bus; store: FeatureStore; log: Logger }) {}
+
+  /**
+   * New leases from the queue for a rank at `epoch`; returns how many were taken. A newer lease
+   * of a sample supersedes an older one (the older expired). A lease seen before (a replay, a
+   * duplicate) or of an older epoch (its credit was for a world that is gone) is ignored: an
+   * ignored lease that was real expires in the queue and is granted again.
+   */
+  receive(leases: Lease[], epoch: number): number {
+    let taken = 0;
     for (const l of leases) {
+      if (typeof l?.leaseId !== 'string' || this.seen.has(l.leaseId) || !(l.epoch >= epoch)) continue;
+      this.seen.add(l.leaseId);
       for (const [id, h] of this.held) if (h.lease.sampleId === l.sampleId) this.held.delete(id);
       this.held.set(l.leaseId, { lease: l, tensors: null });
+      taken++;
     }
+    return taken;
+  }
+
+  /** Puts trained leases whose step was lost (not in the committed checkpoint) back among the held, unread. */
+  restore(leases: Lease[]): void {
+    for (const l of leases) this.held.set(l.leaseId, { lease: l, tensors: null });
   }
 
   /**
@@ -55,41 +75,6 @@ export class LeaseBook {
   trained(step: Held[]): void {
     for (const h of step) { if (this.held.get(h.lease.leaseId) === h) this.held.delete(h.lease.leaseId); this.window.push(h.lease); }
     this.inStep = [];
-  }
-
-  /** Acks leases of trained samples; a lease that is gone puts its sample on the skip list. */
-  async ackAll(leases: CheckpointLease[]): Promise<void> {
-    const { bus, log, stats } = this.o;
-    await Promise.all(leases.filter((l) => l.leaseId !== '').map(async (l) => {
-      try {
-        await bus.request(bus.subjects.queue.ack, { leaseId: l.leaseId, epoch: l.epoch }, { idempotencyKey: `ack:${l.leaseId}`, retries: 10, timeoutMs: 3000 });
-        this.trainedSkip.delete(l.sampleId);
-      } catch (e) {
-        if (!(e instanceof LeaseExpiredError || e instanceof StaleEpochError)) throw e;
-        // A stale ack is refused by the queue (fencing); the sample is trained already, so its
-        // next lease is acked without training it again.
-        stats.staleAcks++;
-        this.trainedSkip.add(l.sampleId);
-        log.warn('ack refused (lease gone); the sample will be acked on its next lease', { leaseId: l.leaseId, sampleId: l.sampleId, error: (e as Error).message });
-      }
-    }));
-  }
-
-  /** Leases of samples already trained into a checkpoint: ack them, do not train again. */
-  async ackSkipped(): Promise<void> {
-    const { bus, log, stats } = this.o;
-    for (const { lease: l } of [...this.held.values()]) {
-      if (!this.trainedSkip.has(l.sampleId)) continue;
-      this.held.delete(l.leaseId);
-      try {
-        await bus.request(bus.subjects.queue.ack, { leaseId: l.leaseId, epoch: l.epoch }, { idempotencyKey: `ack:${l.leaseId}`, retries: 10, timeoutMs: 3000 });
-        this.trainedSkip.delete(l.sampleId);
-        stats.skippedAcks++;
-        log.info('acked a re-leased sample that the checkpoint already holds', { sampleId: l.sampleId, leaseId: l.leaseId });
-      } catch (e) {
-        if (!(e instanceof LeaseExpiredError || e instanceof StaleEpochError)) throw e;
-      }
-    }
   }
 
   /** Gives back every lease not trained. */

@@ -1,14 +1,14 @@
 // One trainer rank (DESIGN.md §2). Per epoch it finds its place in the epoch's member list
 // (its world rank; each data-parallel index is a cell of tp·sp consecutive world ranks that
-// trains partition `dw.<job>.part.<num>.<dpIdx>`), forms the epoch's world
-// (actors/dp-group.ts) and trains in lockstep with it. The cell's first rank (the leader)
+// trains partition `dw.<job>.part.<partitions>.<dpIdx>`), forms the epoch's world
+// (trainer/world.ts) and trains in lockstep with it. The cell's first rank (the leader)
 // subscribes to the partition and holds the leases; it reads the features at once and, at
 // each step, shares the step's sample refs with the cell's other ranks, which read the
 // features themselves (an SP rank keeps its chunk). Every step starts with an agreement
-// round (two tiny all-reduces) that decides, for the whole world at the same moment, whether
-// to step, checkpoint, reshard or finish. While a step computes, heartbeats and lease
-// renewals keep running on the event loop. The leases it holds live in a LeaseBook
-// (actors/rank-leases.ts); the epoch, credit and the world stay here.
+// round (two tiny all-reduces) after which every rank decides the same thing at the same
+// moment (trainer/step-decision.ts): step, checkpoint, reshard, wait or finish. While a step
+// computes, heartbeats and lease renewals keep running on the event loop. The leases it holds
+// live in a LeaseBook (trainer/lease-book.ts); the epoch, credit and the world stay here.
 //
 // Batches. Each cell steps on up to `batch` samples of its own partition. Hash partitions
 // fill unevenly, so cells short of samples pad with fully-masked samples and the step
@@ -21,9 +21,10 @@
 //
 // Exactly-once training across crashes: every `checkpointEvery` steps the world writes a
 // checkpoint (each rank its trained leases, world rank 0 the weights and AdamW state and the
-// manifest that commits them; src/checkpoint.ts) and each leader acks its leases only once the
-// checkpoint is durable, renewing them until then. A sample that is in a checkpoint but whose
-// ack did not get through is acked without training when it is leased again (skip list).
+// manifest that commits them) and each leader acks its leases only once the checkpoint is
+// durable, renewing them until then. A sample that is in a checkpoint but whose ack did not
+// get through is acked without training when it is leased again (skip list). The protocol and
+// why it is exactly-once: trainer/world-checkpoint.ts.
 //
 // Epoch changes. A newer epoch (credit refused as stale, or the announcement) is agreed in the
 // next round; the world checkpoints and acks what it trained, releases what it did not use,
@@ -33,9 +34,8 @@
 // unless that checkpoint holds them (then acked); it asks the coordinator for a new epoch
 // (`coord.regroup`) and re-forms with whoever is a member of it.
 import type { Bus, BusSubscription } from '../src/bus/bus.ts';
-import { latestManifest, loadRankCheckpoint, loadWeightsFile, takeWindowParts, writeRankCheckpoint, writeWindowPart, type CheckpointLease, type LoadedRankCheckpoint } from '../src/job/checkpoint.ts';
-import { CollectiveError, DraftwireError, InvalidArgumentError, StaleEpochError } from '../src/errors.ts';
-import { failpoint } from '../src/failpoints.ts';
+import type { LoadedRankCheckpoint } from '../src/job/checkpoint.ts';
+import { CollectiveError, DraftwireError, StaleEpochError } from '../src/errors.ts';
 import { stackBatch } from '../src/job/batch.ts';
 import { evalPrompts } from '../src/job/prompts.ts';
 import { checkpointEvery, jobRows, rankDeadAfterMs, type JobSpec } from '../src/job/spec.ts';
@@ -46,16 +46,14 @@ import { validateSampleRef, type SampleRef } from '../src/wire/sampleref.ts';
 import type { FeatureStore } from '../src/store/feature-store.ts';
 import type { Tensor } from '../src/tensor.ts';
 import { epochMembers, type EpochInfo } from '../src/job/epoch.ts';
-import { DpGroup, initialState, type Round, type TrainState } from './world.ts';
+import { World, initialState, type TrainState } from './world.ts';
 import { FEATURES, LeaseBook, type Held } from './lease-book.ts';
+import { WorldCheckpoint } from './world-checkpoint.ts';
+import { decideStep, roundInput, type StepDecision } from './step-decision.ts';
+import { newerEpochAnnounced } from './announcement.ts';
 import type { LeaseMessage } from '../actors/queue.ts';
 
 export { FEATURES } from './lease-book.ts';
-
-/**
- * The KV record `epoch`: members[i] is the rank id of world rank i; each data-parallel index
- * is `group` (= tp·sp) consecutive world ranks and trains partition index of num.
- */
 
 export interface StepMetrics {
   rank: number; step: number; loss: number; gradNorm: number; ploss: number[]; acc: number[];
@@ -91,7 +89,6 @@ export interface RankResult { state: TrainState; step: number; samples: number; 
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
-
 type EpochEnd = 'done' | 'reshard';
 
 export class RankWorker {
@@ -99,6 +96,8 @@ export class RankWorker {
   private readonly consumer: string;
   /** What this rank holds: leases to train, trained ones awaiting their checkpoint, the skip list. */
   private readonly book: LeaseBook;
+  /** The world checkpoint and the acks that follow it. */
+  private readonly ckpt: WorldCheckpoint;
   private wake: (() => void) | null = null;
   private sub: BusSubscription | null = null;
   private epochSub: BusSubscription | null = null;
@@ -112,7 +111,7 @@ export class RankWorker {
   /** The queue's last word on samples not finished yet (budget − consumed − dead). */
   private outstanding: number;
   /** The queue's last word: every sample of the budget is committed and none is pending in this partition. */
-  private exhausted = false;
+  private partitionExhausted = false;
   private stepNo = 0;
   private state: 'starting' | 'waiting' | 'stepping' | 'checkpointing' | 'resharding' | 'forming' | 'recovering' | 'done' | 'retired' = 'starting';
   private stopped = false;
@@ -132,9 +131,13 @@ export class RankWorker {
     // to its predecessor's outstanding credit instead of letting it expire again.
     this.consumer = `rank-${o.rank}`;
     this.log = createLogger(`rank.${o.rank}`);
-    this.book = new LeaseBook({ bus: o.bus, store: o.store, log: this.log, stats: this.stats });
+    this.book = new LeaseBook({ bus: o.bus, store: o.store, log: this.log });
     this.outstanding = jobRows(o.spec);
     this.frozen = Object.fromEntries(Object.entries(o.weights).filter(([k]) => !TRAINABLE_NAMES.includes(k)));
+    this.ckpt = new WorldCheckpoint({
+      spec: o.spec, bus: o.bus, book: this.book, log: this.log, stats: this.stats,
+      d2t: this.frozen.d2t as Int32Array, onCheckpoint: o.onCheckpoint,
+    });
     this.train = initialState(o.spec, o.weights);
     const resume = o.resume ?? null;
     if (resume) {
@@ -173,19 +176,19 @@ export class RankWorker {
         // A job whose data is all consumed has nothing to form a world for (a rank that joins
         // late, or a world re-formed after the last acks): its state is the committed checkpoint.
         if (this.book.window.length === 0 && await this.queueFinished()) { final = this.index === 0; break; }
-        let group: DpGroup | null = null;
+        let world: World | null = null;
         try {
           this.state = 'forming';
-          group = await this.formGroup();
-          const end = await this.trainEpoch(group, target);
-          if (end === 'done') { final = group.index === 0; break; }
+          world = await this.formWorld();
+          const end = await this.trainEpoch(world, target);
+          if (end === 'done') { final = world.index === 0; break; }
         } catch (e) {
           if (!(e instanceof CollectiveError)) throw e;
-          await group?.close();
-          group = null;
+          await world?.close();
+          world = null;
           await this.recover(e);
         } finally {
-          await group?.close();
+          await world?.close();
           this.sub?.unsubscribe();
           this.sub = null;
         }
@@ -212,41 +215,34 @@ export class RankWorker {
     this.wake?.();
   }
 
-  private async formGroup(): Promise<DpGroup> {
+  private async formWorld(): Promise<World> {
     const { spec, bus } = this.o;
     const dead = rankDeadAfterMs(spec);
     this.forming = new AbortController();
     if (this.newerEpochSeen) this.forming.abort(`epoch ${this.epoch.epoch} was superseded before its world formed`);
-    let group: DpGroup;
+    let world: World;
     try {
-      group = await DpGroup.form({
+      world = await World.form({
         bus, spec, epoch: this.epoch.epoch, index: this.index, size: this.epoch.members!.length, frozen: this.frozen,
         timeoutMs: Math.max(10_000, 2 * dead), connectTimeoutMs: Math.max(30_000, 3 * dead), signal: this.forming.signal,
       }, this.train);
     } finally { this.forming = null; }
-    this.stepNo = group.step;
-    this.samplesTrained = group.samples;
-    // Every sample the committed checkpoint holds is trained: never train it again. Its leases
-    // are acked (idempotent; also those of a rank that died after the commit): what is acked
-    // leaves the skip list, what was re-granted meanwhile stays on it.
-    const m = this.leader ? await latestManifest(spec) : null;
-    if (m) {
-      for (const id of m.trained) this.book.trainedSkip.add(id);
-      await this.book.ackAll(m.window);
-    }
-    this.log.info('world formed', { epoch: this.epoch.epoch, dp: this.epoch.partitions, index: this.index, dpIdx: group.dpIdx, leader: group.leader, step: this.stepNo });
-    return group;
+    this.stepNo = world.step;
+    this.samplesTrained = world.samples;
+    if (this.leader) await this.ckpt.ackCommitted();
+    this.log.info('world formed', { epoch: this.epoch.epoch, dp: this.epoch.partitions, index: this.index, dpIdx: world.dpIdx, leader: world.leader, step: this.stepNo });
+    return world;
   }
 
   /** Trains in lockstep with the epoch's world until the data is consumed or the epoch changes. */
-  private async trainEpoch(group: DpGroup, target: TargetModel): Promise<EpochEnd> {
+  private async trainEpoch(world: World, target: TargetModel): Promise<EpochEnd> {
     const { spec, rank } = this.o;
     const every = checkpointEvery(spec);
     const batchWaitMs = spec.batchWaitMs ?? 2000;
-    const roundMs = group.size > 1 ? 250 : 1000;
+    const roundMs = world.size > 1 ? 250 : 1000;
     for (;;) {
       const t0 = Date.now();
-      let a: Round;
+      let step: Extract<StepDecision, { kind: 'step' }>;
       let mine: Held[];
       for (;;) {
         // Only a cell's leader leases; its other ranks (TP/SP) get the step's refs from it.
@@ -254,59 +250,59 @@ export class RankWorker {
         // What this rank steps on if the world steps: fixed before the round, so the agreed
         // count is the count stepped on even if a lease is superseded meanwhile.
         mine = this.book.ready().slice(0, spec.batch);
-        const held = mine.length;
-        a = await group.agree({
-          held, window: this.book.window.length, stale: stale || this.newerEpochSeen,
-          waitedOut: Date.now() - t0 >= batchWaitMs, outstanding: this.outstanding, short: this.leader && held < spec.batch && !this.exhausted,
+        const a = await world.agree(roundInput({
+          held: mine.length, window: this.book.window.length, staleEpoch: stale || this.newerEpochSeen, waitedMs: Date.now() - t0,
+          outstanding: this.outstanding, leader: this.leader, partitionExhausted: this.partitionExhausted,
+        }, { batch: spec.batch, batchWaitMs }));
+        const d = decideStep(a, {
+          batch: spec.batch, batchWaitMs, worldSize: world.size, stepNo: this.stepNo,
+          checkpointEvery: every, evalEvery: spec.evalEvery, evalPending: this.evalPending,
         });
-        if (a.stale) {
+        if (d.kind === 'reshard') {
           this.state = 'resharding';
-          await this.checkpointAndAck(group);
+          await this.checkpointAndAck(world);
           // Leases of the old epoch cannot be renewed: give back what was not trained.
           await this.book.releaseHeld();
           this.stats.rejoins++;
           return 'reshard';
         }
-        const left = a.outstanding - a.window; // samples not trained by this world yet
-        if (a.total === 0 && left <= 0) {
-          if (a.window > 0) { await this.checkpointAndAck(group); continue; } // flush: the acks finish the job
+        if (d.kind === 'checkpoint') { await this.checkpointAndAck(world); continue; } // flush: the acks finish the job
+        if (d.kind === 'done') {
           // The accept length of the final weights, reported with the last step.
-          if (this.evalPending) {
-            const accept = await this.evaluate(group, target);
+          if (d.evaluate) {
+            const accept = await this.evaluate(world, target);
             if (accept !== null && this.lastMetrics) this.publishStep({ ...this.lastMetrics, acceptLength: accept, at: Date.now() });
           }
           return 'done';
         }
-        // Every rank full (or its partition exhausted), everything left in hand, or waited long enough.
-        if (a.total > 0 && (!a.short || a.total >= left || (group.size > 1 && a.waitedOut))) break;
+        if (d.kind === 'step') { step = d; break; }
+        // 'wait': short of samples that may still come; collect more and agree again.
       }
-      const width = Math.min(spec.batch, a.maxHeld);
       const t1 = Date.now();
       this.state = 'stepping';
       this.book.inStep = mine.map((h) => h.lease);
-      const batch = await this.cellBatch(group, mine, width);
+      const batch = await this.cellBatch(world, mine, step.width);
       if (batch.batch > batch.real) this.stats.paddedSteps++;
-      const res = await group.model.step(batch.slice, {
-        lr: spec.lr, clip: spec.clip, weightDecay: spec.weightDecay, returnGrads: false, samples: group.size > 1 || batch.batch > batch.real ? a.total : null,
+      const res = await world.model.step(batch.slice, {
+        lr: spec.lr, clip: spec.clip, weightDecay: spec.weightDecay, returnGrads: false, samples: world.size > 1 || batch.batch > batch.real ? step.samples : null,
       });
       const t2 = Date.now();
       this.book.trained(mine);
       this.stepNo++;
-      this.samplesTrained += a.total;
+      this.samplesTrained += step.samples;
       this.evalPending = true;
-      const evalDue = spec.evalEvery > 0 && this.stepNo % spec.evalEvery === 0;
-      const accept = evalDue ? await this.evaluate(group, target) : null; // a collective when TP-sharded
-      if (group.index === 0) {
+      const accept = step.evaluateAfter ? await this.evaluate(world, target) : null; // a collective when TP-sharded
+      if (world.index === 0) {
         const m: StepMetrics = {
           rank, step: this.stepNo, loss: res.loss, gradNorm: res.gradNorm, ploss: [...res.ploss], acc: [...res.acc],
-          samples: a.total, tokens: a.total * spec.seqLen, stepMs: t2 - t1, waitMs: t1 - t0,
+          samples: step.samples, tokens: step.samples * spec.seqLen, stepMs: t2 - t1, waitMs: t1 - t0,
           acceptLength: accept, at: Date.now(), dp: this.epoch.partitions, epoch: this.epoch.epoch,
         };
         // Reported before the checkpoint: a step lost to a crash is reported again when it is
         // retrained (the run keeps the last report of each step), and none goes unreported.
         this.publishStep(m);
       }
-      if (this.stepNo % every === 0) await this.checkpointAndAck(group);
+      if (step.checkpointAfter) await this.checkpointAndAck(world);
     }
   }
 
@@ -328,13 +324,13 @@ export class RankWorker {
    * Accept length of the current weights, measured by world rank 0 (null on the others). Every
    * rank calls it: gathering a TP-sharded model's weights is a collective.
    */
-  private async evaluate(group: DpGroup, target: TargetModel): Promise<number | null> {
+  private async evaluate(world: World, target: TargetModel): Promise<number | null> {
     const { spec } = this.o;
     this.evalPending = false;
     const opts = { maxNew: spec.seqLen - spec.promptLen };
-    if (group.size === 1) return (await acceptLength(group.model, target, evalPrompts(spec), opts)).acceptLength;
-    const weights = (await group.state(this.stepNo, this.samplesTrained)).weights;
-    if (group.index !== 0) return null;
+    if (world.size === 1) return (await acceptLength(world.model, target, evalPrompts(spec), opts)).acceptLength;
+    const weights = (await world.state(this.stepNo, this.samplesTrained)).weights;
+    if (world.index !== 0) return null;
     const copy = DraftModel.create(spec.draft, { ...this.frozen, ...weights }, { threads: spec.threads });
     try { return (await acceptLength(copy, target, evalPrompts(spec), opts)).acceptLength; } finally { copy.close(); }
   }
@@ -344,73 +340,37 @@ export class RankWorker {
    * TP/SP ranks, which read the features themselves), padded to `width` with fully-masked
    * samples, and the SP slice of it.
    */
-  private async cellBatch(group: DpGroup, mine: Held[], width: number): Promise<{ slice: DraftBatch; batch: number; real: number }> {
+  private async cellBatch(world: World, mine: Held[], width: number): Promise<{ slice: DraftBatch; batch: number; real: number }> {
     const { spec, store } = this.o;
     let tensors = mine.map((h) => h.tensors!);
-    if (group.cellSize > 1) {
-      const shared = await group.shareInCell(this.leader ? { refs: mine.map((h) => h.lease.ref) } : null);
+    if (world.cellSize > 1) {
+      const shared = await world.shareInCell(this.leader ? { refs: mine.map((h) => h.lease.ref) } : null);
       const refs = (shared.refs ?? []) as SampleRef[];
       if (!this.leader) tensors = await Promise.all(refs.map((r) => store.get(validateSampleRef(r), { names: FEATURES })));
     }
     const full = stackBatch(tensors, spec.seqLen, spec.draft.hidden, width - tensors.length);
-    const slice = spec.sp > 1 ? sliceBatch(full, { sp: spec.sp, dp: 1, spIdx: group.spIdx, dpIdx: 0 }, spec.draft.ttt, spec.draft.hidden) : full;
+    const slice = spec.sp > 1 ? sliceBatch(full, { sp: spec.sp, dp: 1, spIdx: world.spIdx, dpIdx: 0 }, spec.draft.ttt, spec.draft.hidden) : full;
     return { slice, batch: width, real: tensors.length };
   }
 
-  /**
-   * Commits a checkpoint of the world's state holding every rank's trained leases, then acks
-   * this rank's. A collective on a world of several ranks (all call it in the same round).
-   */
-  private async checkpointAndAck(group: DpGroup): Promise<void> {
-    const { spec } = this.o;
-    if (group.size === 1 && this.book.window.length === 0 && this.book.trainedSkip.size === 0) return;
+  /** The world checkpoint (trainer/world-checkpoint.ts), a collective: all ranks call it in the same round. */
+  private async checkpointAndAck(world: World): Promise<void> {
+    if (!this.ckpt.due(world)) return;
     this.state = 'checkpointing';
-    const win: CheckpointLease[] = this.book.window.map((l) => ({ leaseId: l.leaseId, sampleId: l.sampleId, epoch: l.epoch }));
-    const epoch = this.epoch.epoch;
-    let all: CheckpointLease[];
-    if (group.size === 1) {
-      // Samples already in a checkpoint whose acks failed stay recorded as trained.
-      all = [...win, ...[...this.book.trainedSkip].map((sampleId) => ({ leaseId: '', sampleId, epoch: 0 }))];
-    } else {
-      await writeWindowPart(spec, this.stepNo, epoch, group.index, { window: win, skipped: [...this.book.trainedSkip] });
-      await group.barrier();
-      all = group.index === 0 ? await takeWindowParts(spec, this.stepNo, epoch, group.size) : [];
-    }
-    this.train = await group.state(this.stepNo, this.samplesTrained);
-    if (group.index === 0) await writeRankCheckpoint(spec, this.train, this.frozen.d2t as Int32Array, this.stepNo, all, epoch, this.samplesTrained);
-    await group.barrier(); // committed: every rank may ack now
-    this.stats.checkpoints++;
-    this.o.onCheckpoint?.(this.stepNo);
-    failpoint('rank.before-ack');
-    const window = this.book.window;
-    await this.book.ackAll(win);
-    if (this.book.window === window) this.book.window = [];
+    this.train = await this.ckpt.commit(world, { step: this.stepNo, epoch: this.epoch.epoch, samples: this.samplesTrained });
   }
 
   /**
-   * A collective failed: the world's state is unknown. Back to the latest committed checkpoint;
-   * leases trained since then are acked if it holds them and released otherwise; ask for a
-   * new epoch and re-form.
+   * A collective failed: the world's state is unknown. Back to the latest committed checkpoint
+   * (trainer/world-checkpoint.ts), then re-form under the epoch the coordinator makes.
    */
   private async recover(e: Error): Promise<void> {
-    const { spec, bus, rank } = this.o;
     this.state = 'recovering';
     this.stats.regroups++;
     this.log.warn('collective group failed; reverting to the latest checkpoint and regrouping', { epoch: this.epoch.epoch, error: e.message });
-    const init = await loadWeightsFile(spec.initWeights, spec.draft);
-    const ck = await loadRankCheckpoint(spec, init);
-    const inCk = new Set(ck?.manifest.trained ?? []);
-    const trained = this.book.window.filter((l) => inCk.has(l.sampleId));
-    const lost = this.book.window.filter((l) => !inCk.has(l.sampleId));
-    this.book.window = [];
-    for (const l of lost) this.book.held.set(l.leaseId, { lease: l, tensors: null });
-    for (const id of inCk) this.book.trainedSkip.add(id);
-    await this.book.ackAll(trained);
-    await this.book.releaseHeld();
-    this.train = ck ? { ...initialState(spec, ck.weights), optimizer: ck.optimizer, step: ck.manifest.step, samples: ck.manifest.samples } : initialState(spec, init);
+    this.train = await this.ckpt.revert(this.epoch.epoch, this.o.rank);
     this.stepNo = this.train.step;
     this.samplesTrained = this.train.samples;
-    await bus.request(`dw.${spec.job}.coord.regroup`, { fromEpoch: this.epoch.epoch, rank }, { timeoutMs: 10_000, retries: 5, idempotencyKey: `regroup:${rank}:${this.epoch.epoch}` });
   }
 
   /** After the data ran out: ack re-leases of samples trained but not yet acked (bounded wait). */
@@ -439,13 +399,14 @@ export class RankWorker {
     this.timers.push(hb, renew);
     // An announced epoch change wakes a waiting rank at once, instead of at its next credit retry.
     this.epochSub = bus.subscribe<EpochInfo>(bus.subjects.ctlEpoch, (e) => {
-      if (e && typeof e.epoch === 'number') this.announced = Math.max(this.announced, e.epoch);
-      if (e && typeof e.epoch === 'number' && e.epoch > this.epoch.epoch) {
-        this.newerEpochSeen = true;
-        // A world still forming for the old epoch will never complete: its members move on.
-        this.forming?.abort(`epoch ${e.epoch} superseded epoch ${this.epoch.epoch} while its world was forming`);
-        setTimeout(() => this.wake?.(), 20);
-      }
+      // A replayed, late or repeated announcement (not newer than this rank's epoch) is ignored.
+      const newer = newerEpochAnnounced(e, this.epoch.epoch);
+      if (newer === null) return;
+      this.announced = Math.max(this.announced, newer);
+      this.newerEpochSeen = true;
+      // A world still forming for the old epoch will never complete: its members move on.
+      this.forming?.abort(`epoch ${newer} superseded epoch ${this.epoch.epoch} while its world was forming`);
+      setTimeout(() => this.wake?.(), 20);
     }, { dedupe: false });
   }
 
@@ -468,13 +429,14 @@ export class RankWorker {
       return false;
     }
     if (!this.leader) {
+      // The log key stays `num` (the partition count): test/fault/chaos.test.ts and operators' greps read it.
       this.log.info('joined', { epoch: this.epoch.epoch, num: this.epoch.partitions, worldRank: this.index, partition: this.dpIdx, leases: 'from its cell leader', job: spec.job });
       return true;
     }
     this.sub = bus.subscribe<LeaseMessage>(bus.subjects.part(this.epoch.partitions, this.dpIdx), (m) => {
       if (m?.consumer !== this.consumer || !Array.isArray(m.leases)) return;
-      this.book.receive(m.leases);
-      this.wake?.();
+      // Replays are dropped here: a lease already taken, or of an older epoch (LeaseBook.receive).
+      if (this.book.receive(m.leases, this.epoch.epoch) > 0) this.wake?.();
     }, { dedupe: false });
     await bus.flush();
     this.log.info('joined', { epoch: this.epoch.epoch, num: this.epoch.partitions, partition: this.dpIdx, job: spec.job });
@@ -489,7 +451,7 @@ export class RankWorker {
     const { bus, spec } = this.o;
     this.state = 'waiting';
     for (;;) {
-      if (this.book.trainedSkip.size > 0) await this.book.ackSkipped();
+      if (this.book.trainedSkip.size > 0) await this.ckpt.ackSkipped();
       await this.book.fetchNew();
       if (this.book.ready().length >= n || this.newerEpochSeen) return false;
       if (this.stopped) throw new DraftwireError('STOPPED', 'rank stopped', false);
@@ -502,10 +464,10 @@ export class RankWorker {
         // Nothing pending here and nothing more to be committed: this credit grants nothing, and
         // waiting for a full batch would only hold the world up (samples expired or released
         // later make the partition non-empty again, and the next reply says so).
-        this.exhausted = typeof r.committed === 'number' && r.committed >= jobRows(spec) && r.partitionPending === 0;
+        this.partitionExhausted = typeof r.committed === 'number' && r.committed >= jobRows(spec) && r.partitionPending === 0;
         // Leases granted before this reply are here already (one connection, in order): read
         // them, so that a short batch is short only of samples that do not exist.
-        if (this.exhausted) { await this.book.fetchNew(); return false; }
+        if (this.partitionExhausted) { await this.book.fetchNew(); return false; }
       } catch (e) {
         if (e instanceof StaleEpochError) {
           // The queue has not seen this rank's (newer) epoch yet: not a reshard, ask again.

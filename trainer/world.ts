@@ -33,7 +33,7 @@ export interface RoundInput { held: number; window: number; stale: boolean; wait
 /** What the world agreed: sums, extremes and flags over every rank (`short`: any rank is). */
 export interface Round { total: number; maxHeld: number; window: number; stale: boolean; waitedOut: boolean; outstanding: number; short: boolean }
 
-export interface GroupOptions {
+export interface WorldOptions {
   bus: Bus;
   spec: JobSpec;
   epoch: number;
@@ -49,8 +49,8 @@ export interface GroupOptions {
 
 const numel = (shape: number[]) => shape.reduce((a, b) => a * b, 1);
 
-export class DpGroup {
-  private constructor(readonly o: GroupOptions, readonly model: DraftModel, private readonly comm: Communicator | null,
+export class World {
+  private constructor(readonly o: WorldOptions, readonly model: DraftModel, private readonly comm: Communicator | null,
     private readonly cell: Communicator | null, readonly step: number, readonly samples: number) {}
 
   get index(): number { return this.o.index; }
@@ -63,12 +63,12 @@ export class DpGroup {
   get leader(): boolean { return this.o.index % this.cellSize === 0; }
 
   /** Joins the epoch's world, agrees on the training state and builds the model on it. */
-  static async form(o: GroupOptions, state: TrainState): Promise<DpGroup> {
+  static async form(o: WorldOptions, state: TrainState): Promise<World> {
     const { spec } = o;
     if (o.size === 1) {
       const model = DraftModel.create(spec.draft, { ...o.frozen, ...state.weights }, { threads: spec.threads });
       model.loadOptimizerState(state.optimizer);
-      return new DpGroup(o, model, null, null, state.step, state.samples);
+      return new World(o, model, null, null, state.step, state.samples);
     }
     const g = spec.tp * spec.sp;
     if (o.size % g !== 0) throw new InvalidArgumentError(`a world of ${o.size} ranks is not whole cells of tp·sp = ${g}`);
@@ -86,7 +86,7 @@ export class DpGroup {
       model.loadOptimizerState(synced.optimizer); // full-shape: each rank keeps its shards
       const d = Math.floor(o.index / g);
       const cell = g > 1 ? await comm.subgroup(Array.from({ length: g }, (_, i) => d * g + i), `cell${d}`) : null;
-      return new DpGroup(o, model, comm, cell, step, synced.samples);
+      return new World(o, model, comm, cell, step, synced.samples);
     } catch (e) {
       await comm.close().catch(() => {});
       throw e;

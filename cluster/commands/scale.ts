@@ -3,7 +3,7 @@
 // granting under the old epoch; the world checkpoints and acks what it trained, releases the
 // rest; new ranks are spawned on the node agents, dropped ones retire, and the new world
 // forms (weights and AdamW state broadcast from the most advanced rank) and re-subscribes
-// under the new partition count (actors/coordinator.ts, actors/rank.ts, actors/dp-group.ts).
+// under the new partition count (actors/coordinator.ts, trainer/rank-worker.ts, trainer/world.ts).
 import { Command } from 'commander';
 import { AuthPolicy } from '../../src/wire/auth.ts';
 import { Bus } from '../../src/bus/bus.ts';

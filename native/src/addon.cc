@@ -5,6 +5,7 @@
 #include <cstdlib>
 
 #include "blas.h"
+#include "convert.h"
 #include "napi_comm.h"  // collectives
 #include "napi_models.h"
 #include "parallel.h"
@@ -74,6 +75,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("sgemmBench", Napi::Function::New(env, SgemmBench, "sgemmBench"));
   exports.Set("fillNormal", Napi::Function::New(env, FillNormal, "fillNormal"));
   exports.Set("gemmFlops", Napi::Function::New(env, GemmFlops, "gemmFlops"));
+  registerConvert(env, exports);  // upcastToF32, convertInfo (convert.h)
   registerCollectives(env, exports);  // collectives: commConnect, commThreadWorld, memcpyBench
   return exports;
 }

@@ -23,6 +23,7 @@ export { subjects, type JobSubjects } from '../wire/subjects.ts';
 export { errorToWire, errorFromWire, type WireError } from '../wire/error-codec.ts';
 export { faultsFromEnv, type BusFaults } from './faults.ts';
 export { BusKv, type KvValue, type KvChange, type KvWatch } from './kv.ts';
+export { sealRecordBytes, openRecordBytes } from './core.ts';
 export type { MsgMeta, Handler, SubscribeOptions, RequestOptions, BusConnectOptions, BusStats, BusSubscription } from './core.ts';
 
 export interface StreamOptions {
@@ -141,8 +142,8 @@ export class Bus extends BusCore {
     return p;
   }
 
-  /** @internal */ _sealKv(bucket: string, key: string, obj: unknown): Uint8Array { return this.sealRecord(`kv:${bucket}:${key}`, obj); }
-  /** @internal */ _openKv(bucket: string, key: string, bytes: Uint8Array): unknown { return this.openRecord(`kv:${bucket}:${key}`, bytes); }
+  /** @internal */ _sealKv(bucket: string, key: string, obj: unknown, version: number): Uint8Array { return this.sealRecord(`kv:${bucket}:${key}`, obj, version); }
+  /** @internal */ _openKv(bucket: string, key: string, bytes: Uint8Array): { value: unknown; version: number } { return this.openVersionedRecord(`kv:${bucket}:${key}`, bytes); }
   /** @internal */ _js(): JetStreamClient { return this.js(); }
   /** @internal */ _jsOp<T>(what: string, fn: () => Promise<T>, idempotent: boolean): Promise<T> { return this.jsOp(what, fn, idempotent); }
 

@@ -3,24 +3,30 @@
 // (bus.ts) extends it with the JetStream side; the two are split only so each reads in one
 // sitting. Import from bus.ts, not from here.
 //
-// Wire format (every message): auth.seal(encodeMessage(frame)), frame one of
+// Wire format (every message; docs/wire.md is the reference): auth.seal(encodeMessage(frame)),
+// frame one of
 //   publish  {k: 'm', s: subject, d: body}
-//   request  {k: 'q', s: subject, i: idempotencyKey, a: attempt, d: body}
-//   reply    {k: 'r', i: idempotencyKey, d: result}  |  {k: 'e', i, error: {code, message, retryable, detail?}}
-// The subject is inside the MAC, so a sealed message cannot be moved to another subject;
-// the idempotency key is inside too, and replies echo it. A retry is sealed afresh (new
-// nonce), so the replay window never eats it. KV values and stream records are MAC'd (no
-// replay window: they are read again later) with their key/subject bound in.
+//   request  {k: 'q', s: subject, r: replySubject, i: idempotencyKey, a: attempt, d: body}
+//   reply    {k: 'r', r: replySubject, i: idempotencyKey, d: result}
+//          | {k: 'e', r: replySubject, i, error: {code, message, retryable, detail?}}
+// The subject and the reply subject are inside the MAC: a sealed message cannot be moved to
+// another subject, and a replayed request cannot be answered to another inbox (every attempt
+// has its own single-use inbox, so a reply cannot be replayed into another request either).
+// Replays: every subscription refuses a message sealed before it started (minus
+// auth.skewMs; reset on reconnect) and a nonce it has seen inside the window; a retry is
+// sealed afresh (new ts and nonce), at send time (after any injected delay). KV values and
+// stream records are MAC'd (no replay window: they are read again later) with their
+// key/subject bound in; KV values also bind a version (kv.ts).
 //
-// A message that fails auth or decode is counted and dropped with a (rate-limited) warning;
-// it never throws into NATS. Handler errors that are DraftwireErrors go back to the
-// requester, which rethrows them as the same class.
+// A message that fails auth or decode is counted and dropped with a (rate-limited) warning
+// naming the subject; it never throws into NATS. Handler errors that are DraftwireErrors go
+// back to the requester, which rethrows them as the same class.
 
 import { randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
-import type { NatsConnection, Msg, Subscription, Status } from '@nats-io/transport-node';
+import { createInbox, type NatsConnection, type Msg, type Subscription, type Status } from '@nats-io/transport-node';
 import { AuthError, DecodeError, DraftwireError, InvalidArgumentError, TimeoutError, UnavailableError } from '../errors.ts';
-import type { AuthPolicy } from '../wire/auth.ts';
+import type { AuthPolicy, ReplayGuard } from '../wire/auth.ts';
 import { encodeMessage, decodeMessage, MESSAGE_MAX_BYTES } from '../wire/sampleref.ts';
 import { createLogger, type Logger } from '../log.ts';
 import { subjects, checkSubject, type JobSubjects } from '../wire/subjects.ts';
@@ -89,7 +95,10 @@ export interface BusStats {
   timeouts: number;
   noResponders: number;
   received: number;
+  /** Messages refused as AuthError: bad MAC, stale timestamp, replay, re-addressed reply. */
   rejectedAuth: number;
+  /** Of rejectedAuth, the replays: sealed before the subscription started, or a nonce seen. */
+  rejectedReplay: number;
   rejectedDecode: number;
   handlerErrors: number;
   repliesSent: number;
@@ -109,11 +118,35 @@ export interface BusSubscription {
   drain(): Promise<void>;
 }
 
-// ---------------------------------------------------------------------------------------
-
-export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 const enc = new TextEncoder();
 
+// ---------------------------------------------------------------------------------------
+
+/**
+ * A MAC'd record (KV value, stream record): msgpack {b: body, m?: mac}, body = msgpack {d: obj}
+ * or, for KV values, {d: obj, v: version} (what makes a value current: kv.ts); mac =
+ * HMAC(key, context || 0x00 || body), context `kv:<bucket>:<key>` or `js:<subject>`.
+ */
+export function sealRecordBytes(auth: AuthPolicy, context: string, obj: unknown, version?: number, maxBytes = MESSAGE_MAX_BYTES): Uint8Array {
+  const body = encodeMessage(version === undefined ? { d: obj } : { d: obj, v: version }, maxBytes);
+  if (!auth.enabled) return encodeMessage({ b: body }, maxBytes + 64);
+  const mac = auth.mac(concatBytes(enc.encode(context + '\u0000'), body));
+  return encodeMessage({ b: body, m: mac }, maxBytes + 64);
+}
+
+/** Opens a record of sealRecordBytes: AuthError on a bad MAC, DecodeError when malformed; version 0 when absent. */
+export function openRecordBytes(auth: AuthPolicy, context: string, bytes: Uint8Array, maxBytes = MESSAGE_MAX_BYTES): { value: unknown; version: number } {
+  const outer = decodeMessage(bytes, maxBytes + 64);
+  const body = outer.b;
+  if (!(body instanceof Uint8Array)) throw new DecodeError(`record ${context}: body must be bytes`);
+  if (auth.enabled) auth.verifyMac(concatBytes(enc.encode(context + '\u0000'), body), outer.m as Uint8Array | undefined);
+  const inner = decodeMessage(body, maxBytes);
+  const v = inner.v ?? 0;
+  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) throw new DecodeError(`record ${context}: version must be an unsigned integer`);
+  return { value: inner.d, version: v };
+}
+
+export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 function concatBytes(a: Uint8Array, b: Uint8Array): Uint8Array {
   const out = new Uint8Array(a.byteLength + b.byteLength);
   out.set(a, 0); out.set(b, a.byteLength);
@@ -145,9 +178,11 @@ export abstract class BusCore extends EventEmitter {
   private readonly log: Logger;
   private readonly maxBytes: number;
   private readonly subs = new Set<BusSubscription>();
+  /** Replay state of every live subscription (restarted on reconnect). */
+  private readonly guards = new Set<ReplayGuard>();
   private readonly counters: BusStats = {
     published: 0, requests: 0, attempts: 0, retries: 0, timeouts: 0, noResponders: 0, received: 0,
-    rejectedAuth: 0, rejectedDecode: 0, handlerErrors: 0, repliesSent: 0, repliesFromCache: 0,
+    rejectedAuth: 0, rejectedReplay: 0, rejectedDecode: 0, handlerErrors: 0, repliesSent: 0, repliesFromCache: 0,
     droppedByFault: 0, droppedDisconnected: 0, badReplies: 0, disconnects: 0, reconnects: 0,
   };
   private connected = true;
@@ -192,6 +227,8 @@ export abstract class BusCore extends EventEmitter {
             this.connected = true;
             this.counters.reconnects++;
             this.log.info('NATS reconnected', { server: s.server });
+            // Nothing sent while we were away reached us: what was sealed then is a replay.
+            for (const g of this.guards) g.restart();
             const w = this.connWaiters; this.connWaiters = [];
             w.forEach((f) => f());
             break;
@@ -235,15 +272,14 @@ export abstract class BusCore extends EventEmitter {
     return this.auth.seal(encodeMessage(frame, this.maxBytes));
   }
 
-  /** Open + decode; null (counted, warned) when it fails auth or decode. */
-  private openFrame(data: Uint8Array, subject: string): Record<string, unknown> | null {
-    let body: Uint8Array;
+  /** Open + decode; null (counted, warned) when it fails auth or decode. No replay check. */
+  private openFrame(data: Uint8Array, subject: string): { frame: Record<string, unknown>; ts?: number; nonce?: Uint8Array } | null {
+    let u: { body: Uint8Array; ts?: number; nonce?: Uint8Array };
     try {
-      body = this.auth.open(data);
+      u = this.auth.unseal(data);
     } catch (e) {
       if (e instanceof AuthError) {
-        this.counters.rejectedAuth++;
-        this.warnAuth.warn('dropped a message that failed authentication', { subject, total: this.counters.rejectedAuth });
+        this.refuse(subject, 'failed authentication', e);
       } else {
         this.counters.rejectedDecode++;
         this.warnDecode.warn('dropped an undecodable message', { subject, error: e as Error, total: this.counters.rejectedDecode });
@@ -251,12 +287,20 @@ export abstract class BusCore extends EventEmitter {
       return null;
     }
     try {
-      return decodeMessage(body, this.maxBytes);
+      return { frame: decodeMessage(u.body, this.maxBytes), ts: u.ts, nonce: u.nonce };
     } catch (e) {
       this.counters.rejectedDecode++;
       this.warnDecode.warn('dropped an undecodable message', { subject, error: e as Error, total: this.counters.rejectedDecode });
       return null;
     }
+  }
+
+  /** Counts and warns (with the subject) about a message refused with an AuthError. */
+  private refuse(subject: string, why: string, err: AuthError, replay = false): null {
+    this.counters.rejectedAuth++;
+    if (replay) this.counters.rejectedReplay++;
+    this.warnAuth.warn(`dropped a message that ${why}`, { subject, code: err.code, total: this.counters.rejectedAuth });
+    return null;
   }
 
   private badFrame(subject: string, why: string): null {
@@ -265,25 +309,23 @@ export abstract class BusCore extends EventEmitter {
     return null;
   }
 
-  /** MAC'd record bytes: {b: body, m?: mac over (context, body)}. */
-  protected sealRecord(context: string, obj: unknown): Uint8Array {
-    const body = encodeMessage({ d: obj }, this.maxBytes);
-    if (!this.auth.enabled) return encodeMessage({ b: body }, this.maxBytes + 64);
-    const mac = this.auth.mac(concatBytes(enc.encode(context + '\u0000'), body));
-    return encodeMessage({ b: body, m: mac }, this.maxBytes + 64);
+  /** MAC'd record bytes (see sealRecordBytes). */
+  protected sealRecord(context: string, obj: unknown, version?: number): Uint8Array {
+    return sealRecordBytes(this.auth, context, obj, version, this.maxBytes);
   }
 
   /** Throws AuthError / DecodeError. */
   protected openRecord(context: string, bytes: Uint8Array): unknown {
-    const outer = decodeMessage(bytes, this.maxBytes + 64);
-    const body = outer.b;
-    if (!(body instanceof Uint8Array)) throw new DecodeError(`record ${context}: body must be bytes`);
-    if (this.auth.enabled) this.auth.verifyMac(concatBytes(enc.encode(context + '\u0000'), body), outer.m as Uint8Array | undefined);
-    return decodeMessage(body, this.maxBytes).d;
+    return openRecordBytes(this.auth, context, bytes, this.maxBytes).value;
+  }
+
+  /** openRecord with the record's version (0 when it has none: written before versions). */
+  protected openVersionedRecord(context: string, bytes: Uint8Array): { value: unknown; version: number } {
+    return openRecordBytes(this.auth, context, bytes, this.maxBytes);
   }
 
   /** @internal */ _warnBadRecord(what: string, e: unknown): void {
-    if (e instanceof AuthError) { this.counters.rejectedAuth++; this.warnAuth.warn('skipped a record that failed authentication', { what }); }
+    if (e instanceof AuthError) { this.counters.rejectedAuth++; this.warnAuth.warn(e.detail?.rollback ? 'refused a rolled-back record' : 'skipped a record that failed authentication', { what, ...(e.detail?.rollback ? { detail: e.message } : {}) }); }
     else { this.counters.rejectedDecode++; this.warnDecode.warn('skipped an undecodable record', { what, error: e as Error }); }
   }
 
@@ -292,12 +334,15 @@ export abstract class BusCore extends EventEmitter {
   /** Fire-and-forget. Throws InvalidArgumentError for a bad subject or a non-plain body. */
   publish(subject: string, obj: unknown): void {
     checkSubject(subject, false);
-    const data = this.sealFrame({ k: 'm', s: subject, d: obj });
+    encodeMessage({ k: 'm', s: subject, d: obj }, this.maxBytes); // fail fast on a bad body
     this.counters.published++;
     if (this.faults.dropRequest?.(subject)) { this.counters.droppedByFault++; return; }
     const delay = this.faults.delayMs?.(subject) ?? 0;
     const send = () => {
       if (!this.connected) { this.counters.droppedDisconnected++; this.log.debug('publish while disconnected (will be lost)', { subject }); }
+      // Sealed when sent: a delayed message must not look older than the subscriptions it reaches.
+      let data: Uint8Array;
+      try { data = this.sealFrame({ k: 'm', s: subject, d: obj }); } catch (e) { this.log.warn('publish failed', { subject, error: e as Error }); return; }
       try { this.nc.publish(subject, data); } catch (e) { this.log.warn('publish failed', { subject, error: mapNatsError(e, 'publish') }); }
     };
     if (delay > 0) setTimeout(send, delay); else send();
@@ -337,10 +382,12 @@ export abstract class BusCore extends EventEmitter {
         continue;
       }
       if (!(await this.waitConnected(timeoutMs))) { this.counters.timeouts++; lastFailure = 'disconnected'; continue; }
-      const data = this.sealFrame({ k: 'q', s: subject, i: key, a: attempt, d: obj });
+      // A single-use inbox per attempt, bound inside the MAC: the responder answers only to it.
+      const inbox = createInbox();
+      const data = this.sealFrame({ k: 'q', s: subject, r: inbox, i: key, a: attempt, d: obj });
       let msg: Msg;
       try {
-        msg = await this.nc.request(subject, data, { timeout: timeoutMs });
+        msg = await this.nc.request(subject, data, { timeout: timeoutMs, noMux: true, reply: inbox });
       } catch (e) {
         if (isNatsTimeout(e)) { this.counters.timeouts++; lastFailure = 'timeout'; continue; }
         if (isNoResponders(e)) {
@@ -351,8 +398,13 @@ export abstract class BusCore extends EventEmitter {
         }
         throw mapNatsError(e, `request to ${subject}`);
       }
-      const frame = this.openFrame(msg.data, subject);
-      if (!frame) { this.counters.badReplies++; lastFailure = 'bad reply'; continue; }
+      const opened = this.openFrame(msg.data, subject);
+      if (!opened) { this.counters.badReplies++; lastFailure = 'bad reply'; continue; }
+      const frame = opened.frame;
+      if (this.auth.enabled && frame.r !== inbox) {
+        this.refuse(subject, 'is a reply sealed for another request', new AuthError());
+        this.counters.badReplies++; lastFailure = 'bad reply'; continue;
+      }
       if (frame.i !== key || (frame.k !== 'r' && frame.k !== 'e')) {
         this.badFrame(subject, 'reply does not match the request');
         this.counters.badReplies++; lastFailure = 'bad reply'; continue;
@@ -392,20 +444,30 @@ export abstract class BusCore extends EventEmitter {
       if (delay > 0) await sleep(delay);
       let data: Uint8Array;
       try {
-        data = this.sealFrame(frame);
+        data = this.sealFrame({ ...frame, r: msg.reply });
       } catch (e) {
         // A result or error detail that does not encode: say so instead of timing out.
         this.log.error('reply does not encode', { subject: msg.subject, error: e as Error });
-        data = this.sealFrame({ k: 'e', i: frame.i, error: { code: 'INTERNAL', message: `reply does not encode: ${(e as Error).message}`, retryable: false } });
+        data = this.sealFrame({ k: 'e', r: msg.reply, i: frame.i, error: { code: 'INTERNAL', message: `reply does not encode: ${(e as Error).message}`, retryable: false } });
       }
       try { msg.respond(data); this.counters.repliesSent++; } catch (e) { this.log.warn('reply failed', { subject: msg.subject, error: mapNatsError(e, 'reply') }); }
     };
 
+    // Started before the SUB reaches the server, so nothing legitimately delivered is older.
+    const guard = this.auth.replayGuard(Date.now());
     const onMessage = async (msg: Msg): Promise<void> => {
       this.counters.received++;
-      const frame = this.openFrame(msg.data, msg.subject);
-      if (!frame) return;
+      const opened = this.openFrame(msg.data, msg.subject);
+      if (!opened) return;
+      const frame = opened.frame;
       if (frame.s !== msg.subject) { this.badFrame(msg.subject, `sealed for subject ${String(frame.s).slice(0, 80)}`); return; }
+      if (this.auth.enabled) {
+        if (frame.k === 'q' && (typeof frame.r !== 'string' || frame.r !== msg.reply)) { this.refuse(msg.subject, 'is a request whose reply subject is not the one sealed', new AuthError()); return; }
+        try { guard.check(opened.ts!, opened.nonce!); } catch (e) {
+          if (e instanceof AuthError) { this.refuse(msg.subject, 'is a replay (sealed before this subscription started, or seen already)', e, true); return; }
+          throw e;
+        }
+      }
       if (frame.k === 'm') {
         try { await handler(frame.d as T, { subject: msg.subject }); } catch (err) {
           this.counters.handlerErrors++;
@@ -448,11 +510,13 @@ export abstract class BusCore extends EventEmitter {
     } catch (e) {
       throw mapNatsError(e, `subscribe to ${subject}`);
     }
+    this.guards.add(guard);
     const handle: BusSubscription = {
       subject,
-      unsubscribe: () => { this.subs.delete(handle); try { sub.unsubscribe(); } catch { /* closed */ } },
+      unsubscribe: () => { this.subs.delete(handle); this.guards.delete(guard); try { sub.unsubscribe(); } catch { /* closed */ } },
       drain: async () => {
         this.subs.delete(handle);
+        this.guards.delete(guard);
         try { await sub.drain(); } catch { /* closed */ }
         await Promise.allSettled([...inflight]);
       },

@@ -634,3 +634,41 @@ export interface RawCollectives {
 }
 /** The collectives part of the addon. */
 export function collectivesBinding(): RawCollectives { return binding() as unknown as RawCollectives; }
+
+// ------------------------------------------------------------------------------------------
+// 16-bit float features (native/src/convert.cc): samples may store aux/last as bf16 or f16
+
+export type HalfDtype = 'bf16' | 'f16';
+interface RawConvert {
+  upcastToF32(src: Uint16Array, dtype: HalfDtype, dst: Float32Array, dstOffset: number, portable: boolean): void;
+  convertInfo(): { f16c: boolean };
+}
+const convertBinding = (): RawConvert => binding() as unknown as RawConvert;
+
+/**
+ * Writes `src` (raw bf16 or f16 words) as f32 into dst[dstOffset, dstOffset + src.length),
+ * natively at memory speed. bf16 is exact (a shift); f16 is exact too, subnormals, ±inf and
+ * NaN included (a NaN keeps sign and payload, quieted). Synchronous: about 1 ms for a step's
+ * batch (bench/convert.bench.ts). `portable` skips the F16C path (tests compare both).
+ */
+export function upcastToF32(src: Uint16Array, dtype: HalfDtype, dst: Float32Array, dstOffset = 0, opts: { portable?: boolean } = {}): void {
+  if (!(src instanceof Uint16Array)) throw new InvalidArgumentError(`upcastToF32: src must be a Uint16Array (the raw 16-bit words), got ${describeArg(src)}`);
+  if (dtype !== 'bf16' && dtype !== 'f16') throw new InvalidArgumentError(`upcastToF32: dtype must be "bf16" or "f16", got ${describeArg(dtype)}`);
+  if (!(dst instanceof Float32Array)) throw new InvalidArgumentError(`upcastToF32: dst must be a Float32Array, got ${describeArg(dst)}`);
+  if (!Number.isSafeInteger(dstOffset) || dstOffset < 0) throw new InvalidArgumentError(`upcastToF32: dstOffset must be a non-negative integer, got ${describeArg(dstOffset)}`);
+  if (dstOffset + src.length > dst.length) {
+    throw new InvalidArgumentError(`upcastToF32: dstOffset ${dstOffset} + src.length ${src.length} exceeds dst.length ${dst.length}`);
+  }
+  callSync(() => convertBinding().upcastToF32(src, dtype, dst, dstOffset, opts.portable === true));
+}
+
+/** Which f16 path this CPU takes (F16C instructions or the portable loop). */
+export function convertInfo(): { f16c: boolean } {
+  return { f16c: convertBinding().convertInfo().f16c };
+}
+
+function describeArg(x: unknown): string {
+  if (ArrayBuffer.isView(x)) return `${x.constructor.name}`;
+  if (typeof x === 'string') return JSON.stringify(x.slice(0, 20));
+  return x === null ? 'null' : typeof x === 'object' ? 'an object' : `${typeof x} ${String(x)}`;
+}

@@ -21,6 +21,63 @@ export interface AuthOptions {
   replayCacheSize?: number;
   /** Bound on sealed messages `open` accepts (default 16 MiB). */
   maxEnvelopeBytes?: number;
+  /**
+   * Clock-skew allowance, ms (default 2000): a ReplayGuard accepts messages sealed up to this
+   * long before it started (the sender's clock may lag the receiver's).
+   */
+  skewMs?: number;
+}
+
+/** A sealed message whose MAC and timestamp window checked out; not yet checked for replay. */
+export interface Unsealed { body: Uint8Array; ts?: number; nonce?: Uint8Array }
+
+/**
+ * Replay refusal for one receiver (a Bus subscription; AuthPolicy.open has its own): refuses
+ * a message sealed before the receiver started (minus the skew allowance) — nobody can have
+ * sent it to this receiver, so it is a replay — and a nonce already seen inside the window.
+ * Nonces are remembered for the window only (older ones fail the window check anyway); on
+ * overflow the oldest is forgotten and its timestamp becomes the floor, so a message is never
+ * accepted twice. restart() moves the start (after a reconnect: what was sent while the
+ * receiver was away was never delivered to it, so anything sealed then is a replay).
+ */
+export class ReplayGuard {
+  /** nonce (hex) -> ts, in insertion order. */
+  private readonly seen = new Map<string, number>();
+  /** Messages with ts < floor (or <= evictedTs) are refused. */
+  private floorTs: number;
+  private evictedTs = -Infinity;
+
+  constructor(private readonly windowMs: number, private readonly skewMs: number, private readonly cacheSize: number, startedAt = -Infinity) {
+    this.floorTs = startedAt - skewMs;
+  }
+
+  /** Refuse everything sealed before `now - skew` from here on. */
+  restart(now = Date.now()): void { this.floorTs = Math.max(this.floorTs, now - this.skewMs); }
+
+  /** Throws AuthError for a replay; records the nonce otherwise. */
+  check(ts: number, nonce: Uint8Array, now = Date.now()): void {
+    if (ts < this.floorTs || ts <= this.evictedTs) throw new AuthError();
+    this.prune(now);
+    const key = Buffer.from(nonce).toString('hex');
+    if (this.seen.has(key)) throw new AuthError();
+    this.seen.set(key, ts);
+    if (this.seen.size > this.cacheSize) {
+      const [oldKey, oldTs] = this.seen.entries().next().value as [string, number];
+      this.seen.delete(oldKey);
+      this.evictedTs = Math.max(this.evictedTs, oldTs);
+    }
+  }
+
+  /** Forgets nonces whose timestamps can no longer pass the window check. */
+  private prune(now: number): void {
+    // Insertion order is close to ts order; stop at the first entry still inside the window.
+    for (const [k, ts] of this.seen) {
+      if (ts < now - this.windowMs) this.seen.delete(k);
+      else break;
+    }
+  }
+
+  get size(): number { return this.seen.size; }
 }
 
 export class AuthPolicy {
@@ -30,10 +87,9 @@ export class AuthPolicy {
   private readonly secret: Buffer | null;
   private readonly replayCacheSize: number;
   private readonly maxEnvelopeBytes: number;
-  /** nonce (hex) -> ts, in insertion order. */
-  private readonly seen = new Map<string, number>();
-  /** Messages with ts <= floor are refused: a nonce of theirs may have been evicted. */
-  private floorTs = -Infinity;
+  readonly skewMs: number;
+  /** open()'s replay state (one per policy; the Bus keeps one per subscription instead). */
+  private readonly guard: ReplayGuard;
 
   private constructor(secret: Buffer | null, opts: AuthOptions = {}) {
     this.enabled = secret !== null;
@@ -42,8 +98,16 @@ export class AuthPolicy {
     this.windowMs = opts.windowMs ?? 30_000;
     this.replayCacheSize = opts.replayCacheSize ?? 1_000_000;
     this.maxEnvelopeBytes = opts.maxEnvelopeBytes ?? 16 * 1024 * 1024;
+    this.skewMs = opts.skewMs ?? 2000;
     if (!(this.windowMs > 0)) throw new InvalidArgumentError(`auth windowMs must be > 0, got ${this.windowMs}`);
     if (!Number.isInteger(this.replayCacheSize) || this.replayCacheSize < 1) throw new InvalidArgumentError(`auth replayCacheSize must be a positive integer`);
+    if (!(this.skewMs >= 0 && Number.isFinite(this.skewMs))) throw new InvalidArgumentError(`auth skewMs must be a finite number >= 0, got ${this.skewMs}`);
+    this.guard = this.replayGuard();
+  }
+
+  /** A fresh replay guard under this policy's window, skew and cache bound, started at `startedAt`. */
+  replayGuard(startedAt = -Infinity): ReplayGuard {
+    return new ReplayGuard(this.windowMs, this.skewMs, this.replayCacheSize, startedAt);
   }
 
   /**
@@ -117,43 +181,48 @@ export class AuthPolicy {
   }
 
   /**
-   * Wraps a message body. Enabled: msgpack {ts, nonce, body, mac} with mac over
-   * (ts, nonce, body); disabled: msgpack {body}.
+   * Wraps a message body. Enabled: msgpack {ts, nonce, body, mac} with mac = HMAC(key,
+   * "draftwire/v1/envelope\0" || int64be(ts) || nonce || body) (docs/wire.md); disabled:
+   * msgpack {body}. `nonce` (16 bytes) is for golden vectors only: a fixed nonce is a replay.
    */
-  seal(body: Uint8Array, now = Date.now()): Uint8Array {
+  seal(body: Uint8Array, now = Date.now(), nonce: Uint8Array = new Uint8Array(randomBytes(NONCE_BYTES))): Uint8Array {
     if (!(body instanceof Uint8Array)) throw new InvalidArgumentError('seal: body must be bytes');
     if (!this.enabled) return encodeMessage({ body }, this.maxEnvelopeBytes);
+    if (!(nonce instanceof Uint8Array) || nonce.byteLength !== NONCE_BYTES) throw new InvalidArgumentError(`seal: nonce must be ${NONCE_BYTES} bytes`);
     const ts = Math.floor(now);
-    const nonce = new Uint8Array(randomBytes(NONCE_BYTES));
     const mac = new Uint8Array(this.envelopeMac(ts, nonce, body));
     return encodeMessage({ ts, nonce, body, mac }, this.maxEnvelopeBytes);
   }
 
   /**
    * Unwraps a sealed message: DecodeError if malformed; AuthError (no detail) on a missing or
-   * wrong mac, a timestamp outside ±window of `now`, or a nonce already seen in the window.
+   * wrong mac, a timestamp outside ±window of `now`, or a nonce already seen in the window
+   * (by this policy: one replay cache per AuthPolicy; the Bus uses unseal + a ReplayGuard per
+   * subscription instead).
    */
   open(bytes: Uint8Array, now = Date.now()): Uint8Array {
+    const u = this.unseal(bytes, now);
+    if (this.enabled) this.guard.check(u.ts!, u.nonce!, now);
+    return u.body;
+  }
+
+  /**
+   * open() without the replay check: DecodeError if malformed; AuthError on a missing or wrong
+   * mac or a timestamp outside ±window of `now`. Returns the body with its ts and nonce (absent
+   * when auth is disabled) for the caller's ReplayGuard.
+   */
+  unseal(bytes: Uint8Array, now = Date.now()): Unsealed {
     const env = decodeMessage(bytes, this.maxEnvelopeBytes);
     const body = env.body;
     if (!(body instanceof Uint8Array)) throw new DecodeError('sealed message: body must be bytes');
-    if (!this.enabled) return new Uint8Array(body);
+    if (!this.enabled) return { body: new Uint8Array(body) };
     const { ts, nonce, mac } = env;
     if (typeof ts !== 'number' || !Number.isSafeInteger(ts) || !(nonce instanceof Uint8Array) || nonce.byteLength !== NONCE_BYTES || !(mac instanceof Uint8Array)) {
       throw new AuthError();
     }
     if (mac.byteLength !== MAC_BYTES || !timingSafeEqual(this.envelopeMac(ts, nonce, body), mac)) throw new AuthError();
-    if (Math.abs(now - ts) > this.windowMs || ts <= this.floorTs) throw new AuthError();
-    this.prune(now);
-    const key = Buffer.from(nonce).toString('hex');
-    if (this.seen.has(key)) throw new AuthError();
-    this.seen.set(key, ts);
-    if (this.seen.size > this.replayCacheSize) {
-      const [oldKey, oldTs] = this.seen.entries().next().value as [string, number];
-      this.seen.delete(oldKey);
-      this.floorTs = Math.max(this.floorTs, oldTs);
-    }
-    return new Uint8Array(body);
+    if (Math.abs(now - ts) > this.windowMs) throw new AuthError();
+    return { body: new Uint8Array(body), ts, nonce: new Uint8Array(nonce) };
   }
 
   private envelopeMac(ts: number, nonce: Uint8Array, body: Uint8Array): Buffer {
@@ -163,18 +232,9 @@ export class AuthPolicy {
     return createHmac('sha256', this.macKey!).update(head).update(nonce).update(body).digest();
   }
 
-  /** Forgets nonces whose timestamps can no longer pass the window check. */
-  private prune(now: number): void {
-    // Insertion order is close to ts order; stop at the first entry still inside the window.
-    for (const [k, ts] of this.seen) {
-      if (ts < now - this.windowMs) this.seen.delete(k);
-      else break;
-    }
-  }
-
   /** Size of the replay cache (for stats and tests). */
   replayCacheEntries(): number {
-    return this.seen.size;
+    return this.guard.size;
   }
 
   /** NATS user/password derived from the secret (same in every process); null when disabled. */

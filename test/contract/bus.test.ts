@@ -325,6 +325,147 @@ describe('Bus over a real nats-server (auth on)', function () {
   });
 });
 
+describe('Bus replay and rollback hardening (a raw client with the NATS credentials, not the secret)', function () {
+  this.timeout(60_000);
+  const auth = () => AuthPolicy.fromSecret(SECRET, { skewMs: 200 });
+  const nats = withNats({ auth: AuthPolicy.fromSecret(SECRET).natsCredentials()! });
+  const job = 'rp';
+  const S = subjects(job);
+  let a: Bus, b: Bus, raw: NatsConnection;
+  const extra: Bus[] = [];
+  const connectBus = async (name: string) => { const x = await Bus.connect({ servers: nats.url, job, auth: auth(), name }); extra.push(x); return x; };
+  beforeEach(async () => {
+    a = await Bus.connect({ servers: nats.url, job, auth: auth(), name: 'sender' });
+    b = await Bus.connect({ servers: nats.url, job, auth: auth(), name: 'first' });
+    raw = await connect(nats.connectOptions);
+  });
+  afterEach(async () => {
+    await a.close(); await b.close(); await raw.close();
+    for (const x of extra.splice(0)) await x.close();
+  });
+
+  /** Captures the next n messages on `subject` with the raw client. */
+  function capture(subject: string, n = 1): Promise<Array<{ data: Uint8Array; reply?: string }>> {
+    return new Promise((res) => {
+      const got: Array<{ data: Uint8Array; reply?: string }> = [];
+      const sub = raw.subscribe(subject, { callback: (_e, m) => { got.push({ data: new Uint8Array(m.data), reply: m.reply }); if (got.length === n) { sub.unsubscribe(); res(got); } } });
+    });
+  }
+
+  it('a broadcast replayed to a second subscriber, or to a restarted one, is refused; fresh traffic still arrives', async () => {
+    for (const subject of [S.ctlEpoch, S.hb('rank-0'), S.storeFree, S.part(2, 1)]) {
+      const seenB: unknown[] = [];
+      const subB = b.subscribe(subject, (m) => { seenB.push(m); });
+      const cap = capture(subject);
+      await raw.flush(); await b.flush();
+      a.publish(subject, { epoch: 5, subject });
+      const [good] = await cap;
+      await until(() => seenB.length === 1);
+      // A second subscriber process (its own Bus and AuthPolicy: no shared nonce cache) and a
+      // restart of the first (same name, new Bus): both subscribe after the message was sealed.
+      subB.unsubscribe();
+      // Subscriptions accept what was sealed up to skewMs before they started: wait that out.
+      await sleep((auth().skewMs ?? 200) + 50);
+      const second = await connectBus('second');
+      const restarted = await connectBus('first');
+      const seen2: unknown[] = [], seenR: unknown[] = [];
+      second.subscribe(subject, (m) => { seen2.push(m); });
+      restarted.subscribe(subject, (m) => { seenR.push(m); });
+      await second.flush(); await restarted.flush();
+      raw.publish(subject, good!.data);
+      await raw.flush();
+      await until(() => second.stats().rejectedAuth === 1 && restarted.stats().rejectedAuth === 1);
+      assert.equal(second.stats().rejectedReplay, 1);
+      assert.equal(restarted.stats().rejectedReplay, 1);
+      assert.deepEqual([seen2, seenR], [[], []], `replay on ${subject} reached a handler`);
+      a.publish(subject, { epoch: 6 });
+      await until(() => seen2.length === 1 && seenR.length === 1);
+      assert.deepEqual(seen2, [{ epoch: 6 }]);
+      await second.close(); await restarted.close();
+    }
+  });
+
+  it('a captured request replayed to a restarted responder is refused, with its own or another reply subject', async () => {
+    let calls = 0;
+    const sub = b.subscribe(S.queue.commit, (m: { x: number }) => { calls++; return { got: m.x }; });
+    const cap = capture(S.queue.commit);
+    await raw.flush(); await b.flush();
+    assert.deepEqual(await a.request(S.queue.commit, { x: 1 }, { idempotencyKey: 'commit:s1:1' }), { got: 1 });
+    const [req] = await cap;
+    assert.ok(req!.reply, 'a request has a reply subject');
+    await sub.drain();
+    await sleep((auth().skewMs ?? 200) + 50); // the restart comes later than the skew allowance
+    const restarted = await connectBus('first');
+    restarted.subscribe(S.queue.commit, (m: { x: number }) => { calls++; return { got: m.x }; });
+    await restarted.flush();
+    // Re-addressed: the replayer asks for the answer on its own inbox (caught before the age check).
+    await assert.rejects(raw.request(S.queue.commit, req!.data, { timeout: 500 }), (e: unknown) => /timeout|TIMEOUT/i.test(String((e as Error)?.message ?? e)));
+    await until(() => restarted.stats().rejectedAuth === 1);
+    assert.equal(restarted.stats().rejectedReplay, 0, 'refused for the reply subject, not for its age');
+    // The same bytes on their own reply subject: sealed before the subscription started.
+    raw.publish(S.queue.commit, req!.data, { reply: req!.reply });
+    await raw.flush();
+    await until(() => restarted.stats().rejectedAuth === 2);
+    assert.equal(restarted.stats().rejectedReplay, 1);
+    assert.equal(calls, 1, 'the handler ran for the legitimate request only');
+    assert.deepEqual(await a.request(S.queue.commit, { x: 2 }), { got: 2 });
+    assert.equal(calls, 2);
+  });
+
+  it('a captured reply injected into a later request under the same idempotency key is refused', async () => {
+    let n = 0;
+    b.subscribe(S.queue.renew, async () => { n++; if (n === 2) await sleep(300); return { n }; }, { dedupe: false });
+    const replies = capture('_INBOX.>');
+    await raw.flush(); await b.flush();
+    assert.deepEqual(await a.request(S.queue.renew, {}, { idempotencyKey: 'renew:L1' }), { n: 1 });
+    const [oldReply] = await replies;
+    // The attacker sees the next request and answers it first with the old reply.
+    const sub = raw.subscribe(S.queue.renew, { max: 1, callback: (_e, m) => { if (m.reply) raw.publish(m.reply, oldReply!.data); } });
+    await raw.flush();
+    // Asked again under the same key by a restarted requester (which never saw the old reply).
+    // The forged reply ends that attempt (its inbox is single-use); the retry gets a fresh answer.
+    const again = await connectBus('sender');
+    const r = await again.request<{ n: number }>(S.queue.renew, {}, { idempotencyKey: 'renew:L1', timeoutMs: 2000 });
+    sub.unsubscribe();
+    assert.ok(r.n >= 2, `got the replayed reply ${JSON.stringify(r)}`);
+    assert.equal(again.stats().rejectedAuth, 1);
+    assert.equal(again.stats().badReplies, 1);
+  });
+
+  it('KV: an older record re-put by a raw client is refused by get and skipped by watch, for readers that saw the newer one', async () => {
+    const writer = await a.kv(S.kvBucket);
+    const reader = await b.kv(S.kvBucket);
+    const rev1 = await writer.create('epoch', { epoch: 1, num: 2 });
+    const rawKv = await new Kvm(raw).open(S.kvBucket);
+    const old = (await rawKv.get('epoch'))!.value.slice();
+    const rev2 = await writer.update('epoch', { epoch: 2, num: 4 }, rev1);
+    assert.deepEqual((await reader.get('epoch'))?.value, { epoch: 2, num: 4 });
+    const w = await reader.watch({ key: 'epoch' });
+    const seen: unknown[] = [];
+    const done = (async () => { for await (const c of w) { seen.push(c.value); if ((c.value as { epoch: number }).epoch === 3) break; } })();
+    await until(() => seen.length === 1);
+    await rawKv.put('epoch', old); // the rollback: a validly MAC'd epoch-1 record, now the latest
+    const isRollback = (e: unknown) => e instanceof AuthError && e.detail?.rollback === true && /older than version/.test((e as Error).message);
+    await assert.rejects(reader.get('epoch'), isRollback);
+    await assert.rejects(writer.get('epoch'), isRollback);
+    assert.ok(b.stats().rejectedAuth >= 1);
+    // A compare-and-set on top of the rolled-back record is refused too; a legitimate write on the real chain goes on.
+    await assert.rejects(writer.update('epoch', { epoch: 9, num: 1 }, rev2 + 1), isRollback);
+    const cur = await rawKv.get('epoch');
+    await writer.put('epoch', { epoch: 3, num: 4 });
+    await done;
+    w.stop();
+    assert.deepEqual(seen, [{ epoch: 2, num: 4 }, { epoch: 3, num: 4 }], 'the watch skipped the re-put epoch 1');
+    assert.deepEqual((await reader.get('epoch'))?.value, { epoch: 3, num: 4 });
+    assert.ok(cur && cur.revision > rev2);
+    // Deleted and created again by another process: a newer version, accepted.
+    await writer.delete('epoch');
+    const other = await (await connectBus('other')).kv(S.kvBucket);
+    await other.create('epoch', { epoch: 4, num: 1 });
+    assert.deepEqual((await reader.get('epoch'))?.value, { epoch: 4, num: 1 });
+  });
+});
+
 describe('Bus across server restarts', function () {
   this.timeout(60_000);
   const nats = withNats();

@@ -125,6 +125,42 @@ describe('AuthPolicy', () => {
     assert.equal(rx.replayCacheEntries(), 1);
   });
 
+  it('unseal checks the MAC and the window but not the nonce; a ReplayGuard refuses what was sealed before it started', () => {
+    const a = AuthPolicy.fromSecret(SECRET, { windowMs: 30_000, skewMs: 1000 });
+    const now = 1_700_000_000_000;
+    const body = encodeMessage({ k: 'm', s: 'dw.j.ctl.epoch', d: { epoch: 3 } });
+    const sealed = a.seal(body, now - 5000);
+    // Each receiver (a restarted process, a second one) has its own guard: no shared cache to rely on.
+    for (let i = 0; i < 2; i++) {
+      const u = a.unseal(sealed, now);
+      assert.deepEqual(u.body, body);
+      assert.equal(u.ts, now - 5000);
+      assert.equal(u.nonce?.byteLength, 16);
+      const fresh = a.replayGuard(now);
+      assert.throws(() => fresh.check(u.ts!, u.nonce!, now), isAuth, 'sealed 5 s before the guard started');
+    }
+    assert.throws(() => AuthPolicy.fromSecret(OTHER).unseal(sealed, now), isAuth);
+    assert.throws(() => a.unseal(sealed, now + 30_000), isAuth, 'outside the window');
+    // Within the skew allowance: accepted once, then a replay.
+    const g = a.replayGuard(now);
+    const late = a.unseal(a.seal(body, now - 900), now);
+    assert.doesNotThrow(() => g.check(late.ts!, late.nonce!, now));
+    assert.throws(() => g.check(late.ts!, late.nonce!, now + 1), isAuth);
+    const next = a.unseal(a.seal(body, now + 10), now + 10);
+    assert.doesNotThrow(() => g.check(next.ts!, next.nonce!, now + 10));
+    // restart() (a reconnect): what was sealed before it, minus the skew, is refused from then on.
+    const before = a.unseal(a.seal(body, now + 20), now + 5000);
+    g.restart(now + 5000);
+    assert.throws(() => g.check(before.ts!, before.nonce!, now + 5000), isAuth);
+    const after = a.unseal(a.seal(body, now + 5000), now + 5000);
+    assert.doesNotThrow(() => g.check(after.ts!, after.nonce!, now + 5000));
+    // A fixed nonce (golden vectors) gives byte-identical seals.
+    const nonce = new Uint8Array(16).fill(7);
+    assert.deepEqual(a.seal(body, now, nonce), a.seal(body, now, nonce));
+    assert.throws(() => a.seal(body, now, new Uint8Array(3)), InvalidArgumentError);
+    assert.throws(() => AuthPolicy.fromSecret(SECRET, { skewMs: -1 }), InvalidArgumentError);
+  });
+
   it('derives NATS credentials and store tokens deterministically per secret, in any process', () => {
     const a = AuthPolicy.fromSecret(SECRET);
     const creds = a.natsCredentials()!;

@@ -1,0 +1,34 @@
+// Draftwire's public API: what an embedder (a producer of samples, a consumer of leases, a tool
+// reading a job's ledger) imports. Everything not re-exported here is internal and may change.
+// Built to dist/src/index.js (+ .d.ts) by `npm run build:ts`; `import ... from 'draftwire'`.
+
+// Errors: one class per failure, each with a stable `code` and `retryable`.
+export {
+  DraftwireError, InvalidArgumentError, DecodeError, AuthError, SampleGoneError, StaleGenerationError,
+  StaleEpochError, LeaseExpiredError, BackpressureError, ChecksumError, TimeoutError, NativeError,
+  CollectiveError, StoreWriteError, ConflictError, UnavailableError, ActorStoppedError,
+  type DraftwireErrorOptions,
+} from './errors.ts';
+
+// The wire: the SampleRef codec, message framing limits, authentication.
+export {
+  encodeSampleRef, decodeSampleRef, validateSampleRef, parseSampleUri, dirUri,
+  SAMPLE_DTYPES, SAMPLE_REF_MAX_BYTES,
+  type SampleRef, type SampleDtype, type FeatureSpec, type Producer, type ParsedUri,
+} from './wire/sampleref.ts';
+export { AuthPolicy, MIN_SECRET_BYTES, type AuthOptions } from './wire/auth.ts';
+export { errorToWire, errorFromWire, type WireError } from './wire/error-codec.ts';
+export { subjects, type JobSubjects } from './wire/subjects.ts';
+
+// The NATS boundary.
+export { Bus } from './bus/bus.ts';
+export type { BusConnectOptions, RequestOptions, SubscribeOptions, BusSubscription, MsgMeta } from './bus/core.ts';
+
+// The feature store.
+export { SharedDirFeatureStore, type SharedDirOptions } from './store/shared-dir.ts';
+export type { FeatureStore, PutOptions, GetOptions, GcStats, StoreHealth } from './store/feature-store.ts';
+export { tensor, type Tensor, type Dtype } from './tensor.ts';
+
+// The lease ledger, its partition function and its audit.
+export { dpPartition, jumpHash, MAX_PARTITIONS } from './ledger/partition.ts';
+export { LeaseLedger, auditEvents, type AuditReport, type Lease, type LedgerEvent, type LedgerOptions } from './ledger/ledger.ts';
