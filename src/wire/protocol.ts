@@ -352,10 +352,13 @@ export type ParamsOf<K extends EndpointName> = Protocol[K] extends Endpoint<any,
 /** Endpoints whose subject has no parameters. */
 export type PlainName = { [K in EndpointName]: ParamsOf<K> extends [] ? K : never }[EndpointName];
 
+/** Every subject of job `job` starts with this (`dw.<job>`). */
+export const jobPrefix = (job: string): string => `dw.${token(job, 'job id')}`;
+
 /** The concrete subject of endpoint `name` in job `job`. */
 export function subjectOf<K extends EndpointName>(job: string, name: K, ...params: ParamsOf<K>): string {
   const e = PROTOCOL[name] as unknown as Endpoint<unknown, unknown, ParamsOf<K>>;
-  return `dw.${token(job, 'job id')}.${e.tail(...params)}`;
+  return `${jobPrefix(job)}.${e.tail(...params)}`;
 }
 
 /** JetStream and KV names of a job. */

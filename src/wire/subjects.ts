@@ -3,7 +3,7 @@
 // subscribes or appends to it. `bus.subjects` is this object for the Bus's job.
 
 import { InvalidArgumentError } from '../errors.ts';
-import { STORAGE, subjectOf, token, type PlainName } from './protocol.ts';
+import { STORAGE, jobPrefix, subjectOf, token, type PlainName } from './protocol.ts';
 
 export interface JobSubjects {
   readonly job: string;
@@ -40,7 +40,7 @@ export interface JobSubjects {
 
 export function subjects(job: string): JobSubjects {
   const j = token(job, 'job id');
-  const p = `dw.${j}`;
+  const p = jobPrefix(j);
   const s = (k: PlainName) => subjectOf(j, k);
   return Object.freeze({
     job: j,
