@@ -10,6 +10,8 @@
 // It tracks heartbeats: a rank silent for `deadAfterMs` is declared dead (even if its NATS
 // connection lives, e.g. a SIGSTOPped process) on `dw.<job>.ctl.dead` {rank, pid}; the node
 // agent that hosts it kills it. Status shows every member, alive or dead, and every node.
+// A heartbeat not newer (by its sender's `at`, then `seq`) than the last one taken from the
+// same sender and pid is ignored: a replayed beat cannot keep a silent process alive.
 //
 // Requests (all compare-and-set on the KV revision, so concurrent callers make one change):
 // - `coord.scale` {dp}: members become ranks 0..dp-1; ranks that are new are spawned on the

@@ -15,6 +15,7 @@ import { withNats } from '../support/nats-server.ts';
 import { testSpec } from '../support/jobs.ts';
 import { sampleRef } from '../support/store-fixtures.ts';
 import { wireTable } from '../../scripts/wire-table.ts';
+import { LatestPerSender } from '../../src/wire/freshness.ts';
 
 const names = Object.keys(PROTOCOL) as EndpointName[];
 const E = (n: EndpointName) => PROTOCOL[n] as unknown as Endpoint<unknown, unknown, unknown[]>;
@@ -95,6 +96,20 @@ describe('protocol table', () => {
     assert.equal(keyOf('node.spawn', { rank: 2, minEpoch: 4 }), 'spawn:2:4');
     assert.equal(keyOf('coord.scale', { dp: 2, at: 99 }), 'scale:2:99');
     assert.equal(PROTOCOL['queue.renew'].key, null, 'a renewal must never be answered from the reply cache');
+  });
+});
+
+describe('LatestPerSender (the heartbeat replay guard)', () => {
+  it('takes only a message newer than the last one from its sender, ordered by (at, seq)', () => {
+    const g = new LatestPerSender(2);
+    assert.equal(g.accept('a', 100, 1), true);
+    assert.equal(g.accept('a', 100, 1), false, 'an exact replay');
+    assert.equal(g.accept('a', 99, 9), false, 'older');
+    assert.equal(g.accept('a', 100, 2), true, 'same ms, next seq');
+    assert.equal(g.accept('b', 1), true, 'senders are independent');
+    assert.equal(g.accept('a', Number.NaN), false);
+    assert.equal(g.accept('c', 5), true);
+    assert.equal(g.size, 2, 'bounded');
   });
 });
 
