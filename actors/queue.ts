@@ -8,7 +8,7 @@ import type { Bus, BusSubscription } from '../src/bus/bus.ts';
 import { DecodeError, DraftwireError, InvalidArgumentError, LeaseExpiredError, SchemaError, StaleEpochError, StaleGenerationError, UnavailableError } from '../src/errors.ts';
 import { LeaseLedger, type Lease, type LedgerEvent, type LedgerOptions } from '../src/ledger/ledger.ts';
 import type { EpochInfo } from '../src/job/epoch.ts';
-import { readLedgerEvents, WAL_RECORD } from '../src/ledger/wal.ts';
+import { rebuildLedger, WAL_RECORD, WalCorruptError } from '../src/ledger/wal.ts';
 import { failpoint } from '../src/failpoints.ts';
 import { createLogger } from '../src/log.ts';
 import { validateSampleRef, type SampleRef } from '../src/wire/sampleref.ts';
@@ -33,7 +33,13 @@ export type QueueMsg =
   | { op: 'status' }
   | { op: 'committed' };
 
-interface QueueState { ledger: LeaseLedger | null; credits: Map<string, Credit>; grants: number; window: { at: number; puts: number; acks: number }[] }
+interface QueueState {
+  ledger: LeaseLedger | null; credits: Map<string, Credit>; grants: number; window: { at: number; puts: number; acks: number }[];
+  /** The log holds a record replay cannot use (until the operator skips it): refused since `at`. */
+  corrupt: { error: WalCorruptError; at: number } | null;
+  /** The newest epoch seen while corrupt, applied once the ledger is rebuilt. */
+  heldEpoch: { epoch: number; num: number } | null;
+}
 
 export interface QueueActorOptions {
   bus: Bus;
@@ -79,15 +85,11 @@ export function queueActorSpec(o: QueueActorOptions): ActorSpec<QueueState, Queu
   };
 
   return {
-    init: () => ({ ledger: null, credits: new Map(), grants: 0, window: [] }),
+    init: () => ({ ledger: null, credits: new Map(), grants: 0, window: [], corrupt: null, heldEpoch: null }),
     async handle(st, msg, ctx: ActorContext<QueueMsg>) {
-      if (!st.ledger) {
-        const events = await readLedgerEvents(bus);
-        st.ledger = LeaseLedger.replay(events, o.ledger);
-        ctx.log.info('ledger rebuilt from the write-ahead log', { events: events.length, ...st.ledger.stats() });
-      }
+      if (!st.ledger && !(await rebuild(st, msg, ctx))) return st;
       try {
-        await apply(st, st.ledger, msg, ctx);
+        await apply(st, st.ledger!, msg, ctx);
       } catch (e) {
         // A refusal by the ledger is an answer (the ledger did not change): reply with it.
         // Anything else (the log unreachable, a bug) crashes the actor: the supervisor
@@ -98,6 +100,36 @@ export function queueActorSpec(o: QueueActorOptions): ActorSpec<QueueState, Queu
       return st;
     },
   };
+
+  /**
+   * Rebuilds the ledger from the log. A bad record nobody skipped is not a crash (the
+   * supervisor would restart-loop on it): every request is refused with WalCorruptError
+   * (not retryable, naming the stream seq) and the log is re-read at most every 2 s, so the
+   * queue starts by itself once the operator runs `draftwire wal skip`. Returns false while refusing.
+   */
+  async function rebuild(st: QueueState, msg: QueueMsg, ctx: ActorContext<QueueMsg>): Promise<boolean> {
+    if (msg.op === 'epoch' && msg.epoch > (st.heldEpoch?.epoch ?? -1)) st.heldEpoch = { epoch: msg.epoch, num: msg.num };
+    if (!st.corrupt || Date.now() - st.corrupt.at >= 2000) {
+      try {
+        const { ledger, replay } = await rebuildLedger(bus, o.ledger);
+        st.ledger = ledger;
+        st.corrupt = null;
+        ctx.log.info('ledger rebuilt from the write-ahead log', { events: replay.events.length, skipped: replay.skipped.length, duplicates: replay.duplicates.length, ...ledger.stats() });
+        if (replay.duplicates.length) ctx.log.warn('write-ahead log holds replayed copies of records; ignored', { streamSeqs: replay.duplicates.map((d) => d.streamSeq).slice(0, 20) });
+      } catch (e) {
+        if (!(e instanceof WalCorruptError)) throw e; // the log unreachable: crash, restart, retry
+        if (!st.corrupt) ctx.log.error('queue refuses to start: the write-ahead log holds a bad record', { error: e });
+        st.corrupt = { error: e, at: Date.now() };
+      }
+    }
+    if (!st.ledger) { ctx.reply({ refused: st.corrupt!.error }); return false; }
+    const held = st.heldEpoch;
+    st.heldEpoch = null;
+    if (held && held.epoch > st.ledger.currentEpoch() && !(msg.op === 'epoch' && msg.epoch >= held.epoch)) {
+      await persist(st.ledger.setEpoch(held.epoch, { num: held.num, key: `epoch:${held.epoch}`, now: Date.now() }).events);
+    }
+    return true;
+  }
 
   async function apply(st: QueueState, ledger: LeaseLedger, msg: QueueMsg, ctx: ActorContext<QueueMsg>): Promise<void> {
     const now = Date.now();

@@ -15,6 +15,7 @@ import * as run from './commands/run.ts';
 import * as scale from './commands/scale.ts';
 import * as status from './commands/status.ts';
 import * as step from './commands/step.ts';
+import * as wal from './commands/wal.ts';
 
 export interface CommandModule {
   /** A fresh commander Command (name, options, action). Global options: see GlobalOptions. */
@@ -22,7 +23,7 @@ export interface CommandModule {
 }
 
 /** The subcommands, in help order. Others (run, node, status, audit) are added here. */
-const COMMANDS: CommandModule[] = [run, status, scale, audit, step, node];
+const COMMANDS: CommandModule[] = [run, status, scale, audit, step, node, wal];
 
 export const EXIT_OK = 0;
 export const EXIT_FAILURE = 1;

@@ -45,7 +45,7 @@ export interface AppendOptions {
   retries?: number;
 }
 
-export interface StreamRecord<T = unknown> { seq: number; subject: string; obj: T }
+export interface StreamRecord<T = unknown> { seq: number; subject: string; obj: T; /** Only with readAll's yieldInvalid: why this record did not open. */ error?: DraftwireError }
 
 // ---------------------------------------------------------------------------------------
 
@@ -232,9 +232,10 @@ export class Bus extends BusCore {
   /**
    * Every record from `fromSeq` up to the stream's last sequence at the time of the call, in
    * order (ordered consumer), then ends. A record that fails its MAC or decode throws
-   * (AuthError/DecodeError with the seq), unless skipInvalid, which counts and skips it.
+   * (AuthError/DecodeError with the seq), unless skipInvalid, which counts and skips it, or
+   * yieldInvalid, which yields it as { seq, error } (obj undefined) for the caller to report.
    */
-  async *readAll<T = unknown>(stream: string, fromSeq = 1, opts: { skipInvalid?: boolean; batch?: number } = {}): AsyncIterable<StreamRecord<T>> {
+  async *readAll<T = unknown>(stream: string, fromSeq = 1, opts: { skipInvalid?: boolean; yieldInvalid?: boolean; batch?: number } = {}): AsyncIterable<StreamRecord<T>> {
     if (!Number.isSafeInteger(fromSeq) || fromSeq < 1) throw new InvalidArgumentError(`readAll fromSeq must be >= 1, got ${fromSeq}`);
     const info = await this.streamInfo(stream);
     const endSeq = info.lastSeq;
@@ -251,11 +252,11 @@ export class Bus extends BusCore {
         try {
           obj = this.openRecord(`js:${m.subject}`, m.data);
         } catch (e) {
-          if (!opts.skipInvalid) {
-            const err = e instanceof DraftwireError ? e : new DecodeError(String(e));
-            throw new (err.constructor as ErrorCtor)(`stream ${stream} seq ${seq}: ${err.message}`, { cause: e, detail: { stream, seq } });
-          }
-          this._warnBadRecord(`${stream}#${seq}`, e);
+          const err = e instanceof DraftwireError ? e : new DecodeError(String(e));
+          const named = new (err.constructor as ErrorCtor)(`stream ${stream} seq ${seq}: ${err.message}`, { cause: e, detail: { stream, seq } });
+          if (opts.yieldInvalid) yield { seq, subject: m.subject, obj: undefined as T, error: named };
+          else if (!opts.skipInvalid) throw named;
+          else this._warnBadRecord(`${stream}#${seq}`, e);
           ok = false;
         }
         if (ok) yield { seq, subject: m.subject, obj: obj as T };

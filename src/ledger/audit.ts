@@ -3,7 +3,7 @@
 // Used by the tests, the chaos suite and `draftwire audit`; ledger.ts re-exports it.
 
 import { dpPartition } from './partition.ts';
-import type { LedgerEvent } from './events.ts';
+import { ledgerEventProblem, type LedgerEvent, type WalFindings } from './events.ts';
 
 export interface AuditReport {
   ok: boolean;
@@ -18,6 +18,8 @@ export interface AuditReport {
   leased: number;
   /** True when every committed sample is consumed or dead. */
   complete: boolean;
+  /** What replay found in the write-ahead log (when given): bad records are also problems. */
+  wal: WalFindings;
 }
 
 /**
@@ -26,8 +28,11 @@ export interface AuditReport {
  * no sample has two overlapping leases, no sample is leased after it is consumed or dead,
  * only the current holder's ack/release/fail/renew is accepted, leases are granted only
  * under the current epoch and to the partition that owns the sample, seq is contiguous.
+ * An event of the wrong shape is a problem (and not applied), never a TypeError. `wal`: the
+ * log's bad records (each a problem, by stream seq), operator-skipped ones and replayed
+ * copies (reported, not problems: replay ignores them).
  */
-export function auditEvents(events: Iterable<LedgerEvent>): AuditReport {
+export function auditEvents(events: Iterable<LedgerEvent>, wal: WalFindings = { bad: [], skipped: [], duplicates: [] }): AuditReport {
   const problems: string[] = [];
   const s = new Map<string, { live: string | null; consumed: number; dead: boolean }>();
   let epoch: number | null = null;
@@ -39,7 +44,12 @@ export function auditEvents(events: Iterable<LedgerEvent>): AuditReport {
     if (x.live !== ev.leaseId) p(`#${ev.seq} ${ev.type} of lease ${ev.leaseId} accepted, but the holder of "${ev.sampleId}" is ${x.live ?? 'nobody'}`);
     return x;
   };
+  for (const b of wal.bad) p(`write-ahead log record at stream seq ${b.streamSeq} ${b.reason}`);
+  let n = 0;
   for (const ev of events) {
+    n++;
+    const shape = ledgerEventProblem(ev);
+    if (shape) { p(`event ${n}${typeof (ev as { seq?: unknown })?.seq === 'number' ? ` (#${ev.seq})` : ''} is malformed: ${shape}`); continue; }
     if (ev.seq !== lastSeq + 1) p(`seq ${ev.seq} follows ${lastSeq}`);
     lastSeq = ev.seq;
     switch (ev.type) {
@@ -103,5 +113,5 @@ export function auditEvents(events: Iterable<LedgerEvent>): AuditReport {
     else if (x.live !== null) leased++;
     else if (x.consumed === 0) pending++;
   }
-  return { ok: problems.length === 0, problems, committed: s.size, consumed, dead, pending, leased, complete: pending + leased === 0 };
+  return { ok: problems.length === 0, problems, committed: s.size, consumed, dead, pending, leased, complete: pending + leased === 0, wal };
 }

@@ -3,7 +3,7 @@
 // calls. Separate from ledger.ts so the shapes read apart from the state machine; ledger.ts
 // re-exports them all.
 
-import type { SampleRef } from '../wire/sampleref.ts';
+import { validateSampleRef, type SampleRef } from '../wire/sampleref.ts';
 
 export type SampleState = 'pending' | 'leased' | 'consumed' | 'dead';
 
@@ -122,4 +122,97 @@ export interface LedgerStats {
   fails: number;
   expired: number;
   renewals: number;
+}
+
+// ------------------------------------------------------------------ shape validation
+// What replay reads back from the write-ahead log is checked here, one validator per event
+// type, before the ledger or the audit touch it: a record of the wrong shape (forged, fuzzed,
+// from another version) must become a report naming it, never a TypeError deep in replay.
+// Independent of the ledger class on purpose. Extra fields are tolerated (older readers of
+// newer logs); missing or mistyped ones are not.
+
+type Check = (o: Record<string, unknown>) => string | null;
+const isObj = (x: unknown): x is Record<string, unknown> => x !== null && typeof x === 'object' && !Array.isArray(x) && !(x instanceof Uint8Array);
+const uint = (x: unknown) => typeof x === 'number' && Number.isSafeInteger(x) && x >= 0;
+const time = (x: unknown) => typeof x === 'number' && Number.isFinite(x);
+const str = (x: unknown) => typeof x === 'string' && x.length > 0 && x.length <= 4096;
+/** The first of `fields` whose check fails, as a reason, or null. */
+function fields(o: Record<string, unknown>, spec: Record<string, (x: unknown) => boolean>, what: string): string | null {
+  for (const [k, ok] of Object.entries(spec)) if (!ok(o[k])) return `${what}.${k} is ${describeValue(o[k])}`;
+  return null;
+}
+function describeValue(x: unknown): string {
+  if (x === undefined) return 'missing';
+  if (x === null) return 'null';
+  if (Array.isArray(x)) return `an array of ${x.length}`;
+  if (typeof x === 'string') return `the string ${JSON.stringify(x.slice(0, 40))}`;
+  if (typeof x === 'number') return `the number ${x}`;
+  return `a ${typeof x}`;
+}
+function each(x: unknown, what: string, one: (o: Record<string, unknown>, what: string) => string | null): string | null {
+  if (!Array.isArray(x)) return `${what} is ${describeValue(x)}, not an array`;
+  if (x.length > 1_000_000) return `${what} has ${x.length} entries`;
+  for (let i = 0; i < x.length; i++) {
+    const g: unknown = x[i];
+    if (!isObj(g)) return `${what}[${i}] is ${describeValue(g)}, not a map`;
+    const r = one(g, `${what}[${i}]`);
+    if (r) return r;
+  }
+  return null;
+}
+const leaseEnd = { leaseId: str, sampleId: str, epoch: uint };
+
+const CHECKS: Record<LedgerEventType, Check> = {
+  put: (o) => {
+    if (!(o.prevGeneration === null || uint(o.prevGeneration))) return `put.prevGeneration is ${describeValue(o.prevGeneration)}`;
+    // A ledger exported as JSON (ledger.jsonl) holds the ref's mac as hex: the same ref.
+    const ref = isObj(o.ref) && typeof o.ref.mac === 'string' && /^[0-9a-f]{64}$/.test(o.ref.mac) ? { ...o.ref, mac: new Uint8Array(Buffer.from(o.ref.mac, 'hex')) } : o.ref;
+    try { validateSampleRef(ref); return null; } catch (e) { return `put.ref: ${(e as Error).message}`; }
+  },
+  lease: (o) => {
+    const r = fields(o, { epoch: uint, consumer: str }, 'lease');
+    if (r) return r;
+    const p = o.partition;
+    if (!Array.isArray(p) || p.length !== 2 || !uint(p[0]) || !uint(p[1]) || (p[0] as number) >= (p[1] as number)) return `lease.partition is not [index, count] with index < count`;
+    return each(o.leases, 'lease.leases', (g, w) => fields(g, { leaseId: str, sampleId: str, generation: uint, deadline: time, delivery: uint }, w));
+  },
+  ack: (o) => fields(o, leaseEnd, 'ack'),
+  release: (o) => fields(o, leaseEnd, 'release'),
+  fail: (o) => fields(o, { ...leaseEnd, retryable: (x) => typeof x === 'boolean', reason: (x) => typeof x === 'string', dead: (x) => typeof x === 'boolean' }, 'fail'),
+  renew: (o) => fields(o, { ...leaseEnd, deadline: time }, 'renew'),
+  expire: (o) => each(o.leases, 'expire.leases', (g, w) => fields(g, { leaseId: str, sampleId: str, epoch: uint, consumer: str, deadline: time }, w)),
+  dead: (o) => fields(o, { sampleId: str, generation: uint, deliveries: uint, reason: (x) => typeof x === 'string' }, 'dead'),
+  epoch: (o) => fields(o, { epoch: uint, num: (x) => x === null || (uint(x) && (x as number) >= 1) }, 'epoch'),
+};
+
+/** Why `x` is not a well-formed LedgerEvent, or null when it is one. */
+export function ledgerEventProblem(x: unknown): string | null {
+  if (!isObj(x)) return `not a map (${describeValue(x)})`;
+  const type = x.type;
+  if (typeof type !== 'string' || !Object.hasOwn(CHECKS, type)) return `unknown event type ${describeValue(type)}`;
+  if (!(uint(x.seq) && (x.seq as number) >= 1)) return `${type}.seq is ${describeValue(x.seq)}`;
+  if (!time(x.at)) return `${type}.at is ${describeValue(x.at)}`;
+  if (!(x.key === undefined || x.key === null || typeof x.key === 'string')) return `${type}.key is ${describeValue(x.key)}`;
+  return CHECKS[type as LedgerEventType](x);
+}
+
+/** True when `x` is a well-formed LedgerEvent (see ledgerEventProblem for why not). */
+export function isLedgerEvent(x: unknown): x is LedgerEvent {
+  return ledgerEventProblem(x) === null;
+}
+
+// ------------------------------------------------------------------ what replay found
+
+/** A WAL record that replay could not use: it failed its MAC, did not decode, or had the wrong shape. */
+export interface BadWalRecord { streamSeq: number; reason: string }
+/** A record the operator told replay to ignore (`draftwire wal skip`), and the skip record saying so. */
+export interface SkippedWalRecord { streamSeq: number; reason: string; skipStreamSeq: number; at: number }
+/** A byte-for-byte copy of an earlier record (same events, same ledger seqs): ignored. */
+export interface DuplicateWalRecord { streamSeq: number; original: number; events: [number, number] }
+
+export interface WalFindings {
+  /** Records not applied and not skipped: replay cannot go on past them until the operator decides. */
+  bad: BadWalRecord[];
+  skipped: SkippedWalRecord[];
+  duplicates: DuplicateWalRecord[];
 }

@@ -606,7 +606,7 @@ export function sgemmBench(n: number, reps: number, threads: number): number {
 export function gemmFlops(): number { return binding().gemmFlops(); }
 
 // ------------------------------------------------------------------------------------------
-// collectives (native/src/napi_comm.cc; wrapped by src/collectives.ts)
+// collectives (native/src/napi/napi_comm.cc; wrapped by src/native/collectives.ts)
 
 /** Store callback the native rendezvous calls: 'get' resolves null when the key is absent after timeoutMs. */
 export type RawCommStoreFn = (op: 'set' | 'get' | 'del', key: string, value: Uint8Array | null, timeoutMs: number) => Promise<Uint8Array | null>;
@@ -636,7 +636,7 @@ export interface RawCollectives {
 export function collectivesBinding(): RawCollectives { return binding() as unknown as RawCollectives; }
 
 // ------------------------------------------------------------------------------------------
-// 16-bit float features (native/src/convert.cc): samples may store aux/last as bf16 or f16
+// 16-bit float features (native/src/kernels/convert.cc): samples may store aux/last as bf16 or f16
 
 export type HalfDtype = 'bf16' | 'f16';
 interface RawConvert {

@@ -1,4 +1,4 @@
-// Collectives between training ranks: Gloo over TCP (native/src/comm_gloo.cc), rendezvous
+// Collectives between training ranks: Gloo over TCP (native/src/collectives/comm_gloo.cc), rendezvous
 // through NATS KV served from here, one dedicated native thread per communicator.
 //
 //   const comm = await Communicator.connect({ rank, size, kv: await bus.kv('dw_job'), prefix: `job/epoch${e}` });
@@ -233,7 +233,7 @@ export class Communicator {
 
   /**
    * The native CommHandle, for native code: `std::shared_ptr<dw::Comm> c = dw::unwrapComm(v)`
-   * (native/src/napi_comm.h). Opaque to JS.
+   * (native/src/napi/napi_comm.h). Opaque to JS.
    */
   nativeHandle(): object { return this.handle(); }
 
@@ -242,7 +242,7 @@ export class Communicator {
 }
 
 // ------------------------------------------------------------------------------------------
-// Mirror of ShardLayout in native/src/comm.h: rank = ((dpIdx·sp) + spIdx)·tp + tpIdx.
+// Mirror of ShardLayout in native/src/collectives/comm.h: rank = ((dpIdx·sp) + spIdx)·tp + tpIdx.
 
 export class ShardLayout {
   private constructor(

@@ -54,6 +54,11 @@ export function encodeSafetensorsBuffer(tensors: Record<string, Tensor>, metadat
   return Buffer.concat(encodeSafetensors(tensors, metadata));
 }
 
+/** A tensor name for a message: quoted when it is a plain feature name, else not at all. */
+function label(name: string): string {
+  return /^[A-Za-z0-9._/-]{1,64}$/.test(name) ? `"${name}"` : '(name not shown)';
+}
+
 /** Parses and validates the JSON header; `fileBytes` (when known) bounds every offset. */
 export function parseHeader(json: Buffer, fileBytes: number | null, where: string): SafetensorsHeader {
   let raw: unknown;
@@ -72,29 +77,33 @@ export function parseHeader(json: Buffer, fileBytes: number | null, where: strin
     }
     const e = v as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
     const dtype = typeof e?.dtype === 'string' ? FROM_FILE_DTYPE[e.dtype] : undefined;
-    if (!dtype) throw new DecodeError(`${where}: tensor "${name}" has unsupported dtype ${JSON.stringify(e?.dtype)}`);
+    // Error messages never quote what the file says (it may not be ours: DESIGN, the store):
+    // a dtype is named only when it is one we know, a name only when it is a plain one.
+    if (!dtype) throw new DecodeError(`${where}: tensor ${label(name)} has an unsupported dtype`);
     if (!Array.isArray(e.shape) || !e.shape.every((d) => Number.isSafeInteger(d) && d >= 0)) {
-      throw new DecodeError(`${where}: tensor "${name}" has an invalid shape`);
+      throw new DecodeError(`${where}: tensor ${label(name)} has an invalid shape`);
     }
     const off = e.data_offsets;
     if (!Array.isArray(off) || off.length !== 2 || !off.every((d) => Number.isSafeInteger(d) && d >= 0) || off[1] < off[0]) {
-      throw new DecodeError(`${where}: tensor "${name}" has invalid data_offsets`);
+      throw new DecodeError(`${where}: tensor ${label(name)} has invalid data_offsets`);
     }
     const shape = e.shape as number[];
     const [begin, end] = off as [number, number];
     if (end - begin !== numel(shape) * DTYPE_BYTES[dtype]) {
-      throw new DecodeError(`${where}: tensor "${name}" spans ${end - begin} bytes but ${dtype}[${shape}] needs ${numel(shape) * DTYPE_BYTES[dtype]}`);
+      throw new DecodeError(`${where}: tensor ${label(name)} spans ${end - begin} bytes but ${dtype}[${shape}] needs ${numel(shape) * DTYPE_BYTES[dtype]}`);
     }
-    if (fileBytes !== null && dataStart + end > fileBytes) throw new DecodeError(`${where}: tensor "${name}" runs past the end of the file (truncated?)`);
+    if (fileBytes !== null && dataStart + end > fileBytes) throw new DecodeError(`${where}: tensor ${label(name)} runs past the end of the file (truncated?)`);
     entries.set(name, { name, dtype, shape, begin, end });
   }
   return { dataStart, entries, metadata };
 }
 
-function headerLength(first8: Uint8Array, fileBytes: number, where: string): number {
+function headerLength(first8: Uint8Array, fileBytes: number, where: string, maxHeaderBytes = MAX_HEADER_BYTES): number {
   if (first8.byteLength < 8) throw new DecodeError(`${where}: too short to be a safetensors file`);
   const n = Buffer.from(first8.buffer, first8.byteOffset, 8).readBigUInt64LE(0);
-  if (n > BigInt(Math.min(MAX_HEADER_BYTES, fileBytes - 8))) throw new DecodeError(`${where}: header length ${n} exceeds the file or the ${MAX_HEADER_BYTES}-byte bound`);
+  // Not the value itself: those are the file's first 8 bytes (of whatever file it is).
+  const bound = Math.min(MAX_HEADER_BYTES, maxHeaderBytes, fileBytes - 8);
+  if (n > BigInt(bound)) throw new DecodeError(`${where}: header length exceeds the file (${fileBytes} bytes) or the ${Math.min(MAX_HEADER_BYTES, maxHeaderBytes)}-byte bound`);
   return Number(n);
 }
 
@@ -111,11 +120,12 @@ export function decodeSafetensors(buf: Uint8Array, opts: { copy?: boolean; where
   return { tensors, metadata: h.metadata };
 }
 
-export async function readHeader(fh: FileHandle, where: string): Promise<SafetensorsHeader> {
+/** Reads and parses the header; `maxHeaderBytes` bounds what is allocated for it (checked before allocating). */
+export async function readHeader(fh: FileHandle, where: string, maxHeaderBytes = MAX_HEADER_BYTES): Promise<SafetensorsHeader> {
   const { size } = await fh.stat();
   const first = Buffer.alloc(8);
   await fh.read(first, 0, 8, 0);
-  const n = headerLength(size >= 8 ? first : first.subarray(0, size), size, where);
+  const n = headerLength(size >= 8 ? first : first.subarray(0, size), size, where, maxHeaderBytes);
   const json = Buffer.alloc(n);
   const { bytesRead } = await fh.read(json, 0, n, 8);
   if (bytesRead !== n) throw new DecodeError(`${where}: header truncated`);

@@ -24,6 +24,7 @@
 import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
+import { constants as fsc } from 'node:fs';
 import { link, mkdir, open, readdir, readFile, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { AuthPolicy } from '../wire/auth.ts';
 import {
@@ -114,6 +115,19 @@ function sleep(ms: number): Promise<void> {
 
 function markerMac(auth: AuthPolicy, storeId: string, job: string): string {
   return Buffer.from(auth.mac(Buffer.from(`draftwire/v1/store-marker\0${storeId}\0${job}`, 'utf8'))).toString('hex');
+}
+
+/** Files sparser than this (on-disk bytes + slack < half the size) are refused by get. */
+const SPARSE_SLACK = 1 << 20;
+
+/**
+ * The most header a sample file of this ref can have: the manifest (a 64-hex digest per
+ * block, at most one block per row), the signed ref and slack. Bounds the header allocation.
+ */
+function headerBound(r: SampleRef): number {
+  let rows = 0;
+  for (const f of Object.values(r.features)) rows += f.shape.length === 0 ? 1 : Math.max(1, f.shape[0]!);
+  return 64 * 1024 + 96 * rows + 256 * Object.keys(r.features).length;
 }
 
 async function readFull(fh: FileHandle, buf: Uint8Array, position: number, where: string): Promise<void> {
@@ -513,6 +527,11 @@ export class SharedDirFeatureStore implements FeatureStore {
     return r;
   }
 
+  /** A file at a sample's path that is not one: names the sample and what is wrong, never the file's content. */
+  private notASampleFile(r: SampleRef, what: string): DecodeError {
+    return new DecodeError(`sample "${r.sampleId}" generation ${r.generation}: its store file ${what}; refused`, { detail: { sampleId: r.sampleId, generation: r.generation } });
+  }
+
   /** Explains why a ref's file is missing: StaleGenerationError or SampleGoneError. */
   private async missing(r: SampleRef): Promise<never> {
     const { sampleId: id, generation: g } = r;
@@ -532,15 +551,27 @@ export class SharedDirFeatureStore implements FeatureStore {
     this.checkOpen();
     const r = this.checkRef(ref, 'get');
     const path = this.dataPath(r.sampleId, r.generation);
+    // What the ref declares bounds everything read for it (checked before any allocation).
+    const declared = Object.values(r.features).reduce((n, f) => n + numel(f.shape) * DTYPE_BYTES[f.dtype], 0);
+    if (declared !== r.bytes) throw new DecodeError(`sample "${r.sampleId}" generation ${r.generation}: the ref declares ${r.bytes} bytes but its features hold ${declared}`, { detail: { sampleId: r.sampleId, generation: r.generation } });
     let fh: FileHandle;
     try {
-      fh = await open(path, 'r');
+      // Never through a symlink: a link out of the store would serve (and, in an error,
+      // describe) a file that is not a sample.
+      fh = await open(path, fsc.O_RDONLY | fsc.O_NOFOLLOW);
     } catch (e) {
       if (errCode(e) === 'ENOENT') return this.missing(r);
+      if (errCode(e) === 'ELOOP') throw this.notASampleFile(r, 'is a symbolic link');
       throw e;
     }
     try {
-      const h = await readHeader(fh, path);
+      const st = await fh.stat();
+      if (!st.isFile()) throw this.notASampleFile(r, 'is not a regular file');
+      const maxHeader = headerBound(r);
+      if (st.size > 8 + maxHeader + declared) throw this.notASampleFile(r, `is ${st.size} bytes, more than its ref declares (${declared} bytes of tensors and at most ${maxHeader} of header)`);
+      // A sparse file reads as zeros it does not hold: allocate only for bytes on disk.
+      if (st.blocks * 512 + SPARSE_SLACK < st.size / 2) throw this.notASampleFile(r, `is sparse (${st.blocks * 512} of its ${st.size} bytes are on disk)`);
+      const h = await readHeader(fh, path, maxHeader);
       const mjson = h.metadata['draftwire.manifest'];
       if (h.metadata.format !== FILE_FORMAT || typeof mjson !== 'string') throw new DecodeError(`${path}: not a Draftwire sample file`);
       if (checksumOfManifestJson(mjson) !== r.checksum) throw new ChecksumError(`${path}: manifest does not match the ref's checksum ${r.checksum} (corrupted or replaced)`, { detail: { sampleId: r.sampleId, generation: r.generation } });

@@ -247,9 +247,32 @@ function unpackBounded(bytes: Uint8Array, maxBytes: number, what: string): unkno
 
 /** Decodes and validates a SampleRef (at most 4 KiB). Throws DecodeError. */
 export function decodeSampleRef(bytes: Uint8Array): SampleRef {
-  const raw = unpackBounded(bytes, SAMPLE_REF_MAX_BYTES, 'SampleRef');
+  const raw = exactInts(unpackBounded(bytes, SAMPLE_REF_MAX_BYTES, 'SampleRef'), 'SampleRef', 0);
   checkPlain(raw, 'SampleRef', 0);
   return validateSampleRef(raw);
+}
+
+/**
+ * msgpackr decodes every 64-bit integer (0xcf uint64, 0xd3 int64) as a bigint; Python's and
+ * Go's msgpack write integers >= 2^32 (some: every integer) that way. Such an integer becomes
+ * a number when it is exact in a double (a safe integer); otherwise DecodeError names the
+ * field. Rewrites the freshly decoded value in place (it is ours); returns it.
+ */
+export function exactInts(x: unknown, where: string, depth: number): unknown {
+  if (typeof x === 'bigint') {
+    if (x > BigInt(Number.MAX_SAFE_INTEGER) || x < BigInt(Number.MIN_SAFE_INTEGER)) {
+      throw new DecodeError(`${where}: a 64-bit integer (bigint) ${x > 0n ? 'above 2^53-1' : 'below -(2^53-1)'} is not exact in a double (only safe integers are accepted)`);
+    }
+    return Number(x);
+  }
+  if (x === null || typeof x !== 'object' || x instanceof Uint8Array || depth > MAX_DEPTH) return x;
+  if (Array.isArray(x)) {
+    for (let i = 0; i < x.length; i++) x[i] = exactInts(x[i], `${where}[${i}]`, depth + 1);
+  } else if (isPlainObject(x)) {
+    const o = x as Record<string, unknown>;
+    for (const k of Object.keys(o)) o[k] = exactInts(o[k], `${where}.${k.slice(0, 40)}`, depth + 1);
+  }
+  return x;
 }
 
 /**
@@ -295,7 +318,7 @@ export function encodeMessage(obj: Record<string, unknown>, maxBytes = MESSAGE_M
 
 /** Decodes a plain control message (a map) of at most `maxBytes`. Throws DecodeError. */
 export function decodeMessage(bytes: Uint8Array, maxBytes = MESSAGE_MAX_BYTES): Record<string, unknown> {
-  const raw = unpackBounded(bytes, maxBytes, 'message');
+  const raw = exactInts(unpackBounded(bytes, maxBytes, 'message'), 'message', 0);
   if (!isPlainObject(raw)) throw new DecodeError(`message: expected a map, got ${describe(raw)}`);
   checkPlain(raw, 'message', 0);
   return raw;

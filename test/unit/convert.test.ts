@@ -1,4 +1,4 @@
-// The native bf16/f16 → f32 upcast (native/src/convert.cc) against references written from the
+// The native bf16/f16 → f32 upcast (native/src/kernels/convert.cc) against references written from the
 // IEEE definitions, for every one of the 65536 bit patterns of each, on both f16 paths (F16C
 // where the CPU has it, and the portable loop), and against numpy's float16 (python3 with numpy: scripts/setup.sh installs it).
 import assert from 'node:assert/strict';

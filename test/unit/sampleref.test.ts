@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
+import { spawnSync } from 'node:child_process';
 import { Packr } from 'msgpackr';
 import { DecodeError, InvalidArgumentError } from '../../src/errors.ts';
 import {
@@ -136,6 +137,57 @@ describe('control message codec', () => {
   it('checkSubjectToken refuses ids that would split a NATS subject', () => {
     assert.equal(checkSubjectToken('job-1:a_b', 'job'), 'job-1:a_b');
     for (const bad of ['a.b', 'a*', '>', '', 'a b']) assert.throws(() => checkSubjectToken(bad, 'job'), InvalidArgumentError);
+  });
+
+  describe('64-bit integers, as Python and Go msgpack write them', () => {
+    // Python's msgpack (the real library, in a child process) writes every integer >= 2^32 as
+    // uint64 (0xcf): generation 5e9 and createdAt 1.8e12 arrive that way from a Python producer.
+    const pyPack = (obj: unknown): Buffer => {
+      const r = spawnSync('python3', ['-c', 'import sys, json, msgpack; sys.stdout.buffer.write(msgpack.packb(json.load(sys.stdin), use_bin_type=True))'], { input: JSON.stringify(obj) });
+      assert.equal(r.status, 0, `python3 msgpack failed: ${String(r.stderr)}`);
+      return r.stdout;
+    };
+    const u64 = (v: bigint) => { const b = Buffer.alloc(9); b[0] = 0xcf; b.writeBigUInt64BE(v, 1); return b; };
+    const i64 = (v: bigint) => { const b = Buffer.alloc(9); b[0] = 0xd3; b.writeBigInt64BE(v, 1); return b; };
+    /** The bytes with the (only) occurrence of `from` replaced by `to`. */
+    const swap = (bytes: Buffer, from: Buffer, to: Buffer): Buffer => {
+      const at = bytes.indexOf(from);
+      assert.ok(at >= 0 && bytes.indexOf(from, at + 1) < 0, `expected exactly one ${from.toString('hex')} in the encoding`);
+      return Buffer.concat([bytes.subarray(0, at), to, bytes.subarray(at + from.length)]);
+    };
+    const ref = sampleRef({ generation: 5_000_000_000, createdAt: 1_800_000_000_000 });
+
+    it('accepts a ref encoded by Python msgpack (uint64 generation and createdAt)', () => {
+      const bytes = pyPack(ref);
+      assert.ok(bytes.includes(u64(5_000_000_000n)) && bytes.includes(u64(1_800_000_000_000n)), 'python wrote uint64 (0xcf) integers');
+      const back = decodeSampleRef(bytes);
+      assert.equal(back.generation, 5_000_000_000);
+      assert.equal(back.createdAt, 1_800_000_000_000);
+      assert.deepEqual(back, validateSampleRef(ref));
+      // The same inside a control message (what a commit carries).
+      assert.equal((decodeMessage(pyPack({ ref })).ref as SampleRef).createdAt, 1_800_000_000_000);
+    });
+
+    it('accepts int64 (0xd3) and uint64 encodings of small integers (encoders that always write 64 bits)', () => {
+      let bytes = pyPack(ref);
+      bytes = swap(bytes, u64(1_800_000_000_000n), i64(1_800_000_000_000n));
+      // numTokens 128 is 0xcc 0x80 in Python's encoding; write it as int64 and bytes as uint64.
+      bytes = swap(bytes, Buffer.from([0xa9, ...Buffer.from('numTokens'), 0xcc, 0x80]), Buffer.concat([Buffer.from([0xa9, ...Buffer.from('numTokens')]), i64(128n)]));
+      const back = decodeSampleRef(bytes);
+      assert.equal(back.createdAt, 1_800_000_000_000);
+      assert.equal(back.numTokens, 128);
+    });
+
+    it('refuses 64-bit integers that are not exact, naming the field', () => {
+      const base = pyPack(ref);
+      const big = swap(base, u64(1_800_000_000_000n), u64(2n ** 53n + 1n));
+      assertDecodeError(() => decodeSampleRef(big), /createdAt.*not exact/);
+      const neg = swap(base, u64(5_000_000_000n), i64(-(2n ** 60n)));
+      assertDecodeError(() => decodeSampleRef(neg), /generation.*not exact/);
+      // An exact but negative or over-2^53 generation is still refused by the ref's own rules.
+      assertDecodeError(() => decodeSampleRef(swap(base, u64(5_000_000_000n), i64(-5n))), /generation/);
+      assertDecodeError(() => decodeSampleRef(swap(base, u64(1_800_000_000_000n), u64(2n ** 53n))), /createdAt/);
+    });
   });
 
   it('exports the one Packr (records off)', () => {

@@ -1,4 +1,4 @@
-// The synthetic target's decoding paths (native/src/target_model.cc): KV-cached generation
+// The synthetic target's decoding paths (native/src/model/target_model.cc): KV-cached generation
 // against recomputing every prefix, the fused rollout (aux/last from the decoding pass)
 // against a separate forward(), batched decoding against one prompt at a time, determinism,
 // the shape knobs (logitScale, zipf, residualScale) and their defaults, input validation,

@@ -1,0 +1,80 @@
+// JS classes over DraftModel and TargetModel. Model state sits behind a shared_ptr so an
+// in-flight worker keeps it alive after close() or garbage collection of the JS object; a
+// busy flag admits one operation per model at a time (src/native/addon.ts queues calls).
+#pragma once
+#include <napi.h>
+
+#include <memory>
+
+#include "model/draft_model.h"
+#include "model/target_model.h"
+#include "napi/napi_util.h"
+
+namespace dw {
+
+struct DraftState {
+  explicit DraftState(const DraftConfig& c) : model(c) {}
+  DraftState(const DraftConfig& c, const ShardLayout& L) : model(c, L) {}
+  DraftModel model;
+  BusyFlag busy;
+  // sharded, until attach(): the world and this rank's full-shape trainable tensors
+  std::shared_ptr<Comm> world;
+  std::vector<float> pending_full;
+};
+
+struct TargetState {
+  explicit TargetState(const TargetConfig& c) : model(c) {}
+  TargetModel model;
+  BusyFlag busy;
+};
+
+// Per-environment constructors, for instanceof checks.
+struct AddonData {
+  Napi::FunctionReference draft_ctor, target_ctor;
+};
+
+class DraftWrap : public Napi::ObjectWrap<DraftWrap> {
+ public:
+  static Napi::Function Init(Napi::Env env);
+  explicit DraftWrap(const Napi::CallbackInfo& info);
+  // Marks the model busy for one operation; throws a JS error when closed or busy.
+  std::shared_ptr<DraftState> acquire(Napi::Env env, const char* op);
+  static DraftWrap* from(Napi::Env env, Napi::Value v, const char* what);
+
+ private:
+  Napi::Value Step(const Napi::CallbackInfo& info);
+  Napi::Value Evaluate(const Napi::CallbackInfo& info);
+  Napi::Value Logits(const Napi::CallbackInfo& info);
+  Napi::Value Weights(const Napi::CallbackInfo& info);
+  Napi::Value OptimizerState(const Napi::CallbackInfo& info);
+  Napi::Value LoadOptimizerState(const Napi::CallbackInfo& info);
+  Napi::Value SetWeights(const Napi::CallbackInfo& info);
+  Napi::Value Close(const Napi::CallbackInfo& info);
+  Napi::Value RunBatch(const Napi::CallbackInfo& info, int mode);
+  Napi::Value Attach(const Napi::CallbackInfo& info);     // sharded: join the world (promise)
+  Napi::Value Gather(const Napi::CallbackInfo& info);     // full-shape weights/grads/m/v (promise)
+  Napi::Value ShardInfo(const Napi::CallbackInfo& info);  // layout, or null when unsharded
+
+  std::shared_ptr<DraftState> state_;
+};
+
+class TargetWrap : public Napi::ObjectWrap<TargetWrap> {
+ public:
+  static Napi::Function Init(Napi::Env env);
+  explicit TargetWrap(const Napi::CallbackInfo& info);
+  std::shared_ptr<TargetState> acquire(Napi::Env env, const char* op);
+  static TargetWrap* from(Napi::Env env, Napi::Value v, const char* what);
+
+ private:
+  Napi::Value Frozen(const Napi::CallbackInfo& info);
+  Napi::Value Forward(const Napi::CallbackInfo& info);
+  Napi::Value Generate(const Napi::CallbackInfo& info);
+  Napi::Value Rollout(const Napi::CallbackInfo& info);  // batched KV-cached decode (+ aux/last)
+  Napi::Value Close(const Napi::CallbackInfo& info);
+
+  std::shared_ptr<TargetState> state_;
+};
+
+Napi::Value AcceptLength(const Napi::CallbackInfo& info);
+
+}  // namespace dw
