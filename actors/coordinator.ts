@@ -10,6 +10,8 @@
 // It tracks heartbeats: a rank silent for `deadAfterMs` is declared dead (even if its NATS
 // connection lives, e.g. a SIGSTOPped process) on `dw.<job>.ctl.dead` {rank, pid}; the node
 // agent that hosts it kills it. Status shows every member, alive or dead, and every node.
+// A heartbeat not newer (by its sender's `at`, then `seq`) than the last one taken from the
+// same sender and pid is ignored: a replayed beat cannot keep a silent process alive.
 //
 // Requests (all compare-and-set on the KV revision, so concurrent callers make one change):
 // - `coord.scale` {dp}: members become ranks 0..dp-1; ranks that are new are spawned on the
@@ -21,11 +23,14 @@
 //   With fromEpoch, nothing happens if the epoch already moved past it.
 import type { ActorRef, ActorSystem } from '../src/runtime/actor-system.ts';
 import type { Bus } from '../src/bus/bus.ts';
-import { ConflictError, InvalidArgumentError, UnavailableError } from '../src/errors.ts';
+import { ConflictError, UnavailableError } from '../src/errors.ts';
 import { createLogger } from '../src/log.ts';
 import { bumpEpoch, changeEpoch, ensureEpoch, cellSizeOf, epochMembers, withoutGroupOf, type EpochInfo } from '../src/job/epoch.ts';
+import { STORAGE, type CoordStatus, type Heartbeat, type ScaleReply } from '../src/wire/protocol.ts';
+import { LatestPerSender } from '../src/wire/freshness.ts';
+import { NodeClient, listen, publish, serve } from '../src/bus/clients.ts';
 
-type CoordMsg = { op: 'hb'; hb: Record<string, unknown> } | { op: 'status' } | { op: 'check' } | { op: 'nodes' };
+type CoordMsg = { op: 'hb'; hb: Heartbeat } | { op: 'status' } | { op: 'check' } | { op: 'nodes' };
 interface Member { rank: number; pid: number; node: string | null; step: number; state: string; lastSeen: number; held: number; epoch: number; dead: boolean; deaths: number }
 interface NodeSeen { node: string; pid: number; lastSeen: number; ranks: number[] }
 interface CoordState { members: Map<number, Member>; nodes: Map<string, NodeSeen>; deaths: { rank: number; pid: number; at: number; silentMs: number }[] }
@@ -36,21 +41,26 @@ export function startCoordinator(system: ActorSystem, o: { bus: Bus; dp: number;
   const job = bus.job;
   const deadAfter = o.deadAfterMs ?? 5000;
   const log = createLogger('coordinator');
+  const beats = new LatestPerSender();
+  const nodes_ = new NodeClient(bus);
   const ref = system.spawn<CoordState, CoordMsg>('coordinator', {
     init: () => ({ members: new Map(), nodes: new Map(), deaths: [] }),
     async handle(st, msg, ctx) {
       const now = Date.now();
       if (msg.op === 'hb') {
         const h = msg.hb;
-        if (h.kind === 'node' && typeof h.node === 'string') {
-          st.nodes.set(h.node, { node: h.node, pid: Number(h.pid), lastSeen: now, ranks: Array.isArray(h.ranks) ? h.ranks.filter((r) => Number.isInteger(r)) as number[] : [] });
-        } else if (typeof h.rank === 'number') {
+        // A heartbeat not newer than the last one from its sender (a replay, or one overtaken
+        // by a later beat) would keep a silent process alive: ignored.
+        if (!beats.accept(h.kind === 'node' ? `node:${h.node}:${h.pid}` : `rank:${h.rank}:${h.pid}`, h.at, h.seq)) return st;
+        if (h.kind === 'node') {
+          st.nodes.set(h.node, { node: h.node, pid: h.pid, lastSeen: now, ranks: h.ranks });
+        } else {
           const prev = st.members.get(h.rank);
           const pid = Number(h.pid);
           // A heartbeat from a declared-dead pid is a zombie's: it stays dead.
           if (prev?.dead && prev.pid === pid) return st;
           st.members.set(h.rank, {
-            rank: h.rank, pid, node: typeof h.node === 'string' ? h.node : prev?.node ?? null, step: Number(h.step), state: String(h.state),
+            rank: h.rank, pid, node: h.node ?? prev?.node ?? null, step: Number(h.step), state: String(h.state),
             held: Number(h.held), epoch: Number(h.epoch), lastSeen: now, dead: false, deaths: prev?.deaths ?? 0,
           });
         }
@@ -61,21 +71,22 @@ export function startCoordinator(system: ActorSystem, o: { bus: Bus; dp: number;
           m.deaths++;
           st.deaths.push({ rank: m.rank, pid: m.pid, at: now, silentMs: now - m.lastSeen });
           ctx.log.warn('rank declared dead: no heartbeat', { rank: m.rank, pid: m.pid, silentMs: now - m.lastSeen });
-          bus.publish(`dw.${job}.ctl.dead`, { rank: m.rank, pid: m.pid, silentMs: now - m.lastSeen });
+          publish.dead(bus, { rank: m.rank, pid: m.pid, silentMs: now - m.lastSeen });
         }
       } else if (msg.op === 'nodes') {
         ctx.reply([...st.nodes.values()].filter((n) => now - n.lastSeen < Math.max(5000, deadAfter)));
       } else {
         const kv = await bus.kv(bus.subjects.kvBucket);
-        const epoch = (await kv.get<EpochInfo>('epoch'))?.value ?? null;
-        ctx.reply({
+        const epoch = (await kv.get<EpochInfo>(STORAGE.epochKey))?.value ?? null;
+        const status: CoordStatus = {
           epoch, deadAfterMs: deadAfter, deaths: st.deaths,
           nodes: [...st.nodes.values()].map((n) => ({ ...n, alive: now - n.lastSeen < Math.max(5000, deadAfter) })),
           members: [...st.members.values()].map((m) => ({
             ...m, alive: !m.dead && now - m.lastSeen < deadAfter, silentMs: now - m.lastSeen,
             member: epoch ? epochMembers(epoch).includes(m.rank) : false,
           })),
-        });
+        };
+        ctx.reply(status);
       }
       return st;
     },
@@ -91,19 +102,18 @@ export function startCoordinator(system: ActorSystem, o: { bus: Bus; dp: number;
   async function spawnRank(rank: number, minEpoch: number, load: Map<string, number>): Promise<string> {
     const nodes = (await liveNodes()).map((n) => ({ node: n.node, ranks: n.ranks.length + (load.get(n.node) ?? 0) }));
     const node = nodes.sort((a, b) => a.ranks - b.ranks || a.node.localeCompare(b.node))[0]!.node;
-    await bus.request(bus.subjects.nodeSpawn(node), { rank, minEpoch }, { timeoutMs: 10_000, retries: 2, idempotencyKey: `spawn:${rank}:${minEpoch}` });
+    await nodes_.spawn(node, { rank, minEpoch });
     load.set(node, (load.get(node) ?? 0) + 1);
     return node;
   }
 
-  const hbSub = bus.subscribe<Record<string, unknown>>(bus.subjects.hbAll, (hb) => { if (hb && typeof hb === 'object') system.dispatch(ref, { op: 'hb', hb }); }, { dedupe: false });
-  const statusSub = bus.subscribe(`dw.${job}.coord.status`, () => system.query(ref, { op: 'status' }, 10_000), { dedupe: false });
-  const scaleSub = bus.subscribe<{ dp?: unknown }>(`dw.${job}.coord.scale`, async (m) => {
-    const dp = m?.dp;
-    if (!Number.isInteger(dp)) throw new InvalidArgumentError('scale: needs dp (an integer >= 1)');
-    const cur = (await (await bus.kv(bus.subjects.kvBucket)).get<EpochInfo>('epoch'))?.value;
-    if (!cur || (dp as number) > cur.partitions) await liveNodes(); // refuse before any change when nobody can spawn the ranks
-    const r = await bumpEpoch(bus, dp as number);
+  const hbSub = listen(bus, 'hb', (hb) => { system.dispatch(ref, { op: 'hb', hb }); }, { subject: bus.subjects.hbAll });
+  const statusSub = serve(bus, 'coord.status', () => system.query<CoordStatus>(ref, { op: 'status' }, 10_000), { dedupe: false });
+  const scaleSub = serve(bus, 'coord.scale', async (m): Promise<ScaleReply> => {
+    const dp = m.dp;
+    const cur = (await (await bus.kv(bus.subjects.kvBucket)).get<EpochInfo>(STORAGE.epochKey))?.value;
+    if (!cur || dp > cur.partitions) await liveNodes(); // refuse before any change when nobody can spawn the ranks
+    const r = await bumpEpoch(bus, dp);
     const before = new Set(epochMembers(r.from));
     const spawned: { rank: number; node: string }[] = [];
     const failed: { rank: number; error: string }[] = [];
@@ -119,16 +129,14 @@ export function startCoordinator(system: ActorSystem, o: { bus: Bus; dp: number;
     }
     return { ...r, spawned, retiring: [...before].filter((x) => !epochMembers(r.to).includes(x)) };
   });
-  const regroupSub = bus.subscribe<{ fromEpoch?: unknown; remove?: unknown; rank?: unknown }>(`dw.${job}.coord.regroup`, async (m) => {
-    const from = m?.fromEpoch, remove = m?.remove;
-    if (from !== undefined && !Number.isInteger(from)) throw new InvalidArgumentError('regroup: fromEpoch must be an integer');
-    if (remove !== undefined && !Number.isInteger(remove)) throw new InvalidArgumentError('regroup: remove must be a rank id (integer)');
+  const regroupSub = serve(bus, 'coord.regroup', async (m) => {
+    const from = m.fromEpoch, remove = m.remove;
     const r = await changeEpoch(bus, (cur) => {
-      if (from !== undefined && cur.epoch > (from as number)) return null; // someone regrouped already
-      const members = remove === undefined ? epochMembers(cur) : withoutGroupOf(cur, remove as number);
+      if (from !== undefined && cur.epoch > from) return null; // someone regrouped already
+      const members = remove === undefined ? epochMembers(cur) : withoutGroupOf(cur, remove);
       return members.length ? members : null;
     });
-    if (r.changed) log.warn('regroup: new epoch', { from: r.from.epoch, to: r.to.epoch, members: r.to.members, removed: remove ?? null, rank: m?.rank ?? null });
+    if (r.changed) log.warn('regroup: new epoch', { from: r.from.epoch, to: r.to.epoch, members: r.to.members, removed: remove ?? null, rank: m.rank ?? null, by: m.by ?? 'rank' });
     return r;
   });
   const timer = setInterval(() => { try { system.dispatch(ref, { op: 'check' }); } catch { /* busy */ } }, o.checkEveryMs ?? Math.max(200, Math.min(1000, Math.floor(deadAfter / 4))));

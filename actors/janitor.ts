@@ -5,9 +5,11 @@ import type { ActorRef, ActorSystem } from '../src/runtime/actor-system.ts';
 import type { Bus } from '../src/bus/bus.ts';
 import type { GcStats } from '../src/store/feature-store.ts';
 import type { FeatureStore } from '../src/store/feature-store.ts';
-import { validateSampleRef } from '../src/wire/sampleref.ts';
+import type { SampleRef } from '../src/wire/sampleref.ts';
+import type { JanitorStatus } from '../src/wire/protocol.ts';
+import { listen, serve } from '../src/bus/clients.ts';
 
-type JanitorMsg = { op: 'free'; ref: unknown; why: string } | { op: 'gc' } | { op: 'status' };
+type JanitorMsg = { op: 'free'; ref: SampleRef; why: 'consumed' | 'dead' } | { op: 'gc' } | { op: 'status' };
 interface JanitorState { freed: number; aborted: number; lastGc: GcStats | null; sweeps: number }
 
 export function startJanitor(system: ActorSystem, o: { bus: Bus; store: FeatureStore; gcEveryMs?: number }): { ref: ActorRef<JanitorMsg>; stop(): Promise<void> } {
@@ -16,7 +18,9 @@ export function startJanitor(system: ActorSystem, o: { bus: Bus; store: FeatureS
     init: () => ({ freed: 0, aborted: 0, lastGc: null, sweeps: 0 }),
     async handle(st, msg, ctx) {
       if (msg.op === 'free') {
-        const r = validateSampleRef(msg.ref);
+        // A repeated announcement (a replay, or the queue's own resend) frees nothing twice:
+        // release and abort report false for bytes already gone.
+        const r = msg.ref;
         if (msg.why === 'dead') { if (await store.abort(r.sampleId, 'dead-lettered')) st.aborted++; } else if (await store.release(r)) st.freed++;
       } else if (msg.op === 'gc') {
         st.lastGc = await store.gc(Date.now());
@@ -26,8 +30,8 @@ export function startJanitor(system: ActorSystem, o: { bus: Bus; store: FeatureS
     },
     mailboxLimit: 100_000,
   });
-  const sub = bus.subscribe<{ ref: unknown; why: string }>(bus.subjects.storeFree, (m) => { system.dispatch(ref, { op: 'free', ref: m?.ref, why: String(m?.why ?? 'consumed') }); }, { dedupe: false });
-  const statusSub = bus.subscribe(`dw.${bus.job}.janitor.status`, () => system.query(ref, { op: 'status' }, 10_000), { dedupe: false });
+  const sub = listen(bus, 'store.free', (m) => { system.dispatch(ref, { op: 'free', ref: m.ref, why: m.why }); });
+  const statusSub = serve(bus, 'janitor.status', () => system.query<JanitorStatus>(ref, { op: 'status' }, 10_000), { dedupe: false });
   const timer = setInterval(() => { try { system.dispatch(ref, { op: 'gc' }); } catch { /* busy */ } }, o.gcEveryMs ?? 5000);
   timer.unref();
   return {

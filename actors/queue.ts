@@ -12,12 +12,15 @@ import { rebuildLedger, WAL_RECORD, WalCorruptError } from '../src/ledger/wal.ts
 import { failpoint } from '../src/failpoints.ts';
 import { createLogger } from '../src/log.ts';
 import { validateSampleRef, type SampleRef } from '../src/wire/sampleref.ts';
+import {
+  STORAGE, parseEpochInfo, type CommitReply, type CommittedReply, type CreditReply, type LeaseMessage, type LeaseReply, type QueueStatus, type RenewReply, type RevokeReply,
+} from '../src/wire/protocol.ts';
+import { publish, serve } from '../src/bus/clients.ts';
 import { checkSampleRef, type SampleSchema } from '../src/wire/schema.ts';
 
 export interface Credit { consumer: string; partition: [number, number]; epoch: number; remaining: number; leaseMs: number | null }
 
-/** What a rank receives on `dw.<job>.part.<num>.<index>`. */
-export interface LeaseMessage { consumer: string; leases: Lease[] }
+export type { LeaseMessage } from '../src/wire/protocol.ts';
 
 export type QueueMsg =
   | { op: 'commit'; ref: unknown; key: string }
@@ -77,7 +80,7 @@ export function queueActorSpec(o: QueueActorOptions): ActorSpec<QueueState, Queu
       await persist(res.events);
       c.remaining -= res.leases.length;
       const msg: LeaseMessage = { consumer: c.consumer, leases: res.leases };
-      bus.publish(s.part(c.partition[1], c.partition[0]), msg);
+      publish.leases(bus, c.partition[1], c.partition[0], msg);
     }
   };
 
@@ -156,7 +159,7 @@ export function queueActorSpec(o: QueueActorOptions): ActorSpec<QueueState, Queu
         const res = ledger[msg.op](msg.leaseId, msg.epoch, { key: msg.key, now });
         await persist(res.events);
         ctx.reply({ leaseId: res.leaseId, sampleId: res.sampleId, status: res.status });
-        if (res.status === 'acked' && !res.repeated) bus.publish(s.storeFree, { ref: ledger.state(res.sampleId)!.ref, why: 'consumed' });
+        if (res.status === 'acked' && !res.repeated) publish.storeFree(bus, { ref: ledger.state(res.sampleId)!.ref, why: 'consumed' });
         if (msg.op === 'release') await grant(st, ledger);
         break;
       }
@@ -164,7 +167,7 @@ export function queueActorSpec(o: QueueActorOptions): ActorSpec<QueueState, Queu
         const res = ledger.fail(msg.leaseId, msg.epoch, msg.retryable, { key: msg.key, now, reason: msg.reason });
         await persist(res.events);
         ctx.reply({ leaseId: res.leaseId, sampleId: res.sampleId, status: res.status });
-        if (res.status === 'dead' && !res.repeated) bus.publish(s.storeFree, { ref: ledger.state(res.sampleId)!.ref, why: 'dead' });
+        if (res.status === 'dead' && !res.repeated) publish.storeFree(bus, { ref: ledger.state(res.sampleId)!.ref, why: 'dead' });
         await grant(st, ledger);
         break;
       }
@@ -190,7 +193,7 @@ export function queueActorSpec(o: QueueActorOptions): ActorSpec<QueueState, Queu
         while (st.window.length > 2 && now - st.window[0]!.at > 10_000) st.window.shift();
         const res = ledger.expire(now);
         await persist(res.events);
-        for (const id of res.dead) bus.publish(s.storeFree, { ref: ledger.state(id)!.ref, why: 'dead' });
+        for (const id of res.dead) publish.storeFree(bus, { ref: ledger.state(id)!.ref, why: 'dead' });
         if (res.expired.length > 0) ctx.log.warn('leases expired', { count: res.expired.length, consumers: [...new Set(res.expired.map((e) => e.consumer))] });
         await grant(st, ledger);
         break;
@@ -199,7 +202,7 @@ export function queueActorSpec(o: QueueActorOptions): ActorSpec<QueueState, Queu
         // The consumer's process is gone (its node saw it exit): its samples go back now.
         const res = ledger.revokeConsumer(msg.consumer, now, msg.beforeEpoch);
         await persist(res.events);
-        for (const id of res.dead) bus.publish(s.storeFree, { ref: ledger.state(id)!.ref, why: 'dead' });
+        for (const id of res.dead) publish.storeFree(bus, { ref: ledger.state(id)!.ref, why: 'dead' });
         st.credits.delete(msg.consumer);
         ctx.log.info('leases of a gone consumer revoked', { consumer: msg.consumer, count: res.expired.length });
         ctx.reply({ revoked: res.expired.length, dead: res.dead.length });
@@ -246,42 +249,17 @@ export function startQueue(system: ActorSystem, o: QueueActorOptions): { ref: Ac
     if (isObj(r) && r.refused) throw r.refused;
     return r;
   };
-  const req = (x: unknown, what: string): Record<string, unknown> => {
-    if (!isObj(x)) throw new InvalidArgumentError(`${what}: message must be a map`);
-    return x;
-  };
-  const leaseOp = (op: 'ack' | 'release' | 'renew') => (x: unknown, meta: { idempotencyKey?: string }) => {
-    const m = req(x, op);
-    if (typeof m.leaseId !== 'string' || typeof m.epoch !== 'number') throw new InvalidArgumentError(`${op}: needs leaseId (string) and epoch (number)`);
-    return ask({ op, leaseId: m.leaseId, epoch: m.epoch, key: meta.idempotencyKey ?? `${op}:${m.leaseId}` });
-  };
+  // Requests arrive parsed by the protocol table's parsers (a malformed one never gets here).
   const subs: BusSubscription[] = [
-    bus.subscribe(s.queue.commit, (x, meta) => ask({ op: 'commit', ref: req(x, 'commit').ref, key: meta.idempotencyKey ?? `commit:${String((req(x, 'commit').ref as { sampleId?: unknown })?.sampleId)}` })),
-    bus.subscribe(s.queue.credit, (x) => {
-      const m = req(x, 'credit');
-      const p = m.partition;
-      if (typeof m.consumer !== 'string' || !Array.isArray(p) || p.length !== 2 || !p.every((v) => Number.isInteger(v) && v >= 0) || p[0] >= p[1]
-        || !Number.isInteger(m.epoch) || !Number.isInteger(m.max) || (m.max as number) < 0) {
-        throw new InvalidArgumentError('credit: needs consumer, partition [index, num] with index < num, integer epoch and max >= 0');
-      }
-      return ask({ op: 'credit', consumer: m.consumer, partition: [p[0], p[1]], epoch: m.epoch as number, max: m.max as number, ...(typeof m.leaseMs === 'number' ? { leaseMs: m.leaseMs } : {}) });
-    }),
-    bus.subscribe(s.queue.ack, leaseOp('ack')),
-    bus.subscribe(s.queue.release, leaseOp('release')),
-    bus.subscribe(s.queue.renew, leaseOp('renew')),
-    bus.subscribe(s.queue.fail, (x, meta) => {
-      const m = req(x, 'fail');
-      if (typeof m.leaseId !== 'string' || typeof m.epoch !== 'number') throw new InvalidArgumentError('fail: needs leaseId (string) and epoch (number)');
-      return ask({ op: 'fail', leaseId: m.leaseId, epoch: m.epoch, retryable: m.retryable !== false, reason: String(m.reason ?? '').slice(0, 500), key: meta.idempotencyKey ?? `fail:${m.leaseId}` });
-    }),
-    bus.subscribe(`dw.${bus.job}.queue.revoke`, (x) => {
-      const m = req(x, 'revoke');
-      if (typeof m.consumer !== 'string' || m.consumer.length === 0) throw new InvalidArgumentError('revoke: needs consumer (a non-empty string)');
-      if (m.beforeEpoch !== undefined && !(Number.isInteger(m.beforeEpoch) && (m.beforeEpoch as number) >= 0)) throw new InvalidArgumentError('revoke: beforeEpoch must be an integer >= 0');
-      return ask({ op: 'revoke', consumer: m.consumer, ...(m.beforeEpoch !== undefined ? { beforeEpoch: m.beforeEpoch as number } : {}) });
-    }),
-    bus.subscribe(`dw.${bus.job}.queue.status`, () => ask({ op: 'status' }), { dedupe: false }),
-    bus.subscribe(`dw.${bus.job}.queue.committed`, () => ask({ op: 'committed' }), { dedupe: false }),
+    serve(bus, 'queue.commit', (m, meta) => ask({ op: 'commit', ref: m.ref, key: meta.idempotencyKey ?? `commit:${m.ref.sampleId}:${m.ref.generation}` }) as Promise<CommitReply>),
+    serve(bus, 'queue.credit', (m) => ask({ op: 'credit', ...m }) as Promise<CreditReply>),
+    serve(bus, 'queue.ack', (m, meta) => ask({ op: 'ack', ...m, key: meta.idempotencyKey ?? `ack:${m.leaseId}` }) as Promise<LeaseReply>),
+    serve(bus, 'queue.release', (m, meta) => ask({ op: 'release', ...m, key: meta.idempotencyKey ?? `release:${m.leaseId}` }) as Promise<LeaseReply>),
+    serve(bus, 'queue.renew', (m, meta) => ask({ op: 'renew', ...m, key: meta.idempotencyKey ?? `renew:${m.leaseId}` }) as Promise<RenewReply>),
+    serve(bus, 'queue.fail', (m, meta) => ask({ op: 'fail', ...m, key: meta.idempotencyKey ?? `fail:${m.leaseId}` }) as Promise<LeaseReply>),
+    serve(bus, 'queue.revoke', (m) => ask({ op: 'revoke', ...m }) as Promise<RevokeReply>),
+    serve(bus, 'queue.status', () => ask({ op: 'status' }) as Promise<QueueStatus>, { dedupe: false }),
+    serve(bus, 'queue.committed', () => ask({ op: 'committed' }) as Promise<CommittedReply>, { dedupe: false }),
   ];
   const timer = setInterval(() => {
     try { system.dispatch(ref, { op: 'tick' }); } catch { /* mailbox full: the next tick will do */ }
@@ -305,10 +283,14 @@ export function startQueue(system: ActorSystem, o: QueueActorOptions): { ref: Ac
       try {
         const kv = await bus.kv(s.kvBucket);
         if (stopped) return;
-        const w = await kv.watch<EpochInfo>({ key: 'epoch' });
+        const w = await kv.watch<unknown>({ key: STORAGE.epochKey });
         watch = w;
         for await (const ch of w) {
-          if (ch.value && typeof ch.value.epoch === 'number') await dispatchEpoch(ch.value.epoch, ch.value.partitions);
+          if (ch.value === null) continue;
+          let e: EpochInfo;
+          try { e = parseEpochInfo(ch.value); } catch (err) { log.warn('malformed epoch record ignored', { error: (err as Error).message }); continue; }
+          // Only a newer epoch changes the ledger (apply's 'epoch' case): a rolled-back record is ignored.
+          await dispatchEpoch(e.epoch, e.partitions);
         }
       } catch (e) {
         if (!stopped) log.warn('epoch watch ended; restarting it', { error: (e as Error).message });

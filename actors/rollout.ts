@@ -13,6 +13,7 @@
 // restarted rollout still had to produce.
 import type { ActorContext, ActorSpec } from '../src/runtime/actor-system.ts';
 import type { Bus } from '../src/bus/bus.ts';
+import { QueueClient } from '../src/bus/clients.ts';
 import { BackpressureError, InvalidArgumentError, StoreWriteError } from '../src/errors.ts';
 import { failpoint } from '../src/failpoints.ts';
 import type { JobSpec } from '../src/job/spec.ts';
@@ -92,6 +93,7 @@ export async function makeSamples(target: TargetModel, spec: JobSpec, prompts: I
 
 export function rolloutActorSpec(o: RolloutOptions): ActorSpec<RolloutState, RolloutMsg> {
   const { spec, bus, store } = o;
+  const queue = new QueueClient(bus);
   const rows = o.rows ?? spec.steps * spec.batch * spec.dp;
   const chunk = o.chunk ?? ROLLOUT_CHUNK;
   if (!Number.isInteger(chunk) || chunk < 1 || chunk > 1024) throw new InvalidArgumentError(`rollout chunk must be an integer in [1, 1024] (got ${String(chunk)})`);
@@ -136,7 +138,7 @@ export function rolloutActorSpec(o: RolloutOptions): ActorSpec<RolloutState, Rol
       if (!st.target) {
         st.target = TargetModel.create(spec.target, { threads: spec.threads });
         st.prompts = spec.dataset ? loadPrompts(spec.dataset, spec.target.vocab, spec.promptLen) : null;
-        const known = await bus.request<{ sampleIds: string[] }>(`dw.${spec.job}.queue.committed`, {}, { timeoutMs: 5000, retries: 20 });
+        const known = await queue.committed();
         st.done = new Set(known.sampleIds);
         ctx.log.info('rollout started', { rows, alreadyCommitted: st.done.size, incarnation: ctx.incarnation });
       }
@@ -175,7 +177,7 @@ export function rolloutActorSpec(o: RolloutOptions): ActorSpec<RolloutState, Rol
         }
         const ref = res.value;
         failpoint('rollout.after-put'); // a crash here must leave one committed sample, no orphan
-        await bus.request(bus.subjects.queue.commit, { ref }, { idempotencyKey: `commit:${id}:${ref.generation}`, timeoutMs: 5000, retries: 20 });
+        await queue.commit(ref);
         st.done.add(id);
         st.produced++;
       }

@@ -80,9 +80,10 @@ async function main(): Promise<void> {
     for (const [variant, url, pol] of [['Bus (auth off)', open.url, AuthPolicy.disabled()], ['Bus (HMAC auth on)', secured.url, auth]] as const) {
       const srv = await Bus.connect({ servers: url, job: 'bench', auth: pol, name: 'srv' });
       const cli = await Bus.connect({ servers: url, job: 'bench', auth: variant.includes('on') ? AuthPolicy.fromSecret('bench-secret-0123456789abcdef') : pol, name: 'cli' });
-      srv.subscribe('dw.bench.queue.ack', (m: unknown) => m);
+      // The Bus itself, measured on a protocol subject with an echo handler (no queue behind it).
+      srv.subscribe(srv.subjects.queue.ack, (m: unknown) => m);
       await srv.flush();
-      const once = () => cli.request('dw.bench.queue.ack', payload, { timeoutMs: 5000, retries: 0 });
+      const once = () => cli.request(cli.subjects.queue.ack, payload, { timeoutMs: 5000, retries: 0 });
       results.push(await measure(variant, 'serial', N, CONC, once));
       results.push(await measure(variant, 'concurrent', N * 4, CONC, once));
       const st = srv.stats();

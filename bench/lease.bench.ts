@@ -8,6 +8,7 @@ import { ensureEpoch } from '../src/job/epoch.ts';
 import { ActorSystem } from '../src/runtime/actor-system.ts';
 import { AuthPolicy } from '../src/wire/auth.ts';
 import { Bus } from '../src/bus/bus.ts';
+import { QueueClient, listen } from '../src/bus/clients.ts';
 import { startNats } from '../test/support/nats-server.ts';
 import { sampleRef } from '../test/support/store-fixtures.ts';
 
@@ -29,14 +30,15 @@ async function measure(label: string, auth: AuthPolicy): Promise<Record<string, 
   try {
     await ensureEpoch(server, 1);
     const q = startQueue(system, { bus: server, tickMs: 1000 });
-    // baseline: an echo request/reply on the same server
+    // baseline: an echo request/reply on the same server (a bench-only subject, outside the protocol)
     server.subscribe(`dw.${job}.echo`, (m) => m, { dedupe: false });
     await client.request(`dw.${job}.echo`, { x: 1 });
     const echo: number[] = [];
     for (let i = 0; i < N; i++) { const t = performance.now(); await client.request(`dw.${job}.echo`, { i }); echo.push(performance.now() - t); }
 
     let waiter: ((l: LeaseMessage) => void) | null = null;
-    client.subscribe<LeaseMessage>(client.subjects.part(1, 0), (m) => waiter?.(m), { dedupe: false });
+    const queue = new QueueClient(client);
+    listen(client, 'part', (m) => waiter?.(m), { params: [1, 0] });
     await client.flush();
     const trip: number[] = [];
     const t0 = performance.now();
@@ -44,11 +46,11 @@ async function measure(label: string, auth: AuthPolicy): Promise<Record<string, 
       const t = performance.now();
       const ref = sampleRef({ job, sampleId: `s-${i}`, generation: 1 });
       const leased = new Promise<LeaseMessage>((r) => { waiter = r; });
-      await client.request(client.subjects.queue.commit, { ref }, { idempotencyKey: `c${i}` });
-      await client.request(client.subjects.queue.credit, { consumer: 'b', partition: [0, 1], epoch: 1, max: 1 });
+      await queue.commit(ref);
+      await queue.credit({ consumer: 'b', partition: [0, 1], epoch: 1, max: 1 });
       const m = await leased;
       const l = m.leases[0]!;
-      await client.request(client.subjects.queue.ack, { leaseId: l.leaseId, epoch: l.epoch }, { idempotencyKey: `a${l.leaseId}` });
+      await queue.ack(l);
       trip.push(performance.now() - t);
     }
     const secs = (performance.now() - t0) / 1000;

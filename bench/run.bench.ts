@@ -15,6 +15,7 @@ import { syntheticPrompt } from '../src/job/prompts.ts';
 import { buildSpec, runJob } from '../cluster/commands/run.ts';
 import { loadWeightsFile, writeInitialWeights } from '../src/job/checkpoint.ts';
 import { AuthPolicy } from '../src/wire/auth.ts';
+import { QueueClient } from '../src/bus/clients.ts';
 import { saveJobSpec } from '../src/job/spec.ts';
 import { startNatsServer } from '../cluster/nats-launcher.ts';
 import { NodeAgent, ROLES } from '../cluster/node.ts';
@@ -79,7 +80,7 @@ try {
       const end = Date.now() + 300_000;
       while (depth < rows && Date.now() < end) {
         await new Promise((r) => setTimeout(r, 20));
-        depth = (await node.bus.request<{ depth: number }>(`dw.${rs.job}.queue.status`, {}, { timeoutMs: 2000, retries: 2 })).depth;
+        depth = (await new QueueClient(node.bus).status({ timeoutMs: 2000, retries: 2 })).depth;
         if (!first && depth > 0) first = performance.now();
       }
       return depth / ((performance.now() - first) / 1000);

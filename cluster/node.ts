@@ -29,6 +29,7 @@ import { InvalidArgumentError } from '../src/errors.ts';
 import { jobFile, maxRankRestarts, rankDeadAfterMs, rankLossPolicy, type JobSpec } from '../src/job/spec.ts';
 import { createLogger } from '../src/log.ts';
 import { SharedDirFeatureStore } from '../src/store/shared-dir.ts';
+import { CoordinatorClient, HeartbeatPublisher, QueueClient, listen, serve } from '../src/bus/clients.ts';
 import { sampleSchema } from '../src/wire/schema.ts';
 
 export const ROLES = ['coordinator', 'queue', 'janitor', 'rollout'] as const;
@@ -67,11 +68,15 @@ export class NodeAgent {
   private readonly retired = new Set<number>();
   private settleWaiters: Array<() => void> = [];
   private stopping = false;
+  /** One heartbeat sequence for everything this process sends (its own beats, first beats for its ranks). */
+  private readonly beats: HeartbeatPublisher;
   private readonly stops: Array<() => Promise<void>> = [];
   private readonly log = createLogger('node');
   rollout: ActorRef | null = null;
 
-  private constructor(readonly o: NodeOptions, readonly bus: Bus, readonly system: ActorSystem, readonly store: SharedDirFeatureStore) {}
+  private constructor(readonly o: NodeOptions, readonly bus: Bus, readonly system: ActorSystem, readonly store: SharedDirFeatureStore) {
+    this.beats = new HeartbeatPublisher(bus);
+  }
 
   static async start(o: NodeOptions): Promise<NodeAgent> {
     const bus = await Bus.connect({ servers: o.nats, job: o.spec.job, auth: o.auth, name: `node-${o.nodeId}` });
@@ -82,34 +87,25 @@ export class NodeAgent {
     });
     const node = new NodeAgent(o, bus, new ActorSystem(`node-${o.nodeId}`), store);
     await node.startRoles();
-    const spawnSub = bus.subscribe<{ rank?: unknown; minEpoch?: unknown }>(bus.subjects.nodeSpawn(o.nodeId), (m) => {
-      const rank = m?.rank, minEpoch = m?.minEpoch ?? 0;
-      if (!Number.isInteger(rank) || (rank as number) < 0) throw new InvalidArgumentError('spawn: needs a rank (integer >= 0)');
-      if (!Number.isInteger(minEpoch) || (minEpoch as number) < 0) throw new InvalidArgumentError('spawn: minEpoch must be an integer >= 0');
-      return { pid: node.spawnRank(rank as number, minEpoch as number).proc.pid ?? null };
-    });
+    const spawnSub = serve(bus, 'node.spawn', (m) => ({ pid: node.spawnRank(m.rank, m.minEpoch).proc.pid ?? null }), {}, o.nodeId);
     node.stops.push(async () => spawnSub.unsubscribe());
-    const stopSub = bus.subscribe<{ rank?: unknown }>(`dw.${o.spec.job}.node.${o.nodeId}.stop`, async (m) => {
-      const rank = m?.rank;
-      if (!Number.isInteger(rank) || (rank as number) < 0) throw new InvalidArgumentError('stop: needs a rank (integer >= 0)');
-      return { stopped: await node.retireRank(rank as number) };
-    });
+    const stopSub = serve(bus, 'node.stop', async (m) => ({ stopped: await node.retireRank(m.rank) }), {}, o.nodeId);
     node.stops.push(async () => stopSub.unsubscribe());
     // The coordinator's verdict: a rank silent past the deadline is killed and replaced.
-    const deadSub = bus.subscribe<{ rank?: number; pid?: number }>(`dw.${o.spec.job}.ctl.dead`, (m) => {
-      const r = typeof m?.rank === 'number' ? node.ranks.get(m.rank) : undefined;
-      if (!r || r.proc.pid !== m?.pid || r.proc.exitCode !== null || r.proc.signalCode !== null) return;
+    const deadSub = listen(bus, 'ctl.dead', (m) => {
+      const r = node.ranks.get(m.rank);
+      if (!r || r.proc.pid !== m.pid || r.proc.exitCode !== null || r.proc.signalCode !== null) return;
       node.log.warn('rank declared dead by the coordinator (no heartbeat); killing it for a replacement', { rank: r.rank, pid: r.proc.pid });
       r.proc.kill('SIGKILL'); // also ends a stopped process, without letting it run first
-    }, { dedupe: false });
+    });
     node.stops.push(async () => deadSub.unsubscribe());
     // The epoch each of its rank processes last reported: a death regroups from that epoch only.
-    const hbSub = bus.subscribe<{ rank?: number; pid?: number; epoch?: number }>(bus.subjects.hbAll, (h) => {
-      const r = typeof h?.rank === 'number' ? node.ranks.get(h.rank) : undefined;
-      if (r && r.proc.pid === h?.pid && typeof h.epoch === 'number') node.lastEpoch.set(r.rank, h.epoch);
-    }, { dedupe: false });
+    const hbSub = listen(bus, 'hb', (h) => {
+      const r = h.kind === 'node' ? undefined : node.ranks.get(h.rank);
+      if (r && h.kind !== 'node' && r.proc.pid === h.pid && Number.isInteger(h.epoch)) node.lastEpoch.set(r.rank, h.epoch);
+    }, { subject: bus.subjects.hbAll });
     node.stops.push(async () => hbSub.unsubscribe());
-    const beat = () => bus.publish(bus.subjects.hb(`node-${o.nodeId}`), { kind: 'node', node: o.nodeId, pid: process.pid, ranks: node.running(), at: Date.now() });
+    const beat = () => node.beats.node(o.nodeId, { pid: process.pid, ranks: node.running() });
     beat();
     const hb = setInterval(beat, 1000);
     node.stops.push(async () => clearInterval(hb));
@@ -168,7 +164,7 @@ export class NodeAgent {
     this.log.info('rank spawned', { rank, pid: proc.pid, restarts: this.restarts.get(rank) ?? 0, minEpoch });
     // A first heartbeat on the rank's behalf: a process that never gets to send its own
     // (frozen or hung while starting) is still declared dead after rankDeadAfterMs.
-    this.bus.publish(this.bus.subjects.hb(`rank-${rank}`), { rank, pid: proc.pid, step: -1, state: 'spawned', held: 0, epoch: 0, at: Date.now() });
+    if (proc.pid !== undefined) this.beats.rank(rank, { pid: proc.pid, step: -1, state: 'spawned', held: 0, epoch: 0 });
     return rp;
   }
 
@@ -180,18 +176,17 @@ export class NodeAgent {
       const replace = rankLossPolicy(this.o.spec) === 'replace' && restarts < maxRankRestarts(this.o.spec);
       if (replace) this.restarts.set(rank, restarts + 1);
       // A new epoch first (its world forms afresh, with the replacement or without the rank), then the respawn joins it.
-      const job = this.o.spec.job;
       // Replace: a new epoch after the one the rank died in (a no-op if its world's survivors
       // asked first); the replacement joins it. Shrink: the epoch drops the rank's cell.
       const from = this.lastEpoch.get(rank);
-      const ask = replace ? { rank, ...(from !== undefined ? { fromEpoch: from } : {}) } : { rank, remove: rank };
-      const regroup = this.bus.request<{ to: { epoch: number } }>(`dw.${job}.coord.regroup`, ask, { timeoutMs: 10_000, retries: 3 })
+      const ask = replace ? { rank, by: 'node' as const, ...(from !== undefined ? { fromEpoch: from } : {}) } : { rank, remove: rank, by: 'node' as const };
+      const regroup = new CoordinatorClient(this.bus).regroup(ask, { timeoutMs: 10_000, retries: 3 })
         .then((r) => r.to.epoch, (e: unknown) => { this.log.error('regroup request failed', { rank, error: (e as Error).message }); return 0; })
         // The dead process's leases (granted before the new epoch; a replacement only holds
         // leases of that epoch or later) go back to pending now, not at their deadline.
         .then(async (epoch) => {
           if (epoch > 0) {
-            await this.bus.request(`dw.${job}.queue.revoke`, { consumer: `rank-${rank}`, beforeEpoch: epoch }, { timeoutMs: 10_000, retries: 3 })
+            await new QueueClient(this.bus).revoke({ consumer: `rank-${rank}`, beforeEpoch: epoch })
               .catch((e: unknown) => this.log.warn('revoking the dead rank\'s leases failed; they expire at their deadline', { rank, error: (e as Error).message }));
           }
           return epoch;

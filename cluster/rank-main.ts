@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { RankWorker } from '../trainer/rank-worker.ts';
 import { AuthPolicy } from '../src/wire/auth.ts';
 import { Bus } from '../src/bus/bus.ts';
+import { publish } from '../src/bus/clients.ts';
 import { loadJobSpec } from '../src/job/spec.ts';
 import { createLogger } from '../src/log.ts';
 import { SharedDirFeatureStore } from '../src/store/shared-dir.ts';
@@ -44,7 +45,7 @@ async function main(): Promise<number> {
     else if (res.final) {
       const path = join(spec.runDir, 'checkpoint.safetensors');
       await writeCheckpoint(path, spec, res.state, weights.d2t as Int32Array, res.step, res.samples);
-      bus.publish(`dw.${spec.job}.rank.done`, { rank, step: res.step, samples: res.samples, checkpoint: path });
+      publish.rankDone(bus, { rank, step: res.step, samples: res.samples, checkpoint: path });
       log.info('checkpoint written', { path, step: res.step });
     }
     await bus.flush();

@@ -19,6 +19,18 @@ export {
 export { AuthPolicy, MIN_SECRET_BYTES, type AuthOptions } from './wire/auth.ts';
 export { errorToWire, errorFromWire, type WireError } from './wire/error-codec.ts';
 export { subjects, type JobSubjects } from './wire/subjects.ts';
+// The protocol, declared once (every subject, its message and reply types, key rule, timeout),
+// and the typed clients over the Bus that own those keys, timeouts and retries.
+export {
+  PROTOCOL, STORAGE, subjectOf, jobPrefix, parseEpochInfo, parseHeartbeat,
+  type Endpoint, type EndpointName, type RequestName, type ReqOf, type RepOf, type Kind, type EpochInfo,
+  type CommitRequest, type CommitReply, type CreditRequest, type CreditReply, type LeaseRequest, type LeaseReply, type RenewReply,
+  type FailRequest, type RevokeRequest, type RevokeReply, type QueueStatus, type CommittedReply, type ScaleRequest, type ScaleReply,
+  type RegroupRequest, type RegroupReply, type CoordStatus, type JanitorStatus, type SpawnRequest, type SpawnReply, type StopRequest,
+  type StopReply, type LeaseMessage, type StoreFree, type DeadRank, type Heartbeat, type RankHeartbeat, type NodeHeartbeat,
+  type StepMetrics, type RankDone,
+} from './wire/protocol.ts';
+export { QueueClient, CoordinatorClient, JanitorClient, NodeClient, HeartbeatPublisher, publish, call, serve, announce, listen, type CallOptions } from './bus/clients.ts';
 
 // The NATS boundary.
 export { Bus } from './bus/bus.ts';

@@ -9,6 +9,7 @@
 // push of a lease held, trained, acked, released or failed is ignored, so a sample is never
 // trained twice from one lease), and never for an epoch older than the rank's.
 import type { Bus } from '../src/bus/bus.ts';
+import { QueueClient } from '../src/bus/clients.ts';
 import { LeaseExpiredError, StaleEpochError } from '../src/errors.ts';
 import type { Lease } from '../src/ledger/ledger.ts';
 import type { Logger } from '../src/log.ts';
@@ -80,18 +81,20 @@ export class LeaseBook {
   /** Gives back every lease not trained. */
   async releaseHeld(): Promise<void> {
     const { bus, log } = this.o;
+    const queue = new QueueClient(bus);
     const held = [...this.held.values()].map((h) => h.lease);
     this.held.clear();
-    await Promise.all(held.map((l) => bus.request(bus.subjects.queue.release, { leaseId: l.leaseId, epoch: l.epoch }, { idempotencyKey: `release:${l.leaseId}`, retries: 5, timeoutMs: 3000 })
+    await Promise.all(held.map((l) => queue.release(l)
       .catch((e: unknown) => log.warn('release failed', { leaseId: l.leaseId, error: (e as Error).message }))));
   }
 
   /** Renews held and trained-but-unacked leases of `epoch` (an older epoch's cannot be: they are acked or released soon). */
   renew(epoch: number): void {
     const { bus, log } = this.o;
+    const queue = new QueueClient(bus);
     for (const l of [...[...this.held.values()].map((h) => h.lease), ...this.window]) {
       if (l.epoch !== epoch) continue;
-      bus.request(bus.subjects.queue.renew, { leaseId: l.leaseId, epoch: l.epoch }, { timeoutMs: 2000, retries: 1 }).catch((e: unknown) => {
+      queue.renew(l).catch((e: unknown) => {
         if (e instanceof LeaseExpiredError && this.held.get(l.leaseId)?.lease === l) this.held.delete(l.leaseId); // re-leased or gone
         // Refused as stale: the epoch moved on; the lease is acked or released at the reshard.
         if (e instanceof StaleEpochError) log.debug('lease renewal refused: newer epoch', { leaseId: l.leaseId });
@@ -111,7 +114,7 @@ export class LeaseBook {
       } catch (e) {
         log.error('sample unreadable; failing its lease', { sampleId: l.sampleId, error: (e as Error).message });
         this.held.delete(l.leaseId);
-        await bus.request(bus.subjects.queue.fail, { leaseId: l.leaseId, epoch: l.epoch, retryable: false, reason: (e as Error).message }, { idempotencyKey: `fail:${l.leaseId}`, retries: 5 });
+        await new QueueClient(bus).fail({ leaseId: l.leaseId, epoch: l.epoch, retryable: false, reason: (e as Error).message });
       }
     }
   }

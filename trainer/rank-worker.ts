@@ -51,16 +51,13 @@ import { FEATURES, LeaseBook, type Held } from './lease-book.ts';
 import { WorldCheckpoint } from './world-checkpoint.ts';
 import { decideStep, roundInput, type StepDecision } from './step-decision.ts';
 import { newerEpochAnnounced } from './announcement.ts';
-import type { LeaseMessage } from '../actors/queue.ts';
+import { STORAGE, type StepMetrics } from '../src/wire/protocol.ts';
+import { HeartbeatPublisher, QueueClient, listen, publish } from '../src/bus/clients.ts';
 
 export { FEATURES } from './lease-book.ts';
 
-export interface StepMetrics {
-  rank: number; step: number; loss: number; gradNorm: number; ploss: number[]; acc: number[];
-  samples: number; tokens: number; stepMs: number; waitMs: number; acceptLength: number | null; at: number;
-  /** The data-parallel width and epoch the step ran at. */
-  dp: number; epoch: number;
-}
+/** What the rank publishes on `metrics` after each step (declared in the protocol table). */
+export type { StepMetrics };
 
 export interface RankOptions {
   spec: JobSpec;
@@ -101,6 +98,8 @@ export class RankWorker {
   private wake: (() => void) | null = null;
   private sub: BusSubscription | null = null;
   private epochSub: BusSubscription | null = null;
+  /** Numbers this process's heartbeats, so the coordinator can tell a replayed one. */
+  private beats: HeartbeatPublisher | null = null;
   private epoch: EpochInfo = { epoch: 0, partitions: 1, members: [] };
   private index = -1;
   private newerEpochSeen = false;
@@ -309,14 +308,14 @@ export class RankWorker {
   /** Asks the queue how much of the budget is finished; true when nothing is left. */
   private async queueFinished(): Promise<boolean> {
     const { bus, spec } = this.o;
-    const q = await bus.request<{ consumed: number; dead: number }>(`dw.${spec.job}.queue.status`, {}, { timeoutMs: 5000, retries: 5 });
+    const q = await new QueueClient(bus).status({ timeoutMs: 5000, retries: 5 });
     this.outstanding = jobRows(spec) - q.consumed - q.dead;
     return this.outstanding <= 0;
   }
 
   private publishStep(m: StepMetrics): void {
     this.lastMetrics = m;
-    this.o.bus.publish(`dw.${this.o.spec.job}.metrics`, m);
+    publish.metrics(this.o.bus, m);
     this.o.onStep?.(m);
   }
 
@@ -384,9 +383,9 @@ export class RankWorker {
 
   private beat(): void {
     const { bus, rank } = this.o;
-    bus.publish(bus.subjects.hb(`rank-${rank}`), {
-      rank, pid: process.pid, node: this.o.node ?? null, step: this.stepNo, state: this.state, held: this.book.held.size + this.book.window.length,
-      epoch: this.epoch.epoch, index: this.index, dp: this.epoch.partitions, at: Date.now(),
+    (this.beats ??= new HeartbeatPublisher(bus)).rank(rank, {
+      pid: process.pid, node: this.o.node ?? null, step: this.stepNo, state: this.state, held: this.book.held.size + this.book.window.length,
+      epoch: this.epoch.epoch, index: this.index, dp: this.epoch.partitions,
     });
   }
 
@@ -398,7 +397,7 @@ export class RankWorker {
     const renew = setInterval(() => this.book.renew(this.epoch.epoch), Math.max(200, Math.floor(spec.leaseMs / 3)));
     this.timers.push(hb, renew);
     // An announced epoch change wakes a waiting rank at once, instead of at its next credit retry.
-    this.epochSub = bus.subscribe<EpochInfo>(bus.subjects.ctlEpoch, (e) => {
+    this.epochSub = listen(bus, 'ctl.epoch', (e) => {
       // A replayed, late or repeated announcement (not newer than this rank's epoch) is ignored.
       const newer = newerEpochAnnounced(e, this.epoch.epoch);
       if (newer === null) return;
@@ -407,7 +406,7 @@ export class RankWorker {
       // A world still forming for the old epoch will never complete: its members move on.
       this.forming?.abort(`epoch ${newer} superseded epoch ${this.epoch.epoch} while its world was forming`);
       setTimeout(() => this.wake?.(), 20);
-    }, { dedupe: false });
+    });
   }
 
   /** Waits for an epoch >= minEpoch; subscribes to its partition if this rank is a member. */
@@ -415,7 +414,7 @@ export class RankWorker {
     const { bus, spec, rank } = this.o;
     const kv = await bus.kv(bus.subjects.kvBucket);
     for (let i = 0; ; i++) {
-      const e = await kv.get<EpochInfo>('epoch');
+      const e = await kv.get<EpochInfo>(STORAGE.epochKey);
       if (e && e.value.epoch >= minEpoch) { this.epoch = { ...e.value, members: epochMembers(e.value) }; break; }
       if (this.stopped) throw new DraftwireError('STOPPED', 'rank stopped', false);
       if (i > 1200) throw new DraftwireError('NO_EPOCH', `no epoch >= ${minEpoch} in KV bucket ${bus.subjects.kvBucket} after 120 s: is the coordinator running?`, true);
@@ -433,11 +432,11 @@ export class RankWorker {
       this.log.info('joined', { epoch: this.epoch.epoch, num: this.epoch.partitions, worldRank: this.index, partition: this.dpIdx, leases: 'from its cell leader', job: spec.job });
       return true;
     }
-    this.sub = bus.subscribe<LeaseMessage>(bus.subjects.part(this.epoch.partitions, this.dpIdx), (m) => {
-      if (m?.consumer !== this.consumer || !Array.isArray(m.leases)) return;
+    this.sub = listen(bus, 'part', (m) => {
+      if (m.consumer !== this.consumer) return;
       // Replays are dropped here: a lease already taken, or of an older epoch (LeaseBook.receive).
       if (this.book.receive(m.leases, this.epoch.epoch) > 0) this.wake?.();
-    }, { dedupe: false });
+    }, { params: [this.epoch.partitions, this.dpIdx] });
     await bus.flush();
     this.log.info('joined', { epoch: this.epoch.epoch, num: this.epoch.partitions, partition: this.dpIdx, job: spec.job });
     return true;
@@ -457,9 +456,9 @@ export class RankWorker {
       if (this.stopped) throw new DraftwireError('STOPPED', 'rank stopped', false);
       if (Date.now() >= until) return false;
       try {
-        const r = await bus.request<{ consumed?: number; dead?: number; committed?: number; partitionPending?: number }>(bus.subjects.queue.credit, {
+        const r = await new QueueClient(bus).credit({
           consumer: this.consumer, partition: [this.dpIdx, this.epoch.partitions], epoch: this.epoch.epoch, max: Math.max(0, n - this.book.usable().length), leaseMs: spec.leaseMs,
-        }, { timeoutMs: 3000, retries: 2 });
+        });
         if (typeof r.consumed === 'number' && typeof r.dead === 'number') this.outstanding = jobRows(spec) - r.consumed - r.dead;
         // Nothing pending here and nothing more to be committed: this credit grants nothing, and
         // waiting for a full batch would only hold the world up (samples expired or released

@@ -28,6 +28,7 @@
 // - Acks and releases are idempotent by key (`ack:<leaseId>`, `release:<leaseId>`): a retried
 //   or replayed one changes nothing.
 import type { Bus } from '../src/bus/bus.ts';
+import { CoordinatorClient, QueueClient } from '../src/bus/clients.ts';
 import { latestManifest, loadRankCheckpoint, loadWeightsFile, takeWindowParts, writeRankCheckpoint, writeWindowPart, type CheckpointLease } from '../src/job/checkpoint.ts';
 import { LeaseExpiredError, StaleEpochError } from '../src/errors.ts';
 import { failpoint } from '../src/failpoints.ts';
@@ -122,7 +123,7 @@ export class WorldCheckpoint {
     await this.ackAll(trained);
     await book.releaseHeld();
     const state = ck ? { ...initialState(spec, ck.weights), optimizer: ck.optimizer, step: ck.manifest.step, samples: ck.manifest.samples } : initialState(spec, init);
-    await bus.request(`dw.${spec.job}.coord.regroup`, { fromEpoch: epoch, rank }, { timeoutMs: 10_000, retries: 5, idempotencyKey: `regroup:${rank}:${epoch}` });
+    await new CoordinatorClient(bus).regroup({ fromEpoch: epoch, rank });
     return state;
   }
 
@@ -131,7 +132,7 @@ export class WorldCheckpoint {
     const { bus, log, stats, book } = this.o;
     await Promise.all(leases.filter((l) => l.leaseId !== '').map(async (l) => {
       try {
-        await bus.request(bus.subjects.queue.ack, { leaseId: l.leaseId, epoch: l.epoch }, { idempotencyKey: `ack:${l.leaseId}`, retries: 10, timeoutMs: 3000 });
+        await new QueueClient(bus).ack(l);
         book.trainedSkip.delete(l.sampleId);
       } catch (e) {
         if (!(e instanceof LeaseExpiredError || e instanceof StaleEpochError)) throw e;
@@ -151,7 +152,7 @@ export class WorldCheckpoint {
       if (!book.trainedSkip.has(l.sampleId)) continue;
       book.held.delete(l.leaseId);
       try {
-        await bus.request(bus.subjects.queue.ack, { leaseId: l.leaseId, epoch: l.epoch }, { idempotencyKey: `ack:${l.leaseId}`, retries: 10, timeoutMs: 3000 });
+        await new QueueClient(bus).ack(l);
         book.trainedSkip.delete(l.sampleId);
         stats.skippedAcks++;
         log.info('acked a re-leased sample that the checkpoint already holds', { sampleId: l.sampleId, leaseId: l.leaseId });

@@ -17,6 +17,7 @@ import { readLedgerEvents, WalCorruptError } from '../../src/ledger/wal.ts';
 import { evalPrompts, loadPrompts } from '../../src/job/prompts.ts';
 import type { StepMetrics } from '../../trainer/rank-worker.ts';
 import { AuthPolicy } from '../../src/wire/auth.ts';
+import { QueueClient, listen } from '../../src/bus/clients.ts';
 import { loadWeightsFile, writeInitialWeights } from '../../src/job/checkpoint.ts';
 import { acceptLength, DraftModel, shardConfigError, TargetModel } from '../../src/native/addon.ts';
 import { DraftwireError, InvalidArgumentError } from '../../src/errors.ts';
@@ -191,13 +192,12 @@ export async function runJob(o: RunOpts): Promise<RunSummary> {
     if (resuming) await readLedgerEvents(node.bus).catch((e: unknown) => { walCorrupt = e instanceof WalCorruptError; throw e; });
     const metrics: StepMetrics[] = [];
     const bar = progress(o.progress && !o.json && process.stderr.isTTY, jobRows(spec));
-    const sub = node.bus.subscribe<StepMetrics>(`dw.${spec.job}.metrics`, (m) => {
-      if (!m || typeof m.step !== 'number') return;
+    const sub = listen(node.bus, 'metrics', (m) => {
       metrics.push(m);
       bar.update(m, t0);
-    }, { dedupe: false });
+    });
     const statusTimer = setInterval(() => {
-      void node!.bus.request<{ depth: number; inFlight: number }>(`dw.${spec.job}.queue.status`, {}, { timeoutMs: 1000, retries: 0 })
+      void new QueueClient(node!.bus).status({ timeoutMs: 1000, retries: 0 })
         .then((q) => node!.store.usage().then((u) => bar.setQueue(q.depth, q.inFlight, u.bytes))).catch(() => {});
     }, 1000);
     // The ranks of the current epoch (the initial world, or what --resume finds). A resumed

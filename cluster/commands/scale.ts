@@ -10,7 +10,7 @@ import { Bus } from '../../src/bus/bus.ts';
 import { InvalidArgumentError } from '../../src/errors.ts';
 import type { GlobalOptions } from '../options.ts';
 import { jobId, positiveInt } from '../options.ts';
-import type { EpochInfo } from '../../src/job/epoch.ts';
+import { CoordinatorClient } from '../../src/bus/clients.ts';
 import { liveNatsUrl } from './audit.ts';
 
 export function command(): Command {
@@ -27,7 +27,7 @@ export function command(): Command {
       if (!url) throw new InvalidArgumentError(`job ${o.job} is not running here (no run.json under ${o.workdir}/${o.job}); pass --nats URL`);
       const bus = await Bus.connect({ servers: url, job: o.job, auth: AuthPolicy.fromEnv(), name: 'scale', reconnect: false });
       try {
-        const r = await bus.request<{ from: EpochInfo; to: EpochInfo; spawned: { rank: number; node: string }[]; retiring: number[] }>(`dw.${o.job}.coord.scale`, { dp: o.dp }, { timeoutMs: 10_000, retries: 2, idempotencyKey: `scale:${o.dp}:${Date.now()}` });
+        const r = await new CoordinatorClient(bus).scale(o.dp);
         if (o.json) process.stdout.write(JSON.stringify(r) + '\n');
         else {
           const extra = [r.spawned.length ? `spawned ${r.spawned.map((x) => `rank ${x.rank} on ${x.node}`).join(', ')}` : '', r.retiring.length ? `retiring ranks ${r.retiring.join(', ')}` : ''].filter(Boolean).join('; ');

@@ -3,15 +3,16 @@
 import { Command } from 'commander';
 import { AuthPolicy } from '../../src/wire/auth.ts';
 import { Bus } from '../../src/bus/bus.ts';
+import { CoordinatorClient, JanitorClient, QueueClient } from '../../src/bus/clients.ts';
 import { InvalidArgumentError } from '../../src/errors.ts';
 import type { GlobalOptions } from '../options.ts';
 import { jobId } from '../options.ts';
 import { liveNatsUrl } from './audit.ts';
 
 export async function jobStatus(bus: Bus): Promise<Record<string, unknown>> {
-  const ask = (what: string) => bus.request<Record<string, unknown>>(`dw.${bus.job}.${what}.status`, {}, { timeoutMs: 2000, retries: 1 })
-    .catch((e: unknown) => ({ error: (e as Error).message }));
-  const [queue, coordinator, janitor] = await Promise.all([ask('queue'), ask('coord'), ask('janitor')]);
+  const o = { timeoutMs: 2000, retries: 1 };
+  const ask = (p: Promise<unknown>) => p.catch((e: unknown) => ({ error: (e as Error).message }));
+  const [queue, coordinator, janitor] = await Promise.all([ask(new QueueClient(bus).status(o)), ask(new CoordinatorClient(bus).status(o)), ask(new JanitorClient(bus).status(o))]);
   return { job: bus.job, at: Date.now(), queue, coordinator, janitor };
 }
 

@@ -7,7 +7,9 @@
 import type { Bus } from '../bus/bus.ts';
 import { ConflictError, InvalidArgumentError, UnavailableError } from '../errors.ts';
 
-export interface EpochInfo { epoch: number; partitions: number; members?: number[]; cellSize?: number }
+// The record's shape is part of the wire protocol (ctl.epoch carries it too).
+import type { EpochInfo } from '../wire/protocol.ts';
+export type { EpochInfo };
 
 /** The largest data-parallel width `scale` accepts (one rank process per DP index). */
 export const MAX_DP = 64;

@@ -1,27 +1,31 @@
-// Subject names of a job on the bus (`dw.<job>.…`), and the check every subject passes
-// before the Bus publishes, requests, subscribes or appends to it. Separate from bus.ts
-// because the names are pure: no NATS client behind them.
+// Subject names of a job on the bus (`dw.<job>.…`), derived from the protocol table
+// (protocol.ts), and the check every subject passes before the Bus publishes, requests,
+// subscribes or appends to it. `bus.subjects` is this object for the Bus's job.
 
 import { InvalidArgumentError } from '../errors.ts';
-
-const TOKEN_RE = /^[A-Za-z0-9_-]{1,64}$/;
-
-function token(x: unknown, what: string): string {
-  if (typeof x !== 'string' || !TOKEN_RE.test(x)) throw new InvalidArgumentError(`${what} must be 1..64 characters of [A-Za-z0-9_-], got ${JSON.stringify(x)}`);
-  return x;
-}
+import { STORAGE, jobPrefix, subjectOf, token, type PlainName } from './protocol.ts';
 
 export interface JobSubjects {
   readonly job: string;
-  readonly queue: { readonly commit: string; readonly credit: string; readonly ack: string; readonly release: string; readonly fail: string; readonly renew: string; readonly all: string };
+  readonly queue: {
+    readonly commit: string; readonly credit: string; readonly ack: string; readonly release: string; readonly fail: string; readonly renew: string;
+    readonly revoke: string; readonly status: string; readonly committed: string; readonly all: string;
+  };
+  readonly coord: { readonly scale: string; readonly regroup: string; readonly status: string };
+  readonly janitorStatus: string;
   /** `dw.<job>.part.<num>.<index>` */
   part(num: number, index: number): string;
   /** `dw.<job>.part.<num>.*` */
   partAll(num: number): string;
   readonly storeFree: string;
   readonly ctlEpoch: string;
+  readonly ctlDead: string;
+  readonly metrics: string;
+  readonly rankDone: string;
   /** `dw.<job>.node.<nodeId>.spawn` */
   nodeSpawn(nodeId: string): string;
+  /** `dw.<job>.node.<nodeId>.stop` */
+  nodeStop(nodeId: string): string;
   /** `dw.<job>.hb.<actor>` */
   hb(actor: string): string;
   readonly hbAll: string;
@@ -36,32 +40,34 @@ export interface JobSubjects {
 
 export function subjects(job: string): JobSubjects {
   const j = token(job, 'job id');
-  const p = `dw.${j}`;
-  const uint = (x: number, what: string) => {
-    if (!Number.isSafeInteger(x) || x < 0) throw new InvalidArgumentError(`${what} must be a non-negative integer, got ${x}`);
-    return x;
-  };
+  const p = jobPrefix(j);
+  const s = (k: PlainName) => subjectOf(j, k);
   return Object.freeze({
     job: j,
     queue: Object.freeze({
-      commit: `${p}.queue.commit`, credit: `${p}.queue.credit`, ack: `${p}.queue.ack`,
-      release: `${p}.queue.release`, fail: `${p}.queue.fail`, renew: `${p}.queue.renew`, all: `${p}.queue.*`,
+      commit: s('queue.commit'), credit: s('queue.credit'), ack: s('queue.ack'), release: s('queue.release'), fail: s('queue.fail'), renew: s('queue.renew'),
+      revoke: s('queue.revoke'), status: s('queue.status'), committed: s('queue.committed'), all: `${p}.queue.*`,
     }),
-    part: (num: number, index: number) => {
-      uint(num, 'partition count'); uint(index, 'partition index');
-      if (num < 1 || index >= num) throw new InvalidArgumentError(`partition index ${index} out of range for ${num} partitions`);
-      return `${p}.part.${num}.${index}`;
+    coord: Object.freeze({ scale: s('coord.scale'), regroup: s('coord.regroup'), status: s('coord.status') }),
+    janitorStatus: s('janitor.status'),
+    part: (num: number, index: number) => subjectOf(j, 'part', num, index),
+    partAll: (num: number) => {
+      if (!Number.isSafeInteger(num) || num < 0) throw new InvalidArgumentError(`partition count must be a non-negative integer, got ${num}`);
+      return `${p}.part.${num}.*`;
     },
-    partAll: (num: number) => `${p}.part.${uint(num, 'partition count')}.*`,
-    storeFree: `${p}.store.free`,
-    ctlEpoch: `${p}.ctl.epoch`,
-    nodeSpawn: (nodeId: string) => `${p}.node.${token(nodeId, 'node id')}.spawn`,
-    hb: (actor: string) => `${p}.hb.${token(actor, 'actor name')}`,
+    storeFree: s('store.free'),
+    ctlEpoch: s('ctl.epoch'),
+    ctlDead: s('ctl.dead'),
+    metrics: s('metrics'),
+    rankDone: s('rank.done'),
+    nodeSpawn: (nodeId: string) => subjectOf(j, 'node.spawn', nodeId),
+    nodeStop: (nodeId: string) => subjectOf(j, 'node.stop', nodeId),
+    hb: (actor: string) => subjectOf(j, 'hb', actor),
     hbAll: `${p}.hb.*`,
     all: `${p}.>`,
-    kvBucket: `dw_${j}`,
-    walStream: `dw_${j}_wal`,
-    walSubject: `${p}.wal.ledger`,
+    kvBucket: STORAGE.kvBucket(j),
+    walStream: STORAGE.walStream(j),
+    walSubject: STORAGE.walSubject(j),
   });
 }
 

@@ -11,6 +11,7 @@ import { AuthPolicy } from '../../src/wire/auth.ts';
 import { Bus } from '../../src/bus/bus.ts';
 import { InvalidArgumentError, UnavailableError } from '../../src/errors.ts';
 import { withNats } from '../support/nats-server.ts';
+import { CoordinatorClient, HeartbeatPublisher } from '../../src/bus/clients.ts';
 
 describe('coordinator (real nats-server)', function () {
   this.timeout(30_000);
@@ -30,7 +31,7 @@ describe('coordinator (real nats-server)', function () {
   afterEach(async () => { await coord.stop(); await system.shutdown(); await bus.close(); });
 
   const epoch = async () => (await (await bus.kv(bus.subjects.kvBucket)).get<EpochInfo>('epoch'))!.value;
-  const regroup = (m: Record<string, unknown>) => bus.request<{ from: EpochInfo; to: EpochInfo; changed: boolean }>(`dw.${bus.job}.coord.regroup`, m, { timeoutMs: 5000 });
+  const regroup = (m: Record<string, unknown>) => bus.request<{ from: EpochInfo; to: EpochInfo; changed: boolean }>(bus.subjects.coord.regroup, m, { timeoutMs: 5000 });
 
   it('creates epoch 1 with members 0..dp-1 and bumps by compare-and-set', async () => {
     assert.deepEqual(await epoch(), { epoch: 1, partitions: 2, members: [0, 1], cellSize: 1 });
@@ -71,24 +72,47 @@ describe('coordinator (real nats-server)', function () {
   });
 
   it('scale-up spreads the new ranks over the node agents, fewest ranks first; without one it refuses and changes nothing', async () => {
-    await assert.rejects(bus.request(`dw.${bus.job}.coord.scale`, { dp: 3 }, { timeoutMs: 15_000 }), (e: unknown) => e instanceof UnavailableError && /no node agent/.test((e as Error).message));
+    await assert.rejects(bus.request(bus.subjects.coord.scale, { dp: 3 }, { timeoutMs: 15_000 }), (e: unknown) => e instanceof UnavailableError && /no node agent/.test((e as Error).message));
     assert.deepEqual(await epoch(), { epoch: 1, partitions: 2, members: [0, 1], cellSize: 1 }, 'a refused scale changes nothing');
     // Two node agents (their heartbeats), each answering spawn requests.
     const spawned: { node: string; rank: number; minEpoch: number }[] = [];
     const subs = ['a', 'b'].map((node) => bus.subscribe<{ rank: number; minEpoch: number }>(bus.subjects.nodeSpawn(node), (m) => { spawned.push({ node, ...m }); return { pid: 1 }; }));
-    bus.publish(bus.subjects.hb('node-a'), { kind: 'node', node: 'a', pid: 1, ranks: [0, 1] });
-    bus.publish(bus.subjects.hb('node-b'), { kind: 'node', node: 'b', pid: 2, ranks: [] });
+    const beats = new HeartbeatPublisher(bus);
+    beats.node('a', { pid: 1, ranks: [0, 1] });
+    beats.node('b', { pid: 2, ranks: [] });
     await bus.flush();
     await new Promise((r) => setTimeout(r, 200));
-    const r = await bus.request<{ to: EpochInfo; spawned: { rank: number; node: string }[] }>(`dw.${bus.job}.coord.scale`, { dp: 5 }, { timeoutMs: 15_000 });
+    const r = await bus.request<{ to: EpochInfo; spawned: { rank: number; node: string }[] }>(bus.subjects.coord.scale, { dp: 5 }, { timeoutMs: 15_000 });
     assert.equal(r.to.partitions, 5);
     assert.deepEqual(r.spawned.map((s) => s.rank), [2, 3, 4]);
     // b hosts none, a two: b gets ranks 2 and 3, then the tie goes to a.
     assert.deepEqual(spawned, [{ node: 'b', rank: 2, minEpoch: r.to.epoch }, { node: 'b', rank: 3, minEpoch: r.to.epoch }, { node: 'a', rank: 4, minEpoch: r.to.epoch }]);
-    const down = await bus.request<{ to: EpochInfo; retiring: number[] }>(`dw.${bus.job}.coord.scale`, { dp: 1 }, { timeoutMs: 15_000 });
+    const down = await bus.request<{ to: EpochInfo; retiring: number[] }>(bus.subjects.coord.scale, { dp: 1 }, { timeoutMs: 15_000 });
     assert.deepEqual(down.retiring, [1, 2, 3, 4]);
     assert.deepEqual(down.to.members, [0]);
-    await assert.rejects(bus.request(`dw.${bus.job}.coord.scale`, { dp: 'three' }, { timeoutMs: 5000 }), InvalidArgumentError);
+    await assert.rejects(bus.request(bus.subjects.coord.scale, { dp: 'three' }, { timeoutMs: 5000 }), InvalidArgumentError);
     for (const s of subs) s.unsubscribe();
+  });
+
+  it('ignores a heartbeat not newer than the last one from its sender (a replay keeps no rank alive)', async () => {
+    const coordClient = new CoordinatorClient(bus);
+    const member = async () => (await coordClient.status()).members.find((m) => m.rank === 7);
+    const until = async (ok: () => Promise<boolean>) => { for (let i = 0; i < 100 && !(await ok()); i++) await new Promise((r) => setTimeout(r, 20)); };
+    // Raw publishes: a captured beat is re-sent byte for byte (same at, same seq).
+    const beat = { rank: 7, pid: 4242, step: 5, state: 'training', held: 0, epoch: 1, at: Date.now(), seq: 3 };
+    bus.publish(bus.subjects.hb('rank-7'), beat);
+    await until(async () => (await member())?.step === 5);
+    assert.equal((await member())?.step, 5);
+    bus.publish(bus.subjects.hb('rank-7'), { ...beat, step: 2, at: beat.at - 1000, seq: 1 }); // older
+    await new Promise((r) => setTimeout(r, 600));
+    bus.publish(bus.subjects.hb('rank-7'), beat); // the same beat again
+    await bus.flush();
+    await new Promise((r) => setTimeout(r, 100));
+    const m = (await member())!;
+    assert.equal(m.step, 5, 'the older beat changed nothing');
+    assert.ok(m.silentMs >= 600, `a replayed beat refreshed the rank (silent ${m.silentMs} ms)`);
+    bus.publish(bus.subjects.hb('rank-7'), { ...beat, step: 6, seq: 4 }); // same ms, next seq: newer
+    await until(async () => (await member())?.step === 6);
+    assert.equal((await member())?.step, 6);
   });
 });

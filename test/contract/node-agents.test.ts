@@ -36,7 +36,7 @@ describe('draftwire node: two node agents, one data-parallel world across them',
     const nodes: Child[] = [];
     try {
       const done = new Promise<{ rank: number; step: number }>((resolve) => {
-        bus.subscribe<{ rank: number; step: number }>(`dw.${spec.job}.rank.done`, (m) => resolve(m), { dedupe: false });
+        bus.subscribe<{ rank: number; step: number }>(bus.subjects.rankDone, (m) => resolve(m), { dedupe: false });
       });
       const a = spawnTs('bin/draftwire.js', ['node', '--job-file', jobFile(spec.runDir), '--nats', nats.url, '--roles', 'coordinator,queue,janitor,rollout', '--node-id', 'a', '--ranks', '0']);
       nodes.push(a);
@@ -45,12 +45,12 @@ describe('draftwire node: two node agents, one data-parallel world across them',
       nodes.push(b);
       await waitOutput(b, /node running/);
       await sleep(1500); // both nodes heartbeat at least once
-      const r = await bus.request<{ to: EpochInfo; spawned: { rank: number; node: string }[] }>(`dw.${spec.job}.coord.scale`, { dp: 2 }, { timeoutMs: 15_000 });
+      const r = await bus.request<{ to: EpochInfo; spawned: { rank: number; node: string }[] }>(bus.subjects.coord.scale, { dp: 2 }, { timeoutMs: 15_000 });
       assert.deepEqual(r.spawned, [{ rank: 1, node: 'b' }], 'the new rank goes to the node hosting none');
       assert.deepEqual(r.to.members, [0, 1]);
       const fin = await done;
       assert.equal(fin.rank, 0, 'world rank 0 (rank 0, on node a) wrote the final checkpoint');
-      const q = await bus.request<{ consumed: number; dead: number; pending: number; leased: number }>(`dw.${spec.job}.queue.status`, {}, { timeoutMs: 5000 });
+      const q = await bus.request<{ consumed: number; dead: number; pending: number; leased: number }>(bus.subjects.queue.status, {}, { timeoutMs: 5000 });
       assert.deepEqual([q.consumed + q.dead, q.pending, q.leased], [jobRows(spec), 0, 0], 'every sample of the budget finished');
       // Both ranks exit 0 once the data is consumed (rank 1 may take a moment after rank 0's report).
       await waitOutput(b, /rank exited rank=1 pid=\d+ code=0/, 15_000); // rank 1 ran under node b

@@ -98,7 +98,7 @@ describe('queue actor over NATS (real server, real process)', function () {
     await assert.rejects(bus.request(bus.subjects.queue.credit, { consumer: 'x', partition: [2, 2], epoch: 1, max: 1 }, { retries: 0 }), InvalidArgumentError);
     await assert.rejects(bus.request(bus.subjects.queue.commit, { ref: { v: 2 } }, { retries: 0 }), (e: Error & { code?: string }) => e.code === 'DECODE');
     await assert.rejects(bus.request(bus.subjects.queue.ack, { leaseId: 'L-nope', epoch: 1 }, { retries: 0 }), LeaseExpiredError);
-    const st = await bus.request(`dw.${JOB}.queue.status`, {}, { retries: 2 });
+    const st = await bus.request(bus.subjects.queue.status, {}, { retries: 2 });
     assert.equal(st.consumed, 40);
   });
 
@@ -143,7 +143,7 @@ describe('queue actor supervision (real process, failpoint)', function () {
         assert.ok(['added', 'duplicate'].includes(r.status), JSON.stringify(r));
       }
       assert.match(child.output(), /failpoint queue.before-persist: throw/);
-      const st = await bus.request(`dw.${job}.queue.status`, {}, { retries: 3 });
+      const st = await bus.request(bus.subjects.queue.status, {}, { retries: 3 });
       assert.equal(st.incarnation, 1, 'restarted once by its supervisor');
       assert.equal(st.samples, 4, 'four samples, none lost or doubled');
       const report = auditEvents(await readLedgerEvents(bus));

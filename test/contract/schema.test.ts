@@ -79,10 +79,10 @@ describe('the sample schema, enforced by the queue at commit (real nats-server, 
     const events = await readLedgerEvents(bus);
     const refused = new Set(BAD.map(([, r]) => r.sampleId));
     assert.deepEqual(events.filter((ev) => ev.type === 'put' && refused.has(ev.ref.sampleId)), [], 'no put event for a refused ref');
-    const st0 = await producer.request<{ samples: number }>(`dw.${JOB}.queue.status`, {}, { retries: 2 });
+    const st0 = await producer.request<{ samples: number }>(producer.subjects.queue.status, {}, { retries: 2 });
     assert.equal(st0.samples, 0);
     for (const id of refused) assert.equal((await commit(sampleRef({ job: JOB, sampleId: id, generation: 1 }), `commit:${id}:good`)).status, 'added', id);
-    const st1 = await producer.request<{ samples: number }>(`dw.${JOB}.queue.status`, {}, { retries: 2 });
+    const st1 = await producer.request<{ samples: number }>(producer.subjects.queue.status, {}, { retries: 2 });
     assert.equal(st1.samples, refused.size);
   });
 

@@ -217,7 +217,7 @@ describe('write-ahead log replay: bad, fuzzed and replayed records (real server)
       assert.equal((await walSkip(bus, dup, 'dup')).status, 'duplicate');
       let st: { samples: number } | null = null;
       for (const end = Date.now() + 10_000; st === null && Date.now() < end;) {
-        try { st = await bus.request<{ samples: number }>(`dw.${JOB}.queue.status`, {}, { timeoutMs: 3000, retries: 0 }); } catch { await new Promise((r) => setTimeout(r, 300)); }
+        try { st = await bus.request<{ samples: number }>(bus.subjects.queue.status, {}, { timeoutMs: 3000, retries: 0 }); } catch { await new Promise((r) => setTimeout(r, 300)); }
       }
       assert.equal(st?.samples, 3, 'rebuilt with the three samples, once each');
       await qa.stop();

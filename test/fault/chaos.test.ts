@@ -89,7 +89,7 @@ describe('chaos: seeded faults against a real job', function () {
         process.kill(pid, 'SIGSTOP');
         try {
           await sleep(300); // acks sent before the stop reach the janitor, which frees those files
-          const q = await bus.request<{ leases: { sampleId: string }[] }>(`dw.${job.o.job}.queue.status`, {}, { timeoutMs: 2000, retries: 2 });
+          const q = await bus.request<{ leases: { sampleId: string }[] }>(bus.subjects.queue.status, {}, { timeoutMs: 2000, retries: 2 });
           const held = new Set(q.leases.map((l) => l.sampleId));
           const files = listDir(storeDir).filter((f) => /^row-\d+\.g\d+\.safetensors$/.test(f) && !held.has(f.slice(0, f.indexOf('.g')))).sort();
           if (files.length > 0) {
@@ -98,7 +98,7 @@ describe('chaos: seeded faults against a real job', function () {
             const what = corruptSampleFile(join(storeDir, file), rnd);
             faults.push(`rank pid ${pid} frozen (SIGSTOP) after step ${step}; ${held.size} samples leased; corrupted ${file} (not leased, not yet read): ${what}`);
             if (o.reshard) {
-              const r = await bus.request<{ from: { epoch: number }; to: { epoch: number } }>(`dw.${job.o.job}.coord.scale`, { dp: 1 }, { timeoutMs: 5000, retries: 2 });
+              const r = await bus.request<{ from: { epoch: number }; to: { epoch: number } }>(bus.subjects.coord.scale, { dp: 1 }, { timeoutMs: 5000, retries: 2 });
               faults.push(`epoch bump (coordinator API, dp 1: epoch ${r.from.epoch} -> ${r.to.epoch}) while the rank is frozen`);
             }
             faults.push('rank resumed (SIGCONT)');
@@ -150,7 +150,7 @@ describe('chaos: seeded faults against a real job', function () {
         try {
           for (let i = 0; ; i++) {
             process.kill(pid, 'SIGSTOP');
-            const q = await bus.request<{ leases: { consumer: string }[] }>(`dw.${job.o.job}.queue.status`, {}, { timeoutMs: 2000, retries: 2 });
+            const q = await bus.request<{ leases: { consumer: string }[] }>(bus.subjects.queue.status, {}, { timeoutMs: 2000, retries: 2 });
             if (q.leases.some((l) => l.consumer === 'rank-0')) break;
             process.kill(pid, 'SIGCONT');
             if (i > 200) throw new Error('the rank never held a lease');
@@ -184,7 +184,7 @@ describe('chaos: seeded faults against a real job', function () {
         try {
           for (let i = 0; i < 150 && !shown; i++) {
             await sleep(100);
-            const c = await bus.request<{ deaths: { pid: number }[] }>(`dw.${job.o.job}.coord.status`, {}, { timeoutMs: 2000, retries: 1 }).catch((e: Error) => { lastErr = e.message; return null; });
+            const c = await bus.request<{ deaths: { pid: number }[] }>(bus.subjects.coord.status, {}, { timeoutMs: 2000, retries: 1 }).catch((e: Error) => { lastErr = e.message; return null; });
             shown = !!c?.deaths?.some((d) => d.pid === pid);
             if (c) lastSeen = JSON.stringify(c).slice(0, 400);
           }
@@ -270,7 +270,7 @@ describe('chaos: seeded faults against a real job', function () {
         const bus = await jobBus(job);
         try {
           while (!/world formed epoch=2 dp=2/.test(rankLog(job))) { if (job.proc.exitCode !== null) throw new Error('job ended before the dp 2 world formed'); await sleep(20); }
-          const r = await bus.request<{ from: { epoch: number }; to: { epoch: number; partitions: number } }>(`dw.${job.o.job}.coord.scale`, { dp: 1 }, { timeoutMs: 10_000 });
+          const r = await bus.request<{ from: { epoch: number }; to: { epoch: number; partitions: number } }>(bus.subjects.coord.scale, { dp: 1 }, { timeoutMs: 10_000 });
           assert.equal(r.to.partitions, 1);
           faults.push(`scale to dp 1 (coordinator API) once the dp 2 world formed: epoch ${r.from.epoch} -> ${r.to.epoch}`);
         } finally { await bus.close(); }
@@ -291,7 +291,7 @@ describe('chaos: seeded faults against a real job', function () {
         // tiny job would finish before a CLI process starts.
         const bus = await jobBus(job);
         try {
-          const wide = bus.request<{ from: { epoch: number }; to: { epoch: number } }>(`dw.${job.o.job}.coord.scale`, { dp: 2 }, { timeoutMs: 10_000, retries: 2 });
+          const wide = bus.request<{ from: { epoch: number }; to: { epoch: number } }>(bus.subjects.coord.scale, { dp: 2 }, { timeoutMs: 10_000, retries: 2 });
           process.kill(pid, 'SIGKILL');
           const r = await wide;
           faults.push(`scale to dp 2 (coordinator API: epoch ${r.from.epoch} -> ${r.to.epoch}; rank 1 spawned) and SIGKILL of rank 0 pid ${pid} at step ${step}`);

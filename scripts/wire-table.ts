@@ -1,0 +1,20 @@
+// Prints the job's subject table (src/wire/protocol.ts) as markdown, for docs/wire.md:
+//   node --import tsx scripts/wire-table.ts
+import { PROTOCOL, STORAGE, type Endpoint, type EndpointName } from '../src/wire/protocol.ts';
+
+const cell = (s: string) => s.replace(/\|/g, '\\|').replace(/</g, '&lt;').replace(/>/g, '&gt;');
+const code = (s: string) => '`' + s.replace(/\|/g, '\\|') + '`';
+
+export function wireTable(): string {
+  const rows = ['| subject | kind | publisher → subscriber | request fields | reply fields | idempotency key | timeout |', '|---|---|---|---|---|---|---|'];
+  for (const name of Object.keys(PROTOCOL) as EndpointName[]) {
+    const e = PROTOCOL[name] as unknown as Endpoint<unknown, unknown, unknown[]>;
+    const timeout = e.kind === 'request' ? `${e.timeoutMs} ms × ${e.retries + 1}` : '—';
+    rows.push(`| ${code(`dw.<job>.${e.pattern}`)} | ${e.kind} | ${cell(e.publisher)} → ${cell(e.subscriber)} | ${e.fields.request.map(cell).join('<br>') || '—'} | ${e.fields.reply.map(cell).join('<br>') || '—'} | ${e.key ? code(e.keyRule) : cell(e.keyRule)} | ${timeout} |`);
+  }
+  const p = STORAGE.patterns;
+  rows.push('', `KV bucket ${code(p.kvBucket)}, key ${code(STORAGE.epochKey)} (the epoch record); ledger write-ahead log: JetStream stream ${code(p.walStream)}, subject ${code(p.walSubject)}.`);
+  return rows.join('\n') + '\n';
+}
+
+if (import.meta.url === `file://${process.argv[1]}`) process.stdout.write(wireTable());

@@ -1,0 +1,373 @@
+// The wire protocol of a job, declared once: every subject (`dw.<job>.…`), who sends and who
+// receives it, the message and reply shapes (TypeScript types, and a parser per message that
+// the handlers run, so a malformed request is an InvalidArgumentError naming the field), the
+// idempotency-key rule, and the default timeout and retries of a request. The job's subject
+// names (subjects.ts, `bus.subjects`), the typed clients (src/bus/clients.ts) and
+// scripts/wire-table.ts are derived from PROTOCOL below. Pure: no NATS client here.
+//
+// Kinds: `request` = request/reply with retries under one idempotency key (see bus/core.ts);
+// `publish` = fire-and-forget to one kind of subscriber; `broadcast` = fire-and-forget that
+// any number of subscribers read (heartbeats, epoch announcements).
+
+import { InvalidArgumentError } from '../errors.ts';
+import type { Lease } from '../ledger/events.ts';
+import { validateSampleRef, type SampleRef } from './sampleref.ts';
+
+// ------------------------------------------------------------------ message and reply types
+
+/** The job's epoch record (KV key `epoch`; announced on `ctl.epoch`). See src/job/epoch.ts. */
+export interface EpochInfo { epoch: number; partitions: number; members?: number[]; cellSize?: number }
+
+export interface CommitRequest { ref: SampleRef }
+export interface CommitReply { sampleId: string; generation: number; status: 'committed' | 'duplicate' | 'superseded' | string }
+export interface CreditRequest { consumer: string; partition: [number, number]; epoch: number; max: number; leaseMs?: number }
+export interface CreditReply { epoch: number; num: number; depth: number; consumed: number; dead: number; committed: number; partitionPending: number }
+export interface LeaseRequest { leaseId: string; epoch: number }
+export interface LeaseReply { leaseId: string; sampleId: string; status: string }
+export interface RenewReply { leaseId: string; deadline: number }
+export interface FailRequest { leaseId: string; epoch: number; retryable: boolean; reason: string }
+export interface RevokeRequest { consumer: string; beforeEpoch?: number }
+export interface RevokeReply { revoked: number; dead: number }
+export type Empty = Record<string, never>;
+export interface QueueStatus {
+  samples: number; pending: number; leased: number; consumed: number; dead: number; acks: number; leasesGranted: number; expired: number;
+  epoch: number; num: number; depth: number; inFlight: number; incarnation: number; commitsPerSec: number; acksPerSec: number;
+  credits: { consumer: string; partition: [number, number]; epoch: number; remaining: number; leaseMs: number | null }[];
+  leases: Lease[];
+  [k: string]: unknown;
+}
+export interface CommittedReply { sampleIds: string[] }
+/** `at` makes two scale requests with the same dp two requests (an operator may repeat one). */
+export interface ScaleRequest { dp: number; at?: number }
+export interface ScaleReply { from: EpochInfo; to: EpochInfo; changed?: boolean; spawned: { rank: number; node: string }[]; retiring: number[] }
+/** `by`: 'rank' (its collective group failed; retried under one key) or 'node' (it lost the rank's process). */
+export interface RegroupRequest { fromEpoch?: number; rank?: number; remove?: number; by?: 'rank' | 'node' }
+export interface RegroupReply { from: EpochInfo; to: EpochInfo; changed: boolean }
+export interface CoordStatus {
+  epoch: EpochInfo | null; deadAfterMs: number; deaths: { rank: number; pid: number; at: number; silentMs: number }[];
+  nodes: { node: string; pid: number; lastSeen: number; ranks: number[]; alive: boolean }[];
+  members: { rank: number; pid: number; node: string | null; step: number; state: string; held: number; epoch: number; dead: boolean; deaths: number; alive: boolean; silentMs: number; member: boolean }[];
+}
+export interface JanitorStatus { freed: number; aborted: number; sweeps: number; lastGc: unknown; usage: { bytes: number; samples: number; [k: string]: unknown } }
+export interface SpawnRequest { rank: number; minEpoch: number }
+export interface SpawnReply { pid: number | null }
+export interface StopRequest { rank: number }
+export interface StopReply { stopped: boolean }
+/** What a rank (its cell leader) receives on `part.<num>.<index>`. */
+export interface LeaseMessage { consumer: string; leases: Lease[] }
+export interface StoreFree { ref: SampleRef; why: 'consumed' | 'dead' }
+export interface DeadRank { rank: number; pid: number; silentMs: number }
+/**
+ * A heartbeat. `at` (sender's clock, ms) and `seq` (per sending process, from 1) order the
+ * beats of one sender: a receiver ignores one not newer than the last it took (a replay).
+ */
+export interface RankHeartbeat { kind?: 'rank'; rank: number; pid: number; node?: string | null; step: number; state: string; held: number; epoch: number; index?: number; dp?: number; at: number; seq?: number }
+export interface NodeHeartbeat { kind: 'node'; node: string; pid: number; ranks: number[]; at: number; seq?: number }
+export type Heartbeat = RankHeartbeat | NodeHeartbeat;
+export interface StepMetrics {
+  rank: number; step: number; loss: number; gradNorm: number; ploss: number[]; acc: number[];
+  samples: number; tokens: number; stepMs: number; waitMs: number; acceptLength: number | null; at: number;
+  /** The data-parallel width and epoch the step ran at. */
+  dp: number; epoch: number;
+}
+export interface RankDone { rank: number; step: number; samples: number; checkpoint: string }
+
+// ------------------------------------------------------------------ field parsers
+
+type Obj = Record<string, unknown>;
+
+function map(x: unknown, what: string): Obj {
+  if (x === null || typeof x !== 'object' || Array.isArray(x)) throw new InvalidArgumentError(`${what}: message must be a map, got ${x === null ? 'null' : Array.isArray(x) ? 'an array' : typeof x}`);
+  return x as Obj;
+}
+const show = (v: unknown) => (typeof v === 'string' ? JSON.stringify(v.slice(0, 40)) : Array.isArray(v) ? 'an array' : String(v));
+function bad(what: string, field: string, want: string, v: unknown): never {
+  throw new InvalidArgumentError(`${what}: ${field} must be ${want}, got ${show(v)}`, { detail: { field } });
+}
+function str(m: Obj, f: string, what: string, nonEmpty = true): string {
+  const v = m[f];
+  if (typeof v !== 'string' || (nonEmpty && v.length === 0) || v.length > 256) bad(what, f, nonEmpty ? 'a non-empty string' : 'a string', v);
+  return v;
+}
+function uint(m: Obj, f: string, what: string): number {
+  const v = m[f];
+  if (!Number.isSafeInteger(v) || (v as number) < 0) bad(what, f, 'an integer >= 0', v);
+  return v as number;
+}
+function num(m: Obj, f: string, what: string): number {
+  const v = m[f];
+  if (typeof v !== 'number' || !Number.isFinite(v)) bad(what, f, 'a finite number', v);
+  return v;
+}
+const opt = <T>(m: Obj, f: string, p: (m: Obj, f: string, what: string) => T, what: string): T | undefined => (m[f] === undefined ? undefined : p(m, f, what));
+function uints(m: Obj, f: string, what: string): number[] {
+  const v = m[f];
+  if (!Array.isArray(v) || !v.every((x) => Number.isSafeInteger(x) && x >= 0)) bad(what, f, 'a list of integers >= 0', v);
+  return v as number[];
+}
+
+const parseEmpty = (x: unknown, what: string): Empty => { if (x !== undefined && x !== null) map(x, what); return {}; };
+const parseLease = (what: string) => (x: unknown): LeaseRequest => { const m = map(x, what); return { leaseId: str(m, 'leaseId', what), epoch: uint(m, 'epoch', what) }; };
+
+export function parseEpochInfo(x: unknown, what = 'epoch record'): EpochInfo {
+  const m = map(x, what);
+  const e: EpochInfo = { epoch: uint(m, 'epoch', what), partitions: uint(m, 'partitions', what) };
+  if (m.members !== undefined) e.members = uints(m, 'members', what);
+  if (m.cellSize !== undefined) e.cellSize = uint(m, 'cellSize', what);
+  return e;
+}
+
+export function parseHeartbeat(x: unknown): Heartbeat {
+  const w = 'heartbeat';
+  const m = map(x, w);
+  const seq = opt(m, 'seq', uint, w);
+  if (m.kind === 'node') {
+    return { kind: 'node', node: str(m, 'node', w), pid: uint(m, 'pid', w), ranks: Array.isArray(m.ranks) ? m.ranks.filter((r) => Number.isSafeInteger(r) && r >= 0) as number[] : [], at: num(m, 'at', w), ...(seq !== undefined ? { seq } : {}) };
+  }
+  return {
+    rank: uint(m, 'rank', w), pid: uint(m, 'pid', w), node: typeof m.node === 'string' ? m.node : null, step: Number(m.step), state: String(m.state),
+    held: Number(m.held), epoch: Number(m.epoch), at: num(m, 'at', w), ...(seq !== undefined ? { seq } : {}),
+    ...(m.index !== undefined ? { index: Number(m.index) } : {}), ...(m.dp !== undefined ? { dp: Number(m.dp) } : {}),
+  };
+}
+
+// ------------------------------------------------------------------ the table
+
+export type Kind = 'request' | 'publish' | 'broadcast';
+
+export interface Endpoint<Req, Rep, P extends unknown[] = []> {
+  /** Pattern relative to `dw.<job>.`, parameters in angle brackets. */
+  readonly pattern: string;
+  readonly kind: Kind;
+  readonly publisher: string;
+  readonly subscriber: string;
+  /** Fields of the request (or message) and of the reply, for the docs: `name: type`. */
+  readonly fields: { readonly request: readonly string[]; readonly reply: readonly string[] };
+  /** Validates what arrives; throws InvalidArgumentError naming the field. */
+  readonly parse: (x: unknown) => Req;
+  /** The idempotency key of a request (the same on every retry); null: a fresh key each call. */
+  readonly key: ((req: Req) => string | null) | null;
+  /** Human form of the key rule, for the docs. */
+  readonly keyRule: string;
+  readonly timeoutMs: number;
+  readonly retries: number;
+  /** Builds the concrete subject tail from the parameters (validated). */
+  readonly tail: (...params: P) => string;
+  /** Phantom: the reply type (never set at run time). */
+  readonly reply?: Rep;
+}
+
+const TOKEN_RE = /^[A-Za-z0-9_-]{1,64}$/;
+export function token(x: unknown, what: string): string {
+  if (typeof x !== 'string' || !TOKEN_RE.test(x)) throw new InvalidArgumentError(`${what} must be 1..64 characters of [A-Za-z0-9_-], got ${JSON.stringify(x)}`);
+  return x;
+}
+function count(x: number, what: string): number {
+  if (!Number.isSafeInteger(x) || x < 0) throw new InvalidArgumentError(`${what} must be a non-negative integer, got ${x}`);
+  return x;
+}
+
+type Decl<Req, Rep, P extends unknown[]> = Omit<Endpoint<Req, Rep, P>, 'tail' | 'reply' | 'kind'> & { tail?: (...p: P) => string };
+const build = <Req, Rep, P extends unknown[]>(e: Decl<Req, Rep, P>, kind: Kind) => Object.freeze({ ...e, kind, tail: e.tail ?? ((() => e.pattern) as unknown as (...p: P) => string) });
+/** A request/reply endpoint. */
+function rq<Req, Rep, P extends unknown[] = []>(e: Decl<Req, Rep, P>): Endpoint<Req, Rep, P> & { kind: 'request' } {
+  return build(e, 'request') as Endpoint<Req, Rep, P> & { kind: 'request' };
+}
+/** A fire-and-forget message. */
+function ev<M, P extends unknown[] = []>(kind: 'publish' | 'broadcast', e: Decl<M, void, P>): Endpoint<M, void, P> & { kind: 'publish' | 'broadcast' } {
+  return build(e, kind) as Endpoint<M, void, P> & { kind: 'publish' | 'broadcast' };
+}
+export const PROTOCOL = Object.freeze({
+  'queue.commit': rq<CommitRequest, CommitReply>({
+    pattern: 'queue.commit', publisher: 'rollout (any producer)', subscriber: 'queue',
+    fields: { request: ['ref: SampleRef'], reply: ['sampleId: string', 'generation: uint', "status: 'committed' | 'duplicate' | …"] },
+    parse: (x) => { const m = map(x, 'commit'); if (m.ref === undefined) bad('commit', 'ref', 'a SampleRef', undefined); return { ref: validateSampleRef(m.ref) }; },
+    key: (r) => `commit:${r.ref.sampleId}:${r.ref.generation}`, keyRule: 'commit:<sampleId>:<generation>', timeoutMs: 5000, retries: 20,
+  }),
+  'queue.credit': rq<CreditRequest, CreditReply>({
+    pattern: 'queue.credit', publisher: 'rank (cell leader)', subscriber: 'queue',
+    fields: { request: ['consumer: string', 'partition: [index, num]', 'epoch: uint', 'max: uint', 'leaseMs?: number'], reply: ['epoch', 'num', 'depth', 'consumed', 'dead', 'committed', 'partitionPending'] },
+    parse: (x) => {
+      const w = 'credit', m = map(x, w), p = m.partition;
+      if (!Array.isArray(p) || p.length !== 2 || !p.every((v) => Number.isSafeInteger(v) && v >= 0) || p[0] >= p[1]) bad(w, 'partition', '[index, num] with index < num', p);
+      const leaseMs = typeof m.leaseMs === 'number' ? m.leaseMs : undefined;
+      return { consumer: str(m, 'consumer', w), partition: [p[0] as number, p[1] as number], epoch: uint(m, 'epoch', w), max: uint(m, 'max', w), ...(leaseMs !== undefined ? { leaseMs } : {}) };
+    },
+    key: null, keyRule: 'none (a credit replaces the previous one)', timeoutMs: 3000, retries: 2,
+  }),
+  'queue.ack': rq<LeaseRequest, LeaseReply>({
+    pattern: 'queue.ack', publisher: 'rank (cell leader)', subscriber: 'queue',
+    fields: { request: ['leaseId: string', 'epoch: uint'], reply: ['leaseId', 'sampleId', "status: 'acked' | …"] },
+    parse: parseLease('ack'), key: (r) => `ack:${r.leaseId}`, keyRule: 'ack:<leaseId>', timeoutMs: 3000, retries: 10,
+  }),
+  'queue.release': rq<LeaseRequest, LeaseReply>({
+    pattern: 'queue.release', publisher: 'rank (cell leader)', subscriber: 'queue',
+    fields: { request: ['leaseId: string', 'epoch: uint'], reply: ['leaseId', 'sampleId', "status: 'released' | …"] },
+    parse: parseLease('release'), key: (r) => `release:${r.leaseId}`, keyRule: 'release:<leaseId>', timeoutMs: 3000, retries: 5,
+  }),
+  'queue.renew': rq<LeaseRequest, RenewReply>({
+    pattern: 'queue.renew', publisher: 'rank (cell leader)', subscriber: 'queue',
+    fields: { request: ['leaseId: string', 'epoch: uint'], reply: ['leaseId', 'deadline: ms'] },
+    // Every renewal must run (each extends the deadline), so no key repeats across calls.
+    parse: parseLease('renew'), key: null, keyRule: 'none (each renewal extends the deadline)', timeoutMs: 2000, retries: 1,
+  }),
+  'queue.fail': rq<FailRequest, LeaseReply>({
+    pattern: 'queue.fail', publisher: 'rank (cell leader)', subscriber: 'queue',
+    fields: { request: ['leaseId: string', 'epoch: uint', 'retryable: boolean (default true)', 'reason: string'], reply: ['leaseId', 'sampleId', "status: 'pending' | 'dead'"] },
+    parse: (x) => { const w = 'fail', m = map(x, w); return { leaseId: str(m, 'leaseId', w), epoch: uint(m, 'epoch', w), retryable: m.retryable !== false, reason: String(m.reason ?? '').slice(0, 500) }; },
+    key: (r) => `fail:${r.leaseId}`, keyRule: 'fail:<leaseId>', timeoutMs: 2000, retries: 5,
+  }),
+  'queue.revoke': rq<RevokeRequest, RevokeReply>({
+    pattern: 'queue.revoke', publisher: 'node agent (its rank process exited)', subscriber: 'queue',
+    fields: { request: ['consumer: string', 'beforeEpoch?: uint'], reply: ['revoked: uint', 'dead: uint'] },
+    parse: (x) => { const w = 'revoke', m = map(x, w); const b = opt(m, 'beforeEpoch', uint, w); return { consumer: str(m, 'consumer', w), ...(b !== undefined ? { beforeEpoch: b } : {}) }; },
+    key: null, keyRule: 'none (revoking twice is a no-op)', timeoutMs: 10_000, retries: 3,
+  }),
+  'queue.status': rq<Empty, QueueStatus>({
+    pattern: 'queue.status', publisher: 'CLI, ranks', subscriber: 'queue',
+    fields: { request: [], reply: ['ledger stats', 'depth', 'inFlight', 'incarnation', 'commitsPerSec', 'acksPerSec', 'credits[]', 'leases[]'] },
+    parse: (x) => parseEmpty(x, 'queue status'), key: null, keyRule: 'none (read-only)', timeoutMs: 2000, retries: 2,
+  }),
+  'queue.committed': rq<Empty, CommittedReply>({
+    pattern: 'queue.committed', publisher: 'rollout (on start)', subscriber: 'queue',
+    fields: { request: [], reply: ['sampleIds: string[]'] },
+    parse: (x) => parseEmpty(x, 'queue committed'), key: null, keyRule: 'none (read-only)', timeoutMs: 5000, retries: 20,
+  }),
+  'coord.scale': rq<ScaleRequest, ScaleReply>({
+    pattern: 'coord.scale', publisher: 'CLI `scale`', subscriber: 'coordinator',
+    fields: { request: ['dp: uint >= 1', 'at?: ms (the asker\'s clock)'], reply: ['from: EpochInfo', 'to: EpochInfo', 'spawned: {rank, node}[]', 'retiring: uint[]'] },
+    parse: (x) => {
+      const m = map(x, 'scale');
+      if (!Number.isInteger(m.dp)) throw new InvalidArgumentError('scale: needs dp (an integer >= 1)', { detail: { field: 'dp' } });
+      const at = opt(m, 'at', num, 'scale');
+      return { dp: m.dp as number, ...(at !== undefined ? { at } : {}) };
+    },
+    key: (r) => `scale:${r.dp}:${r.at ?? Date.now()}`, keyRule: 'scale:<dp>:<at>', timeoutMs: 10_000, retries: 2,
+  }),
+  'coord.regroup': rq<RegroupRequest, RegroupReply>({
+    pattern: 'coord.regroup', publisher: 'rank (group failed), node agent (rank lost)', subscriber: 'coordinator',
+    fields: { request: ['fromEpoch?: uint', 'rank?: uint', 'remove?: uint (a rank id)', "by?: 'rank' | 'node'"], reply: ['from: EpochInfo', 'to: EpochInfo', 'changed: boolean'] },
+    parse: (x) => {
+      const m = map(x, 'regroup');
+      if (m.fromEpoch !== undefined && !Number.isInteger(m.fromEpoch)) throw new InvalidArgumentError('regroup: fromEpoch must be an integer', { detail: { field: 'fromEpoch' } });
+      if (m.remove !== undefined && !Number.isInteger(m.remove)) throw new InvalidArgumentError('regroup: remove must be a rank id (integer)', { detail: { field: 'remove' } });
+      if (m.rank !== undefined && !Number.isInteger(m.rank)) throw new InvalidArgumentError('regroup: rank must be an integer', { detail: { field: 'rank' } });
+      if (m.by !== undefined && m.by !== 'rank' && m.by !== 'node') bad('regroup', 'by', "'rank' or 'node'", m.by);
+      return { ...(m.fromEpoch !== undefined ? { fromEpoch: m.fromEpoch as number } : {}), ...(m.rank !== undefined ? { rank: m.rank as number } : {}),
+        ...(m.remove !== undefined ? { remove: m.remove as number } : {}), ...(m.by !== undefined ? { by: m.by as 'rank' | 'node' } : {}) };
+    },
+    // A rank retries its own regroup under one key; a node's request for a lost rank is never
+    // deduped (two losses of one rank are two regroups).
+    key: (r) => (r.by !== 'node' && r.rank !== undefined && r.fromEpoch !== undefined ? `regroup:${r.rank}:${r.fromEpoch}` : null),
+    keyRule: "regroup:<rank>:<fromEpoch> (by a rank); none (by a node)", timeoutMs: 10_000, retries: 5,
+  }),
+  'coord.status': rq<Empty, CoordStatus>({
+    pattern: 'coord.status', publisher: 'CLI, tests', subscriber: 'coordinator',
+    fields: { request: [], reply: ['epoch: EpochInfo | null', 'deadAfterMs', 'deaths[]', 'nodes[]', 'members[]'] },
+    parse: (x) => parseEmpty(x, 'coord status'), key: null, keyRule: 'none (read-only)', timeoutMs: 2000, retries: 1,
+  }),
+  'janitor.status': rq<Empty, JanitorStatus>({
+    pattern: 'janitor.status', publisher: 'CLI', subscriber: 'janitor',
+    fields: { request: [], reply: ['freed', 'aborted', 'sweeps', 'lastGc', 'usage'] },
+    parse: (x) => parseEmpty(x, 'janitor status'), key: null, keyRule: 'none (read-only)', timeoutMs: 2000, retries: 1,
+  }),
+  'node.spawn': rq<SpawnRequest, SpawnReply, [nodeId: string]>({
+    pattern: 'node.<nodeId>.spawn', publisher: 'coordinator (scale up)', subscriber: 'node agent <nodeId>',
+    fields: { request: ['rank: uint', 'minEpoch: uint (default 0)'], reply: ['pid: uint | null'] },
+    parse: (x) => {
+      const m = map(x, 'spawn');
+      if (!Number.isInteger(m.rank) || (m.rank as number) < 0) throw new InvalidArgumentError('spawn: needs a rank (integer >= 0)', { detail: { field: 'rank' } });
+      const minEpoch = m.minEpoch ?? 0;
+      if (!Number.isInteger(minEpoch) || (minEpoch as number) < 0) throw new InvalidArgumentError('spawn: minEpoch must be an integer >= 0', { detail: { field: 'minEpoch' } });
+      return { rank: m.rank as number, minEpoch: minEpoch as number };
+    },
+    key: (r) => `spawn:${r.rank}:${r.minEpoch}`, keyRule: 'spawn:<rank>:<minEpoch>', timeoutMs: 10_000, retries: 2,
+    tail: (nodeId) => `node.${token(nodeId, 'node id')}.spawn`,
+  }),
+  'node.stop': rq<StopRequest, StopReply, [nodeId: string]>({
+    pattern: 'node.<nodeId>.stop', publisher: 'operator tools', subscriber: 'node agent <nodeId>',
+    fields: { request: ['rank: uint'], reply: ['stopped: boolean'] },
+    parse: (x) => {
+      const m = map(x, 'stop');
+      if (!Number.isInteger(m.rank) || (m.rank as number) < 0) throw new InvalidArgumentError('stop: needs a rank (integer >= 0)', { detail: { field: 'rank' } });
+      return { rank: m.rank as number };
+    },
+    // No key: a rank respawned and stopped again must really be stopped again.
+    key: null, keyRule: 'none (stopping a stopped rank is a no-op)', timeoutMs: 10_000, retries: 1,
+    tail: (nodeId) => `node.${token(nodeId, 'node id')}.stop`,
+  }),
+  'part': ev<LeaseMessage, [partitions: number, index: number]>('publish', {
+    pattern: 'part.<partitions>.<index>', publisher: 'queue', subscriber: 'rank (cell leader of DP index <index>)',
+    fields: { request: ['consumer: string', 'leases: Lease[] {leaseId, sampleId, ref, epoch, consumer, deadline, delivery}'], reply: [] },
+    parse: (x) => { const m = map(x, 'leases'); if (!Array.isArray(m.leases)) bad('leases', 'leases', 'a list', m.leases); return { consumer: str(m, 'consumer', 'leases'), leases: m.leases as Lease[] }; },
+    key: null, keyRule: '— (a lease is taken once, by leaseId)', timeoutMs: 0, retries: 0,
+    tail: (n, index) => {
+      count(n, 'partition count'); count(index, 'partition index');
+      if (n < 1 || index >= n) throw new InvalidArgumentError(`partition index ${index} out of range for ${n} partitions`);
+      return `part.${n}.${index}`;
+    },
+  }),
+  'store.free': ev<StoreFree>('publish', {
+    pattern: 'store.free', publisher: 'queue (acked or dead-lettered)', subscriber: 'janitor',
+    fields: { request: ['ref: SampleRef', "why: 'consumed' | 'dead'"], reply: [] },
+    parse: (x) => { const m = map(x, 'store.free'); return { ref: validateSampleRef(m.ref), why: m.why === 'dead' ? 'dead' : 'consumed' }; },
+    key: null, keyRule: '— (freeing twice is a no-op)', timeoutMs: 0, retries: 0,
+  }),
+  'ctl.epoch': ev<EpochInfo>('broadcast', {
+    pattern: 'ctl.epoch', publisher: 'coordinator (epoch CAS winner)', subscriber: 'ranks',
+    fields: { request: ['epoch: uint', 'partitions: uint', 'members?: uint[]', 'cellSize?: uint'], reply: [] },
+    parse: (x) => parseEpochInfo(x, 'ctl.epoch'), key: null, keyRule: '— (only a newer epoch counts)', timeoutMs: 0, retries: 0,
+  }),
+  'ctl.dead': ev<DeadRank>('broadcast', {
+    pattern: 'ctl.dead', publisher: 'coordinator', subscriber: 'node agents',
+    fields: { request: ['rank: uint', 'pid: uint', 'silentMs: number'], reply: [] },
+    parse: (x) => { const w = 'ctl.dead', m = map(x, w); return { rank: uint(m, 'rank', w), pid: uint(m, 'pid', w), silentMs: Number(m.silentMs ?? 0) }; },
+    key: null, keyRule: '— (kills only that pid)', timeoutMs: 0, retries: 0,
+  }),
+  'hb': ev<Heartbeat, [actor: string]>('broadcast', {
+    pattern: 'hb.<actor>', publisher: 'ranks (rank-<id>), node agents (node-<id>)', subscriber: 'coordinator, node agents',
+    fields: { request: ['rank: rank, pid, node?, step, state, held, epoch, index?, dp?, at, seq', "node: kind='node', node, pid, ranks[], at, seq"], reply: [] },
+    parse: parseHeartbeat, key: null, keyRule: '— (older than the sender\'s last: ignored)', timeoutMs: 0, retries: 0,
+    tail: (actor) => `hb.${token(actor, 'actor name')}`,
+  }),
+  'metrics': ev<StepMetrics>('broadcast', {
+    pattern: 'metrics', publisher: 'rank (world rank 0)', subscriber: 'CLI `run`',
+    fields: { request: ['rank', 'step', 'loss', 'gradNorm', 'ploss[]', 'acc[]', 'samples', 'tokens', 'stepMs', 'waitMs', 'acceptLength', 'at', 'dp', 'epoch'], reply: [] },
+    parse: (x) => { const w = 'metrics', m = map(x, w); uint(m, 'step', w); return m as unknown as StepMetrics; }, key: null, keyRule: '— (the last report of a step wins)', timeoutMs: 0, retries: 0,
+  }),
+  'rank.done': ev<RankDone>('broadcast', {
+    pattern: 'rank.done', publisher: 'rank process (final checkpoint written)', subscriber: 'tests, tools',
+    fields: { request: ['rank: uint', 'step: uint', 'samples: uint', 'checkpoint: path'], reply: [] },
+    parse: (x) => { const w = 'rank.done', m = map(x, w); return { rank: uint(m, 'rank', w), step: uint(m, 'step', w), samples: uint(m, 'samples', w), checkpoint: str(m, 'checkpoint', w) }; },
+    key: null, keyRule: '—', timeoutMs: 0, retries: 0,
+  }),
+});
+
+export type Protocol = typeof PROTOCOL;
+export type EndpointName = keyof Protocol;
+export type RequestName = { [K in EndpointName]: Protocol[K] extends { kind: 'request' } ? K : never }[EndpointName];
+export type ReqOf<K extends EndpointName> = Protocol[K] extends Endpoint<infer Q, any, any> ? Q : never;
+export type RepOf<K extends EndpointName> = Protocol[K] extends Endpoint<any, infer R, any> ? R : never;
+export type ParamsOf<K extends EndpointName> = Protocol[K] extends Endpoint<any, any, infer P> ? P : never;
+/** Endpoints whose subject has no parameters. */
+export type PlainName = { [K in EndpointName]: ParamsOf<K> extends [] ? K : never }[EndpointName];
+
+/** Every subject of job `job` starts with this (`dw.<job>`). */
+export const jobPrefix = (job: string): string => `dw.${token(job, 'job id')}`;
+
+/** The concrete subject of endpoint `name` in job `job`. */
+export function subjectOf<K extends EndpointName>(job: string, name: K, ...params: ParamsOf<K>): string {
+  const e = PROTOCOL[name] as unknown as Endpoint<unknown, unknown, ParamsOf<K>>;
+  return `${jobPrefix(job)}.${e.tail(...params)}`;
+}
+
+/** JetStream and KV names of a job. */
+export const STORAGE = Object.freeze({
+  kvBucket: (job: string) => `dw_${token(job, 'job id')}`,
+  /** The one key of the coordinator's bucket: the epoch record (EpochInfo). */
+  epochKey: 'epoch',
+  walStream: (job: string) => `dw_${token(job, 'job id')}_wal`,
+  walSubject: (job: string) => `dw.${token(job, 'job id')}.wal.ledger`,
+  /** The same names as patterns, for the docs. */
+  patterns: Object.freeze({ kvBucket: 'dw_<job>', walStream: 'dw_<job>_wal', walSubject: 'dw.<job>.wal.ledger' }),
+});
