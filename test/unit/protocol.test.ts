@@ -2,6 +2,7 @@
 // from it, parsers that refuse bad fields by name, key rules; and, against a real nats-server
 // with a node agent running the queue, coordinator and janitor, every request subject of the
 // table has a responder that parses with the table (a table entry no actor serves fails here).
+import { readFileSync } from 'node:fs';
 import assert from 'node:assert/strict';
 import { mkdirSync, rmSync } from 'node:fs';
 import { PROTOCOL, STORAGE, subjectOf, type EndpointName, type Endpoint } from '../../src/wire/protocol.ts';
@@ -83,6 +84,13 @@ describe('protocol table', () => {
     const rows = wireTable().split('\n').filter((l) => l.startsWith('| `dw.'));
     assert.equal(rows.length, names.length);
     for (const n of names) assert.ok(rows.some((r) => r.startsWith(`| \`dw.<job>.${E(n).pattern}\` | ${E(n).kind} |`)), n);
+  });
+
+  it('docs/wire.md carries the table as scripts/wire-table.ts prints it (the document cannot drift)', () => {
+    const doc = readFileSync(new URL('../../docs/wire.md', import.meta.url), 'utf8');
+    const m = /<!-- subjects:begin[^\n]*-->\n([\s\S]*?)<!-- subjects:end -->/.exec(doc);
+    assert.ok(m, 'docs/wire.md has the subjects:begin / subjects:end markers');
+    assert.equal(m[1], wireTable(), 'regenerate it: node --import tsx scripts/wire-table.ts');
   });
 
   it('idempotency keys follow the documented rules', () => {
