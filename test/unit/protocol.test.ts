@@ -2,9 +2,8 @@
 // from it, parsers that refuse bad fields by name, key rules; and, against a real nats-server
 // with a node agent running the queue, coordinator and janitor, every request subject of the
 // table has a responder that parses with the table (a table entry no actor serves fails here).
-import { readFileSync } from 'node:fs';
 import assert from 'node:assert/strict';
-import { mkdirSync, rmSync } from 'node:fs';
+import { mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { PROTOCOL, STORAGE, subjectOf, type EndpointName, type Endpoint } from '../../src/wire/protocol.ts';
 import { subjects } from '../../src/wire/subjects.ts';
 import { InvalidArgumentError, TimeoutError } from '../../src/errors.ts';
