@@ -19,9 +19,9 @@ export function startJanitor(system: ActorSystem, o: { bus: Bus; store: FeatureS
     async handle(st, msg, ctx) {
       if (msg.op === 'free') {
         // A repeated announcement (a replay, or the queue's own resend) frees nothing twice:
-        // release and abort report false for bytes already gone.
+        // release and abort report false for bytes already gone, and never free a newer generation.
         const r = msg.ref;
-        if (msg.why === 'dead') { if (await store.abort(r.sampleId, 'dead-lettered')) st.aborted++; } else if (await store.release(r)) st.freed++;
+        if (msg.why === 'dead') { if (await store.abort(r.sampleId, 'dead-lettered', { generation: r.generation })) st.aborted++; } else if (await store.release(r)) st.freed++;
       } else if (msg.op === 'gc') {
         st.lastGc = await store.gc(Date.now());
         st.sweeps++;

@@ -86,8 +86,12 @@ export interface FeatureStore {
   get(ref: SampleRef, opts?: GetOptions): Promise<Record<string, Tensor>>;
   /** Frees the ref's generation (after it was consumed). True if bytes were freed. */
   release(ref: SampleRef): Promise<boolean>;
-  /** Frees the current generation of a sample that will not be consumed. True if bytes were freed. */
-  abort(sampleId: string, reason: string): Promise<boolean>;
+  /**
+   * Frees the current generation of a sample that will not be consumed (only if it is still
+   * `generation`, when given: a late or replayed abort never frees a newer one). True if bytes
+   * were freed.
+   */
+  abort(sampleId: string, reason: string, opts?: { generation?: number }): Promise<boolean>;
   /** Sweeps abandoned temp files, expired tombstones and leftovers. */
   gc(now?: number): Promise<GcStats>;
   health(): Promise<StoreHealth>;

@@ -634,13 +634,14 @@ export class SharedDirFeatureStore implements FeatureStore {
     }
   }
 
-  async abort(sampleId: string, reason: string): Promise<boolean> {
+  async abort(sampleId: string, reason: string, opts: { generation?: number } = {}): Promise<boolean> {
     this.checkOpen();
     this.checkSampleId(sampleId);
+    if (opts.generation !== undefined && !(Number.isSafeInteger(opts.generation) && opts.generation >= 0)) throw new InvalidArgumentError(`abort ${sampleId}: generation must be a non-negative integer, got ${String(opts.generation)}`);
     const detail = String(reason ?? '').slice(0, 500);
     return this.withLock(sampleId, async () => {
       const g = await this.readGen(sampleId);
-      if (g === null) return false;
+      if (g === null || (opts.generation !== undefined && g !== opts.generation)) return false;
       try {
         return (await this.retire(sampleId, g, { reason: 'aborted', detail, at: Date.now() })) > 0;
       } catch (e) {
