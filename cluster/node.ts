@@ -16,8 +16,8 @@
 // so the coordinator knows where to spawn ranks for a scale-up (`node.<id>.spawn`).
 import { fork, type ChildProcess } from 'node:child_process';
 import { createWriteStream } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
+import { entryPoint } from './entry.ts';
 import { startCoordinator } from '../actors/coordinator.ts';
 import { startJanitor } from '../actors/janitor.ts';
 import { startQueue } from '../actors/queue.ts';
@@ -50,7 +50,7 @@ export interface RankProcess { rank: number; proc: ChildProcess; exited: Promise
 /** How a rank ended for good: exit code 0, or the last failure once restarts are used up, or retired. */
 export interface RankOutcome { rank: number; code: number | null; restarts: number; retired: boolean }
 
-const RANK_MAIN = join(dirname(fileURLToPath(import.meta.url)), 'rank-main.ts');
+const RANK_MAIN = entryPoint('rank-main');
 
 export function parseRoles(s: string): Role[] {
   const roles = s.split(',').map((r) => r.trim()).filter(Boolean);
@@ -143,8 +143,8 @@ export class NodeAgent {
     const prev = this.ranks.get(rank);
     if (prev && prev.proc.exitCode === null && prev.proc.signalCode === null) throw new InvalidArgumentError(`rank ${rank} is already running (pid ${prev.proc.pid})`);
     const log = createWriteStream(join(this.o.logDir ?? spec.runDir, `rank-${rank}.log`), { flags: 'a' });
-    const proc = fork(RANK_MAIN, ['--job-file', jobFile(spec.runDir), '--rank', String(rank), '--nats', nats, '--node', nodeId, '--min-epoch', String(minEpoch)], {
-      execArgv: ['--import', 'tsx'],
+    const proc = fork(RANK_MAIN.path, ['--job-file', jobFile(spec.runDir), '--rank', String(rank), '--nats', nats, '--node', nodeId, '--min-epoch', String(minEpoch)], {
+      execArgv: RANK_MAIN.execArgv,
       stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
       env: process.env,
     });
