@@ -18,7 +18,12 @@ import type { WalFindings } from '../../src/ledger/events.ts';
 import type { GlobalOptions } from '../options.ts';
 import { jobId } from '../options.ts';
 
-const hex = (_k: string, v: unknown) => (v instanceof Uint8Array ? Buffer.from(v).toString('hex') : v);
+// Bytes (a ref's mac) as hex. `this[k]` is the value before its toJSON: a Buffer's toJSON would
+// otherwise hand the replacer {type: 'Buffer', data: [...]} instead of the bytes.
+function hex(this: Record<string, unknown>, k: string, v: unknown): unknown {
+  const raw = this[k];
+  return raw instanceof Uint8Array ? Buffer.from(raw).toString('hex') : v;
+}
 
 export async function writeLedgerJsonl(path: string, events: LedgerEvent[]): Promise<void> {
   await writeFile(path, events.map((e) => JSON.stringify(e, hex)).join('\n') + (events.length ? '\n' : ''));
