@@ -1,6 +1,7 @@
 // ledger.jsonl (what `draftwire run` exports and `draftwire audit --ledger` reads): a signed
-// ref's mac survives the round trip whether it is a Buffer (as createHmac gives it) or a plain
-// Uint8Array, so the audit of an authenticated run's export is as clean as the run.
+// ref's mac survives the round trip whether it is a Buffer (as msgpackr decodes it from the
+// write-ahead log) or a plain Uint8Array, so the audit of an authenticated run's export is as
+// clean as the run.
 import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -17,11 +18,13 @@ describe('ledger.jsonl', () => {
     try {
       const q = new LeaseLedger({ leaseMs: 1000, maxDeliveries: 3 });
       const events: LedgerEvent[] = [];
-      for (const [i, asBuffer] of [[1, true], [2, false]] as const) {
-        const signed = auth.signRef(sampleRef({ sampleId: `row-${i}`, generation: i }));
-        const ref = { ...signed, mac: asBuffer ? Buffer.from(signed.mac!) : new Uint8Array(signed.mac!) };
+      for (const i of [1, 2]) {
+        const ref = auth.signRef(sampleRef({ sampleId: `row-${i}`, generation: i }));
         events.push(...q.put(ref, { key: `commit:row-${i}:${i}`, now: i }).events);
       }
+      // The first put as the WAL gives it back: msgpackr decodes bytes as a Buffer.
+      const put1 = events[0] as { ref: { mac: Uint8Array } };
+      put1.ref = { ...put1.ref, mac: Buffer.from(put1.ref.mac) };
       const got = q.get(2, { key: 'credit', now: 3, partition: [0, 1], consumer: 'rank-0', epoch: q.currentEpoch() });
       events.push(...got.events);
       for (const l of got.leases) events.push(...q.ack(l.leaseId, l.epoch, { key: `ack:${l.leaseId}`, now: 4 }).events);
