@@ -3,20 +3,12 @@
 // calls. Separate from ledger.ts so the shapes read apart from the state machine; ledger.ts
 // re-exports them all.
 
+import type { Lease } from '../wire/protocol.ts';
 import { validateSampleRef, type SampleRef } from '../wire/sampleref.ts';
 
 export type SampleState = 'pending' | 'leased' | 'consumed' | 'dead';
 
-export interface Lease {
-  leaseId: string;
-  sampleId: string;
-  ref: SampleRef;
-  epoch: number;
-  consumer: string;
-  deadline: number;
-  /** Which delivery this is (1 = first). */
-  delivery: number;
-}
+export type { Lease };
 
 /** One lease as logged (the ref is in the sample's put event). */
 export interface LeaseGrant {

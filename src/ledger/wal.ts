@@ -11,7 +11,20 @@
 // audit reports it as skipped. Until then the queue refuses to start (WalCorruptError,
 // not retryable), so it neither crash-loops nor silently drops a record.
 import { createHash } from 'node:crypto';
-import type { Bus } from '../bus/bus.ts';
+import type { JobSubjects } from '../wire/subjects.ts';
+
+/**
+ * What the log needs of the NATS boundary (the Bus provides it): its JetStream stream, read
+ * whole with the records that did not open, and appended to. Declared here so the ledger
+ * imports nothing of bus/.
+ */
+export interface WalBus {
+  readonly job: string;
+  readonly subjects: JobSubjects;
+  ensureStream(name: string, subjects: string[]): Promise<void>;
+  readAll(stream: string, fromSeq: number, opts: { yieldInvalid: true }): AsyncIterable<{ seq: number; obj: unknown; error?: Error }>;
+  append(subject: string, obj: unknown, opts: { msgId: string }): Promise<number>;
+}
 import { DraftwireError, InvalidArgumentError, AuthError, WalCorruptError } from '../errors.ts';
 import { ledgerEventProblem, type LedgerEvent, type WalFindings, type BadWalRecord } from './events.ts';
 import { LeaseLedger } from './ledger.ts';
@@ -106,7 +119,7 @@ export function classifyWal(entries: readonly WalEntry[]): WalReplay {
 }
 
 /** Reads and classifies the job's whole write-ahead log (see classifyWal). */
-export async function readWal(bus: Bus): Promise<WalReplay> {
+export async function readWal(bus: WalBus): Promise<WalReplay> {
   const s = bus.subjects;
   await bus.ensureStream(s.walStream, [s.walSubject]);
   const entries: WalEntry[] = [];
@@ -125,7 +138,7 @@ export function walCorrupt(job: string, b: BadWalRecord, more: number, wellForme
 }
 
 /** Every usable ledger event of the job's log, in order; WalCorruptError on a bad record nobody skipped. */
-export async function readLedgerEvents(bus: Bus): Promise<LedgerEvent[]> {
+export async function readLedgerEvents(bus: WalBus): Promise<LedgerEvent[]> {
   const r = await readWal(bus);
   if (r.bad.length > 0) throw walCorrupt(bus.job, r.bad[0]!, r.bad.length - 1);
   return r.events;
@@ -135,7 +148,7 @@ export async function readLedgerEvents(bus: Bus): Promise<LedgerEvent[]> {
  * The ledger rebuilt from the log (what the queue does on start). WalCorruptError names the
  * stream seq of the first record that is bad, or whose events the ledger refuses to apply.
  */
-export async function rebuildLedger(bus: Bus, opts: LedgerOptions = {}): Promise<{ ledger: LeaseLedger; replay: WalReplay }> {
+export async function rebuildLedger(bus: WalBus, opts: LedgerOptions = {}): Promise<{ ledger: LeaseLedger; replay: WalReplay }> {
   const replay = await readWal(bus);
   if (replay.bad.length > 0) throw walCorrupt(bus.job, replay.bad[0]!, replay.bad.length - 1);
   const ledger = new LeaseLedger(opts);
@@ -150,7 +163,7 @@ export async function rebuildLedger(bus: Bus, opts: LedgerOptions = {}): Promise
 }
 
 /** Appends the operator's decision to ignore record `seq` (see `draftwire wal skip`). */
-export async function appendWalSkip(bus: Bus, seq: number, reason: string, now = Date.now()): Promise<number> {
+export async function appendWalSkip(bus: WalBus, seq: number, reason: string, now = Date.now()): Promise<number> {
   if (!Number.isSafeInteger(seq) || seq < 1) throw new InvalidArgumentError(`wal skip: --seq must be a stream seq >= 1, got ${seq}`);
   if (reason.trim() === '') throw new InvalidArgumentError('wal skip: --reason must say why the record is skipped');
   const s = bus.subjects;

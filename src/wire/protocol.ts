@@ -10,7 +10,6 @@
 // any number of subscribers read (heartbeats, epoch announcements).
 
 import { InvalidArgumentError } from '../errors.ts';
-import type { Lease } from '../ledger/events.ts';
 import { validateSampleRef, type SampleRef } from './sampleref.ts';
 
 // ------------------------------------------------------------------ message and reply types
@@ -54,6 +53,18 @@ export interface SpawnReply { pid: number | null }
 export interface StopRequest { rank: number }
 export interface StopReply { stopped: boolean }
 /** What a rank (its cell leader) receives on `part.<num>.<index>`. */
+/** A lease as the queue grants it (the ledger's record of it, and what a rank receives on `part.*`). */
+export interface Lease {
+  leaseId: string;
+  sampleId: string;
+  ref: SampleRef;
+  epoch: number;
+  consumer: string;
+  deadline: number;
+  /** Which delivery this is (1 = first). */
+  delivery: number;
+}
+
 export interface LeaseMessage { consumer: string; leases: Lease[] }
 export interface StoreFree { ref: SampleRef; why: 'consumed' | 'dead' }
 export interface DeadRank { rank: number; pid: number; silentMs: number }
