@@ -15,7 +15,7 @@
 // retired by a scale-down) and is not respawned. The node heartbeats on `dw.<job>.hb.node-<id>`
 // so the coordinator knows where to spawn ranks for a scale-up (`node.<id>.spawn`).
 import { fork, type ChildProcess } from 'node:child_process';
-import { createWriteStream } from 'node:fs';
+import { appendStream } from '../src/job/files.ts';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startCoordinator } from '../actors/coordinator.ts';
@@ -145,7 +145,7 @@ export class NodeAgent {
     const { spec, nats, nodeId } = this.o;
     const prev = this.ranks.get(rank);
     if (prev && prev.proc.exitCode === null && prev.proc.signalCode === null) throw new InvalidArgumentError(`rank ${rank} is already running (pid ${prev.proc.pid})`);
-    const log = createWriteStream(join(this.o.logDir ?? spec.runDir, `rank-${rank}.log`), { flags: 'a' });
+    const log = appendStream(join(this.o.logDir ?? spec.runDir, `rank-${rank}.log`));
     const proc = fork(RANK_MAIN, ['--job-file', jobFile(spec.runDir), '--rank', String(rank), '--nats', nats, '--node', nodeId, '--min-epoch', String(minEpoch)], {
       execArgv: ['--import', 'tsx'],
       stdio: ['ignore', 'pipe', 'pipe', 'ipc'],

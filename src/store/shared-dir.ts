@@ -26,6 +26,7 @@ import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { link, mkdir, open, readdir, readFile, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { AuthPolicy } from '../wire/auth.ts';
+import { FILE_MODE } from '../job/files.ts';
 import {
   blockSpan, buildManifestAsync, checksumOfManifestJson, manifestJson, parseManifest, rowsOf, verifyBlocksAsync, type Manifest, type ManifestTensor,
 } from './checksum.ts';
@@ -84,7 +85,7 @@ export interface SharedDirOptions {
   writeChunkBytes?: number;
   /** Checksum block size for new samples (default 1 MiB). */
   blockBytes?: number;
-  /** Mode of created files (default 0o640). */
+  /** Mode of created files (default FILE_MODE, 0o640: src/job/files.ts). */
   fileMode?: number;
   faults?: StoreFaults;
 }
@@ -158,7 +159,7 @@ export class SharedDirFeatureStore implements FeatureStore {
       fsync: o.fsync ?? true,
       writeChunkBytes: o.writeChunkBytes ?? 16 * 1024 * 1024,
       blockBytes: o.blockBytes ?? 1 << 20,
-      fileMode: o.fileMode ?? 0o640,
+      fileMode: o.fileMode ?? FILE_MODE,
       faults: o.faults ?? {},
     };
   }
