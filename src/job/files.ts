@@ -3,7 +3,8 @@
 // directories 0750: the owner writes, the job's group may read (a shared-filesystem reader
 // in the same group), nobody else sees anything. The modes are set exactly (chmod after
 // create), so a permissive umask (000) cannot make a run's outputs world-writable and a
-// strict one does not change what a reader in the group can rely on.
+// strict one does not change what a reader in the group can rely on. (The embedded
+// nats-server's store, <run>/nats, is the launcher's: 0700, the server's own files inside.)
 import { closeSync, createWriteStream, fchmodSync, openSync, type WriteStream } from 'node:fs';
 import { chmod, mkdir, open, rename, rm, type FileHandle } from 'node:fs/promises';
 import { join, relative, sep } from 'node:path';
