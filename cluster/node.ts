@@ -15,8 +15,8 @@
 // retired by a scale-down) and is not respawned. The node heartbeats on `dw.<job>.hb.node-<id>`
 // so the coordinator knows where to spawn ranks for a scale-up (`node.<id>.spawn`).
 import { fork, type ChildProcess } from 'node:child_process';
-import { createWriteStream } from 'node:fs';
 import { join } from 'node:path';
+import { appendStream } from '../src/job/files.ts';
 import { entryPoint } from './entry.ts';
 import { startCoordinator } from '../actors/coordinator.ts';
 import { startJanitor } from '../actors/janitor.ts';
@@ -142,7 +142,7 @@ export class NodeAgent {
     const { spec, nats, nodeId } = this.o;
     const prev = this.ranks.get(rank);
     if (prev && prev.proc.exitCode === null && prev.proc.signalCode === null) throw new InvalidArgumentError(`rank ${rank} is already running (pid ${prev.proc.pid})`);
-    const log = createWriteStream(join(this.o.logDir ?? spec.runDir, `rank-${rank}.log`), { flags: 'a' });
+    const log = appendStream(join(this.o.logDir ?? spec.runDir, `rank-${rank}.log`));
     const proc = fork(RANK_MAIN.path, ['--job-file', jobFile(spec.runDir), '--rank', String(rank), '--nats', nats, '--node', nodeId, '--min-epoch', String(minEpoch)], {
       execArgv: RANK_MAIN.execArgv,
       stdio: ['ignore', 'pipe', 'pipe', 'ipc'],

@@ -1,4 +1,5 @@
 // Option parsers shared by the subcommands: each names the option in its error.
+import { statSync, type Stats } from 'node:fs';
 import { InvalidArgumentError as OptionError } from 'commander';
 
 /** Options every subcommand can read with `cmd.optsWithGlobals()`. */
@@ -42,5 +43,56 @@ export function nonNegativeInt(name: string) {
 const JOB_RE = /^[A-Za-z0-9_-]{1,64}$/;
 export function jobId(v: string): string {
   if (!JOB_RE.test(v)) throw new OptionError(`--job must be 1..64 characters of [A-Za-z0-9_-], got "${v}"`);
+  return v;
+}
+
+/** An integer in [min, max]; the message names the option and the bound. */
+export function intInRange(name: string, min: number, max: number) {
+  return (v: string): number => {
+    const x = Number(v);
+    if (!/^\d+$/.test(v.trim()) || !Number.isSafeInteger(x) || x < min) throw new OptionError(`${name} must be an integer ≥ ${min}, got "${v}"`);
+    if (x > max) throw new OptionError(`${name} must be at most ${max}, got ${x}`);
+    return x;
+  };
+}
+
+const NATS_SCHEMES = new Set(['nats:', 'tls:']);
+
+/**
+ * A NATS server URL, or several separated by commas: [nats://|tls://][user:pass@]host[:port].
+ * Checked here so a typo is exit 2 before anything connects, not a connect error.
+ */
+export function natsUrl(v: string): string {
+  const parts = v.split(',').map((s) => s.trim());
+  for (const p of parts) {
+    const bad = (why: string) => new OptionError(`--nats: "${p}" is not a NATS URL (${why}); expected nats://host:port`);
+    if (p === '') throw bad('empty');
+    let u: URL;
+    try { u = new URL(/^[a-z][a-z0-9+.-]*:\/\//i.test(p) ? p : `nats://${p}`); } catch { throw bad('malformed'); }
+    if (!NATS_SCHEMES.has(u.protocol)) throw bad(`scheme ${u.protocol.slice(0, -1)}; use nats:// or tls://`);
+    if (u.hostname === '') throw bad('no host');
+    if ((u.pathname !== '' && u.pathname !== '/') || u.search !== '' || u.hash !== '') throw bad('a path, query or fragment');
+  }
+  return parts.join(',');
+}
+
+/** A directory that, if it exists, is a directory (it is created later, when needed). */
+export function dirOption(name: string) {
+  return (v: string): string => {
+    if (v.trim() === '') throw new OptionError(`${name} must name a directory, got ""`);
+    let st: Stats | undefined;
+    try { st = statSync(v); } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT') return v;
+      throw new OptionError(`${name} ${v}: cannot be used (${code ?? String(e)})`);
+    }
+    if (!st.isDirectory()) throw new OptionError(`${name} ${v} is not a directory`);
+    return v;
+  };
+}
+
+/** A node id: a NATS subject token, as the job id. */
+export function nodeId(v: string): string {
+  if (!JOB_RE.test(v)) throw new OptionError(`--node-id must be 1..64 characters of [A-Za-z0-9_-], got "${v}"`);
   return v;
 }

@@ -10,6 +10,7 @@
 // or {"ev":"error", rank, code, name, message} (then exit 2 for bad input, 1 otherwise).
 // Logs go to stderr. The rank exits when its launcher goes away (IPC channel closed).
 import { Bus } from '../src/bus/bus.ts';
+import { AuthPolicy } from '../src/wire/auth.ts';
 import { Communicator, ShardLayout } from '../src/native/collectives.ts';
 import { readDraftBatchSlice, readDraftConfig, readDraftWeights, writeStepOutput, TRAINABLE } from '../src/job/draft-io.ts';
 import { DecodeError, DraftwireError, InvalidArgumentError, NativeError } from '../src/errors.ts';
@@ -37,7 +38,8 @@ async function main(spec: StepRankSpec): Promise<void> {
   const config = await readDraftConfig(spec.config);
   const weights = await readDraftWeights(spec.weights, config);
   const { batch } = await readDraftBatchSlice(spec.batch, config, { sp: spec.sp, dp: spec.dp, spIdx: L.spIdx, dpIdx: L.dpIdx });
-  const bus = await Bus.connect({ servers: spec.nats, job: spec.job, name: `step-rank-${spec.rank}`, reconnect: false });
+  // The secret comes from the environment the launcher passed on (never the spec argument).
+  const bus = await Bus.connect({ servers: spec.nats, job: spec.job, auth: AuthPolicy.fromEnv(), name: `step-rank-${spec.rank}`, reconnect: false });
   let comm: Communicator | null = null;
   let model: DraftModel | null = null;
   try {

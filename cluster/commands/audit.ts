@@ -5,18 +5,18 @@
 // A log record that fails its MAC or its shape is listed by stream seq (and the audit fails);
 // records the operator skipped (`draftwire wal skip`) and replayed copies are listed too.
 import { existsSync, readFileSync } from 'node:fs';
-import { writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { Command } from 'commander';
 import { readWal } from '../../src/ledger/wal.ts';
+import { writeFileMode } from '../../src/job/files.ts';
 import { AuthPolicy } from '../../src/wire/auth.ts';
 import { Bus } from '../../src/bus/bus.ts';
 import { startNatsServer, type NatsServerHandle } from '../nats-launcher.ts';
 import { DecodeError, DraftwireError, InvalidArgumentError } from '../../src/errors.ts';
 import { auditEvents, type LedgerEvent } from '../../src/ledger/ledger.ts';
-import type { WalFindings } from '../../src/ledger/events.ts';
+import { ledgerEventProblem, type WalFindings } from '../../src/ledger/events.ts';
 import type { GlobalOptions } from '../options.ts';
-import { jobId } from '../options.ts';
+import { dirOption, jobId, natsUrl } from '../options.ts';
 
 // Bytes (a ref's mac) as hex. `this[k]` is the value before its toJSON: a Buffer's toJSON would
 // otherwise hand the replacer {type: 'Buffer', data: [...]} instead of the bytes.
@@ -26,17 +26,21 @@ function hex(this: Record<string, unknown>, k: string, v: unknown): unknown {
 }
 
 export async function writeLedgerJsonl(path: string, events: LedgerEvent[]): Promise<void> {
-  await writeFile(path, events.map((e) => JSON.stringify(e, hex)).join('\n') + (events.length ? '\n' : ''));
+  await writeFileMode(path, events.map((e) => JSON.stringify(e, hex)).join('\n') + (events.length ? '\n' : ''));
 }
 
 export function readLedgerJsonl(path: string): LedgerEvent[] {
   return readFileSync(path, 'utf8').split('\n').filter((l) => l.trim() !== '').map((l, i) => {
-    let e: LedgerEvent;
-    try { e = JSON.parse(l) as LedgerEvent; } catch { throw new DecodeError(`${path} line ${i + 1}: not valid JSON`); }
+    let x: unknown;
+    try { x = JSON.parse(l); } catch { throw new DecodeError(`${path} line ${i + 1}: not valid JSON`); }
+    // A file of events is input: a line of the wrong shape is bad input naming the line and the
+    // field (the WAL's own validator), not a TypeError inside the audit.
+    const problem = ledgerEventProblem(x);
+    if (problem !== null) throw new DecodeError(`${path} line ${i + 1}: ledger event ${problem}`);
     // writeLedgerJsonl wrote a ref's mac as hex: back to bytes, so the ref validates.
-    const ref = (e as { ref?: { mac?: unknown } } | null)?.ref;
+    const ref = (x as { ref?: { mac?: unknown } }).ref;
     if (ref && typeof ref === 'object' && typeof ref.mac === 'string' && /^[0-9a-f]{64}$/.test(ref.mac)) ref.mac = new Uint8Array(Buffer.from(ref.mac, 'hex'));
-    return e;
+    return x as LedgerEvent;
   });
 }
 
@@ -84,8 +88,8 @@ export function command(): Command {
   return new Command('audit')
     .summary('check a job\'s ledger: every sample consumed once or dead-lettered, no overlapping leases, no stale acks')
     .requiredOption('--job <id>', 'job id', jobId)
-    .option('--workdir <dir>', 'where run directories are', 'runs')
-    .option('--nats <url>', 'read the live write-ahead log from this NATS server')
+    .option('--workdir <dir>', 'where run directories are', dirOption('--workdir'), 'runs')
+    .option('--nats <url>', 'read the live write-ahead log from this NATS server', natsUrl)
     .option('--dump', 'print the raw ledger events as JSON lines (stdout)')
     .action(async (_o: unknown, cmd: Command) => {
       const o = cmd.optsWithGlobals<GlobalOptions & { job: string; workdir: string; nats?: string; dump?: boolean }>();

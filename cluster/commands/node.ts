@@ -8,6 +8,7 @@ import { InvalidArgumentError } from '../../src/errors.ts';
 import { loadJobSpec } from '../../src/job/spec.ts';
 import { createLogger } from '../../src/log.ts';
 import type { GlobalOptions } from '../options.ts';
+import { natsUrl, nodeId } from '../options.ts';
 import { NodeAgent, parseRoles, ROLES } from '../node.ts';
 
 const log = createLogger('node');
@@ -16,9 +17,9 @@ export function command(): Command {
   return new Command('node')
     .summary('run this machine\'s node agent: host actors by role, spawn rank processes')
     .requiredOption('--job-file <file>', 'the job spec (job.json written by `draftwire run` or by hand)')
-    .requiredOption('--nats <url>', 'NATS server (cluster) of the job')
+    .requiredOption('--nats <url>', 'NATS server (cluster) of the job', natsUrl)
     .option('--roles <list>', `comma-separated roles (${ROLES.join(', ')}); none = ranks only`, '')
-    .option('--node-id <id>', 'this node\'s id', hostname().replace(/[^A-Za-z0-9_-]/g, '-').slice(0, 64))
+    .option('--node-id <id>', 'this node\'s id', nodeId, hostname().replace(/[^A-Za-z0-9_-]/g, '-').slice(0, 64))
     .option('--ranks <list>', 'ranks to start now, e.g. 0,1')
     .action(async (_o: unknown, cmd: Command) => {
       const o = cmd.optsWithGlobals<GlobalOptions & { jobFile: string; nats: string; roles: string; nodeId: string; ranks?: string }>();

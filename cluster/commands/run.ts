@@ -8,7 +8,7 @@
 // store (so the ledger's position is restored: consumed samples are not leased again), and
 // the rank resumes from the latest checkpoint under <run>/ckpt.
 import { existsSync, readFileSync, statSync } from 'node:fs';
-import { mkdir, readdir, rm, writeFile } from 'node:fs/promises';
+import { readdir, rm } from 'node:fs/promises';
 import { resolve, join } from 'node:path';
 import { Command, Option } from 'commander';
 import cliProgress from 'cli-progress';
@@ -21,7 +21,8 @@ import { QueueClient, listen } from '../../src/bus/clients.ts';
 import { loadWeightsFile, writeInitialWeights } from '../../src/job/checkpoint.ts';
 import { acceptLength, DraftModel, shardConfigError, TargetModel } from '../../src/native/addon.ts';
 import { DraftwireError, InvalidArgumentError } from '../../src/errors.ts';
-import { jobFile, jobRows, loadJobSpec, saveJobSpec, validateJobSpec, type JobSpec } from '../../src/job/spec.ts';
+import { LIMITS, jobFile, jobRows, loadJobSpec, saveJobSpec, validateJobSpec, type JobSpec } from '../../src/job/spec.ts';
+import { makeDir, writeFileMode } from '../../src/job/files.ts';
 import { auditEvents, type AuditReport } from '../../src/ledger/ledger.ts';
 import { readSafetensorsFile } from '../../src/store/safetensors.ts';
 import type { SampleRef } from '../../src/wire/sampleref.ts';
@@ -29,7 +30,7 @@ import { createLogger } from '../../src/log.ts';
 import type { GlobalOptions } from '../options.ts';
 import { startNatsServer, type NatsServerHandle } from '../nats-launcher.ts';
 import { NodeAgent, ROLES } from '../node.ts';
-import { jobId, nonNegative, nonNegativeInt, positive, positiveInt } from '../options.ts';
+import { dirOption, intInRange, jobId, natsUrl, nonNegative, nonNegativeInt, positive, positiveInt } from '../options.ts';
 import { SIZES, targetConfig } from '../presets.ts';
 import { writeLedgerJsonl } from './audit.ts';
 
@@ -65,26 +66,26 @@ export function command(): Command {
     .summary('train a draft model end to end on this machine (embedded NATS, every role, rank processes)')
     .description('Starts NATS (unless --nats), the coordinator, queue, janitor and rollout actors and the rank processes; trains --steps steps on samples the synthetic target writes; writes <workdir>/<job>/{checkpoint.safetensors, summary.json, ledger.jsonl}. The shared secret, if any, comes from DRAFTWIRE_SECRET or DRAFTWIRE_SECRET_FILE.')
     .option('--job <id>', 'job id (default: dw-<time>)', jobId)
-    .option('--workdir <dir>', 'where run directories go', 'runs')
-    .option('--nats <url>', 'an existing NATS server (JetStream on); default: start one')
+    .option('--workdir <dir>', 'where run directories go', dirOption('--workdir'), 'runs')
+    .option('--nats <url>', 'an existing NATS server (JetStream on); default: start one', natsUrl)
     .addOption(new Option('--size <name>', 'model size preset').choices(Object.keys(SIZES)).default('small'))
     .option('--steps <n>', 'training steps', positiveInt('--steps'), 200)
-    .option('--batch <n>', 'samples per step per DP group', positiveInt('--batch'), 8)
-    .option('--seq-len <n>', 'tokens per sample (default: the preset\'s)', positiveInt('--seq-len'))
+    .option('--batch <n>', `samples per step per DP group (at most ${LIMITS.batch}; batch·seq-len at most ${LIMITS.stepTokens})`, intInRange('--batch', 1, LIMITS.batch), 8)
+    .option('--seq-len <n>', `tokens per sample (default: the preset's; at most ${LIMITS.seqLen})`, intInRange('--seq-len', 1, LIMITS.seqLen))
     .option('--prompt-len <n>', 'prompt tokens per sample (default: the preset\'s)', positiveInt('--prompt-len'))
     .option('--lr <x>', 'AdamW learning rate', positive('--lr'), 3e-3)
     .option('--clip <x>', 'global gradient-norm clip (0 = none)', nonNegative('--clip'), 1)
     .option('--weight-decay <x>', 'AdamW weight decay', nonNegative('--weight-decay'), 0)
-    .option('--dp <n>', 'data-parallel groups', positiveInt('--dp'), 1)
-    .option('--tp <n>', 'tensor-parallel ranks per group', positiveInt('--tp'), 1)
-    .option('--sp <n>', 'sequence-parallel ranks per group', positiveInt('--sp'), 1)
+    .option('--dp <n>', `data-parallel groups (at most ${LIMITS.dp}; dp·tp·sp rank processes, at most ${LIMITS.worldRanks})`, intInRange('--dp', 1, LIMITS.dp), 1)
+    .option('--tp <n>', `tensor-parallel ranks per group (at most ${LIMITS.tp})`, intInRange('--tp', 1, LIMITS.tp), 1)
+    .option('--sp <n>', `sequence-parallel ranks per group (at most ${LIMITS.sp})`, intInRange('--sp', 1, LIMITS.sp), 1)
     .option('--seed <n>', 'seed of the target, prompts and draft init', nonNegativeInt('--seed'), 0)
     .option('--temperature <x>', 'rollout sampling temperature (0 = greedy)', nonNegative('--temperature'), 0)
     .option('--dataset <file>', 'prompts: a text file (one per line) or JSONL ({"text"} or {"ids"}) ')
     .option('--eval-every <n>', 'measure accept length every n steps (0 = only at the end)', nonNegativeInt('--eval-every'), 50)
-    .option('--eval-prompts <n>', 'prompts the accept length is measured on', positiveInt('--eval-prompts'), 8)
-    .option('--threads <n>', 'BLAS threads per rank and for the rollout', positiveInt('--threads'), 1)
-    .option('--lease-ms <n>', 'lease length', positiveInt('--lease-ms'), 30_000)
+    .option('--eval-prompts <n>', `prompts the accept length is measured on (at most ${LIMITS.evalPrompts})`, intInRange('--eval-prompts', 1, LIMITS.evalPrompts), 8)
+    .option('--threads <n>', `BLAS threads per rank and for the rollout (at most ${LIMITS.threads})`, intInRange('--threads', 1, LIMITS.threads), 1)
+    .option('--lease-ms <n>', 'lease length (at most a day)', intInRange('--lease-ms', 1, LIMITS.ms), 30_000)
     .option('--store-high-mb <n>', 'store high watermark (rollout pauses above it)', positive('--store-high-mb'), 256)
     .option('--no-progress', 'no progress bar (log lines instead)')
     .option('--keep-store', 'keep the feature-store directory after the run')
@@ -92,8 +93,8 @@ export function command(): Command {
     .option('--checkpoint-every <n>', 'rank checkpoint every n steps; a step\'s leases are acked once its checkpoint is durable', positiveInt('--checkpoint-every'), 1)
     .option('--max-rank-restarts <n>', 'respawn a dead rank this many times', nonNegativeInt('--max-rank-restarts'), 3)
     .addOption(new Option('--on-rank-loss <policy>', 'a lost rank is replaced (respawned; the world waits for it) or the world shrinks').choices(['replace', 'shrink']).default('replace'))
-    .option('--batch-wait-ms <n>', 'a data-parallel world steps on short (padded) batches after waiting this long for full ones', positiveInt('--batch-wait-ms'), 2000)
-    .option('--rank-dead-after-ms <n>', 'declare a rank dead after this long without a heartbeat', positiveInt('--rank-dead-after-ms'), 10_000)
+    .option('--batch-wait-ms <n>', 'a data-parallel world steps on short (padded) batches after waiting this long for full ones', intInRange('--batch-wait-ms', 1, LIMITS.ms), 2000)
+    .option('--rank-dead-after-ms <n>', 'declare a rank dead after this long without a heartbeat', intInRange('--rank-dead-after-ms', 1, LIMITS.ms), 10_000)
     .action(async (_o: unknown, cmd: Command) => {
       const o = cmd.optsWithGlobals<RunOpts>();
       const summary = await runJob(o);
@@ -121,6 +122,10 @@ export function buildSpec(o: RunOpts): JobSpec {
   const runDir = resolve(o.workdir, job);
   const seqLen = o.seqLen ?? preset.seqLen, promptLen = o.promptLen ?? preset.promptLen;
   if (promptLen >= seqLen) throw new InvalidArgumentError(`--prompt-len (${promptLen}) must be below --seq-len (${seqLen})`);
+  // The products of options each bounded alone (see LIMITS): rank processes and tokens per step.
+  const ranks = o.dp * o.tp * o.sp;
+  if (ranks > LIMITS.worldRanks) throw new InvalidArgumentError(`--dp ${o.dp} --tp ${o.tp} --sp ${o.sp}: ${ranks} rank processes; at most ${LIMITS.worldRanks}`);
+  if (o.batch * seqLen > LIMITS.stepTokens) throw new InvalidArgumentError(`--batch ${o.batch} --seq-len ${seqLen}: ${o.batch * seqLen} tokens per step; at most ${LIMITS.stepTokens}`);
   const high = Math.floor(o.storeHighMb * 1024 * 1024);
   return validateJobSpec({
     job, runDir, storeDir: join(runDir, 'store'), storeId: `${job}-store`, initWeights: join(runDir, 'init.safetensors'),
@@ -145,7 +150,8 @@ export async function runJob(o: RunOpts): Promise<RunSummary> {
   const auth = AuthPolicy.fromEnv();
   if (resuming) await reapOrphanServer(spec.runDir);
   if (!resuming && !o.nats && existsSync(join(spec.runDir, 'nats'))) throw new InvalidArgumentError(`${spec.runDir} holds an unfinished run (its ledger is in ${join(spec.runDir, 'nats')}): continue it with --resume ${spec.runDir}, or remove the directory`);
-  await mkdir(spec.runDir, { recursive: true });
+  await makeDir(spec.runDir);
+  await makeDir(spec.storeDir); // before the store opens it: its directory gets the job's mode too
   if (!resuming) await saveJobSpec(spec);
   const t0 = Date.now();
   let finished = false;
@@ -186,7 +192,7 @@ export async function runJob(o: RunOpts): Promise<RunSummary> {
           .finally(() => { restarting = false; });
       }, 250);
     }
-    await writeFile(join(spec.runDir, 'run.json'), JSON.stringify({ job: spec.job, nats: url, natsPid: nats?.pid ?? null, pid: process.pid, startedAt: t0 }, null, 2));
+    await writeFileMode(join(spec.runDir, 'run.json'), JSON.stringify({ job: spec.job, nats: url, natsPid: nats?.pid ?? null, pid: process.pid, startedAt: t0 }, null, 2));
     node = await NodeAgent.start({ spec, nats: url, nodeId: 'local', roles: ROLES, auth });
     // A log record replay cannot use stops the resume here, by stream seq (WalCorruptError), not in the ranks.
     if (resuming) await readLedgerEvents(node.bus).catch((e: unknown) => { walCorrupt = e instanceof WalCorruptError; throw e; });
@@ -252,7 +258,7 @@ export async function runJob(o: RunOpts): Promise<RunSummary> {
       storeAfter: { samples: usage.samples, bytes: usage.bytes, tempFiles: (await readdir(spec.storeDir).catch(() => [] as string[])).filter((f) => f.startsWith('.tmp')).length },
     };
     summary.acceptLengthInitial = await initialAcceptLength(spec);
-    await writeFile(join(spec.runDir, 'summary.json'), JSON.stringify(summary, null, 2));
+    await writeFileMode(join(spec.runDir, 'summary.json'), JSON.stringify(summary, null, 2));
     finished = true;
     return summary;
   } finally {

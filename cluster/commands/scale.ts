@@ -9,7 +9,8 @@ import { AuthPolicy } from '../../src/wire/auth.ts';
 import { Bus } from '../../src/bus/bus.ts';
 import { InvalidArgumentError } from '../../src/errors.ts';
 import type { GlobalOptions } from '../options.ts';
-import { jobId, positiveInt } from '../options.ts';
+import { dirOption, intInRange, jobId, natsUrl } from '../options.ts';
+import { MAX_DP } from '../../src/job/epoch.ts';
 import { CoordinatorClient } from '../../src/bus/clients.ts';
 import { liveNatsUrl } from './audit.ts';
 
@@ -18,9 +19,9 @@ export function command(): Command {
     .summary('change the data-parallel width of a running job (epoch bump + reshard)')
     .description('Changes the data-parallel width of a running job: the coordinator bumps the epoch, the node agents spawn the new ranks (a whole TP x SP cell per DP index), dropped ranks retire after checkpointing and acking what they trained, and the new world forms and re-subscribes under the new partition count. Watch it with `draftwire status --job J`.\n\nExample: draftwire scale --job dw-20261128 --dp 3')
     .requiredOption('--job <id>', 'job id', jobId)
-    .requiredOption('--dp <n>', 'new data-parallel width (1..64)', positiveInt('--dp'))
-    .option('--workdir <dir>', 'where run directories are', 'runs')
-    .option('--nats <url>', 'NATS server of the job (default: from the run directory)')
+    .requiredOption('--dp <n>', `new data-parallel width (1..${MAX_DP})`, intInRange('--dp', 1, MAX_DP))
+    .option('--workdir <dir>', 'where run directories are', dirOption('--workdir'), 'runs')
+    .option('--nats <url>', 'NATS server of the job (default: from the run directory)', natsUrl)
     .action(async (_o: unknown, cmd: Command) => {
       const o = cmd.optsWithGlobals<GlobalOptions & { job: string; dp: number; workdir: string; nats?: string }>();
       const url = o.nats ?? liveNatsUrl(o.workdir, o.job);

@@ -6,7 +6,7 @@ import { Bus } from '../../src/bus/bus.ts';
 import { CoordinatorClient, JanitorClient, QueueClient } from '../../src/bus/clients.ts';
 import { InvalidArgumentError } from '../../src/errors.ts';
 import type { GlobalOptions } from '../options.ts';
-import { jobId } from '../options.ts';
+import { dirOption, jobId, natsUrl } from '../options.ts';
 import { liveNatsUrl } from './audit.ts';
 
 export async function jobStatus(bus: Bus): Promise<Record<string, unknown>> {
@@ -20,8 +20,8 @@ export function command(): Command {
   return new Command('status')
     .summary('show the actors, partitions, leases and rates of a running job')
     .requiredOption('--job <id>', 'job id', jobId)
-    .option('--workdir <dir>', 'where run directories are', 'runs')
-    .option('--nats <url>', 'NATS server of the job (default: from the run directory)')
+    .option('--workdir <dir>', 'where run directories are', dirOption('--workdir'), 'runs')
+    .option('--nats <url>', 'NATS server of the job (default: from the run directory)', natsUrl)
     .action(async (_o: unknown, cmd: Command) => {
       const o = cmd.optsWithGlobals<GlobalOptions & { job: string; workdir: string; nats?: string }>();
       const url = o.nats ?? liveNatsUrl(o.workdir, o.job);

@@ -3,7 +3,8 @@
 // grad.<name> (and new.<name> with --lr) to --out.
 //
 // Without --tp/--sp/--dp the step runs in this process. With any of them it is sharded
-// (DESIGN.md §3): a local nats-server (random port, temp store) serves the rendezvous, T·S·D
+// (DESIGN.md §3): a local nats-server (random port, temp store; with a secret set, only its
+// derived credentials are admitted and the ranks seal everything) serves the rendezvous, T·S·D
 // rank processes (cluster/step-rank.ts) each read their slice of the batch, join a Gloo world
 // and run one sharded step; rank 0 gathers full-shape gradients and new weights and writes
 // the same output file. When a rank fails, the others are given the collective timeout to
@@ -11,7 +12,6 @@
 // names every rank's outcome. The nats-server and every rank are stopped and reaped at the end.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { fileURLToPath } from 'node:url';
 import { Command } from 'commander';
 import { CollectiveError, DecodeError, InvalidArgumentError, NativeError } from '../../src/errors.ts';
 import { DraftModel, shardConfigError } from '../../src/native/addon.ts';
@@ -21,9 +21,12 @@ import {
   type DraftBatch, type DraftConfig, type DraftWeights,
 } from '../../src/job/draft-io.ts';
 import { startNatsServer } from '../nats-launcher.ts';
+import { entryPoint } from '../entry.ts';
 import type { StepRankSpec } from '../step-rank.ts';
 import type { GlobalOptions } from '../options.ts';
-import { nonNegative, positive, positiveInt } from '../options.ts';
+import { intInRange, nonNegative, positive } from '../options.ts';
+import { LIMITS } from '../../src/job/spec.ts';
+import { AuthPolicy } from '../../src/wire/auth.ts';
 
 const log = createLogger('step');
 
@@ -68,11 +71,11 @@ export function command(): Command {
     .option('--lr <x>', 'learning rate: apply one AdamW step and write new.<name>', positive('--lr'))
     .option('--clip <x>', 'clip the global gradient norm to x before the update (0 = no clipping)', nonNegative('--clip'))
     .option('--weight-decay <x>', 'AdamW decoupled weight decay', nonNegative('--weight-decay'), 0)
-    .option('--threads <n>', 'compute threads (default: the native default; per rank when sharded)', positiveInt('--threads'))
-    .option('--tp <n>', 'tensor-parallel ranks: split heads, kv heads, MLP width and draft vocab', positiveInt('--tp'))
-    .option('--sp <n>', 'sequence-parallel ranks: split the sequence (T)', positiveInt('--sp'))
-    .option('--dp <n>', 'data-parallel ranks: split the batch (B)', positiveInt('--dp'))
-    .option('--comm-timeout <ms>', 'sharded: bound on every collective wait (a dead rank fails the others at once)', positiveInt('--comm-timeout'), 30_000)
+    .option('--threads <n>', `compute threads (default: the native default; per rank when sharded; at most ${LIMITS.threads})`, intInRange('--threads', 1, LIMITS.threads))
+    .option('--tp <n>', `tensor-parallel ranks: split heads, kv heads, MLP width and draft vocab (at most ${LIMITS.tp})`, intInRange('--tp', 1, LIMITS.tp))
+    .option('--sp <n>', `sequence-parallel ranks: split the sequence (T) (at most ${LIMITS.sp})`, intInRange('--sp', 1, LIMITS.sp))
+    .option('--dp <n>', `data-parallel ranks: split the batch (B) (at most ${LIMITS.dp}; tp·sp·dp at most ${LIMITS.worldRanks})`, intInRange('--dp', 1, LIMITS.dp))
+    .option('--comm-timeout <ms>', 'sharded: bound on every collective wait (a dead rank fails the others at once; at most a day)', intInRange('--comm-timeout', 1, LIMITS.ms), 30_000)
     .addHelpText('after', [
       '',
       'Output tensors (all f32): loss [1], grad_norm [1] (before clipping), ploss [K], acc [K],',
@@ -80,7 +83,9 @@ export function command(): Command {
       'Trainable: ' + TRAINABLE.join(', '),
       '',
       'Sharded (any of --tp/--sp/--dp, each default 1): tp·sp·dp local rank processes, rendezvous',
-      'through a private nats-server; the output file is the same (full shapes). Constraints:',
+      'through a private nats-server (with DRAFTWIRE_SECRET / DRAFTWIRE_SECRET_FILE set it admits',
+      'only the derived credentials and every message and KV value is sealed, as in a job); the',
+      'output file is the same (full shapes). Constraints:',
       'kvHeads, intermediate and draftVocab divisible by tp; B by dp; T by sp.',
       '',
       'Exit status: 0 ok, 2 bad input (the message names the key or tensor), 1 other failure.',
@@ -135,7 +140,7 @@ export async function runStep(a: StepArgs): Promise<StepSummary> {
 // ------------------------------------------------------------------------------------------
 // Sharded: one process per rank
 
-const STEP_RANK = fileURLToPath(new URL('../step-rank.ts', import.meta.url));
+const STEP_RANK = entryPoint('step-rank');
 
 interface RankOutcome {
   rank: number;
@@ -156,9 +161,13 @@ export async function runShardedStep(a: StepArgs, sh: { tp: number; sp: number; 
   if (splitWhy) throw new InvalidArgumentError(`--sp ${sh.sp} --dp ${sh.dp}: ${splitWhy}`);
   if (a.lr === null && (a.clip !== null || a.weightDecay !== 0)) log.warn('--clip and --weight-decay only apply to an update; without --lr they are ignored');
   const n = sh.tp * sh.sp * sh.dp;
+  if (n > LIMITS.worldRanks) throw new InvalidArgumentError(`--tp ${sh.tp} --sp ${sh.sp} --dp ${sh.dp}: ${n} rank processes; at most ${LIMITS.worldRanks}`);
+  // The rendezvous keys are as sensitive as a job's: with a secret the server admits only its
+  // derived credentials, and the ranks (same environment) seal their messages and KV values.
+  const auth = AuthPolicy.fromEnv();
   const t0 = performance.now();
-  const nats = await startNatsServer({ port: -1, jetstream: true, maxMemBytes: 256 * 1024 * 1024, maxFileBytes: 256 * 1024 * 1024 });
-  log.debug('sharded step: nats-server up', { url: nats.url, ranks: n, ...sh });
+  const nats = await startNatsServer({ port: -1, jetstream: true, maxMemBytes: 256 * 1024 * 1024, maxFileBytes: 256 * 1024 * 1024, credentials: auth.natsCredentials() });
+  log.debug('sharded step: nats-server up', { url: nats.url, auth: auth.enabled, ranks: n, ...sh });
   let outcomes: RankOutcome[];
   try {
     const base = {
@@ -219,10 +228,9 @@ function shardedFailure(outcomes: RankOutcome[]): Error {
  * once they are gone).
  */
 async function superviseRanks(specs: StepRankSpec[], graceMs: number): Promise<RankOutcome[]> {
-  const tsx = import.meta.resolve('tsx');
   const procs: ChildProcess[] = [];
   const outcomes: Promise<RankOutcome>[] = specs.map((spec) => {
-    const proc = spawn(process.execPath, ['--import', tsx, STEP_RANK, JSON.stringify(spec)], {
+    const proc = spawn(process.execPath, [...STEP_RANK.execArgv, STEP_RANK.path, JSON.stringify(spec)], {
       stdio: ['ignore', 'pipe', 'pipe', 'ipc'], env: process.env,
     });
     procs.push(proc);

@@ -3,7 +3,8 @@
 //   the seeded trainable tensors, written once by `draftwire run` and read by every rank;
 // - the checkpoint: trainable tensors + d2t, the config and step in __metadata__, and the
 //   AdamW moments beside it in <name>.optim.safetensors.
-import { mkdir, open, readdir, readFile, rename, rm } from 'node:fs/promises';
+import { open, readdir, readFile, rename, rm } from 'node:fs/promises';
+import { makeDir, openForWrite } from './files.ts';
 import { join } from 'node:path';
 import { readDraftWeights, type DraftWeights } from './draft-io.ts';
 import { DecodeError, InvalidArgumentError, StaleEpochError } from '../errors.ts';
@@ -150,7 +151,7 @@ async function readManifest(path: string): Promise<RankCheckpointManifest | null
  */
 export async function writeRankCheckpoint(spec: JobSpec, state: ModelState, d2t: Int32Array, step: number, window: CheckpointLease[], epoch = 0, samples = 0): Promise<RankCheckpointManifest> {
   const dir = checkpointDir(spec);
-  await mkdir(dir, { recursive: true });
+  await makeDir(dir);
   const path = join(dir, 'latest.json');
   const refuseIfNewer = async () => {
     const cur = await readManifest(path);
@@ -169,7 +170,7 @@ export async function writeRankCheckpoint(spec: JobSpec, state: ModelState, d2t:
     window, trained: [...new Set(window.map((l) => l.sampleId))], at: Date.now(),
   };
   const tmp = `${path}.tmp-${process.pid}`;
-  const fh = await open(tmp, 'w');
+  const fh = await openForWrite(tmp);
   try { await fh.writeFile(JSON.stringify(m)); await fh.sync(); } finally { await fh.close(); }
   await refuseIfNewer().catch(async (e: unknown) => { await rm(tmp, { force: true }); throw e; });
   await rename(tmp, path);
@@ -200,9 +201,9 @@ const partPath = (spec: JobSpec, step: number, epoch: number, index: number) => 
 
 export async function writeWindowPart(spec: JobSpec, step: number, epoch: number, index: number, part: WindowPart): Promise<void> {
   const path = partPath(spec, step, epoch, index);
-  await mkdir(join(checkpointDir(spec), 'parts'), { recursive: true });
+  await makeDir(join(checkpointDir(spec), 'parts'));
   const tmp = `${path}.tmp-${process.pid}`;
-  const fh = await open(tmp, 'w');
+  const fh = await openForWrite(tmp);
   try { await fh.writeFile(JSON.stringify(part)); await fh.sync(); } finally { await fh.close(); }
   await rename(tmp, path);
 }

@@ -2,9 +2,10 @@
 // `draftwire run` (or an operator) as job.json in the run directory and read by the node
 // agent and every rank. Validation names the field that is wrong.
 import { readFileSync } from 'node:fs';
-import { writeFile, rename } from 'node:fs/promises';
 import { join } from 'node:path';
 import { DecodeError, InvalidArgumentError } from '../errors.ts';
+import { MAX_DP } from './epoch.ts';
+import { writeFileAtomic } from './files.ts';
 import type { DraftConfig, TargetConfig } from '../native/addon.ts';
 
 export interface JobSpec {
@@ -68,6 +69,25 @@ export const rankLossPolicy = (s: JobSpec): 'replace' | 'shrink' => s.onRankLoss
 
 const ID_RE = /^[A-Za-z0-9_-]{1,64}$/;
 
+/**
+ * Upper bounds of a job, checked by `draftwire run` before anything starts and by
+ * validateJobSpec (a job file cannot bypass them). Each one keeps one machine sane:
+ * - dp, tp, sp, worldRanks: `run` forks dp·tp·sp rank processes on this machine (dp: the
+ *   epoch record's MAX_DP, which `scale` enforces too).
+ * - threads: BLAS threads per rank process (and for the rollout); more than 256 only thrashes.
+ * - seqLen, batch, stepTokens: one step holds activations for batch·seqLen tokens (per token
+ *   about 4·hidden + ttt·draftVocab floats, and attention scores grow with seqLen²): 65 536
+ *   tokens is ~2 GB for the demo preset; a longer sequence than 4096 is beyond every preset.
+ * - evalPrompts: each is a greedy decode through target and draft between steps.
+ * - leaseMs, batchWaitMs, rankDeadAfterMs: timers; Node's setTimeout fires at once for more
+ *   than 2^31-1 ms, and a day is longer than any sane lease or wait.
+ */
+export const LIMITS = {
+  dp: MAX_DP, tp: 64, sp: 64, worldRanks: 256, threads: 256,
+  seqLen: 4096, batch: 1024, stepTokens: 65_536, evalPrompts: 1024,
+  ms: 86_400_000,
+} as const;
+
 function num(o: Record<string, unknown>, key: string, opts: { int?: boolean; min?: number; max?: number; nullable?: boolean } = {}): number {
   const v = o[key];
   if (typeof v !== 'number' || !Number.isFinite(v) || (opts.int && !Number.isInteger(v))) {
@@ -91,7 +111,13 @@ export function validateJobSpec(x: unknown): JobSpec {
   const job = str(o, 'job');
   if (!ID_RE.test(job)) throw new InvalidArgumentError(`job spec: "job" must match ${ID_RE}, got ${JSON.stringify(job)}`);
   for (const k of ['runDir', 'storeDir', 'storeId', 'initWeights']) str(o, k);
-  for (const k of ['seqLen', 'promptLen', 'batch', 'steps', 'dp', 'tp', 'sp', 'leaseMs', 'maxDeliveries', 'evalPrompts', 'threads']) num(o, k, { int: true, min: 1 });
+  for (const k of ['promptLen', 'steps', 'maxDeliveries']) num(o, k, { int: true, min: 1 });
+  for (const k of ['seqLen', 'batch', 'dp', 'tp', 'sp', 'evalPrompts', 'threads'] as const) num(o, k, { int: true, min: 1, max: LIMITS[k] });
+  num(o, 'leaseMs', { int: true, min: 1, max: LIMITS.ms });
+  const ranks = (o.dp as number) * (o.tp as number) * (o.sp as number);
+  if (ranks > LIMITS.worldRanks) throw new InvalidArgumentError(`job spec: dp·tp·sp (${o.dp}·${o.tp}·${o.sp} = ${ranks} rank processes) must be <= ${LIMITS.worldRanks}`);
+  const tokens = (o.batch as number) * (o.seqLen as number);
+  if (tokens > LIMITS.stepTokens) throw new InvalidArgumentError(`job spec: batch·seqLen (${o.batch}·${o.seqLen} = ${tokens} tokens per step) must be <= ${LIMITS.stepTokens}`);
   for (const k of ['seed', 'evalEvery']) num(o, k, { int: true, min: 0 });
   num(o, 'lr', { min: 0 });
   num(o, 'weightDecay', { min: 0 });
@@ -99,7 +125,8 @@ export function validateJobSpec(x: unknown): JobSpec {
   num(o, 'storeHighBytes', { int: true, min: 1 });
   num(o, 'storeLowBytes', { int: true, min: 0, max: o.storeHighBytes as number });
   if (o.clip !== null) num(o, 'clip', { min: 0 });
-  for (const k of ['checkpointEvery', 'rankDeadAfterMs', 'batchWaitMs']) if (o[k] !== undefined) num(o, k, { int: true, min: 1 });
+  if (o.checkpointEvery !== undefined) num(o, 'checkpointEvery', { int: true, min: 1 });
+  for (const k of ['rankDeadAfterMs', 'batchWaitMs']) if (o[k] !== undefined) num(o, k, { int: true, min: 1, max: LIMITS.ms });
   if (o.onRankLoss !== undefined && o.onRankLoss !== 'replace' && o.onRankLoss !== 'shrink') throw new InvalidArgumentError(`job spec: "onRankLoss" must be "replace" or "shrink", got ${JSON.stringify(o.onRankLoss)}`);
   if (o.maxRankRestarts !== undefined) num(o, 'maxRankRestarts', { int: true, min: 0 });
   if (o.dataset !== null && typeof o.dataset !== 'string') throw new InvalidArgumentError('job spec: "dataset" must be a path or null');
@@ -123,11 +150,9 @@ export function loadJobSpec(path: string): JobSpec {
   return validateJobSpec(parsed);
 }
 
-/** Writes job.json atomically (temp + rename). */
+/** Writes job.json atomically (temp + rename), FILE_MODE. */
 export async function saveJobSpec(spec: JobSpec): Promise<string> {
   const path = jobFile(spec.runDir);
-  const tmp = `${path}.tmp-${process.pid}`;
-  await writeFile(tmp, JSON.stringify(spec, null, 2));
-  await rename(tmp, path);
+  await writeFileAtomic(path, JSON.stringify(spec, null, 2));
   return path;
 }

@@ -7,7 +7,9 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { connect as natsConnect } from '@nats-io/transport-node';
 import { readSafetensorsFile, writeSafetensorsFile } from '../../src/store/safetensors.ts';
+import { AuthPolicy } from '../../src/wire/auth.ts';
 import { tensor, type Tensor } from '../../src/tensor.ts';
 import { REF_TRAINABLE, globalNorm, referenceAdamW, referenceGrads, referenceLoss, relErr, refShapes, worstElement } from '../support/reference.ts';
 import { TINY, makeFixture, type Fixture, type FixtureBatch, type FixtureWeights } from '../support/fixtures.ts';
@@ -129,6 +131,42 @@ describe('draftwire step (CLI contract)', function () {
       const got = t.data as Float32Array, want = upd.weights[n];
       for (let i = 0; i < want.length; i++) assert.ok(Math.abs(got[i] - want[i]) <= 1e-6 * Math.max(1, Math.abs(want[i])), `new.${n}[${i}] ${got[i]} vs ${want[i]}`);
     }
+  });
+
+  it('sharded with a secret: its private nats-server refuses anonymous clients, and the output is the same', async () => {
+    // The step's server lives only while its ranks run: the test stops the CLI (SIGSTOP) once
+    // it logged the server's URL, so the server outlives the ranks until the probes are done.
+    const secret = 'step-secret-0123456789abcdef';
+    const out = join(dir, 'out-auth.safetensors');
+    const child = spawn(process.execPath, [BIN, 'step', '--config', cfgPath, '--weights', wPath, '--batch', bPath, '--out', out, '--dp', '2', '--threads', '1', '--json', '--log-level', 'debug'],
+      { cwd: ROOT, env: { ...process.env, DRAFTWIRE_SECRET: secret } });
+    let stdout = '', stderr = '';
+    child.stdout.on('data', (d) => { stdout += d; });
+    const exited = new Promise<number | null>((r) => child.on('close', (code) => r(code)));
+    const url = await new Promise<string>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`no nats-server URL logged:\n${stderr}`)), 60_000);
+      let found = false;
+      child.stderr.on('data', (d) => {
+        stderr += d;
+        const m = found ? null : /sharded step: nats-server up .*url=(nats:\/\/[^\s]+)/.exec(stderr);
+        if (m) { found = true; clearTimeout(timer); child.kill('SIGSTOP'); resolve(m[1]!); }
+      });
+    });
+    try {
+      await assert.rejects(natsConnect({ servers: url, reconnect: false, timeout: 5000 }), /authorization/i, 'an anonymous client must be refused');
+      const creds = AuthPolicy.fromSecret(secret).natsCredentials()!;
+      const nc = await natsConnect({ servers: url, reconnect: false, timeout: 5000, user: creds.user, pass: creds.pass });
+      await nc.close(); // the server was up: the refusal above was its authorization, not its absence
+      assert.match(stderr, /nats-server up .*auth=true/);
+    } finally { child.kill('SIGCONT'); }
+    assert.equal(await exited, 0, stderr.slice(-3000));
+    const summary = JSON.parse(stdout.trim().split('\n').at(-1)!);
+    assert.equal(summary.ranks.length, 2);
+    const { tensors } = await readSafetensorsFile(out);
+    const ref = referenceLoss(TINY, fx.weights, fx.batch);
+    assert.ok(Math.abs((tensors.loss.data[0] as number) - ref.loss) <= 1e-4 * ref.loss, `loss ${tensors.loss.data[0]} vs ${ref.loss}`);
+    const fd = referenceGrads(TINY, fx.weights, fx.batch);
+    for (const n of REF_TRAINABLE) assert.ok(relErr(tensors[`grad.${n}`].data as Float32Array, fd[n]) <= 1e-4, `grad.${n}`);
   });
 
   describe('bad input: exit 2, a message naming what is wrong, no stack trace', () => {
