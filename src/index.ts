@@ -6,8 +6,8 @@
 export {
   DraftwireError, InvalidArgumentError, DecodeError, AuthError, SampleGoneError, StaleGenerationError,
   StaleEpochError, LeaseExpiredError, BackpressureError, ChecksumError, TimeoutError, NativeError,
-  CollectiveError, StoreWriteError, ConflictError, UnavailableError, ActorStoppedError,
-  type DraftwireErrorOptions,
+  CollectiveError, StoreWriteError, ConflictError, UnavailableError, ActorStoppedError, SchemaError,
+  WalCorruptError, type DraftwireErrorOptions,
 } from './errors.ts';
 
 // The wire: the SampleRef codec, message framing limits, authentication.
@@ -16,6 +16,7 @@ export {
   SAMPLE_DTYPES, SAMPLE_REF_MAX_BYTES,
   type SampleRef, type SampleDtype, type FeatureSpec, type Producer, type ParsedUri,
 } from './wire/sampleref.ts';
+export { sampleSchema, checkSampleRef, checkFeatures, FEATURE_NAMES, FLOAT_FEATURE_DTYPES, type SampleSchema, type FeatureName, type FeatureRule } from './wire/schema.ts';
 export { AuthPolicy, MIN_SECRET_BYTES, type AuthOptions } from './wire/auth.ts';
 export { errorToWire, errorFromWire, type WireError } from './wire/error-codec.ts';
 export { subjects, type JobSubjects } from './wire/subjects.ts';
