@@ -11,6 +11,11 @@ module.exports = {
       from: { path: '^actors/' }, to: { path: '^(trainer|cluster)/' } },
     { name: 'trainer-is-not-an-actor', severity: 'error', comment: 'trainer/ must not import actors/ (except protocol types) or cluster/',
       from: { path: '^trainer/' }, to: { path: '^cluster/' } },
+    // Inside src/: wire/ is the bottom (pure protocol); ledger/, store/ and bus/ build on it
+    // alone; native/ on bus/ (rendezvous); job/ on all of those. No folder imports upwards.
+    { name: 'src-wire-is-the-bottom', severity: 'error', from: { path: '^src/wire/' }, to: { path: '^src/(bus|ledger|store|job|native|runtime)/' } },
+    { name: 'src-ledger-store-bus-on-wire', severity: 'error', from: { path: '^src/(ledger|store|bus)/' }, to: { path: '^src/(job|native|runtime)/|^src/(ledger|store|bus)/', pathNot: '^src/$1/' } },
+    { name: 'src-native-on-bus', severity: 'error', from: { path: '^src/native/' }, to: { path: '^src/(job|runtime|ledger|store)/' } },
     { name: 'no-test-code-in-the-tree', severity: 'error', from: { path: '^(src|actors|trainer|cluster)/' }, to: { path: '^(test|bench)/' } },
   ],
   options: {

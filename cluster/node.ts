@@ -16,7 +16,7 @@
 // so the coordinator knows where to spawn ranks for a scale-up (`node.<id>.spawn`).
 import { fork, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
-import { appendStream } from '../src/job/files.ts';
+import { appendStream } from '../src/files.ts';
 import { entryPoint } from './entry.ts';
 import { startCoordinator } from '../actors/coordinator.ts';
 import { startJanitor } from '../actors/janitor.ts';

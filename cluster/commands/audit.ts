@@ -8,7 +8,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { Command } from 'commander';
 import { readWal } from '../../src/ledger/wal.ts';
-import { writeFileMode } from '../../src/job/files.ts';
+import { writeFileMode } from '../../src/files.ts';
 import { AuthPolicy } from '../../src/wire/auth.ts';
 import { Bus } from '../../src/bus/bus.ts';
 import { startNatsServer, type NatsServerHandle } from '../nats-launcher.ts';

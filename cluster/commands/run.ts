@@ -22,7 +22,7 @@ import { loadWeightsFile, writeInitialWeights } from '../../src/job/checkpoint.t
 import { acceptLength, DraftModel, shardConfigError, TargetModel } from '../../src/native/addon.ts';
 import { DraftwireError, InvalidArgumentError } from '../../src/errors.ts';
 import { LIMITS, jobFile, jobRows, loadJobSpec, saveJobSpec, validateJobSpec, type JobSpec } from '../../src/job/spec.ts';
-import { makeDir, writeFileMode } from '../../src/job/files.ts';
+import { makeDir, writeFileMode } from '../../src/files.ts';
 import { auditEvents, type AuditReport } from '../../src/ledger/ledger.ts';
 import { readSafetensorsFile } from '../../src/store/safetensors.ts';
 import type { SampleRef } from '../../src/wire/sampleref.ts';

@@ -4,7 +4,7 @@
 // - the checkpoint: trainable tensors + d2t, the config and step in __metadata__, and the
 //   AdamW moments beside it in <name>.optim.safetensors.
 import { open, readdir, readFile, rename, rm } from 'node:fs/promises';
-import { makeDir, openForWrite } from './files.ts';
+import { makeDir, openForWrite } from '../files.ts';
 import { join } from 'node:path';
 import { readDraftWeights, type DraftWeights } from './draft-io.ts';
 import { DecodeError, InvalidArgumentError, StaleEpochError } from '../errors.ts';

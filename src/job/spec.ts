@@ -5,7 +5,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { DecodeError, InvalidArgumentError } from '../errors.ts';
 import { MAX_DP } from './epoch.ts';
-import { writeFileAtomic } from './files.ts';
+import { writeFileAtomic } from '../files.ts';
 import type { DraftConfig, TargetConfig } from '../native/addon.ts';
 
 export interface JobSpec {

@@ -4,7 +4,7 @@
 import { open, type FileHandle } from 'node:fs/promises';
 import { DecodeError, InvalidArgumentError } from '../errors.ts';
 import { DTYPE_BYTES, bytesOf, isDtype, numel, viewAs, type Dtype, type Tensor } from '../tensor.ts';
-import { openForWrite } from '../job/files.ts';
+import { openForWrite } from '../files.ts';
 
 const FILE_DTYPE: Record<Dtype, string> = { f32: 'F32', f64: 'F64', bf16: 'BF16', f16: 'F16', i32: 'I32', i64: 'I64', u8: 'U8' };
 const FROM_FILE_DTYPE: Record<string, Dtype> = Object.fromEntries(Object.entries(FILE_DTYPE).map(([k, v]) => [v, k as Dtype]));

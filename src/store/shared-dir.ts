@@ -27,7 +27,7 @@ import { join } from 'node:path';
 import { constants as fsc } from 'node:fs';
 import { link, mkdir, open, readdir, readFile, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { AuthPolicy } from '../wire/auth.ts';
-import { FILE_MODE } from '../job/files.ts';
+import { FILE_MODE } from '../files.ts';
 import {
   blockSpan, buildManifestAsync, checksumOfManifestJson, manifestJson, parseManifest, rowsOf, verifyBlocksAsync, type Manifest, type ManifestTensor,
 } from './checksum.ts';
@@ -86,7 +86,7 @@ export interface SharedDirOptions {
   writeChunkBytes?: number;
   /** Checksum block size for new samples (default 1 MiB). */
   blockBytes?: number;
-  /** Mode of created files (default FILE_MODE, 0o640: src/job/files.ts). */
+  /** Mode of created files (default FILE_MODE, 0o640: src/files.ts). */
   fileMode?: number;
   faults?: StoreFaults;
 }

@@ -1,4 +1,4 @@
-// One mode policy for everything a job writes (src/job/files.ts): after a real `draftwire run`
+// One mode policy for everything a job writes (src/files.ts): after a real `draftwire run`
 // every file under the run directory is 0640 and every directory 0750, whatever the umask,
 // and nothing is group- or world-writable. The embedded nats-server's store is the one
 // exception: the launcher makes its directory 0700 (stricter), the server writes 0640/0750.
@@ -8,7 +8,7 @@ import { existsSync, lstatSync, mkdtempSync, readdirSync, rmSync } from 'node:fs
 import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { DIR_MODE, FILE_MODE } from '../../src/job/files.ts';
+import { DIR_MODE, FILE_MODE } from '../../src/files.ts';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const BIN = join(ROOT, 'bin', 'draftwire.js');
