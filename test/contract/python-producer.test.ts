@@ -96,7 +96,9 @@ describe('a Python producer written from docs/wire.md (real job, no rollout)', f
   it('refuses at commit a ref whose MAC has one byte flipped (AUTH)', async () => {
     assert.ok(node, 'the job of the first test is running');
     const badMac = await python([...shapes(), '-n', '1', '--tag', 'badmac', '--bad', 'mac', '--attempts', '1', '--timeout-ms', '20000'], env);
-    assert.equal(badMac.code, 1, `a ref with a flipped MAC byte must be refused at commit (exit 1); output:\n${badMac.out}\nnode:\n${node.output().slice(-4000)}`);
+    // Fails on the tree of 2026-12-02: the queue commits the ref (status "added") without
+    // checking its MAC; only the store checks it, when a rank reads the sample.
+    assert.equal(badMac.code, 1, `a ref with a flipped MAC byte must be refused at commit (exit 1), but the queue answered; output:\n${badMac.out}`);
     assert.match(badMac.out, /refused: AUTH/, badMac.out);
   });
 });
