@@ -20,10 +20,11 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
-# The tests check the wire format and the f16 kernel against Python's msgpack and numpy.
-if ! python3 -c "import msgpack, numpy" >/dev/null 2>&1; then
-  echo "setup: pip install msgpack numpy"
-  python3 -m pip install -q msgpack numpy
+# The tests check the wire format and the f16 kernel against Python's msgpack and numpy, and
+# commit samples with a Python producer (test/fixtures/wire/produce.py: msgpack, nats-py).
+if ! python3 -c "import msgpack, numpy, nats" >/dev/null 2>&1; then
+  echo "setup: pip install msgpack numpy nats-py"
+  python3 -m pip install -q msgpack numpy nats-py
 fi
 
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules ]; then
