@@ -5,7 +5,7 @@
 // Credits are soft state: ranks re-send them, so they are not logged.
 import type { ActorContext, ActorRef, ActorSpec, ActorSystem } from '../src/runtime/actor-system.ts';
 import type { Bus, BusSubscription } from '../src/bus/bus.ts';
-import { DecodeError, DraftwireError, InvalidArgumentError, LeaseExpiredError, SchemaError, StaleEpochError, StaleGenerationError, UnavailableError } from '../src/errors.ts';
+import { AuthError, DecodeError, DraftwireError, InvalidArgumentError, LeaseExpiredError, SchemaError, StaleEpochError, StaleGenerationError, UnavailableError } from '../src/errors.ts';
 import { LeaseLedger, type Lease, type LedgerEvent, type LedgerOptions } from '../src/ledger/ledger.ts';
 import type { EpochInfo } from '../src/job/epoch.ts';
 import { rebuildLedger, WAL_RECORD, WalCorruptError } from '../src/ledger/wal.ts';
@@ -136,6 +136,9 @@ export function queueActorSpec(o: QueueActorOptions): ActorSpec<QueueState, Queu
     switch (msg.op) {
       case 'commit': {
         const ref: SampleRef = validateSampleRef(msg.ref);
+        // The ref's own MAC (the producer's signature over every field), not only the message's:
+        // a ref that does not verify never reaches the ledger.
+        o.bus.auth.verifyRef(ref);
         if (o.schema) checkSampleRef(ref, o.schema);
         const res = ledger.put(ref, { key: msg.key, now });
         await persist(res.events);
@@ -227,7 +230,7 @@ export function queueActorSpec(o: QueueActorOptions): ActorSpec<QueueState, Queu
 }
 
 function isAnswer(e: unknown): e is DraftwireError {
-  return e instanceof InvalidArgumentError || e instanceof DecodeError || e instanceof StaleEpochError
+  return e instanceof InvalidArgumentError || e instanceof DecodeError || e instanceof StaleEpochError || e instanceof AuthError
     || e instanceof LeaseExpiredError || e instanceof StaleGenerationError || e instanceof SchemaError;
 }
 

@@ -18,7 +18,7 @@ import { validateSampleRef, type SampleRef } from './sampleref.ts';
 export interface EpochInfo { epoch: number; partitions: number; members?: number[]; cellSize?: number }
 
 export interface CommitRequest { ref: SampleRef }
-export interface CommitReply { sampleId: string; generation: number; status: 'committed' | 'duplicate' | 'superseded' | string }
+export interface CommitReply { sampleId: string; generation: number; status: 'added' | 'replaced' | 'duplicate' }
 export interface CreditRequest { consumer: string; partition: [number, number]; epoch: number; max: number; leaseMs?: number }
 export interface CreditReply { epoch: number; num: number; depth: number; consumed: number; dead: number; committed: number; partitionPending: number }
 export interface LeaseRequest { leaseId: string; epoch: number }
@@ -191,7 +191,7 @@ function ev<M, P extends unknown[] = []>(kind: 'publish' | 'broadcast', e: Decl<
 export const PROTOCOL = Object.freeze({
   'queue.commit': rq<CommitRequest, CommitReply>({
     pattern: 'queue.commit', publisher: 'rollout (any producer)', subscriber: 'queue',
-    fields: { request: ['ref: SampleRef'], reply: ['sampleId: string', 'generation: uint', "status: 'committed' | 'duplicate' | …"] },
+    fields: { request: ['ref: SampleRef'], reply: ['sampleId: string', 'generation: uint', "status: 'added' | 'replaced' | 'duplicate'"] },
     parse: (x) => { const m = map(x, 'commit'); if (m.ref === undefined) bad('commit', 'ref', 'a SampleRef', undefined); return { ref: validateSampleRef(m.ref) }; },
     key: (r) => `commit:${r.ref.sampleId}:${r.ref.generation}`, keyRule: 'commit:<sampleId>:<generation>', timeoutMs: 5000, retries: 20,
   }),

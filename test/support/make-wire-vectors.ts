@@ -29,7 +29,7 @@ export const INPUTS = {
     checksum: 'sha256m:' + 'ab'.repeat(32), producer: { node: 'node-1', actor: 'rollout.0', incarnation: 7 }, createdAt: 1_733_000_000_000,
   } satisfies SampleRef,
   request: { subject: 'dw.job1.queue.commit', reply: '_INBOX.GOLDENVECTORREPLY0001', idempotencyKey: 'commit:row-000042:1733000000123', attempt: 0, ts: 1_733_000_000_500, nonce: '000102030405060708090a0b0c0d0e0f' },
-  reply: { ts: 1_733_000_000_510, nonce: 'f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff', result: { status: 'committed', repeated: false } },
+  reply: { ts: 1_733_000_000_510, nonce: 'f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff', result: { sampleId: 'row-000042', generation: 1_733_000_000_123, status: 'added' } },
   kv: { bucket: 'dw_job1', key: 'epoch', version: 1_733_000_000_777, value: { epoch: 3, num: 2, members: [0, 1], group: 1 } },
   // A tiny training sample (T = 4, H = 2) with a small block size, so tensors span several blocks.
   sample: {
