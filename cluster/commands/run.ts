@@ -13,7 +13,7 @@ import { resolve, join } from 'node:path';
 import { Command, Option } from 'commander';
 import cliProgress from 'cli-progress';
 import { changeEpoch, ensureEpoch, epochMembers } from '../../src/job/epoch.ts';
-import { readLedgerEvents, WalCorruptError } from '../../src/ledger/wal.ts';
+import { readLedgerEvents } from '../../src/ledger/wal.ts';
 import { evalPrompts, loadPrompts } from '../../src/job/prompts.ts';
 import type { StepMetrics } from '../../trainer/rank-worker.ts';
 import { AuthPolicy } from '../../src/wire/auth.ts';
@@ -155,7 +155,7 @@ export async function runJob(o: RunOpts): Promise<RunSummary> {
   if (!resuming) await saveJobSpec(spec);
   const t0 = Date.now();
   let finished = false;
-  let walCorrupt = false; // the resume stopped at a bad WAL record: keep the samples for the next one
+  let stoppedBySignal = false;
   let nats: NatsServerHandle | null = null;
   let node: NodeAgent | null = null;
   let natsRestarts = 0, watchdog: NodeJS.Timeout | null = null, restarting = false;
@@ -168,7 +168,7 @@ export async function runJob(o: RunOpts): Promise<RunSummary> {
   // launcher's own reaper sees that someone handles the signal and leaves its server to us.
   let onSignal: (sig: NodeJS.Signals) => void = () => {};
   const interrupted = new Promise<never>((_, reject) => {
-    onSignal = (sig) => reject(new DraftwireError('INTERRUPTED', `interrupted by ${sig}; stopped everything the run started`, false));
+    onSignal = (sig) => { stoppedBySignal = true; reject(new DraftwireError('INTERRUPTED', `interrupted by ${sig}; stopped everything the run started`, false)); };
   });
   interrupted.catch(() => {});
   process.on('SIGINT', onSignal);
@@ -195,7 +195,7 @@ export async function runJob(o: RunOpts): Promise<RunSummary> {
     await writeFileMode(join(spec.runDir, 'run.json'), JSON.stringify({ job: spec.job, nats: url, natsPid: nats?.pid ?? null, pid: process.pid, startedAt: t0 }, null, 2));
     node = await NodeAgent.start({ spec, nats: url, nodeId: 'local', roles: ROLES, auth });
     // A log record replay cannot use stops the resume here, by stream seq (WalCorruptError), not in the ranks.
-    if (resuming) await readLedgerEvents(node.bus).catch((e: unknown) => { walCorrupt = e instanceof WalCorruptError; throw e; });
+    if (resuming) await readLedgerEvents(node.bus);
     const metrics: StepMetrics[] = [];
     const bar = progress(o.progress && !o.json && process.stderr.isTTY, jobRows(spec));
     const sub = listen(node.bus, 'metrics', (m) => {
@@ -265,7 +265,10 @@ export async function runJob(o: RunOpts): Promise<RunSummary> {
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
     await cleanup();
-    if (!o.keepStore && !walCorrupt) await removeStoreDir(spec.storeDir);
+    // The samples go with a run that finished or that its user stopped (SIGINT, SIGTERM); a run
+    // that failed keeps them with its ledger and checkpoints, for `--resume` (which would
+    // otherwise find committed samples gone and dead-letter them).
+    if (!o.keepStore && (finished || stoppedBySignal)) await removeStoreDir(spec.storeDir);
     // The embedded NATS store (the ledger) and rank checkpoints stay while the run can be
     // resumed; once the run finished, the ledger is exported (ledger.jsonl) and they go.
     if (finished) { await rm(join(spec.runDir, 'nats'), { recursive: true, force: true }); await rm(join(spec.runDir, 'ckpt'), { recursive: true, force: true }); }

@@ -38,7 +38,8 @@ function queue(bus: Bus) {
   running.add(h);
   return h;
 }
-const commit = (bus: Bus, i: number, key = `commit:s-${i}`) => bus.request<{ status: string }>(bus.subjects.queue.commit, { ref: sampleRef({ job: bus.job, sampleId: `s-${i}`, generation: 1 }) }, { idempotencyKey: key, timeoutMs: 3000, retries: 3 });
+// Signed as a producer signs (a no-op with auth off): the queue verifies a ref's MAC at commit.
+const commit = (bus: Bus, i: number, key = `commit:s-${i}`) => bus.request<{ status: string }>(bus.subjects.queue.commit, { ref: bus.auth.signRef(sampleRef({ job: bus.job, sampleId: `s-${i}`, generation: 1 })) }, { idempotencyKey: key, timeoutMs: 3000, retries: 3 });
 const cli = (args: string[], env: NodeJS.ProcessEnv = {}) => spawnSync(process.execPath, ['bin/draftwire.js', ...args], { encoding: 'utf8', env: { ...process.env, DRAFTWIRE_SECRET: '', ...env }, timeout: 60_000 });
 
 async function refusal(p: Promise<unknown>): Promise<DraftwireError> {
