@@ -24,7 +24,7 @@
 
 import { randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
-import { createInbox, type NatsConnection, type Msg, type Subscription, type Status } from '@nats-io/transport-node';
+import { createInbox, errors as natsErrors, type NatsConnection, type Msg, type Subscription, type Status } from '@nats-io/transport-node';
 import { AuthError, DecodeError, DraftwireError, InvalidArgumentError, TimeoutError, UnavailableError } from '../errors.ts';
 import type { AuthPolicy, ReplayGuard } from '../wire/auth.ts';
 import { encodeMessage, decodeMessage, MESSAGE_MAX_BYTES } from '../wire/sampleref.ts';
@@ -385,11 +385,11 @@ export abstract class BusCore extends EventEmitter {
       }
       if (!(await this.waitConnected(timeoutMs))) { this.counters.timeouts++; lastFailure = 'disconnected'; continue; }
       // A single-use inbox per attempt, bound inside the MAC: the responder answers only to it.
-      const inbox = createInbox();
+      const inbox = this.replies().inbox();
       const data = this.sealFrame({ k: 'q', s: subject, r: inbox, i: key, a: attempt, d: obj });
       let msg: Msg;
       try {
-        msg = await this.nc.request(subject, data, { timeout: timeoutMs, noMux: true, reply: inbox });
+        msg = await this.replies().request(this.nc, subject, data, inbox, timeoutMs);
       } catch (e) {
         if (isNatsTimeout(e)) { this.counters.timeouts++; lastFailure = 'timeout'; continue; }
         if (isNoResponders(e)) {
@@ -529,11 +529,64 @@ export abstract class BusCore extends EventEmitter {
   }
 
   /** Drain subscriptions (handlers in flight finish) and close. */
+  private replyMux: ReplyMux | null = null;
+  private replies(): ReplyMux {
+    if (!this.replyMux) this.replyMux = new ReplyMux(this.nc);
+    return this.replyMux;
+  }
+
   async close(): Promise<void> {
     if (this.closing) return;
     this.closing = true;
+    this.replyMux?.close();
     await Promise.allSettled([...this.subs].map((s) => s.drain()));
     try { await this.nc.drain(); } catch { /* already closed */ }
     if (!this.nc.isClosed()) await this.nc.close().catch(() => {});
+  }
+}
+
+/**
+ * Replies to this Bus's requests: one subscription on `<inbox>.*`, and a fresh subject under it
+ * per attempt (the subject the request's MAC binds), so an attempt costs no subscribe round trip.
+ * A reply for an attempt that timed out, or for no attempt, is dropped.
+ */
+class ReplyMux {
+  private readonly prefix = createInbox();
+  private readonly waiting = new Map<string, { resolve(m: Msg): void; reject(e: Error): void; timer: NodeJS.Timeout }>();
+  private readonly sub: Subscription;
+  private next = 0;
+
+  constructor(nc: NatsConnection) {
+    this.sub = nc.subscribe(`${this.prefix}.*`, {
+      callback: (err, m) => {
+        if (err) return;
+        const w = this.waiting.get(m.subject);
+        if (!w) return;
+        this.waiting.delete(m.subject);
+        clearTimeout(w.timer);
+        // The server answers a request nobody subscribes to with an empty 503 status message.
+        if (m.data.length === 0 && m.headers?.code === 503) w.reject(new natsErrors.NoRespondersError(m.subject));
+        else w.resolve(m);
+      },
+    });
+  }
+
+  inbox(): string { return `${this.prefix}.${(this.next++).toString(36)}`; }
+
+  request(nc: NatsConnection, subject: string, data: Uint8Array, inbox: string, timeoutMs: number): Promise<Msg> {
+    return new Promise<Msg>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.waiting.delete(inbox);
+        reject(new natsErrors.TimeoutError());
+      }, timeoutMs);
+      this.waiting.set(inbox, { resolve, reject, timer });
+      try { nc.publish(subject, data, { reply: inbox }); } catch (e) { clearTimeout(timer); this.waiting.delete(inbox); reject(e as Error); }
+    });
+  }
+
+  close(): void {
+    for (const [, w] of this.waiting) { clearTimeout(w.timer); w.reject(new natsErrors.ClosedConnectionError()); }
+    this.waiting.clear();
+    this.sub.unsubscribe();
   }
 }
