@@ -44,7 +44,7 @@ async function measure(label: string, auth: AuthPolicy): Promise<Record<string, 
     const t0 = performance.now();
     for (let i = 0; i < N; i++) {
       const t = performance.now();
-      const ref = sampleRef({ job, sampleId: `s-${i}`, generation: 1 });
+      const ref = client.auth.signRef(sampleRef({ job, sampleId: `s-${i}`, generation: 1 })); // as a producer signs it
       const leased = new Promise<LeaseMessage>((r) => { waiter = r; });
       await queue.commit(ref);
       await queue.credit({ consumer: 'b', partition: [0, 1], epoch: 1, max: 1 });
