@@ -3,33 +3,18 @@
 // where a command would connect, --nats points at a TCP listener of this test, which must see
 // no connection.
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync, mkdirSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { runCli as runCliIn, type CliRun } from '../support/procs.ts';
 import { sampleRef } from '../support/store-fixtures.ts';
 import { LIMITS } from '../../src/job/spec.ts';
 
-const ROOT = fileURLToPath(new URL('../..', import.meta.url));
-const BIN = join(ROOT, 'bin', 'draftwire.js');
 
-interface Run { code: number | null; stdout: string; stderr: string }
+const runCli = (args: string[]) => runCliIn(args, { timeoutMs: 30_000 });
 
-function runCli(args: string[], timeoutMs = 30_000): Promise<Run> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [BIN, ...args], { cwd: ROOT, env: { ...process.env, DRAFTWIRE_LOG_LEVEL: 'warn' } });
-    let stdout = '', stderr = '';
-    child.stdout.on('data', (d) => { stdout += d; });
-    child.stderr.on('data', (d) => { stderr += d; });
-    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-    child.on('error', reject);
-    child.on('close', (code) => { clearTimeout(timer); resolve({ code, stdout, stderr }); });
-  });
-}
-
-function expectBad(r: Run, pattern: RegExp): void {
+function expectBad(r: CliRun, pattern: RegExp): void {
   assert.equal(r.code, 2, `exit code 2 expected, got ${r.code}:\n${r.stderr}`);
   assert.match(r.stderr, pattern);
   assert.doesNotMatch(r.stderr, /^\s+at /m, `no stack trace expected:\n${r.stderr}`);

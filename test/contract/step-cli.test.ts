@@ -12,24 +12,13 @@ import { readSafetensorsFile, writeSafetensorsFile } from '../../src/store/safet
 import { AuthPolicy } from '../../src/wire/auth.ts';
 import { tensor, type Tensor } from '../../src/tensor.ts';
 import { REF_TRAINABLE, globalNorm, referenceAdamW, referenceGrads, referenceLoss, relErr, refShapes, worstElement } from '../support/reference.ts';
+import { runCli as runCliIn, type CliRun } from '../support/procs.ts';
 import { TINY, makeFixture, type Fixture, type FixtureBatch, type FixtureWeights } from '../support/fixtures.ts';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const BIN = join(ROOT, 'bin', 'draftwire.js');
 
-interface Run { code: number | null; stdout: string; stderr: string }
-
-function runCli(args: string[], timeoutMs = 60_000): Promise<Run> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [BIN, ...args], { cwd: ROOT, env: { ...process.env, DRAFTWIRE_LOG_LEVEL: 'warn' } });
-    let stdout = '', stderr = '';
-    child.stdout.on('data', (d) => { stdout += d; });
-    child.stderr.on('data', (d) => { stderr += d; });
-    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-    child.on('error', reject);
-    child.on('close', (code) => { clearTimeout(timer); resolve({ code, stdout, stderr }); });
-  });
-}
+const runCli = (args: string[], timeoutMs = 60_000) => runCliIn(args, { timeoutMs });
 
 function weightTensors(c: typeof TINY, w: FixtureWeights): Record<string, Tensor> {
   const shapes = refShapes(c);
@@ -48,7 +37,7 @@ function batchTensors(c: typeof TINY, b: FixtureBatch): Record<string, Tensor> {
   };
 }
 
-function assertNoTrace(r: Run): void {
+function assertNoTrace(r: CliRun): void {
   assert.doesNotMatch(r.stderr, /^\s+at /m, `no stack trace expected:\n${r.stderr}`);
 }
 

@@ -3,35 +3,18 @@
 // Gloo. Every 4-rank layout's output file must equal the single-rank output and the float64
 // reference; a rank SIGKILLed mid-step must make the others fail fast with CollectiveError.
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { readSafetensorsFile, writeSafetensorsFile } from '../../src/store/safetensors.ts';
 import { tensor, type Tensor } from '../../src/tensor.ts';
 import { REF_TRAINABLE, refShapes } from '../support/reference.ts';
 import type { Fixture } from '../support/fixtures.ts';
-import { isAlive } from '../support/procs.ts';
+import { isAlive, runCli as runCliIn } from '../support/procs.ts';
 import { SHARD_CFG, UPDATE, compareStep, fmtErrors, referenceStep, shardFixture, type StepNumbers } from '../support/sharded.ts';
 
-const ROOT = fileURLToPath(new URL('../..', import.meta.url));
-const BIN = join(ROOT, 'bin', 'draftwire.js');
 
-interface Run { code: number | null; stdout: string; stderr: string; ms: number }
-
-function runCli(args: string[], env: NodeJS.ProcessEnv = {}, timeoutMs = 60_000): Promise<Run> {
-  return new Promise((resolve, reject) => {
-    const t0 = Date.now();
-    const child = spawn(process.execPath, [BIN, ...args], { cwd: ROOT, env: { ...process.env, DRAFTWIRE_LOG_LEVEL: 'warn', ...env } });
-    let stdout = '', stderr = '';
-    child.stdout.on('data', (d) => { stdout += d; });
-    child.stderr.on('data', (d) => { stderr += d; });
-    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-    child.on('error', reject);
-    child.on('close', (code) => { clearTimeout(timer); resolve({ code, stdout, stderr, ms: Date.now() - t0 }); });
-  });
-}
+const runCli = (args: string[], env: NodeJS.ProcessEnv = {}, timeoutMs = 60_000) => runCliIn(args, { env, timeoutMs });
 
 async function readOutput(path: string): Promise<StepNumbers> {
   const { tensors: t } = await readSafetensorsFile(path);

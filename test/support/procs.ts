@@ -1,6 +1,11 @@
 // Child processes for tests: spawn a TypeScript entry point under tsx, wait for a line on
 // stdout, kill with real signals, and make sure nothing outlives the test.
 import { spawn, type ChildProcess } from 'node:child_process';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const ROOT = fileURLToPath(new URL('../..', import.meta.url));
+const BIN = join(ROOT, 'bin', 'draftwire.js');
 
 const live = new Set<ChildProcess>();
 process.on('exit', () => { for (const p of live) p.kill('SIGKILL'); });
@@ -36,4 +41,20 @@ export async function killChild(c: Child, signal: NodeJS.Signals = 'SIGKILL'): P
 
 export function isAlive(pid: number): boolean {
   try { process.kill(pid, 0); return true; } catch { return false; }
+}
+
+export interface CliRun { code: number | null; stdout: string; stderr: string; ms: number }
+
+/** Runs the real `draftwire` executable (bin/draftwire.js) in the checkout, logs at warn; SIGKILL after timeoutMs. */
+export function runCli(args: string[], opts: { env?: NodeJS.ProcessEnv; timeoutMs?: number } = {}): Promise<CliRun> {
+  return new Promise((resolve, reject) => {
+    const t0 = Date.now();
+    const child = spawn(process.execPath, [BIN, ...args], { cwd: ROOT, env: { ...process.env, DRAFTWIRE_LOG_LEVEL: 'warn', ...opts.env } });
+    let stdout = '', stderr = '';
+    child.stdout.on('data', (d) => { stdout += d; });
+    child.stderr.on('data', (d) => { stderr += d; });
+    const timer = setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs ?? 60_000);
+    child.on('error', reject);
+    child.on('close', (code) => { clearTimeout(timer); resolve({ code, stdout, stderr, ms: Date.now() - t0 }); });
+  });
 }
