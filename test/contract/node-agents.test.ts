@@ -7,6 +7,7 @@ import { mkdirSync, rmSync } from 'node:fs';
 import { dirname } from 'node:path';
 import type { EpochInfo } from '../../src/job/epoch.ts';
 import { AuthPolicy } from '../../src/wire/auth.ts';
+import { CoordinatorClient } from '../../src/bus/clients.ts';
 import { Bus } from '../../src/bus/bus.ts';
 import { writeInitialWeights } from '../../src/job/checkpoint.ts';
 import { jobFile, jobRows, saveJobSpec } from '../../src/job/spec.ts';
@@ -44,7 +45,16 @@ describe('draftwire node: two node agents, one data-parallel world across them',
       const b = spawnTs('bin/draftwire.js', ['node', '--job-file', jobFile(spec.runDir), '--nats', nats.url, '--node-id', 'b']);
       nodes.push(b);
       await waitOutput(b, /node running/);
-      await sleep(1500); // both nodes heartbeat at least once
+      // The placement is by the load each node reports: wait until the coordinator has heard
+      // node a host rank 0 and node b host nothing (heartbeats every second).
+      const coord = new CoordinatorClient(bus);
+      const end = Date.now() + 20_000;
+      for (;;) {
+        const seen = (await coord.status()).nodes.filter((n) => n.alive).map((n) => `${n.node}:${n.ranks.join(',')}`).sort();
+        if (seen.join(' ') === 'a:0 b:') break;
+        if (Date.now() > end) throw new Error(`the coordinator never saw node a with rank 0 and node b with none: ${seen.join(' ')}`);
+        await sleep(100);
+      }
       const r = await bus.request<{ to: EpochInfo; spawned: { rank: number; node: string }[] }>(bus.subjects.coord.scale, { dp: 2 }, { timeoutMs: 15_000 });
       assert.deepEqual(r.spawned, [{ rank: 1, node: 'b' }], 'the new rank goes to the node hosting none');
       assert.deepEqual(r.to.members, [0, 1]);
