@@ -101,3 +101,21 @@ export class SchemaError extends DraftwireError {
 export class WalCorruptError extends DraftwireError {
   constructor(message: string, opts?: DraftwireErrorOptions) { super('WAL_CORRUPT', message, false, opts); }
 }
+/**
+ * A model directory cannot be used as a target (src/hf/): an unsupported architecture, a
+ * missing or misshapen tensor, a config field out of range. detail: path, and field or tensor.
+ */
+export class ModelFormatError extends DraftwireError {
+  constructor(message: string, opts?: DraftwireErrorOptions) { super('MODEL_FORMAT', message, false, opts); }
+}
+/** A row of a chat dataset is malformed (src/chat/dataset.ts). detail: file, line, reason. */
+export class DatasetRowError extends DraftwireError {
+  constructor(message: string, opts?: DraftwireErrorOptions) { super('DATASET_ROW', message, false, opts); }
+}
+/**
+ * A tokenizer or chat template cannot be loaded, cannot render a conversation, or renders it
+ * so that the assistant turns cannot be found (src/chat/). detail: path or line, reason.
+ */
+export class ChatTemplateError extends DraftwireError {
+  constructor(message: string, opts?: DraftwireErrorOptions) { super('CHAT_TEMPLATE', message, false, opts); }
+}
