@@ -187,7 +187,9 @@ export function sliceBatch(b: DraftBatch, s: BatchSlice, ttt: number, hidden: nu
     last.set(b.last.subarray(src * H, (src + g.span) * H), i * g.span * H);
     aux.set(b.aux.subarray(src * 3 * H, (src + g.nt) * 3 * H), i * g.nt * 3 * H);
   }
-  return { ids, aux, last, mask, batch: g.nb, seq: g.nt };
+  // lengths are global (true lengths of whole samples): a slice keeps its samples' own
+  const lengths = b.lengths ? b.lengths.slice(g.b0, g.b0 + g.nb) : undefined;
+  return { ids, aux, last, mask, batch: g.nb, seq: g.nt, ...(lengths ? { lengths } : {}) };
 }
 
 /** [B, T] of a batch file, from its header (ids must be i32 [B, T] with B, T ≥ 1). */

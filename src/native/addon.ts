@@ -29,8 +29,15 @@ export interface FrozenTensors { embed: Float32Array; target_head: Float32Array;
  * batch = its samples, seq = its positions of aux, and ids/last/mask for
  * span = min(seq + ttt, seq·sp − seq·spIdx) positions per sample (the TTT shift).
  */
+/**
+ * lengths (optional, one per sample, each in [1, global seq]): a sample's true length; the
+ * positions past it are padding (any values) and its loss is its own mean over its length, so a
+ * padded batch trains exactly as the mean of its samples' steps one by one (docs/model-math.md
+ * "Padding"). Absent: every sample fills the whole sequence.
+ */
 export interface DraftBatch {
   ids: Int32Array; aux: Float32Array; last: Float32Array; mask: Uint8Array; batch: number; seq: number;
+  lengths?: Int32Array | null;
 }
 /**
  * lr null: gradients only, no update. clip null or 0: no clipping.

@@ -49,6 +49,7 @@ void LayerActs::resize(const DraftConfig& c, const ShardDims& sd, int64_t n, int
   prow.reserve(static_cast<size_t>(n));
   ltgt.reserve(static_cast<size_t>(n));
   lw.reserve(static_cast<size_t>(n));
+  lsc.reserve(static_cast<size_t>(n));
 }
 
 DraftModel::DraftModel(const DraftConfig& c) : DraftModel(c, ShardLayout(), false) {}
@@ -113,7 +114,12 @@ std::string DraftModel::check_batch(const DraftBatch& b) const {
              " plus up to ttt = " + std::to_string(cfg.ttt) + " more, within the sequence of " + std::to_string(Tg) +
              "), got " + std::to_string(S);
   }
-  const int64_t NS = b.B * S, N = b.B * b.T;
+  const int64_t NS = b.B * S, N = b.B * b.T, Tg = sharded ? b.T * shard_layout.sp : b.T;
+  if (b.lengths)
+    for (int64_t i = 0; i < b.B; i++)
+      if (b.lengths[i] < 1 || b.lengths[i] > Tg)
+        return "lengths[" + std::to_string(i) + "] = " + std::to_string(b.lengths[i]) + " is outside [1, seq=" +
+               std::to_string(Tg) + "]";
   for (int64_t i = 0; i < NS; i++) {
     if (b.ids[i] < 0 || b.ids[i] >= cfg.vocab)
       return "ids[" + std::to_string(i) + "] = " + std::to_string(b.ids[i]) + " is outside [0, vocab=" +
@@ -164,8 +170,11 @@ void DraftModel::ensure_workspace(int64_t B, int64_t T, int64_t span) {
 // Target distribution of every position of ids/last/mask that some step uses as a target
 // (local position ≥ 1: the first is never a target of this rank's rows).
 void DraftModel::prepare_targets(const DraftBatch& b) {
-  const int64_t S = b.ext(), NS = b.B * S;
-  for (int64_t r = 0; r < NS; r++) ws_.need[size_t(r)] = (b.mask[r] && (r % S) >= 1) ? 1 : 0;
+  const int64_t S = b.ext(), NS = b.B * S, t0 = ws_.t0;
+  for (int64_t r = 0; r < NS; r++) {
+    const bool real = !b.lengths || t0 + r % S < b.lengths[r / S];
+    ws_.need[size_t(r)] = (b.mask[r] && (r % S) >= 1 && real) ? 1 : 0;
+  }
   if (tpc())
     target_distribution_vp(NS, ws_.need.data(), b.last, cfg.hidden, target_head.data(), dims.v0, dims.v1,
                            wtd_.data(), dims.Vd, t2d.data(), ws_.p.data(), ws_.tgt.data(), ws_.tscratch, tpc());
@@ -175,7 +184,9 @@ void DraftModel::prepare_targets(const DraftBatch& b) {
 }
 
 // Token, position and loss rows of step k: at global position t, u = t+1+k; token ids[u]
-// (0 past the end), weight mask[u]·ok[u] (0 past the end), target row (b, u).
+// (0 past the end), weight mask[u]·ok[u] (0 past the end), target row (b, u). The end is the
+// sample's length when the batch has lengths (T_global otherwise), and the loss weight carries
+// Tg/len so that the normaliser S·Tg makes each sample's loss its own mean.
 void DraftModel::prepare_step_rows(const DraftBatch& b, int64_t k, bool all_rows) {
   LayerActs& a = ws_.steps[size_t(k)];
   const int64_t T = b.T, S = b.ext(), t0 = ws_.t0, Tg = ws_.Tg;
@@ -183,10 +194,13 @@ void DraftModel::prepare_step_rows(const DraftBatch& b, int64_t k, bool all_rows
   a.prow.clear();
   a.ltgt.clear();
   a.lw.clear();
-  for (int64_t bi = 0; bi < b.B; bi++)
+  a.lsc.clear();
+  for (int64_t bi = 0; bi < b.B; bi++) {
+    const int64_t len = b.lengths ? b.lengths[bi] : Tg;
+    const float lscale = b.lengths ? float(double(Tg) / double(len)) : 1.0f;
     for (int64_t t = 0; t < T; t++) {
       const int64_t r = bi * T + t, u = t0 + t + 1 + k;
-      const bool in = u < Tg;
+      const bool in = u < len;
       const int64_t ur = bi * S + (u - t0);  // (b, u) in ids/last/mask (valid when in)
       a.tok[size_t(r)] = in ? b.ids[ur] : 0;
       a.pos[size_t(r)] = int32_t(t0 + t);
@@ -196,9 +210,11 @@ void DraftModel::prepare_step_rows(const DraftBatch& b, int64_t k, bool all_rows
         a.lrow.push_back(int32_t(r));
         a.prow.push_back(int32_t(in ? ur : r));
         a.ltgt.push_back(tg);
-        a.lw.push_back(w);
+        a.lw.push_back(w * lscale);
+        a.lsc.push_back(lscale);
       }
     }
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -444,8 +460,8 @@ void DraftModel::compute_loss(double Ng, bool with_grad, StepOutput& out, PhaseT
     double sce = 0, shit = 0, sw = 0;
     for (int64_t i = 0; i < nl; i++) {
       sce += ce[size_t(i)];
-      shit += hit[size_t(i)];
-      sw += a.lw[size_t(i)];
+      shit += hit[size_t(i)] / a.lsc[size_t(i)];  // accuracy counts tokens, unscaled
+      sw += a.lw[size_t(i)] / a.lsc[size_t(i)];
     }
     metrics[size_t(3 * k)] = sce;
     metrics[size_t(3 * k + 1)] = shit;

@@ -33,12 +33,15 @@ class PhaseTimer;
 // mask u8[B,S] with S = span (T when 0). A sharded rank gets its slice: B = its samples,
 // T = its positions [t0, t0+T) of aux, and ids/last/mask for span = min(T + K, T_global − t0)
 // positions from t0 (the TTT shift reads tokens, targets and weights up to K positions past
-// the chunk).
+// the chunk). lengths (optional, i32[B]): each sample's true length in [1, T_global]; the
+// positions past it are padding: never a token, target or loss row, and the sample's loss is
+// its own mean over its length (docs/model-math.md "Padding").
 struct DraftBatch {
   const int32_t* ids = nullptr;
   const float* aux = nullptr;
   const float* last = nullptr;
   const uint8_t* mask = nullptr;
+  const int32_t* lengths = nullptr;
   int64_t B = 0, T = 0;
   int64_t span = 0;
   int64_t ext() const { return span > 0 ? span : T; }
@@ -77,7 +80,8 @@ struct LayerActs {
   std::vector<float> h2;                // [rows, H]
   // loss rows (compact: only rows whose weight is > 0 go through the lm head)
   std::vector<int32_t> lrow, prow, ltgt;  // row, its target row (b, t+1+k), target draft id
-  std::vector<float> lw;                  // weights
+  std::vector<float> lw;                  // loss weights w·Tg/len (len: the sample's length)
+  std::vector<float> lsc;                 // their length scale Tg/len (1 without lengths)
   std::vector<float> hf, rstd_f, logits;  // [nl, H], [nl], [nl, Vd] (gradient after a step)
   void resize(const DraftConfig& c, const ShardDims& s, int64_t rows, int64_t lse_size);
 };

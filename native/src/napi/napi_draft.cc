@@ -109,6 +109,7 @@ struct BatchCopy {
   std::vector<int32_t> ids;
   std::vector<float> aux, last;
   std::vector<uint8_t> mask;
+  std::vector<int32_t> lengths;  // empty: every sample is the whole sequence
   int64_t B = 0, T = 0, span = 0;
   DraftBatch view() const {
     DraftBatch b;
@@ -116,6 +117,7 @@ struct BatchCopy {
     b.aux = aux.data();
     b.last = last.data();
     b.mask = mask.data();
+    b.lengths = lengths.empty() ? nullptr : lengths.data();
     b.B = B;
     b.T = T;
     b.span = span;
@@ -154,6 +156,11 @@ BatchCopy parse_batch(Napi::Env env, Napi::Value v, const DraftModel& m) {
   b.aux.assign(aux.Data(), aux.Data() + N * 3 * H);
   b.last.assign(last.Data(), last.Data() + NS * H);
   b.mask.assign(mask.Data(), mask.Data() + NS);
+  Napi::Value lv = o.Get("lengths");
+  if (!lv.IsUndefined() && !lv.IsNull()) {
+    auto lengths = need_typed<int32_t>(env, lv, "batch.lengths (one per sample: batch = " + std::to_string(b.B) + ")", b.B);
+    b.lengths.assign(lengths.Data(), lengths.Data() + b.B);
+  }
   return b;
 }
 
