@@ -37,6 +37,7 @@ import type { Bus, BusSubscription } from '../src/bus/bus.ts';
 import type { LoadedRankCheckpoint } from '../src/job/checkpoint.ts';
 import { CollectiveError, DraftwireError, StaleEpochError } from '../src/errors.ts';
 import { stackBatch } from '../src/job/batch.ts';
+import { sampleTokens } from '../src/wire/schema.ts';
 import { evalPrompts } from '../src/job/prompts.ts';
 import { checkpointEvery, jobRows, rankDeadAfterMs, type JobSpec } from '../src/job/spec.ts';
 import { createLogger } from '../src/log.ts';
@@ -249,13 +250,15 @@ export class RankWorker {
         // What this rank steps on if the world steps: fixed before the round, so the agreed
         // count is the count stepped on even if a lease is superseded meanwhile.
         mine = this.book.ready().slice(0, spec.batch);
+        const lengths = mine.map((h) => sampleTokens(h.lease.ref.features));
         const a = await world.agree(roundInput({
           held: mine.length, window: this.book.window.length, staleEpoch: stale || this.newerEpochSeen, waitedMs: Date.now() - t0,
           outstanding: this.outstanding, leader: this.leader, partitionExhausted: this.partitionExhausted,
+          longest: Math.max(0, ...lengths), tokens: lengths.reduce((x, y) => x + y, 0),
         }, { batch: spec.batch, batchWaitMs }));
         const d = decideStep(a, {
           batch: spec.batch, batchWaitMs, worldSize: world.size, stepNo: this.stepNo,
-          checkpointEvery: every, evalEvery: spec.evalEvery, evalPending: this.evalPending,
+          checkpointEvery: every, evalEvery: spec.evalEvery, evalPending: this.evalPending, seqLen: spec.seqLen, sp: spec.sp,
         });
         if (d.kind === 'reshard') {
           this.state = 'resharding';
@@ -280,7 +283,7 @@ export class RankWorker {
       const t1 = Date.now();
       this.state = 'stepping';
       this.book.inStep = mine.map((h) => h.lease);
-      const batch = await this.cellBatch(world, mine, step.width);
+      const batch = await this.cellBatch(world, mine, step.width, step.seq);
       if (batch.batch > batch.real) this.stats.paddedSteps++;
       const res = await world.model.step(batch.slice, {
         lr: spec.lr, clip: spec.clip, weightDecay: spec.weightDecay, returnGrads: false, samples: world.size > 1 || batch.batch > batch.real ? step.samples : null,
@@ -294,7 +297,7 @@ export class RankWorker {
       if (world.index === 0) {
         const m: StepMetrics = {
           rank, step: this.stepNo, loss: res.loss, gradNorm: res.gradNorm, ploss: [...res.ploss], acc: [...res.acc],
-          samples: step.samples, tokens: step.samples * spec.seqLen, stepMs: t2 - t1, waitMs: t1 - t0,
+          samples: step.samples, tokens: step.tokens, stepMs: t2 - t1, waitMs: t1 - t0,
           acceptLength: accept, at: Date.now(), dp: this.epoch.partitions, epoch: this.epoch.epoch,
         };
         // Reported before the checkpoint: a step lost to a crash is reported again when it is
@@ -339,7 +342,7 @@ export class RankWorker {
    * TP/SP ranks, which read the features themselves), padded to `width` with fully-masked
    * samples, and the SP slice of it.
    */
-  private async cellBatch(world: World, mine: Held[], width: number): Promise<{ slice: DraftBatch; batch: number; real: number }> {
+  private async cellBatch(world: World, mine: Held[], width: number, seq: number): Promise<{ slice: DraftBatch; batch: number; real: number }> {
     const { spec, store } = this.o;
     let tensors = mine.map((h) => h.tensors!);
     if (world.cellSize > 1) {
@@ -347,7 +350,7 @@ export class RankWorker {
       const refs = (shared.refs ?? []) as SampleRef[];
       if (!this.leader) tensors = await Promise.all(refs.map((r) => store.get(validateSampleRef(r), { names: FEATURES })));
     }
-    const full = stackBatch(tensors, spec.seqLen, spec.draft.hidden, width - tensors.length);
+    const full = stackBatch(tensors, seq, spec.draft.hidden, width - tensors.length);
     const slice = spec.sp > 1 ? sliceBatch(full, { sp: spec.sp, dp: 1, spIdx: world.spIdx, dpIdx: 0 }, spec.draft.ttt, spec.draft.hidden) : full;
     return { slice, batch: width, real: tensors.length };
   }

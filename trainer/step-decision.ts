@@ -9,7 +9,8 @@
 //               (the acks finish the job), then agree again.
 //   done        nothing held, nothing left, nothing unacked: the job's data is consumed.
 //   step        train one step on `width` samples per cell (cells short of it pad with
-//               fully-masked samples), averaging over the `samples` real ones of the world.
+//               fully-masked samples), averaging over the `samples` real ones of the world,
+//               every sample padded to `seq` (the world's longest, rounded up for SP).
 //   wait        short of samples that may still come: collect more and agree again.
 import type { Round, RoundInput } from './world.ts';
 
@@ -29,6 +30,9 @@ export interface RankFacts {
   leader: boolean;
   /** The queue said: the budget is committed and nothing is pending in this partition. */
   partitionExhausted: boolean;
+  /** The longest of the held samples, and their tokens in all (0 on non-leaders). */
+  longest: number;
+  tokens: number;
 }
 
 /** What every rank of the world knows alike (the spec, the step, the world). */
@@ -43,13 +47,16 @@ export interface WorldFacts {
   evalEvery: number;
   /** A step was taken since the last accept-length measurement. */
   evalPending: boolean;
+  /** The job's longest sample and its sequence-parallel width. */
+  seqLen: number;
+  sp: number;
 }
 
 export type StepDecision =
   | { kind: 'reshard' }
   | { kind: 'checkpoint' }
   | { kind: 'done'; evaluate: boolean }
-  | { kind: 'step'; width: number; samples: number; checkpointAfter: boolean; evaluateAfter: boolean }
+  | { kind: 'step'; width: number; samples: number; seq: number; tokens: number; checkpointAfter: boolean; evaluateAfter: boolean }
   | { kind: 'wait' };
 
 /**
@@ -61,7 +68,13 @@ export function roundInput(r: RankFacts, w: Pick<WorldFacts, 'batch' | 'batchWai
   return {
     held: r.held, window: r.window, stale: r.staleEpoch, waitedOut: r.waitedMs >= w.batchWaitMs,
     outstanding: r.outstanding, short: r.leader && r.held < w.batch && !r.partitionExhausted,
+    longest: r.longest, tokens: r.tokens,
   };
+}
+
+/** The positions a step pads its samples to: the longest, rounded up to a multiple of sp, at most seqLen. */
+export function stepSeq(longest: number, w: Pick<WorldFacts, 'seqLen' | 'sp'>): number {
+  return Math.min(w.seqLen, Math.max(w.sp, Math.ceil(longest / w.sp) * w.sp));
 }
 
 /** Decides from the agreed round; the same on every rank of the world. */
@@ -77,7 +90,7 @@ export function decideStep(a: Round, w: WorldFacts): StepDecision {
   if (a.total > 0 && (!a.short || a.total >= left || (w.worldSize > 1 && a.waitedOut))) {
     const next = w.stepNo + 1;
     return {
-      kind: 'step', width: Math.min(w.batch, a.maxHeld), samples: a.total,
+      kind: 'step', width: Math.min(w.batch, a.maxHeld), samples: a.total, seq: stepSeq(a.longest, w), tokens: a.tokens,
       checkpointAfter: next % w.checkpointEvery === 0,
       evaluateAfter: w.evalEvery > 0 && next % w.evalEvery === 0,
     };

@@ -29,9 +29,16 @@ export interface TrainState extends ModelState { step: number; samples: number }
  * What one rank brings to an agreement round. `short`: it holds less than a full batch and
  * its partition may still get more (its pending pool is not known to be exhausted).
  */
-export interface RoundInput { held: number; window: number; stale: boolean; waitedOut: boolean; outstanding: number; short: boolean }
+export interface RoundInput {
+  held: number; window: number; stale: boolean; waitedOut: boolean; outstanding: number; short: boolean;
+  /** The longest of the held samples (tokens; 0 when none) and their tokens in all. */
+  longest: number; tokens: number;
+}
 /** What the world agreed: sums, extremes and flags over every rank (`short`: any rank is). */
-export interface Round { total: number; maxHeld: number; window: number; stale: boolean; waitedOut: boolean; outstanding: number; short: boolean }
+export interface Round {
+  total: number; maxHeld: number; window: number; stale: boolean; waitedOut: boolean; outstanding: number; short: boolean;
+  longest: number; tokens: number;
+}
 
 export interface WorldOptions {
   bus: Bus;
@@ -96,11 +103,11 @@ export class World {
   /** One agreement round (a collective on a world of several ranks). */
   async agree(r: RoundInput): Promise<Round> {
     if (!this.comm) {
-      return { total: r.held, maxHeld: r.held, window: r.window, stale: r.stale, waitedOut: r.waitedOut, outstanding: r.outstanding, short: r.short };
+      return { total: r.held, maxHeld: r.held, window: r.window, stale: r.stale, waitedOut: r.waitedOut, outstanding: r.outstanding, short: r.short, longest: r.longest, tokens: r.tokens };
     }
-    const mx = await this.comm.allReduce(new Float64Array([r.held, r.short ? 1 : 0, r.stale ? 1 : 0, r.waitedOut ? 1 : 0, -r.outstanding]), 'max');
-    const sum = await this.comm.allReduce(new Float64Array([r.held, r.window]), 'sum');
-    return { total: sum[0]!, window: sum[1]!, maxHeld: mx[0]!, short: mx[1]! > 0, stale: mx[2]! > 0, waitedOut: mx[3]! > 0, outstanding: -mx[4]! };
+    const mx = await this.comm.allReduce(new Float64Array([r.held, r.short ? 1 : 0, r.stale ? 1 : 0, r.waitedOut ? 1 : 0, -r.outstanding, r.longest]), 'max');
+    const sum = await this.comm.allReduce(new Float64Array([r.held, r.window, r.tokens]), 'sum');
+    return { total: sum[0]!, window: sum[1]!, tokens: sum[2]!, maxHeld: mx[0]!, short: mx[1]! > 0, stale: mx[2]! > 0, waitedOut: mx[3]! > 0, outstanding: -mx[4]!, longest: mx[5]! };
   }
 
   async barrier(): Promise<void> { if (this.comm) await this.comm.barrier(); }

@@ -25,15 +25,25 @@ const withFeatures = (sampleId: string, f: Record<string, FeatureSpec | undefine
   return sampleRef({ job: JOB, sampleId, generation: 1, features });
 };
 
+/** A ref of T tokens (every feature T long), with `f` overriding. */
+function shorter(T: number, f: Record<string, FeatureSpec> = {}): SampleRef {
+  return sampleRef({ job: JOB, sampleId: `short-${T}-${Object.keys(f).join('')}`, generation: 1, numTokens: T, features: {
+    ids: { dtype: 'i32', shape: [T] }, aux: { dtype: 'bf16', shape: [T, 192] }, last: { dtype: 'f32', shape: [T, 64] }, mask: { dtype: 'u8', shape: [T] }, ...f,
+  } });
+}
+
 /** Refs off the schema: [what is wrong, the ref, the field named, text the message must hold]. */
 const BAD: [string, SampleRef, string, RegExp][] = [
   ['aux in i32', withFeatures('bad-dtype', { aux: { dtype: 'i32', shape: [128, 192] } }), 'aux', /feature "aux" has dtype i32, the job expects f32, bf16, f16/],
   ['ids in f32', withFeatures('bad-ids', { ids: { dtype: 'f32', shape: [128] } }), 'ids', /feature "ids" has dtype f32, the job expects i32/],
-  ['last [128, 32]', withFeatures('bad-shape', { last: { dtype: 'bf16', shape: [128, 32] } }), 'last', /feature "last" has shape \[128, 32\], the job expects \[128, 64\] \(\[T, H\] with T = 128, H = 64\)/],
+  ['last [128, 32]', withFeatures('bad-shape', { last: { dtype: 'bf16', shape: [128, 32] } }), 'last', /feature "last" has shape \[128, 32\], the job expects \[128, 64\] \(\[T, H\] with T = 128 \(2 ≤ T ≤ seqLen = 128\), H = 64\)/],
   ['aux flattened', withFeatures('bad-rank', { aux: { dtype: 'f32', shape: [128 * 192] } }), 'aux', /feature "aux" has shape \[24576\], the job expects \[128, 192\]/],
   ['mask missing', withFeatures('no-mask', { mask: undefined }), 'mask', /feature "mask" is missing/],
   ['an unknown feature', withFeatures('extra', { logits: { dtype: 'f32', shape: [128, 10] } }), 'logits', /feature "logits" is not in the job's schema \(ids, aux, last, mask\)/],
-  ['numTokens over seqLen', sampleRef({ job: JOB, sampleId: 'long', generation: 1, numTokens: 129 }), 'numTokens', /numTokens is 129, the job's samples hold at most seqLen = 128/],
+  ['numTokens over seqLen', sampleRef({ job: JOB, sampleId: 'long', generation: 1, numTokens: 129 }), 'numTokens', /numTokens is 129, the sample holds 128 tokens/],
+  ['ids longer than seqLen', withFeatures('too-long', { ids: { dtype: 'i32', shape: [129] } }), 'ids', /feature "ids" has shape \[129\], the job expects \[128\]/],
+  ['a single token', withFeatures('too-short', { ids: { dtype: 'i32', shape: [1] } }), 'ids', /feature "ids" has shape \[1\], the job expects \[128\] \(\[T\] with T = 128 \(2 ≤ T/],
+  ['features of two lengths', shorter(50, { aux: { dtype: 'bf16', shape: [60, 192] } }), 'aux', /feature "aux" has shape \[60, 192\], the job expects \[50, 192\]/],
 ];
 
 describe('the sample schema, enforced by the queue at commit (real nats-server, real queue actor)', function () {
@@ -56,6 +66,7 @@ describe('the sample schema, enforced by the queue at commit (real nats-server, 
 
   it('the checker alone: the store fixture fits, every bad ref is refused naming its field', () => {
     checkSampleRef(good, SCHEMA);
+    for (const T of [2, 50, 127]) checkSampleRef(shorter(T), SCHEMA); // a conversation keeps its own length
     for (const [what, ref, field, re] of BAD) {
       assert.throws(() => checkSampleRef(ref, SCHEMA), (e: Error) => e instanceof SchemaError && re.test(e.message) && e.detail?.field === field, what);
     }

@@ -1,16 +1,16 @@
 import assert from 'node:assert/strict';
-import { decideStep, roundInput, type RankFacts, type WorldFacts } from '../../trainer/step-decision.ts';
+import { decideStep, roundInput, stepSeq, type RankFacts, type WorldFacts } from '../../trainer/step-decision.ts';
 import type { Round } from '../../trainer/world.ts';
 
 // A world of `size` ranks, batch 4, checkpoint every 4 steps, no evaluation.
 const world = (o: Partial<WorldFacts> = {}): WorldFacts => ({
-  batch: 4, batchWaitMs: 2000, worldSize: 2, stepNo: 0, checkpointEvery: 4, evalEvery: 0, evalPending: false, ...o,
+  batch: 4, batchWaitMs: 2000, worldSize: 2, stepNo: 0, checkpointEvery: 4, evalEvery: 0, evalPending: false, seqLen: 64, sp: 1, ...o,
 });
 const round = (o: Partial<Round> = {}): Round => ({
-  total: 8, maxHeld: 4, window: 0, stale: false, waitedOut: false, outstanding: 100, short: false, ...o,
+  total: 8, maxHeld: 4, window: 0, stale: false, waitedOut: false, outstanding: 100, short: false, longest: 64, tokens: 512, ...o,
 });
 const rank = (o: Partial<RankFacts> = {}): RankFacts => ({
-  held: 4, window: 0, staleEpoch: false, waitedMs: 0, outstanding: 100, leader: true, partitionExhausted: false, ...o,
+  held: 4, window: 0, staleEpoch: false, waitedMs: 0, outstanding: 100, leader: true, partitionExhausted: false, longest: 64, tokens: 256, ...o,
 });
 
 describe('step decision: what a rank contributes to a round', () => {
@@ -41,6 +41,22 @@ describe('step decision: what a rank contributes to a round', () => {
   });
 });
 
+describe('step decision: the positions a step pads to', () => {
+  it('the longest sample of the world, rounded up to a multiple of sp, at most seqLen', () => {
+    assert.equal(stepSeq(37, { seqLen: 64, sp: 1 }), 37);
+    assert.equal(stepSeq(37, { seqLen: 64, sp: 2 }), 38);
+    assert.equal(stepSeq(37, { seqLen: 64, sp: 4 }), 40);
+    assert.equal(stepSeq(64, { seqLen: 64, sp: 4 }), 64);
+    assert.equal(stepSeq(1, { seqLen: 64, sp: 4 }), 4);
+  });
+
+  it('the step carries the agreed seq and token count', () => {
+    const d = decideStep(round({ longest: 21, tokens: 77 }), world({ sp: 2 }));
+    assert.equal(d.kind, 'step');
+    assert.deepEqual(d.kind === 'step' && [d.seq, d.tokens], [22, 77]);
+  });
+});
+
 describe('step decision: from one agreed round', () => {
   it('a stale epoch reshards, whatever else the round says', () => {
     assert.deepEqual(decideStep(round({ stale: true }), world()), { kind: 'reshard' });
@@ -49,7 +65,7 @@ describe('step decision: from one agreed round', () => {
 
   it('steps on a full batch: width min(batch, most held), averaged over the world total', () => {
     const d = decideStep(round({ total: 7, maxHeld: 4 }), world());
-    assert.deepEqual(d, { kind: 'step', width: 4, samples: 7, checkpointAfter: false, evaluateAfter: false });
+    assert.deepEqual(d, { kind: 'step', width: 4, samples: 7, seq: 64, tokens: 512, checkpointAfter: false, evaluateAfter: false });
   });
 
   it('waits while short of samples that may still come and not waited out', () => {
@@ -62,7 +78,7 @@ describe('step decision: from one agreed round', () => {
 
   it('waited out (dp > 1): steps on what it holds, padded short cells to the widest', () => {
     const d = decideStep(round({ total: 3, maxHeld: 2, short: true, waitedOut: true }), world());
-    assert.deepEqual(d, { kind: 'step', width: 2, samples: 3, checkpointAfter: false, evaluateAfter: false });
+    assert.deepEqual(d, { kind: 'step', width: 2, samples: 3, seq: 64, tokens: 512, checkpointAfter: false, evaluateAfter: false });
   });
 
   it('a world of one rank never steps short for waiting: it waits for a full batch or the end', () => {
@@ -79,7 +95,7 @@ describe('step decision: from one agreed round', () => {
 
   it('an exhausted partition (not short) steps at once on a partial batch', () => {
     const d = decideStep(round({ total: 2, maxHeld: 2, short: false }), world());
-    assert.deepEqual(d, { kind: 'step', width: 2, samples: 2, checkpointAfter: false, evaluateAfter: false });
+    assert.deepEqual(d, { kind: 'step', width: 2, samples: 2, seq: 64, tokens: 512, checkpointAfter: false, evaluateAfter: false });
   });
 
   it('nothing held or left but a window unacked: checkpoint (the acks finish the job)', () => {
