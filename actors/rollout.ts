@@ -1,26 +1,29 @@
-// The rollout actor: runs the frozen target over prompts (seeded synthetic prompts, or a
-// user's text/JSONL file), writes each sample's features into the store, and commits its
-// SampleRef to the queue with retries. Sample ids come from the dataset row, so a restarted
-// rollout skips rows the ledger already has, and re-putting a row it wrote but never
-// committed supersedes the orphan generation (the store deletes it).
+// The rollout actor: runs the frozen target over the job's rows (actors/rollout-sources.ts:
+// seeded synthetic prompts or a user's prompt file the target continues, or a chat dataset's
+// conversations), writes each sample's features into the store, and commits its SampleRef to
+// the queue with retries. Sample ids come from the dataset row, so a restarted rollout skips
+// rows the ledger already has, and re-putting a row it wrote but never committed supersedes
+// the orphan generation (the store deletes it).
 //
 // Throughput: rows go in chunks of `chunk` (aligned: chunk c is rows [c·chunk, (c+1)·chunk)).
-// The target decodes a chunk's prompts together, with aux/last from the decoding pass itself
-// (TargetModel.rolloutBatch); the chunk's samples are written concurrently (the writes wait on
-// fsync), then committed row by row, in order, each commit after its own put. While a chunk
-// commits, the next one is already computed (on the target's worker thread) and written. A
-// chunk is always computed whole, so a row's features do not depend on which rows a
-// restarted rollout still had to produce.
+// The target computes a chunk in one call (synthetic prompts decode together, with aux/last
+// from the decoding pass itself: TargetModel.rolloutBatch); the chunk's samples are written
+// concurrently (the writes wait on fsync), then committed row by row, in order, each commit
+// after its own put. While a chunk commits, the next one is already computed (on the target's
+// worker thread) and written. A chunk is always computed whole, so a row's features do not
+// depend on which rows a restarted rollout still had to produce.
 import type { ActorContext, ActorSpec } from '../src/runtime/actor-system.ts';
 import type { Bus } from '../src/bus/bus.ts';
 import { QueueClient } from '../src/bus/clients.ts';
 import { BackpressureError, InvalidArgumentError, StoreWriteError } from '../src/errors.ts';
 import { failpoint } from '../src/failpoints.ts';
-import type { JobSpec } from '../src/job/spec.ts';
-import { loadPrompts, syntheticPrompt } from '../src/job/prompts.ts';
-import { TargetModel } from '../src/native/addon.ts';
+import { jobRows, type JobSpec } from '../src/job/spec.ts';
+import { openTarget } from '../src/job/target.ts';
+import type { TargetModel } from '../src/native/addon.ts';
 import type { FeatureStore } from '../src/store/feature-store.ts';
-import { tensor, type Tensor } from '../src/tensor.ts';
+import { chatSource, syntheticSource, type RowSource, type Sample } from './rollout-sources.ts';
+
+export { rowSeed, sampleId } from './rollout-sources.ts';
 
 export interface RolloutOptions {
   spec: JobSpec;
@@ -35,13 +38,12 @@ export interface RolloutOptions {
 /** Default rows per target call. */
 export const ROLLOUT_CHUNK = 8;
 
-type Sample = Record<string, Tensor>;
 type RolloutMsg = { op: 'next' } | { op: 'status' };
 type PutResult = PromiseSettledResult<Awaited<ReturnType<FeatureStore['put']>>>;
 /** A chunk in flight: its features, then the writes of its rows not yet committed (by row). */
 interface Batch { chunk: number; samples: Promise<Sample[]>; puts: Promise<Map<number, PutResult>> }
 interface RolloutState {
-  target: TargetModel | null; done: Set<string>; row: number; produced: number; paused: boolean; prompts: Int32Array[] | null;
+  target: TargetModel | null; source: RowSource | null; done: Set<string>; row: number; produced: number; paused: boolean;
   /** The next chunk, computed and written ahead of its turn. */
   ahead: Batch | null;
   /** Features of a chunk some of whose writes met backpressure or a full disk. */
@@ -61,40 +63,10 @@ export function diskFullBackoffMs(n: number): number {
   return Math.min(2000, 100 * 2 ** Math.min(n - 1, 5));
 }
 
-export function sampleId(row: number): string {
-  return `row-${String(row).padStart(8, '0')}`;
-}
-
-/** Sampling seed of a row (temperature > 0). */
-export function rowSeed(spec: JobSpec, row: number): number {
-  return spec.seed * 1_000_003 + row;
-}
-
-function sampleOf(spec: JobSpec, r: { ids: Int32Array; aux: Float32Array; last: Float32Array }): Sample {
-  const H = spec.draft.hidden;
-  return {
-    ids: tensor('i32', [spec.seqLen], r.ids),
-    aux: tensor('f32', [spec.seqLen, 3 * H], r.aux),
-    last: tensor('f32', [spec.seqLen, H], r.last),
-    mask: tensor('u8', [spec.seqLen], new Uint8Array(spec.seqLen).fill(1)),
-  };
-}
-
-/** The features of one sample: the target writes its own continuation of the prompt (aux/last from the same pass). */
-export async function makeSample(target: TargetModel, spec: JobSpec, prompt: Int32Array, row: number): Promise<Sample> {
-  return sampleOf(spec, await target.rollout(prompt, spec.seqLen - spec.promptLen, { temperature: spec.temperature, seed: rowSeed(spec, row) }));
-}
-
-/** The features of several rows in one target call (prompts decoded together). */
-export async function makeSamples(target: TargetModel, spec: JobSpec, prompts: Int32Array[], rows: number[]): Promise<Sample[]> {
-  const out = await target.rolloutBatch(prompts, spec.seqLen - spec.promptLen, { temperature: spec.temperature, seeds: rows.map((r) => rowSeed(spec, r)) });
-  return out.map((r) => sampleOf(spec, r));
-}
-
 export function rolloutActorSpec(o: RolloutOptions): ActorSpec<RolloutState, RolloutMsg> {
   const { spec, bus, store } = o;
   const queue = new QueueClient(bus);
-  const rows = o.rows ?? spec.steps * spec.batch * spec.dp;
+  const rows = o.rows ?? jobRows(spec);
   const chunk = o.chunk ?? ROLLOUT_CHUNK;
   if (!Number.isInteger(chunk) || chunk < 1 || chunk > 1024) throw new InvalidArgumentError(`rollout chunk must be an integer in [1, 1024] (got ${String(chunk)})`);
   const rowsOf = (c: number): number[] => {
@@ -102,26 +74,25 @@ export function rolloutActorSpec(o: RolloutOptions): ActorSpec<RolloutState, Rol
     for (let r = c * chunk; r < Math.min((c + 1) * chunk, rows); r++) rs.push(r);
     return rs;
   };
-  const promptOf = (st: RolloutState, row: number) =>
-    st.prompts ? st.prompts[row % st.prompts.length]! : syntheticPrompt(spec.seed, row, spec.target.vocab, spec.promptLen);
   // Chunk c: every row computed (done or not, decoded together), then the rows not yet
   // committed written concurrently. Errors surface where the batch is awaited.
   const launch = (st: RolloutState, c: number, features?: Sample[]): Batch => {
     const rs = rowsOf(c);
-    const samples = features ? Promise.resolve(features) : makeSamples(st.target!, spec, rs.map((r) => promptOf(st, r)), rs);
-    const todo = rs.filter((r) => !st.done.has(sampleId(r)));
+    const src = st.source!;
+    const samples = features ? Promise.resolve(features) : src.compute(rs);
+    const todo = rs.filter((r) => !st.done.has(src.idOf(r)));
     const puts = samples.then(async (s) => {
-      const res = await Promise.allSettled(todo.map((r) => store.put(sampleId(r), s[r - c * chunk]!)));
+      const res = await Promise.allSettled(todo.map((r) => store.put(src.idOf(r), s[r - c * chunk]!)));
       return new Map(todo.map((r, i) => [r, res[i]!]));
     });
     puts.catch(() => {}); // a batch launched ahead may be dropped by a restart
     return { chunk: c, samples, puts };
   };
-  const hasWork = (st: RolloutState, c: number) => rowsOf(c).some((r) => !st.done.has(sampleId(r)));
+  const hasWork = (st: RolloutState, c: number) => rowsOf(c).some((r) => !st.done.has(st.source!.idOf(r)));
   return {
     init: (ctx: ActorContext<RolloutMsg>) => {
       setImmediate(() => { try { ctx.system.dispatch(ctx.self, { op: 'next' }); } catch { /* stopped */ } });
-      return { target: null, done: new Set(), row: 0, produced: 0, paused: false, prompts: null, ahead: null, retry: null, diskFull: 0, diskFullWrites: 0 };
+      return { target: null, source: null, done: new Set(), row: 0, produced: 0, paused: false, ahead: null, retry: null, diskFull: 0, diskFullWrites: 0 };
     },
     afterStop: async (st) => {
       st.target?.close();
@@ -136,13 +107,14 @@ export function rolloutActorSpec(o: RolloutOptions): ActorSpec<RolloutState, Rol
         t.unref();
       };
       if (!st.target) {
-        st.target = TargetModel.create(spec.target, { threads: spec.threads });
-        st.prompts = spec.dataset ? loadPrompts(spec.dataset, spec.target.vocab, spec.promptLen) : null;
+        st.target = await openTarget(spec.target, spec.threads);
+        st.source = spec.chat ? await chatSource(st.target, spec) : syntheticSource(st.target, spec);
         const known = await queue.committed();
         st.done = new Set(known.sampleIds);
         ctx.log.info('rollout started', { rows, alreadyCommitted: st.done.size, incarnation: ctx.incarnation });
       }
-      while (st.row < rows && st.done.has(sampleId(st.row))) st.row++;
+      const src = st.source!;
+      while (st.row < rows && st.done.has(src.idOf(st.row))) st.row++;
       if (st.row >= rows) { ctx.log.info('rollout finished', { produced: st.produced }); return st; }
       const bp = await store.backpressure();
       if (bp.pressured) { // pause at the high watermark, resume at the low one
@@ -167,7 +139,7 @@ export function rolloutActorSpec(o: RolloutOptions): ActorSpec<RolloutState, Rol
       const results = await cur.puts;
       let pressured = false, full = 0;
       for (const r of rowsOf(c)) { // commits in row order, each after its own put
-        const id = sampleId(r), res = results.get(r);
+        const id = src.idOf(r), res = results.get(r);
         if (st.done.has(id) || !res) continue;
         if (res.status === 'rejected') {
           if (res.reason instanceof BackpressureError) { pressured = true; continue; } // written again next time

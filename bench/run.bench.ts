@@ -10,7 +10,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { stackBatch } from '../src/job/batch.ts';
-import { makeSamples, ROLLOUT_CHUNK } from '../actors/rollout.ts';
+import { ROLLOUT_CHUNK } from '../actors/rollout.ts';
+import { syntheticSource } from '../actors/rollout-sources.ts';
+import { targetVocab } from '../src/job/target.ts';
 import { syntheticPrompt } from '../src/job/prompts.ts';
 import { buildSpec, runJob } from '../cluster/commands/run.ts';
 import { loadWeightsFile, writeInitialWeights } from '../src/job/checkpoint.ts';
@@ -19,7 +21,7 @@ import { QueueClient } from '../src/bus/clients.ts';
 import { saveJobSpec } from '../src/job/spec.ts';
 import { startNatsServer } from '../cluster/nats-launcher.ts';
 import { NodeAgent, ROLES } from '../cluster/node.ts';
-import { DraftModel, TargetModel } from '../src/native/addon.ts';
+import { DraftModel, TargetModel, type TargetConfig } from '../src/native/addon.ts';
 
 const { values } = parseArgs({ options: {
   size: { type: 'string', default: 'small' }, steps: { type: 'string', default: '60' }, batch: { type: 'string', default: '8' },
@@ -39,10 +41,11 @@ try {
   await mkdir(spec.runDir, { recursive: true });
   await saveJobSpec(spec);
   await writeInitialWeights(spec);
-  const target = TargetModel.create(spec.target, { threads: 1 });
+  const target = TargetModel.create(spec.target as TargetConfig, { threads: 1 });
   const rowsOf = (r0: number, n: number) => Array.from({ length: n }, (_, i) => r0 + i);
-  const promptOf = (r: number) => syntheticPrompt(spec.seed, r, spec.target.vocab, spec.promptLen);
-  const samples = await makeSamples(target, spec, rowsOf(0, spec.batch).map(promptOf), rowsOf(0, spec.batch));
+  const promptOf = (r: number) => syntheticPrompt(spec.seed, r, targetVocab(spec.target), spec.promptLen);
+  const source = syntheticSource(target, spec);
+  const samples = await source.compute(rowsOf(0, spec.batch));
   // The target alone: 64 rows as the rollout produces them (chunks), and the old way.
   const targetRate = async (fn: (r0: number) => Promise<number>): Promise<number> => {
     await fn(0);
@@ -51,7 +54,7 @@ try {
     while (n < 64) n += await fn(1000 + n);
     return n / ((performance.now() - t) / 1000);
   };
-  const chunked = await targetRate(async (r0) => (await makeSamples(target, spec, rowsOf(r0, ROLLOUT_CHUNK).map(promptOf), rowsOf(r0, ROLLOUT_CHUNK))).length);
+  const chunked = await targetRate(async (r0) => (await source.compute(rowsOf(r0, ROLLOUT_CHUNK))).length);
   const twoPass = await targetRate(async (r0) => {
     const ids = await target.generate(promptOf(r0), spec.seqLen - spec.promptLen);
     await target.forward(ids, 1, spec.seqLen);

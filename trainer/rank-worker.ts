@@ -38,11 +38,12 @@ import type { LoadedRankCheckpoint } from '../src/job/checkpoint.ts';
 import { CollectiveError, DraftwireError, StaleEpochError } from '../src/errors.ts';
 import { stackBatch } from '../src/job/batch.ts';
 import { sampleTokens } from '../src/wire/schema.ts';
-import { evalPrompts } from '../src/job/prompts.ts';
+import { evalMaxNew, evalPrompts } from '../src/job/prompts.ts';
 import { checkpointEvery, jobRows, rankDeadAfterMs, type JobSpec } from '../src/job/spec.ts';
 import { createLogger } from '../src/log.ts';
 import { sliceBatch } from '../src/job/draft-io.ts';
-import { acceptLength, DraftModel, TargetModel, TRAINABLE_NAMES, type DraftBatch } from '../src/native/addon.ts';
+import { acceptLength, DraftModel, TRAINABLE_NAMES, type DraftBatch, type TargetModel } from '../src/native/addon.ts';
+import { openTarget } from '../src/job/target.ts';
 import { validateSampleRef, type SampleRef } from '../src/wire/sampleref.ts';
 import type { FeatureStore } from '../src/store/feature-store.ts';
 import type { Tensor } from '../src/tensor.ts';
@@ -161,7 +162,7 @@ export class RankWorker {
   /** Trains until the job's data is consumed (or this rank is retired by a scale-down). */
   async run(): Promise<RankResult> {
     const { spec } = this.o;
-    const target = TargetModel.create(spec.target, { threads: spec.threads });
+    const target = await openTarget(spec.target, spec.threads);
     this.startTimers();
     let retired = false, final = false;
     try {
@@ -329,7 +330,7 @@ export class RankWorker {
   private async evaluate(world: World, target: TargetModel): Promise<number | null> {
     const { spec } = this.o;
     this.evalPending = false;
-    const opts = { maxNew: spec.seqLen - spec.promptLen };
+    const opts = { maxNew: evalMaxNew(spec) };
     if (world.size === 1) return (await acceptLength(world.model, target, evalPrompts(spec), opts)).acceptLength;
     const weights = (await world.state(this.stepNo, this.samplesTrained)).weights;
     if (world.index !== 0) return null;

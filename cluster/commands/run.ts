@@ -14,12 +14,14 @@ import { Command, Option } from 'commander';
 import cliProgress from 'cli-progress';
 import { changeEpoch, ensureEpoch, epochMembers } from '../../src/job/epoch.ts';
 import { readLedgerEvents } from '../../src/ledger/wal.ts';
-import { evalPrompts, loadPrompts } from '../../src/job/prompts.ts';
+import { evalMaxNew, evalPrompts, loadPrompts } from '../../src/job/prompts.ts';
+import { openTarget, targetVocab } from '../../src/job/target.ts';
+import { auxLayerList, buildHfSpec } from './run-hf.ts';
 import type { StepMetrics } from '../../trainer/rank-worker.ts';
 import { AuthPolicy } from '../../src/wire/auth.ts';
 import { QueueClient, listen } from '../../src/bus/clients.ts';
 import { loadWeightsFile, writeInitialWeights } from '../../src/job/checkpoint.ts';
-import { acceptLength, DraftModel, shardConfigError, TargetModel } from '../../src/native/addon.ts';
+import { acceptLength, DraftModel, shardConfigError } from '../../src/native/addon.ts';
 import { DraftwireError, InvalidArgumentError } from '../../src/errors.ts';
 import { LIMITS, jobFile, jobRows, loadJobSpec, saveJobSpec, validateJobSpec, type JobSpec } from '../../src/job/spec.ts';
 import { makeDir, writeFileMode } from '../../src/files.ts';
@@ -37,12 +39,15 @@ import { writeLedgerJsonl } from './audit.ts';
 const log = createLogger('run');
 
 interface RunOpts extends GlobalOptions {
-  job?: string; workdir: string; nats?: string; size: string; steps: number; batch: number;
+  job?: string; workdir: string; nats?: string; size: string; steps?: number; batch: number;
   seqLen?: number; promptLen?: number; lr: number; clip: number; weightDecay: number; dp: number; tp: number; sp: number;
   seed: number; temperature: number; dataset?: string; evalEvery: number; evalPrompts: number; threads: number;
   leaseMs: number; storeHighMb: number; progress: boolean; keepStore: boolean;
   resume?: string; checkpointEvery?: number; maxRankRestarts?: number; rankDeadAfterMs?: number;
   onRankLoss?: 'replace' | 'shrink'; batchWaitMs?: number;
+  // a Hugging Face target and a chat dataset (cluster/commands/run-hf.ts)
+  target?: string; maxLen?: number; draftVocab?: number; evalRows?: number; onBadRow?: 'skip' | 'fail'; regenerate?: boolean;
+  auxLayers?: number[]; auxConvention?: 'output' | 'input'; ttt?: number; evalMaxNew?: number;
 }
 
 export interface RunSummary {
@@ -57,6 +62,8 @@ export interface RunSummary {
   ranksLost: number[];
   /** The data-parallel widths the job trained at, in order (a scale 1 → 3 → 1 reads [1, 3, 1]). */
   dpHistory: number[];
+  /** A chat job's dataset: rows trained on, skipped (bad, nothing supervised), truncated, held out; null for the synthetic job. */
+  dataset: Record<string, unknown> | null;
   /** Store usage once the run finished, before the store directory is removed. */
   storeAfter: { samples: number; bytes: number; tempFiles: number };
 }
@@ -64,12 +71,12 @@ export interface RunSummary {
 export function command(): Command {
   return new Command('run')
     .summary('train a draft model end to end on this machine (embedded NATS, every role, rank processes)')
-    .description('Starts NATS (unless --nats), the coordinator, queue, janitor and rollout actors and the rank processes; trains --steps steps on samples the synthetic target writes; writes <workdir>/<job>/{checkpoint.safetensors, summary.json, ledger.jsonl}. The shared secret, if any, comes from DRAFTWIRE_SECRET or DRAFTWIRE_SECRET_FILE.')
+    .description('Starts NATS (unless --nats), the coordinator, queue, janitor and rollout actors and the rank processes; trains --steps steps on samples the target writes (the seeded synthetic target, or with --target a Hugging Face model directory over the conversations of --dataset); writes <workdir>/<job>/{checkpoint.safetensors, summary.json, ledger.jsonl} (and vocab.safetensors for --target). The shared secret, if any, comes from DRAFTWIRE_SECRET or DRAFTWIRE_SECRET_FILE.')
     .option('--job <id>', 'job id (default: dw-<time>)', jobId)
     .option('--workdir <dir>', 'where run directories go', dirOption('--workdir'), 'runs')
     .option('--nats <url>', 'an existing NATS server (JetStream on); default: start one', natsUrl)
     .addOption(new Option('--size <name>', 'model size preset').choices(Object.keys(SIZES)).default('small'))
-    .option('--steps <n>', 'training steps', positiveInt('--steps'), 200)
+    .option('--steps <n>', 'training steps (default 200; with --target one pass over the conversations)', positiveInt('--steps'))
     .option('--batch <n>', `samples per step per DP group (at most ${LIMITS.batch}; batch·seq-len at most ${LIMITS.stepTokens})`, intInRange('--batch', 1, LIMITS.batch), 8)
     .option('--seq-len <n>', `tokens per sample (default: the preset's; at most ${LIMITS.seqLen})`, intInRange('--seq-len', 1, LIMITS.seqLen))
     .option('--prompt-len <n>', 'prompt tokens per sample (default: the preset\'s)', positiveInt('--prompt-len'))
@@ -81,7 +88,17 @@ export function command(): Command {
     .option('--sp <n>', `sequence-parallel ranks per group (at most ${LIMITS.sp})`, intInRange('--sp', 1, LIMITS.sp), 1)
     .option('--seed <n>', 'seed of the target, prompts and draft init', nonNegativeInt('--seed'), 0)
     .option('--temperature <x>', 'rollout sampling temperature (0 = greedy)', nonNegative('--temperature'), 0)
-    .option('--dataset <file>', 'prompts: a text file (one per line) or JSONL ({"text"} or {"ids"}) ')
+    .option('--dataset <file>', 'synthetic target: prompts, a text file (one per line) or JSONL ({"text"} or {"ids"}); with --target: conversations, JSONL in ShareGPT ({"conversations": [{"from", "value"}]}), OpenAI/UltraChat ({"messages": [{"role", "content"}]}) or SpecForge form')
+    .option('--target <dir>', 'a Hugging Face model directory (config.json, *.safetensors, tokenizer.json, tokenizer_config.json): Llama, Qwen2 or Qwen3')
+    .option('--max-len <n>', `with --target: tokens per conversation at most (longer ones are truncated; at most ${LIMITS.seqLen})`, intInRange('--max-len', 2, LIMITS.seqLen), 2048)
+    .option('--draft-vocab <n>', 'with --target: draft vocabulary size (default 32000, or the target\'s when smaller)', positiveInt('--draft-vocab'))
+    .option('--eval-rows <n>', 'with --target: the last n valid conversations are held out of training; the accept length is measured on their prompts', nonNegativeInt('--eval-rows'), 8)
+    .option('--eval-max-new <n>', 'with --target: tokens each accept-length prompt decodes', positiveInt('--eval-max-new'), 64)
+    .addOption(new Option('--on-bad-row <policy>', 'with --target: a malformed dataset row is reported and skipped, or fails the run').choices(['skip', 'fail']).default('skip'))
+    .option('--regenerate', 'with --target: the target writes the assistant reply to each conversation\'s prompt itself (greedy, or at --temperature) instead of training on the dataset\'s replies')
+    .option('--aux-layers <a,b,c>', 'with --target: the three layers EAGLE3 taps (default: SpecForge\'s 1, L/2-1, L-4 in the output convention)', auxLayerList)
+    .addOption(new Option('--aux-convention <c>', 'what --aux-layers count: "output" of decoder layer i (SpecForge, SGLang) or "input" of layer j (vLLM, speculators)').choices(['output', 'input']).default('output'))
+    .option('--ttt <n>', 'with --target: draft tokens trained per position (test-time training steps)', intInRange('--ttt', 1, 64), 7)
     .option('--eval-every <n>', 'measure accept length every n steps (0 = only at the end)', nonNegativeInt('--eval-every'), 50)
     .option('--eval-prompts <n>', `prompts the accept length is measured on (at most ${LIMITS.evalPrompts})`, intInRange('--eval-prompts', 1, LIMITS.evalPrompts), 8)
     .option('--threads <n>', `BLAS threads per rank and for the rollout (at most ${LIMITS.threads})`, intInRange('--threads', 1, LIMITS.threads), 1)
@@ -115,7 +132,7 @@ export function command(): Command {
     });
 }
 
-export function buildSpec(o: RunOpts): JobSpec {
+export function buildSpec(o: RunOpts & { steps?: number }): JobSpec {
   const preset = SIZES[o.size];
   if (!preset) throw new InvalidArgumentError(`unknown --size ${o.size}`);
   const job = o.job ?? `dw-${new Date().toISOString().replace(/[-:T]/g, '').slice(0, 14)}`;
@@ -129,7 +146,7 @@ export function buildSpec(o: RunOpts): JobSpec {
   const high = Math.floor(o.storeHighMb * 1024 * 1024);
   return validateJobSpec({
     job, runDir, storeDir: join(runDir, 'store'), storeId: `${job}-store`, initWeights: join(runDir, 'init.safetensors'),
-    draft: preset.draft, target: targetConfig(preset, o.seed), seqLen, promptLen, batch: o.batch, steps: o.steps,
+    draft: preset.draft, target: targetConfig(preset, o.seed), seqLen, promptLen, batch: o.batch, steps: o.steps ?? 200,
     lr: o.lr, clip: o.clip > 0 ? o.clip : null, weightDecay: o.weightDecay, dp: o.dp, tp: o.tp, sp: o.sp, seed: o.seed,
     temperature: o.temperature, leaseMs: o.leaseMs, maxDeliveries: 5, storeHighBytes: high, storeLowBytes: Math.floor(high * 0.75),
     dataset: o.dataset ? resolve(o.dataset) : null, evalEvery: o.evalEvery, evalPrompts: o.evalPrompts, threads: o.threads,
@@ -141,15 +158,20 @@ export function buildSpec(o: RunOpts): JobSpec {
 export async function runJob(o: RunOpts): Promise<RunSummary> {
   const resuming = o.resume !== undefined;
   if (resuming && !existsSync(jobFile(resolve(o.resume!)))) throw new InvalidArgumentError(`--resume ${o.resume}: no job.json there (not a run directory)`);
-  const spec = resuming ? loadJobSpec(jobFile(resolve(o.resume!))) : buildSpec(o);
+  if (!resuming && !o.target) for (const k of ['draftVocab', 'regenerate', 'auxLayers'] as const) {
+    if (o[k] !== undefined) throw new InvalidArgumentError(`--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)} needs --target (a Hugging Face model)`);
+  }
+  const base = resuming ? loadJobSpec(jobFile(resolve(o.resume!))) : buildSpec(o);
+  if (!resuming && o.target) assertFreshRunDir(base.runDir, o.nats);
+  const spec = resuming || !o.target ? base : (await buildHfSpec(o, base)).spec;
   // Each data-parallel index is a cell of tp·sp rank processes: the layout must split the model and the sequence.
   const layoutError = shardConfigError(spec.draft, spec.tp) ?? (spec.seqLen % spec.sp !== 0 ? `the sequence has ${spec.seqLen} positions, which --sp ${spec.sp} does not divide` : null);
   if (layoutError) throw new InvalidArgumentError(`--tp ${spec.tp} --sp ${spec.sp}: ${layoutError}`);
   // Fail fast on an unreadable or malformed dataset, before anything starts.
-  if (spec.dataset) loadPrompts(spec.dataset, spec.target.vocab, spec.promptLen);
+  if (spec.dataset) loadPrompts(spec.dataset, targetVocab(spec.target), spec.promptLen);
   const auth = AuthPolicy.fromEnv();
   if (resuming) await reapOrphanServer(spec.runDir);
-  if (!resuming && !o.nats && existsSync(join(spec.runDir, 'nats'))) throw new InvalidArgumentError(`${spec.runDir} holds an unfinished run (its ledger is in ${join(spec.runDir, 'nats')}): continue it with --resume ${spec.runDir}, or remove the directory`);
+  if (!resuming) assertFreshRunDir(spec.runDir, o.nats);
   await makeDir(spec.runDir);
   await makeDir(spec.storeDir); // before the store opens it: its directory gets the job's mode too
   if (!resuming) await saveJobSpec(spec);
@@ -247,7 +269,7 @@ export async function runJob(o: RunOpts): Promise<RunSummary> {
     const samples = Number(final.samples ?? losses.reduce((n, m) => n + m.samples, 0));
     const reported = losses.reduce((n, m) => n + m.samples, 0);
     const summary: RunSummary = {
-      job: spec.job, runDir: spec.runDir, steps: Number(final.step ?? losses.at(-1)?.step ?? 0), samples, tokens: samples * spec.seqLen, seconds,
+      job: spec.job, runDir: spec.runDir, steps: Number(final.step ?? losses.at(-1)?.step ?? 0), samples, tokens: spec.chat ? losses.reduce((n, m) => n + m.tokens, 0) : samples * spec.seqLen, seconds,
       samplesPerSec: reported / seconds,
       firstLoss: losses[0]?.loss ?? null, lastLoss: losses.at(-1)?.loss ?? null, lossCurve: losses.map((m) => m.loss),
       acceptLengthInitial: null, acceptLength: accepts.at(-1)?.acceptLength ?? null,
@@ -255,6 +277,7 @@ export async function runJob(o: RunOpts): Promise<RunSummary> {
       stepMsMean: losses.length ? losses.reduce((n, m) => n + m.stepMs, 0) / losses.length : null,
       resumedFromStep, rankRestarts: [...node.restarts.values()].reduce((a, b) => a + b, 0), natsRestarts,
       ranksLost: lost.map((c) => c.rank), dpHistory: losses.map((m) => m.dp).filter((d, i, a) => i === 0 || a[i - 1] !== d),
+      dataset: spec.chat ? readJson(join(spec.runDir, 'dataset-summary.json')) : null,
       storeAfter: { samples: usage.samples, bytes: usage.bytes, tempFiles: (await readdir(spec.storeDir).catch(() => [] as string[])).filter((f) => f.startsWith('.tmp')).length },
     };
     summary.acceptLengthInitial = await initialAcceptLength(spec);
@@ -326,12 +349,21 @@ async function reapOrphanServer(runDir: string): Promise<void> {
   for (let i = 0; i < 50; i++) { try { process.kill(pid, 0); } catch { return; } await new Promise((r) => setTimeout(r, 100)); }
 }
 
+/** A run directory not holding an unfinished run (whose ledger a fresh run would mix with its own). */
+function assertFreshRunDir(runDir: string, nats: string | undefined): void {
+  if (!nats && existsSync(join(runDir, 'nats'))) throw new InvalidArgumentError(`${runDir} holds an unfinished run (its ledger is in ${join(runDir, 'nats')}): continue it with --resume ${runDir}, or remove the directory`);
+}
+
+function readJson(path: string): Record<string, unknown> | null {
+  try { return JSON.parse(readFileSync(path, 'utf8')) as Record<string, unknown>; } catch { return null; }
+}
+
 /** Accept length of the untrained draft (the baseline the summary compares against). */
 async function initialAcceptLength(spec: JobSpec): Promise<number> {
   const draft = DraftModel.create(spec.draft, await loadWeightsFile(spec.initWeights, spec.draft), { threads: spec.threads });
-  const target = TargetModel.create(spec.target, { threads: spec.threads });
+  const target = await openTarget(spec.target, spec.threads);
   try {
-    return (await acceptLength(draft, target, evalPrompts(spec), { maxNew: spec.seqLen - spec.promptLen })).acceptLength;
+    return (await acceptLength(draft, target, evalPrompts(spec), { maxNew: evalMaxNew(spec) })).acceptLength;
   } finally { draft.close(); target.close(); }
 }
 

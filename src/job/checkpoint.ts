@@ -9,10 +9,13 @@ import { join } from 'node:path';
 import { readDraftWeights, type DraftWeights } from './draft-io.ts';
 import { DecodeError, InvalidArgumentError, StaleEpochError } from '../errors.ts';
 import type { JobSpec } from './spec.ts';
-import { draftParamShapes, initDraftWeights, TargetModel, TRAINABLE_NAMES, type DraftConfig, type DraftModel, type OptimizerState } from '../native/addon.ts';
+import { draftParamShapes, initDraftWeights, TRAINABLE_NAMES, type TargetModel, type DraftConfig, type DraftModel, type OptimizerState } from '../native/addon.ts';
 import { readSafetensorsFile, writeSafetensorsFile } from '../store/safetensors.ts';
 import { tensor, type Tensor } from '../tensor.ts';
 import { syntheticPrompt } from './prompts.ts';
+import { readJobVocab } from './chat-data.ts';
+import { specForgeInit } from './draft-init.ts';
+import { openTarget } from './target.ts';
 
 export const CHECKPOINT_FORMAT = 'draftwire-eagle3/1';
 
@@ -32,7 +35,7 @@ function f32(name: string, shape: number[], data: Float32Array): [string, Tensor
  * to rank a 1024-token vocabulary (16 covered ~58% of the generated tokens, 128 ~97%).
  */
 export async function calibrateD2t(target: TargetModel, spec: JobSpec, prompts = 128): Promise<Int32Array> {
-  const V = spec.target.vocab, Vd = spec.draft.draftVocab;
+  const V = spec.draft.vocab, Vd = spec.draft.draftVocab;
   const counts = new Float64Array(V);
   for (let i0 = 0; i0 < prompts; i0 += 32) {
     const idx = Array.from({ length: Math.min(32, prompts - i0) }, (_, j) => i0 + j);
@@ -44,13 +47,18 @@ export async function calibrateD2t(target: TargetModel, spec: JobSpec, prompts =
   return Int32Array.from(order.slice(0, Vd).sort((a, b) => a - b));
 }
 
-/** Writes the job's initial weights (frozen + d2t + seeded trainable) to spec.initWeights. */
+/**
+ * Writes the job's initial weights (frozen + d2t + seeded trainable) to spec.initWeights. A chat
+ * job takes d2t from the vocabulary written when it started and initialises as SpecForge does;
+ * the synthetic job calibrates d2t on its target.
+ */
 export async function writeInitialWeights(spec: JobSpec): Promise<void> {
-  const target = TargetModel.create(spec.target, { threads: spec.threads });
+  const target = await openTarget(spec.target, spec.threads);
   try {
     const { embed, target_head } = target.frozen();
-    const d2t = await calibrateD2t(target, spec);
-    const w = initDraftWeights(spec.draft, spec.seed, { embed, target_head, d2t });
+    const w = spec.chat
+      ? specForgeInit(spec.draft, spec.seed, { embed, target_head, d2t: (await readJobVocab(spec.chat, spec.draft.vocab, spec.draft.draftVocab)).draftIds })
+      : initDraftWeights(spec.draft, spec.seed, { embed, target_head, d2t: await calibrateD2t(target, spec) });
     const shapes = draftParamShapes(spec.draft);
     const tensors: Record<string, Tensor> = {};
     for (const [name, data] of Object.entries(w)) {

@@ -3,6 +3,7 @@
 // (a seed stream disjoint from the rollout's rows). Same answer on every machine.
 import { readFileSync } from 'node:fs';
 import { InvalidArgumentError } from '../errors.ts';
+import { readEvalPrompts } from './chat-data.ts';
 import type { JobSpec } from './spec.ts';
 
 /** Prompt token ids of every row of a text (one row per non-empty line) or JSONL file ({"text"} or {"ids"}). */
@@ -37,11 +38,20 @@ export function syntheticPrompt(seed: number, row: number, vocab: number, len: n
   return Int32Array.from({ length: len }, () => { s ^= s << 13; s >>>= 0; s ^= s >>> 17; s ^= s << 5; s >>>= 0; return s % vocab; });
 }
 
-/** Deterministic evaluation prompts, disjoint from the rollout's rows (another seed stream). */
+/**
+ * The accept length's prompts: a chat job's held-out conversations (written at its start), or
+ * deterministic synthetic prompts disjoint from the rollout's rows (another seed stream).
+ */
 export function evalPrompts(spec: JobSpec): Int32Array[] {
+  if (spec.chat) return readEvalPrompts(spec.chat);
   let s = (spec.seed ^ 0x5eed) >>> 0;
   const next = () => { s = (Math.imul(s, 1664525) + 1013904223) >>> 0; return s; };
   return Array.from({ length: spec.evalPrompts }, () => Int32Array.from({ length: spec.promptLen }, () => next() % spec.draft.vocab));
+}
+
+/** Tokens the accept length decodes after each eval prompt. */
+export function evalMaxNew(spec: JobSpec): number {
+  return spec.chat ? spec.chat.evalMaxNew : spec.seqLen - spec.promptLen;
 }
 
 /** Stacks per-sample tensors into one batch, then `pad` fully-masked samples (zero features). */

@@ -6,7 +6,9 @@ import { join } from 'node:path';
 import { DecodeError, InvalidArgumentError } from '../errors.ts';
 import { MAX_DP } from './epoch.ts';
 import { writeFileAtomic } from '../files.ts';
-import type { DraftConfig, TargetConfig } from '../native/addon.ts';
+import type { DraftConfig } from '../native/addon.ts';
+import type { ChatDataSpec } from './chat-data.ts';
+import { isHfTarget, type JobTarget } from './target.ts';
 
 export interface JobSpec {
   /** Job id: [A-Za-z0-9_-]{1,64} (a NATS subject token). */
@@ -18,8 +20,11 @@ export interface JobSpec {
   /** Id of the feature store (its marker file names it). */
   storeId: string;
   draft: DraftConfig;
-  target: TargetConfig;
-  /** Tokens per sample (prompt + target continuation). */
+  /** The seeded synthetic target (its native config) or a Hugging Face model directory. */
+  target: JobTarget;
+  /** A chat dataset (with a Hugging Face target), or absent/null for prompts the target continues. */
+  chat?: ChatDataSpec | null;
+  /** Tokens per sample at most (prompt + continuation; a chat job's --max-len). */
   seqLen: number;
   promptLen: number;
   /** Samples per step per DP group. */
@@ -133,7 +138,25 @@ export function validateJobSpec(x: unknown): JobSpec {
   if ((o.promptLen as number) >= (o.seqLen as number)) throw new InvalidArgumentError(`job spec: "promptLen" (${o.promptLen}) must be below "seqLen" (${o.seqLen})`);
   if (o.draft === null || typeof o.draft !== 'object') throw new InvalidArgumentError('job spec: "draft" must be a draft config object');
   if (o.target === null || typeof o.target !== 'object') throw new InvalidArgumentError('job spec: "target" must be a target config object');
+  const target = o.target as JobTarget;
+  if (isHfTarget(target) && (typeof target.dir !== 'string' || target.config === null || typeof target.config !== 'object')) {
+    throw new InvalidArgumentError('job spec: a Hugging Face "target" needs "dir" and "config"');
+  }
+  if (o.chat !== undefined && o.chat !== null) validateChat(o.chat, o.seqLen as number, isHfTarget(target));
   return o as unknown as JobSpec;
+}
+
+function validateChat(c: unknown, seqLen: number, hf: boolean): void {
+  if (typeof c !== 'object' || c === null) throw new InvalidArgumentError('job spec: "chat" must be an object or null');
+  if (!hf) throw new InvalidArgumentError('job spec: a chat dataset needs a Hugging Face target (its tokenizer and chat template)');
+  const o = c as Record<string, unknown>;
+  for (const k of ['dataset', 'vocabFile', 'evalFile']) if (typeof o[k] !== 'string' || o[k] === '') throw new InvalidArgumentError(`job spec: "chat.${k}" must be a non-empty string`);
+  for (const k of ['rows', 'evalMaxNew']) if (!Number.isSafeInteger(o[k]) || (o[k] as number) < 1) throw new InvalidArgumentError(`job spec: "chat.${k}" must be a positive integer, got ${JSON.stringify(o[k])}`);
+  if (!Number.isSafeInteger(o.evalRows) || (o.evalRows as number) < 0) throw new InvalidArgumentError(`job spec: "chat.evalRows" must be an integer >= 0, got ${JSON.stringify(o.evalRows)}`);
+  if (o.maxLen !== seqLen) throw new InvalidArgumentError(`job spec: "chat.maxLen" (${String(o.maxLen)}) must equal "seqLen" (${seqLen})`);
+  if (o.onBadRow !== 'skip' && o.onBadRow !== 'fail') throw new InvalidArgumentError(`job spec: "chat.onBadRow" must be "skip" or "fail", got ${JSON.stringify(o.onBadRow)}`);
+  if (typeof o.regenerate !== 'boolean') throw new InvalidArgumentError('job spec: "chat.regenerate" must be a boolean');
+  if (!Array.isArray(o.eosTokenIds) || !o.eosTokenIds.every((x) => Number.isSafeInteger(x) && x >= 0)) throw new InvalidArgumentError('job spec: "chat.eosTokenIds" must be an array of token ids');
 }
 
 export function jobFile(runDir: string): string {

@@ -48,7 +48,7 @@ describe('a Python producer written from docs/wire.md (real job, no rollout)', f
   });
 
   const spec = testSpec('pyprod', { steps: 3, batch: 2 });
-  const shapes = () => ['--nats', nats.url, '--job', spec.job, '--store', spec.storeDir, '--T', String(spec.seqLen), '--H', String(spec.target.hidden), '--vocab', String(spec.target.vocab)];
+  const shapes = () => ['--nats', nats.url, '--job', spec.job, '--store', spec.storeDir, '--T', String(spec.seqLen), '--H', String(spec.draft.hidden), '--vocab', String(spec.draft.vocab)];
 
   it('commits the budget, which the rank trains; a wrong shape is refused (SCHEMA)', async () => {
     const budget = jobRows(spec);

@@ -14,6 +14,15 @@ export interface RefConfig {
   ttt: number;
   ropeTheta: number;
   rmsEps: number;
+  /** Head dim when it is not hidden/heads (as a target's may be). */
+  headDim?: number;
+  ropeScaling?: RefRopeScaling | null;
+}
+
+/** RoPE frequency scaling as transformers' `rope_scaling` (linear, llama3). */
+export interface RefRopeScaling {
+  type: 'linear' | 'llama3'; factor: number;
+  lowFreqFactor?: number; highFreqFactor?: number; originalMaxPositionEmbeddings?: number;
 }
 
 /** Anything indexable by number: Float32Array, Float64Array, Int32Array, Uint8Array, number[]. */
@@ -44,7 +53,7 @@ export const REF_FROZEN = ['embed', 'target_head', 'd2t'] as const;
 export const STEP_DECAY = 0.8;
 
 export function refShapes(c: RefConfig): Record<string, number[]> {
-  const H = c.hidden, d = c.hidden / c.heads;
+  const H = c.hidden, d = c.headDim ?? c.hidden / c.heads;
   return {
     fc: [H, 3 * H], n_in: [H], n_hid: [H],
     q: [c.heads * d, 2 * H], k: [c.kvHeads * d, 2 * H], v: [c.kvHeads * d, 2 * H], o: [H, c.heads * d],
@@ -115,14 +124,27 @@ function rmsnormBack(x: Float64Array, w: Num, eps: number, dy: Float64Array, dw:
 
 function sigmoid(x: number): number { return 1 / (1 + Math.exp(-x)); }
 
+/** Frequency i of d/2, scaled as transformers' _compute_linear/_compute_llama3_parameters do. */
+function ropeFreq(i: number, d: number, theta: number, sc: RefRopeScaling | null | undefined): number {
+  const f = Math.pow(theta, (-2 * i) / d);
+  if (!sc) return f;
+  if (sc.type === 'linear') return f / sc.factor;
+  const old = sc.originalMaxPositionEmbeddings ?? 8192, lo = sc.lowFreqFactor ?? 1, hi = sc.highFreqFactor ?? 4;
+  const wavelen = (2 * Math.PI) / f;
+  if (wavelen > old / lo) return f / sc.factor; // low frequencies: stretched
+  if (wavelen < old / hi) return f; // high frequencies: kept
+  const smooth = (old / wavelen - lo) / (hi - lo);
+  return (1 - smooth) * (f / sc.factor) + smooth * f;
+}
+
 /** Rotate-half RoPE on each head of `x` (heads × d), position `pos`; `sign` -1 applies the inverse (transpose). */
-function rope(x: Float64Array, heads: number, d: number, pos: number, theta: number, sign = 1): Float64Array {
+function rope(x: Float64Array, heads: number, d: number, pos: number, theta: number, sign = 1, sc?: RefRopeScaling | null): Float64Array {
   const y = new Float64Array(x.length);
   const half = d / 2;
   for (let h = 0; h < heads; h++) {
     const b = h * d;
     for (let i = 0; i < half; i++) {
-      const f = Math.pow(theta, (-2 * i) / d);
+      const f = ropeFreq(i, d, theta, sc);
       const a = pos * f;
       const c = Math.cos(a), s = sign * Math.sin(a);
       const x0 = x[b + i], x1 = x[b + i + half];
@@ -220,7 +242,7 @@ interface PosCache {
 }
 
 function dims(c: RefConfig) {
-  const H = c.hidden, nh = c.heads, nkv = c.kvHeads, d = H / nh;
+  const H = c.hidden, nh = c.heads, nkv = c.kvHeads, d = c.headDim ?? H / nh;
   return { H, nh, nkv, d, g: nh / nkv, I: c.intermediate, Vd: c.draftVocab, K: c.ttt };
 }
 
@@ -250,8 +272,8 @@ function forwardSample(c: RefConfig, w: RefWeights, batch: RefBatch, target: Ref
       const x = new Float64Array(2 * H);
       x.set(rmsnorm(e, w.n_in, eps), 0);
       x.set(rmsnorm(hin, w.n_hid, eps), H);
-      const qr = rope(matvec(w.q, x, nh * d, 2 * H), nh, d, t, c.ropeTheta);
-      const kr = rope(matvec(w.k, x, nkv * d, 2 * H), nkv, d, t, c.ropeTheta);
+      const qr = rope(matvec(w.q, x, nh * d, 2 * H), nh, d, t, c.ropeTheta, 1, c.ropeScaling);
+      const kr = rope(matvec(w.k, x, nkv * d, 2 * H), nkv, d, t, c.ropeTheta, 1, c.ropeScaling);
       const vv = matvec(w.v, x, nkv * d, 2 * H);
       row.push({ tok, w: wt, u, hin, e, x, qr, kr, vv } as PosCache);
     }
@@ -497,8 +519,8 @@ export function referenceBackward(c: RefConfig, w: RefWeights, batch: RefBatch):
       const nextHin: Float64Array[] = [];
       for (let t = 0; t < T; t++) {
         const pc = row[t];
-        const dq = rope(dqr[t], nh, d, t, c.ropeTheta, -1);
-        const dk = rope(dkr[t], nkv, d, t, c.ropeTheta, -1);
+        const dq = rope(dqr[t], nh, d, t, c.ropeTheta, -1, c.ropeScaling);
+        const dk = rope(dkr[t], nkv, d, t, c.ropeTheta, -1, c.ropeScaling);
         outerAdd(G.q, dq, pc.x);
         outerAdd(G.k, dk, pc.x);
         outerAdd(G.v, dvv[t], pc.x);

@@ -10,12 +10,15 @@ std::string DraftConfig::check() const {
   if (!pos(heads)) return "heads must be >= 1";
   if (!pos(kv_heads)) return "kvHeads must be >= 1";
   if (heads % kv_heads != 0) return "heads must be a multiple of kvHeads";
-  if (hidden % heads != 0) return "hidden must be a multiple of heads";
-  if ((hidden / heads) % 2 != 0) return "hidden/heads (head dim) must be even";
+  if (head_dim_ < 0) return "headDim must be >= 1";
+  if (head_dim_ == 0 && hidden % heads != 0) return "hidden must be a multiple of heads (or headDim given)";
+  if (head_dim() % 2 != 0) return "the head dim (headDim, or hidden/heads) must be even";
+  if (double(heads) * double(head_dim()) >= double(1LL << 31)) return "heads·headDim too large";
   if (!pos(intermediate)) return "intermediate must be >= 1";
   if (!pos(ttt)) return "ttt must be >= 1";
   if (!(rope_theta > 0) || rope_theta > 1e12) return "ropeTheta must be a positive finite number";
   if (!(rms_eps > 0) || rms_eps > 1) return "rmsEps must be in (0, 1]";
+  if (const std::string e = rope_scaling.check(); !e.empty()) return "ropeScaling: " + e;
   const double big = 1LL << 31;
   if (double(vocab) * double(hidden) >= big || double(draft_vocab) * double(hidden) >= big ||
       double(intermediate) * double(hidden) * 2 >= big)

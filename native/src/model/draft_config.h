@@ -4,13 +4,17 @@
 #include <string>
 #include <vector>
 
+#include "kernels/rope.h"
+
 namespace dw {
 
 struct DraftConfig {
   int64_t vocab = 0, draft_vocab = 0, hidden = 0, heads = 0, kv_heads = 0, intermediate = 0, ttt = 0;
   double rope_theta = 10000.0, rms_eps = 1e-6;
+  int64_t head_dim_ = 0;     // 0: hidden / heads (a target's head_dim may differ, e.g. Qwen3)
+  RopeScaling rope_scaling;  // the target's (llama3, linear), so positions rotate as it does
 
-  int64_t head_dim() const { return hidden / heads; }
+  int64_t head_dim() const { return head_dim_ > 0 ? head_dim_ : hidden / heads; }
   int64_t q_dim() const { return heads * head_dim(); }
   int64_t kv_dim() const { return kv_heads * head_dim(); }
   int64_t qkv_dim() const { return q_dim() + 2 * kv_dim(); }

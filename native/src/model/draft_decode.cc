@@ -13,7 +13,7 @@ void DraftModel::decode_prefill(const float* aux, const int32_t* ids, int64_t L,
                                 std::vector<float>& logits) {
   if (sharded) throw std::runtime_error("decoding (accept length) needs an unsharded DraftModel");
   apply_threads();
-  rope_.ensure(L, cfg.head_dim(), cfg.rope_theta);
+  rope_.ensure(L, cfg.head_dim(), cfg.rope_theta, cfg.rope_scaling);
   const int64_t H = cfg.hidden, Vd = cfg.draft_vocab, D = cfg.qkv_dim(), d = cfg.head_dim();
   const int64_t g = cfg.heads / cfg.kv_heads, qd = cfg.q_dim(), kvd = cfg.kv_dim();
   a.resize(cfg, dims, L, cfg.heads * L);
@@ -59,7 +59,7 @@ void DraftModel::decode_step(const LayerActs& seq, int64_t p, const float* hin, 
   LayerActs& a = chain[size_t(j)];
   if (sharded) throw std::runtime_error("decoding (accept length) needs an unsharded DraftModel");
   if (a.rows != 1) a.resize(cfg, dims, 1, cfg.heads);
-  rope_.ensure(p + 1, d, cfg.rope_theta);
+  rope_.ensure(p + 1, d, cfg.rope_theta, cfg.rope_scaling);
   std::vector<float> hin_copy(hin, hin + H), scratch(static_cast<size_t>(H));
   a.hin = hin_copy.data();
   a.tok[0] = tok;

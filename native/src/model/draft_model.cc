@@ -136,7 +136,7 @@ std::string DraftModel::check_batch(const DraftBatch& b) const {
 
 void DraftModel::ensure_workspace(int64_t B, int64_t T, int64_t span) {
   const ShardLayout& L = shard_layout;
-  rope_.ensure(T * L.sp, cfg.head_dim(), cfg.rope_theta);
+  rope_.ensure(T * L.sp, cfg.head_dim(), cfg.rope_theta, cfg.rope_scaling);
   if (ws_.B == B && ws_.T == T && ws_.span == span) return;
   const int64_t N = B * T, NS = B * span, H = cfg.hidden, K = cfg.ttt;
   ws_ = Workspace();

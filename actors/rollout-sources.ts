@@ -1,0 +1,84 @@
+// What the rollout computes for a budget row: its sample id and features. Two sources:
+// - synthetic: seeded (or a user's) prompts the target continues itself, rows decoded together;
+// - chat: the dataset's conversations under teacher forcing (one forward pass of the target
+//   over the rendered conversation: aux and last of every position, the assistant mask), or
+//   with --regenerate the target writes the reply to the conversation's prompt itself, cut
+//   after its first end-of-turn token. A chat sample keeps its own length (≤ seqLen).
+import { InvalidArgumentError } from '../src/errors.ts';
+import { loadChatRows, chatSampleId, type ChatRow } from '../src/job/chat-data.ts';
+import { loadPrompts, syntheticPrompt } from '../src/job/prompts.ts';
+import type { JobSpec } from '../src/job/spec.ts';
+import { isHfTarget, targetVocab } from '../src/job/target.ts';
+import type { TargetModel } from '../src/native/addon.ts';
+import { tensor, type Tensor } from '../src/tensor.ts';
+
+export type Sample = Record<string, Tensor>;
+
+export interface RowSource {
+  idOf(row: number): string;
+  /** The features of these rows (a chunk, ascending), computed on the target's worker thread. */
+  compute(rows: number[]): Promise<Sample[]>;
+}
+
+export function sampleId(row: number): string {
+  return `row-${String(row).padStart(8, '0')}`;
+}
+
+/** Sampling seed of a row (temperature > 0). */
+export function rowSeed(spec: JobSpec, row: number): number {
+  return spec.seed * 1_000_003 + row;
+}
+
+function sampleOf(T: number, H: number, r: { ids: Int32Array; aux: Float32Array; last: Float32Array }, mask?: Uint8Array): Sample {
+  return {
+    ids: tensor('i32', [T], r.ids),
+    aux: tensor('f32', [T, 3 * H], r.aux),
+    last: tensor('f32', [T, H], r.last),
+    mask: tensor('u8', [T], mask ?? new Uint8Array(T).fill(1)),
+  };
+}
+
+/** Seeded synthetic prompts (or the user's prompt file), continued by the target. */
+export function syntheticSource(target: TargetModel, spec: JobSpec): RowSource {
+  const prompts = spec.dataset ? loadPrompts(spec.dataset, targetVocab(spec.target), spec.promptLen) : null;
+  const promptOf = (row: number) => prompts ? prompts[row % prompts.length]! : syntheticPrompt(spec.seed, row, targetVocab(spec.target), spec.promptLen);
+  return {
+    idOf: sampleId,
+    async compute(rows) {
+      const out = await target.rolloutBatch(rows.map(promptOf), spec.seqLen - spec.promptLen, { temperature: spec.temperature, seeds: rows.map((r) => rowSeed(spec, r)) });
+      return out.map((r) => sampleOf(spec.seqLen, spec.draft.hidden, r));
+    },
+  };
+}
+
+/** The chat dataset's conversations (teacher forcing), or their prompts answered by the target (--regenerate). */
+export async function chatSource(target: TargetModel, spec: JobSpec): Promise<RowSource> {
+  const chat = spec.chat;
+  if (!chat || !isHfTarget(spec.target)) throw new InvalidArgumentError('a chat rollout needs a chat dataset and a Hugging Face target');
+  const rows = await loadChatRows(spec.target.dir, spec.target.config.vocab, chat);
+  const H = spec.draft.hidden;
+  const eos = new Set(chat.eosTokenIds);
+  const one = async (row: ChatRow, r: number): Promise<Sample> => {
+    if (!row.prompt) {
+      const T = row.ids.length;
+      const { aux, last } = await target.forward(row.ids, 1, T);
+      return sampleOf(T, H, { ids: row.ids, aux, last }, row.mask);
+    }
+    const P = row.prompt.length;
+    const full = await target.rollout(row.prompt, spec.seqLen - P, { temperature: spec.temperature, seed: rowSeed(spec, r) });
+    let T = full.ids.length;
+    for (let t = P; t < full.ids.length; t++) if (eos.has(full.ids[t]!)) { T = t + 1; break; }
+    const mask = new Uint8Array(T);
+    mask.fill(1, P, T - 1); // the reply, its end-of-turn included; never the last position
+    // Causal: the rows of the first T positions are those of the sequence cut at T.
+    return sampleOf(T, H, { ids: full.ids.slice(0, T), aux: full.aux.slice(0, T * 3 * H), last: full.last.slice(0, T * H) }, mask);
+  };
+  return {
+    idOf: (r) => chatSampleId(rows, r),
+    async compute(rs) {
+      const out: Sample[] = [];
+      for (const r of rs) out.push(await one(rows[r % rows.length]!, r));
+      return out;
+    },
+  };
+}
