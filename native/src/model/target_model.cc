@@ -19,11 +19,22 @@ std::string TargetConfig::check() const {
   if (heads < 1) return "heads must be >= 1";
   if (kv_heads < 1) return "kvHeads must be >= 1";
   if (heads % kv_heads != 0) return "heads must be a multiple of kvHeads";
-  if (hidden % heads != 0) return "hidden must be a multiple of heads";
-  if ((hidden / heads) % 2 != 0) return "hidden/heads (head dim) must be even";
+  if (head_dim_ < 0 || head_dim_ > 65536) return "headDim must be in [0, 65536] (0: hidden/heads)";
+  if (head_dim_ == 0 && hidden % heads != 0) return "hidden must be a multiple of heads";
+  if (head_dim() % 2 != 0) return head_dim_ ? "headDim must be even" : "hidden/heads (head dim) must be even";
   if (intermediate < 1) return "intermediate must be >= 1";
-  if (layers < 8) return "layers must be >= 8";
+  const bool default_aux = aux_layers[0] < 0 && aux_layers[1] < 0 && aux_layers[2] < 0;
+  if (default_aux && layers < 8) return "layers must be >= 8";
+  if (layers < 1) return "layers must be >= 1";
   if (layers > 1024) return "layers must be <= 1024";
+  if (!default_aux)
+    for (int i = 0; i < 3; i++) {
+      const std::string f = "auxLayers[" + std::to_string(i) + "]";
+      if (aux_layers[i] < 0 || aux_layers[i] >= layers) return f + " must be in [0, layers)";
+      if (i > 0 && aux_layers[i] <= aux_layers[i - 1]) return f + " must be above auxLayers[" + std::to_string(i - 1) + "]";
+    }
+  const std::string rs = rope_scaling.check();
+  if (!rs.empty()) return "ropeScaling: " + rs;
   if (!(rope_theta > 0) || rope_theta > 1e12) return "ropeTheta must be a positive finite number";
   if (!(rms_eps > 0) || rms_eps > 1) return "rmsEps must be in (0, 1]";
   if (!(logit_scale > 0) || logit_scale > 1000) return "logitScale must be in (0, 1000]";
@@ -32,6 +43,7 @@ std::string TargetConfig::check() const {
   const double big = 1LL << 31;
   if (double(vocab) * double(hidden) >= big || double(intermediate) * double(hidden) * 2 >= big)
     return "config too large (a weight matrix would exceed 2^31 elements)";
+  if (double(q_dim()) * double(hidden) >= big) return "config too large (a weight matrix would exceed 2^31 elements)";
   const double per_layer = double(hidden) * double(qkv_dim() + q_dim() + 3 * intermediate + 2);
   const double total = 2.0 * double(vocab) * double(hidden) + double(layers) * per_layer;
   if (total * 4 > 8.0 * (1ull << 30)) return "config too large (more than 8 GiB of weights)";
@@ -83,6 +95,101 @@ TargetModel::TargetModel(const TargetConfig& c) : cfg(c) {
   final_norm_.assign(size_t(H), 1.0f);
 }
 
+TargetModel::TargetModel(const TargetConfig& c, FromWeights) : cfg(c) {
+  const int64_t V = c.vocab, H = c.hidden, I = c.intermediate, D = c.qkv_dim(), d = c.head_dim();
+  embed.assign(size_t(V * H), 0.0f);
+  target_head.assign(size_t(V * H), 0.0f);
+  final_norm_.assign(size_t(H), 0.0f);
+  layers_.resize(size_t(c.layers));
+  for (Layer& L : layers_) {
+    L.attn_norm.assign(size_t(H), 0.0f);
+    L.mlp_norm.assign(size_t(H), 0.0f);
+    L.wqkv.assign(size_t(D * H), 0.0f);
+    L.wo.assign(size_t(H * c.q_dim()), 0.0f);
+    L.wgu.assign(size_t(2 * I * H), 0.0f);
+    L.wdown.assign(size_t(H * I), 0.0f);
+    if (c.attention_bias) L.bqkv.assign(size_t(D), 0.0f);
+    if (c.qk_norm) L.q_norm.assign(size_t(d), 0.0f), L.k_norm.assign(size_t(d), 0.0f);
+  }
+  for (const TensorSlot& t : tensor_list(c)) unset_.push_back(t.name);
+}
+
+std::vector<TensorSlot> TargetModel::tensor_list(const TargetConfig& c) {
+  const int64_t V = c.vocab, H = c.hidden, I = c.intermediate, d = c.head_dim();
+  std::vector<TensorSlot> out{{"model.embed_tokens.weight", V * H}, {"model.norm.weight", H}};
+  if (!c.tie) out.push_back({"lm_head.weight", V * H});
+  for (int64_t l = 0; l < c.layers; l++) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    const std::string a = p + "self_attn.";
+    out.push_back({p + "input_layernorm.weight", H});
+    out.push_back({a + "q_proj.weight", c.q_dim() * H});
+    out.push_back({a + "k_proj.weight", c.kv_dim() * H});
+    out.push_back({a + "v_proj.weight", c.kv_dim() * H});
+    out.push_back({a + "o_proj.weight", H * c.q_dim()});
+    if (c.attention_bias) {
+      out.push_back({a + "q_proj.bias", c.q_dim()});
+      out.push_back({a + "k_proj.bias", c.kv_dim()});
+      out.push_back({a + "v_proj.bias", c.kv_dim()});
+    }
+    if (c.qk_norm) {
+      out.push_back({a + "q_norm.weight", d});
+      out.push_back({a + "k_norm.weight", d});
+    }
+    out.push_back({p + "post_attention_layernorm.weight", H});
+    out.push_back({p + "mlp.gate_proj.weight", I * H});
+    out.push_back({p + "mlp.up_proj.weight", I * H});
+    out.push_back({p + "mlp.down_proj.weight", H * I});
+  }
+  return out;
+}
+
+float* TargetModel::slot(const std::string& name, int64_t& n) {
+  const int64_t H = cfg.hidden, I = cfg.intermediate, qd = cfg.q_dim(), kvd = cfg.kv_dim();
+  n = 0;
+  if (name == "model.embed_tokens.weight") return n = int64_t(embed.size()), embed.data();
+  if (name == "model.norm.weight") return n = H, final_norm_.data();
+  if (name == "lm_head.weight") return cfg.tie ? nullptr : (n = int64_t(target_head.size()), target_head.data());
+  const std::string pre = "model.layers.";
+  if (name.compare(0, pre.size(), pre) != 0) return nullptr;
+  size_t dot = name.find('.', pre.size());
+  if (dot == std::string::npos || dot == pre.size() || dot - pre.size() > 4) return nullptr;
+  const std::string num = name.substr(pre.size(), dot - pre.size()), rest = name.substr(dot + 1);
+  if (num.find_first_not_of("0123456789") != std::string::npos || (num.size() > 1 && num[0] == '0')) return nullptr;
+  const int64_t l = std::stoll(num);
+  if (l >= cfg.layers) return nullptr;
+  Layer& L = layers_[size_t(l)];
+  auto at = [&](std::vector<float>& v, int64_t off, int64_t len) { return v.empty() ? nullptr : (n = len, v.data() + off); };
+  if (rest == "input_layernorm.weight") return at(L.attn_norm, 0, H);
+  if (rest == "post_attention_layernorm.weight") return at(L.mlp_norm, 0, H);
+  if (rest == "self_attn.q_proj.weight") return at(L.wqkv, 0, qd * H);
+  if (rest == "self_attn.k_proj.weight") return at(L.wqkv, qd * H, kvd * H);
+  if (rest == "self_attn.v_proj.weight") return at(L.wqkv, (qd + kvd) * H, kvd * H);
+  if (rest == "self_attn.o_proj.weight") return at(L.wo, 0, H * qd);
+  if (rest == "self_attn.q_proj.bias") return at(L.bqkv, 0, qd);
+  if (rest == "self_attn.k_proj.bias") return at(L.bqkv, qd, kvd);
+  if (rest == "self_attn.v_proj.bias") return at(L.bqkv, qd + kvd, kvd);
+  if (rest == "self_attn.q_norm.weight") return at(L.q_norm, 0, cfg.head_dim());
+  if (rest == "self_attn.k_norm.weight") return at(L.k_norm, 0, cfg.head_dim());
+  if (rest == "mlp.gate_proj.weight") return at(L.wgu, 0, I * H);
+  if (rest == "mlp.up_proj.weight") return at(L.wgu, I * H, I * H);
+  if (rest == "mlp.down_proj.weight") return at(L.wdown, 0, H * I);
+  return nullptr;
+}
+
+std::string TargetModel::set_tensor(const std::string& name, const float* data, int64_t n) {
+  auto it = std::find(unset_.begin(), unset_.end(), name);
+  int64_t want = 0;
+  float* dst = slot(name, want);
+  if (!dst) return "no tensor " + name + " in this config";
+  if (n != want) return name + " has " + std::to_string(n) + " elements, expected " + std::to_string(want);
+  std::copy_n(data, n, dst);
+  if (name == "model.embed_tokens.weight" && cfg.tie) std::copy_n(data, n, target_head.data());
+  if (it != unset_.end()) unset_.erase(it);
+  return "";
+}
+
+std::vector<std::string> TargetModel::missing() const { return unset_; }
+
 void TargetModel::apply_threads() const {
   if (threads > 0) {
     set_blas_threads(threads);
@@ -110,6 +217,7 @@ void TargetModel::forward_seqs(const SeqRows* seqs, int64_t B, float* logits) {
   const int64_t H = cfg.hidden, I = cfg.intermediate, D = cfg.qkv_dim(), qd = cfg.q_dim(),
                 kvd = cfg.kv_dim(), d = cfg.head_dim(), g = cfg.heads / cfg.kv_heads, nkv = cfg.kv_heads;
   if (B <= 0) return;
+  if (!unset_.empty()) throw std::runtime_error("TargetModel: weight " + unset_[0] + " was never set");
   row0_.resize(static_cast<size_t>(B + 1));
   int64_t R = 0, maxpos = 0, work = 0;
   bool decode_only = true;
@@ -124,7 +232,7 @@ void TargetModel::forward_seqs(const SeqRows* seqs, int64_t B, float* logits) {
     if (sq.n != 1) decode_only = false;
   }
   row0_[size_t(B)] = R;
-  rope_.ensure(maxpos, d, cfg.rope_theta);
+  rope_.ensure(maxpos, d, cfg.rope_theta, cfg.rope_scaling);
   h_.resize(static_cast<size_t>(R * H));
   u_.resize(static_cast<size_t>(R * H));
   qkv_.resize(static_cast<size_t>(R * D));
@@ -147,6 +255,17 @@ void TargetModel::forward_seqs(const SeqRows* seqs, int64_t B, float* logits) {
     // attention block
     rmsnorm_forward(R, H, h_.data(), H, L.attn_norm.data(), cfg.rms_eps, u_.data(), H, rstd_.data());
     gemm_nt(R, D, H, 1.0f, u_.data(), H, L.wqkv.data(), H, 0.0f, qkv_.data(), D);
+    if (!L.bqkv.empty())
+      parallel_for(R, 64, [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; r++) vaxpy(qkv_.data() + r * D, 1.0f, L.bqkv.data(), D);
+      });
+    if (cfg.qk_norm) {  // per head, in place (the row's sum of squares is taken before it is written)
+      for (int64_t h = 0; h < cfg.heads; h++)
+        rmsnorm_forward(R, d, qkv_.data() + h * d, D, L.q_norm.data(), cfg.rms_eps, qkv_.data() + h * d, D, rstd_.data());
+      for (int64_t h = 0; h < nkv; h++)
+        rmsnorm_forward(R, d, qkv_.data() + qd + h * d, D, L.k_norm.data(), cfg.rms_eps, qkv_.data() + qd + h * d, D,
+                        rstd_.data());
+    }
     rope_apply(R, pos_.data(), qkv_.data(), D, cfg.heads, d, rope_, false);
     rope_apply(R, pos_.data(), qkv_.data() + qd, D, cfg.kv_heads, d, rope_, false);
     for (int64_t b = 0; b < B; b++) {
