@@ -1,6 +1,7 @@
-// The rollout's built-in target: a small Llama-style model with seeded weights
-// (docs/model-math.md "Synthetic target"). It shares E and Wt with the draft's frozen tensors,
-// gives aux = concat(hidden_1, hidden_{L/2−1}, hidden_{L−4}) and last = RMSNorm(h_L; f), and
+// The rollout's target: a Llama-style model with seeded weights (docs/model-math.md "Synthetic
+// target") or a Hugging Face Llama/Qwen2/Qwen3 checkpoint's weights ("Hugging Face targets").
+// It shares E and Wt with the draft's frozen tensors, gives aux = concat of the outputs of
+// cfg.aux_layer(0..2) (default 1, L/2−1, L−4) and last = RMSNorm(h_L; f), and
 // decodes greedily (or with temperature) with a KV cache: the prompt is prefilled in one pass,
 // then every new token costs one position. Several sequences decode together (their rows share
 // every GEMM), and the rollout returns aux/last of the final sequence from the same pass.
