@@ -187,6 +187,28 @@ describe('Hugging Face targets (transformers reference)', function () {
     });
   });
 
+  it('TargetConfig: the HF fields are validated by name; the seeded model takes them too', async () => {
+    const base = { vocab: 64, hidden: 32, heads: 4, kvHeads: 2, intermediate: 48, layers: 8, ropeTheta: 1e4, rmsEps: 1e-6, seed: 3 };
+    const bad = (extra: Record<string, unknown>, re: RegExp) =>
+      assert.throws(() => TargetModel.create({ ...base, ...extra }), (e: unknown) => e instanceof InvalidArgumentError && re.test(e.message), re.source);
+    bad({ ropeScaling: { type: 'yarn', factor: 2 } }, /config\.ropeScaling\.type/);
+    bad({ ropeScaling: { type: 'llama3', factor: 8, lowFreqFactor: 4, highFreqFactor: 1 } }, /config\.ropeScaling\.highFreqFactor/);
+    bad({ ropeScaling: { type: 'linear', factor: -1 } }, /config\.ropeScaling\.factor/);
+    bad({ auxLayers: [1, 1, 4] }, /config\.auxLayers\[1\]/);
+    bad({ auxLayers: [1, 3, 8] }, /config\.auxLayers\[2\]/);
+    bad({ headDim: 3 }, /config\.headDim/);
+    bad({ qkNorm: 'yes' }, /config\.qkNorm/);
+    const m = TargetModel.create({ ...base, layers: 5, headDim: 24, qkNorm: true, attentionBias: true, tie: true, auxLayers: [0, 2, 4],
+      ropeScaling: { type: 'llama3', factor: 4, originalMaxPositionEmbeddings: 16 } }, { threads: 1 });
+    try {
+      const { aux, last } = await m.forward(Int32Array.from({ length: 12 }, (_, i) => i * 5), 2, 6);
+      assert.equal(aux.length, 2 * 6 * 3 * 32);
+      assert.equal(last.length, 2 * 6 * 32);
+      assert.ok(aux.every(Number.isFinite) && last.every(Number.isFinite));
+      assert.deepEqual(m.frozen().target_head, m.frozen().embed);
+    } finally { m.close(); }
+  });
+
   it('TargetModel.fromWeights: the same model in one call; a missing tensor is InvalidArgumentError', async () => {
     const dir = join(root, 'qwen2');
     const r = await readRef(dir);

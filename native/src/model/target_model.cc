@@ -91,27 +91,31 @@ TargetModel::TargetModel(const TargetConfig& c) : cfg(c) {
     fill_normal(L.wo.data(), H * qd, c.seed, s + 1, 0.0, c.residual_scale * 0.5 / std::sqrt(double(qd)));
     fill_normal(L.wgu.data(), 2 * I * H, c.seed, s + 2, 0.0, 1.0 / std::sqrt(double(H)));
     fill_normal(L.wdown.data(), H * I, c.seed, s + 3, 0.0, c.residual_scale * 0.5 / std::sqrt(double(I)));
+    if (c.attention_bias) L.bqkv.assign(size_t(D), 0.0f);  // the shapes alone: zero biases, unit qk-norm
+    if (c.qk_norm) L.q_norm.assign(size_t(c.head_dim()), 1.0f), L.k_norm.assign(size_t(c.head_dim()), 1.0f);
   }
+  if (c.tie) target_head = embed;
   final_norm_.assign(size_t(H), 1.0f);
 }
 
+// Buffers are allocated when their first tensor arrives (set_tensor), so building a large
+// model costs one layer's allocation per call instead of the whole model's up front.
 TargetModel::TargetModel(const TargetConfig& c, FromWeights) : cfg(c) {
-  const int64_t V = c.vocab, H = c.hidden, I = c.intermediate, D = c.qkv_dim(), d = c.head_dim();
-  embed.assign(size_t(V * H), 0.0f);
-  target_head.assign(size_t(V * H), 0.0f);
-  final_norm_.assign(size_t(H), 0.0f);
   layers_.resize(size_t(c.layers));
-  for (Layer& L : layers_) {
-    L.attn_norm.assign(size_t(H), 0.0f);
-    L.mlp_norm.assign(size_t(H), 0.0f);
-    L.wqkv.assign(size_t(D * H), 0.0f);
-    L.wo.assign(size_t(H * c.q_dim()), 0.0f);
-    L.wgu.assign(size_t(2 * I * H), 0.0f);
-    L.wdown.assign(size_t(H * I), 0.0f);
-    if (c.attention_bias) L.bqkv.assign(size_t(D), 0.0f);
-    if (c.qk_norm) L.q_norm.assign(size_t(d), 0.0f), L.k_norm.assign(size_t(d), 0.0f);
-  }
   for (const TensorSlot& t : tensor_list(c)) unset_.push_back(t.name);
+}
+
+void TargetModel::ensure_layer(Layer& L) {
+  if (!L.wqkv.empty()) return;
+  const int64_t H = cfg.hidden, I = cfg.intermediate, D = cfg.qkv_dim(), d = cfg.head_dim();
+  L.attn_norm.assign(size_t(H), 0.0f);
+  L.mlp_norm.assign(size_t(H), 0.0f);
+  L.wqkv.assign(size_t(D * H), 0.0f);
+  L.wo.assign(size_t(H * cfg.q_dim()), 0.0f);
+  L.wgu.assign(size_t(2 * I * H), 0.0f);
+  L.wdown.assign(size_t(H * I), 0.0f);
+  if (cfg.attention_bias) L.bqkv.assign(size_t(D), 0.0f);
+  if (cfg.qk_norm) L.q_norm.assign(size_t(d), 0.0f), L.k_norm.assign(size_t(d), 0.0f);
 }
 
 std::vector<TensorSlot> TargetModel::tensor_list(const TargetConfig& c) {
@@ -145,10 +149,15 @@ std::vector<TensorSlot> TargetModel::tensor_list(const TargetConfig& c) {
 
 float* TargetModel::slot(const std::string& name, int64_t& n) {
   const int64_t H = cfg.hidden, I = cfg.intermediate, qd = cfg.q_dim(), kvd = cfg.kv_dim();
+  const size_t VH = size_t(cfg.vocab * H);
   n = 0;
-  if (name == "model.embed_tokens.weight") return n = int64_t(embed.size()), embed.data();
-  if (name == "model.norm.weight") return n = H, final_norm_.data();
-  if (name == "lm_head.weight") return cfg.tie ? nullptr : (n = int64_t(target_head.size()), target_head.data());
+  if (name == "model.embed_tokens.weight") {
+    embed.resize(VH);
+    if (cfg.tie) target_head.resize(VH);
+    return n = int64_t(VH), embed.data();
+  }
+  if (name == "model.norm.weight") return final_norm_.resize(size_t(H)), n = H, final_norm_.data();
+  if (name == "lm_head.weight") return cfg.tie ? nullptr : (target_head.resize(VH), n = int64_t(VH), target_head.data());
   const std::string pre = "model.layers.";
   if (name.compare(0, pre.size(), pre) != 0) return nullptr;
   size_t dot = name.find('.', pre.size());
@@ -158,6 +167,10 @@ float* TargetModel::slot(const std::string& name, int64_t& n) {
   const int64_t l = std::stoll(num);
   if (l >= cfg.layers) return nullptr;
   Layer& L = layers_[size_t(l)];
+  const bool is_bias = rest.size() > 5 && rest.compare(rest.size() - 5, 5, ".bias") == 0;
+  const bool is_qk = rest == "self_attn.q_norm.weight" || rest == "self_attn.k_norm.weight";
+  if ((is_bias && !cfg.attention_bias) || (is_qk && !cfg.qk_norm)) return nullptr;
+  ensure_layer(L);
   auto at = [&](std::vector<float>& v, int64_t off, int64_t len) { return v.empty() ? nullptr : (n = len, v.data() + off); };
   if (rest == "input_layernorm.weight") return at(L.attn_norm, 0, H);
   if (rest == "post_attention_layernorm.weight") return at(L.mlp_norm, 0, H);
@@ -259,7 +272,7 @@ void TargetModel::forward_seqs(const SeqRows* seqs, int64_t B, float* logits) {
       parallel_for(R, 64, [&](int64_t r0, int64_t r1) {
         for (int64_t r = r0; r < r1; r++) vaxpy(qkv_.data() + r * D, 1.0f, L.bqkv.data(), D);
       });
-    if (cfg.qk_norm) {  // per head, in place (the row's sum of squares is taken before it is written)
+    if (!L.q_norm.empty()) {  // per head, in place (the row's sum of squares is taken before it is written)
       for (int64_t h = 0; h < cfg.heads; h++)
         rmsnorm_forward(R, d, qkv_.data() + h * d, D, L.q_norm.data(), cfg.rms_eps, qkv_.data() + h * d, D, rstd_.data());
       for (int64_t h = 0; h < nkv; h++)

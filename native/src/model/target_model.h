@@ -78,7 +78,9 @@ struct RolloutSeq {
 
 class TargetModel {
  public:
-  explicit TargetModel(const TargetConfig& c);  // generates the weights from c.seed
+  // Generates the weights from c.seed (with attention_bias / qk_norm / tie: zero biases, unit
+  // qk-norm weights, head = E).
+  explicit TargetModel(const TargetConfig& c);
   // Caller-supplied weights: every tensor of tensor_list(c) starts unset (zero) and is filled
   // by set_tensor; the model runs only once missing() is empty. The packing: q, k, v rows
   // stacked into wqkv [qkv_dim, H] (biases likewise), gate, up into wgu [2I, H].
@@ -128,8 +130,9 @@ class TargetModel {
     std::vector<float> attn_norm, wqkv, wo, mlp_norm, wgu, wdown;  // wqkv [qkv_dim, H], wgu [2I, H]
     std::vector<float> bqkv, q_norm, k_norm;                       // [qkv_dim], [d], [d] when used
   };
-  // where a named tensor goes: [dst, dst + n)
+  // where a named tensor goes: [dst, dst + n) (allocating its buffer on first use); null: no such tensor
   float* slot(const std::string& name, int64_t& n);
+  void ensure_layer(Layer& L);
   std::vector<Layer> layers_;
   std::vector<std::string> unset_;  // names not yet given (FromWeights), in tensor_list order
   std::vector<float> final_norm_;

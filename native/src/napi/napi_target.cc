@@ -276,6 +276,8 @@ Napi::Value TargetWrap::Frozen(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   auto st = acquire(env, "frozen");
   BusyRelease hold{st->busy};
+  const auto miss = st->model.missing();
+  if (!miss.empty()) throw_native(env, "TargetModel.frozen: weight " + miss[0] + " was never set");
   Napi::Object o = Napi::Object::New(env);
   o.Set("embed", to_f32(env, st->model.embed.data(), st->model.embed.size()));
   o.Set("target_head", to_f32(env, st->model.target_head.data(), st->model.target_head.size()));
