@@ -81,6 +81,24 @@ export interface TargetConfig {
    * { logitScale: 1, zipf: 0, residualScale: 1 } is the original near-uniform target.
    */
   logitScale?: number; zipf?: number; residualScale?: number;
+  /** Hugging Face shapes (TargetModel.fromWeights; defaults are the synthetic target's): head dim (0/absent: hidden/heads). */
+  headDim?: number;
+  /** q/k/v projection biases (Qwen2). */
+  attentionBias?: boolean;
+  /** Per-head RMSNorm of q and k before RoPE (Qwen3). */
+  qkNorm?: boolean;
+  /** The head is the embedding (no lm_head.weight). */
+  tie?: boolean;
+  ropeScaling?: RopeScalingConfig | null;
+  /** 0-based decoder layers whose outputs form aux, ascending (absent: [1, L/2−1, L−4]). */
+  auxLayers?: [number, number, number];
+}
+
+/** RoPE frequency scaling (docs/model-math.md "Hugging Face targets"); null: none. */
+export interface RopeScalingConfig {
+  type: 'linear' | 'llama3'; factor: number;
+  /** llama3 only: defaults 1, 4, 8192. */
+  lowFreqFactor?: number; highFreqFactor?: number; originalMaxPositionEmbeddings?: number;
 }
 
 /** Defaults of the target's shape knobs: greedy token p ≈ 0.45, top 5 ≈ 0.7 (small preset). */
@@ -124,6 +142,8 @@ interface RawDraftModel {
 }
 interface RawTargetModel {
   frozen(): { embed: Float32Array; target_head: Float32Array };
+  setWeights(w: Record<string, Float32Array>): void;
+  missing(): string[];
   forward(ids: Int32Array, batch: number, seq: number): Promise<{ aux: Float32Array; last: Float32Array }>;
   generate(prompt: Int32Array, maxNew: number, temperature: number, seed: number): Promise<Int32Array>;
   rollout(prompts: Int32Array[], maxNew: number, temperature: number, seeds: number[] | undefined, features: boolean):
@@ -133,7 +153,7 @@ interface RawTargetModel {
 interface RawBinding {
   DraftModel: new (config: DraftConfig, weights: Record<string, Float32Array | Int32Array>, threads: number | null,
     shard: { comm: object; tp: number; sp: number; dp: number } | null) => RawDraftModel;
-  TargetModel: new (config: TargetConfig, threads: number | null) => RawTargetModel;
+  TargetModel: new (config: TargetConfig, threads: number | null, weights?: Record<string, Float32Array>) => RawTargetModel;
   acceptLength(draft: RawDraftModel, target: RawTargetModel, prompts: Int32Array[], maxNew: number):
     Promise<{ acceptLength: number; verifySteps: number; generated: number }>;
   blasInfo(): { config: string; coretype: string | null; threads: number; poolThreads: number; gloo: boolean };
@@ -243,8 +263,13 @@ function checkCommon(o: Record<string, unknown>, ints: string[]): void {
   }
   const heads = o.heads as number, kvHeads = o.kvHeads as number, hidden = o.hidden as number;
   if (heads % kvHeads !== 0) throw new InvalidArgumentError(`config.heads (${heads}) must be a multiple of config.kvHeads (${kvHeads})`);
-  if (hidden % heads !== 0) throw new InvalidArgumentError(`config.hidden (${hidden}) must be a multiple of config.heads (${heads})`);
-  if ((hidden / heads) % 2 !== 0) throw new InvalidArgumentError(`config.hidden/config.heads (head dim ${hidden / heads}) must be even`);
+  const hd = o.headDim;
+  if (hd !== undefined && hd !== 0) {
+    if (!isPosInt(hd, 65536) || hd % 2 !== 0) throw new InvalidArgumentError(`config.headDim must be an even integer in [2, 65536] or 0 (got ${String(hd)})`);
+  } else {
+    if (hidden % heads !== 0) throw new InvalidArgumentError(`config.hidden (${hidden}) must be a multiple of config.heads (${heads})`);
+    if ((hidden / heads) % 2 !== 0) throw new InvalidArgumentError(`config.hidden/config.heads (head dim ${hidden / heads}) must be even`);
+  }
   if (typeof o.ropeTheta !== 'number' || !Number.isFinite(o.ropeTheta) || o.ropeTheta <= 0) {
     throw new InvalidArgumentError(`config.ropeTheta must be a positive finite number (got ${String(o.ropeTheta)})`);
   }
@@ -267,10 +292,45 @@ export function validateDraftConfig(c: unknown): DraftConfig {
   };
 }
 
+/** A RopeScalingConfig (or null/undefined: none), checked field by field; `what` prefixes the messages. */
+export function validateRopeScaling(r: unknown, what = 'config.ropeScaling'): RopeScalingConfig | null {
+  if (r === undefined || r === null) return null;
+  const o = needObject(r, what);
+  if (o.type !== 'linear' && o.type !== 'llama3') throw new InvalidArgumentError(`${what}.type must be 'linear' or 'llama3' (got ${String(o.type)})`);
+  const num = (k: string, lo: number, hi: number, def?: number): number => {
+    const x = o[k] ?? def;
+    if (typeof x !== 'number' || !Number.isFinite(x) || x <= lo || x > hi) throw new InvalidArgumentError(`${what}.${k} must be a number in (${lo}, ${hi}] (got ${String(x)})`);
+    return x;
+  };
+  const factor = num('factor', 0, 1e6);
+  if (o.type === 'linear') return { type: 'linear', factor };
+  const lowFreqFactor = num('lowFreqFactor', 0, 1e6, 1), highFreqFactor = num('highFreqFactor', 0, 1e6, 4);
+  if (!(highFreqFactor > lowFreqFactor)) throw new InvalidArgumentError(`${what}.highFreqFactor (${highFreqFactor}) must exceed lowFreqFactor (${lowFreqFactor})`);
+  const omp = o.originalMaxPositionEmbeddings ?? 8192;
+  if (!isPosInt(omp, 1e9)) throw new InvalidArgumentError(`${what}.originalMaxPositionEmbeddings must be an integer in [1, 1e9] (got ${String(omp)})`);
+  return { type: 'llama3', factor, lowFreqFactor, highFreqFactor, originalMaxPositionEmbeddings: omp };
+}
+
+function validateAuxLayers(a: unknown, layers: number): [number, number, number] | undefined {
+  if (a === undefined) return undefined;
+  if (!Array.isArray(a) || a.length !== 3) throw new InvalidArgumentError('config.auxLayers must be an array of 3 layer indices');
+  a.forEach((x, i) => {
+    if (!Number.isInteger(x) || x < 0 || x >= layers) throw new InvalidArgumentError(`config.auxLayers[${i}] must be an integer in [0, ${layers}) (got ${String(x)})`);
+    if (i > 0 && x <= a[i - 1]) throw new InvalidArgumentError(`config.auxLayers[${i}] (${x}) must be above config.auxLayers[${i - 1}] (${a[i - 1]})`);
+  });
+  return [a[0], a[1], a[2]] as [number, number, number];
+}
+
+function optBool(o: Record<string, unknown>, k: string): boolean {
+  if (o[k] !== undefined && typeof o[k] !== 'boolean') throw new InvalidArgumentError(`config.${k} must be a boolean (got ${String(o[k])})`);
+  return o[k] === true;
+}
+
 export function validateTargetConfig(c: unknown): TargetConfig {
   const o = needObject(c, 'config');
   checkCommon(o, ['vocab', 'hidden', 'heads', 'kvHeads', 'intermediate', 'layers']);
-  if ((o.layers as number) < 8) throw new InvalidArgumentError(`config.layers must be >= 8 (got ${String(o.layers)})`);
+  const auxLayers = validateAuxLayers(o.auxLayers, o.layers as number);
+  if (!auxLayers && (o.layers as number) < 8) throw new InvalidArgumentError(`config.layers must be >= 8 (got ${String(o.layers)})`);
   if (typeof o.seed !== 'number' || !Number.isInteger(o.seed) || o.seed < 0 || o.seed > 2 ** 53) {
     throw new InvalidArgumentError(`config.seed must be an integer in [0, 2^53] (got ${String(o.seed)})`);
   }
@@ -287,6 +347,8 @@ export function validateTargetConfig(c: unknown): TargetConfig {
     intermediate: o.intermediate as number, layers: o.layers as number, ropeTheta: o.ropeTheta as number,
     rmsEps: o.rmsEps as number, seed: o.seed as number,
     logitScale: knob('logitScale', 0, true, 1000), zipf: knob('zipf', 0, false, 8), residualScale: knob('residualScale', 0, false, 16),
+    headDim: (o.headDim as number | undefined) ?? 0, attentionBias: optBool(o, 'attentionBias'), qkNorm: optBool(o, 'qkNorm'),
+    tie: optBool(o, 'tie'), ropeScaling: validateRopeScaling(o.ropeScaling), ...(auxLayers ? { auxLayers } : {}),
   };
 }
 
@@ -490,7 +552,7 @@ export class DraftModel {
 }
 
 // ------------------------------------------------------------------------------------------
-// Synthetic target
+// Target: the seeded synthetic one, or one from caller weights (Hugging Face names, src/hf/)
 
 export class TargetModel {
   private raw: RawTargetModel | null;
@@ -507,12 +569,49 @@ export class TargetModel {
     return new TargetModel(callSync(() => new nat.TargetModel(cfg, threads)), cfg);
   }
 
+  /**
+   * A model over the given weights (Hugging Face tensor names: native/src/napi/napi_models.h),
+   * every one of them; copied in synchronously (a memcpy per tensor).
+   */
+  static fromWeights(config: TargetConfig, weights: Record<string, Float32Array>, opts?: { threads?: number }): TargetModel {
+    const cfg = validateTargetConfig(config);
+    const threads = threadsOpt(opts);
+    const nat = binding();
+    const m = new TargetModel(callSync(() => new nat.TargetModel(cfg, threads, needObject(weights, 'weights') as Record<string, Float32Array>)), cfg);
+    m.checkComplete();
+    return m;
+  }
+
+  /** fromWeights, the weights arriving in parts (e.g. one layer at a time, each dropped once copied in). */
+  static async fromWeightParts(config: TargetConfig, parts: AsyncIterable<Record<string, Float32Array>>, opts?: { threads?: number }): Promise<TargetModel> {
+    const cfg = validateTargetConfig(config);
+    const threads = threadsOpt(opts);
+    const nat = binding();
+    const m = new TargetModel(callSync(() => new nat.TargetModel(cfg, threads, {})), cfg);
+    try {
+      for await (const w of parts) callSync(() => m.handle().setWeights(w));
+      m.checkComplete();
+    } catch (err) {
+      m.close();
+      throw err;
+    }
+    return m;
+  }
+
+  private checkComplete(): void {
+    const miss = this.handle().missing();
+    if (miss.length > 0) {
+      this.close();
+      throw new InvalidArgumentError(`weights: missing ${miss.slice(0, 3).join(', ')}${miss.length > 3 ? ` and ${miss.length - 3} more` : ''}`);
+    }
+  }
+
   private handle(): RawTargetModel {
     if (!this.raw) throw new NativeError('TargetModel is closed');
     return this.raw;
   }
 
-  /** Copies of E and Wt, to be shared with the draft as its frozen tensors. */
+  /** Copies of E and Wt (lm_head, or E when tied), to be shared with the draft as its frozen tensors. */
   frozen(): { embed: Float32Array; target_head: Float32Array } { return callSync(() => this.handle().frozen()); }
 
   /** aux [batch, seq, 3H] and last [batch, seq, H] of `batch` sequences of `seq` tokens. */

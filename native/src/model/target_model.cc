@@ -19,11 +19,22 @@ std::string TargetConfig::check() const {
   if (heads < 1) return "heads must be >= 1";
   if (kv_heads < 1) return "kvHeads must be >= 1";
   if (heads % kv_heads != 0) return "heads must be a multiple of kvHeads";
-  if (hidden % heads != 0) return "hidden must be a multiple of heads";
-  if ((hidden / heads) % 2 != 0) return "hidden/heads (head dim) must be even";
+  if (head_dim_ < 0 || head_dim_ > 65536) return "headDim must be in [0, 65536] (0: hidden/heads)";
+  if (head_dim_ == 0 && hidden % heads != 0) return "hidden must be a multiple of heads";
+  if (head_dim() % 2 != 0) return head_dim_ ? "headDim must be even" : "hidden/heads (head dim) must be even";
   if (intermediate < 1) return "intermediate must be >= 1";
-  if (layers < 8) return "layers must be >= 8";
+  const bool default_aux = aux_layers[0] < 0 && aux_layers[1] < 0 && aux_layers[2] < 0;
+  if (default_aux && layers < 8) return "layers must be >= 8";
+  if (layers < 1) return "layers must be >= 1";
   if (layers > 1024) return "layers must be <= 1024";
+  if (!default_aux)
+    for (int i = 0; i < 3; i++) {
+      const std::string f = "auxLayers[" + std::to_string(i) + "]";
+      if (aux_layers[i] < 0 || aux_layers[i] >= layers) return f + " must be in [0, layers)";
+      if (i > 0 && aux_layers[i] <= aux_layers[i - 1]) return f + " must be above auxLayers[" + std::to_string(i - 1) + "]";
+    }
+  const std::string rs = rope_scaling.check();
+  if (!rs.empty()) return "ropeScaling: " + rs;
   if (!(rope_theta > 0) || rope_theta > 1e12) return "ropeTheta must be a positive finite number";
   if (!(rms_eps > 0) || rms_eps > 1) return "rmsEps must be in (0, 1]";
   if (!(logit_scale > 0) || logit_scale > 1000) return "logitScale must be in (0, 1000]";
@@ -32,6 +43,7 @@ std::string TargetConfig::check() const {
   const double big = 1LL << 31;
   if (double(vocab) * double(hidden) >= big || double(intermediate) * double(hidden) * 2 >= big)
     return "config too large (a weight matrix would exceed 2^31 elements)";
+  if (double(q_dim()) * double(hidden) >= big) return "config too large (a weight matrix would exceed 2^31 elements)";
   const double per_layer = double(hidden) * double(qkv_dim() + q_dim() + 3 * intermediate + 2);
   const double total = 2.0 * double(vocab) * double(hidden) + double(layers) * per_layer;
   if (total * 4 > 8.0 * (1ull << 30)) return "config too large (more than 8 GiB of weights)";
@@ -79,7 +91,10 @@ TargetModel::TargetModel(const TargetConfig& c) : cfg(c) {
     fill_normal(L.wo.data(), H * qd, c.seed, s + 1, 0.0, c.residual_scale * 0.5 / std::sqrt(double(qd)));
     fill_normal(L.wgu.data(), 2 * I * H, c.seed, s + 2, 0.0, 1.0 / std::sqrt(double(H)));
     fill_normal(L.wdown.data(), H * I, c.seed, s + 3, 0.0, c.residual_scale * 0.5 / std::sqrt(double(I)));
+    if (c.attention_bias) L.bqkv.assign(size_t(D), 0.0f);  // the shapes alone: zero biases, unit qk-norm
+    if (c.qk_norm) L.q_norm.assign(size_t(c.head_dim()), 1.0f), L.k_norm.assign(size_t(c.head_dim()), 1.0f);
   }
+  if (c.tie) target_head = embed;
   final_norm_.assign(size_t(H), 1.0f);
 }
 
@@ -110,6 +125,7 @@ void TargetModel::forward_seqs(const SeqRows* seqs, int64_t B, float* logits) {
   const int64_t H = cfg.hidden, I = cfg.intermediate, D = cfg.qkv_dim(), qd = cfg.q_dim(),
                 kvd = cfg.kv_dim(), d = cfg.head_dim(), g = cfg.heads / cfg.kv_heads, nkv = cfg.kv_heads;
   if (B <= 0) return;
+  if (!unset_.empty()) throw std::runtime_error("TargetModel: weight " + unset_[0] + " was never set");
   row0_.resize(static_cast<size_t>(B + 1));
   int64_t R = 0, maxpos = 0, work = 0;
   bool decode_only = true;
@@ -124,7 +140,7 @@ void TargetModel::forward_seqs(const SeqRows* seqs, int64_t B, float* logits) {
     if (sq.n != 1) decode_only = false;
   }
   row0_[size_t(B)] = R;
-  rope_.ensure(maxpos, d, cfg.rope_theta);
+  rope_.ensure(maxpos, d, cfg.rope_theta, cfg.rope_scaling);
   h_.resize(static_cast<size_t>(R * H));
   u_.resize(static_cast<size_t>(R * H));
   qkv_.resize(static_cast<size_t>(R * D));
@@ -147,6 +163,17 @@ void TargetModel::forward_seqs(const SeqRows* seqs, int64_t B, float* logits) {
     // attention block
     rmsnorm_forward(R, H, h_.data(), H, L.attn_norm.data(), cfg.rms_eps, u_.data(), H, rstd_.data());
     gemm_nt(R, D, H, 1.0f, u_.data(), H, L.wqkv.data(), H, 0.0f, qkv_.data(), D);
+    if (!L.bqkv.empty())
+      parallel_for(R, 64, [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; r++) vaxpy(qkv_.data() + r * D, 1.0f, L.bqkv.data(), D);
+      });
+    if (!L.q_norm.empty()) {  // per head, in place (the row's sum of squares is taken before it is written)
+      for (int64_t h = 0; h < cfg.heads; h++)
+        rmsnorm_forward(R, d, qkv_.data() + h * d, D, L.q_norm.data(), cfg.rms_eps, qkv_.data() + h * d, D, rstd_.data());
+      for (int64_t h = 0; h < nkv; h++)
+        rmsnorm_forward(R, d, qkv_.data() + qd + h * d, D, L.k_norm.data(), cfg.rms_eps, qkv_.data() + qd + h * d, D,
+                        rstd_.data());
+    }
     rope_apply(R, pos_.data(), qkv_.data(), D, cfg.heads, d, rope_, false);
     rope_apply(R, pos_.data(), qkv_.data() + qd, D, cfg.kv_heads, d, rope_, false);
     for (int64_t b = 0; b < B; b++) {

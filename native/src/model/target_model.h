@@ -1,6 +1,7 @@
-// The rollout's built-in target: a small Llama-style model with seeded weights
-// (docs/model-math.md "Synthetic target"). It shares E and Wt with the draft's frozen tensors,
-// gives aux = concat(hidden_1, hidden_{L/2−1}, hidden_{L−4}) and last = RMSNorm(h_L; f), and
+// The rollout's target: a Llama-style model with seeded weights (docs/model-math.md "Synthetic
+// target") or a Hugging Face Llama/Qwen2/Qwen3 checkpoint's weights ("Hugging Face targets").
+// It shares E and Wt with the draft's frozen tensors, gives aux = concat of the outputs of
+// cfg.aux_layer(0..2) (default 1, L/2−1, L−4) and last = RMSNorm(h_L; f), and
 // decodes greedily (or with temperature) with a KV cache: the prompt is prefilled in one pass,
 // then every new token costs one position. Several sequences decode together (their rows share
 // every GEMM), and the rollout returns aux/last of the final sequence from the same pass.
@@ -26,13 +27,30 @@ struct TargetConfig {
   uint64_t seed = 0;
   // Wt row v ~ logit_scale·(v+1)^(−zipf)·N(0, 4/H); o and down std residual_scale·0.5/√fan_in.
   double logit_scale = kTargetLogitScale, zipf = kTargetZipf, residual_scale = kTargetResidualScale;
-  int64_t head_dim() const { return hidden / heads; }
+  // Hugging Face shapes (all off / default for the seeded target): head_dim_ 0 = hidden/heads;
+  // q/k/v biases (Qwen2); per-head RMSNorm of q and k before RoPE (Qwen3); tied head = embed.
+  int64_t head_dim_ = 0;
+  bool attention_bias = false, qk_norm = false, tie = false;
+  RopeScaling rope_scaling;
+  // 0-based decoder layers whose outputs form aux, ascending; −1: the default {1, L/2−1, L−4}
+  int64_t aux_layers[3] = {-1, -1, -1};
+  int64_t head_dim() const { return head_dim_ > 0 ? head_dim_ : hidden / heads; }
   int64_t q_dim() const { return heads * head_dim(); }
   int64_t kv_dim() const { return kv_heads * head_dim(); }
   int64_t qkv_dim() const { return q_dim() + 2 * kv_dim(); }
   std::string check() const;
   // the three layers whose outputs form aux
-  int64_t aux_layer(int i) const { return i == 0 ? 1 : i == 1 ? layers / 2 - 1 : layers - 4; }
+  int64_t aux_layer(int i) const {
+    if (aux_layers[i] >= 0) return aux_layers[i];
+    return i == 0 ? 1 : i == 1 ? layers / 2 - 1 : layers - 4;
+  }
+};
+
+// One caller-supplied tensor of a TargetModel built from weights: its Hugging Face name and
+// element count (TargetModel::tensor_list).
+struct TensorSlot {
+  std::string name;
+  int64_t numel = 0;
 };
 
 struct KVCache {
@@ -60,7 +78,20 @@ struct RolloutSeq {
 
 class TargetModel {
  public:
-  explicit TargetModel(const TargetConfig& c);  // generates the weights from c.seed
+  // Generates the weights from c.seed (with attention_bias / qk_norm / tie: zero biases, unit
+  // qk-norm weights, head = E).
+  explicit TargetModel(const TargetConfig& c);
+  // Caller-supplied weights: every tensor of tensor_list(c) starts unset (zero) and is filled
+  // by set_tensor; the model runs only once missing() is empty. The packing: q, k, v rows
+  // stacked into wqkv [qkv_dim, H] (biases likewise), gate, up into wgu [2I, H].
+  struct FromWeights {};
+  TargetModel(const TargetConfig& c, FromWeights);
+  // Names (Hugging Face: model.embed_tokens.weight, model.layers.{i}.self_attn.q_proj.weight,
+  // ...) and sizes; lm_head.weight only when !tie.
+  static std::vector<TensorSlot> tensor_list(const TargetConfig& c);
+  // "" when set, else why not (unknown name, wrong size).
+  std::string set_tensor(const std::string& name, const float* data, int64_t n);
+  std::vector<std::string> missing() const;
 
   const TargetConfig cfg;
   std::vector<float> embed, target_head;  // [V, H]; target_head already holds logit_scale
@@ -97,8 +128,13 @@ class TargetModel {
  private:
   struct Layer {
     std::vector<float> attn_norm, wqkv, wo, mlp_norm, wgu, wdown;  // wqkv [qkv_dim, H], wgu [2I, H]
+    std::vector<float> bqkv, q_norm, k_norm;                       // [qkv_dim], [d], [d] when used
   };
+  // where a named tensor goes: [dst, dst + n) (allocating its buffer on first use); null: no such tensor
+  float* slot(const std::string& name, int64_t& n);
+  void ensure_layer(Layer& L);
   std::vector<Layer> layers_;
+  std::vector<std::string> unset_;  // names not yet given (FromWeights), in tensor_list order
   std::vector<float> final_norm_;
   RopeTable rope_;
   std::vector<AttnScratch> attn_scratch_;  // one per (sequence, kv head) task

@@ -24,6 +24,7 @@ struct DraftState {
 
 struct TargetState {
   explicit TargetState(const TargetConfig& c) : model(c) {}
+  TargetState(const TargetConfig& c, TargetModel::FromWeights w) : model(c, w) {}
   TargetModel model;
   BusyFlag busy;
 };
@@ -58,6 +59,16 @@ class DraftWrap : public Napi::ObjectWrap<DraftWrap> {
   std::shared_ptr<DraftState> state_;
 };
 
+// new TargetModel(config, threads, weights?): without weights the seeded synthetic target;
+// with weights (an object, possibly empty) a model whose tensors are Float32Arrays named as
+// in Hugging Face checkpoints (TargetModel::tensor_list): model.embed_tokens.weight [V, H],
+// model.norm.weight [H], lm_head.weight [V, H] (absent when config.tie), and per layer i
+// model.layers.{i}.input_layernorm.weight, .self_attn.{q,k,v,o}_proj.weight
+// ([heads·d, H], [kvHeads·d, H] ×2, [H, heads·d]), .self_attn.{q,k,v}_proj.bias
+// (attentionBias), .self_attn.{q,k}_norm.weight [d] (qkNorm), .post_attention_layernorm.weight,
+// .mlp.{gate,up}_proj.weight [I, H], .mlp.down_proj.weight [H, I]. setWeights(record) fills
+// more of them (loading layer by layer keeps one copy); missing() lists the unset ones, and
+// every other method refuses to run until it is empty.
 class TargetWrap : public Napi::ObjectWrap<TargetWrap> {
  public:
   static Napi::Function Init(Napi::Env env);
@@ -71,6 +82,8 @@ class TargetWrap : public Napi::ObjectWrap<TargetWrap> {
   Napi::Value Generate(const Napi::CallbackInfo& info);
   Napi::Value Rollout(const Napi::CallbackInfo& info);  // batched KV-cached decode (+ aux/last)
   Napi::Value Close(const Napi::CallbackInfo& info);
+  Napi::Value SetWeights(const Napi::CallbackInfo& info);
+  Napi::Value Missing(const Napi::CallbackInfo& info);
 
   std::shared_ptr<TargetState> state_;
 };

@@ -1,4 +1,4 @@
-// JS binding of the synthetic TargetModel and of acceptLength.
+// JS binding of TargetModel (seeded or from weights, napi_models.h) and of acceptLength.
 #include "model/accept.h"
 #include "napi/napi_models.h"
 
@@ -29,6 +29,18 @@ TargetConfig parse_target_config(Napi::Env env, Napi::Value v) {
   c.logit_scale = opt("logitScale", kTargetLogitScale);
   c.zipf = opt("zipf", kTargetZipf);
   c.residual_scale = opt("residualScale", kTargetResidualScale);
+  c.head_dim_ = field_head_dim(o, "config");
+  c.attention_bias = field_bool(o, "attentionBias", "config", false);
+  c.qk_norm = field_bool(o, "qkNorm", "config", false);
+  c.tie = field_bool(o, "tie", "config", false);
+  c.rope_scaling = field_rope_scaling(o, "config");
+  if (o.Has("auxLayers") && !o.Get("auxLayers").IsUndefined() && !o.Get("auxLayers").IsNull()) {
+    Napi::Value a = o.Get("auxLayers");
+    if (!a.IsArray() || a.As<Napi::Array>().Length() != 3)
+      throw_invalid(env, "config.auxLayers must be an array of 3 layer indices");
+    for (uint32_t i = 0; i < 3; i++)
+      c.aux_layers[i] = need_int(env, a.As<Napi::Array>().Get(i), "config.auxLayers[" + std::to_string(i) + "]", 0, kMaxDim);
+  }
   const std::string err = c.check();
   if (!err.empty()) throw_invalid(env, "config: " + err);
   return c;
@@ -39,6 +51,32 @@ void check_ids(Napi::Env env, const int32_t* ids, int64_t n, int64_t V, const st
     if (ids[i] < 0 || ids[i] >= V)
       throw_invalid(env, what + "[" + std::to_string(i) + "] = " + std::to_string(ids[i]) + " is outside [0, vocab=" +
                              std::to_string(V) + ")");
+}
+
+// Every entry of w into the model (names and sizes checked before anything is copied).
+void set_weights(Napi::Env env, TargetModel& m, Napi::Object w) {
+  Napi::Array keys = w.GetPropertyNames();
+  std::vector<std::pair<std::string, Napi::Float32Array>> ts;
+  for (uint32_t i = 0; i < keys.Length(); i++) {
+    const std::string k = keys.Get(i).ToString().Utf8Value();
+    ts.emplace_back(k, need_typed<float>(env, w.Get(k), "weights[" + k + "]", -1));
+  }
+  const std::vector<TensorSlot> slots = TargetModel::tensor_list(m.cfg);
+  for (auto& [k, a] : ts) {
+    int64_t n = 0;
+    for (const TensorSlot& s : slots)
+      if (s.name == k) n = s.numel;
+    if (n == 0) throw_invalid(env, "weights: no tensor " + k + " in this config");
+    if (int64_t(a.ElementLength()) != n)
+      throw_invalid(env, "weights[" + k + "] has " + std::to_string(a.ElementLength()) + " elements, expected " +
+                             std::to_string(n));
+    const int64_t bad = first_nonfinite(a.Data(), n);
+    if (bad >= 0) throw_invalid(env, "weights[" + k + "][" + std::to_string(bad) + "] is not finite");
+  }
+  for (auto& [k, a] : ts) {
+    const std::string err = m.set_tensor(k, a.Data(), int64_t(a.ElementLength()));
+    if (!err.empty()) throw_invalid(env, "weights: " + err);
+  }
 }
 
 class TargetForwardWorker : public PromiseWorker {
@@ -182,16 +220,42 @@ Napi::Function TargetWrap::Init(Napi::Env env) {
                          InstanceMethod("generate", &TargetWrap::Generate),
                          InstanceMethod("rollout", &TargetWrap::Rollout),
                          InstanceMethod("close", &TargetWrap::Close),
+                         InstanceMethod("setWeights", &TargetWrap::SetWeights),
+                         InstanceMethod("missing", &TargetWrap::Missing),
                      });
 }
 
-// new TargetModel(config, threads)
+// new TargetModel(config, threads, weights?)
 TargetWrap::TargetWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<TargetWrap>(info) {
   Napi::Env env = info.Env();
   const TargetConfig c = parse_target_config(env, info[0]);
   const int64_t threads = info[1].IsUndefined() || info[1].IsNull() ? 0 : need_int(env, info[1], "threads", 0, 256);
-  state_ = std::make_shared<TargetState>(c);
+  if (info.Length() > 2 && !info[2].IsUndefined() && !info[2].IsNull()) {
+    Napi::Object w = need_object(env, info[2], "weights");
+    state_ = std::make_shared<TargetState>(c, TargetModel::FromWeights{});
+    set_weights(env, state_->model, w);
+  } else {
+    state_ = std::make_shared<TargetState>(c);
+  }
   state_->model.threads = int(threads);
+}
+
+// setWeights(record): copies the named tensors in (synchronous: a memcpy per tensor)
+Napi::Value TargetWrap::SetWeights(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto st = acquire(env, "setWeights");
+  BusyRelease hold{st->busy};
+  set_weights(env, st->model, need_object(env, info[0], "weights"));
+  return env.Undefined();
+}
+
+Napi::Value TargetWrap::Missing(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!state_) throw_native(env, "TargetModel.missing: the model is closed");
+  const auto m = state_->model.missing();
+  Napi::Array a = Napi::Array::New(env, m.size());
+  for (size_t i = 0; i < m.size(); i++) a.Set(uint32_t(i), Napi::String::New(env, m[i]));
+  return a;
 }
 
 std::shared_ptr<TargetState> TargetWrap::acquire(Napi::Env env, const char* op) {
@@ -212,6 +276,8 @@ Napi::Value TargetWrap::Frozen(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   auto st = acquire(env, "frozen");
   BusyRelease hold{st->busy};
+  const auto miss = st->model.missing();
+  if (!miss.empty()) throw_native(env, "TargetModel.frozen: weight " + miss[0] + " was never set");
   Napi::Object o = Napi::Object::New(env);
   o.Set("embed", to_f32(env, st->model.embed.data(), st->model.embed.size()));
   o.Set("target_head", to_f32(env, st->model.target_head.data(), st->model.target_head.size()));

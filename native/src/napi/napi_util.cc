@@ -50,6 +50,48 @@ double field_number(Napi::Object o, const char* key, const std::string& what) {
   return need_number(o.Env(), o.Get(key), what + "." + key);
 }
 
+static bool absent(Napi::Object o, const char* key) {
+  if (!o.Has(key)) return true;
+  Napi::Value v = o.Get(key);
+  return v.IsUndefined() || v.IsNull();
+}
+
+RopeScaling field_rope_scaling(Napi::Object o, const std::string& what) {
+  RopeScaling s;
+  if (absent(o, "ropeScaling")) return s;
+  const std::string w = what + ".ropeScaling";
+  Napi::Object r = need_object(o.Env(), o.Get("ropeScaling"), w);
+  Napi::Value t = r.Get("type");
+  const std::string type = t.IsString() ? t.As<Napi::String>().Utf8Value() : "";
+  if (type == "linear") s.kind = 1;
+  else if (type == "llama3") s.kind = 2;
+  else throw_invalid(o.Env(), w + ".type must be 'linear' or 'llama3'");
+  s.factor = field_number(r, "factor", w);
+  if (s.kind == 2) {
+    if (!absent(r, "lowFreqFactor")) s.low_freq_factor = field_number(r, "lowFreqFactor", w);
+    if (!absent(r, "highFreqFactor")) s.high_freq_factor = field_number(r, "highFreqFactor", w);
+    if (!absent(r, "originalMaxPositionEmbeddings"))
+      s.original_max_position = double(field_int(r, "originalMaxPositionEmbeddings", w, 1, 1000000000));
+  }
+  const std::string err = s.check();
+  if (!err.empty()) throw_invalid(o.Env(), w + ": " + err);
+  return s;
+}
+
+int64_t field_head_dim(Napi::Object o, const std::string& what) {
+  if (absent(o, "headDim")) return 0;
+  const int64_t d = field_int(o, "headDim", what, 0, 65536);
+  if (d % 2 != 0) throw_invalid(o.Env(), what + ".headDim must be even (got " + std::to_string(d) + ")");
+  return d;
+}
+
+bool field_bool(Napi::Object o, const char* key, const std::string& what, bool def) {
+  if (!o.Has(key) || o.Get(key).IsUndefined()) return def;
+  Napi::Value v = o.Get(key);
+  if (!v.IsBoolean()) throw_invalid(o.Env(), what + "." + key + " must be a boolean");
+  return v.As<Napi::Boolean>().Value();
+}
+
 template <typename T>
 struct TypeOf;
 template <>

@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include "kernels/rope.h"
+
 namespace dw {
 
 // Bad input detected off the JS thread (becomes an INVALID_ARGUMENT rejection).
@@ -27,6 +29,13 @@ int64_t need_int(Napi::Env env, Napi::Value v, const std::string& what, int64_t 
 int64_t field_int(Napi::Object o, const char* key, const std::string& what, int64_t lo, int64_t hi);
 double need_number(Napi::Env env, Napi::Value v, const std::string& what);
 double field_number(Napi::Object o, const char* key, const std::string& what);
+// o.ropeScaling: absent/null → none; {type: 'linear'|'llama3', factor, lowFreqFactor?,
+// highFreqFactor?, originalMaxPositionEmbeddings?} (defaults 1, 4, 8192), validated.
+RopeScaling field_rope_scaling(Napi::Object o, const std::string& what);
+// o.headDim: absent/null/0 → 0 (hidden/heads), else an even integer in [2, 65536].
+int64_t field_head_dim(Napi::Object o, const std::string& what);
+// o[key]: absent/undefined → def, else a boolean.
+bool field_bool(Napi::Object o, const char* key, const std::string& what, bool def);
 
 // A typed array of exactly the given type (and, when expected >= 0, length).
 template <typename T>
