@@ -14,6 +14,15 @@ import { CollectiveError, DraftwireError, InvalidArgumentError, NativeError } fr
 export interface DraftConfig {
   vocab: number; draftVocab: number; hidden: number; heads: number; kvHeads: number;
   intermediate: number; ttt: number; ropeTheta: number; rmsEps: number;
+  /** The target's head dim when it is not hidden/heads (Qwen3); absent or 0: hidden/heads. */
+  headDim?: number;
+  /** The target's RoPE scaling (Llama 3.x: llama3), so the draft rotates positions as it does. */
+  ropeScaling?: RopeScalingConfig | null;
+}
+
+/** The head dim of a draft or target config: headDim, or hidden/heads. */
+export function headDimOf(c: { hidden: number; heads: number; headDim?: number }): number {
+  return c.headDim ? c.headDim : c.hidden / c.heads;
 }
 
 export const TRAINABLE_NAMES: readonly string[] = Object.freeze([
@@ -285,10 +294,12 @@ export function validateDraftConfig(c: unknown): DraftConfig {
     throw new InvalidArgumentError(`config.draftVocab (${String(o.draftVocab)}) must be <= config.vocab (${String(o.vocab)})`);
   }
   if ((o.ttt as number) > 64) throw new InvalidArgumentError(`config.ttt must be <= 64 (got ${String(o.ttt)})`);
+  const ropeScaling = validateRopeScaling(o.ropeScaling);
   return {
     vocab: o.vocab as number, draftVocab: o.draftVocab as number, hidden: o.hidden as number, heads: o.heads as number,
     kvHeads: o.kvHeads as number, intermediate: o.intermediate as number, ttt: o.ttt as number,
     ropeTheta: o.ropeTheta as number, rmsEps: o.rmsEps as number,
+    ...(o.headDim ? { headDim: o.headDim as number } : {}), ...(ropeScaling ? { ropeScaling } : {}),
   };
 }
 
@@ -370,8 +381,9 @@ export function shardConfigError(c: DraftConfig, tp: number): string | null {
 }
 
 export function draftParamShapes(c: DraftConfig): Record<string, number[]> {
-  const { vocab: V, draftVocab: Vd, hidden: H, heads, kvHeads, intermediate: I } = validateDraftConfig(c);
-  const d = H / heads;
+  const cfg = validateDraftConfig(c);
+  const { vocab: V, draftVocab: Vd, hidden: H, heads, kvHeads, intermediate: I } = cfg;
+  const d = headDimOf(cfg);
   return {
     fc: [H, 3 * H], n_in: [H], n_hid: [H], q: [heads * d, 2 * H], k: [kvHeads * d, 2 * H], v: [kvHeads * d, 2 * H],
     o: [H, heads * d], n_post: [H], gate: [I, H], up: [I, H], down: [H, I], n_final: [H], lm: [Vd, H],

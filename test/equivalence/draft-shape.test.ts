@@ -13,7 +13,7 @@ const GRADS: StepOptions = { lr: null, clip: null, weightDecay: 0, returnGrads: 
 // original 32 positions, factors 4 and 1: with θ = 100 and d = 12 the six frequencies fall in
 // all three llama3 bands (kept, smoothed, stretched) over a 16-token sequence.
 const SHAPED: RefConfig = {
-  vocab: 61, draftVocab: 29, hidden: 32, heads: 4, kvHeads: 2, headDim: 12, intermediate: 40, ttt: 3,
+  vocab: 61, draftVocab: 30, hidden: 32, heads: 4, kvHeads: 2, headDim: 12, intermediate: 40, ttt: 3,
   ropeTheta: 100, rmsEps: 1e-5,
   ropeScaling: { type: 'llama3', factor: 8, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositionEmbeddings: 32 },
 };

@@ -27,6 +27,8 @@ DraftConfig parse_draft_config(Napi::Env env, Napi::Value v) {
   c.ttt = field_int(o, "ttt", "config", 1, 64);
   c.rope_theta = field_number(o, "ropeTheta", "config");
   c.rms_eps = field_number(o, "rmsEps", "config");
+  c.head_dim_ = field_head_dim(o, "config");
+  c.rope_scaling = field_rope_scaling(o, "config");
   const std::string err = c.check();
   if (!err.empty()) throw_invalid(env, "config: " + err);
   return c;
