@@ -10,6 +10,7 @@ import { DecodeError, DraftwireError, InvalidArgumentError } from '../src/errors
 import type { GlobalOptions } from './options.ts';
 export type { GlobalOptions };
 import * as audit from './commands/audit.ts';
+import * as capture from './commands/capture.ts';
 import * as node from './commands/node.ts';
 import * as run from './commands/run.ts';
 import * as scale from './commands/scale.ts';
@@ -23,7 +24,7 @@ export interface CommandModule {
 }
 
 /** The subcommands, in help order. Others (run, node, status, audit) are added here. */
-const COMMANDS: CommandModule[] = [run, status, scale, audit, step, node, wal];
+const COMMANDS: CommandModule[] = [run, capture, status, scale, audit, step, node, wal];
 
 export const EXIT_OK = 0;
 export const EXIT_FAILURE = 1;

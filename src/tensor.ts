@@ -44,3 +44,13 @@ export function tensor(dtype: Dtype, shape: number[], data?: TensorData): Tensor
 export function bytesOf(t: Tensor): Uint8Array {
   return new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength);
 }
+
+/** f32 → bf16 bit patterns, rounded to nearest even (as torch's .to(torch.bfloat16)); NaN stays NaN. */
+export function f32ToBf16(src: Float32Array): Uint16Array {
+  const u = new Uint32Array(src.buffer, src.byteOffset, src.length), out = new Uint16Array(src.length);
+  for (let i = 0; i < u.length; i++) {
+    const x = u[i]!;
+    out[i] = (x & 0x7fffffff) > 0x7f800000 ? (x >>> 16) | 0x40 : (x + 0x7fff + ((x >>> 16) & 1)) >>> 16;
+  }
+  return out;
+}

@@ -1,0 +1,73 @@
+// `draftwire capture`: the features of every conversation of a chat dataset, as the target
+// computes them, written one safetensors file per row (SpecForge's offline layout, without its
+// pickle): input_ids I64 [T], loss_mask U8 [T], aux_hidden_state [T, 3H] (the three aux layers
+// concatenated, low to high) and hidden_state [T, H] (after the final norm), plus
+// vocab.safetensors with d2t (I64 offsets: target id = draft id + d2t[draft id]) and t2d
+// (BOOL [V]). Readable by any framework, and what a capture is checked against another
+// implementation with. Each file is written whole or not at all (temp + rename).
+import { rename } from 'node:fs/promises';
+import { join } from 'node:path';
+import { InvalidArgumentError } from '../errors.ts';
+import { makeDir, writeFileAtomic } from '../files.ts';
+import { loadTokenizer } from '../chat/tokenizer.ts';
+import { prepareChatDataset, type PrepareSummary } from '../chat/dataset.ts';
+import { buildDraftVocab, countSupervisedTokens, writeVocabFile } from '../chat/vocab.ts';
+import { loadHfTarget } from '../hf/target.ts';
+import type { AuxLayerSpec } from '../hf/config.ts';
+import { writeSafetensorsFile } from '../store/safetensors.ts';
+import { f32ToBf16, tensor, type Tensor } from '../tensor.ts';
+
+export interface CaptureOptions {
+  target: string; dataset: string; out: string; dtype: 'bf16' | 'f32'; draftVocab: number; maxLen: number;
+  onBadRow: 'skip' | 'fail'; threads: number; auxLayers?: AuxLayerSpec;
+  onRow?: (done: number, total: number, tokens: number) => void;
+}
+
+export interface CaptureSummary {
+  out: string; rows: number; tokens: number; seconds: number; tokensPerSec: number; dtype: 'bf16' | 'f32';
+  auxLayers: [number, number, number]; draftVocab: number; vocabFile: string; dataset: PrepareSummary;
+}
+
+function floats(dtype: 'bf16' | 'f32', shape: number[], data: Float32Array): Tensor {
+  return dtype === 'f32' ? tensor('f32', shape, data) : tensor('bf16', shape, f32ToBf16(data));
+}
+
+export async function capture(o: CaptureOptions): Promise<CaptureSummary> {
+  if (o.dtype !== 'bf16' && o.dtype !== 'f32') throw new InvalidArgumentError(`--dtype must be bf16 or f32, got ${String(o.dtype)}`);
+  const t0 = Date.now();
+  const tok = loadTokenizer(o.target);
+  const { model, config } = await loadHfTarget(o.target, { threads: o.threads, auxLayers: o.auxLayers });
+  try {
+    const prep = await prepareChatDataset(tok, o.dataset, { maxLen: o.maxLen, onBadRow: o.onBadRow, evalRows: 0 });
+    await makeDir(o.out);
+    const vocab = buildDraftVocab(countSupervisedTokens(prep.rows, config.vocab), Math.min(o.draftVocab, config.vocab));
+    const vocabFile = join(o.out, 'vocab.safetensors');
+    await writeVocabFile(vocabFile, vocab, { dataset: o.dataset, rows: String(prep.rows.length) });
+    const H = config.hidden, meta = { format: 'draftwire-capture/1', aux_layers: config.auxLayers.join(','), dtype: o.dtype };
+    let tokens = 0, pending: Promise<unknown> = Promise.resolve();
+    for (let i = 0; i < prep.rows.length; i++) {
+      const row = prep.rows[i]!, T = row.ids.length;
+      const { aux, last } = await model.forward(row.ids, 1, T); // the next forward overlaps this row's write
+      await pending;
+      const file = join(o.out, `${row.id}.safetensors`);
+      pending = writeSafetensorsFile(`${file}.tmp`, {
+        input_ids: tensor('i64', [T], BigInt64Array.from(row.ids, (x) => BigInt(x))),
+        loss_mask: tensor('u8', [T], row.mask),
+        aux_hidden_state: floats(o.dtype, [T, 3 * H], aux),
+        hidden_state: floats(o.dtype, [T, H], last),
+      }, meta).then(() => rename(`${file}.tmp`, file));
+      tokens += T;
+      o.onRow?.(i + 1, prep.rows.length, tokens);
+    }
+    await pending;
+    const seconds = (Date.now() - t0) / 1000;
+    const summary: CaptureSummary = {
+      out: o.out, rows: prep.rows.length, tokens, seconds, tokensPerSec: tokens / seconds, dtype: o.dtype,
+      auxLayers: config.auxLayers, draftVocab: vocab.draftIds.length, vocabFile, dataset: prep.summary,
+    };
+    await writeFileAtomic(join(o.out, 'capture.json'), JSON.stringify(summary, null, 2));
+    return summary;
+  } finally {
+    model.close();
+  }
+}
