@@ -16,6 +16,8 @@ module.exports = {
     { name: 'src-wire-is-the-bottom', severity: 'error', from: { path: '^src/wire/' }, to: { path: '^src/(bus|ledger|store|job|native|runtime)/' } },
     { name: 'src-ledger-store-bus-on-wire', severity: 'error', from: { path: '^src/(ledger|store|bus)/' }, to: { path: '^src/(job|native|runtime)/|^src/(ledger|store|bus)/', pathNot: '^src/$1/' } },
     { name: 'src-native-on-bus', severity: 'error', from: { path: '^src/native/' }, to: { path: '^src/(job|runtime|ledger|store)/' } },
+    { name: 'src-chat-is-pure', severity: 'error', comment: 'src/chat/ (tokenizer, template, masks, draft vocabulary) must not reach NATS, the addon or the processes',
+      from: { path: '^src/chat/' }, to: { path: '^(src/(bus|native)|actors|trainer|cluster)/' } },
     { name: 'no-test-code-in-the-tree', severity: 'error', from: { path: '^(src|actors|trainer|cluster)/' }, to: { path: '^(test|bench)/' } },
   ],
   options: {

@@ -17,6 +17,8 @@ export interface TensorEntry {
   /** Byte range relative to the start of the data section. */
   begin: number;
   end: number;
+  /** Stored as BOOL (read as u8 holding 0 or 1; only when the reader allows it). */
+  bool?: true;
 }
 
 export interface SafetensorsHeader {
@@ -26,8 +28,19 @@ export interface SafetensorsHeader {
   metadata: Record<string, string>;
 }
 
+export interface EncodeOptions {
+  /** These u8 tensors (0 or 1 each) are written as dtype BOOL. */
+  bool?: readonly string[];
+}
+
 /** Serializes tensors (in the order given) into header bytes plus the tensors' own bytes, for writev. */
-export function encodeSafetensors(tensors: Record<string, Tensor>, metadata: Record<string, string> = {}): Uint8Array[] {
+export function encodeSafetensors(tensors: Record<string, Tensor>, metadata: Record<string, string> = {}, opts: EncodeOptions = {}): Uint8Array[] {
+  const bool = new Set(opts.bool ?? []);
+  for (const name of bool) {
+    const t = tensors[name];
+    if (!t || t.dtype !== 'u8') throw new InvalidArgumentError(`tensor "${name}": only a u8 tensor can be written as BOOL`);
+    if ((t.data as Uint8Array).some((v) => v > 1)) throw new InvalidArgumentError(`tensor "${name}": a BOOL tensor holds only 0 and 1`);
+  }
   const header: Record<string, unknown> = {};
   if (Object.keys(metadata).length > 0) header.__metadata__ = metadata;
   let offset = 0;
@@ -39,7 +52,7 @@ export function encodeSafetensors(tensors: Record<string, Tensor>, metadata: Rec
     if (bytes.byteLength !== numel(t.shape) * DTYPE_BYTES[t.dtype]) {
       throw new InvalidArgumentError(`tensor "${name}": ${bytes.byteLength} bytes do not fit ${t.dtype}[${t.shape}]`);
     }
-    header[name] = { dtype: FILE_DTYPE[t.dtype], shape: t.shape, data_offsets: [offset, offset + bytes.byteLength] };
+    header[name] = { dtype: bool.has(name) ? 'BOOL' : FILE_DTYPE[t.dtype], shape: t.shape, data_offsets: [offset, offset + bytes.byteLength] };
     offset += bytes.byteLength;
     parts.push(bytes);
   }
@@ -51,8 +64,8 @@ export function encodeSafetensors(tensors: Record<string, Tensor>, metadata: Rec
   return [head, ...parts];
 }
 
-export function encodeSafetensorsBuffer(tensors: Record<string, Tensor>, metadata?: Record<string, string>): Buffer {
-  return Buffer.concat(encodeSafetensors(tensors, metadata));
+export function encodeSafetensorsBuffer(tensors: Record<string, Tensor>, metadata?: Record<string, string>, opts?: EncodeOptions): Buffer {
+  return Buffer.concat(encodeSafetensors(tensors, metadata, opts));
 }
 
 /** A tensor name for a message: quoted when it is a plain feature name, else not at all. */
@@ -61,7 +74,7 @@ function label(name: string): string {
 }
 
 /** Parses and validates the JSON header; `fileBytes` (when known) bounds every offset. */
-export function parseHeader(json: Buffer, fileBytes: number | null, where: string): SafetensorsHeader {
+export function parseHeader(json: Buffer, fileBytes: number | null, where: string, opts: { allowBool?: boolean } = {}): SafetensorsHeader {
   let raw: unknown;
   try { raw = JSON.parse(json.toString('utf8')); } catch { throw new DecodeError(`${where}: safetensors header is not valid JSON`); }
   if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) throw new DecodeError(`${where}: safetensors header is not an object`);
@@ -77,7 +90,8 @@ export function parseHeader(json: Buffer, fileBytes: number | null, where: strin
       continue;
     }
     const e = v as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
-    const dtype = typeof e?.dtype === 'string' ? FROM_FILE_DTYPE[e.dtype] : undefined;
+    const isBool = opts.allowBool === true && e?.dtype === 'BOOL';
+    const dtype = isBool ? 'u8' : typeof e?.dtype === 'string' ? FROM_FILE_DTYPE[e.dtype] : undefined;
     // Error messages never quote what the file says (it may not be ours: DESIGN, the store):
     // a dtype is named only when it is one we know, a name only when it is a plain one.
     if (!dtype) throw new DecodeError(`${where}: tensor ${label(name)} has an unsupported dtype`);
@@ -94,7 +108,7 @@ export function parseHeader(json: Buffer, fileBytes: number | null, where: strin
       throw new DecodeError(`${where}: tensor ${label(name)} spans ${end - begin} bytes but ${dtype}[${shape}] needs ${numel(shape) * DTYPE_BYTES[dtype]}`);
     }
     if (fileBytes !== null && dataStart + end > fileBytes) throw new DecodeError(`${where}: tensor ${label(name)} runs past the end of the file (truncated?)`);
-    entries.set(name, { name, dtype, shape, begin, end });
+    entries.set(name, isBool ? { name, dtype, shape, begin, end, bool: true } : { name, dtype, shape, begin, end });
   }
   return { dataStart, entries, metadata };
 }
@@ -108,21 +122,26 @@ function headerLength(first8: Uint8Array, fileBytes: number, where: string, maxH
   return Number(n);
 }
 
-/** Decodes a whole in-memory file. Tensors are views into `buf` unless `copy` is set. */
-export function decodeSafetensors(buf: Uint8Array, opts: { copy?: boolean; where?: string } = {}): { tensors: Record<string, Tensor>; metadata: Record<string, string> } {
+function checkBool(e: TensorEntry, bytes: Uint8Array, where: string): void {
+  if (e.bool && bytes.some((v) => v > 1)) throw new DecodeError(`${where}: BOOL tensor ${label(e.name)} holds a byte other than 0 or 1`);
+}
+
+/** Decodes a whole in-memory file. Tensors are views into `buf` unless `copy` is set; BOOL tensors (u8) only with `allowBool`. */
+export function decodeSafetensors(buf: Uint8Array, opts: { copy?: boolean; where?: string; allowBool?: boolean } = {}): { tensors: Record<string, Tensor>; metadata: Record<string, string> } {
   const where = opts.where ?? 'buffer';
   const n = headerLength(buf, buf.byteLength, where);
-  const h = parseHeader(Buffer.from(buf.buffer, buf.byteOffset + 8, n), buf.byteLength, where);
+  const h = parseHeader(Buffer.from(buf.buffer, buf.byteOffset + 8, n), buf.byteLength, where, { allowBool: opts.allowBool });
   const tensors: Record<string, Tensor> = {};
   for (const e of h.entries.values()) {
     const slice = buf.subarray(h.dataStart + e.begin, h.dataStart + e.end);
+    checkBool(e, slice, where);
     tensors[e.name] = { dtype: e.dtype, shape: e.shape, data: viewAs(e.dtype, opts.copy ? new Uint8Array(slice) : slice) };
   }
   return { tensors, metadata: h.metadata };
 }
 
 /** Reads and parses the header; `maxHeaderBytes` bounds what is allocated for it (checked before allocating). */
-export async function readHeader(fh: FileHandle, where: string, maxHeaderBytes = MAX_HEADER_BYTES): Promise<SafetensorsHeader> {
+export async function readHeader(fh: FileHandle, where: string, maxHeaderBytes = MAX_HEADER_BYTES, opts: { allowBool?: boolean } = {}): Promise<SafetensorsHeader> {
   const { size } = await fh.stat();
   const first = Buffer.alloc(8);
   await fh.read(first, 0, 8, 0);
@@ -130,7 +149,7 @@ export async function readHeader(fh: FileHandle, where: string, maxHeaderBytes =
   const json = Buffer.alloc(n);
   const { bytesRead } = await fh.read(json, 0, n, 8);
   if (bytesRead !== n) throw new DecodeError(`${where}: header truncated`);
-  return parseHeader(json, size, where);
+  return parseHeader(json, size, where, opts);
 }
 
 export interface ReadOptions {
@@ -138,13 +157,15 @@ export interface ReadOptions {
   names?: readonly string[];
   /** Only rows [start, end) of the first dimension of every tensor read. */
   rows?: readonly [number, number];
+  /** Read BOOL tensors (as u8, every byte checked to be 0 or 1); otherwise BOOL is an unsupported dtype. */
+  allowBool?: boolean;
 }
 
 /** Reads some or all tensors of a file into fresh (private) buffers. */
 export async function readSafetensorsFile(path: string, opts: ReadOptions = {}): Promise<{ tensors: Record<string, Tensor>; metadata: Record<string, string> }> {
   const fh = await open(path, 'r');
   try {
-    const h = await readHeader(fh, path);
+    const h = await readHeader(fh, path, MAX_HEADER_BYTES, { allowBool: opts.allowBool });
     const names = opts.names ?? [...h.entries.keys()];
     const tensors: Record<string, Tensor> = {};
     for (const name of names) {
@@ -166,6 +187,7 @@ export async function readSafetensorsFile(path: string, opts: ReadOptions = {}):
       const bytes = new Uint8Array(end - begin);
       const { bytesRead } = await fh.read(bytes, 0, bytes.byteLength, h.dataStart + begin);
       if (bytesRead !== bytes.byteLength) throw new DecodeError(`${path}: tensor "${name}" truncated`);
+      checkBool(e, bytes, path);
       tensors[name] = { dtype: e.dtype, shape, data: viewAs(e.dtype, bytes) };
     }
     return { tensors, metadata: h.metadata };
@@ -175,8 +197,8 @@ export async function readSafetensorsFile(path: string, opts: ReadOptions = {}):
 }
 
 /** Writes a file in place with the job's FILE_MODE (not atomic; the feature store adds temp + fsync + rename on top). */
-export async function writeSafetensorsFile(path: string, tensors: Record<string, Tensor>, metadata?: Record<string, string>): Promise<number> {
-  const parts = encodeSafetensors(tensors, metadata);
+export async function writeSafetensorsFile(path: string, tensors: Record<string, Tensor>, metadata?: Record<string, string>, opts?: EncodeOptions): Promise<number> {
+  const parts = encodeSafetensors(tensors, metadata, opts);
   const fh = await openForWrite(path);
   try {
     await fh.writev(parts);

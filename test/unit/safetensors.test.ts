@@ -103,4 +103,28 @@ describe('safetensors', () => {
       try { decodeSafetensors(cut); } catch (e) { assert.ok(e instanceof DecodeError, `${i}: ${(e as Error).constructor.name}: ${(e as Error).message}`); }
     }
   });
+  it('writes u8 tensors as BOOL when asked, and reads BOOL back only when allowed, checked 0/1', async () => {
+    const ts = { m: tensor('u8', [4], new Uint8Array([0, 1, 1, 0])), k: tensor('i64', [2], new BigInt64Array([-3n, 5n])) };
+    const plain = encodeSafetensorsBuffer(ts);
+    assert.deepEqual(encodeSafetensorsBuffer(ts, {}, {}), plain, 'unchanged without the option');
+    const buf = encodeSafetensorsBuffer(ts, {}, { bool: ['m'] });
+    const n = Number(buf.readBigUInt64LE(0));
+    assert.equal(JSON.parse(buf.subarray(8, 8 + n).toString()).m.dtype, 'BOOL');
+    assert.deepEqual(buf.subarray(8 + n), plain.subarray(8 + Number(plain.readBigUInt64LE(0))), 'the same data bytes');
+    assert.throws(() => decodeSafetensors(buf), /tensor "m" has an unsupported dtype/);
+    const back = decodeSafetensors(buf, { allowBool: true });
+    assert.equal(back.tensors.m!.dtype, 'u8');
+    assert.deepEqual([...back.tensors.m!.data as Uint8Array], [0, 1, 1, 0]);
+    const path = join(dir, 'bool.safetensors');
+    await writeSafetensorsFile(path, ts, {}, { bool: ['m'] });
+    await assert.rejects(readSafetensorsFile(path), DecodeError);
+    assert.deepEqual([...(await readSafetensorsFile(path, { allowBool: true })).tensors.m!.data as Uint8Array], [0, 1, 1, 0]);
+    const hostile = Buffer.from(buf);
+    hostile[8 + n + 1] = 2;
+    assert.throws(() => decodeSafetensors(hostile, { allowBool: true }), /BOOL tensor "m" holds a byte other than 0 or 1/);
+    writeFileSync(path, hostile);
+    await assert.rejects(readSafetensorsFile(path, { allowBool: true }), DecodeError);
+    assert.throws(() => encodeSafetensorsBuffer(ts, {}, { bool: ['k'] }), InvalidArgumentError);
+    assert.throws(() => encodeSafetensorsBuffer({ m: tensor('u8', [1], new Uint8Array([3])) }, {}, { bool: ['m'] }), InvalidArgumentError);
+  });
 });
