@@ -10,7 +10,7 @@ import { DatasetRowError, InvalidArgumentError } from '../errors.ts';
 import { writeFileAtomic } from '../files.ts';
 import { loadTokenizer, type ChatTokenizer } from '../chat/tokenizer.ts';
 import { renderPrompt } from '../chat/template.ts';
-import { prepareChatDataset, type PreparedRow, type DatasetSummary } from '../chat/dataset.ts';
+import { prepareChatDataset, type PreparedRow, type PrepareSummary } from '../chat/dataset.ts';
 import { buildDraftVocab, countSupervisedTokens, readVocabFile, writeVocabFile, type DraftVocab } from '../chat/vocab.ts';
 
 /** The chat part of a job spec. */
@@ -36,7 +36,7 @@ export interface ChatDataSpec {
   eosTokenIds: number[];
 }
 
-export interface PreparedChat { chat: ChatDataSpec; summary: DatasetSummary; vocab: DraftVocab; evalOn: 'held-out' | 'training' }
+export interface PreparedChat { chat: ChatDataSpec; summary: PrepareSummary; vocab: DraftVocab; evalOn: 'held-out' | 'training' }
 
 /** One training sample's tokens: teacher forcing trains on ids/mask; --regenerate keeps only `prompt`. */
 export interface ChatRow { id: string; ids: Int32Array; mask: Uint8Array; prompt: Int32Array | null }
