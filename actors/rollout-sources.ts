@@ -55,7 +55,7 @@ export function syntheticSource(target: TargetModel, spec: JobSpec): RowSource {
 export async function chatSource(target: TargetModel, spec: JobSpec): Promise<RowSource> {
   const chat = spec.chat;
   if (!chat || !isHfTarget(spec.target)) throw new InvalidArgumentError('a chat rollout needs a chat dataset and a Hugging Face target');
-  const rows = await loadChatRows(spec.target.dir, spec.target.config.vocab, chat);
+  const rows = await loadChatRows(chat);
   const H = spec.draft.hidden;
   const eos = new Set(chat.eosTokenIds);
   const one = async (row: ChatRow, r: number): Promise<Sample> => {

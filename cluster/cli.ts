@@ -6,7 +6,7 @@
 // unless --log-level debug.
 import { pathToFileURL } from 'node:url';
 import { Command, CommanderError, Option } from 'commander';
-import { DecodeError, DraftwireError, InvalidArgumentError } from '../src/errors.ts';
+import { ChatTemplateError, DatasetRowError, DecodeError, DraftwireError, InvalidArgumentError, ModelFormatError } from '../src/errors.ts';
 import type { GlobalOptions } from './options.ts';
 export type { GlobalOptions };
 import * as audit from './commands/audit.ts';
@@ -25,6 +25,9 @@ export interface CommandModule {
 
 /** The subcommands, in help order. Others (run, node, status, audit) are added here. */
 const COMMANDS: CommandModule[] = [run, capture, status, scale, audit, step, node, wal];
+
+/** Errors of the user's input (options, files, a model directory, a dataset): exit 2. */
+const BAD_INPUT = [InvalidArgumentError, DecodeError, ModelFormatError, DatasetRowError, ChatTemplateError];
 
 export const EXIT_OK = 0;
 export const EXIT_FAILURE = 1;
@@ -81,7 +84,7 @@ function reportError(e: unknown): number {
     process.stderr.write(`draftwire: ${e.code}: ${e.message}\n`);
     if (e.code === 'INTERRUPTED') return EXIT_INTERRUPTED;
     if (debug && e.stack) process.stderr.write(e.stack + '\n');
-    return e instanceof InvalidArgumentError || e instanceof DecodeError ? EXIT_BAD_INPUT : EXIT_FAILURE;
+    return BAD_INPUT.some((c) => e instanceof c) ? EXIT_BAD_INPUT : EXIT_FAILURE;
   }
   const err = e instanceof Error ? e : new Error(String(e));
   process.stderr.write(`draftwire: INTERNAL: ${err.message}\n`);

@@ -1,15 +1,19 @@
 // A chat job's data: the conversations of a JSONL dataset rendered with the target's own chat
 // template and tokenised (src/chat), the draft vocabulary counted over their supervised tokens,
 // and the evaluation prompts of the held-out rows. `run` prepares it once and writes the
-// vocabulary and the prompts into the run directory; a resumed run, the rollout and the ranks
-// read those files back and never recompute them (a vocabulary recomputed on resume, or one
-// that differs between training and serving, silently breaks the accept length).
+// token rows, the vocabulary and the prompts into the run directory; a resumed run, the rollout
+// and the ranks read those files back and never recompute them (a vocabulary recomputed on
+// resume, or one that differs between training and serving, silently breaks the accept
+// length), and the rollout never tokenises on its event loop.
 import { readFileSync } from 'node:fs';
+import { rename } from 'node:fs/promises';
 import { join } from 'node:path';
-import { DatasetRowError, InvalidArgumentError } from '../errors.ts';
+import { DatasetRowError, DecodeError, InvalidArgumentError } from '../errors.ts';
+import { readSafetensorsFile, writeSafetensorsFile } from '../store/safetensors.ts';
+import { tensor } from '../tensor.ts';
 import { writeFileAtomic } from '../files.ts';
 import { loadTokenizer, type ChatTokenizer } from '../chat/tokenizer.ts';
-import { renderPrompt } from '../chat/template.ts';
+import { renderPrompt, strftime } from '../chat/template.ts';
 import { prepareChatDataset, type PreparedRow, type PrepareSummary } from '../chat/dataset.ts';
 import { buildDraftVocab, countSupervisedTokens, readVocabFile, writeVocabFile, type DraftVocab } from '../chat/vocab.ts';
 
@@ -26,6 +30,8 @@ export interface ChatDataSpec {
   regenerate: boolean;
   /** Training rows after preparation: one pass over them is `rows` samples. */
   rows: number;
+  /** safetensors with the rows' tokens: ids i32 [Σ T], mask u8 [Σ T], offsets i32 [rows + 1]; sample ids in the metadata. */
+  rowsFile: string;
   /** safetensors with d2t (I64 offsets) and t2d (BOOL), computed once when the job started. */
   vocabFile: string;
   /** JSON {prompts: number[][]}: the held-out rows' prompts with a generation prompt. */
@@ -34,6 +40,11 @@ export interface ChatDataSpec {
   evalMaxNew: number;
   /** The tokenizer's end-of-turn / end-of-sequence ids (a regenerated reply ends at the first). */
   eosTokenIds: number[];
+  /**
+   * Template variables fixed when the job started (date_string: Llama 3.x templates print
+   * today's date), so a resumed rollout renders exactly the conversations `run` counted.
+   */
+  templateVars: Record<string, string>;
 }
 
 export interface PreparedChat { chat: ChatDataSpec; summary: PrepareSummary; vocab: DraftVocab; evalOn: 'held-out' | 'training' }
@@ -55,15 +66,16 @@ function tokenizerOf(dir: string, vocab: number): ChatTokenizer {
 }
 
 /** Prompt ids of a conversation: everything before its first assistant turn, with the generation prompt. */
-function promptIds(tok: ChatTokenizer, messages: Parameters<typeof renderPrompt>[1], maxLen: number): Int32Array {
-  const ids = tok.encode(renderPrompt(tok, messages));
+function promptIds(tok: ChatTokenizer, messages: Parameters<typeof renderPrompt>[1], maxLen: number, vars: Record<string, string>): Int32Array {
+  const ids = tok.encode(renderPrompt(tok, messages, { vars }));
   return ids.length > maxLen ? ids.slice(0, maxLen) : ids;
 }
 
 /** `run`: prepares the dataset, writes the vocabulary and the eval prompts into runDir. */
 export async function prepareChatData(o: PrepareChatOptions): Promise<PreparedChat> {
   const tok = tokenizerOf(o.targetDir, o.vocab);
-  const prep = await prepareChatDataset(tok, o.dataset, { maxLen: o.maxLen, onBadRow: o.onBadRow, evalRows: o.evalRows });
+  const templateVars = { date_string: strftime(new Date(), '%d %b %Y') };
+  const prep = await prepareChatDataset(tok, o.dataset, { maxLen: o.maxLen, onBadRow: o.onBadRow, evalRows: o.evalRows, vars: templateVars });
   if (prep.rows.length === 0) {
     throw new DatasetRowError(`${o.dataset}: no conversation to train on (${prep.summary.skippedBad} bad rows, ${prep.summary.skippedNoSupervised} without a supervised token, ${prep.held.length} held out for evaluation)`,
       { detail: { summary: prep.summary } });
@@ -71,38 +83,54 @@ export async function prepareChatData(o: PrepareChatOptions): Promise<PreparedCh
   const vocab = buildDraftVocab(countSupervisedTokens(prep.rows, o.vocab), Math.min(o.draftVocab, o.vocab));
   const chat: ChatDataSpec = {
     dataset: o.dataset, maxLen: o.maxLen, onBadRow: o.onBadRow, evalRows: o.evalRows, regenerate: o.regenerate, rows: prep.rows.length,
+    rowsFile: join(o.runDir, 'rows.safetensors'),
     vocabFile: join(o.runDir, 'vocab.safetensors'), evalFile: join(o.runDir, 'eval-prompts.json'), evalMaxNew: o.evalMaxNew,
-    eosTokenIds: [...tok.eosTokenIds],
+    eosTokenIds: [...tok.eosTokenIds], templateVars,
   };
   await writeVocabFile(chat.vocabFile, vocab, { dataset: o.dataset, rows: String(prep.rows.length) });
+  await writeRowsFile(chat.rowsFile, prep.rows);
   // Held-out rows when there are any; else the first training rows (said in the summary).
   const room = Math.max(1, o.maxLen - o.evalMaxNew);
   const evalOn = prep.held.length > 0 ? 'held-out' : 'training';
   const prompts = prep.held.length > 0
-    ? prep.held.map((h) => Array.from(promptIds(tok, h.messages, room)))
+    ? prep.held.map((h) => Array.from(promptIds(tok, h.messages, room, templateVars)))
     : prep.rows.slice(0, o.evalPrompts).map((r) => Array.from(r.ids.subarray(0, Math.min(room, firstSupervised(r)))));
   await writeFileAtomic(chat.evalFile, JSON.stringify({ evalOn, prompts }));
   return { chat, summary: prep.summary, vocab, evalOn };
 }
 
 /** Where a training row's first supervised token is (its prompt ends there); at least 1. */
-function firstSupervised(r: PreparedRow): number {
+function firstSupervised(r: { mask: Uint8Array; ids: Int32Array }): number {
   const i = r.mask.indexOf(1);
   return Math.max(1, i < 0 ? r.ids.length : i);
 }
 
-/** The rollout: the same rows `run` prepared (the dataset must not have changed since). */
-export async function loadChatRows(targetDir: string, vocab: number, chat: ChatDataSpec): Promise<ChatRow[]> {
-  const tok = tokenizerOf(targetDir, vocab);
-  const prep = await prepareChatDataset(tok, chat.dataset, { maxLen: chat.maxLen, onBadRow: chat.onBadRow, evalRows: chat.evalRows });
-  if (prep.rows.length !== chat.rows) {
-    throw new DatasetRowError(`${chat.dataset}: ${prep.rows.length} training rows now, ${chat.rows} when the job started (the dataset changed under the job)`,
-      { detail: { now: prep.rows.length, started: chat.rows } });
+async function writeRowsFile(path: string, rows: readonly PreparedRow[]): Promise<void> {
+  const offsets = new Int32Array(rows.length + 1);
+  rows.forEach((r, i) => { offsets[i + 1] = offsets[i]! + r.ids.length; });
+  const n = offsets[rows.length]!, ids = new Int32Array(n), mask = new Uint8Array(n);
+  rows.forEach((r, i) => { ids.set(r.ids, offsets[i]); mask.set(r.mask, offsets[i]); });
+  const tmp = `${path}.tmp`;
+  await writeSafetensorsFile(tmp, { ids: tensor('i32', [n], ids), mask: tensor('u8', [n], mask), offsets: tensor('i32', [rows.length + 1], offsets) },
+    { format: 'draftwire-chat-rows/1', sampleIds: JSON.stringify(rows.map((r) => r.id)) });
+  await rename(tmp, path);
+}
+
+/** The rollout: the rows `run` prepared, as it wrote them (no tokenizer, no template). */
+export async function loadChatRows(chat: ChatDataSpec): Promise<ChatRow[]> {
+  const where = `${chat.rowsFile} (the job's prepared conversations)`;
+  const { tensors, metadata } = await readSafetensorsFile(chat.rowsFile);
+  const ids = tensors.ids?.data, mask = tensors.mask?.data, off = tensors.offsets?.data;
+  let sampleIds: unknown;
+  try { sampleIds = JSON.parse(metadata.sampleIds ?? ''); } catch { sampleIds = null; }
+  if (!(ids instanceof Int32Array) || !(mask instanceof Uint8Array) || !(off instanceof Int32Array) || !Array.isArray(sampleIds)
+    || off.length !== chat.rows + 1 || sampleIds.length !== chat.rows || off[chat.rows] !== ids.length || mask.length !== ids.length) {
+    throw new DecodeError(`${where}: not the ${chat.rows} rows the job was started with`);
   }
-  return prep.rows.map((r) => ({
-    id: r.id, ids: r.ids, mask: r.mask,
-    prompt: chat.regenerate ? r.ids.slice(0, Math.min(firstSupervised(r), chat.maxLen - 1)) : null,
-  }));
+  return sampleIds.map((id, i) => {
+    const r = { id: String(id), ids: ids.subarray(off[i], off[i + 1]), mask: mask.subarray(off[i], off[i + 1]) };
+    return { ...r, prompt: chat.regenerate ? r.ids.slice(0, Math.min(firstSupervised(r), chat.maxLen - 1)) : null };
+  });
 }
 
 /** The sample id of budget row r: the dataset row's id, with the pass over the data after the first. */

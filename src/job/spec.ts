@@ -150,12 +150,13 @@ function validateChat(c: unknown, seqLen: number, hf: boolean): void {
   if (typeof c !== 'object' || c === null) throw new InvalidArgumentError('job spec: "chat" must be an object or null');
   if (!hf) throw new InvalidArgumentError('job spec: a chat dataset needs a Hugging Face target (its tokenizer and chat template)');
   const o = c as Record<string, unknown>;
-  for (const k of ['dataset', 'vocabFile', 'evalFile']) if (typeof o[k] !== 'string' || o[k] === '') throw new InvalidArgumentError(`job spec: "chat.${k}" must be a non-empty string`);
+  for (const k of ['dataset', 'rowsFile', 'vocabFile', 'evalFile']) if (typeof o[k] !== 'string' || o[k] === '') throw new InvalidArgumentError(`job spec: "chat.${k}" must be a non-empty string`);
   for (const k of ['rows', 'evalMaxNew']) if (!Number.isSafeInteger(o[k]) || (o[k] as number) < 1) throw new InvalidArgumentError(`job spec: "chat.${k}" must be a positive integer, got ${JSON.stringify(o[k])}`);
   if (!Number.isSafeInteger(o.evalRows) || (o.evalRows as number) < 0) throw new InvalidArgumentError(`job spec: "chat.evalRows" must be an integer >= 0, got ${JSON.stringify(o.evalRows)}`);
   if (o.maxLen !== seqLen) throw new InvalidArgumentError(`job spec: "chat.maxLen" (${String(o.maxLen)}) must equal "seqLen" (${seqLen})`);
   if (o.onBadRow !== 'skip' && o.onBadRow !== 'fail') throw new InvalidArgumentError(`job spec: "chat.onBadRow" must be "skip" or "fail", got ${JSON.stringify(o.onBadRow)}`);
   if (typeof o.regenerate !== 'boolean') throw new InvalidArgumentError('job spec: "chat.regenerate" must be a boolean');
+  if (typeof o.templateVars !== 'object' || o.templateVars === null || !Object.values(o.templateVars).every((v) => typeof v === 'string')) throw new InvalidArgumentError('job spec: "chat.templateVars" must be an object of strings');
   if (!Array.isArray(o.eosTokenIds) || !o.eosTokenIds.every((x) => Number.isSafeInteger(x) && x >= 0)) throw new InvalidArgumentError('job spec: "chat.eosTokenIds" must be an array of token ids');
 }
 
