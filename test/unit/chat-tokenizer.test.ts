@@ -113,6 +113,9 @@ describe('chat tokenizer and template', function () {
     // Each turn renders differently when it is the last one, and no special token ends a turn.
     const tok = loadTokenizer(modelDir({ ...BASE, chat_template: '{% for m in messages %}{% if loop.last %}[{{ m.content }}]{% else %}{{ m.content }}{% endif %}{% endfor %}' }));
     assert.equal(renderChat(tok, CONV), 'HiHelloBye[Ciao]');
-    assert.throws(() => maskConversation(tok, CONV), (e: unknown) => e instanceof ChatTemplateError && /assistant turn 1: no end-of-turn token/.test(e.message));
+    assert.throws(() => maskConversation(tok, CONV), (e: unknown) => e instanceof ChatTemplateError && /assistant turn 1: the conversation before it renders differently/.test(e.message));
+    // Rendered alike as a prefix, but no special token ends the turn and the turn rendered last differs.
+    const tok2 = loadTokenizer(modelDir({ ...BASE, chat_template: '{% for m in messages %}{{ m.content }}{% if loop.last and m.role == "assistant" %}!{% endif %}{% endfor %}' }));
+    assert.throws(() => maskConversation(tok2, CONV), (e: unknown) => e instanceof ChatTemplateError && /assistant turn 1: no end-of-turn token/.test(e.message));
   });
 });
