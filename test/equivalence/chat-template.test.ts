@@ -64,7 +64,7 @@ describe('chat templates against transformers', function () {
     const l32 = join(tmp, 'llama3.2');
     mkdirSync(l32);
     for (const f of ['tokenizer.json', 'tokenizer_config.json']) copyFileSync(join(LLAMA3_DIR, f), join(l32, f));
-    for (const f of ['chat_template.jinja', 'generation_config.json']) copyFileSync(join(ROOT, 'test/fixtures/chat/llama3.2', f), join(l32, f));
+    for (const f of ['chat_template.jinja', 'generation_config.json']) copyFileSync(join(ROOT, 'test/fixtures/chat', f), join(l32, f));
     toks.set('llama3', { dir: LLAMA3_DIR, tok: loadTokenizer(LLAMA3_DIR) });
     toks.set('qwen3', { dir: QWEN3_DIR, tok: loadTokenizer(QWEN3_DIR) });
     toks.set('llama3.2', { dir: l32, tok: loadTokenizer(l32), vars: { date_string: '02 Dec 2026' } });
