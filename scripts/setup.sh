@@ -20,11 +20,26 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
-# The tests check the wire format and the f16 kernel against Python's msgpack and numpy, and
-# commit samples with a Python producer (test/fixtures/wire/produce.py: msgpack, nats-py).
-if ! python3 -c "import msgpack, numpy, nats" >/dev/null 2>&1; then
-  echo "setup: pip install msgpack numpy nats-py"
-  python3 -m pip install -q msgpack numpy nats-py
+# The tests check the wire format and the f16 kernel against Python's msgpack and numpy,
+# commit samples with a Python producer (test/fixtures/wire/produce.py: msgpack, nats-py), and
+# check chat templates, loss masks and the draft vocabulary file against transformers
+# (test/support/chat_reference.py: transformers, tokenizers, safetensors, torch). A local
+# package mirror is used when the machine has one.
+pip_index=()
+if [ -d /opt/pypi/simple ]; then
+  pip_index=(--index-url file:///opt/pypi/simple --extra-index-url file:///opt/pypi-more/simple)
+fi
+pip_need=()
+python3 -c "import msgpack" >/dev/null 2>&1 || pip_need+=(msgpack)
+python3 -c "import numpy" >/dev/null 2>&1 || pip_need+=(numpy)
+python3 -c "import nats" >/dev/null 2>&1 || pip_need+=(nats-py)
+python3 -c "import transformers" >/dev/null 2>&1 || pip_need+=(transformers)
+python3 -c "import tokenizers" >/dev/null 2>&1 || pip_need+=(tokenizers)
+python3 -c "import safetensors" >/dev/null 2>&1 || pip_need+=(safetensors)
+python3 -c "import torch" >/dev/null 2>&1 || pip_need+=(torch)
+if [ ${#pip_need[@]} -gt 0 ]; then
+  echo "setup: pip install ${pip_need[*]}"
+  python3 -m pip install -q "${pip_index[@]}" "${pip_need[@]}"
 fi
 
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules ]; then

@@ -45,3 +45,14 @@ export { tensor, type Tensor, type Dtype } from './tensor.ts';
 // The lease ledger, its partition function and its audit.
 export { dpPartition, jumpHash, MAX_PARTITIONS } from './ledger/partition.ts';
 export { LeaseLedger, auditEvents, type AuditReport, type Lease, type LedgerEvent, type LedgerOptions } from './ledger/ledger.ts';
+
+// Chat data for draft training: the model's tokenizer and chat template, loss masks of the
+// assistant turns, JSONL chat datasets, and the draft vocabulary (SpecForge's d2t/t2d file).
+export { loadTokenizer, type ChatTokenizer } from './chat/tokenizer.ts';
+export { renderChat, renderPrompt, type ChatMessage, type Role, type RenderOptions } from './chat/template.ts';
+export { maskConversation, type MaskedConversation, type MaskOptions } from './chat/mask.ts';
+export {
+  readChatDataset, prepareChatDataset, sanitizeId,
+  type ChatRow, type ReadOptions as ChatReadOptions, type PreparedRow, type HeldRow, type PrepareSummary, type PrepareOptions,
+} from './chat/dataset.ts';
+export { countSupervisedTokens, buildDraftVocab, writeVocabFile, readVocabFile, type DraftVocab } from './chat/vocab.ts';

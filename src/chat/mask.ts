@@ -4,6 +4,7 @@
 //   head_i = render(messages[0..i), add_generation_prompt) — the text before assistant turn i
 //   turn_i = render(messages[0..i])                          — the text through assistant turn i
 //
+// render(messages[0..i)) must be a prefix of text (else the turn cannot be placed safely).
 // Turn i starts where head_i and text part (head_i.length when head_i is a prefix of text; a
 // template that rewrites earlier turns, like Qwen3 dropping their <think> block, parts inside
 // its generation prompt, and the turn starts there). It ends at the first special token
@@ -80,8 +81,14 @@ export function maskConversation(tok: ChatTokenizer, messages: readonly ChatMess
   let prevEnd = 0;
   for (let i = 0; i < messages.length; i++) {
     if (messages[i]!.role !== 'assistant') continue;
+    // The conversation before the turn must render as it does in the whole, so that no
+    // earlier text can be taken for the turn.
+    const base = renderChat(tok, messages.slice(0, i), { vars });
+    if (!text.startsWith(base)) {
+      throw new ChatTemplateError(`assistant turn ${i}: the conversation before it renders differently on its own than in the whole conversation`, { detail: { turn: i, reason: 'prefix' } });
+    }
     const head = renderChat(tok, messages.slice(0, i), { addGenerationPrompt: true, vars });
-    const start = commonPrefix(head, text);
+    const start = Math.max(commonPrefix(head, text), base.length);
     if (start < prevEnd || start >= text.length) {
       throw new ChatTemplateError(`assistant turn ${i}: cannot find where it starts in the rendered conversation`, { detail: { turn: i, reason: 'turn start' } });
     }

@@ -1,10 +1,11 @@
 // renderChat and maskConversation against transformers (test/support/chat_reference.py, one
 // python process for every case): the same text and token ids as apply_chat_template for the
-// real Llama-3 and Qwen3 tokenizers (and Llama 3.2's template over the Llama-3 tokenizer), and
-// the same loss mask as one computed from the tokens' char offsets.
+// real Llama-3 and Qwen3 tokenizers (and Llama 3.2's template, and one with {% generation %}
+// blocks, over the Llama-3 tokenizer), and the same loss mask as python computes without prefix
+// rendering: from the tokens' char offsets, or return_assistant_tokens_mask.
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { copyFileSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -38,7 +39,15 @@ const QWEN_ONLY: Conv[] = [
   { name: 'enable_thinking=false: the empty <think> belongs to the prompt', messages: [user('Hi'), asst('Hello!'), user('Bye'), asst('Goodbye!')], turns: ['Hello!', 'Goodbye!'], headers: ['<|im_start|>assistant\n', '<|im_start|>assistant\n<think>\n\n</think>\n\n'], vars: { enable_thinking: false } },
 ];
 
-const HEADER: Record<string, string> = { qwen3: '<|im_start|>assistant\n', llama3: '<|start_header_id|>assistant<|end_header_id|>\n\n', 'llama3.2': '<|start_header_id|>assistant<|end_header_id|>\n\n' };
+const LLAMA_HEADER = '<|start_header_id|>assistant<|end_header_id|>\n\n';
+const HEADER: Record<string, string> = { qwen3: '<|im_start|>assistant\n', llama3: LLAMA_HEADER, 'llama3.2': LLAMA_HEADER, 'llama3-generation': LLAMA_HEADER };
+// A Llama-3 template marking the assistant turns with {% generation %}: python's mask then
+// comes from return_assistant_tokens_mask.
+const GENERATION_TEMPLATE = "{{- bos_token }}{%- for m in messages %}{{- '<|start_header_id|>' + m['role'] + '<|end_header_id|>\\n\\n' }}" +
+  "{%- if m['role'] == 'assistant' %}{% generation %}{{- m['content'] | trim + '<|eot_id|>' }}{% endgeneration %}" +
+  "{%- else %}{{- m['content'] | trim + '<|eot_id|>' }}{%- endif %}{%- endfor %}" +
+  "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}";
+const TOKENIZERS = ['llama3', 'qwen3', 'llama3.2', 'llama3-generation'];
 
 /** The assistant turns as the template renders them: Llama trims them; Qwen3 gives the turn after the last user message a <think> block. */
 function expectedTurns(tok: string, conv: Conv): string[] {
@@ -64,10 +73,15 @@ describe('chat templates against transformers', function () {
     const l32 = join(tmp, 'llama3.2');
     mkdirSync(l32);
     for (const f of ['tokenizer.json', 'tokenizer_config.json']) copyFileSync(join(LLAMA3_DIR, f), join(l32, f));
-    for (const f of ['chat_template.jinja', 'generation_config.json']) copyFileSync(join(ROOT, 'test/fixtures/chat/llama3.2', f), join(l32, f));
+    for (const f of ['chat_template.jinja', 'generation_config.json']) copyFileSync(join(ROOT, 'test/fixtures/chat', f), join(l32, f));
     toks.set('llama3', { dir: LLAMA3_DIR, tok: loadTokenizer(LLAMA3_DIR) });
     toks.set('qwen3', { dir: QWEN3_DIR, tok: loadTokenizer(QWEN3_DIR) });
     toks.set('llama3.2', { dir: l32, tok: loadTokenizer(l32), vars: { date_string: '02 Dec 2026' } });
+    const gen = join(tmp, 'llama3-generation');
+    mkdirSync(gen);
+    for (const f of ['tokenizer.json', 'tokenizer_config.json']) copyFileSync(join(LLAMA3_DIR, f), join(gen, f));
+    writeFileSync(join(gen, 'chat_template.jinja'), GENERATION_TEMPLATE);
+    toks.set('llama3-generation', { dir: gen, tok: loadTokenizer(gen) });
     for (const name of toks.keys()) {
       for (const conv of [...COMMON, ...(name === 'qwen3' ? QWEN_ONLY : [])]) {
         cases.push({ tok: name, conv, prompt: false }, { tok: name, conv, prompt: true });
@@ -86,7 +100,7 @@ describe('chat templates against transformers', function () {
   });
   after(() => rmSync(tmp, { recursive: true, force: true }));
 
-  for (const name of ['llama3', 'qwen3', 'llama3.2']) {
+  for (const name of TOKENIZERS) {
     for (const conv of [...COMMON, ...(name === 'qwen3' ? QWEN_ONLY : [])]) {
       it(`${name}: ${conv.name}: text, ids and loss mask`, () => {
         const k = cases.findIndex((c) => c.tok === name && c.conv === conv && !c.prompt);
@@ -98,8 +112,8 @@ describe('chat templates against transformers', function () {
         assert.deepEqual([...tok.encode(text)], ref.ids);
         const m = maskConversation(tok, conv.messages, { vars });
         assert.deepEqual([...m.ids], ref.ids);
-        assert.equal(ref.method, 'offsets');
-        assert.deepEqual([...m.mask], ref.mask, 'the same mask as from char offsets');
+        assert.equal(ref.method, name === 'llama3-generation' ? 'generation' : 'offsets');
+        assert.deepEqual([...m.mask], ref.mask, `the same mask as python's, from ${ref.method}`);
         // The supervised runs decode to the assistant turns, each with its end-of-turn token.
         const eot = name === 'qwen3' ? '<|im_end|>' : '<|eot_id|>';
         // (The last position is never supervised: a turn ending the text loses its last token there.)
