@@ -13,7 +13,7 @@ import { loadTokenizer } from '../chat/tokenizer.ts';
 import { prepareChatDataset, type PrepareSummary } from '../chat/dataset.ts';
 import { buildDraftVocab, countSupervisedTokens, writeVocabFile } from '../chat/vocab.ts';
 import { loadHfTarget } from '../hf/target.ts';
-import type { AuxLayerSpec } from '../hf/config.ts';
+import { readHfConfig, type AuxLayerSpec } from '../hf/config.ts';
 import { writeSafetensorsFile } from '../store/safetensors.ts';
 import { f32ToBf16, tensor, type Tensor } from '../tensor.ts';
 
@@ -35,10 +35,11 @@ function floats(dtype: 'bf16' | 'f32', shape: number[], data: Float32Array): Ten
 export async function capture(o: CaptureOptions): Promise<CaptureSummary> {
   if (o.dtype !== 'bf16' && o.dtype !== 'f32') throw new InvalidArgumentError(`--dtype must be bf16 or f32, got ${String(o.dtype)}`);
   const t0 = Date.now();
+  await readHfConfig(o.target, o.auxLayers); // the model directory first: its errors name config.json
   const tok = loadTokenizer(o.target);
+  const prep = await prepareChatDataset(tok, o.dataset, { maxLen: o.maxLen, onBadRow: o.onBadRow, evalRows: 0 });
   const { model, config } = await loadHfTarget(o.target, { threads: o.threads, auxLayers: o.auxLayers });
   try {
-    const prep = await prepareChatDataset(tok, o.dataset, { maxLen: o.maxLen, onBadRow: o.onBadRow, evalRows: 0 });
     await makeDir(o.out);
     const vocab = buildDraftVocab(countSupervisedTokens(prep.rows, config.vocab), Math.min(o.draftVocab, config.vocab));
     const vocabFile = join(o.out, 'vocab.safetensors');

@@ -84,6 +84,18 @@ describe('draftwire run --target: a Hugging Face model and a chat dataset (real 
     assert.ok(vocab.draftIds.includes(128009), '<|eot_id|> is supervised (the end of every assistant turn)');
   });
 
+  it('--regenerate: the target writes the replies itself (greedy, cut after its end-of-turn); the job trains and audits clean', async () => {
+    const r = await runCli(['run', ...common(), '--regenerate', '--batch', '4', '--steps', '4', '--eval-every', '0', '--workdir', workdir, '--job', 'regen', '--json'], { timeoutMs: 240_000 });
+    assert.equal(r.code, 0, r.stderr);
+    const s = JSON.parse(r.stdout.trim().split('\n').at(-1)!);
+    assert.equal(s.audit.ok, true, JSON.stringify(s.audit.problems));
+    assert.equal(s.audit.consumed, 16);
+    assert.ok(s.lossCurve.every((l: number) => Number.isFinite(l)), `losses ${s.lossCurve}`);
+    const job = JSON.parse(readFileSync(join(workdir, 'regen', 'job.json'), 'utf8'));
+    assert.equal(job.chat.regenerate, true);
+    assert.ok(job.chat.eosTokenIds.includes(128009), 'generation_config.json\'s <|eot_id|> ends a regenerated reply');
+  });
+
   it('--resume after a SIGKILL of the run process keeps the vocabulary (never recomputed)', async () => {
     const job = new ChaosJob({ workdir, job: 'hfresume', steps: 60, batch: 2, leaseMs: 3000, extra: common() });
     await job.waitStep(3, 120_000);
