@@ -2,9 +2,9 @@
 // shapes: H 2048, 32/8 heads, I 8192, V 128256, Vd 32000, K 7) against the same math in PyTorch
 // (bench/support/torch_draft.py, float32 autograd) on the same threads, in the same run; and the
 // OpenBLAS SGEMM peak on those threads as a second baseline.
-//   node --import tsx bench/draft-1b.bench.ts [--threads 2] [--batch 1] [--seq 256] [--reps 2] [--warmup 1] [--ttt 7] [--json]
+//   node --import tsx bench/draft-1b.bench.ts [--threads 2] [--batch 1] [--seq 128] [--reps 2] [--warmup 1] [--ttt 7] [--torch-default-malloc] [--json]
 // Both sides time forward + backward (no optimizer update) on random weights and a random batch
-// (mask 1, d2t = [0, Vd)); tokens/s = B·T over the best rep. PyTorch runs first, in its own
+// (mask 1, d2t = [0, Vd), every target argmax in d2t); tokens/s = B·T over the best rep. PyTorch runs first, in its own
 // process, so its 2 GiB of frozen tensors are gone before the addon allocates its own.
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
@@ -16,7 +16,7 @@ function arg(name: string, def: string): string {
 }
 const THREADS = Number(arg('threads', '2'));
 const B = Number(arg('batch', '1'));
-const T = Number(arg('seq', '256'));
+const T = Number(arg('seq', '128'));
 const REPS = Number(arg('reps', '2'));
 const WARMUP = Number(arg('warmup', '1'));
 const JSON_OUT = process.argv.includes('--json');
@@ -29,8 +29,12 @@ const log = (s: string): void => { if (!JSON_OUT) console.log(s); };
 
 interface TorchResult { tokensPerSec: number; msPerStep: number; meanMs: number; loss: number; threads: number; torch: string }
 
+// glibc returns PyTorch's freed gradient buffers (> 32 MiB: mmap) to the OS, and each step
+// faults them in again (first touch ≈ 0.3 GB/s on this VM); keep them in the heap instead, unless
+// --torch-default-malloc (measured both ways: README).
 function torchStep(): TorchResult {
-  const env = { ...process.env, OMP_NUM_THREADS: String(THREADS), MKL_NUM_THREADS: String(THREADS) };
+  const malloc = process.argv.includes('--torch-default-malloc') ? {} : { MALLOC_MMAP_MAX_: '0', MALLOC_TRIM_THRESHOLD_: String(2 ** 40) };
+  const env = { ...process.env, ...malloc, OMP_NUM_THREADS: String(THREADS), MKL_NUM_THREADS: String(THREADS) };
   const args = [SCRIPT, 'bench', JSON.stringify(cfg), '--batch', String(B), '--seq', String(T), '--reps', String(REPS), '--warmup', String(WARMUP), '--threads', String(THREADS)];
   const r = spawnSync('python3', args, { env, encoding: 'utf8', maxBuffer: 1 << 20 });
   if (r.status !== 0) throw new Error(`torch_draft.py bench failed (python3 with torch needed): ${r.error?.message ?? r.stderr}`);
@@ -43,7 +47,13 @@ async function nativeStep(): Promise<{ tokensPerSec: number; msPerStep: number; 
   const ids = Int32Array.from({ length: N }, (_, i) => (i * 2654435761) % cfg.vocab);
   const aux = new Float32Array(N * 3 * H), last = new Float32Array(N * H);
   for (let i = 0; i < aux.length; i++) aux[i] = Math.sin(i * 12.9898) * 1.7;
-  for (let i = 0; i < last.length; i++) last[i] = Math.cos(i * 78.233) * 1.7;
+  // last = 3·Wt[y] + noise with y in d2t: every row's target argmax is in d2t, so every row carries
+  // loss weight (as in real training; the addon skips the LM head of rows without any)
+  const Wt = weights.target_head as Float32Array;
+  for (let n = 0; n < N; n++) {
+    const y = (n * 40503) % cfg.draftVocab;
+    for (let h = 0; h < H; h++) last[n * H + h] = 3 * Wt[y * H + h]! + 0.3 * Math.cos((n * H + h) * 78.233);
+  }
   const batch = { ids, aux, last, mask: new Uint8Array(N).fill(1), batch: B, seq: T };
   const model = DraftModel.create(cfg, weights, { threads: THREADS });
   weights = null; // the addon holds its own copy

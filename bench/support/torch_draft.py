@@ -6,7 +6,8 @@
       the metadata key "config". OUT: loss [1], ploss [K], acc [K], grad.<name> per
       trainable tensor.
   torch_draft.py bench CONFIG_JSON --batch B --seq T --reps N [--warmup 1] [--threads N]
-      random weights at the config's sizes; times forward + backward; prints
+      random weights at the config's sizes (every target argmax in d2t, mask 1); times
+      forward + backward; prints
       {"tokensPerSec", "msPerStep", ...} as JSON.
 """
 import argparse
@@ -138,7 +139,9 @@ def bench(c, B, T, reps, warmup, threads):
     W['d2t'] = torch.arange(c['draftVocab'], dtype=torch.int32)
     ids = torch.randint(0, c['vocab'], (B, T), generator=gen, dtype=torch.int32)
     aux = torch.randn(B, T, 3 * H, generator=gen)
-    last = torch.randn(B, T, H, generator=gen)
+    # last = 3·Wt[y] + noise with y in d2t: every row's target argmax is in d2t (as in real training)
+    y = torch.randint(0, c['draftVocab'], (B, T), generator=gen)
+    last = 3 * W['target_head'][y] + 0.3 * torch.randn(B, T, H, generator=gen)
     mask = torch.ones(B, T, dtype=torch.uint8)
     times, loss = [], None
     for r in range(warmup + reps):
