@@ -93,7 +93,7 @@ async function main(): Promise<void> {
   log(`native step   ${f(native.msPerStep).padStart(7)} ms (mean ${f(native.meanMs)})  ${f(native.tokensPerSec, 1).padStart(7)} tokens/s  loss ${f(native.loss, 4)}  GEMM ${f(native.gflops, 1)} GFLOP/s = ${f(100 * native.gflops / peak)}% of SGEMM peak`);
   log(`PyTorch ${torch.torch.padEnd(6)}${f(torch.msPerStep).padStart(7)} ms (mean ${f(torch.meanMs)})  ${f(torch.tokensPerSec, 1).padStart(7)} tokens/s  loss ${f(torch.loss, 4)}  (${torch.threads} threads)`);
   log(`native / PyTorch: ${f(ratio, 2)}×   SGEMM peak (1024³, same threads): ${f(peak, 1)} GFLOP/s before, ${f(peakAfter, 1)} after`);
-  log('(losses differ: each side draws its own random weights and batch)');
+  log('(each side draws its own random weights and batch, from the same distributions)');
 }
 
 await main();

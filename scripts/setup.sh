@@ -26,6 +26,11 @@ if ! python3 -c "import msgpack, numpy, nats" >/dev/null 2>&1; then
   echo "setup: pip install msgpack numpy nats-py"
   python3 -m pip install -q msgpack numpy nats-py
 fi
+# test/equivalence/torch-step.test.ts checks the native step against PyTorch (CPU wheel).
+if ! python3 -c "import torch, safetensors" >/dev/null 2>&1; then
+  echo "setup: pip install torch safetensors (CPU)"
+  python3 -m pip install -q --extra-index-url https://download.pytorch.org/whl/cpu torch safetensors
+fi
 
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules ]; then
   echo "setup: npm ci"
