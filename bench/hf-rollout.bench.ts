@@ -28,10 +28,11 @@ const work = mkdtempSync(join(tmpdir(), 'draftwire-bench-hf-'));
 
 /** Runs a python helper; its last stdout line is JSON. */
 function python(script: string, args: string[]): Record<string, unknown> {
-  // OMP_NUM_THREADS too: torch.set_num_threads alone leaves other pools at the core count.
-  const r = spawnSync('python3', [join(support, script), ...args], {
-    encoding: 'utf8', maxBuffer: 16 << 20, env: { ...process.env, OMP_NUM_THREADS: String(THREADS) },
-  });
+  // OMP_NUM_THREADS: torch.set_num_threads alone leaves other pools at the core count.
+  // OMP_WAIT_POLICY=PASSIVE: on shared cores libgomp's spinning threads lose their core and
+  // transformers runs 2-6x slower here; passive waiting is its best case (overridable).
+  const env = { ...process.env, OMP_NUM_THREADS: String(THREADS), OMP_WAIT_POLICY: process.env.OMP_WAIT_POLICY ?? 'PASSIVE' };
+  const r = spawnSync('python3', [join(support, script), ...args], { encoding: 'utf8', maxBuffer: 16 << 20, env });
   if (r.status !== 0) throw new Error(`${script} failed (${r.status}): ${r.stderr.slice(-2000)}`);
   return JSON.parse(r.stdout.trim().split('\n').pop()!) as Record<string, unknown>;
 }
@@ -91,7 +92,7 @@ try {
     target: made ?? { dir }, shape: { hidden: config.hidden, layers: config.layers, heads: config.heads, kvHeads: config.kvHeads, intermediate: config.intermediate, vocab: config.vocab, dtype: config.dtype },
     auxLayers: config.auxLayers,
     native: { loadSeconds, seconds: nativeSeconds, tokensPerSec: nativeTps },
-    transformers: hf,
+    transformers: { ...hf, ompWaitPolicy: process.env.OMP_WAIT_POLICY ?? 'PASSIVE' },
     ratio: nativeTps / hfTps, ratioHead1: nativeTps / hfTps1,
     lastMaxAbsDiff: diff, lastMaxAbs: norm,
   };
