@@ -84,6 +84,17 @@ describe('draftwire run --target: a Hugging Face model and a chat dataset (real 
     assert.ok(vocab.draftIds.includes(128009), '<|eot_id|> is supervised (the end of every assistant turn)');
   });
 
+  it('--dp 2 --sp 2: conversations of their own lengths in a data- and sequence-parallel world (4 rank processes)', async () => {
+    const r = await runCli(['run', ...common(), '--dp', '2', '--sp', '2', '--batch', '2', '--steps', '6', '--eval-every', '0', '--workdir', workdir, '--job', 'hfdp', '--json'], { timeoutMs: 240_000 });
+    assert.equal(r.code, 0, r.stderr);
+    const s = JSON.parse(r.stdout.trim().split('\n').at(-1)!);
+    assert.equal(s.audit.ok, true, JSON.stringify(s.audit.problems));
+    assert.equal(s.audit.consumed, 24, 'steps × batch × dp samples, each trained once');
+    assert.deepEqual(s.dpHistory, [2]);
+    assert.ok(s.lossCurve.every((l: number) => Number.isFinite(l) && l > 0), `losses ${s.lossCurve}`);
+    assert.ok(s.tokens > 0 && s.tokens < 24 * 64, `tokens counts the samples' own lengths (${s.tokens})`);
+  });
+
   it('--regenerate: the target writes the replies itself (greedy, cut after its end-of-turn); the job trains and audits clean', async () => {
     const r = await runCli(['run', ...common(), '--regenerate', '--batch', '4', '--steps', '4', '--eval-every', '0', '--workdir', workdir, '--job', 'regen', '--json'], { timeoutMs: 240_000 });
     assert.equal(r.code, 0, r.stderr);
