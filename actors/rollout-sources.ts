@@ -1,14 +1,14 @@
 // What the rollout computes for a budget row: its sample id and features. Two sources:
 // - synthetic: seeded (or a user's) prompts the target continues itself, rows decoded together;
-// - chat: the dataset's conversations under teacher forcing (one forward pass of the target
-//   over the rendered conversation: aux and last of every position, the assistant mask), or
-//   with --regenerate the target writes the reply to the conversation's prompt itself, cut
-//   after its first end-of-turn token. A chat sample keeps its own length (≤ seqLen).
+// - chat: the job's conversations under teacher forcing (one forward pass of the target over
+//   the rendered conversation: aux and last of every position, the assistant mask; with
+//   --regenerate the replies are the target's own, written once when the job started). A chat
+//   sample keeps its own length (≤ seqLen).
 import { InvalidArgumentError } from '../src/errors.ts';
 import { loadChatRows, chatSampleId, type ChatRow } from '../src/job/chat-data.ts';
 import { loadPrompts, syntheticPrompt } from '../src/job/prompts.ts';
 import type { JobSpec } from '../src/job/spec.ts';
-import { isHfTarget, targetVocab } from '../src/job/target.ts';
+import { targetVocab } from '../src/job/target.ts';
 import type { TargetModel } from '../src/native/addon.ts';
 import { tensor, type Tensor } from '../src/tensor.ts';
 
@@ -51,33 +51,21 @@ export function syntheticSource(target: TargetModel, spec: JobSpec): RowSource {
   };
 }
 
-/** The chat dataset's conversations (teacher forcing), or their prompts answered by the target (--regenerate). */
+/** The chat job's conversations (the dataset's replies, or the target's own with --regenerate), under teacher forcing. */
 export async function chatSource(target: TargetModel, spec: JobSpec): Promise<RowSource> {
-  const chat = spec.chat;
-  if (!chat || !isHfTarget(spec.target)) throw new InvalidArgumentError('a chat rollout needs a chat dataset and a Hugging Face target');
-  const rows = await loadChatRows(chat);
+  if (!spec.chat) throw new InvalidArgumentError('a chat rollout needs a chat dataset');
+  const rows = await loadChatRows(spec.chat);
   const H = spec.draft.hidden;
-  const eos = new Set(chat.eosTokenIds);
-  const one = async (row: ChatRow, r: number): Promise<Sample> => {
-    if (!row.prompt) {
-      const T = row.ids.length;
-      const { aux, last } = await target.forward(row.ids, 1, T);
-      return sampleOf(T, H, { ids: row.ids, aux, last }, row.mask);
-    }
-    const P = row.prompt.length;
-    const full = await target.rollout(row.prompt, spec.seqLen - P, { temperature: spec.temperature, seed: rowSeed(spec, r) });
-    let T = full.ids.length;
-    for (let t = P; t < full.ids.length; t++) if (eos.has(full.ids[t]!)) { T = t + 1; break; }
-    const mask = new Uint8Array(T);
-    mask.fill(1, P, T - 1); // the reply, its end-of-turn included; never the last position
-    // Causal: the rows of the first T positions are those of the sequence cut at T.
-    return sampleOf(T, H, { ids: full.ids.slice(0, T), aux: full.aux.slice(0, T * 3 * H), last: full.last.slice(0, T * H) }, mask);
+  const one = async (row: ChatRow): Promise<Sample> => {
+    const T = row.ids.length;
+    const { aux, last } = await target.forward(row.ids, 1, T);
+    return sampleOf(T, H, { ids: row.ids, aux, last }, row.mask);
   };
   return {
     idOf: (r) => chatSampleId(rows, r),
     async compute(rs) {
       const out: Sample[] = [];
-      for (const r of rs) out.push(await one(rows[r % rows.length]!, r));
+      for (const r of rs) out.push(await one(rows[r % rows.length]!));
       return out;
     },
   };

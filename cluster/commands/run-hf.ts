@@ -64,6 +64,7 @@ export async function buildHfSpec(opts: HfRunOpts, base: JobSpec): Promise<{ spe
   const prepared = await prepareChatData({
     targetDir: dir, dataset: resolve(o.dataset), maxLen: o.maxLen, onBadRow: o.onBadRow, evalRows: o.evalRows, regenerate: o.regenerate ?? false,
     draftVocab: draft.draftVocab, vocab: config.vocab, runDir: base.runDir, evalMaxNew: o.evalMaxNew, evalPrompts: base.evalPrompts,
+    temperature: base.temperature, seed: base.seed, threads: base.threads,
   });
   await writeFileMode(join(base.runDir, 'dataset-summary.json'), JSON.stringify({ ...prepared.summary, evalOn: prepared.evalOn }, null, 2));
   const steps = o.steps ?? Math.ceil(prepared.chat.rows / (base.batch * base.dp));

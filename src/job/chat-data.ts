@@ -11,6 +11,11 @@ import { join } from 'node:path';
 import { DatasetRowError, DecodeError, InvalidArgumentError } from '../errors.ts';
 import { readSafetensorsFile, writeSafetensorsFile } from '../store/safetensors.ts';
 import { tensor } from '../tensor.ts';
+import { createLogger } from '../log.ts';
+import { loadHfTarget } from '../hf/target.ts';
+import { promptLength, regenerateRows } from './regenerate.ts';
+
+const log = createLogger('chat-data');
 import { writeFileAtomic } from '../files.ts';
 import { loadTokenizer, type ChatTokenizer } from '../chat/tokenizer.ts';
 import { renderPrompt, strftime } from '../chat/template.ts';
@@ -26,7 +31,7 @@ export interface ChatDataSpec {
   onBadRow: 'skip' | 'fail';
   /** The last this many valid rows are held out of training for the accept length. */
   evalRows: number;
-  /** The target writes the assistant reply itself (greedy, or at the job's temperature). */
+  /** The replies are the target's own (written once when the job started; greedy, or at the job's temperature). */
   regenerate: boolean;
   /** Training rows after preparation: one pass over them is `rows` samples. */
   rows: number;
@@ -49,12 +54,14 @@ export interface ChatDataSpec {
 
 export interface PreparedChat { chat: ChatDataSpec; summary: PrepareSummary; vocab: DraftVocab; evalOn: 'held-out' | 'training' }
 
-/** One training sample's tokens: teacher forcing trains on ids/mask; --regenerate keeps only `prompt`. */
-export interface ChatRow { id: string; ids: Int32Array; mask: Uint8Array; prompt: Int32Array | null }
+/** One training sample's tokens (the dataset's reply, or with --regenerate the target's). */
+export interface ChatRow { id: string; ids: Int32Array; mask: Uint8Array }
 
 export interface PrepareChatOptions {
   targetDir: string; dataset: string; maxLen: number; onBadRow: 'skip' | 'fail'; evalRows: number;
   regenerate: boolean; draftVocab: number; vocab: number; runDir: string; evalMaxNew: number; evalPrompts: number;
+  /** --regenerate: sampling temperature (0 greedy), seed, and BLAS threads for the target. */
+  temperature: number; seed: number; threads: number;
 }
 
 function tokenizerOf(dir: string, vocab: number): ChatTokenizer {
@@ -76,6 +83,19 @@ export async function prepareChatData(o: PrepareChatOptions): Promise<PreparedCh
   const tok = tokenizerOf(o.targetDir, o.vocab);
   const templateVars = { date_string: strftime(new Date(), '%d %b %Y') };
   const prep = await prepareChatDataset(tok, o.dataset, { maxLen: o.maxLen, onBadRow: o.onBadRow, evalRows: o.evalRows, vars: templateVars });
+  if (o.regenerate && prep.rows.length > 0) {
+    const { model } = await loadHfTarget(o.targetDir, { threads: o.threads });
+    try {
+      log.info('the target writes the replies (--regenerate)', { rows: prep.rows.length });
+      const before = prep.rows.length;
+      prep.rows = await regenerateRows(model, prep.rows, {
+        maxLen: o.maxLen, temperature: o.temperature, seed: o.seed, eosTokenIds: tok.eosTokenIds,
+        onProgress: (done, total) => { if (done === total || done % 256 === 0) log.info(`regenerated ${done}/${total} replies`); },
+      });
+      prep.summary.skippedNoSupervised += before - prep.rows.length;
+      prep.summary.rows = prep.rows.length;
+    } finally { model.close(); }
+  }
   if (prep.rows.length === 0) {
     throw new DatasetRowError(`${o.dataset}: no conversation to train on (${prep.summary.skippedBad} bad rows, ${prep.summary.skippedNoSupervised} without a supervised token, ${prep.held.length} held out for evaluation)`,
       { detail: { summary: prep.summary } });
@@ -94,15 +114,9 @@ export async function prepareChatData(o: PrepareChatOptions): Promise<PreparedCh
   const evalOn = prep.held.length > 0 ? 'held-out' : 'training';
   const prompts = prep.held.length > 0
     ? prep.held.map((h) => Array.from(promptIds(tok, h.messages, room, templateVars)))
-    : prep.rows.slice(0, o.evalPrompts).map((r) => Array.from(r.ids.subarray(0, Math.min(room, firstSupervised(r)))));
+    : prep.rows.slice(0, o.evalPrompts).map((r) => Array.from(r.ids.subarray(0, Math.min(room, promptLength(r, o.maxLen)))));
   await writeFileAtomic(chat.evalFile, JSON.stringify({ evalOn, prompts }));
   return { chat, summary: prep.summary, vocab, evalOn };
-}
-
-/** Where a training row's first supervised token is (its prompt ends there); at least 1. */
-function firstSupervised(r: { mask: Uint8Array; ids: Int32Array }): number {
-  const i = r.mask.indexOf(1);
-  return Math.max(1, i < 0 ? r.ids.length : i);
 }
 
 async function writeRowsFile(path: string, rows: readonly PreparedRow[]): Promise<void> {
@@ -127,10 +141,7 @@ export async function loadChatRows(chat: ChatDataSpec): Promise<ChatRow[]> {
     || off.length !== chat.rows + 1 || sampleIds.length !== chat.rows || off[chat.rows] !== ids.length || mask.length !== ids.length) {
     throw new DecodeError(`${where}: not the ${chat.rows} rows the job was started with`);
   }
-  return sampleIds.map((id, i) => {
-    const r = { id: String(id), ids: ids.subarray(off[i], off[i + 1]), mask: mask.subarray(off[i], off[i + 1]) };
-    return { ...r, prompt: chat.regenerate ? r.ids.slice(0, Math.min(firstSupervised(r), chat.maxLen - 1)) : null };
-  });
+  return sampleIds.map((id, i) => ({ id: String(id), ids: ids.subarray(off[i], off[i + 1]), mask: mask.subarray(off[i], off[i + 1]) }));
 }
 
 /** The sample id of budget row r: the dataset row's id, with the pass over the data after the first. */

@@ -95,7 +95,7 @@ describe('draftwire run --target: a Hugging Face model and a chat dataset (real 
     assert.ok(s.tokens > 0 && s.tokens < 24 * 64, `tokens counts the samples' own lengths (${s.tokens})`);
   });
 
-  it('--regenerate: the target writes the replies itself (greedy, cut after its end-of-turn); the job trains and audits clean', async () => {
+  it('--regenerate: the target writes the replies itself, once at the start (the vocabulary counts them); the job trains and audits clean', async () => {
     const r = await runCli(['run', ...common(), '--regenerate', '--batch', '4', '--steps', '4', '--eval-every', '0', '--workdir', workdir, '--job', 'regen', '--json'], { timeoutMs: 240_000 });
     assert.equal(r.code, 0, r.stderr);
     const s = JSON.parse(r.stdout.trim().split('\n').at(-1)!);
@@ -105,6 +105,22 @@ describe('draftwire run --target: a Hugging Face model and a chat dataset (real 
     const job = JSON.parse(readFileSync(join(workdir, 'regen', 'job.json'), 'utf8'));
     assert.equal(job.chat.regenerate, true);
     assert.ok(job.chat.eosTokenIds.includes(128009), 'generation_config.json\'s <|eot_id|> ends a regenerated reply');
+    // Same conversations, same prompts; the replies (and so the stored rows) are the target's.
+    const own = await readSafetensorsFile(join(workdir, 'regen', 'rows.safetensors'));
+    const data = await readSafetensorsFile(join(workdir, 'hf', 'rows.safetensors'));
+    assert.equal(own.metadata.sampleIds, data.metadata.sampleIds);
+    assert.notDeepEqual(own.tensors.ids!.data, data.tensors.ids!.data);
+    const ids = own.tensors.ids!.data as Int32Array, mask = own.tensors.mask!.data as Uint8Array, off = own.tensors.offsets!.data as Int32Array;
+    for (let i = 0; i + 1 < off.length; i++) {
+      const m = mask.subarray(off[i], off[i + 1]);
+      assert.equal(m[m.length - 1], 0, `row ${i}: the last position is never supervised`);
+      assert.ok(m.includes(1), `row ${i}: the reply is supervised`);
+    }
+    const vocab = await readVocabFile(join(workdir, 'regen', 'vocab.safetensors'), { V: 128256, Vd: 256 });
+    const supervised = new Set<number>();
+    mask.forEach((x, j) => { if (x) supervised.add(ids[j]!); });
+    const covered = [...supervised].filter((t) => vocab.t2d[t] === 1).length;
+    assert.equal(covered, Math.min(supervised.size, 256), 'the draft vocabulary holds the most frequent tokens of the regenerated replies');
   });
 
   it('--resume after a SIGKILL of the run process keeps the vocabulary (never recomputed)', async () => {
