@@ -89,6 +89,8 @@ export interface RankResult { state: TrainState; step: number; samples: number; 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 type EpochEnd = 'done' | 'reshard';
+/** The job's target, opened on first use. */
+interface LazyTarget { get(): Promise<TargetModel>; close(): void }
 
 export class RankWorker {
   private readonly log;
@@ -162,7 +164,10 @@ export class RankWorker {
   /** Trains until the job's data is consumed (or this rank is retired by a scale-down). */
   async run(): Promise<RankResult> {
     const { spec } = this.o;
-    const target = await openTarget(spec.target, spec.threads);
+    // The target serves only the accept length, on world rank 0: opened there, when first
+    // needed (a Hugging Face target is gigabytes per process).
+    let opened: Promise<TargetModel> | null = null;
+    const target: LazyTarget = { get: () => (opened ??= openTarget(spec.target, spec.threads)), close: () => { void opened?.then((t) => t.close(), () => {}); } };
     this.startTimers();
     let retired = false, final = false;
     try {
@@ -181,6 +186,7 @@ export class RankWorker {
         try {
           this.state = 'forming';
           world = await this.formWorld();
+          if (world.index === 0) void target.get().catch(() => {}); // loads while it trains; a failure surfaces at the evaluation
           const end = await this.trainEpoch(world, target);
           if (end === 'done') { final = world.index === 0; break; }
         } catch (e) {
@@ -236,7 +242,7 @@ export class RankWorker {
   }
 
   /** Trains in lockstep with the epoch's world until the data is consumed or the epoch changes. */
-  private async trainEpoch(world: World, target: TargetModel): Promise<EpochEnd> {
+  private async trainEpoch(world: World, target: LazyTarget): Promise<EpochEnd> {
     const { spec, rank } = this.o;
     const every = checkpointEvery(spec);
     const batchWaitMs = spec.batchWaitMs ?? 2000;
@@ -327,15 +333,15 @@ export class RankWorker {
    * Accept length of the current weights, measured by world rank 0 (null on the others). Every
    * rank calls it: gathering a TP-sharded model's weights is a collective.
    */
-  private async evaluate(world: World, target: TargetModel): Promise<number | null> {
+  private async evaluate(world: World, lazy: LazyTarget): Promise<number | null> {
     const { spec } = this.o;
     this.evalPending = false;
     const opts = { maxNew: evalMaxNew(spec) };
-    if (world.size === 1) return (await acceptLength(world.model, target, evalPrompts(spec), opts)).acceptLength;
+    if (world.size === 1) return (await acceptLength(world.model, await lazy.get(), evalPrompts(spec), opts)).acceptLength;
     const weights = (await world.state(this.stepNo, this.samplesTrained)).weights;
     if (world.index !== 0) return null;
     const copy = DraftModel.create(spec.draft, { ...this.frozen, ...weights }, { threads: spec.threads });
-    try { return (await acceptLength(copy, target, evalPrompts(spec), opts)).acceptLength; } finally { copy.close(); }
+    try { return (await acceptLength(copy, await lazy.get(), evalPrompts(spec), opts)).acceptLength; } finally { copy.close(); }
   }
 
   /**

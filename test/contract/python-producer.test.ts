@@ -57,7 +57,8 @@ describe('a Python producer written from docs/wire.md (real job, no rollout)', f
     await writeInitialWeights(spec); // what `draftwire run` does before it starts the nodes
     node = spawnTs('cluster/cli.ts', ['node', '--job-file', jobFile, '--nats', nats.url, '--roles', 'coordinator,queue,janitor', '--ranks', '0', '--node-id', 'n1'], env);
 
-    const badShape = await python([...shapes(), '-n', '1', '--tag', 'badshape', '--bad', 'shape', '--attempts', '1', '--timeout-ms', '20000'], env);
+    // Retries cover a queue not subscribed yet (UNAVAILABLE); a SCHEMA refusal is never retried.
+    const badShape = await python([...shapes(), '-n', '1', '--tag', 'badshape', '--bad', 'shape', '--attempts', '10', '--timeout-ms', '20000'], env);
     assert.equal(badShape.code, 1, `a ref whose last is [T, H+1] must be refused (exit 1); output:\n${badShape.out}`);
     assert.match(badShape.out, /refused: SCHEMA: .*last/, badShape.out);
 
