@@ -167,7 +167,10 @@ export class RankWorker {
     // The target serves only the accept length, on world rank 0: opened there, when first
     // needed (a Hugging Face target is gigabytes per process).
     let opened: Promise<TargetModel> | null = null;
-    const target: LazyTarget = { get: () => (opened ??= openTarget(spec.target, spec.threads)), close: () => { void opened?.then((t) => t.close(), () => {}); } };
+    const target: LazyTarget = {
+      get: () => (opened ??= openTarget(spec.target, spec.threads)),
+      close: () => { void opened?.then((t) => t.close(), () => {}); opened = null; },
+    };
     this.startTimers();
     let retired = false, final = false;
     try {
@@ -186,7 +189,10 @@ export class RankWorker {
         try {
           this.state = 'forming';
           world = await this.formWorld();
-          if (world.index === 0) void target.get().catch(() => {}); // loads while it trains; a failure surfaces at the evaluation
+          // World rank 0 loads the target while it trains (a failure is logged now and thrown at
+          // the evaluation); a rank that is no longer world rank 0 lets it go.
+          if (world.index === 0) void target.get().catch((e: unknown) => this.log.error('cannot open the target for the accept length', { error: (e as Error).message }));
+          else target.close();
           const end = await this.trainEpoch(world, target);
           if (end === 'done') { final = world.index === 0; break; }
         } catch (e) {

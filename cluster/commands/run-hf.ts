@@ -28,7 +28,7 @@ export function draftConfigOf(c: HfTargetConfig, o: { draftVocab?: number; ttt: 
   return {
     vocab: c.vocab, draftVocab: Vd, hidden: c.hidden, heads: c.heads, kvHeads: c.kvHeads, intermediate: c.intermediate, ttt: o.ttt,
     ropeTheta: c.ropeTheta, rmsEps: c.rmsEps,
-    ...(c.headDim * c.heads !== c.hidden || c.hidden % c.heads !== 0 ? { headDim: c.headDim } : {}),
+    ...(c.headDim * c.heads !== c.hidden ? { headDim: c.headDim } : {}),
     ...(c.ropeScaling ? { ropeScaling: c.ropeScaling } : {}),
   };
 }
@@ -49,7 +49,7 @@ export function auxLayerList(v: string): number[] {
  * eval-prompts.json, dataset-summary.json), and returns the job spec. `base` is the spec the
  * synthetic path would build from the same options (job id, dirs, optimiser, layout, timers).
  */
-export async function buildHfSpec(opts: HfRunOpts, base: JobSpec): Promise<{ spec: JobSpec; prepared: PreparedChat }> {
+export async function buildHfSpec(opts: HfRunOpts, base: JobSpec, checkLayout: (s: Pick<JobSpec, 'draft' | 'tp' | 'sp' | 'seqLen'>) => void = () => {}): Promise<{ spec: JobSpec; prepared: PreparedChat }> {
   const o = { maxLen: 2048, evalRows: 8, onBadRow: 'skip' as const, auxConvention: 'output' as const, ttt: 7, evalMaxNew: 64, ...definedOnly(opts) };
   if (!o.target) throw new InvalidArgumentError('--target is required');
   if (!o.dataset) throw new InvalidArgumentError('--target needs --dataset FILE.jsonl (conversations to train on)');
@@ -59,18 +59,21 @@ export async function buildHfSpec(opts: HfRunOpts, base: JobSpec): Promise<{ spe
   if (o.maxLen > LIMITS.seqLen) throw new InvalidArgumentError(`--max-len must be at most ${LIMITS.seqLen}, got ${o.maxLen}`);
   if (o.evalMaxNew >= o.maxLen) throw new InvalidArgumentError(`--eval-max-new (${o.evalMaxNew}) must be below --max-len (${o.maxLen})`);
   if (base.batch * o.maxLen > LIMITS.stepTokens) throw new InvalidArgumentError(`--batch ${base.batch} --max-len ${o.maxLen}: ${base.batch * o.maxLen} tokens per step; at most ${LIMITS.stepTokens}`);
+  if (o.maxLen > config.maxPositionEmbeddings) throw new InvalidArgumentError(`--max-len ${o.maxLen} is beyond the target's max_position_embeddings (${config.maxPositionEmbeddings})`);
   const draft = draftConfigOf(config, o);
+  checkLayout({ draft, tp: base.tp, sp: base.sp, seqLen: o.maxLen }); // before the dataset is prepared (minutes for a big one)
   await makeDir(base.runDir);
   const prepared = await prepareChatData({
     targetDir: dir, dataset: resolve(o.dataset), maxLen: o.maxLen, onBadRow: o.onBadRow, evalRows: o.evalRows, regenerate: o.regenerate ?? false,
     draftVocab: draft.draftVocab, vocab: config.vocab, runDir: base.runDir, evalMaxNew: o.evalMaxNew, evalPrompts: base.evalPrompts,
     temperature: base.temperature, seed: base.seed, threads: base.threads,
   });
-  await writeFileMode(join(base.runDir, 'dataset-summary.json'), JSON.stringify({ ...prepared.summary, evalOn: prepared.evalOn }, null, 2));
+  await writeFileMode(join(base.runDir, 'dataset-summary.json'), JSON.stringify({ ...prepared.summary, evalOn: prepared.evalOn, evalPrompts: prepared.evalPrompts }, null, 2));
+  // One pass; the last step is topped up with the first rows again (as `<id>.e1`).
   const steps = o.steps ?? Math.ceil(prepared.chat.rows / (base.batch * base.dp));
   const spec = validateJobSpec({
-    ...base, draft, target: hfTargetSpec(dir, config), chat: prepared.chat, dataset: null,
-    seqLen: o.maxLen, promptLen: 1, steps, evalPrompts: Math.max(1, Math.min(LIMITS.evalPrompts, prepared.chat.evalRows || base.evalPrompts)),
+    ...base, draft, target: await hfTargetSpec(dir, config), chat: prepared.chat, dataset: null,
+    seqLen: o.maxLen, promptLen: 1, steps,
   });
   return { spec, prepared };
 }

@@ -90,15 +90,15 @@ export function command(): Command {
     .option('--temperature <x>', 'rollout sampling temperature (0 = greedy)', nonNegative('--temperature'), 0)
     .option('--dataset <file>', 'synthetic target: prompts, a text file (one per line) or JSONL ({"text"} or {"ids"}); with --target: conversations, JSONL in ShareGPT ({"conversations": [{"from", "value"}]}), OpenAI/UltraChat ({"messages": [{"role", "content"}]}) or SpecForge form')
     .option('--target <dir>', 'a Hugging Face model directory (config.json, *.safetensors, tokenizer.json, tokenizer_config.json): Llama, Qwen2 or Qwen3')
-    .option('--max-len <n>', `with --target: tokens per conversation at most (longer ones are truncated; at most ${LIMITS.seqLen})`, intInRange('--max-len', 2, LIMITS.seqLen), 2048)
+    .option('--max-len <n>', `with --target: tokens per conversation at most (longer ones are truncated; at most ${LIMITS.seqLen}; default 2048)`, intInRange('--max-len', 2, LIMITS.seqLen))
     .option('--draft-vocab <n>', 'with --target: draft vocabulary size (default 32000, or the target\'s when smaller)', positiveInt('--draft-vocab'))
-    .option('--eval-rows <n>', 'with --target: the last n valid conversations are held out of training; the accept length is measured on their prompts', nonNegativeInt('--eval-rows'), 8)
-    .option('--eval-max-new <n>', 'with --target: tokens each accept-length prompt decodes', positiveInt('--eval-max-new'), 64)
-    .addOption(new Option('--on-bad-row <policy>', 'with --target: a malformed dataset row is reported and skipped, or fails the run').choices(['skip', 'fail']).default('skip'))
+    .option('--eval-rows <n>', 'with --target: the last n valid conversations are held out of training; the accept length is measured on their prompts (default 8)', nonNegativeInt('--eval-rows'))
+    .option('--eval-max-new <n>', 'with --target: tokens each accept-length prompt decodes (default 64)', positiveInt('--eval-max-new'))
+    .addOption(new Option('--on-bad-row <policy>', 'with --target: a malformed dataset row is reported and skipped (default), or fails the run').choices(['skip', 'fail']))
     .option('--regenerate', 'with --target: the target writes the assistant reply to each conversation\'s prompt itself (greedy, or at --temperature) instead of training on the dataset\'s replies')
     .option('--aux-layers <a,b,c>', 'with --target: the three layers EAGLE3 taps (default: SpecForge\'s 1, L/2-1, L-4 in the output convention)', auxLayerList)
-    .addOption(new Option('--aux-convention <c>', 'what --aux-layers count: "output" of decoder layer i (SpecForge, SGLang) or "input" of layer j (vLLM, speculators)').choices(['output', 'input']).default('output'))
-    .option('--ttt <n>', 'with --target: draft tokens trained per position (test-time training steps)', intInRange('--ttt', 1, 64), 7)
+    .addOption(new Option('--aux-convention <c>', 'with --target: what --aux-layers count: "output" of decoder layer i (SpecForge, SGLang; default) or "input" of layer j (vLLM, speculators)').choices(['output', 'input']))
+    .option('--ttt <n>', 'with --target: draft tokens trained per position (test-time training steps; default 7)', intInRange('--ttt', 1, 64))
     .option('--eval-every <n>', 'measure accept length every n steps (0 = only at the end)', nonNegativeInt('--eval-every'), 50)
     .option('--eval-prompts <n>', `prompts the accept length is measured on (at most ${LIMITS.evalPrompts})`, intInRange('--eval-prompts', 1, LIMITS.evalPrompts), 8)
     .option('--threads <n>', `BLAS threads per rank and for the rollout (at most ${LIMITS.threads})`, intInRange('--threads', 1, LIMITS.threads), 1)
@@ -158,20 +158,16 @@ export function buildSpec(o: RunOpts & { steps?: number }): JobSpec {
 export async function runJob(o: RunOpts): Promise<RunSummary> {
   const resuming = o.resume !== undefined;
   if (resuming && !existsSync(jobFile(resolve(o.resume!)))) throw new InvalidArgumentError(`--resume ${o.resume}: no job.json there (not a run directory)`);
-  if (!resuming && !o.target) for (const k of ['draftVocab', 'regenerate', 'auxLayers'] as const) {
-    if (o[k] !== undefined) throw new InvalidArgumentError(`--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)} needs --target (a Hugging Face model)`);
-  }
+  if (!resuming) checkTargetOptions(o);
   const base = resuming ? loadJobSpec(jobFile(resolve(o.resume!))) : buildSpec(o);
-  if (!resuming && o.target) assertFreshRunDir(base.runDir, o.nats);
-  const spec = resuming || !o.target ? base : (await buildHfSpec(o, base)).spec;
-  // Each data-parallel index is a cell of tp·sp rank processes: the layout must split the model and the sequence.
-  const layoutError = shardConfigError(spec.draft, spec.tp) ?? (spec.seqLen % spec.sp !== 0 ? `the sequence has ${spec.seqLen} positions, which --sp ${spec.sp} does not divide` : null);
-  if (layoutError) throw new InvalidArgumentError(`--tp ${spec.tp} --sp ${spec.sp}: ${layoutError}`);
+  if (!resuming) assertFreshRunDir(base.runDir, o.nats);
+  // checks the layout against the target's shape before it prepares the dataset
+  const spec = resuming || !o.target ? base : (await buildHfSpec(o, base, checkLayout)).spec;
+  checkLayout(spec);
   // Fail fast on an unreadable or malformed dataset, before anything starts.
   if (spec.dataset) loadPrompts(spec.dataset, targetVocab(spec.target), spec.promptLen);
   const auth = AuthPolicy.fromEnv();
   if (resuming) await reapOrphanServer(spec.runDir);
-  if (!resuming) assertFreshRunDir(spec.runDir, o.nats);
   await makeDir(spec.runDir);
   await makeDir(spec.storeDir); // before the store opens it: its directory gets the job's mode too
   if (!resuming) await saveJobSpec(spec);
@@ -196,7 +192,7 @@ export async function runJob(o: RunOpts): Promise<RunSummary> {
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
   try {
-    log.info('preparing initial weights (calibrating the draft vocabulary on the target)', { runDir: spec.runDir });
+    log.info(spec.chat ? 'preparing initial weights (the draft vocabulary of the job, the target\'s embedding and head)' : 'preparing initial weights (calibrating the draft vocabulary on the target)', { runDir: spec.runDir });
     if (!(resuming && existsSync(spec.initWeights))) await Promise.race([writeInitialWeights(spec), interrupted]);
     let url = o.nats;
     if (!url) {
@@ -347,6 +343,22 @@ async function reapOrphanServer(runDir: string): Promise<void> {
   log.warn('stopping the nats-server left behind by the killed run', { pid });
   try { process.kill(pid, 'SIGKILL'); } catch { return; }
   for (let i = 0; i < 50; i++) { try { process.kill(pid, 0); } catch { return; } await new Promise((r) => setTimeout(r, 100)); }
+}
+
+/** Each data-parallel index is a cell of tp·sp rank processes: the layout must split the model and the sequence. */
+function checkLayout(spec: Pick<JobSpec, 'draft' | 'tp' | 'sp' | 'seqLen'>): void {
+  const layoutError = shardConfigError(spec.draft, spec.tp) ?? (spec.seqLen % spec.sp !== 0 ? `the sequence has ${spec.seqLen} positions, which --sp ${spec.sp} does not divide` : null);
+  if (layoutError) throw new InvalidArgumentError(`--tp ${spec.tp} --sp ${spec.sp}: ${layoutError}`);
+}
+
+/** Options of one kind of job given to the other are refused, not ignored. */
+function checkTargetOptions(o: RunOpts): void {
+  const flag = (k: string) => `--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
+  const hfOnly = ['maxLen', 'draftVocab', 'evalRows', 'evalMaxNew', 'onBadRow', 'regenerate', 'auxLayers', 'auxConvention', 'ttt'] as const;
+  const syntheticOnly = ['seqLen', 'promptLen'] as const;
+  for (const k of o.target ? syntheticOnly : hfOnly) {
+    if (o[k] !== undefined) throw new InvalidArgumentError(o.target ? `${flag(k)} is for the synthetic target; with --target use --max-len` : `${flag(k)} needs --target (a Hugging Face model)`);
+  }
 }
 
 /** A run directory not holding an unfinished run (whose ledger a fresh run would mix with its own). */

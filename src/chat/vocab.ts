@@ -3,7 +3,8 @@
 // (target id = i + d2t[i]) and `t2d` BOOL [V] marks the target ids in the draft vocabulary.
 // (Draftwire's own checkpoints carry the absolute ids, `draftIds`, as i32 "d2t".)
 import { DecodeError, InvalidArgumentError } from '../errors.ts';
-import { readSafetensorsFile, writeSafetensorsFile } from '../store/safetensors.ts';
+import { encodeSafetensorsBuffer, readSafetensorsFile } from '../store/safetensors.ts';
+import { writeFileAtomic } from '../files.ts';
 import { tensor } from '../tensor.ts';
 
 export interface DraftVocab {
@@ -62,10 +63,11 @@ function fromT2d(t2d: Uint8Array, Vd: number): DraftVocab {
   return { draftIds, d2t, t2d };
 }
 
-/** Writes `d2t` (I64 [Vd]) and `t2d` (BOOL [V]); meta goes into __metadata__. */
+/** Writes `d2t` (I64 [Vd]) and `t2d` (BOOL [V]), whole or not at all (temp, fsync, rename); meta goes into __metadata__. */
 export async function writeVocabFile(path: string, vocab: DraftVocab, meta: Record<string, string> = {}): Promise<void> {
   const { d2t, t2d } = vocab;
-  await writeSafetensorsFile(path, { d2t: tensor('i64', [d2t.length], d2t), t2d: tensor('u8', [t2d.length], t2d) }, meta, { bool: ['t2d'] });
+  const bytes = encodeSafetensorsBuffer({ d2t: tensor('i64', [d2t.length], d2t), t2d: tensor('u8', [t2d.length], t2d) }, meta, { bool: ['t2d'] });
+  await writeFileAtomic(path, bytes, { fsync: true });
 }
 
 /** Reads a draft vocabulary file and checks it: shapes (and V, Vd when given), ids distinct and in range, t2d agreeing with d2t. */

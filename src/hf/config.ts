@@ -105,6 +105,7 @@ export function parseHfConfig(cj: unknown, where: string, aux?: AuxLayerSpec): H
   const layers = int(c, 'num_hidden_layers', where);
   if (c.hidden_act !== undefined && c.hidden_act !== 'silu') throw new ModelFormatError(`${where}: hidden_act ${JSON.stringify(c.hidden_act)} is not supported (silu)`);
   if (c.mlp_bias === true) throw new ModelFormatError(`${where}: mlp_bias is not supported`);
+  if (c.use_sliding_window === true) throw new ModelFormatError(`${where}: use_sliding_window (sliding-window attention) is not supported`);
   const { theta, scaling } = rope(c, where);
   const dtype = c.dtype ?? c.torch_dtype ?? null;
   return {

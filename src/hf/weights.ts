@@ -1,6 +1,7 @@
 // A Hugging Face checkpoint's tensors (model.safetensors, or shards named by
 // model.safetensors.index.json), checked against the config (every tensor present, with its
 // shape) before anything is read, then read one layer at a time as f32 (bf16/f16 upcast).
+import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { open, readFile, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -97,8 +98,12 @@ export async function locateHfTensors(dir: string, c: HfTargetConfig): Promise<M
 async function readF32(fh: FileHandle, t: Located): Promise<Float32Array> {
   const { entry: e } = t;
   const bytes = new Uint8Array(e.end - e.begin);
-  const { bytesRead } = await fh.read(bytes, 0, bytes.byteLength, t.dataStart + e.begin);
-  if (bytesRead !== bytes.byteLength) throw new ModelFormatError(`${t.path}: tensor ${e.name} is truncated`);
+  // One read returns at most ~2 GiB on Linux (and may return less): loop to the end.
+  for (let got = 0; got < bytes.byteLength;) {
+    const { bytesRead } = await fh.read(bytes, got, Math.min(bytes.byteLength - got, 1 << 30), t.dataStart + e.begin + got);
+    if (bytesRead === 0) throw new ModelFormatError(`${t.path}: tensor ${e.name} is truncated`);
+    got += bytesRead;
+  }
   if (e.dtype === 'f32') return new Float32Array(bytes.buffer, 0, bytes.byteLength / 4);
   const out = new Float32Array(bytes.byteLength / 2);
   upcastToF32(new Uint16Array(bytes.buffer, 0, out.length), e.dtype === 'bf16' ? 'bf16' : 'f16', out);
@@ -127,6 +132,29 @@ export async function* hfWeightParts(dir: string, c: HfTargetConfig): AsyncGener
   } finally {
     for (const fh of handles.values()) await fh.close();
   }
+}
+
+/**
+ * A cheap fingerprint of the checkpoint's files (each one's name, size, header and first and
+ * last MiB), so a job resumed against a re-saved or other revision of its model is refused.
+ */
+export async function hfWeightsFingerprint(dir: string): Promise<string> {
+  const { files } = await weightMap(dir);
+  const h = createHash('sha256');
+  for (const f of [...files].sort()) {
+    const path = join(dir, f);
+    const fh = await open(path, 'r');
+    try {
+      const { size } = await fh.stat();
+      h.update(`${f}\0${size}\0`);
+      const n = Math.min(size, 1 << 20), buf = new Uint8Array(n);
+      await fh.read(buf, 0, n, 0);
+      h.update(buf);
+      await fh.read(buf, 0, n, size - n);
+      h.update(buf);
+    } finally { await fh.close(); }
+  }
+  return h.digest('hex');
 }
 
 /** Every tensor in one record (peak memory: the whole f32 model here, plus whatever copies it). */

@@ -5,13 +5,13 @@
 // vocab.safetensors with d2t (I64 offsets: target id = draft id + d2t[draft id]) and t2d
 // (BOOL [V]). Readable by any framework, and what a capture is checked against another
 // implementation with. Each file is written whole or not at all (temp + rename).
-import { rename } from 'node:fs/promises';
+import { rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { InvalidArgumentError } from '../errors.ts';
+import { InvalidArgumentError, StoreWriteError } from '../errors.ts';
 import { makeDir, writeFileAtomic } from '../files.ts';
-import { loadTokenizer } from '../chat/tokenizer.ts';
 import { prepareChatDataset, type PrepareSummary } from '../chat/dataset.ts';
-import { buildDraftVocab, countSupervisedTokens, writeVocabFile } from '../chat/vocab.ts';
+import { writeVocabFile } from '../chat/vocab.ts';
+import { draftVocabOf, tokenizerOf } from './chat-data.ts';
 import { loadHfTarget } from '../hf/target.ts';
 import { readHfConfig, type AuxLayerSpec } from '../hf/config.ts';
 import { writeSafetensorsFile } from '../store/safetensors.ts';
@@ -35,13 +35,13 @@ function floats(dtype: 'bf16' | 'f32', shape: number[], data: Float32Array): Ten
 export async function capture(o: CaptureOptions): Promise<CaptureSummary> {
   if (o.dtype !== 'bf16' && o.dtype !== 'f32') throw new InvalidArgumentError(`--dtype must be bf16 or f32, got ${String(o.dtype)}`);
   const t0 = Date.now();
-  await readHfConfig(o.target, o.auxLayers); // the model directory first: its errors name config.json
-  const tok = loadTokenizer(o.target);
+  const cfg = await readHfConfig(o.target, o.auxLayers); // the model directory first: its errors name config.json
+  const tok = tokenizerOf(o.target, cfg.vocab);
   const prep = await prepareChatDataset(tok, o.dataset, { maxLen: o.maxLen, onBadRow: o.onBadRow, evalRows: 0 });
   const { model, config } = await loadHfTarget(o.target, { threads: o.threads, auxLayers: o.auxLayers });
   try {
     await makeDir(o.out);
-    const vocab = buildDraftVocab(countSupervisedTokens(prep.rows, config.vocab), Math.min(o.draftVocab, config.vocab));
+    const vocab = draftVocabOf(prep.rows, config.vocab, o.draftVocab);
     const vocabFile = join(o.out, 'vocab.safetensors');
     await writeVocabFile(vocabFile, vocab, { dataset: o.dataset, rows: String(prep.rows.length) });
     const H = config.hidden, meta = { format: 'draftwire-capture/1', aux_layers: config.auxLayers.join(','), dtype: o.dtype };
@@ -56,7 +56,12 @@ export async function capture(o: CaptureOptions): Promise<CaptureSummary> {
         loss_mask: tensor('u8', [T], row.mask),
         aux_hidden_state: floats(o.dtype, [T, 3 * H], aux),
         hidden_state: floats(o.dtype, [T, H], last),
-      }, meta).then(() => rename(`${file}.tmp`, file));
+      }, meta).then(() => rename(`${file}.tmp`, file), async (e: unknown) => {
+        await rm(`${file}.tmp`, { force: true });
+        const code = (e as NodeJS.ErrnoException).code ?? String(e);
+        throw new StoreWriteError(`capture: cannot write ${file} (${code})`, { cause: e, detail: { path: file, errno: code } });
+      });
+      pending.catch(() => {}); // awaited (and thrown) before the next write; never unhandled meanwhile
       tokens += T;
       o.onRow?.(i + 1, prep.rows.length, tokens);
     }

@@ -6,10 +6,9 @@
 // resume, or one that differs between training and serving, silently breaks the accept
 // length), and the rollout never tokenises on its event loop.
 import { readFileSync } from 'node:fs';
-import { rename } from 'node:fs/promises';
 import { join } from 'node:path';
 import { DatasetRowError, DecodeError, InvalidArgumentError } from '../errors.ts';
-import { readSafetensorsFile, writeSafetensorsFile } from '../store/safetensors.ts';
+import { encodeSafetensorsBuffer, readSafetensorsFile } from '../store/safetensors.ts';
 import { tensor } from '../tensor.ts';
 import { createLogger } from '../log.ts';
 import { loadHfTarget } from '../hf/target.ts';
@@ -39,7 +38,7 @@ export interface ChatDataSpec {
   rowsFile: string;
   /** safetensors with d2t (I64 offsets) and t2d (BOOL), computed once when the job started. */
   vocabFile: string;
-  /** JSON {prompts: number[][]}: the held-out rows' prompts with a generation prompt. */
+  /** JSON {evalOn, prompts: number[][]}: the held-out rows' prompts with a generation prompt. */
   evalFile: string;
   /** Tokens the accept length decodes after each prompt. */
   evalMaxNew: number;
@@ -52,7 +51,7 @@ export interface ChatDataSpec {
   templateVars: Record<string, string>;
 }
 
-export interface PreparedChat { chat: ChatDataSpec; summary: PrepareSummary; vocab: DraftVocab; evalOn: 'held-out' | 'training' }
+export interface PreparedChat { chat: ChatDataSpec; summary: PrepareSummary; vocab: DraftVocab; evalOn: 'held-out' | 'training'; evalPrompts: number }
 
 /** One training sample's tokens (the dataset's reply, or with --regenerate the target's). */
 export interface ChatRow { id: string; ids: Int32Array; mask: Uint8Array }
@@ -64,7 +63,8 @@ export interface PrepareChatOptions {
   temperature: number; seed: number; threads: number;
 }
 
-function tokenizerOf(dir: string, vocab: number): ChatTokenizer {
+/** The model directory's tokenizer, checked against the model's vocabulary. */
+export function tokenizerOf(dir: string, vocab: number): ChatTokenizer {
   const tok = loadTokenizer(dir);
   if (tok.vocabSize > vocab) {
     throw new InvalidArgumentError(`${dir}: the tokenizer has ${tok.vocabSize} ids but the model's vocab_size is ${vocab}; they must come from the same model`);
@@ -73,9 +73,8 @@ function tokenizerOf(dir: string, vocab: number): ChatTokenizer {
 }
 
 /** Prompt ids of a conversation: everything before its first assistant turn, with the generation prompt. */
-function promptIds(tok: ChatTokenizer, messages: Parameters<typeof renderPrompt>[1], maxLen: number, vars: Record<string, string>): Int32Array {
-  const ids = tok.encode(renderPrompt(tok, messages, { vars }));
-  return ids.length > maxLen ? ids.slice(0, maxLen) : ids;
+function promptIds(tok: ChatTokenizer, messages: Parameters<typeof renderPrompt>[1], vars: Record<string, string>): Int32Array {
+  return tok.encode(renderPrompt(tok, messages, { vars }));
 }
 
 /** `run`: prepares the dataset, writes the vocabulary and the eval prompts into runDir. */
@@ -94,13 +93,14 @@ export async function prepareChatData(o: PrepareChatOptions): Promise<PreparedCh
       });
       prep.summary.skippedNoSupervised += before - prep.rows.length;
       prep.summary.rows = prep.rows.length;
+      prep.summary.truncated = prep.rows.filter((r) => r.truncated).length; // now of the target's replies
     } finally { model.close(); }
   }
   if (prep.rows.length === 0) {
     throw new DatasetRowError(`${o.dataset}: no conversation to train on (${prep.summary.skippedBad} bad rows, ${prep.summary.skippedNoSupervised} without a supervised token, ${prep.held.length} held out for evaluation)`,
       { detail: { summary: prep.summary } });
   }
-  const vocab = buildDraftVocab(countSupervisedTokens(prep.rows, o.vocab), Math.min(o.draftVocab, o.vocab));
+  const vocab = draftVocabOf(prep.rows, o.vocab, o.draftVocab);
   const chat: ChatDataSpec = {
     dataset: o.dataset, maxLen: o.maxLen, onBadRow: o.onBadRow, evalRows: o.evalRows, regenerate: o.regenerate, rows: prep.rows.length,
     rowsFile: join(o.runDir, 'rows.safetensors'),
@@ -111,12 +111,18 @@ export async function prepareChatData(o: PrepareChatOptions): Promise<PreparedCh
   await writeRowsFile(chat.rowsFile, prep.rows);
   // Held-out rows when there are any; else the first training rows (said in the summary).
   const room = Math.max(1, o.maxLen - o.evalMaxNew);
-  const evalOn = prep.held.length > 0 ? 'held-out' : 'training';
-  const prompts = prep.held.length > 0
-    ? prep.held.map((h) => Array.from(promptIds(tok, h.messages, room, templateVars)))
+  // A held-out prompt longer than `room` is left out (cut, it would lose its generation prompt).
+  const held = prep.held.map((h) => Array.from(promptIds(tok, h.messages, templateVars))).filter((p) => p.length <= room);
+  const evalOn = held.length > 0 ? 'held-out' : 'training';
+  const prompts = held.length > 0 ? held
     : prep.rows.slice(0, o.evalPrompts).map((r) => Array.from(r.ids.subarray(0, Math.min(room, promptLength(r, o.maxLen)))));
   await writeFileAtomic(chat.evalFile, JSON.stringify({ evalOn, prompts }));
-  return { chat, summary: prep.summary, vocab, evalOn };
+  return { chat, summary: prep.summary, vocab, evalOn, evalPrompts: prompts.length };
+}
+
+/** The draft vocabulary of prepared rows: the min(Vd, V) tokens supervised most often. */
+export function draftVocabOf(rows: readonly PreparedRow[], V: number, Vd: number): DraftVocab {
+  return buildDraftVocab(countSupervisedTokens(rows, V), Math.min(Vd, V));
 }
 
 async function writeRowsFile(path: string, rows: readonly PreparedRow[]): Promise<void> {
@@ -124,16 +130,15 @@ async function writeRowsFile(path: string, rows: readonly PreparedRow[]): Promis
   rows.forEach((r, i) => { offsets[i + 1] = offsets[i]! + r.ids.length; });
   const n = offsets[rows.length]!, ids = new Int32Array(n), mask = new Uint8Array(n);
   rows.forEach((r, i) => { ids.set(r.ids, offsets[i]); mask.set(r.mask, offsets[i]); });
-  const tmp = `${path}.tmp`;
-  await writeSafetensorsFile(tmp, { ids: tensor('i32', [n], ids), mask: tensor('u8', [n], mask), offsets: tensor('i32', [rows.length + 1], offsets) },
+  const bytes = encodeSafetensorsBuffer({ ids: tensor('i32', [n], ids), mask: tensor('u8', [n], mask), offsets: tensor('i32', [rows.length + 1], offsets) },
     { format: 'draftwire-chat-rows/1', sampleIds: JSON.stringify(rows.map((r) => r.id)) });
-  await rename(tmp, path);
+  await writeFileAtomic(path, bytes, { fsync: true });
 }
 
 /** The rollout: the rows `run` prepared, as it wrote them (no tokenizer, no template). */
 export async function loadChatRows(chat: ChatDataSpec): Promise<ChatRow[]> {
   const where = `${chat.rowsFile} (the job's prepared conversations)`;
-  const { tensors, metadata } = await readSafetensorsFile(chat.rowsFile);
+  const { tensors, metadata } = await readJobFile(chat.rowsFile, () => readSafetensorsFile(chat.rowsFile));
   const ids = tensors.ids?.data, mask = tensors.mask?.data, off = tensors.offsets?.data;
   let sampleIds: unknown;
   try { sampleIds = JSON.parse(metadata.sampleIds ?? ''); } catch { sampleIds = null; }
@@ -152,7 +157,16 @@ export function chatSampleId(rows: readonly ChatRow[], r: number): string {
 
 /** The job's vocabulary as written at the start; checked against the target's and draft's sizes. */
 export async function readJobVocab(chat: ChatDataSpec, V: number, Vd: number): Promise<DraftVocab> {
-  return readVocabFile(chat.vocabFile, { V, Vd });
+  return readJobFile(chat.vocabFile, () => readVocabFile(chat.vocabFile, { V, Vd }));
+}
+
+/** A file the job wrote when it started: one gone is a DecodeError naming it (a resume cannot recompute it). */
+async function readJobFile<T>(path: string, read: () => Promise<T>): Promise<T> {
+  try { return await read(); } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' || code === 'EACCES') throw new DecodeError(`${path}: the job's file cannot be read (${code}); it was written when the job started and is never recomputed`, { cause: e });
+    throw e;
+  }
 }
 
 /** The evaluation prompts written at the start. */

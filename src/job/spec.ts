@@ -139,8 +139,8 @@ export function validateJobSpec(x: unknown): JobSpec {
   if (o.draft === null || typeof o.draft !== 'object') throw new InvalidArgumentError('job spec: "draft" must be a draft config object');
   if (o.target === null || typeof o.target !== 'object') throw new InvalidArgumentError('job spec: "target" must be a target config object');
   const target = o.target as JobTarget;
-  if (isHfTarget(target) && (typeof target.dir !== 'string' || target.config === null || typeof target.config !== 'object')) {
-    throw new InvalidArgumentError('job spec: a Hugging Face "target" needs "dir" and "config"');
+  if (isHfTarget(target) && (typeof target.dir !== 'string' || target.config === null || typeof target.config !== 'object' || typeof target.weights !== 'string')) {
+    throw new InvalidArgumentError('job spec: a Hugging Face "target" needs "dir", "config" and "weights" (its fingerprint)');
   }
   if (o.chat !== undefined && o.chat !== null) validateChat(o.chat, o.seqLen as number, isHfTarget(target));
   return o as unknown as JobSpec;

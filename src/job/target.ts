@@ -5,6 +5,7 @@
 import { ModelFormatError } from '../errors.ts';
 import { readHfConfig, type HfTargetConfig } from '../hf/config.ts';
 import { loadHfTarget } from '../hf/target.ts';
+import { hfWeightsFingerprint } from '../hf/weights.ts';
 import { TargetModel, type TargetConfig } from '../native/addon.ts';
 
 /**
@@ -13,7 +14,11 @@ import { TargetModel, type TargetConfig } from '../native/addon.ts';
  * convention (vLLM, speculators: the input of layer j = i + 1), written out so neither reader
  * has to guess.
  */
-export interface HfTargetSpec { kind: 'hf'; dir: string; config: HfTargetConfig; auxLayersInput: [number, number, number] }
+export interface HfTargetSpec {
+  kind: 'hf'; dir: string; config: HfTargetConfig; auxLayersInput: [number, number, number];
+  /** hfWeightsFingerprint of the checkpoint when the job started. */
+  weights: string;
+}
 
 export type JobTarget = TargetConfig | HfTargetSpec;
 
@@ -26,21 +31,25 @@ export function targetVocab(t: JobTarget): number {
   return isHfTarget(t) ? t.config.vocab : t.vocab;
 }
 
-export function hfTargetSpec(dir: string, config: HfTargetConfig): HfTargetSpec {
+export async function hfTargetSpec(dir: string, config: HfTargetConfig): Promise<HfTargetSpec> {
   const [a, b, c] = config.auxLayers;
-  return { kind: 'hf', dir, config, auxLayersInput: [a + 1, b + 1, c + 1] };
+  return { kind: 'hf', dir, config, auxLayersInput: [a + 1, b + 1, c + 1], weights: await hfWeightsFingerprint(dir) };
 }
 
-const SHAPE_KEYS = ['architecture', 'vocab', 'hidden', 'heads', 'kvHeads', 'headDim', 'intermediate', 'layers', 'ropeTheta', 'rmsEps', 'tie', 'attentionBias', 'qkNorm'] as const;
+const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
 
 /** Opens the job's target on `threads` BLAS threads. An HF directory whose config changed since the job started is refused. */
 export async function openTarget(t: JobTarget, threads: number): Promise<TargetModel> {
   if (!isHfTarget(t)) return TargetModel.create(t, { threads });
-  const now = await readHfConfig(t.dir);
-  for (const k of SHAPE_KEYS) {
-    if (now[k] !== t.config[k]) {
+  // The job's features and accept length must come from the target it started with.
+  const now = await readHfConfig(t.dir, { convention: 'output', ids: t.config.auxLayers });
+  for (const k of Object.keys(t.config) as (keyof HfTargetConfig)[]) {
+    if (!same(now[k], t.config[k])) {
       throw new ModelFormatError(`${t.dir}/config.json: ${k} is ${JSON.stringify(now[k])}, the job was started with ${JSON.stringify(t.config[k])} (the model directory changed under the job)`, { detail: { field: k } });
     }
+  }
+  if (await hfWeightsFingerprint(t.dir) !== t.weights) {
+    throw new ModelFormatError(`${t.dir}: the checkpoint's safetensors files are not the ones the job was started with (the model directory changed under the job)`, { detail: { field: 'weights' } });
   }
   const { model } = await loadHfTarget(t.dir, { threads, auxLayers: { convention: 'output', ids: t.config.auxLayers } });
   return model;

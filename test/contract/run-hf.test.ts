@@ -12,6 +12,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { readVocabFile } from '../../src/chat/vocab.ts';
+import { ModelFormatError } from '../../src/errors.ts';
+import { readHfConfig } from '../../src/hf/config.ts';
+import { hfTargetSpec, openTarget } from '../../src/job/target.ts';
 import { readSafetensorsFile } from '../../src/store/safetensors.ts';
 import { ChaosJob } from '../support/chaos.ts';
 import { runCli } from '../support/procs.ts';
@@ -147,6 +150,21 @@ describe('draftwire run --target: a Hugging Face model and a chat dataset (real 
     } finally { writeFileSync(data, saved); }
   });
 
+  it('a model directory changed under the job is refused when the job opens it again (config or weights)', async () => {
+    const copy = join(dir, 'changing');
+    cpSync(model, copy, { recursive: true });
+    const t = await hfTargetSpec(copy, await readHfConfig(copy));
+    (await openTarget(t, 1)).close();
+    const cfgPath = join(copy, 'config.json'), cfg = readFileSync(cfgPath, 'utf8');
+    writeFileSync(cfgPath, JSON.stringify({ ...JSON.parse(cfg), rms_norm_eps: 1e-6 }));
+    await assert.rejects(openTarget(t, 1), (e: unknown) => e instanceof ModelFormatError && /rmsEps is 0\.000001, the job was started with 0\.00001/.test(e.message));
+    writeFileSync(cfgPath, cfg);
+    const w = join(copy, 'model.safetensors'), bytes = readFileSync(w);
+    bytes[bytes.length - 1] ^= 1; // another revision of the same shapes
+    writeFileSync(w, bytes);
+    await assert.rejects(openTarget(t, 1), (e: unknown) => e instanceof ModelFormatError && /safetensors files are not the ones the job was started with/.test(e.message));
+  });
+
   it('bad inputs exit 2 and name what is wrong', async () => {
     const run = (args: string[]) => runCli(['run', '--workdir', workdir, '--steps', '1', ...args], { timeoutMs: 60_000 });
     let r = await run([...common(), '--job', 'badrow', '--on-bad-row', 'fail']);
@@ -168,6 +186,18 @@ describe('draftwire run --target: a Hugging Face model and a chat dataset (real 
     r = await run(['--draft-vocab', '100', '--job', 'novocab']);
     assert.equal(r.code, 2, r.stderr);
     assert.match(r.stderr, /--draft-vocab needs --target/);
+    r = await run(['--ttt', '3', '--job', 'nottt']);
+    assert.equal(r.code, 2, r.stderr);
+    assert.match(r.stderr, /--ttt needs --target/);
+    r = await run([...common(), '--seq-len', '32', '--job', 'seqlen']);
+    assert.equal(r.code, 2, r.stderr);
+    assert.match(r.stderr, /--seq-len is for the synthetic target; with --target use --max-len/);
+    r = await run([...common(), '--sp', '3', '--job', 'badsp']);
+    assert.equal(r.code, 2, r.stderr);
+    assert.match(r.stderr, /--sp 3: the sequence has 64 positions/);
+    r = await run([...common(), '--max-len', '4096', '--job', 'toolong']); // the last --max-len counts
+    assert.equal(r.code, 2, r.stderr);
+    assert.match(r.stderr, /--max-len 4096 is beyond the target's max_position_embeddings \(2048\)/);
     const allBad = join(dir, 'bad.jsonl');
     writeFileSync(allBad, '{"messages": []}\nnot json\n');
     r = await run(['--target', model, '--dataset', allBad, '--job', 'allbad']);
