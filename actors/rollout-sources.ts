@@ -16,6 +16,8 @@ export type Sample = Record<string, Tensor>;
 
 export interface RowSource {
   idOf(row: number): string;
+  /** A row's features depend on the rows computed with it (a batched decode): compute chunks whole. */
+  wholeChunks: boolean;
   /** The features of these rows (a chunk, ascending), computed on the target's worker thread. */
   compute(rows: number[]): Promise<Sample[]>;
 }
@@ -44,6 +46,7 @@ export function syntheticSource(target: TargetModel, spec: JobSpec): RowSource {
   const promptOf = (row: number) => prompts ? prompts[row % prompts.length]! : syntheticPrompt(spec.seed, row, targetVocab(spec.target), spec.promptLen);
   return {
     idOf: sampleId,
+    wholeChunks: true,
     async compute(rows) {
       const out = await target.rolloutBatch(rows.map(promptOf), spec.seqLen - spec.promptLen, { temperature: spec.temperature, seeds: rows.map((r) => rowSeed(spec, r)) });
       return out.map((r) => sampleOf(spec.seqLen, spec.draft.hidden, r));
@@ -63,6 +66,7 @@ export async function chatSource(target: TargetModel, spec: JobSpec): Promise<Ro
   };
   return {
     idOf: (r) => chatSampleId(rows, r),
+    wholeChunks: false,
     async compute(rs) {
       const out: Sample[] = [];
       for (const r of rs) out.push(await one(rows[r % rows.length]!));

@@ -10,8 +10,9 @@
 // from the decoding pass itself: TargetModel.rolloutBatch); the chunk's samples are written
 // concurrently (the writes wait on fsync), then committed row by row, in order, each commit
 // after its own put. While a chunk commits, the next one is already computed (on the target's
-// worker thread) and written. A chunk is always computed whole, so a row's features do not
-// depend on which rows a restarted rollout still had to produce.
+// worker thread) and written. A synthetic chunk is always computed whole, so a row's features
+// do not depend on which rows a restarted rollout still had to produce (a chat row's never do:
+// each is its own forward pass, and only the rows left are computed).
 import type { ActorContext, ActorSpec } from '../src/runtime/actor-system.ts';
 import type { Bus } from '../src/bus/bus.ts';
 import { QueueClient } from '../src/bus/clients.ts';
@@ -79,8 +80,14 @@ export function rolloutActorSpec(o: RolloutOptions): ActorSpec<RolloutState, Rol
   const launch = (st: RolloutState, c: number, features?: Sample[]): Batch => {
     const rs = rowsOf(c);
     const src = st.source!;
-    const samples = features ? Promise.resolve(features) : src.compute(rs);
     const todo = rs.filter((r) => !st.done.has(src.idOf(r)));
+    // A source whose rows depend on their chunk computes it whole; otherwise only what is left.
+    const want = src.wholeChunks ? rs : todo;
+    const samples = features ? Promise.resolve(features) : src.compute(want).then((s) => {
+      const byRow: Sample[] = new Array<Sample>(rs.length);
+      want.forEach((r, i) => { byRow[r - c * chunk] = s[i]!; });
+      return byRow;
+    });
     const puts = samples.then(async (s) => {
       const res = await Promise.allSettled(todo.map((r) => store.put(src.idOf(r), s[r - c * chunk]!)));
       return new Map(todo.map((r, i) => [r, res[i]!]));
