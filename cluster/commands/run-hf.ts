@@ -8,6 +8,7 @@ import { readHfConfig, type AuxLayerSpec, type HfTargetConfig } from '../../src/
 import { prepareChatData, type PreparedChat } from '../../src/job/chat-data.ts';
 import { LIMITS, validateJobSpec, type JobSpec } from '../../src/job/spec.ts';
 import { hfTargetSpec } from '../../src/job/target.ts';
+import { importDraft } from '../../src/job/import-draft.ts';
 import { makeDir, writeFileMode } from '../../src/files.ts';
 import type { DraftConfig } from '../../src/native/addon.ts';
 
@@ -17,6 +18,8 @@ export interface HfRunOpts {
   regenerate?: boolean; auxLayers?: number[]; auxConvention?: 'output' | 'input'; ttt?: number; evalMaxNew?: number;
   /** Absent: one pass over the training rows. */
   steps?: number;
+  /** An EAGLE3 draft directory to start from (its weights and vocabulary). */
+  initFrom?: string;
 }
 
 /** EAGLE3's default draft vocabulary (SpecForge, SGLang), or the target's when smaller. */
@@ -60,19 +63,24 @@ export async function buildHfSpec(opts: HfRunOpts, base: JobSpec, checkLayout: (
   if (o.evalMaxNew >= o.maxLen) throw new InvalidArgumentError(`--eval-max-new (${o.evalMaxNew}) must be below --max-len (${o.maxLen})`);
   if (base.batch * o.maxLen > LIMITS.stepTokens) throw new InvalidArgumentError(`--batch ${base.batch} --max-len ${o.maxLen}: ${base.batch * o.maxLen} tokens per step; at most ${LIMITS.stepTokens}`);
   if (o.maxLen > config.maxPositionEmbeddings) throw new InvalidArgumentError(`--max-len ${o.maxLen} is beyond the target's max_position_embeddings (${config.maxPositionEmbeddings})`);
-  const draft = draftConfigOf(config, o);
+  let draft = draftConfigOf(config, o);
+  const imported = o.initFrom ? await importDraft(resolve(o.initFrom), draft) : null;
+  if (imported) {
+    if (opts.draftVocab !== undefined && opts.draftVocab !== imported.draftVocab) throw new InvalidArgumentError(`--draft-vocab ${opts.draftVocab}: the draft of --init-from has ${imported.draftVocab} (its vocabulary is kept)`);
+    draft = { ...draft, draftVocab: imported.draftVocab };
+  }
   checkLayout({ draft, tp: base.tp, sp: base.sp, seqLen: o.maxLen }); // before the dataset is prepared (minutes for a big one)
   await makeDir(base.runDir);
   const prepared = await prepareChatData({
     targetDir: dir, dataset: resolve(o.dataset), maxLen: o.maxLen, onBadRow: o.onBadRow, evalRows: o.evalRows, regenerate: o.regenerate ?? false,
     draftVocab: draft.draftVocab, vocab: config.vocab, runDir: base.runDir, evalMaxNew: o.evalMaxNew, evalPrompts: base.evalPrompts,
-    temperature: base.temperature, seed: base.seed, threads: base.threads,
+    temperature: base.temperature, seed: base.seed, threads: base.threads, ...(imported ? { vocabOf: imported.vocab } : {}),
   });
   await writeFileMode(join(base.runDir, 'dataset-summary.json'), JSON.stringify({ ...prepared.summary, evalOn: prepared.evalOn, evalPrompts: prepared.evalPrompts }, null, 2));
   // One pass; the last step is topped up with the first rows again (as `<id>.e1`).
   const steps = o.steps ?? Math.ceil(prepared.chat.rows / (base.batch * base.dp));
   const spec = validateJobSpec({
-    ...base, draft, target: await hfTargetSpec(dir, config), chat: prepared.chat, dataset: null,
+    ...base, draft, target: await hfTargetSpec(dir, config), chat: prepared.chat, dataset: null, ...(o.initFrom ? { initFrom: resolve(o.initFrom) } : {}),
     seqLen: o.maxLen, promptLen: 1, steps,
   });
   return { spec, prepared };

@@ -47,7 +47,7 @@ interface RunOpts extends GlobalOptions {
   onRankLoss?: 'replace' | 'shrink'; batchWaitMs?: number;
   // a Hugging Face target and a chat dataset (cluster/commands/run-hf.ts)
   target?: string; maxLen?: number; draftVocab?: number; evalRows?: number; onBadRow?: 'skip' | 'fail'; regenerate?: boolean;
-  auxLayers?: number[]; auxConvention?: 'output' | 'input'; ttt?: number; evalMaxNew?: number;
+  auxLayers?: number[]; auxConvention?: 'output' | 'input'; ttt?: number; evalMaxNew?: number; initFrom?: string;
 }
 
 export interface RunSummary {
@@ -98,6 +98,7 @@ export function command(): Command {
     .option('--regenerate', 'with --target: the target writes the assistant reply to each conversation\'s prompt itself (greedy, or at --temperature) instead of training on the dataset\'s replies')
     .option('--aux-layers <a,b,c>', 'with --target: the three layers EAGLE3 taps (default: SpecForge\'s 1, L/2-1, L-4 in the output convention)', auxLayerList)
     .addOption(new Option('--aux-convention <c>', 'with --target: what --aux-layers count: "output" of decoder layer i (SpecForge, SGLang; default) or "input" of layer j (vLLM, speculators)').choices(['output', 'input']))
+    .option('--init-from <dir>', 'with --target: start from an EAGLE3 draft directory (draftwire export, SpecForge, a published draft): its weights and its draft vocabulary')
     .option('--ttt <n>', 'with --target: draft tokens trained per position (test-time training steps; default 7)', intInRange('--ttt', 1, 64))
     .option('--eval-every <n>', 'measure accept length every n steps (0 = only at the end)', nonNegativeInt('--eval-every'), 50)
     .option('--eval-prompts <n>', `prompts the accept length is measured on (at most ${LIMITS.evalPrompts})`, intInRange('--eval-prompts', 1, LIMITS.evalPrompts), 8)
@@ -354,7 +355,7 @@ function checkLayout(spec: Pick<JobSpec, 'draft' | 'tp' | 'sp' | 'seqLen'>): voi
 /** Options of one kind of job given to the other are refused, not ignored. */
 function checkTargetOptions(o: RunOpts): void {
   const flag = (k: string) => `--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
-  const hfOnly = ['maxLen', 'draftVocab', 'evalRows', 'evalMaxNew', 'onBadRow', 'regenerate', 'auxLayers', 'auxConvention', 'ttt'] as const;
+  const hfOnly = ['maxLen', 'draftVocab', 'evalRows', 'evalMaxNew', 'onBadRow', 'regenerate', 'auxLayers', 'auxConvention', 'ttt', 'initFrom'] as const;
   const syntheticOnly = ['seqLen', 'promptLen'] as const;
   for (const k of o.target ? syntheticOnly : hfOnly) {
     if (o[k] !== undefined) throw new InvalidArgumentError(o.target ? `${flag(k)} is for the synthetic target; with --target use --max-len` : `${flag(k)} needs --target (a Hugging Face model)`);

@@ -61,6 +61,8 @@ export interface PrepareChatOptions {
   regenerate: boolean; draftVocab: number; vocab: number; runDir: string; evalMaxNew: number; evalPrompts: number;
   /** --regenerate: sampling temperature (0 greedy), seed, and BLAS threads for the target. */
   temperature: number; seed: number; threads: number;
+  /** The vocabulary of a draft the job starts from (--init-from): used as it is, not counted. */
+  vocabOf?: DraftVocab;
 }
 
 /** The model directory's tokenizer, checked against the model's vocabulary. */
@@ -100,7 +102,7 @@ export async function prepareChatData(o: PrepareChatOptions): Promise<PreparedCh
     throw new DatasetRowError(`${o.dataset}: no conversation to train on (${prep.summary.skippedBad} bad rows, ${prep.summary.skippedNoSupervised} without a supervised token, ${prep.held.length} held out for evaluation)`,
       { detail: { summary: prep.summary } });
   }
-  const vocab = draftVocabOf(prep.rows, o.vocab, o.draftVocab);
+  const vocab = o.vocabOf ?? draftVocabOf(prep.rows, o.vocab, o.draftVocab);
   const chat: ChatDataSpec = {
     dataset: o.dataset, maxLen: o.maxLen, onBadRow: o.onBadRow, evalRows: o.evalRows, regenerate: o.regenerate, rows: prep.rows.length,
     rowsFile: join(o.runDir, 'rows.safetensors'),

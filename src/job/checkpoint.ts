@@ -15,6 +15,7 @@ import { tensor, type Tensor } from '../tensor.ts';
 import { syntheticPrompt } from './prompts.ts';
 import { readJobVocab } from './chat-data.ts';
 import { specForgeInit } from './draft-init.ts';
+import { importDraft } from './import-draft.ts';
 import { openTarget } from './target.ts';
 
 export const CHECKPOINT_FORMAT = 'draftwire-eagle3/1';
@@ -59,6 +60,7 @@ export async function writeInitialWeights(spec: JobSpec): Promise<void> {
     const w = spec.chat
       ? specForgeInit(spec.draft, spec.seed, { embed, target_head, d2t: (await readJobVocab(spec.chat, spec.draft.vocab, spec.draft.draftVocab)).draftIds })
       : initDraftWeights(spec.draft, spec.seed, { embed, target_head, d2t: await calibrateD2t(target, spec) });
+    if (spec.initFrom) Object.assign(w, (await importDraft(spec.initFrom, spec.draft)).weights); // a draft trained elsewhere
     const shapes = draftParamShapes(spec.draft);
     const tensors: Record<string, Tensor> = {};
     for (const [name, data] of Object.entries(w)) {

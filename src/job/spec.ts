@@ -24,6 +24,8 @@ export interface JobSpec {
   target: JobTarget;
   /** A chat dataset (with a Hugging Face target), or absent/null for prompts the target continues. */
   chat?: ChatDataSpec | null;
+  /** An EAGLE3 draft directory the job started from (run --init-from): its weights went into initWeights. */
+  initFrom?: string;
   /** Tokens per sample at most (prompt + continuation; a chat job's --max-len). */
   seqLen: number;
   promptLen: number;
@@ -143,6 +145,7 @@ export function validateJobSpec(x: unknown): JobSpec {
     throw new InvalidArgumentError('job spec: a Hugging Face "target" needs "dir", "config" and "weights" (its fingerprint)');
   }
   if (o.chat !== undefined && o.chat !== null) validateChat(o.chat, o.seqLen as number, isHfTarget(target));
+  if (o.initFrom !== undefined && (typeof o.initFrom !== 'string' || !o.chat)) throw new InvalidArgumentError('job spec: "initFrom" must be a draft directory, with a chat job');
   return o as unknown as JobSpec;
 }
 

@@ -8,6 +8,7 @@ import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:f
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { readVocabFile } from '../../src/chat/vocab.ts';
 import { loadJobSpec } from '../../src/job/spec.ts';
 import { DraftModel, TRAINABLE_NAMES } from '../../src/native/addon.ts';
 import { readSafetensorsFile, writeSafetensorsFile } from '../../src/store/safetensors.ts';
@@ -38,6 +39,7 @@ describe('draftwire export: a draft SGLang and vLLM load (checked by an independ
     runDir = join(dir, 'runs', 'exp');
   });
   after(() => rmSync(dir, { recursive: true, force: true }));
+  const spec = () => loadJobSpec(join(runDir, 'job.json')) as ReturnType<typeof loadJobSpec> & { target: { dir: string } };
 
   /** Draftwire's own step-0 logits [T, Vd] and the reference's, on the same token ids and aux. */
   async function compare(out: string): Promise<{ rel: number; argmax: number }> {
@@ -89,6 +91,35 @@ describe('draftwire export: a draft SGLang and vLLM load (checked by an independ
       assert.ok(argmax >= (dtype === 'f32' ? 1 : 0.9), `argmax agrees at ${(argmax * 100).toFixed(0)}% of positions`);
     });
   }
+
+  it('run --init-from an exported draft: the new job starts from its weights and keeps its vocabulary; a draft that does not fit is refused', async () => {
+    const out = join(dir, 'draft-init');
+    const e = await runCli(['export', '--run', runDir, '--out', out, '--dtype', 'f32']);
+    assert.equal(e.code, 0, e.stderr);
+    const args = (job: string, extra: string[]) => ['run', '--target', spec().target.dir, '--dataset', spec().chat!.dataset, '--max-len', '64', '--eval-rows', '2', '--eval-max-new', '8', '--ttt', '2',
+      '--batch', '4', '--steps', '2', '--eval-every', '0', '--workdir', join(dir, 'runs'), '--job', job, '--json', ...extra];
+    const r = await runCli(args('cont', ['--init-from', out]), { timeoutMs: 150_000 });
+    assert.equal(r.code, 0, r.stderr);
+    const first = (await readSafetensorsFile(join(runDir, 'init.safetensors'))).tensors;
+    const last = (await readSafetensorsFile(join(runDir, 'checkpoint.safetensors'))).tensors;
+    const cont = (await readSafetensorsFile(join(dir, 'runs', 'cont', 'init.safetensors'))).tensors;
+    for (const n of TRAINABLE_NAMES) assert.deepEqual(cont[n]!.data, last[n]!.data, `${n}: the new job starts from the exported weights (f32: exactly)`);
+    assert.notDeepEqual(cont.fc!.data, first.fc!.data);
+    const [va, vb] = await Promise.all([readVocabFile(join(runDir, 'vocab.safetensors')), readVocabFile(join(dir, 'runs', 'cont', 'vocab.safetensors'))]);
+    assert.deepEqual([vb.draftIds, vb.t2d], [va.draftIds, va.t2d], 'the same draft vocabulary (d2t, t2d)');
+    assert.equal(JSON.parse(readFileSync(join(dir, 'runs', 'cont', 'job.json'), 'utf8')).initFrom, out);
+    // Another vocabulary size than the draft's, and a draft of another shape.
+    let bad = await runCli(args('vd', ['--init-from', out, '--draft-vocab', '64']));
+    assert.equal(bad.code, 2, bad.stderr);
+    assert.match(bad.stderr, /--draft-vocab 64: the draft of --init-from has 128/);
+    const other = join(dir, 'other-draft');
+    cpSync(out, other, { recursive: true });
+    const cfg = JSON.parse(readFileSync(join(other, 'config.json'), 'utf8'));
+    writeFileSync(join(other, 'config.json'), JSON.stringify({ ...cfg, intermediate_size: 256 }));
+    bad = await runCli(args('shape', ['--init-from', other]));
+    assert.equal(bad.code, 2, bad.stderr);
+    assert.match(bad.stderr, /MODEL_FORMAT: .*intermediate_size is 256, the job's target needs 128/);
+  });
 
   it('bad inputs exit 2 naming what is wrong; a NaN in the checkpoint is refused before anything is written', async () => {
     let r = await runCli(['export', '--run', dir, '--out', join(dir, 'x')]);

@@ -1,0 +1,81 @@
+// An existing EAGLE3 draft directory (what `draftwire export`, SpecForge and the engines use:
+// config.json + model.safetensors with fc, midlayer.* (or speculators' layers.0.*), norm,
+// lm_head, d2t offsets, t2d) as a job's starting point: its trainable weights and its draft
+// vocabulary, refused with MODEL_FORMAT when its shapes or its vocabulary mapping do not fit
+// the job's target.
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { ModelFormatError } from '../errors.ts';
+import type { DraftVocab } from '../chat/vocab.ts';
+import { draftParamShapes, headDimOf, upcastToF32, type DraftConfig } from '../native/addon.ts';
+import { readSafetensorsFile } from '../store/safetensors.ts';
+import type { Tensor } from '../tensor.ts';
+import { ENGINE_NAMES } from './export.ts';
+
+export interface ImportedDraft { weights: Record<string, Float32Array>; vocab: DraftVocab; draftVocab: number }
+
+function f32(t: Tensor): Float32Array {
+  if (t.dtype === 'f32') return t.data as Float32Array;
+  const out = new Float32Array(t.data.length);
+  upcastToF32(t.data as Uint16Array, t.dtype as 'bf16' | 'f16', out);
+  return out;
+}
+
+/** The draft's config.json sizes must be the job's (the target's shape); its draft vocabulary may differ from --draft-vocab and wins. */
+function checkConfig(dir: string, cj: Record<string, unknown>, c: DraftConfig): number {
+  const where = join(dir, 'config.json');
+  const arch = cj.architectures;
+  if (!Array.isArray(arch) || !arch.some((a) => /Eagle3/i.test(String(a)))) throw new ModelFormatError(`${where}: architectures ${JSON.stringify(arch)} is not an EAGLE3 draft (LlamaForCausalLMEagle3)`);
+  const want: [string, number][] = [['hidden_size', c.hidden], ['intermediate_size', c.intermediate], ['num_attention_heads', c.heads],
+    ['num_key_value_heads', c.kvHeads], ['head_dim', headDimOf(c)], ['vocab_size', c.vocab]];
+  for (const [k, v] of want) {
+    if (k === 'head_dim' && cj[k] === undefined) continue;
+    if (cj[k] !== v) throw new ModelFormatError(`${where}: ${k} is ${JSON.stringify(cj[k])}, the job's target needs ${v}`, { detail: { field: k } });
+  }
+  const Vd = cj.draft_vocab_size;
+  if (!Number.isSafeInteger(Vd) || (Vd as number) < 1 || (Vd as number) > c.vocab) throw new ModelFormatError(`${where}: draft_vocab_size ${JSON.stringify(Vd)} must be an integer in [1, ${c.vocab}]`);
+  return Vd as number;
+}
+
+/** Reads `dir` against the job's draft config (its draftVocab is replaced by the directory's). */
+export async function importDraft(dir: string, c: DraftConfig): Promise<ImportedDraft> {
+  let cj: Record<string, unknown>;
+  try { cj = JSON.parse(await readFile(join(dir, 'config.json'), 'utf8')) as Record<string, unknown>; } catch (e) {
+    throw new ModelFormatError(`${join(dir, 'config.json')}: cannot read the draft's config (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`, { cause: e });
+  }
+  const draftVocab = checkConfig(dir, cj, c);
+  const cfg = { ...c, draftVocab }, shapes = draftParamShapes(cfg), file = join(dir, 'model.safetensors');
+  let tensors: Record<string, Tensor>;
+  try { tensors = (await readSafetensorsFile(file, { allowBool: true })).tensors; } catch (e) {
+    throw new ModelFormatError(`${file}: cannot read the draft's weights (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`, { cause: e });
+  }
+  const weights: Record<string, Float32Array> = {};
+  for (const [name, engine] of Object.entries(ENGINE_NAMES)) {
+    const t = tensors[engine] ?? tensors[engine.replace(/^midlayer\./, 'layers.0.')];
+    if (!t) throw new ModelFormatError(`${file}: tensor ${engine} is missing`);
+    if (t.dtype !== 'f32' && t.dtype !== 'bf16' && t.dtype !== 'f16') throw new ModelFormatError(`${file}: tensor ${engine} is ${t.dtype}; expected f32, bf16 or f16`);
+    const want = shapes[name]!;
+    if (t.shape.join() !== want.join()) throw new ModelFormatError(`${file}: tensor ${engine} has shape [${t.shape}], the job's target needs [${want}]`);
+    const x = f32(t), bad = x.findIndex((v) => !Number.isFinite(v));
+    if (bad >= 0) throw new ModelFormatError(`${file}: tensor ${engine}[${bad}] is not finite`);
+    weights[name] = x;
+  }
+  return { weights, vocab: vocabOf(file, tensors, c.vocab, draftVocab), draftVocab };
+}
+
+/** d2t (I64 offsets) and t2d (BOOL [V]), consistent: t2d.sum() = Vd, i + d2t[i] strictly increasing in [0, V), t2d there. */
+function vocabOf(file: string, t: Record<string, Tensor>, V: number, Vd: number): DraftVocab {
+  const d = t.d2t, m = t.t2d;
+  if (!d || d.dtype !== 'i64' || d.shape.join() !== String(Vd)) throw new ModelFormatError(`${file}: d2t must be I64 [${Vd}] (draft id → target id offsets)`);
+  if (!m || m.dtype !== 'u8' || m.shape.join() !== String(V)) throw new ModelFormatError(`${file}: t2d must be BOOL [${V}] (the target's vocabulary)`);
+  const off = d.data as BigInt64Array, t2d = m.data as Uint8Array, draftIds = new Int32Array(Vd);
+  let marked = 0;
+  for (const x of t2d) marked += x;
+  if (marked !== Vd) throw new ModelFormatError(`${file}: t2d marks ${marked} target ids, d2t has ${Vd}`);
+  for (let i = 0; i < Vd; i++) {
+    const id = i + Number(off[i]);
+    if (!(id >= 0 && id < V) || (i > 0 && id <= draftIds[i - 1]!) || !t2d[id]) throw new ModelFormatError(`${file}: d2t[${i}] maps draft id ${i} to target id ${id}, which is out of order, outside [0, ${V}) or not marked in t2d`);
+    draftIds[i] = id;
+  }
+  return { draftIds, d2t: off, t2d };
+}
