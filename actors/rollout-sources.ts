@@ -5,7 +5,7 @@
 //   --regenerate the replies are the target's own, written once when the job started). A chat
 //   sample keeps its own length (≤ seqLen).
 import { InvalidArgumentError } from '../src/errors.ts';
-import { loadChatRows, chatSampleId, type ChatRow } from '../src/job/chat-data.ts';
+import { loadJobRows, chatSampleId, type JobRow } from '../src/job/chat-data.ts';
 import { loadPrompts, syntheticPrompt } from '../src/job/prompts.ts';
 import type { JobSpec } from '../src/job/spec.ts';
 import { targetVocab } from '../src/job/target.ts';
@@ -57,9 +57,9 @@ export function syntheticSource(target: TargetModel, spec: JobSpec): RowSource {
 /** The chat job's conversations (the dataset's replies, or the target's own with --regenerate), under teacher forcing. */
 export async function chatSource(target: TargetModel, spec: JobSpec): Promise<RowSource> {
   if (!spec.chat) throw new InvalidArgumentError('a chat rollout needs a chat dataset');
-  const rows = await loadChatRows(spec.chat);
+  const rows = await loadJobRows(spec.chat);
   const H = spec.draft.hidden;
-  const one = async (row: ChatRow): Promise<Sample> => {
+  const one = async (row: JobRow): Promise<Sample> => {
     const T = row.ids.length;
     const { aux, last } = await target.forward(row.ids, 1, T);
     return sampleOf(T, H, { ids: row.ids, aux, last }, row.mask);

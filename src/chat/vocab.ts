@@ -5,7 +5,7 @@
 import { DecodeError, InvalidArgumentError } from '../errors.ts';
 import { encodeSafetensorsBuffer, readSafetensorsFile } from '../store/safetensors.ts';
 import { writeFileAtomic } from '../files.ts';
-import { tensor } from '../tensor.ts';
+import { tensor, type Tensor } from '../tensor.ts';
 
 export interface DraftVocab {
   /** The draft vocabulary's target ids (ascending as built): draft id i is target id draftIds[i]. */
@@ -55,6 +55,18 @@ export function buildDraftVocab(counts: ArrayLike<number>, Vd: number): DraftVoc
   return fromT2d(t2d, Vd);
 }
 
+/** The vocabulary of a set of target ids (distinct, in [0, V)): d2t offsets and t2d, in ascending id order. */
+export function vocabOfIds(ids: ArrayLike<number>, V: number): DraftVocab {
+  checkSize('V', V, 1, 2 ** 31 - 1);
+  const t2d = new Uint8Array(V);
+  for (let i = 0; i < ids.length; i++) {
+    const id = ids[i]!;
+    if (!Number.isInteger(id) || id < 0 || id >= V || t2d[id]) throw new InvalidArgumentError(`draft id ${i} maps to target id ${id}, outside [0, ${V}) or a second time`);
+    t2d[id] = 1;
+  }
+  return fromT2d(t2d, ids.length);
+}
+
 function fromT2d(t2d: Uint8Array, Vd: number): DraftVocab {
   const draftIds = new Int32Array(Vd);
   const d2t = new BigInt64Array(Vd);
@@ -73,6 +85,11 @@ export async function writeVocabFile(path: string, vocab: DraftVocab, meta: Reco
 /** Reads a draft vocabulary file and checks it: shapes (and V, Vd when given), ids distinct and in range, t2d agreeing with d2t. */
 export async function readVocabFile(path: string, expect: { V?: number; Vd?: number } = {}): Promise<DraftVocab & { metadata: Record<string, string> }> {
   const { tensors, metadata } = await readSafetensorsFile(path, { allowBool: true });
+  return { ...vocabOfTensors(tensors, path, expect), metadata };
+}
+
+/** The same checks on tensors already read (`d2t`, `t2d` among others); `path` names them in messages. */
+export function vocabOfTensors(tensors: Record<string, Tensor>, path: string, expect: { V?: number; Vd?: number } = {}): DraftVocab {
   const fail = (msg: string, tensorName: string) => new DecodeError(`${path}: ${msg}`, { detail: { path, tensor: tensorName } });
   const d = tensors.d2t;
   const t = tensors.t2d;
@@ -104,5 +121,5 @@ export async function readVocabFile(path: string, expect: { V?: number; Vd?: num
     ones += t2d[id]!;
   }
   if (ones !== Vd) throw fail(`"t2d" marks ${ones} target ids but "d2t" has ${Vd}`, 't2d');
-  return { draftIds, d2t: offsets, t2d, metadata };
+  return { draftIds, d2t: offsets, t2d };
 }

@@ -54,7 +54,7 @@ export interface ChatDataSpec {
 export interface PreparedChat { chat: ChatDataSpec; summary: PrepareSummary; vocab: DraftVocab; evalOn: 'held-out' | 'training'; evalPrompts: number }
 
 /** One training sample's tokens (the dataset's reply, or with --regenerate the target's). */
-export interface ChatRow { id: string; ids: Int32Array; mask: Uint8Array }
+export interface JobRow { id: string; ids: Int32Array; mask: Uint8Array }
 
 export interface PrepareChatOptions {
   targetDir: string; dataset: string; maxLen: number; onBadRow: 'skip' | 'fail'; evalRows: number;
@@ -138,7 +138,7 @@ async function writeRowsFile(path: string, rows: readonly PreparedRow[]): Promis
 }
 
 /** The rollout: the rows `run` prepared, as it wrote them (no tokenizer, no template). */
-export async function loadChatRows(chat: ChatDataSpec): Promise<ChatRow[]> {
+export async function loadJobRows(chat: ChatDataSpec): Promise<JobRow[]> {
   const where = `${chat.rowsFile} (the job's prepared conversations)`;
   const { tensors, metadata } = await readJobFile(chat.rowsFile, () => readSafetensorsFile(chat.rowsFile));
   const ids = tensors.ids?.data, mask = tensors.mask?.data, off = tensors.offsets?.data;
@@ -152,7 +152,7 @@ export async function loadChatRows(chat: ChatDataSpec): Promise<ChatRow[]> {
 }
 
 /** The sample id of budget row r: the dataset row's id, with the pass over the data after the first. */
-export function chatSampleId(rows: readonly ChatRow[], r: number): string {
+export function chatSampleId(rows: readonly JobRow[], r: number): string {
   const pass = Math.floor(r / rows.length), id = rows[r % rows.length]!.id;
   return pass === 0 ? id : `${id}.e${pass}`;
 }

@@ -12,6 +12,7 @@ import { makeDir, writeFileAtomic } from '../files.ts';
 import { draftParamShapes, headDimOf, type DraftConfig } from '../native/addon.ts';
 import { encodeSafetensorsBuffer, readSafetensorsFile } from '../store/safetensors.ts';
 import { f32ToBf16, f32ToF16, tensor, type Tensor } from '../tensor.ts';
+import { vocabOfIds } from '../chat/vocab.ts';
 import { jobFile, loadJobSpec, type JobSpec } from './spec.ts';
 import { isHfTarget } from './target.ts';
 
@@ -86,14 +87,13 @@ export function engineTensors(c: DraftConfig, ckpt: Record<string, Tensor>, dtyp
   }
   const ids = ckpt.d2t?.data;
   if (!(ids instanceof Int32Array) || ids.length !== c.draftVocab) throw new DecodeError(`${where}: tensor "d2t" must be i32 [${c.draftVocab}]`);
-  const d2t = new BigInt64Array(ids.length), t2d = new Uint8Array(c.vocab);
-  for (let i = 0; i < ids.length; i++) {
-    if (ids[i]! < 0 || ids[i]! >= c.vocab || (i > 0 && ids[i]! <= ids[i - 1]!)) throw new DecodeError(`${where}: d2t[${i}] = ${ids[i]} (the draft's target ids must be strictly increasing in [0, ${c.vocab}))`);
-    d2t[i] = BigInt(ids[i]! - i);
-    t2d[ids[i]!] = 1;
-  }
-  out.d2t = tensor('i64', [ids.length], d2t);
-  out.t2d = tensor('u8', [c.vocab], t2d);
+  // The engines read draft id i as target id i + d2t[i], so the ids must be ascending.
+  const bad = ids.findIndex((id, i) => i > 0 && id <= ids[i - 1]!);
+  if (bad > 0) throw new DecodeError(`${where}: d2t[${bad}] = ${ids[bad]} (the draft's target ids must be strictly increasing in [0, ${c.vocab}))`);
+  let vocab;
+  try { vocab = vocabOfIds(ids, c.vocab); } catch (e) { throw new DecodeError(`${where}: ${(e as Error).message}`, { cause: e }); }
+  out.d2t = tensor('i64', [ids.length], vocab.d2t);
+  out.t2d = tensor('u8', [c.vocab], vocab.t2d);
   return out;
 }
 

@@ -6,7 +6,7 @@
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ModelFormatError } from '../errors.ts';
-import type { DraftVocab } from '../chat/vocab.ts';
+import { vocabOfTensors, type DraftVocab } from '../chat/vocab.ts';
 import { draftParamShapes, headDimOf, upcastToF32, type DraftConfig } from '../native/addon.ts';
 import { readSafetensorsFile } from '../store/safetensors.ts';
 import type { Tensor } from '../tensor.ts';
@@ -60,22 +60,9 @@ export async function importDraft(dir: string, c: DraftConfig): Promise<Imported
     if (bad >= 0) throw new ModelFormatError(`${file}: tensor ${engine}[${bad}] is not finite`);
     weights[name] = x;
   }
-  return { weights, vocab: vocabOf(file, tensors, c.vocab, draftVocab), draftVocab };
-}
-
-/** d2t (I64 offsets) and t2d (BOOL [V]), consistent: t2d.sum() = Vd, i + d2t[i] strictly increasing in [0, V), t2d there. */
-function vocabOf(file: string, t: Record<string, Tensor>, V: number, Vd: number): DraftVocab {
-  const d = t.d2t, m = t.t2d;
-  if (!d || d.dtype !== 'i64' || d.shape.join() !== String(Vd)) throw new ModelFormatError(`${file}: d2t must be I64 [${Vd}] (draft id → target id offsets)`);
-  if (!m || m.dtype !== 'u8' || m.shape.join() !== String(V)) throw new ModelFormatError(`${file}: t2d must be BOOL [${V}] (the target's vocabulary)`);
-  const off = d.data as BigInt64Array, t2d = m.data as Uint8Array, draftIds = new Int32Array(Vd);
-  let marked = 0;
-  for (const x of t2d) marked += x;
-  if (marked !== Vd) throw new ModelFormatError(`${file}: t2d marks ${marked} target ids, d2t has ${Vd}`);
-  for (let i = 0; i < Vd; i++) {
-    const id = i + Number(off[i]);
-    if (!(id >= 0 && id < V) || (i > 0 && id <= draftIds[i - 1]!) || !t2d[id]) throw new ModelFormatError(`${file}: d2t[${i}] maps draft id ${i} to target id ${id}, which is out of order, outside [0, ${V}) or not marked in t2d`);
-    draftIds[i] = id;
+  try {
+    return { weights, vocab: vocabOfTensors(tensors, file, { V: c.vocab, Vd: draftVocab }), draftVocab };
+  } catch (e) { // the draft's mapping does not fit the target: its directory is what is wrong
+    throw new ModelFormatError((e as Error).message, { cause: e });
   }
-  return { draftIds, d2t: off, t2d };
 }
