@@ -119,6 +119,8 @@ describe('run --rollout external: the job trains what producers of its own commi
       assert.equal(st.budget, null);
       assert.deepEqual(st.input?.ended, ['pa']);
       assert.deepEqual(st.input?.open, ['pb']);
+      const view = await runCli(['status', '--workdir', workdir, '--job', 'ext2'], { env });
+      assert.match(view.stdout, /input \(external producers\): open; producers open \[pb\], ended \[pa\]; budget open/, view.stdout + view.stderr);
       // The job's width changes while it waits on the last producer.
       const scaled = await runCli(['scale', '--workdir', workdir, '--job', 'ext2', '--dp', '2', '--json'], { env });
       assert.equal(scaled.code, 0, scaled.stderr);
