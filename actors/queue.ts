@@ -5,7 +5,7 @@
 // Credits are soft state: ranks re-send them, so they are not logged.
 import type { ActorContext, ActorRef, ActorSpec, ActorSystem } from '../src/runtime/actor-system.ts';
 import type { Bus, BusSubscription } from '../src/bus/bus.ts';
-import { AuthError, DecodeError, DraftwireError, InvalidArgumentError, LeaseExpiredError, SchemaError, StaleEpochError, StaleGenerationError, UnavailableError } from '../src/errors.ts';
+import { AuthError, DecodeError, DraftwireError, InputClosedError, InvalidArgumentError, LeaseExpiredError, SchemaError, StaleEpochError, StaleGenerationError, UnavailableError } from '../src/errors.ts';
 import { LeaseLedger, type Lease, type LedgerEvent, type LedgerOptions } from '../src/ledger/ledger.ts';
 import type { EpochInfo } from '../src/job/epoch.ts';
 import { rebuildLedger, WAL_RECORD, WalCorruptError } from '../src/ledger/wal.ts';
@@ -13,10 +13,11 @@ import { failpoint } from '../src/failpoints.ts';
 import { createLogger } from '../src/log.ts';
 import { validateSampleRef, type SampleRef } from '../src/wire/sampleref.ts';
 import {
-  STORAGE, parseEpochInfo, type CommitReply, type CommittedReply, type CreditReply, type LeaseMessage, type LeaseReply, type QueueStatus, type RenewReply, type RevokeReply,
+  STORAGE, parseEpochInfo, type CommitReply, type CommittedReply, type InputReply, type CreditReply, type LeaseMessage, type LeaseReply, type QueueStatus, type RenewReply, type RevokeReply,
 } from '../src/wire/protocol.ts';
 import { publish, serve } from '../src/bus/clients.ts';
 import { checkSampleRef, type SampleSchema } from '../src/wire/schema.ts';
+import { inputCloseReason, sampleBudgetOf, type QueueInput } from '../src/ledger/input.ts';
 
 export interface Credit { consumer: string; partition: [number, number]; epoch: number; remaining: number; leaseMs: number | null }
 
@@ -31,7 +32,8 @@ export type QueueMsg =
   | { op: 'tick' }
   | { op: 'revoke'; consumer: string; beforeEpoch?: number }
   | { op: 'status' }
-  | { op: 'committed' };
+  | { op: 'committed'; prefix?: string }
+  | { op: 'input'; producer: string; state: 'open' | 'end'; incarnation: number; key: string };
 
 interface QueueState {
   ledger: LeaseLedger | null; credits: Map<string, Credit>; grants: number; window: { at: number; puts: number; acks: number }[];
@@ -48,6 +50,8 @@ export interface QueueActorOptions {
   tickMs?: number;
   /** The job's sample schema: a commit whose ref does not match it is refused (SchemaError), nothing logged. */
   schema?: SampleSchema;
+  /** Where the job's samples come from (its budget, and when an external input closes); absent: no budget is told. */
+  input?: QueueInput;
 }
 
 function isObj(x: unknown): x is Record<string, unknown> {
@@ -63,6 +67,14 @@ export function queueActorSpec(o: QueueActorOptions): ActorSpec<QueueState, Queu
     // Before any reply: a crash after this line replays these events; before it, the caller retries.
     await bus.append(s.walSubject, { f: WAL_RECORD, events });
   };
+
+  const input = o.input ?? null;
+  /** The events that close an external input when its policy says so (logged with the call that triggered it). */
+  const closeIfDue = (ledger: LeaseLedger, now: number): LedgerEvent[] => {
+    const why = inputCloseReason(input, ledger.inputState(), ledger.stats().samples);
+    return why ? ledger.closeInput(why, { key: `close:${why}`, now }).events : [];
+  };
+  const budget = (ledger: LeaseLedger) => sampleBudgetOf(input, ledger.inputState());
 
   const grant = async (st: QueueState, ledger: LeaseLedger): Promise<void> => {
     const now = Date.now();
@@ -141,7 +153,7 @@ export function queueActorSpec(o: QueueActorOptions): ActorSpec<QueueState, Queu
         o.bus.auth.verifyRef(ref);
         if (o.schema) checkSampleRef(ref, o.schema);
         const res = ledger.put(ref, { key: msg.key, now });
-        await persist(res.events);
+        await persist([...res.events, ...closeIfDue(ledger, now)]);
         ctx.reply({ sampleId: res.sampleId, generation: res.generation, status: res.status });
         await grant(st, ledger);
         break;
@@ -153,7 +165,7 @@ export function queueActorSpec(o: QueueActorOptions): ActorSpec<QueueState, Queu
         // consumed + dead tell the ranks how much of the job's sample budget is finished;
         // committed and the partition's pending samples whether more can still come to them.
         const { consumed, dead, samples: committed } = ledger.stats();
-        ctx.reply({ epoch, num: ledger.currentNum(), depth: ledger.depth(), consumed, dead, committed, partitionPending: ledger.pendingIds(msg.partition).length });
+        ctx.reply({ epoch, num: ledger.currentNum(), depth: ledger.depth(), consumed, dead, committed, partitionPending: ledger.pendingIds(msg.partition).length, budget: budget(ledger) });
         await grant(st, ledger);
         break;
       }
@@ -216,13 +228,28 @@ export function queueActorSpec(o: QueueActorOptions): ActorSpec<QueueState, Queu
         const w0 = st.window[0], w1 = st.window.at(-1);
         const secs = w0 && w1 && w1.at > w0.at ? (w1.at - w0.at) / 1000 : 0;
         const rates = { commitsPerSec: secs ? (w1!.puts - w0!.puts) / secs : 0, acksPerSec: secs ? (w1!.acks - w0!.acks) / secs : 0 };
-        ctx.reply({ ...ledger.stats(), ...rates, depth: ledger.depth(), inFlight: ledger.inFlight(), incarnation: ctx.incarnation, credits: [...st.credits.values()], leases: ledger.liveLeases() });
+        ctx.reply({
+          ...ledger.stats(), ...rates, depth: ledger.depth(), inFlight: ledger.inFlight(), incarnation: ctx.incarnation, credits: [...st.credits.values()], leases: ledger.liveLeases(),
+          budget: budget(ledger), input: input?.kind === 'external' ? ledger.inputState() : null,
+        });
         break;
       }
       case 'committed': {
         // Every sample the ledger knows (any state): a restarted rollout skips these.
         const snap = ledger.snapshot() as { samples: { sampleId: string }[] };
-        ctx.reply({ sampleIds: snap.samples.map((x) => x.sampleId) });
+        const ids = snap.samples.map((x) => x.sampleId);
+        ctx.reply({ sampleIds: msg.prefix ? ids.filter((id) => id.startsWith(msg.prefix!)) : ids });
+        break;
+      }
+      case 'input': {
+        if (input?.kind !== 'external') throw new InvalidArgumentError(`producer "${msg.producer}": this job has its own rollout; external producers need a job started with --rollout external`, { detail: { field: 'producer' } });
+        const res = ledger.input(msg.producer, msg.state, { key: msg.key, now, incarnation: msg.incarnation });
+        const closing = msg.state === 'end' ? closeIfDue(ledger, now) : [];
+        await persist([...res.events, ...closing]);
+        if (closing.length) ctx.log.info('the input closed: the job trains what was committed', ledger.inputState().closed ?? {});
+        const stats = ledger.stats();
+        ctx.reply({ producer: res.producer, state: res.state, closed: ledger.inputState().closed !== null, committed: stats.samples, budget: budget(ledger) });
+        // An input that closed may end a partition's wait: the ranks learn it from their next credit.
         break;
       }
     }
@@ -231,7 +258,7 @@ export function queueActorSpec(o: QueueActorOptions): ActorSpec<QueueState, Queu
 
 function isAnswer(e: unknown): e is DraftwireError {
   return e instanceof InvalidArgumentError || e instanceof DecodeError || e instanceof StaleEpochError || e instanceof AuthError
-    || e instanceof LeaseExpiredError || e instanceof StaleGenerationError || e instanceof SchemaError;
+    || e instanceof LeaseExpiredError || e instanceof StaleGenerationError || e instanceof SchemaError || e instanceof InputClosedError;
 }
 
 /** Spawns the queue actor and routes the job's queue subjects to it. */
@@ -262,7 +289,8 @@ export function startQueue(system: ActorSystem, o: QueueActorOptions): { ref: Ac
     serve(bus, 'queue.fail', (m, meta) => ask({ op: 'fail', ...m, key: meta.idempotencyKey ?? `fail:${m.leaseId}` }) as Promise<LeaseReply>),
     serve(bus, 'queue.revoke', (m) => ask({ op: 'revoke', ...m }) as Promise<RevokeReply>),
     serve(bus, 'queue.status', () => ask({ op: 'status' }) as Promise<QueueStatus>, { dedupe: false }),
-    serve(bus, 'queue.committed', () => ask({ op: 'committed' }) as Promise<CommittedReply>, { dedupe: false }),
+    serve(bus, 'queue.committed', (m) => ask({ op: 'committed', ...m }) as Promise<CommittedReply>, { dedupe: false }),
+    serve(bus, 'queue.input', (m, meta) => ask({ op: 'input', ...m, key: meta.idempotencyKey ?? `input:${m.producer}:${m.state}:${m.incarnation}` }) as Promise<InputReply>),
   ];
   const timer = setInterval(() => {
     try { system.dispatch(ref, { op: 'tick' }); } catch { /* mailbox full: the next tick will do */ }

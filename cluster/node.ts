@@ -21,12 +21,13 @@ import { entryPoint } from './entry.ts';
 import { startCoordinator } from '../actors/coordinator.ts';
 import { startJanitor } from '../actors/janitor.ts';
 import { startQueue } from '../actors/queue.ts';
+import type { QueueInput } from '../src/ledger/input.ts';
 import { rolloutActorSpec } from '../actors/rollout.ts';
 import { ActorSystem, type ActorRef } from '../src/runtime/actor-system.ts';
 import { AuthPolicy } from '../src/wire/auth.ts';
 import { Bus } from '../src/bus/bus.ts';
 import { InvalidArgumentError } from '../src/errors.ts';
-import { jobFile, maxRankRestarts, rankDeadAfterMs, rankLossPolicy, type JobSpec } from '../src/job/spec.ts';
+import { isExternal, jobFile, jobRows, maxRankRestarts, rankDeadAfterMs, rankLossPolicy, type JobSpec } from '../src/job/spec.ts';
 import { createLogger } from '../src/log.ts';
 import { SharedDirFeatureStore } from '../src/store/shared-dir.ts';
 import { CoordinatorClient, HeartbeatPublisher, QueueClient, listen, serve } from '../src/bus/clients.ts';
@@ -121,11 +122,16 @@ export class NodeAgent {
       this.stops.push(c.stop);
     }
     if (roles.includes('queue')) {
-      const q = startQueue(system, { bus, ledger: { leaseMs: spec.leaseMs, maxDeliveries: spec.maxDeliveries }, schema: sampleSchema(spec) });
+      const input: QueueInput = spec.input?.kind === 'external'
+        ? { kind: 'external', samples: spec.input.samples, producers: spec.input.producers }
+        : { kind: 'fixed', samples: jobRows(spec) };
+      const q = startQueue(system, { bus, ledger: { leaseMs: spec.leaseMs, maxDeliveries: spec.maxDeliveries }, schema: sampleSchema(spec), input });
       this.stops.push(q.stop);
     }
     if (roles.includes('janitor')) this.stops.push(startJanitor(system, { bus, store }).stop);
-    if (roles.includes('rollout')) {
+    // An external job's samples come from producers of their own: it has no rollout to run.
+    if (roles.includes('rollout') && isExternal(spec)) this.log.info('no rollout: this job\'s samples come from external producers (--rollout external)');
+    else if (roles.includes('rollout')) {
       const ref = system.spawn('rollout', rolloutActorSpec({ spec, bus, store }));
       this.rollout = ref;
       this.stops.push(() => system.stop(ref));

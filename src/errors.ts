@@ -94,6 +94,14 @@ export class SchemaError extends DraftwireError {
   constructor(message: string, opts?: DraftwireErrorOptions) { super('SCHEMA', message, false, opts); }
 }
 /**
+ * The job takes no more samples: its input is closed (every producer declared its end, or the
+ * job's --samples were committed). A new sample's commit, or a producer opening after the
+ * close, is refused; retrying cannot help. detail: sampleId or producer, reason.
+ */
+export class InputClosedError extends DraftwireError {
+  constructor(message: string, opts?: DraftwireErrorOptions) { super('INPUT_CLOSED', message, false, opts); }
+}
+/**
  * The ledger's write-ahead log holds a record replay cannot use (a bad MAC, a wrong shape, a
  * gap): the queue refuses requests until an operator skips it (`draftwire wal skip`).
  * detail: streamSeq, reason.

@@ -39,7 +39,7 @@ import { CollectiveError, DraftwireError, StaleEpochError } from '../src/errors.
 import { stackBatch } from '../src/job/batch.ts';
 import { sampleTokens } from '../src/wire/schema.ts';
 import { evalMaxNew, evalPrompts } from '../src/job/prompts.ts';
-import { checkpointEvery, jobRows, rankDeadAfterMs, type JobSpec } from '../src/job/spec.ts';
+import { checkpointEvery, rankDeadAfterMs, sampleBudget, type JobSpec } from '../src/job/spec.ts';
 import { createLogger } from '../src/log.ts';
 import { sliceBatch } from '../src/job/draft-io.ts';
 import { acceptLength, DraftModel, TRAINABLE_NAMES, type DraftBatch, type TargetModel } from '../src/native/addon.ts';
@@ -113,6 +113,11 @@ export class RankWorker {
   private forming: AbortController | null = null;
   /** The queue's last word on samples not finished yet (budget − consumed − dead). */
   private outstanding: number;
+  /**
+   * Samples the job trains in all: the queue's word (CreditReply.budget), else the spec's;
+   * Infinity while an external job's input is open (the world never decides it is done).
+   */
+  private budget: number;
   /** The queue's last word: every sample of the budget is committed and none is pending in this partition. */
   private partitionExhausted = false;
   private stepNo = 0;
@@ -135,7 +140,8 @@ export class RankWorker {
     this.consumer = `rank-${o.rank}`;
     this.log = createLogger(`rank.${o.rank}`);
     this.book = new LeaseBook({ bus: o.bus, store: o.store, log: this.log });
-    this.outstanding = jobRows(o.spec);
+    this.budget = sampleBudget(o.spec) ?? Infinity;
+    this.outstanding = this.budget;
     this.frozen = Object.fromEntries(Object.entries(o.weights).filter(([k]) => !TRAINABLE_NAMES.includes(k)));
     this.ckpt = new WorldCheckpoint({
       spec: o.spec, bus: o.bus, book: this.book, log: this.log, stats: this.stats,
@@ -325,8 +331,14 @@ export class RankWorker {
   private async queueFinished(): Promise<boolean> {
     const { bus, spec } = this.o;
     const q = await new QueueClient(bus).status({ timeoutMs: 5000, retries: 5 });
-    this.outstanding = jobRows(spec) - q.consumed - q.dead;
+    this.learnBudget(q.budget);
+    this.outstanding = this.budget - q.consumed - q.dead;
     return this.outstanding <= 0;
+  }
+
+  /** The queue's budget, once it knows one (an external input closed); the spec's until then. */
+  private learnBudget(b: number | null | undefined): void {
+    if (typeof b === 'number' && Number.isSafeInteger(b) && b >= 0) this.budget = b;
   }
 
   private publishStep(m: StepMetrics): void {
@@ -475,11 +487,12 @@ export class RankWorker {
         const r = await new QueueClient(bus).credit({
           consumer: this.consumer, partition: [this.dpIdx, this.epoch.partitions], epoch: this.epoch.epoch, max: Math.max(0, n - this.book.usable().length), leaseMs: spec.leaseMs,
         });
-        if (typeof r.consumed === 'number' && typeof r.dead === 'number') this.outstanding = jobRows(spec) - r.consumed - r.dead;
+        this.learnBudget(r.budget);
+        if (typeof r.consumed === 'number' && typeof r.dead === 'number') this.outstanding = this.budget - r.consumed - r.dead;
         // Nothing pending here and nothing more to be committed: this credit grants nothing, and
         // waiting for a full batch would only hold the world up (samples expired or released
         // later make the partition non-empty again, and the next reply says so).
-        this.partitionExhausted = typeof r.committed === 'number' && r.committed >= jobRows(spec) && r.partitionPending === 0;
+        this.partitionExhausted = typeof r.committed === 'number' && r.committed >= this.budget && r.partitionPending === 0;
         // Leases granted before this reply are here already (one connection, in order): read
         // them, so that a short batch is short only of samples that do not exist.
         if (this.partitionExhausted) { await this.book.fetchNew(); return false; }

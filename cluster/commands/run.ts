@@ -23,7 +23,7 @@ import { QueueClient, listen } from '../../src/bus/clients.ts';
 import { loadWeightsFile, writeInitialWeights } from '../../src/job/checkpoint.ts';
 import { acceptLength, DraftModel, shardConfigError } from '../../src/native/addon.ts';
 import { DraftwireError, InvalidArgumentError } from '../../src/errors.ts';
-import { LIMITS, jobFile, jobRows, loadJobSpec, saveJobSpec, validateJobSpec, type JobSpec } from '../../src/job/spec.ts';
+import { LIMITS, isExternal, jobFile, loadJobSpec, sampleBudget, saveJobSpec, validateJobSpec, type JobSpec } from '../../src/job/spec.ts';
 import { makeDir, writeFileMode } from '../../src/files.ts';
 import { auditEvents, type AuditReport } from '../../src/ledger/ledger.ts';
 import { readSafetensorsFile } from '../../src/store/safetensors.ts';
@@ -45,6 +45,8 @@ interface RunOpts extends GlobalOptions {
   leaseMs: number; storeHighMb: number; progress: boolean; keepStore: boolean;
   resume?: string; checkpointEvery?: number; maxRankRestarts?: number; rankDeadAfterMs?: number;
   onRankLoss?: 'replace' | 'shrink'; batchWaitMs?: number;
+  // the samples' source: the job's own rollout, or producers of their own (--rollout external)
+  rollout?: 'builtin' | 'external'; samples?: number; producers?: number;
   // a Hugging Face target and a chat dataset (cluster/commands/run-hf.ts)
   target?: string; maxLen?: number; draftVocab?: number; evalRows?: number; onBadRow?: 'skip' | 'fail'; regenerate?: boolean;
   auxLayers?: number[]; auxConvention?: 'output' | 'input'; ttt?: number; evalMaxNew?: number; initFrom?: string;
@@ -64,6 +66,8 @@ export interface RunSummary {
   dpHistory: number[];
   /** A chat job's dataset: rows trained on, skipped (bad, nothing supervised), truncated, held out; null for the synthetic job. */
   dataset: Record<string, unknown> | null;
+  /** An external job's input: its producers (as the ledger saw them) and why it closed; null for the job's own rollout. */
+  input: { producers: string[]; closed: string | null } | null;
   /** Store usage once the run finished, before the store directory is removed. */
   storeAfter: { samples: number; bytes: number; tempFiles: number };
 }
@@ -100,6 +104,9 @@ export function command(): Command {
     .addOption(new Option('--aux-convention <c>', 'with --target: what --aux-layers count: "output" of decoder layer i (SpecForge, SGLang; default) or "input" of layer j (vLLM, speculators)').choices(['output', 'input']))
     .option('--init-from <dir>', 'with --target: start from an EAGLE3 draft directory (draftwire export, SpecForge, a published draft): its weights and its draft vocabulary')
     .option('--ttt <n>', 'with --target: draft tokens trained per position (test-time training steps; default 7)', intInRange('--ttt', 1, 64))
+    .addOption(new Option('--rollout <source>', 'where samples come from: the job\'s own rollout of the target, or producers of their own (the Python package, an SGLang/vLLM hook) that commit to this job until they declare their end').choices(['builtin', 'external']).default('builtin'))
+    .option('--samples <n>', 'with --rollout external: the job takes this many samples, then closes its input and trains them (default: until --producers producers declared their end)', positiveInt('--samples'))
+    .option('--producers <n>', 'with --rollout external: the input closes once this many producers declared their end and none is still open (default 1)', intInRange('--producers', 1, 100_000))
     .option('--eval-every <n>', 'measure accept length every n steps (0 = only at the end)', nonNegativeInt('--eval-every'), 50)
     .option('--eval-prompts <n>', `prompts the accept length is measured on (at most ${LIMITS.evalPrompts})`, intInRange('--eval-prompts', 1, LIMITS.evalPrompts), 8)
     .option('--threads <n>', `BLAS threads per rank and for the rollout (at most ${LIMITS.threads})`, intInRange('--threads', 1, LIMITS.threads), 1)
@@ -145,14 +152,18 @@ export function buildSpec(o: RunOpts & { steps?: number }): JobSpec {
   if (ranks > LIMITS.worldRanks) throw new InvalidArgumentError(`--dp ${o.dp} --tp ${o.tp} --sp ${o.sp}: ${ranks} rank processes; at most ${LIMITS.worldRanks}`);
   if (o.batch * seqLen > LIMITS.stepTokens) throw new InvalidArgumentError(`--batch ${o.batch} --seq-len ${seqLen}: ${o.batch * seqLen} tokens per step; at most ${LIMITS.stepTokens}`);
   const high = Math.floor(o.storeHighMb * 1024 * 1024);
+  const external = o.rollout === 'external';
+  // An external job's length is its producers' to decide; steps is only an estimate there.
+  const steps = external ? Math.max(1, Math.ceil((o.samples ?? o.batch * o.dp) / (o.batch * o.dp))) : o.steps ?? 200;
   return validateJobSpec({
     job, runDir, storeDir: join(runDir, 'store'), storeId: `${job}-store`, initWeights: join(runDir, 'init.safetensors'),
-    draft: preset.draft, target: targetConfig(preset, o.seed), seqLen, promptLen, batch: o.batch, steps: o.steps ?? 200,
+    draft: preset.draft, target: targetConfig(preset, o.seed), seqLen, promptLen, batch: o.batch, steps,
     lr: o.lr, clip: o.clip > 0 ? o.clip : null, weightDecay: o.weightDecay, dp: o.dp, tp: o.tp, sp: o.sp, seed: o.seed,
     temperature: o.temperature, leaseMs: o.leaseMs, maxDeliveries: 5, storeHighBytes: high, storeLowBytes: Math.floor(high * 0.75),
     dataset: o.dataset ? resolve(o.dataset) : null, evalEvery: o.evalEvery, evalPrompts: o.evalPrompts, threads: o.threads,
     checkpointEvery: o.checkpointEvery ?? 1, maxRankRestarts: o.maxRankRestarts ?? 3, rankDeadAfterMs: o.rankDeadAfterMs ?? 10_000,
     onRankLoss: o.onRankLoss ?? 'replace', batchWaitMs: o.batchWaitMs ?? 2000,
+    ...(external ? { input: { kind: 'external', samples: o.samples ?? null, producers: o.producers ?? 1 } } : {}),
   });
 }
 
@@ -216,14 +227,19 @@ export async function runJob(o: RunOpts): Promise<RunSummary> {
     // A log record replay cannot use stops the resume here, by stream seq (WalCorruptError), not in the ranks.
     if (resuming) await readLedgerEvents(node.bus);
     const metrics: StepMetrics[] = [];
-    const bar = progress(o.progress && !o.json && process.stderr.isTTY, jobRows(spec));
+    const bar = progress(o.progress && !o.json && process.stderr.isTTY, sampleBudget(spec));
+    if (isExternal(spec)) {
+      log.info('waiting for producers: they commit samples to this job until they declare their end', {
+        nats: url, jobFile: jobFile(spec.runDir), store: spec.storeDir, samples: spec.input?.samples ?? null, producers: spec.input?.producers ?? 1,
+      });
+    }
     const sub = listen(node.bus, 'metrics', (m) => {
       metrics.push(m);
       bar.update(m, t0);
     });
     const statusTimer = setInterval(() => {
       void new QueueClient(node!.bus).status({ timeoutMs: 1000, retries: 0 })
-        .then((q) => node!.store.usage().then((u) => bar.setQueue(q.depth, q.inFlight, u.bytes))).catch(() => {});
+        .then((q) => node!.store.usage().then((u) => bar.setQueue(q.depth, q.inFlight, u.bytes, q.budget ?? q.samples))).catch(() => {});
     }, 1000);
     // The ranks of the current epoch (the initial world, or what --resume finds). A resumed
     // world forms under a new epoch: the old one's rendezvous keys name dead processes.
@@ -275,6 +291,7 @@ export async function runJob(o: RunOpts): Promise<RunSummary> {
       resumedFromStep, rankRestarts: [...node.restarts.values()].reduce((a, b) => a + b, 0), natsRestarts,
       ranksLost: lost.map((c) => c.rank), dpHistory: losses.map((m) => m.dp).filter((d, i, a) => i === 0 || a[i - 1] !== d),
       dataset: spec.chat ? readJson(join(spec.runDir, 'dataset-summary.json')) : null,
+      input: isExternal(spec) ? inputOf(events) : null,
       storeAfter: { samples: usage.samples, bytes: usage.bytes, tempFiles: (await readdir(spec.storeDir).catch(() => [] as string[])).filter((f) => f.startsWith('.tmp')).length },
     };
     summary.acceptLengthInitial = await initialAcceptLength(spec);
@@ -360,11 +377,30 @@ function checkTargetOptions(o: RunOpts): void {
   for (const k of o.target ? syntheticOnly : hfOnly) {
     if (o[k] !== undefined) throw new InvalidArgumentError(o.target ? `${flag(k)} is for the synthetic target; with --target use --max-len` : `${flag(k)} needs --target (a Hugging Face model)`);
   }
+  if (o.rollout === 'external') {
+    for (const k of ['steps', 'regenerate'] as const) {
+      if (o[k] !== undefined) throw new InvalidArgumentError(`${flag(k)}: with --rollout external the producers decide what is trained (use --samples to cap it)`);
+    }
+    if (o.target && !o.dataset) throw new InvalidArgumentError('--rollout external --target needs --dataset: the draft vocabulary and the accept-length prompts come from its conversations');
+  } else {
+    for (const k of ['samples', 'producers'] as const) if (o[k] !== undefined) throw new InvalidArgumentError(`${flag(k)} needs --rollout external`);
+  }
 }
 
 /** A run directory not holding an unfinished run (whose ledger a fresh run would mix with its own). */
 function assertFreshRunDir(runDir: string, nats: string | undefined): void {
   if (!nats && existsSync(join(runDir, 'nats'))) throw new InvalidArgumentError(`${runDir} holds an unfinished run (its ledger is in ${join(runDir, 'nats')}): continue it with --resume ${runDir}, or remove the directory`);
+}
+
+/** An external job's producers and why its input closed, from the ledger's log. */
+function inputOf(events: Awaited<ReturnType<typeof readLedgerEvents>>): RunSummary['input'] {
+  const producers = new Set<string>();
+  let closed: string | null = null;
+  for (const e of events) {
+    if (e.type === 'input') producers.add(e.producer);
+    else if (e.type === 'close') closed = e.reason;
+  }
+  return { producers: [...producers], closed };
 }
 
 function readJson(path: string): Record<string, unknown> | null {
@@ -386,13 +422,15 @@ async function waitFor(cond: () => Promise<boolean>, ms: number): Promise<boolea
   return false;
 }
 
-interface Progress { update(m: StepMetrics, t0: number): void; setQueue(depth: number, inFlight: number, bytes: number): void; stop(): void }
+interface Progress { update(m: StepMetrics, t0: number): void; setQueue(depth: number, inFlight: number, bytes: number, total: number): void; stop(): void }
 
 /**
  * Progress in samples (the job's budget), since a job whose data-parallel width changes takes
- * more or fewer steps than --steps. A retrained step (after a crash) counts once.
+ * more or fewer steps than --steps. A retrained step (after a crash) counts once. An external
+ * job whose input is open has no budget yet: its total is what was committed so far.
  */
-function progress(tty: boolean, total: number): Progress {
+function progress(tty: boolean, budget: number | null): Progress {
+  let total = budget ?? 0;
   const q = { depth: 0, inFlight: 0, bytes: 0 };
   const perStep = new Map<number, number>();
   let acc: number | null = null, done = 0;
@@ -414,7 +452,7 @@ function progress(tty: boolean, total: number): Progress {
           log.info(`step ${m.step}: ${done}/${total} samples`, { dp: m.dp, loss: Number(f.loss), accept: acc, samplesPerSec: Number(f.sps), queueDepth: q.depth, storeMB: Number(f.mb) });
         }
       },
-      setQueue(d, i, b) { q.depth = d; q.inFlight = i; q.bytes = b; },
+      setQueue(d, i, b, t) { q.depth = d; q.inFlight = i; q.bytes = b; if (budget === null) total = t; },
       stop() {},
     };
   }
@@ -425,7 +463,11 @@ function progress(tty: boolean, total: number): Progress {
   bar.start(total, 0, { step: 0, dp: '-', loss: '-', accept: '-', sps: '-', depth: 0, inflight: 0, mb: '0.0' });
   return {
     update(m, t0) { record(m); bar.update(done, fields(m, t0)); },
-    setQueue(d, i, b) { q.depth = d; q.inFlight = i; q.bytes = b; bar.update({ depth: d, inflight: i, mb: (b / 1048576).toFixed(1) }); },
+    setQueue(d, i, b, t) {
+      q.depth = d; q.inFlight = i; q.bytes = b;
+      if (budget === null && t !== total) { total = t; bar.setTotal(t); }
+      bar.update({ depth: d, inflight: i, mb: (b / 1048576).toFixed(1) });
+    },
     stop() { bar.stop(); },
   };
 }

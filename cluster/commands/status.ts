@@ -41,6 +41,10 @@ function renderStatus(s: Record<string, any>): string {
   if (q.error) lines.push(`queue: unreachable (${q.error})`);
   else {
     lines.push(`queue: epoch ${q.epoch} num ${q.num}  samples ${q.samples}  pending ${q.pending}  leased ${q.leased}  consumed ${q.consumed}  dead ${q.dead}  (granted ${q.leasesGranted}, acks ${q.acks}, expired ${q.expired})`);
+    if (q.input) {
+      const i = q.input;
+      lines.push(`  input (external producers): ${i.closed ? `closed (${i.closed.reason === 'samples' ? '--samples reached' : 'producers ended'}) at ${i.closed.samples} samples` : 'open'}; producers open [${i.open.join(', ')}], ended [${i.ended.join(', ')}]; budget ${q.budget ?? 'open'}`);
+    }
     lines.push(`  rates: ${Number(q.commitsPerSec ?? 0).toFixed(1)} commits/s, ${Number(q.acksPerSec ?? 0).toFixed(1)} acks/s (last 10 s); queue restarts: ${q.incarnation ?? 0}`);
     for (const cr of q.credits ?? []) lines.push(`  credit ${cr.consumer}: partition ${cr.partition[0]}/${cr.partition[1]} epoch ${cr.epoch} wants ${cr.remaining}`);
     for (const l of (q.leases ?? []).slice(0, 20)) lines.push(`  lease ${l.leaseId} ${l.sampleId} -> ${l.consumer} (epoch ${l.epoch}, delivery ${l.delivery}, ${Math.round((l.deadline - s.at) / 1000)} s left)`);

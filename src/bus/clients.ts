@@ -7,7 +7,7 @@
 import {
   PROTOCOL, subjectOf, type Endpoint, type EndpointName, type ParamsOf, type RepOf, type ReqOf, type RequestName,
   type CommitReply, type CreditRequest, type CreditReply, type LeaseRequest, type LeaseReply, type RenewReply, type FailRequest,
-  type RevokeRequest, type RevokeReply, type QueueStatus, type CommittedReply, type ScaleReply, type RegroupRequest, type RegroupReply,
+  type RevokeRequest, type RevokeReply, type QueueStatus, type CommittedReply, type CommittedRequest, type InputRequest, type InputReply, type ScaleReply, type RegroupRequest, type RegroupReply,
   type CoordStatus, type JanitorStatus, type SpawnRequest, type SpawnReply, type StopRequest, type StopReply,
   type RankHeartbeat, type NodeHeartbeat, type StepMetrics, type RankDone, type DeadRank, type StoreFree, type LeaseMessage, type EpochInfo,
 } from '../wire/protocol.ts';
@@ -61,7 +61,8 @@ export class QueueClient {
   fail(req: FailRequest, o?: CallOptions): Promise<LeaseReply> { return call(this.bus, 'queue.fail', req, o); }
   revoke(req: RevokeRequest, o?: CallOptions): Promise<RevokeReply> { return call(this.bus, 'queue.revoke', req, o); }
   status(o?: CallOptions): Promise<QueueStatus> { return call(this.bus, 'queue.status', {}, o); }
-  committed(o?: CallOptions): Promise<CommittedReply> { return call(this.bus, 'queue.committed', {}, o); }
+  committed(req: CommittedRequest = {}, o?: CallOptions): Promise<CommittedReply> { return call(this.bus, 'queue.committed', req, o); }
+  input(req: InputRequest, o?: CallOptions): Promise<InputReply> { return call(this.bus, 'queue.input', req, o); }
 }
 
 export class CoordinatorClient {

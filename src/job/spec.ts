@@ -64,6 +64,33 @@ export interface JobSpec {
   batchWaitMs?: number;
   /** When a rank is lost: replace it (respawn; the world waits for it) or shrink the world (default replace). */
   onRankLoss?: 'replace' | 'shrink';
+  /**
+   * Where the samples come from: absent/null, the job's own rollout (steps·batch·dp rows);
+   * external, producers of their own (run --rollout external) commit until `producers` of
+   * them declared their end and none is still open, or `samples` were committed.
+   */
+  input?: ExternalInput | null;
+}
+
+export interface ExternalInput { kind: 'external'; samples: number | null; producers: number }
+
+export const isExternal = (s: Pick<JobSpec, 'input'>): boolean => s.input?.kind === 'external';
+
+/**
+ * The samples the job trains in all, as the job alone knows it: the rollout's rows, an
+ * external job's --samples, or null for an external job whose input closes when its
+ * producers end (the queue then says how many: CreditReply.budget).
+ */
+export function sampleBudget(s: JobSpec): number | null {
+  return s.input?.kind === 'external' ? s.input.samples : jobRows(s);
+}
+
+function validateInput(x: unknown): void {
+  if (x === null || typeof x !== 'object' || Array.isArray(x)) throw new InvalidArgumentError('job spec: "input" must be an object or null');
+  const o = x as Record<string, unknown>;
+  if (o.kind !== 'external') throw new InvalidArgumentError(`job spec: "input.kind" must be "external", got ${JSON.stringify(o.kind)}`);
+  if (o.samples !== null && !(Number.isSafeInteger(o.samples) && (o.samples as number) >= 1)) throw new InvalidArgumentError(`job spec: "input.samples" must be a positive integer or null, got ${JSON.stringify(o.samples)}`);
+  if (!(Number.isSafeInteger(o.producers) && (o.producers as number) >= 1 && (o.producers as number) <= 100_000)) throw new InvalidArgumentError(`job spec: "input.producers" must be an integer in [1, 100000], got ${JSON.stringify(o.producers)}`);
 }
 
 /** The job's sample budget: rows the rollout produces, and the ranks train to the end of. */
@@ -145,6 +172,7 @@ export function validateJobSpec(x: unknown): JobSpec {
     throw new InvalidArgumentError('job spec: a Hugging Face "target" needs "dir", "config" and "weights" (its fingerprint)');
   }
   if (o.chat !== undefined && o.chat !== null) validateChat(o.chat, o.seqLen as number, isHfTarget(target));
+  if (o.input !== undefined && o.input !== null) validateInput(o.input);
   if (o.initFrom !== undefined && (typeof o.initFrom !== 'string' || !o.chat)) throw new InvalidArgumentError('job spec: "initFrom" must be a draft directory, with a chat job');
   return o as unknown as JobSpec;
 }

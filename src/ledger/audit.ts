@@ -27,7 +27,8 @@ export interface AuditReport {
  * consumed exactly once or dead-lettered (or still pending/leased: reported, not a problem),
  * no sample has two overlapping leases, no sample is leased after it is consumed or dead,
  * only the current holder's ack/release/fail/renew is accepted, leases are granted only
- * under the current epoch and to the partition that owns the sample, seq is contiguous.
+ * under the current epoch and to the partition that owns the sample, seq is contiguous, and
+ * once the input closes no new sample is committed and no producer opens.
  * An event of the wrong shape is a problem (and not applied), never a TypeError. `wal`: the
  * log's bad records (each a problem, by stream seq), operator-skipped ones and replayed
  * copies (reported, not problems: replay ignores them).
@@ -36,6 +37,8 @@ export function auditEvents(events: Iterable<LedgerEvent>, wal: WalFindings = { 
   const problems: string[] = [];
   const s = new Map<string, { live: string | null; consumed: number; dead: boolean }>();
   let epoch: number | null = null;
+  let closedAt: number | null = null;
+  const producers = new Map<string, string>();
   let lastSeq = 0;
   const p = (msg: string) => { if (problems.length < 1000) problems.push(msg); };
   const holder = (ev: { seq: number; type: string; leaseId: string; sampleId: string }) => {
@@ -55,8 +58,10 @@ export function auditEvents(events: Iterable<LedgerEvent>, wal: WalFindings = { 
     switch (ev.type) {
       case 'put': {
         const x = s.get(ev.ref.sampleId);
-        if (!x) s.set(ev.ref.sampleId, { live: null, consumed: 0, dead: false });
-        else if (x.consumed > 0 || x.dead) p(`#${ev.seq} put of "${ev.ref.sampleId}" after it was ${x.dead ? 'dead' : 'consumed'}`);
+        if (!x) {
+          if (closedAt !== null) p(`#${ev.seq} put of new sample "${ev.ref.sampleId}" after the input closed at #${closedAt}`);
+          s.set(ev.ref.sampleId, { live: null, consumed: 0, dead: false });
+        } else if (x.consumed > 0 || x.dead) p(`#${ev.seq} put of "${ev.ref.sampleId}" after it was ${x.dead ? 'dead' : 'consumed'}`);
         break;
       }
       case 'lease': {
@@ -101,6 +106,16 @@ export function auditEvents(events: Iterable<LedgerEvent>, wal: WalFindings = { 
       case 'epoch':
         if (epoch !== null && ev.epoch < epoch) p(`#${ev.seq} epoch went back from ${epoch} to ${ev.epoch}`);
         epoch = ev.epoch;
+        break;
+      case 'input':
+        if (ev.state === 'open' && closedAt !== null) p(`#${ev.seq} producer "${ev.producer}" opened after the input closed at #${closedAt}`);
+        producers.set(ev.producer, ev.state);
+        break;
+      case 'close':
+        if (closedAt !== null) p(`#${ev.seq} the input closed again (first at #${closedAt})`);
+        if (ev.samples !== s.size) p(`#${ev.seq} the input closed at ${ev.samples} samples, ${s.size} were committed`);
+        if (ev.reason === 'producers' && [...producers.values()].some((st) => st === 'open')) p(`#${ev.seq} the input closed for its producers while one was still open`);
+        closedAt = ev.seq;
         break;
       default:
         p(`#${(ev as LedgerEvent).seq} unknown event type`);

@@ -45,7 +45,14 @@ export type LedgerEvent =
   | (EventBase & { type: 'renew'; leaseId: string; sampleId: string; epoch: number; deadline: number })
   | (EventBase & { type: 'expire'; leases: ExpiredLease[] })
   | (EventBase & { type: 'dead'; sampleId: string; generation: number; deliveries: number; reason: string })
-  | (EventBase & { type: 'epoch'; epoch: number; num: number | null });
+  | (EventBase & { type: 'epoch'; epoch: number; num: number | null })
+  // A producer of the job's input (run --rollout external) opened or declared its end.
+  | (EventBase & { type: 'input'; producer: string; state: 'open' | 'end'; incarnation: number })
+  // The input closed: no new sample is committed after this event.
+  | (EventBase & { type: 'close'; reason: InputCloseReason; samples: number });
+
+/** Why a job's input closed: its producers all declared their end, or its sample cap was committed. */
+export type InputCloseReason = 'producers' | 'samples';
 
 export type LedgerEventType = LedgerEvent['type'];
 /** An event before the ledger numbers it (everything but seq). */
@@ -65,6 +72,15 @@ export type EndResult = Applied & { leaseId: string; sampleId: string; status: '
 export type RenewResult = Applied & { leaseId: string; sampleId: string; deadline: number };
 export type ExpireResult = Applied & { expired: ExpiredLease[]; dead: string[] };
 export type EpochResult = Applied & { epoch: number; num: number | null };
+export type InputResult = Applied & { producer: string; state: 'open' | 'ended' };
+export type CloseResult = Applied & { closed: true; reason: InputCloseReason; samples: number };
+
+/** The producers of the job's input and whether it closed (the queue's close policy reads it). */
+export interface InputState {
+  open: string[];
+  ended: string[];
+  closed: { reason: InputCloseReason; samples: number } | null;
+}
 
 export interface LedgerOptions {
   /** Charged deliveries after which a sample is dead-lettered (default 5). */
@@ -175,6 +191,8 @@ const CHECKS: Record<LedgerEventType, Check> = {
   expire: (o) => each(o.leases, 'expire.leases', (g, w) => fields(g, { leaseId: str, sampleId: str, epoch: uint, consumer: str, deadline: time }, w)),
   dead: (o) => fields(o, { sampleId: str, generation: uint, deliveries: uint, reason: (x) => typeof x === 'string' }, 'dead'),
   epoch: (o) => fields(o, { epoch: uint, num: (x) => x === null || (uint(x) && (x as number) >= 1) }, 'epoch'),
+  input: (o) => fields(o, { producer: str, state: (x) => x === 'open' || x === 'end', incarnation: uint }, 'input'),
+  close: (o) => fields(o, { reason: (x) => x === 'producers' || x === 'samples', samples: uint }, 'close'),
 };
 
 /** Why `x` is not a well-formed LedgerEvent, or null when it is one. */

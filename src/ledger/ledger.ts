@@ -37,17 +37,17 @@
 //
 // The event and result types are in ledger-events.ts and the log audit in ledger-audit.ts;
 // both are re-exported here, so imports of '…/src/ledger.ts' stay as they were.
-import { DraftwireError, InvalidArgumentError, LeaseExpiredError, StaleEpochError, StaleGenerationError } from '../errors.ts';
+import { DraftwireError, InputClosedError, InvalidArgumentError, LeaseExpiredError, StaleEpochError, StaleGenerationError } from '../errors.ts';
 import { dpPartition, hash64, jumpHash } from './partition.ts';
 import { validateSampleRef, type SampleRef } from '../wire/sampleref.ts';
 import type {
-  Applied, CallOpts, EndResult, EpochResult, ExpireResult, ExpiredLease, GetOpts, GetResult, Lease, LeaseGrant,
+  Applied, CallOpts, CloseResult, EndResult, EpochResult, ExpireResult, ExpiredLease, GetOpts, GetResult, InputCloseReason, InputResult, InputState, Lease, LeaseGrant,
   LedgerEvent, LedgerOptions, LedgerStats, NewEvent, PutResult, RenewResult, SampleState, SampleStatus,
 } from './events.ts';
 
 export type {
   SampleState, Lease, LeaseGrant, ExpiredLease, LedgerEvent, LedgerEventType, Applied, PutResult, GetResult,
-  EndResult, RenewResult, ExpireResult, EpochResult, LedgerOptions, CallOpts, GetOpts, SampleStatus, LedgerStats,
+  EndResult, RenewResult, ExpireResult, EpochResult, InputResult, CloseResult, InputState, InputCloseReason, LedgerOptions, CallOpts, GetOpts, SampleStatus, LedgerStats,
 } from './events.ts';
 export { auditEvents, type AuditReport } from './audit.ts';
 
@@ -73,7 +73,7 @@ interface Entry {
 }
 
 type EndKind = 'acked' | 'released' | 'failed' | 'expired';
-type Op = 'put' | 'get' | 'ack' | 'release' | 'fail' | 'renew' | 'epoch';
+type Op = 'put' | 'get' | 'ack' | 'release' | 'fail' | 'renew' | 'epoch' | 'input' | 'close';
 type CachedValue = Record<string, unknown>;
 
 function checkKey(key: unknown): string {
@@ -113,6 +113,9 @@ export class LeaseLedger {
   private readonly ended = new Map<string, { sampleId: string; epoch: number; how: EndKind }>();
   private readonly keyResults = new Map<string, { op: Op; value: CachedValue }>();
   private readonly keyErrors = new Map<string, { op: Op; error: DraftwireError }>();
+  /** Producers of the input by id: open, or ended (their end declared). */
+  private readonly producers = new Map<string, 'open' | 'ended'>();
+  private closed: { reason: InputCloseReason; samples: number } | null = null;
   private counts = { consumed: 0, dead: 0, leasesGranted: 0, acks: 0, releases: 0, fails: 0, expired: 0, renewals: 0 };
 
   constructor(opts: LedgerOptions = {}) {
@@ -169,6 +172,13 @@ export class LeaseLedger {
     return [...this.pending].filter((id) => dpPartition(id, num) === index);
   }
 
+  /** The input's producers and whether it closed. */
+  inputState(): InputState {
+    const open: string[] = [], ended: string[] = [];
+    for (const [p, st] of this.producers) (st === 'open' ? open : ended).push(p);
+    return { open, ended, closed: this.closed ? { ...this.closed } : null };
+  }
+
   /** Live leases (without refs), in grant order. */
   liveLeases(): Omit<Lease, 'ref'>[] {
     return [...this.leases.values()].map((l) => ({ ...l }));
@@ -185,6 +195,7 @@ export class LeaseLedger {
       samples, pending: [...this.pending], leases: [...this.leases.keys()],
       ended: [...this.ended.entries()].map(([k, v]) => [k, v.sampleId, v.epoch, v.how]),
       counts: { ...this.counts },
+      producers: [...this.producers.entries()], closed: this.closed,
     };
   }
 
@@ -205,6 +216,9 @@ export class LeaseLedger {
         if (cur.state === 'consumed' || cur.state === 'dead') {
           throw new InvalidArgumentError(`put of sample "${r.sampleId}" generation ${r.generation}: the sample was already ${cur.state} at generation ${g}`, { detail: { sampleId: r.sampleId, state: cur.state } });
         }
+      }
+      if (!cur && this.closed) {
+        throw new InputClosedError(`put of sample "${r.sampleId}": the job's input is closed (${closeWhy(this.closed)}); it takes no new samples`, { detail: { sampleId: r.sampleId, reason: this.closed.reason } });
       }
       const ev = this.emit({ type: 'put', key: o.key, at: now, ref: r, prevGeneration: cur ? cur.ref.generation : null });
       return { ...base, status: cur ? 'replaced' as const : 'added' as const, events: [ev] };
@@ -358,6 +372,37 @@ export class LeaseLedger {
   }
 
   /**
+   * A producer of the input opens or declares its end (idempotent on the key). Opening after
+   * the input closed is refused; an end always counts (a late end changes nothing).
+   */
+  input(producer: string, state: 'open' | 'end', o: CallOpts & { incarnation: number }): InputResult {
+    return this.run<InputResult>('input', o.key, () => {
+      const now = checkTime(o.now);
+      const id = checkString(producer, 'producer');
+      const incarnation = checkUint(o.incarnation, 'incarnation');
+      if (state !== 'open' && state !== 'end') throw new InvalidArgumentError(`input state must be "open" or "end", got ${JSON.stringify(state)}`);
+      const cur = this.producers.get(id);
+      if (state === 'open' && this.closed) {
+        throw new InputClosedError(`producer "${id}" cannot open: the job's input is closed (${closeWhy(this.closed)})`, { detail: { producer: id, reason: this.closed.reason } });
+      }
+      if ((state === 'open' && cur === 'open') || (state === 'end' && cur === 'ended')) return { producer: id, state: cur, events: [] };
+      const ev = this.emit({ type: 'input', key: o.key, at: now, producer: id, state, incarnation });
+      return { producer: id, state: state === 'open' ? 'open' as const : 'ended' as const, events: [ev] };
+    });
+  }
+
+  /** Closes the input: from here on a new sample's put is refused (InputClosedError). Closing again is a no-op. */
+  closeInput(reason: InputCloseReason, o: CallOpts): CloseResult {
+    return this.run<CloseResult>('close', o.key, () => {
+      const now = checkTime(o.now);
+      if (reason !== 'producers' && reason !== 'samples') throw new InvalidArgumentError(`close reason must be "producers" or "samples", got ${JSON.stringify(reason)}`);
+      if (this.closed) return { closed: true as const, ...this.closed, events: [] };
+      const ev = this.emit({ type: 'close', key: o.key, at: now, reason, samples: this.samples.size });
+      return { closed: true as const, reason, samples: this.samples.size, events: [ev] };
+    });
+  }
+
+  /**
    * Applies one logged event (replay). Events with seq <= lastSeq() are ignored (returns
    * false), a gap throws InvalidArgumentError, as does an event inconsistent with the state.
    */
@@ -500,6 +545,7 @@ export class LeaseLedger {
         const cur = this.samples.get(ref.sampleId);
         if (ev.prevGeneration === null) {
           if (cur) throw new InvalidArgumentError(`apply: put of existing sample "${ref.sampleId}"`);
+          if (this.closed) throw new InvalidArgumentError(`apply: put of new sample "${ref.sampleId}" after the input closed`);
           const e: Entry = { sampleId: ref.sampleId, h64: hash64(ref.sampleId), ref, state: 'pending', deliveries: 0, lease: null, pIdx: -1, pNum: 0 };
           this.samples.set(ref.sampleId, e);
           this.addPending(e);
@@ -590,6 +636,20 @@ export class LeaseLedger {
         result = { epoch: ev.epoch, num: ev.num };
         break;
       }
+      case 'input': {
+        this.producers.set(ev.producer, ev.state === 'open' ? 'open' : 'ended');
+        op = 'input';
+        result = { producer: ev.producer, state: ev.state === 'open' ? 'open' : 'ended' };
+        break;
+      }
+      case 'close': {
+        if (this.closed) throw new InvalidArgumentError('apply: the input is closed twice');
+        if (ev.samples !== this.samples.size) throw new InvalidArgumentError(`apply: the input closed at ${ev.samples} samples, the ledger holds ${this.samples.size}`);
+        this.closed = { reason: ev.reason, samples: ev.samples };
+        op = 'close';
+        result = { closed: true, reason: ev.reason, samples: ev.samples };
+        break;
+      }
       default:
         throw new InvalidArgumentError(`apply: unknown event type ${JSON.stringify((ev as { type: unknown }).type)}`);
     }
@@ -598,6 +658,10 @@ export class LeaseLedger {
       remember(this.keyResults, ev.key, { op, value: result }, this.keyCacheSize);
     }
   }
+}
+
+function closeWhy(c: { reason: InputCloseReason; samples: number }): string {
+  return c.reason === 'producers' ? `every producer declared its end, at ${c.samples} samples` : `its ${c.samples} samples were committed`;
 }
 
 function remember<K, V>(m: Map<K, V>, k: K, v: V, cap: number): void {

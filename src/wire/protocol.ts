@@ -10,7 +10,7 @@
 // any number of subscribers read (heartbeats, epoch announcements).
 
 import { InvalidArgumentError } from '../errors.ts';
-import { validateSampleRef, type SampleRef } from './sampleref.ts';
+import { checkId, validateSampleRef, type SampleRef } from './sampleref.ts';
 
 // ------------------------------------------------------------------ message and reply types
 
@@ -20,7 +20,12 @@ export interface EpochInfo { epoch: number; partitions: number; members?: number
 export interface CommitRequest { ref: SampleRef }
 export interface CommitReply { sampleId: string; generation: number; status: 'added' | 'replaced' | 'duplicate' }
 export interface CreditRequest { consumer: string; partition: [number, number]; epoch: number; max: number; leaseMs?: number }
-export interface CreditReply { epoch: number; num: number; depth: number; consumed: number; dead: number; committed: number; partitionPending: number }
+/**
+ * `budget`: the samples the job trains in all once they are consumed or dead (a fixed job's
+ * steps·batch·dp; an external job's committed count once its input closed), null while an
+ * external job's input is open (more may come).
+ */
+export interface CreditReply { epoch: number; num: number; depth: number; consumed: number; dead: number; committed: number; partitionPending: number; budget: number | null }
 export interface LeaseRequest { leaseId: string; epoch: number }
 export interface LeaseReply { leaseId: string; sampleId: string; status: string }
 export interface RenewReply { leaseId: string; deadline: number }
@@ -31,11 +36,19 @@ export type Empty = Record<string, never>;
 export interface QueueStatus {
   samples: number; pending: number; leased: number; consumed: number; dead: number; acks: number; leasesGranted: number; expired: number;
   epoch: number; num: number; depth: number; inFlight: number; incarnation: number; commitsPerSec: number; acksPerSec: number;
+  /** See CreditReply.budget; `input`: an external job's producers and whether its input closed (null for a job with its own rollout). */
+  budget: number | null;
+  input: { open: string[]; ended: string[]; closed: { reason: string; samples: number } | null } | null;
   credits: { consumer: string; partition: [number, number]; epoch: number; remaining: number; leaseMs: number | null }[];
   leases: Lease[];
   [k: string]: unknown;
 }
+/** `prefix`: only the sample ids that start with it (a producer asks for its own). */
+export interface CommittedRequest { prefix?: string }
 export interface CommittedReply { sampleIds: string[] }
+/** A producer of an external job's input opens (at its start) or declares its end. */
+export interface InputRequest { producer: string; state: 'open' | 'end'; incarnation: number }
+export interface InputReply { producer: string; state: 'open' | 'ended'; closed: boolean; committed: number; budget: number | null }
 /** `at` makes two scale requests with the same dp two requests (an operator may repeat one). */
 export interface ScaleRequest { dp: number; at?: number }
 export interface ScaleReply { from: EpochInfo; to: EpochInfo; changed?: boolean; spawned: { rank: number; node: string }[]; retiring: number[] }
@@ -197,7 +210,7 @@ export const PROTOCOL = Object.freeze({
   }),
   'queue.credit': rq<CreditRequest, CreditReply>({
     pattern: 'queue.credit', publisher: 'rank (cell leader)', subscriber: 'queue',
-    fields: { request: ['consumer: string', 'partition: [index, num]', 'epoch: uint', 'max: uint', 'leaseMs?: number'], reply: ['epoch', 'num', 'depth', 'consumed', 'dead', 'committed', 'partitionPending'] },
+    fields: { request: ['consumer: string', 'partition: [index, num]', 'epoch: uint', 'max: uint', 'leaseMs?: number'], reply: ['epoch', 'num', 'depth', 'consumed', 'dead', 'committed', 'partitionPending', 'budget: uint | null (null: an open input)'] },
     parse: (x) => {
       const w = 'credit', m = map(x, w), p = m.partition;
       if (!Array.isArray(p) || p.length !== 2 || !p.every((v) => Number.isSafeInteger(v) && v >= 0) || p[0] >= p[1]) bad(w, 'partition', '[index, num] with index < num', p);
@@ -239,10 +252,28 @@ export const PROTOCOL = Object.freeze({
     fields: { request: [], reply: ['ledger stats', 'depth', 'inFlight', 'incarnation', 'commitsPerSec', 'acksPerSec', 'credits[]', 'leases[]'] },
     parse: (x) => parseEmpty(x, 'queue status'), key: null, keyRule: 'none (read-only)', timeoutMs: 2000, retries: 2,
   }),
-  'queue.committed': rq<Empty, CommittedReply>({
-    pattern: 'queue.committed', publisher: 'rollout (on start)', subscriber: 'queue',
-    fields: { request: [], reply: ['sampleIds: string[]'] },
-    parse: (x) => parseEmpty(x, 'queue committed'), key: null, keyRule: 'none (read-only)', timeoutMs: 5000, retries: 20,
+  'queue.committed': rq<CommittedRequest, CommittedReply>({
+    pattern: 'queue.committed', publisher: 'rollout, producers (on start)', subscriber: 'queue',
+    fields: { request: ['prefix?: string'], reply: ['sampleIds: string[]'] },
+    parse: (x) => {
+      const w = 'queue committed';
+      if (x === undefined || x === null) return {};
+      const prefix = opt(map(x, w), 'prefix', (m, f) => str(m, f, w, false), w);
+      return prefix !== undefined ? { prefix } : {};
+    },
+    key: null, keyRule: 'none (read-only)', timeoutMs: 5000, retries: 20,
+  }),
+  'queue.input': rq<InputRequest, InputReply>({
+    pattern: 'queue.input', publisher: 'producer (run --rollout external)', subscriber: 'queue',
+    fields: { request: ['producer: id', "state: 'open' | 'end'", 'incarnation: uint (which start of the producer)'], reply: ['producer', "state: 'open' | 'ended'", 'closed: boolean', 'committed: uint', 'budget: uint | null'] },
+    parse: (x) => {
+      const w = 'input', m = map(x, w);
+      if (m.state !== 'open' && m.state !== 'end') bad(w, 'state', '"open" or "end"', m.state);
+      let producer: string;
+      try { producer = checkId(m.producer, 'producer'); } catch { bad(w, 'producer', 'an id ([A-Za-z0-9._:-]{1,200})', m.producer); }
+      return { producer, state: m.state, incarnation: uint(m, 'incarnation', w) };
+    },
+    key: (r) => `input:${r.producer}:${r.state}:${r.incarnation}`, keyRule: 'input:<producer>:<state>:<incarnation>', timeoutMs: 5000, retries: 20,
   }),
   'coord.scale': rq<ScaleRequest, ScaleReply>({
     pattern: 'coord.scale', publisher: 'CLI `scale`', subscriber: 'coordinator',

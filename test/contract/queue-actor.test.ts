@@ -6,7 +6,7 @@ import type { LeaseMessage } from '../../actors/queue.ts';
 import { readLedgerEvents } from '../../src/ledger/wal.ts';
 import { AuthPolicy } from '../../src/wire/auth.ts';
 import { Bus } from '../../src/bus/bus.ts';
-import { InvalidArgumentError, LeaseExpiredError } from '../../src/errors.ts';
+import { InputClosedError, InvalidArgumentError, LeaseExpiredError } from '../../src/errors.ts';
 import { auditEvents, type Lease } from '../../src/ledger/ledger.ts';
 import { dpPartition } from '../../src/ledger/partition.ts';
 import { withNats } from '../support/nats-server.ts';
@@ -100,6 +100,38 @@ describe('queue actor over NATS (real server, real process)', function () {
     await assert.rejects(bus.request(bus.subjects.queue.ack, { leaseId: 'L-nope', epoch: 1 }, { retries: 0 }), LeaseExpiredError);
     const st = await bus.request(bus.subjects.queue.status, {}, { retries: 2 });
     assert.equal(st.consumed, 40);
+    // This queue serves a job with its own rollout: it has no input for producers to open.
+    await assert.rejects(bus.request(bus.subjects.queue.input, { producer: 'p', state: 'open', incarnation: 1 }, { retries: 0 }), (e: unknown) => e instanceof InvalidArgumentError && /--rollout external/.test(e.message));
+    assert.equal(st.budget, null, 'a queue told no budget tells none');
+  });
+
+  it('an external input: producers\' state and the close survive a SIGKILL of the queue; after the close a new sample is refused', async () => {
+    const job = 'qext';
+    const b = await Bus.connect({ servers: nats.url, job, auth: AuthPolicy.disabled(), name: 'test-ext' });
+    let c = spawnTs('test/support/queue-child.ts', [nats.url, job, '1', '30000', 'external:-:2']);
+    try {
+      await waitForLine(c, 'ready');
+      const input = (producer: string, state: 'open' | 'end') => b.request(b.subjects.queue.input, { producer, state, incarnation: 7 }, { idempotencyKey: `input:${producer}:${state}:7`, retries: 5 });
+      const commit = (id: string) => b.request(b.subjects.queue.commit, { ref: sampleRef({ job, sampleId: id, generation: 1 }) }, { idempotencyKey: `commit:${id}:1`, retries: 5 });
+      await input('p1', 'open'); await input('p2', 'open');
+      for (const id of ['a', 'b', 'c']) await commit(id);
+      assert.deepEqual(await input('p1', 'end'), { producer: 'p1', state: 'ended', closed: false, committed: 3, budget: null });
+      await killChild(c);
+      c = spawnTs('test/support/queue-child.ts', [nats.url, job, '1', '30000', 'external:-:2']);
+      await waitForLine(c, 'ready');
+      const st = await b.request(b.subjects.queue.status, {}, { retries: 5 });
+      assert.deepEqual(st.input, { open: ['p2'], ended: ['p1'], closed: null }, 'the restarted queue rebuilt the producers from its log');
+      await commit('d');
+      assert.deepEqual(await input('p2', 'end'), { producer: 'p2', state: 'ended', closed: true, committed: 4, budget: 4 });
+      await assert.rejects(commit('e'), InputClosedError);
+      assert.equal((await commit('d')).status, 'added', 'a retried commit (same key) of a committed sample gets its first answer');
+      const report = auditEvents(await readLedgerEvents(b));
+      assert.ok(report.ok, report.problems.join('\n'));
+      assert.equal(report.committed, 4);
+    } finally {
+      await b.close();
+      await killChild(c);
+    }
   });
 
   it('re-leases a sample whose holder vanished, once its lease expires', async () => {
