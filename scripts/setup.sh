@@ -23,8 +23,9 @@ fi
 # The tests check the wire format and the f16 kernel against Python's msgpack and numpy,
 # commit samples with a Python producer (test/fixtures/wire/produce.py: msgpack, nats-py), and
 # check chat templates, loss masks and the draft vocabulary file against transformers
-# (test/support/chat_reference.py: transformers, tokenizers, safetensors, torch). A local
-# package mirror is used when the machine has one.
+# (test/support/chat_reference.py: transformers, tokenizers, safetensors, torch); pytest runs
+# the producer package's tests (python/tests). A local package mirror is used when the
+# machine has one.
 pip_index=()
 if [ -d /opt/pypi/simple ]; then
   pip_index=(--index-url file:///opt/pypi/simple --extra-index-url file:///opt/pypi-more/simple)
@@ -37,9 +38,16 @@ python3 -c "import transformers" >/dev/null 2>&1 || pip_need+=(transformers)
 python3 -c "import tokenizers" >/dev/null 2>&1 || pip_need+=(tokenizers)
 python3 -c "import safetensors" >/dev/null 2>&1 || pip_need+=(safetensors)
 python3 -c "import torch" >/dev/null 2>&1 || pip_need+=(torch)
+python3 -c "import pytest" >/dev/null 2>&1 || pip_need+=(pytest)
 if [ ${#pip_need[@]} -gt 0 ]; then
   echo "setup: pip install ${pip_need[*]}"
   python3 -m pip install -q "${pip_index[@]}" "${pip_need[@]}"
+fi
+# The Python producer package (python/: `import draftwire`); its tests run this checkout's
+# sources (scripts/test-python.sh), so an installed older version is left alone.
+if ! python3 -c "import draftwire" >/dev/null 2>&1; then
+  echo "setup: pip install ./python"
+  python3 -m pip install -q "${pip_index[@]}" ./python
 fi
 
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules ]; then

@@ -30,13 +30,14 @@ def f32_to_bf16_bits(a: np.ndarray) -> np.ndarray:
     """bf16 bit patterns (uint16) of f32 values, round to nearest even; NaNs stay (quiet) NaNs."""
     a = np.ascontiguousarray(a, dtype=np.float32)
     u = a.view(np.uint32)
-    r = (u >> 16) & 1
-    r += 0x7FFF
+    r = u >> 16
+    r &= 1
     r += u
-    r >>= 16
-    out = r.astype(np.uint16)
-    nan = np.isnan(a)
-    if nan.any():
+    r += 0x7FFF  # wraps only for NaNs with the sign bit set, fixed below
+    out = np.empty(u.shape, dtype=np.uint16)
+    np.right_shift(r, 16, out=out, casting="unsafe")
+    if np.isnan(a).any():
+        nan = np.isnan(a)
         out[nan] = ((u[nan] >> 16) | 0x40).astype(np.uint16)
     return out
 

@@ -49,26 +49,47 @@ class Bus:
         self.counters = {"requests": 0, "attempts": 0, "timeouts": 0, "noResponders": 0, "badReplies": 0}
 
     @classmethod
-    async def connect(cls, url: str, keys: Optional[Keys], job: str, *, name: str = "draftwire-py", connect_timeout_s: float = 10.0) -> "Bus":
+    async def connect(cls, url: str, keys: Optional[Keys], job: str, *, name: str = "draftwire-py", wait_s: float = 30.0) -> "Bus":
+        """Connects (reconnecting forever once connected). Credentials the server refuses are
+        AuthError at once; a server that does not answer within ``wait_s`` UnavailableError."""
         errors: list = []
+        refused = asyncio.Event()
 
         async def on_error(e: Exception) -> None:
             errors.append(e)
             log.debug("nats error: %s", e)
+            if _is_auth_failure(e):
+                refused.set()
 
-        opts: Dict[str, Any] = dict(servers=[url], name=name, connect_timeout=connect_timeout_s, allow_reconnect=True,
-                                    max_reconnect_attempts=-1, reconnect_time_wait=0.5, error_cb=on_error)
+        opts: Dict[str, Any] = dict(servers=[url], name=name, connect_timeout=min(5.0, wait_s), allow_reconnect=True,
+                                    max_reconnect_attempts=-1, reconnect_time_wait=0.25, error_cb=on_error)
         if keys is not None:
             opts.update(user=keys.nats_user, password=keys.nats_pass)
+        task = asyncio.ensure_future(nats.connect(**opts))
+        waiter = asyncio.ensure_future(refused.wait())
         try:
-            nc = await nats.connect(**opts)
-        except Exception as e:
-            seen = [e, *errors]
-            if any(_is_auth_failure(x) for x in seen):
+            await asyncio.wait({task, waiter}, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+        if not task.done():
+            task.cancel()
+            try:
+                await task
+            except BaseException:
+                pass
+        failure: Optional[BaseException] = None
+        nc = None
+        if task.done() and not task.cancelled():
+            failure = task.exception()
+            nc = task.result() if failure is None else None
+        if nc is None:
+            seen = [x for x in (failure, *errors) if x is not None]
+            if refused.is_set() or any(_is_auth_failure(x) for x in seen):
                 how = "the job's secret" if keys is not None else "no secret (the job has one: set DRAFTWIRE_SECRET)"
-                raise AuthError(f"NATS at {url} refused the credentials derived from {how}: wrong secret?",
-                                detail={"url": url}) from e
-            raise UnavailableError(f"cannot connect to NATS at {url}: {seen[-1]}", detail={"url": url}) from e
+                raise AuthError(f"NATS at {url} refused the credentials derived from {how}: wrong secret? (Authorization Violation)",
+                                detail={"url": url})
+            last = seen[-1] if seen else "no answer"
+            raise UnavailableError(f"cannot connect to NATS at {url} within {wait_s:.0f} s: {last}", detail={"url": url})
         bus = cls(nc, keys, job)
         bus._sub = await nc.subscribe(bus._prefix + ".*", cb=bus._on_reply)
         await nc.flush()

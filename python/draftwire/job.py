@@ -21,13 +21,18 @@ class JobInfo:
     seq_len: int
     hidden: int
     vocab: int
-    #: steps x batch x dp: the samples the ranks train (commits beyond it are never trained).
+    #: The samples the job trains: its rollout's steps x batch x dp (commits beyond it are never
+    #: trained); an external job's --samples, or None (it trains until its producers end).
     budget: Optional[int]
     store_high_bytes: Optional[int]
     store_low_bytes: Optional[int]
     #: A Hugging Face target's aux layers, output convention: the output of decoder layer i
     #: (0-based), which is transformers' ``outputs.hidden_states[i + 1]``.
     aux_layers: Optional[List[int]] = None
+    #: Started with ``draftwire run --rollout external``: producers declare open/end (queue.input).
+    external: bool = False
+    #: An external job closes its input once this many producers declared their end.
+    producers: Optional[int] = None
     target_dir: Optional[str] = None
     spec: Dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -64,10 +69,13 @@ def load_job(path: str) -> JobInfo:
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise InvalidArgumentError(f"job spec {path}: {k} must be a positive integer, got {v!r}", detail={"file": path, "field": k})
         ints[k] = v
+    inp = spec.get("input") if isinstance(spec.get("input"), dict) else None
+    external = inp is not None and inp.get("kind") == "external"
     steps, batch, dp = spec.get("steps"), spec.get("batch"), spec.get("dp")
-    budget = steps * batch * dp if all(isinstance(x, int) for x in (steps, batch, dp)) else None
-    if isinstance(spec.get("samples"), int):
-        budget = spec["samples"]
+    if external:
+        budget = inp.get("samples") if isinstance(inp.get("samples"), int) else None
+    else:
+        budget = steps * batch * dp if all(isinstance(x, int) for x in (steps, batch, dp)) else None
     target = spec.get("target") if isinstance(spec.get("target"), dict) else {}
     cfg = target.get("config") if isinstance(target.get("config"), dict) else {}
     aux = cfg.get("auxLayers")
@@ -75,7 +83,8 @@ def load_job(path: str) -> JobInfo:
         job=_need(spec, "job", path), run_dir=run_dir, store_dir=_need(spec, "storeDir", path), store_id=spec.get("storeId", ""),
         seq_len=ints["seqLen"], hidden=ints["draft.hidden"], vocab=ints["draft.vocab"], budget=budget,
         store_high_bytes=spec.get("storeHighBytes"), store_low_bytes=spec.get("storeLowBytes"),
-        aux_layers=list(aux) if isinstance(aux, list) else None,
+        aux_layers=list(aux) if isinstance(aux, list) else None, external=external,
+        producers=inp.get("producers") if external else None,
         target_dir=target.get("dir"), spec=spec,
     )
 

@@ -81,8 +81,9 @@ class Producer:
         self.incarnation = 0
         self.store_id = ""
         self.block_bytes = st.BLOCK_BYTES
-        #: False when the job's queue does not serve ``queue.input`` (a job without the
-        #: producer-input protocol): open/end are skipped with a warning.
+        #: Whether open/end are sent (``queue.input``): a job started with ``--rollout
+        #: external``. A job with its own rollout (or whose queue does not serve queue.input)
+        #: takes commits without them; its own budget decides when it ends.
         self.input_supported = True
         #: The queue's reply to the last open/end: ``{producer, state, closed, committed, budget}``.
         self.input_state: Optional[Dict[str, Any]] = None
@@ -133,16 +134,18 @@ class Producer:
         self.block_bytes = block_bytes
         self.backpressure_wait_s = backpressure_wait_s
         self.incarnation = now_ms()
+        self.input_supported = self.job.external
         self._gen = self.incarnation
         t_end = time.monotonic() + wait_s
         url = nats if nats is not None else await asyncio.to_thread(nats_url_of, run_dir, wait_s)
         self.store_id = await asyncio.to_thread(st.wait_marker, self.job.store_dir, self.job.job, self.keys, max(1.0, t_end - time.monotonic()))
         self._usage = st.Usage(self.job.store_dir, self.job.store_high_bytes, self.job.store_low_bytes)
-        self.bus = await Bus.connect(url, self.keys, self.job.job, name=f"draftwire-py-{producer_id}")
+        self.bus = await Bus.connect(url, self.keys, self.job.job, name=f"draftwire-py-{producer_id}", wait_s=max(5.0, t_end - time.monotonic()))
         try:
             # Files of this prefix already in the store: a crashed earlier run's (see put()).
             self._leftovers = await asyncio.to_thread(st.scan_samples, self.job.store_dir, self.prefix)
-            await self._input("open", max(1.0, t_end - time.monotonic()))
+            if self.input_supported:
+                await self._input("open", max(1.0, t_end - time.monotonic()))
         except BaseException:
             await self.bus.close()
             raise
@@ -216,7 +219,7 @@ class Producer:
         await self._remove_leftovers(all_ids=True)
         self._ended = True
         if not self.input_supported:
-            log.warning("job %s: queue.input not served; end() sent nothing", self.job.job)
+            log.info("job %s takes no open/end (not an external job): end() sent nothing", self.job.job)
             return None
         try:
             return await self._input("end")
