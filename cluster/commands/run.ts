@@ -46,7 +46,7 @@ interface RunOpts extends GlobalOptions {
   resume?: string; checkpointEvery?: number; maxRankRestarts?: number; rankDeadAfterMs?: number;
   onRankLoss?: 'replace' | 'shrink'; batchWaitMs?: number;
   // the samples' source: the job's own rollout, or producers of their own (--rollout external)
-  rollout?: 'builtin' | 'external'; samples?: number; producers?: number;
+  rollout?: 'builtin' | 'external'; samples?: number; producers?: number; featureDtype?: 'bf16' | 'f32';
   // a Hugging Face target and a chat dataset (cluster/commands/run-hf.ts)
   target?: string; maxLen?: number; draftVocab?: number; evalRows?: number; onBadRow?: 'skip' | 'fail'; regenerate?: boolean;
   auxLayers?: number[]; auxConvention?: 'output' | 'input'; ttt?: number; evalMaxNew?: number; initFrom?: string;
@@ -105,6 +105,7 @@ export function command(): Command {
     .option('--init-from <dir>', 'with --target: start from an EAGLE3 draft directory (draftwire export, SpecForge, a published draft): its weights and its draft vocabulary')
     .option('--ttt <n>', 'with --target: draft tokens trained per position (test-time training steps; default 7)', intInRange('--ttt', 1, 64))
     .addOption(new Option('--rollout <source>', 'where samples come from: the job\'s own rollout of the target, or producers of their own (the Python package, an SGLang/vLLM hook) that commit to this job until they declare their end').choices(['builtin', 'external']).default('builtin'))
+    .addOption(new Option('--feature-dtype <dtype>', 'the dtype the rollout writes hidden states in: bf16 (half the bytes, as serving engines produce them; default) or f32').choices(['bf16', 'f32']))
     .option('--samples <n>', 'with --rollout external: the job takes this many samples, then closes its input and trains them (default: until --producers producers declared their end)', positiveInt('--samples'))
     .option('--producers <n>', 'with --rollout external: the input closes once this many producers declared their end and none is still open (default 1)', intInRange('--producers', 1, 100_000))
     .option('--eval-every <n>', 'measure accept length every n steps (0 = only at the end)', nonNegativeInt('--eval-every'), 50)
@@ -164,6 +165,7 @@ export function buildSpec(o: RunOpts & { steps?: number }): JobSpec {
     checkpointEvery: o.checkpointEvery ?? 1, maxRankRestarts: o.maxRankRestarts ?? 3, rankDeadAfterMs: o.rankDeadAfterMs ?? 10_000,
     onRankLoss: o.onRankLoss ?? 'replace', batchWaitMs: o.batchWaitMs ?? 2000,
     ...(external ? { input: { kind: 'external', samples: o.samples ?? null, producers: o.producers ?? 1 } } : {}),
+    featureDtype: o.featureDtype ?? 'bf16',
   });
 }
 
@@ -378,8 +380,8 @@ function checkTargetOptions(o: RunOpts): void {
     if (o[k] !== undefined) throw new InvalidArgumentError(o.target ? `${flag(k)} is for the synthetic target; with --target use --max-len` : `${flag(k)} needs --target (a Hugging Face model)`);
   }
   if (o.rollout === 'external') {
-    for (const k of ['steps', 'regenerate'] as const) {
-      if (o[k] !== undefined) throw new InvalidArgumentError(`${flag(k)}: with --rollout external the producers decide what is trained (use --samples to cap it)`);
+    for (const k of ['steps', 'regenerate', 'featureDtype'] as const) {
+      if (o[k] !== undefined) throw new InvalidArgumentError(`${flag(k)}: with --rollout external the producers decide what is trained and how (there is no rollout; use --samples to cap the job)`);
     }
     if (o.target && !o.dataset) throw new InvalidArgumentError('--rollout external --target needs --dataset: the draft vocabulary and the accept-length prompts come from its conversations');
   } else {

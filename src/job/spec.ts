@@ -70,6 +70,8 @@ export interface JobSpec {
    * them declared their end and none is still open, or `samples` were committed.
    */
   input?: ExternalInput | null;
+  /** The dtype the job's rollout writes aux and last in (default bf16; the rank converts natively). */
+  featureDtype?: 'bf16' | 'f32';
 }
 
 export interface ExternalInput { kind: 'external'; samples: number | null; producers: number }
@@ -173,6 +175,7 @@ export function validateJobSpec(x: unknown): JobSpec {
   }
   if (o.chat !== undefined && o.chat !== null) validateChat(o.chat, o.seqLen as number, isHfTarget(target));
   if (o.input !== undefined && o.input !== null) validateInput(o.input);
+  if (o.featureDtype !== undefined && o.featureDtype !== 'bf16' && o.featureDtype !== 'f32') throw new InvalidArgumentError(`job spec: "featureDtype" must be "bf16" or "f32", got ${JSON.stringify(o.featureDtype)}`);
   if (o.initFrom !== undefined && (typeof o.initFrom !== 'string' || !o.chat)) throw new InvalidArgumentError('job spec: "initFrom" must be a draft directory, with a chat job');
   return o as unknown as JobSpec;
 }
