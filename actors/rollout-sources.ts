@@ -3,12 +3,15 @@
 // - chat: the job's conversations under teacher forcing (one forward pass of the target over
 //   the rendered conversation: aux and last of every position, the assistant mask; with
 //   --regenerate the replies are the target's own, written once when the job started). A chat
-//   sample keeps its own length (≤ seqLen).
+//   sample keeps its own length (≤ seqLen);
+// - features: offline hidden states (run --features), each row read from its file and checked
+//   (src/job/features-data.ts); the target runs no forward pass.
 import { InvalidArgumentError } from '../src/errors.ts';
 import { loadJobRows, chatSampleId, type JobRow } from '../src/job/chat-data.ts';
+import { featureReader } from '../src/job/features-data.ts';
 import { loadPrompts, syntheticPrompt } from '../src/job/prompts.ts';
 import type { JobSpec } from '../src/job/spec.ts';
-import { targetVocab } from '../src/job/target.ts';
+import { isHfTarget, targetVocab } from '../src/job/target.ts';
 import type { FeatureDtype, TargetModel } from '../src/native/addon.ts';
 import { tensor, type Tensor } from '../src/tensor.ts';
 
@@ -77,5 +80,17 @@ export async function chatSource(target: TargetModel, spec: JobSpec): Promise<Ro
       for (const r of rs) out.push(await one(rows[r % rows.length]!));
       return out;
     },
+  };
+}
+
+/** Offline features: each row's hidden states as its file holds them (read and checked again; no target). */
+export async function featuresSource(spec: JobSpec): Promise<RowSource> {
+  if (!spec.features || !spec.chat || !isHfTarget(spec.target)) throw new InvalidArgumentError('a features rollout needs the job\'s features, rows and Hugging Face target');
+  const rows = await loadJobRows(spec.chat);
+  const read = await featureReader(spec.features, spec.target, spec.seqLen);
+  return {
+    idOf: (r) => chatSampleId(rows, r),
+    wholeChunks: false,
+    compute: (rs) => Promise.all(rs.map((r) => read(rows[r % rows.length]!))), // a chunk's files read together
   };
 }
