@@ -5,7 +5,7 @@
 // Credits are soft state: ranks re-send them, so they are not logged.
 import type { ActorContext, ActorRef, ActorSpec, ActorSystem } from '../src/runtime/actor-system.ts';
 import type { Bus, BusSubscription } from '../src/bus/bus.ts';
-import { AuthError, DecodeError, DraftwireError, InputClosedError, InvalidArgumentError, LeaseExpiredError, SchemaError, StaleEpochError, StaleGenerationError, UnavailableError } from '../src/errors.ts';
+import { AuthError, BackpressureError, DecodeError, DraftwireError, InputClosedError, InvalidArgumentError, LeaseExpiredError, SchemaError, StaleEpochError, StaleGenerationError, UnavailableError } from '../src/errors.ts';
 import { LeaseLedger, type Lease, type LedgerEvent, type LedgerOptions } from '../src/ledger/ledger.ts';
 import type { EpochInfo } from '../src/job/epoch.ts';
 import { rebuildLedger, WAL_RECORD, WalCorruptError } from '../src/ledger/wal.ts';
@@ -17,7 +17,7 @@ import {
 } from '../src/wire/protocol.ts';
 import { publish, serve } from '../src/bus/clients.ts';
 import { checkSampleRef, type SampleSchema } from '../src/wire/schema.ts';
-import { inputCloseReason, sampleBudgetOf, type QueueInput } from '../src/ledger/input.ts';
+import { commitPressure, inputCloseReason, sampleBudgetOf, type QueueInput } from '../src/ledger/input.ts';
 
 export interface Credit { consumer: string; partition: [number, number]; epoch: number; remaining: number; leaseMs: number | null }
 
@@ -41,6 +41,8 @@ interface QueueState {
   corrupt: { error: WalCorruptError; at: number } | null;
   /** The newest epoch seen while corrupt, applied once the ledger is rebuilt. */
   heldEpoch: { epoch: number; num: number } | null;
+  /** An external input above its store watermark: new samples are refused until it drains (commitPressure). */
+  pressured: boolean;
 }
 
 export interface QueueActorOptions {
@@ -97,7 +99,7 @@ export function queueActorSpec(o: QueueActorOptions): ActorSpec<QueueState, Queu
   };
 
   return {
-    init: () => ({ ledger: null, credits: new Map(), grants: 0, window: [], corrupt: null, heldEpoch: null }),
+    init: () => ({ ledger: null, credits: new Map(), grants: 0, window: [], corrupt: null, heldEpoch: null, pressured: false }),
     async handle(st, msg, ctx: ActorContext<QueueMsg>) {
       if (!st.ledger && !(await rebuild(st, msg, ctx))) return st;
       try {
@@ -152,6 +154,15 @@ export function queueActorSpec(o: QueueActorOptions): ActorSpec<QueueState, Queu
         // a ref that does not verify never reaches the ledger.
         o.bus.auth.verifyRef(ref);
         if (o.schema) checkSampleRef(ref, o.schema);
+        if (!ledger.state(ref.sampleId)) {
+          const p = commitPressure(input, st.pressured, ledger.liveBytes(), ref.bytes);
+          st.pressured = p.pressured;
+          if (p.refuse) {
+            throw new BackpressureError(`commit of "${ref.sampleId}": the job holds ${ledger.liveBytes()} bytes of samples not trained yet, above its store watermark; retry once the ranks consumed some`, {
+              detail: { sampleId: ref.sampleId, liveBytes: ledger.liveBytes(), highBytes: input?.kind === 'external' ? input.highBytes : null },
+            });
+          }
+        }
         const res = ledger.put(ref, { key: msg.key, now });
         await persist([...res.events, ...closeIfDue(ledger, now)]);
         ctx.reply({ sampleId: res.sampleId, generation: res.generation, status: res.status });
@@ -258,7 +269,8 @@ export function queueActorSpec(o: QueueActorOptions): ActorSpec<QueueState, Queu
 
 function isAnswer(e: unknown): e is DraftwireError {
   return e instanceof InvalidArgumentError || e instanceof DecodeError || e instanceof StaleEpochError || e instanceof AuthError
-    || e instanceof LeaseExpiredError || e instanceof StaleGenerationError || e instanceof SchemaError || e instanceof InputClosedError;
+    || e instanceof LeaseExpiredError || e instanceof StaleGenerationError || e instanceof SchemaError || e instanceof InputClosedError
+    || e instanceof BackpressureError;
 }
 
 /** Spawns the queue actor and routes the job's queue subjects to it. */

@@ -3,13 +3,16 @@
 // - chat: the job's conversations under teacher forcing (one forward pass of the target over
 //   the rendered conversation: aux and last of every position, the assistant mask; with
 //   --regenerate the replies are the target's own, written once when the job started). A chat
-//   sample keeps its own length (≤ seqLen).
+//   sample keeps its own length (≤ seqLen);
+// - features: offline hidden states (run --features), each row read from its file and checked
+//   (src/job/features-data.ts); the target runs no forward pass.
 import { InvalidArgumentError } from '../src/errors.ts';
 import { loadJobRows, chatSampleId, type JobRow } from '../src/job/chat-data.ts';
+import { featureReader } from '../src/job/features-data.ts';
 import { loadPrompts, syntheticPrompt } from '../src/job/prompts.ts';
 import type { JobSpec } from '../src/job/spec.ts';
-import { targetVocab } from '../src/job/target.ts';
-import type { TargetModel } from '../src/native/addon.ts';
+import { isHfTarget, targetVocab } from '../src/job/target.ts';
+import type { FeatureDtype, TargetModel } from '../src/native/addon.ts';
 import { tensor, type Tensor } from '../src/tensor.ts';
 
 export type Sample = Record<string, Tensor>;
@@ -31,11 +34,14 @@ export function rowSeed(spec: JobSpec, row: number): number {
   return spec.seed * 1_000_003 + row;
 }
 
-function sampleOf(T: number, H: number, r: { ids: Int32Array; aux: Float32Array; last: Float32Array }, mask?: Uint8Array): Sample {
+/** The dtype the rollout writes aux and last in: bf16 unless the job asks for f32 (as the engines produce them: half the bytes). */
+const dtypeOf = (spec: JobSpec): FeatureDtype => spec.featureDtype ?? 'bf16';
+
+function sampleOf(T: number, H: number, dtype: FeatureDtype, r: { ids: Int32Array; aux: Float32Array | Uint16Array; last: Float32Array | Uint16Array }, mask?: Uint8Array): Sample {
   return {
     ids: tensor('i32', [T], r.ids),
-    aux: tensor('f32', [T, 3 * H], r.aux),
-    last: tensor('f32', [T, H], r.last),
+    aux: tensor(dtype, [T, 3 * H], r.aux),
+    last: tensor(dtype, [T, H], r.last),
     mask: tensor('u8', [T], mask ?? new Uint8Array(T).fill(1)),
   };
 }
@@ -48,8 +54,9 @@ export function syntheticSource(target: TargetModel, spec: JobSpec): RowSource {
     idOf: sampleId,
     wholeChunks: true,
     async compute(rows) {
-      const out = await target.rolloutBatch(rows.map(promptOf), spec.seqLen - spec.promptLen, { temperature: spec.temperature, seeds: rows.map((r) => rowSeed(spec, r)) });
-      return out.map((r) => sampleOf(spec.seqLen, spec.draft.hidden, r));
+      const dtype = dtypeOf(spec);
+      const out = await target.rolloutBatch(rows.map(promptOf), spec.seqLen - spec.promptLen, { temperature: spec.temperature, seeds: rows.map((r) => rowSeed(spec, r)), featureDtype: dtype });
+      return out.map((r) => sampleOf(spec.seqLen, spec.draft.hidden, dtype, r));
     },
   };
 }
@@ -61,8 +68,9 @@ export async function chatSource(target: TargetModel, spec: JobSpec): Promise<Ro
   const H = spec.draft.hidden;
   const one = async (row: JobRow): Promise<Sample> => {
     const T = row.ids.length;
-    const { aux, last } = await target.forward(row.ids, 1, T);
-    return sampleOf(T, H, { ids: row.ids, aux, last }, row.mask);
+    const dtype = dtypeOf(spec);
+    const { aux, last } = await target.forward(row.ids, 1, T, { featureDtype: dtype });
+    return sampleOf(T, H, dtype, { ids: row.ids, aux, last }, row.mask);
   };
   return {
     idOf: (r) => chatSampleId(rows, r),
@@ -72,5 +80,17 @@ export async function chatSource(target: TargetModel, spec: JobSpec): Promise<Ro
       for (const r of rs) out.push(await one(rows[r % rows.length]!));
       return out;
     },
+  };
+}
+
+/** Offline features: each row's hidden states as its file holds them (read and checked again; no target). */
+export async function featuresSource(spec: JobSpec): Promise<RowSource> {
+  if (!spec.features || !spec.chat || !isHfTarget(spec.target)) throw new InvalidArgumentError('a features rollout needs the job\'s features, rows and Hugging Face target');
+  const rows = await loadJobRows(spec.chat);
+  const read = await featureReader(spec.features, spec.target, spec.seqLen);
+  return {
+    idOf: (r) => chatSampleId(rows, r),
+    wholeChunks: false,
+    compute: (rs) => Promise.all(rs.map((r) => read(rows[r % rows.length]!))), // a chunk's files read together
   };
 }

@@ -1,9 +1,10 @@
 // The rollout actor: runs the frozen target over the job's rows (actors/rollout-sources.ts:
 // seeded synthetic prompts or a user's prompt file the target continues, or a chat dataset's
-// conversations), writes each sample's features into the store, and commits its SampleRef to
-// the queue with retries. Sample ids come from the dataset row, so a restarted rollout skips
-// rows the ledger already has, and re-putting a row it wrote but never committed supersedes
-// the orphan generation (the store deletes it).
+// conversations; or reads them from offline feature files, without a target), writes each
+// sample's features into the store, and commits its SampleRef to the queue with retries.
+// Sample ids come from the dataset row, so a restarted rollout skips rows the ledger already
+// has, and re-putting a row it wrote but never committed supersedes the orphan generation
+// (the store deletes it).
 //
 // Throughput: rows go in chunks of `chunk` (aligned: chunk c is rows [c·chunk, (c+1)·chunk)).
 // The target computes a chunk in one call (synthetic prompts decode together, with aux/last
@@ -22,7 +23,7 @@ import { jobRows, type JobSpec } from '../src/job/spec.ts';
 import { openTarget } from '../src/job/target.ts';
 import type { TargetModel } from '../src/native/addon.ts';
 import type { FeatureStore } from '../src/store/feature-store.ts';
-import { chatSource, syntheticSource, type RowSource, type Sample } from './rollout-sources.ts';
+import { chatSource, featuresSource, syntheticSource, type RowSource, type Sample } from './rollout-sources.ts';
 
 export { rowSeed, sampleId } from './rollout-sources.ts';
 
@@ -113,9 +114,12 @@ export function rolloutActorSpec(o: RolloutOptions): ActorSpec<RolloutState, Rol
         const t = setTimeout(() => { try { ctx.system.dispatch(ctx.self, { op: 'next' }); } catch { /* stopped */ } }, ms);
         t.unref();
       };
-      if (!st.target) {
-        st.target = await openTarget(spec.target, spec.threads);
-        st.source = spec.chat ? await chatSource(st.target, spec) : syntheticSource(st.target, spec);
+      if (!st.source) {
+        if (spec.features) st.source = await featuresSource(spec); // offline features: the target is not needed here
+        else {
+          const target = st.target = await openTarget(spec.target, spec.threads);
+          st.source = spec.chat ? await chatSource(target, spec) : syntheticSource(target, spec);
+        }
         const known = await queue.committed();
         st.done = new Set(known.sampleIds);
         ctx.log.info('rollout started', { rows, alreadyCommitted: st.done.size, incarnation: ctx.incarnation });

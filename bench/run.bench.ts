@@ -55,6 +55,10 @@ try {
     return n / ((performance.now() - t) / 1000);
   };
   const chunked = await targetRate(async (r0) => (await source.compute(rowsOf(r0, ROLLOUT_CHUNK))).length);
+  const sourceF32 = syntheticSource(target, { ...spec, featureDtype: 'f32' });
+  const chunkedF32 = await targetRate(async (r0) => (await sourceF32.compute(rowsOf(r0, ROLLOUT_CHUNK))).length);
+  const sampleKiB = (x: Record<string, { data: ArrayBufferView }>) => Object.values(x).reduce((n, t) => n + t.data.byteLength, 0) / 1024;
+  const kib = { bf16: sampleKiB(samples[0]!), f32: sampleKiB((await sourceF32.compute([0]))[0]!) };
   const twoPass = await targetRate(async (r0) => {
     const ids = await target.generate(promptOf(r0), spec.seqLen - spec.promptLen);
     await target.forward(ids, 1, spec.seqLen);
@@ -96,7 +100,8 @@ try {
   const s = await runJob({ ...opts, job: 'bench' });
   const trainSecs = s.stepMsMean !== null ? (s.stepMsMean * s.steps) / 1000 : NaN;
   const rows = [
-    { what: `target: rollout chunks of ${ROLLOUT_CHUNK} (fused aux/last)`, samplesPerSec: chunked },
+    { what: `target: rollout chunks of ${ROLLOUT_CHUNK} (fused aux/last), bf16 features (${kib.bf16.toFixed(1)} KiB/sample)`, samplesPerSec: chunked },
+    { what: `target: the same, f32 features (${kib.f32.toFixed(1)} KiB/sample)`, samplesPerSec: chunkedF32 },
     { what: 'target: generate + forward, one sample at a time', samplesPerSec: twoPass },
     { what: 'rollout actor alone (target + puts + commits)', samplesPerSec: rolloutAlone },
     { what: 'rank step alone (baseline)', samplesPerSec: stepAlone },

@@ -6,7 +6,7 @@
 // unless --log-level debug.
 import { pathToFileURL } from 'node:url';
 import { Command, CommanderError, Option } from 'commander';
-import { ChatTemplateError, DatasetRowError, DecodeError, DraftwireError, InvalidArgumentError, ModelFormatError } from '../src/errors.ts';
+import { ChatTemplateError, DatasetRowError, DecodeError, DraftwireError, FeaturesError, InvalidArgumentError, ModelFormatError } from '../src/errors.ts';
 import type { GlobalOptions } from './options.ts';
 export type { GlobalOptions };
 import * as audit from './commands/audit.ts';
@@ -28,7 +28,7 @@ export interface CommandModule {
 const COMMANDS: CommandModule[] = [run, capture, exportCmd, status, scale, audit, step, node, wal];
 
 /** Errors of the user's input (options, files, a model directory, a dataset): exit 2. */
-const BAD_INPUT = [InvalidArgumentError, DecodeError, ModelFormatError, DatasetRowError, ChatTemplateError];
+const BAD_INPUT = [InvalidArgumentError, DecodeError, ModelFormatError, DatasetRowError, ChatTemplateError, FeaturesError];
 
 export const EXIT_OK = 0;
 export const EXIT_FAILURE = 1;

@@ -123,7 +123,7 @@ export class NodeAgent {
     }
     if (roles.includes('queue')) {
       const input: QueueInput = spec.input?.kind === 'external'
-        ? { kind: 'external', samples: spec.input.samples, producers: spec.input.producers }
+        ? { kind: 'external', samples: spec.input.samples, producers: spec.input.producers, highBytes: spec.storeHighBytes, lowBytes: spec.storeLowBytes }
         : { kind: 'fixed', samples: jobRows(spec) };
       const q = startQueue(system, { bus, ledger: { leaseMs: spec.leaseMs, maxDeliveries: spec.maxDeliveries }, schema: sampleSchema(spec), input });
       this.stops.push(q.stop);

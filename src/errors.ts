@@ -127,3 +127,11 @@ export class DatasetRowError extends DraftwireError {
 export class ChatTemplateError extends DraftwireError {
   constructor(message: string, opts?: DraftwireErrorOptions) { super('CHAT_TEMPLATE', message, false, opts); }
 }
+/**
+ * Offline features (`run --features DIR`, src/job/features.ts) cannot be trained on: a file
+ * is malformed (it is dead-lettered, never trained on), the directory holds no usable file or
+ * no known layout, or a file changed since the job validated it. detail: dir or file, reason.
+ */
+export class FeaturesError extends DraftwireError {
+  constructor(message: string, opts?: DraftwireErrorOptions) { super('FEATURES', message, false, opts); }
+}

@@ -7,7 +7,7 @@ export {
   DraftwireError, InvalidArgumentError, DecodeError, AuthError, SampleGoneError, StaleGenerationError,
   StaleEpochError, LeaseExpiredError, BackpressureError, ChecksumError, TimeoutError, NativeError,
   CollectiveError, StoreWriteError, ConflictError, UnavailableError, ActorStoppedError, SchemaError,
-  WalCorruptError, InputClosedError, ModelFormatError, DatasetRowError, ChatTemplateError, type DraftwireErrorOptions,
+  WalCorruptError, InputClosedError, ModelFormatError, DatasetRowError, ChatTemplateError, FeaturesError, type DraftwireErrorOptions,
 } from './errors.ts';
 
 // The wire: the SampleRef codec, message framing limits, authentication.

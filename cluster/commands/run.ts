@@ -17,6 +17,7 @@ import { readLedgerEvents } from '../../src/ledger/wal.ts';
 import { evalMaxNew, evalPrompts, loadPrompts } from '../../src/job/prompts.ts';
 import { openTarget, targetVocab } from '../../src/job/target.ts';
 import { auxLayerList, buildHfSpec } from './run-hf.ts';
+import { buildFeaturesSpec } from './run-features.ts';
 import type { StepMetrics } from '../../trainer/rank-worker.ts';
 import { AuthPolicy } from '../../src/wire/auth.ts';
 import { QueueClient, listen } from '../../src/bus/clients.ts';
@@ -46,10 +47,12 @@ interface RunOpts extends GlobalOptions {
   resume?: string; checkpointEvery?: number; maxRankRestarts?: number; rankDeadAfterMs?: number;
   onRankLoss?: 'replace' | 'shrink'; batchWaitMs?: number;
   // the samples' source: the job's own rollout, or producers of their own (--rollout external)
-  rollout?: 'builtin' | 'external'; samples?: number; producers?: number;
+  rollout?: 'builtin' | 'external'; samples?: number; producers?: number; featureDtype?: 'bf16' | 'f32';
   // a Hugging Face target and a chat dataset (cluster/commands/run-hf.ts)
   target?: string; maxLen?: number; draftVocab?: number; evalRows?: number; onBadRow?: 'skip' | 'fail'; regenerate?: boolean;
   auxLayers?: number[]; auxConvention?: 'output' | 'input'; ttt?: number; evalMaxNew?: number; initFrom?: string;
+  // offline features instead of the target's forward pass (cluster/commands/run-features.ts)
+  features?: string;
 }
 
 export interface RunSummary {
@@ -68,6 +71,8 @@ export interface RunSummary {
   dataset: Record<string, unknown> | null;
   /** An external job's input: its producers (as the ledger saw them) and why it closed; null for the job's own rollout. */
   input: { producers: string[]; closed: string | null } | null;
+  /** Offline features (--features): the layout, files trained on, held out, dead-lettered (src/job/features-data.ts); null otherwise. */
+  features: Record<string, unknown> | null;
   /** Store usage once the run finished, before the store directory is removed. */
   storeAfter: { samples: number; bytes: number; tempFiles: number };
 }
@@ -75,7 +80,7 @@ export interface RunSummary {
 export function command(): Command {
   return new Command('run')
     .summary('train a draft model end to end on this machine (embedded NATS, every role, rank processes)')
-    .description('Starts NATS (unless --nats), the coordinator, queue, janitor and rollout actors and the rank processes; trains --steps steps on samples the target writes (the seeded synthetic target, or with --target a Hugging Face model directory over the conversations of --dataset); writes <workdir>/<job>/{checkpoint.safetensors, summary.json, ledger.jsonl} (and vocab.safetensors for --target). The shared secret, if any, comes from DRAFTWIRE_SECRET or DRAFTWIRE_SECRET_FILE.')
+    .description('Starts NATS (unless --nats), the coordinator, queue, janitor and rollout actors and the rank processes; trains --steps steps on samples the target writes (the seeded synthetic target, or with --target a Hugging Face model directory over the conversations of --dataset, or with --target and --features the hidden states another run captured, without the target\'s forward pass); writes <workdir>/<job>/{checkpoint.safetensors, summary.json, ledger.jsonl} (and vocab.safetensors for --target; dead-letter.jsonl for --features). The shared secret, if any, comes from DRAFTWIRE_SECRET or DRAFTWIRE_SECRET_FILE.')
     .option('--job <id>', 'job id (default: dw-<time>)', jobId)
     .option('--workdir <dir>', 'where run directories go', dirOption('--workdir'), 'runs')
     .option('--nats <url>', 'an existing NATS server (JetStream on); default: start one', natsUrl)
@@ -102,9 +107,11 @@ export function command(): Command {
     .option('--regenerate', 'with --target: the target writes the assistant reply to each conversation\'s prompt itself (greedy, or at --temperature) instead of training on the dataset\'s replies')
     .option('--aux-layers <a,b,c>', 'with --target: the three layers EAGLE3 taps (default: SpecForge\'s 1, L/2-1, L-4 in the output convention)', auxLayerList)
     .addOption(new Option('--aux-convention <c>', 'with --target: what --aux-layers count: "output" of decoder layer i (SpecForge, SGLang; default) or "input" of layer j (vLLM, speculators)').choices(['output', 'input']))
+    .option('--features <dir>', 'with --target: train from offline hidden states in DIR instead of running the target over a dataset; the layout is detected: a draftwire capture (its vocab.safetensors is the draft vocabulary) or vLLM speculators\' hs_<i>.safetensors (token_ids, hidden_states [T, 4, H]: three aux layers and the pre-norm final state; the loss mask from --dataset row i, or the file\'s loss_mask). A bad file is dead-lettered (<run>/dead-letter.jsonl) and never trained on')
     .option('--init-from <dir>', 'with --target: start from an EAGLE3 draft directory (draftwire export, SpecForge, a published draft): its weights and its draft vocabulary')
     .option('--ttt <n>', 'with --target: draft tokens trained per position (test-time training steps; default 7)', intInRange('--ttt', 1, 64))
     .addOption(new Option('--rollout <source>', 'where samples come from: the job\'s own rollout of the target, or producers of their own (the Python package, an SGLang/vLLM hook) that commit to this job until they declare their end').choices(['builtin', 'external']).default('builtin'))
+    .addOption(new Option('--feature-dtype <dtype>', 'the dtype the rollout writes hidden states in: bf16 (half the bytes, as serving engines produce them; default) or f32').choices(['bf16', 'f32']))
     .option('--samples <n>', 'with --rollout external: the job takes this many samples, then closes its input and trains them (default: until --producers producers declared their end)', positiveInt('--samples'))
     .option('--producers <n>', 'with --rollout external: the input closes once this many producers declared their end and none is still open (default 1)', intInRange('--producers', 1, 100_000))
     .option('--eval-every <n>', 'measure accept length every n steps (0 = only at the end)', nonNegativeInt('--eval-every'), 50)
@@ -130,6 +137,7 @@ export function command(): Command {
           `job ${summary.job}: ${summary.steps} steps, ${summary.samples} samples in ${summary.seconds.toFixed(1)} s (${summary.samplesPerSec.toFixed(2)} samples/s)`,
           `loss ${f(summary.firstLoss)} -> ${f(summary.lastLoss)}   accept length ${f(summary.acceptLengthInitial, 3)} -> ${f(summary.acceptLength, 3)}`,
           `audit: ${summary.audit.ok ? 'clean' : 'PROBLEMS'} (committed ${summary.audit.committed}, consumed ${summary.audit.consumed}, dead ${summary.audit.dead}, pending ${summary.audit.pending})`,
+          ...(summary.features ? [featuresLine(summary.features)] : []),
           ...(summary.dpHistory.length > 1 || summary.dpHistory[0] !== 1 ? [`data-parallel width: ${summary.dpHistory.join(' -> ')}`] : []),
           ...(summary.rankRestarts || summary.ranksLost.length ? [`ranks: ${summary.rankRestarts} restart(s)${summary.ranksLost.length ? `, lost ${summary.ranksLost.join(', ')}` : ''}`] : []),
           `checkpoint: ${summary.checkpoint}`,
@@ -164,6 +172,7 @@ export function buildSpec(o: RunOpts & { steps?: number }): JobSpec {
     checkpointEvery: o.checkpointEvery ?? 1, maxRankRestarts: o.maxRankRestarts ?? 3, rankDeadAfterMs: o.rankDeadAfterMs ?? 10_000,
     onRankLoss: o.onRankLoss ?? 'replace', batchWaitMs: o.batchWaitMs ?? 2000,
     ...(external ? { input: { kind: 'external', samples: o.samples ?? null, producers: o.producers ?? 1 } } : {}),
+    featureDtype: o.featureDtype ?? 'bf16',
   });
 }
 
@@ -174,7 +183,7 @@ export async function runJob(o: RunOpts): Promise<RunSummary> {
   const base = resuming ? loadJobSpec(jobFile(resolve(o.resume!))) : buildSpec(o);
   if (!resuming) assertFreshRunDir(base.runDir, o.nats);
   // checks the layout against the target's shape before it prepares the dataset
-  const spec = resuming || !o.target ? base : (await buildHfSpec(o, base, checkLayout)).spec;
+  const spec = resuming || !o.target ? base : o.features ? (await buildFeaturesSpec(o, base, checkLayout)).spec : (await buildHfSpec(o, base, checkLayout)).spec;
   checkLayout(spec);
   // Fail fast on an unreadable or malformed dataset, before anything starts.
   if (spec.dataset) loadPrompts(spec.dataset, targetVocab(spec.target), spec.promptLen);
@@ -290,7 +299,8 @@ export async function runJob(o: RunOpts): Promise<RunSummary> {
       stepMsMean: losses.length ? losses.reduce((n, m) => n + m.stepMs, 0) / losses.length : null,
       resumedFromStep, rankRestarts: [...node.restarts.values()].reduce((a, b) => a + b, 0), natsRestarts,
       ranksLost: lost.map((c) => c.rank), dpHistory: losses.map((m) => m.dp).filter((d, i, a) => i === 0 || a[i - 1] !== d),
-      dataset: spec.chat ? readJson(join(spec.runDir, 'dataset-summary.json')) : null,
+      dataset: spec.chat && !spec.features ? readJson(join(spec.runDir, 'dataset-summary.json')) : null,
+      features: spec.features ? readJson(join(spec.runDir, 'features-summary.json')) : null,
       input: isExternal(spec) ? inputOf(events) : null,
       storeAfter: { samples: usage.samples, bytes: usage.bytes, tempFiles: (await readdir(spec.storeDir).catch(() => [] as string[])).filter((f) => f.startsWith('.tmp')).length },
     };
@@ -372,14 +382,14 @@ function checkLayout(spec: Pick<JobSpec, 'draft' | 'tp' | 'sp' | 'seqLen'>): voi
 /** Options of one kind of job given to the other are refused, not ignored. */
 function checkTargetOptions(o: RunOpts): void {
   const flag = (k: string) => `--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
-  const hfOnly = ['maxLen', 'draftVocab', 'evalRows', 'evalMaxNew', 'onBadRow', 'regenerate', 'auxLayers', 'auxConvention', 'ttt', 'initFrom'] as const;
+  const hfOnly = ['maxLen', 'draftVocab', 'evalRows', 'evalMaxNew', 'onBadRow', 'regenerate', 'auxLayers', 'auxConvention', 'ttt', 'initFrom', 'features'] as const;
   const syntheticOnly = ['seqLen', 'promptLen'] as const;
   for (const k of o.target ? syntheticOnly : hfOnly) {
     if (o[k] !== undefined) throw new InvalidArgumentError(o.target ? `${flag(k)} is for the synthetic target; with --target use --max-len` : `${flag(k)} needs --target (a Hugging Face model)`);
   }
   if (o.rollout === 'external') {
-    for (const k of ['steps', 'regenerate'] as const) {
-      if (o[k] !== undefined) throw new InvalidArgumentError(`${flag(k)}: with --rollout external the producers decide what is trained (use --samples to cap it)`);
+    for (const k of ['steps', 'regenerate', 'featureDtype', 'features'] as const) {
+      if (o[k] !== undefined) throw new InvalidArgumentError(`${flag(k)}: with --rollout external the producers decide what is trained and how (there is no rollout; use --samples to cap the job)`);
     }
     if (o.target && !o.dataset) throw new InvalidArgumentError('--rollout external --target needs --dataset: the draft vocabulary and the accept-length prompts come from its conversations');
   } else {
@@ -401,6 +411,10 @@ function inputOf(events: Awaited<ReturnType<typeof readLedgerEvents>>): RunSumma
     else if (e.type === 'close') closed = e.reason;
   }
   return { producers: [...producers], closed };
+}
+
+function featuresLine(f: Record<string, unknown>): string {
+  return `features: ${String(f.layout)} in ${String(f.dir)}: ${String(f.trained)} files trained on, ${String(f.held)} held out, ${String(f.deadLettered)} dead-lettered${Number(f.deadLettered) > 0 ? ` (${String(f.deadLetterFile)})` : ''}`;
 }
 
 function readJson(path: string): Record<string, unknown> | null {

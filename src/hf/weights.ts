@@ -110,6 +110,14 @@ async function readF32(fh: FileHandle, t: Located): Promise<Float32Array> {
   return out;
 }
 
+/** One tensor of the checkpoint as f32 (e.g. the final norm, which offline features need without the model). */
+export async function readHfTensor(dir: string, c: HfTargetConfig, name: string): Promise<Float32Array> {
+  const t = (await locateHfTensors(dir, c)).get(name);
+  if (!t) throw new ModelFormatError(`${dir}: the checkpoint has no tensor ${name} for a ${c.architecture}`);
+  const fh = await open(t.path, 'r');
+  try { return await readF32(fh, t); } finally { await fh.close(); }
+}
+
 /**
  * The checkpoint's tensors as f32 records: the globals, then one record per layer (so a caller
  * that copies each part in and drops it holds one layer at a time besides its own copy).

@@ -15,7 +15,7 @@ import { draftVocabOf, tokenizerOf } from './chat-data.ts';
 import { loadHfTarget } from '../hf/target.ts';
 import { readHfConfig, type AuxLayerSpec } from '../hf/config.ts';
 import { writeSafetensorsFile } from '../store/safetensors.ts';
-import { f32ToBf16, tensor, type Tensor } from '../tensor.ts';
+import { tensor } from '../tensor.ts';
 
 export interface CaptureOptions {
   target: string; dataset: string; out: string; dtype: 'bf16' | 'f32'; draftVocab: number; maxLen: number;
@@ -28,9 +28,6 @@ export interface CaptureSummary {
   auxLayers: [number, number, number]; draftVocab: number; vocabFile: string; dataset: PrepareSummary;
 }
 
-function floats(dtype: 'bf16' | 'f32', shape: number[], data: Float32Array): Tensor {
-  return dtype === 'f32' ? tensor('f32', shape, data) : tensor('bf16', shape, f32ToBf16(data));
-}
 
 export async function capture(o: CaptureOptions): Promise<CaptureSummary> {
   if (o.dtype !== 'bf16' && o.dtype !== 'f32') throw new InvalidArgumentError(`--dtype must be bf16 or f32, got ${String(o.dtype)}`);
@@ -48,14 +45,15 @@ export async function capture(o: CaptureOptions): Promise<CaptureSummary> {
     let tokens = 0, pending: Promise<unknown> = Promise.resolve();
     for (let i = 0; i < prep.rows.length; i++) {
       const row = prep.rows[i]!, T = row.ids.length;
-      const { aux, last } = await model.forward(row.ids, 1, T); // the next forward overlaps this row's write
+      // bf16 is rounded natively on the target's worker thread; the next forward overlaps this row's write
+      const { aux, last } = await model.forward(row.ids, 1, T, { featureDtype: o.dtype });
       await pending;
       const file = join(o.out, `${row.id}.safetensors`);
       pending = writeSafetensorsFile(`${file}.tmp`, {
         input_ids: tensor('i64', [T], BigInt64Array.from(row.ids, (x) => BigInt(x))),
         loss_mask: tensor('u8', [T], row.mask),
-        aux_hidden_state: floats(o.dtype, [T, 3 * H], aux),
-        hidden_state: floats(o.dtype, [T, H], last),
+        aux_hidden_state: tensor(o.dtype, [T, 3 * H], aux),
+        hidden_state: tensor(o.dtype, [T, H], last),
       }, meta).then(() => rename(`${file}.tmp`, file), async (e: unknown) => {
         await rm(`${file}.tmp`, { force: true });
         const code = (e as NodeJS.ErrnoException).code ?? String(e);

@@ -127,7 +127,8 @@ export function draftVocabOf(rows: readonly PreparedRow[], V: number, Vd: number
   return buildDraftVocab(countSupervisedTokens(rows, V), Math.min(Vd, V));
 }
 
-async function writeRowsFile(path: string, rows: readonly PreparedRow[]): Promise<void> {
+/** The job's rows file (read back by loadJobRows): every row's ids and mask, the sample ids in the metadata. */
+export async function writeRowsFile(path: string, rows: readonly Pick<JobRow, 'id' | 'ids' | 'mask'>[]): Promise<void> {
   const offsets = new Int32Array(rows.length + 1);
   rows.forEach((r, i) => { offsets[i + 1] = offsets[i]! + r.ids.length; });
   const n = offsets[rows.length]!, ids = new Int32Array(n), mask = new Uint8Array(n);

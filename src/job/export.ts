@@ -5,6 +5,7 @@
 // offsets) and t2d (BOOL). No embed_tokens: the engine uses the target's. Before anything is
 // written the draft is checked (every tensor and shape, the vocabulary map, finite values);
 // afterwards the files are read back and compared with what was meant, bit for bit.
+// --format speculators writes the same tensors in vLLM's speculators layout (./speculators.ts).
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { DecodeError, InvalidArgumentError } from '../errors.ts';
@@ -15,8 +16,13 @@ import { f32ToBf16, f32ToF16, tensor, type Tensor } from '../tensor.ts';
 import { vocabOfIds } from '../chat/vocab.ts';
 import { jobFile, loadJobSpec, type JobSpec } from './spec.ts';
 import { isHfTarget } from './target.ts';
+import { speculatorsConfig, speculatorsName } from './speculators.ts';
 
 export type ExportDtype = 'bf16' | 'f16' | 'f32';
+export const EXPORT_FORMATS = ['sglang', 'speculators'] as const;
+export type ExportFormat = (typeof EXPORT_FORMATS)[number];
+/** speculative_tokens of a speculators export unless told (what speculators' Eagle3Converter writes). */
+export const DEFAULT_SPECULATIVE_TOKENS = 3;
 
 /** Draftwire tensor → the engines' name. */
 export const ENGINE_NAMES: Readonly<Record<string, string>> = Object.freeze({
@@ -27,8 +33,14 @@ export const ENGINE_NAMES: Readonly<Record<string, string>> = Object.freeze({
   n_final: 'norm.weight', lm: 'lm_head.weight',
 });
 
-export interface ExportOptions { run: string; out: string; dtype: ExportDtype; step?: number }
-export interface ExportSummary { out: string; checkpoint: string; step: number; dtype: ExportDtype; tensors: number; bytes: number; draftVocab: number; vocab: number }
+export interface ExportOptions {
+  run: string; out: string; dtype: ExportDtype; step?: number;
+  /** sglang (default): LlamaForCausalLMEagle3, midlayer.*; speculators: vLLM's speculators layout, layers.0.*. */
+  format?: ExportFormat;
+  /** speculators only: speculators_config.proposal_methods[0].speculative_tokens (default 3). */
+  speculativeTokens?: number;
+}
+export interface ExportSummary { out: string; format: ExportFormat; checkpoint: string; step: number; dtype: ExportDtype; tensors: number; bytes: number; draftVocab: number; vocab: number }
 
 /** The checkpoint to export: step N of the rank checkpoints, or the final one, or the latest committed. */
 function checkpointOf(runDir: string, step?: number): string {
@@ -102,14 +114,26 @@ const sameBytes = (a: Tensor, b: Tensor) => {
   return a.dtype === b.dtype && x.length === y.length && x.every((v, i) => v === y[i]);
 };
 
+/** The format and speculative_tokens of `o`, checked. */
+function formatOf(o: ExportOptions): { format: ExportFormat; tokens: number } {
+  const format = o.format ?? 'sglang';
+  if (!(EXPORT_FORMATS as readonly string[]).includes(format)) throw new InvalidArgumentError(`--format must be ${EXPORT_FORMATS.join(' or ')}, got ${String(format)}`);
+  if (o.speculativeTokens === undefined) return { format, tokens: DEFAULT_SPECULATIVE_TOKENS };
+  if (format !== 'speculators') throw new InvalidArgumentError('--speculative-tokens is written only by --format speculators (SGLang and vLLM take it on their command line)');
+  if (!Number.isSafeInteger(o.speculativeTokens) || o.speculativeTokens < 1 || o.speculativeTokens > 64) throw new InvalidArgumentError(`--speculative-tokens must be an integer in [1, 64], got ${String(o.speculativeTokens)}`);
+  return { format, tokens: o.speculativeTokens };
+}
+
 export async function exportDraft(o: ExportOptions): Promise<ExportSummary> {
   if (!['bf16', 'f16', 'f32'].includes(o.dtype)) throw new InvalidArgumentError(`--dtype must be bf16, f16 or f32, got ${String(o.dtype)}`);
+  const { format, tokens } = formatOf(o);
   const spec = loadJobSpec(jobFile(o.run));
   const path = checkpointOf(o.run, o.step);
   const { tensors, metadata } = await readSafetensorsFile(path);
   if (metadata.config && metadata.config !== JSON.stringify(spec.draft)) throw new DecodeError(`${path}: its draft config is not the job's (${jobFile(o.run)})`);
-  const out = engineTensors(spec.draft, tensors, o.dtype, path);
-  const config = engineConfig(spec, o.dtype);
+  const checked = engineTensors(spec.draft, tensors, o.dtype, path);
+  const out = format === 'sglang' ? checked : Object.fromEntries(Object.entries(checked).map(([n, t]) => [speculatorsName(n), t]));
+  const config = format === 'sglang' ? engineConfig(spec, o.dtype) : speculatorsConfig(engineConfig(spec, o.dtype), spec, tokens);
   await makeDir(o.out);
   const bytes = encodeSafetensorsBuffer(out, { format: 'pt', draftwire_job: spec.job, draftwire_step: metadata.step ?? '' }, { bool: ['t2d'] });
   await writeFileAtomic(join(o.out, 'model.safetensors'), bytes, { fsync: true });
@@ -121,5 +145,5 @@ export async function exportDraft(o: ExportOptions): Promise<ExportSummary> {
     if (!b || !sameBytes(b, t) || b.shape.join() !== t.shape.join()) throw new DecodeError(`${o.out}/model.safetensors: tensor "${name}" does not read back as written`);
   }
   if (JSON.stringify(JSON.parse(readFileSync(join(o.out, 'config.json'), 'utf8'))) !== JSON.stringify(config)) throw new DecodeError(`${o.out}/config.json does not read back as written`);
-  return { out: o.out, checkpoint: path, step: Number(metadata.step ?? 0), dtype: o.dtype, tensors: Object.keys(out).length, bytes: bytes.byteLength, draftVocab: spec.draft.draftVocab, vocab: spec.draft.vocab };
+  return { out: o.out, format, checkpoint: path, step: Number(metadata.step ?? 0), dtype: o.dtype, tensors: Object.keys(out).length, bytes: bytes.byteLength, draftVocab: spec.draft.draftVocab, vocab: spec.draft.vocab };
 }

@@ -1,8 +1,8 @@
 // An existing EAGLE3 draft directory (what `draftwire export`, SpecForge and the engines use:
 // config.json + model.safetensors with fc, midlayer.* (or speculators' layers.0.*), norm,
-// lm_head, d2t offsets, t2d) as a job's starting point: its trainable weights and its draft
-// vocabulary, refused with MODEL_FORMAT when its shapes or its vocabulary mapping do not fit
-// the job's target.
+// lm_head, d2t offsets, t2d; the config flat or in vLLM's speculators layout, ./speculators.ts)
+// as a job's starting point: its trainable weights and its draft vocabulary, refused with
+// MODEL_FORMAT when its shapes, its layer's math or its vocabulary mapping do not fit the job.
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ModelFormatError } from '../errors.ts';
@@ -11,6 +11,7 @@ import { draftParamShapes, headDimOf, upcastToF32, type DraftConfig } from '../n
 import { readSafetensorsFile } from '../store/safetensors.ts';
 import type { Tensor } from '../tensor.ts';
 import { ENGINE_NAMES } from './export.ts';
+import { flattenSpeculatorsConfig, isSpeculatorsConfig, speculatorsName } from './speculators.ts';
 
 export interface ImportedDraft { weights: Record<string, Float32Array>; vocab: DraftVocab; draftVocab: number }
 
@@ -21,19 +22,28 @@ function f32(t: Tensor): Float32Array {
   return out;
 }
 
-/** The draft's config.json sizes must be the job's (the target's shape); its draft vocabulary may differ from --draft-vocab and wins. */
-function checkConfig(dir: string, cj: Record<string, unknown>, c: DraftConfig): number {
+/**
+ * The draft's config.json sizes must be the job's (the target's shape) and its layer Draftwire's
+ * (one layer, the residual taken before hidden_norm, no norm before fc); its draft vocabulary
+ * may differ from --draft-vocab and wins.
+ */
+function checkConfig(dir: string, raw: Record<string, unknown>, c: DraftConfig): number {
   const where = join(dir, 'config.json');
+  const { flat: cj, field } = isSpeculatorsConfig(raw) ? flattenSpeculatorsConfig(raw, where) : { flat: raw, field: (k: string) => k };
+  const bad = (k: string, why: string) => new ModelFormatError(`${where}: ${field(k)} ${why}`, { detail: { field: field(k) } });
   const arch = cj.architectures;
-  if (!Array.isArray(arch) || !arch.some((a) => /Eagle3/i.test(String(a)))) throw new ModelFormatError(`${where}: architectures ${JSON.stringify(arch)} is not an EAGLE3 draft (LlamaForCausalLMEagle3)`);
+  if (!Array.isArray(arch) || !arch.some((a) => /Eagle3/i.test(String(a)))) throw new ModelFormatError(`${where}: architectures ${JSON.stringify(arch)} is not an EAGLE3 draft (LlamaForCausalLMEagle3, Eagle3Speculator)`);
   const want: [string, number][] = [['hidden_size', c.hidden], ['intermediate_size', c.intermediate], ['num_attention_heads', c.heads],
-    ['num_key_value_heads', c.kvHeads], ['head_dim', headDimOf(c)], ['vocab_size', c.vocab]];
+    ['num_key_value_heads', c.kvHeads], ['head_dim', headDimOf(c)], ['vocab_size', c.vocab], ['num_hidden_layers', 1], ['target_hidden_size', c.hidden]];
   for (const [k, v] of want) {
-    if (k === 'head_dim' && cj[k] === undefined) continue;
-    if (cj[k] !== v) throw new ModelFormatError(`${where}: ${k} is ${JSON.stringify(cj[k])}, the job's target needs ${v}`, { detail: { field: k } });
+    if ((k === 'head_dim' || k === 'num_hidden_layers' || k === 'target_hidden_size') && (cj[k] === undefined || cj[k] === null)) continue;
+    if (cj[k] !== v) throw bad(k, `is ${JSON.stringify(cj[k])}, ${k === 'num_hidden_layers' ? 'Draftwire\'s draft has one decoder layer' : `the job's target needs ${v}`}`);
   }
+  // vLLM (and speculators' layer) take the residual after hidden_norm when this is true; a speculators config without it is read as true.
+  if (cj.norm_before_residual === true) throw bad('norm_before_residual', `is true${raw.norm_before_residual === undefined ? ' (missing, as vLLM reads a speculators config)' : ''}: Draftwire's layer keeps the residual before hidden_norm`);
+  if (cj.norm_before_fc === true) throw bad('norm_before_fc', 'is true: Draftwire\'s draft has no norm before fc');
   const Vd = cj.draft_vocab_size;
-  if (!Number.isSafeInteger(Vd) || (Vd as number) < 1 || (Vd as number) > c.vocab) throw new ModelFormatError(`${where}: draft_vocab_size ${JSON.stringify(Vd)} must be an integer in [1, ${c.vocab}]`);
+  if (!Number.isSafeInteger(Vd) || (Vd as number) < 1 || (Vd as number) > c.vocab) throw bad('draft_vocab_size', `${JSON.stringify(Vd)} must be an integer in [1, ${c.vocab}]`);
   return Vd as number;
 }
 
@@ -51,8 +61,8 @@ export async function importDraft(dir: string, c: DraftConfig): Promise<Imported
   }
   const weights: Record<string, Float32Array> = {};
   for (const [name, engine] of Object.entries(ENGINE_NAMES)) {
-    const t = tensors[engine] ?? tensors[engine.replace(/^midlayer\./, 'layers.0.')];
-    if (!t) throw new ModelFormatError(`${file}: tensor ${engine} is missing`);
+    const t = tensors[engine] ?? tensors[speculatorsName(engine)];
+    if (!t) throw new ModelFormatError(`${file}: tensor ${engine}${engine === speculatorsName(engine) ? '' : ` (or ${speculatorsName(engine)})`} is missing`);
     if (t.dtype !== 'f32' && t.dtype !== 'bf16' && t.dtype !== 'f16') throw new ModelFormatError(`${file}: tensor ${engine} is ${t.dtype}; expected f32, bf16 or f16`);
     const want = shapes[name]!;
     if (t.shape.join() !== want.join()) throw new ModelFormatError(`${file}: tensor ${engine} has shape [${t.shape}], the job's target needs [${want}]`);

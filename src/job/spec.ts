@@ -8,6 +8,7 @@ import { MAX_DP } from './epoch.ts';
 import { writeFileAtomic } from '../files.ts';
 import type { DraftConfig } from '../native/addon.ts';
 import type { ChatDataSpec } from './chat-data.ts';
+import type { FeaturesSpec } from './features.ts';
 import { isHfTarget, type JobTarget } from './target.ts';
 
 export interface JobSpec {
@@ -24,6 +25,11 @@ export interface JobSpec {
   target: JobTarget;
   /** A chat dataset (with a Hugging Face target), or absent/null for prompts the target continues. */
   chat?: ChatDataSpec | null;
+  /**
+   * Offline features (run --features): the rollout stores each row's hidden states from its
+   * file instead of running the target; `chat` then holds the rows, vocabulary and eval prompts.
+   */
+  features?: FeaturesSpec | null;
   /** An EAGLE3 draft directory the job started from (run --init-from): its weights went into initWeights. */
   initFrom?: string;
   /** Tokens per sample at most (prompt + continuation; a chat job's --max-len). */
@@ -70,6 +76,8 @@ export interface JobSpec {
    * them declared their end and none is still open, or `samples` were committed.
    */
   input?: ExternalInput | null;
+  /** The dtype the job's rollout writes aux and last in (default bf16; the rank converts natively). */
+  featureDtype?: 'bf16' | 'f32';
 }
 
 export interface ExternalInput { kind: 'external'; samples: number | null; producers: number }
@@ -173,6 +181,8 @@ export function validateJobSpec(x: unknown): JobSpec {
   }
   if (o.chat !== undefined && o.chat !== null) validateChat(o.chat, o.seqLen as number, isHfTarget(target));
   if (o.input !== undefined && o.input !== null) validateInput(o.input);
+  if (o.featureDtype !== undefined && o.featureDtype !== 'bf16' && o.featureDtype !== 'f32') throw new InvalidArgumentError(`job spec: "featureDtype" must be "bf16" or "f32", got ${JSON.stringify(o.featureDtype)}`);
+  if (o.features !== undefined && o.features !== null) validateFeatures(o.features, Boolean(o.chat));
   if (o.initFrom !== undefined && (typeof o.initFrom !== 'string' || !o.chat)) throw new InvalidArgumentError('job spec: "initFrom" must be a draft directory, with a chat job');
   return o as unknown as JobSpec;
 }
@@ -189,6 +199,15 @@ function validateChat(c: unknown, seqLen: number, hf: boolean): void {
   if (typeof o.regenerate !== 'boolean') throw new InvalidArgumentError('job spec: "chat.regenerate" must be a boolean');
   if (typeof o.templateVars !== 'object' || o.templateVars === null || !Object.values(o.templateVars).every((v) => typeof v === 'string')) throw new InvalidArgumentError('job spec: "chat.templateVars" must be an object of strings');
   if (!Array.isArray(o.eosTokenIds) || !o.eosTokenIds.every((x) => Number.isSafeInteger(x) && x >= 0)) throw new InvalidArgumentError('job spec: "chat.eosTokenIds" must be an array of token ids');
+}
+
+function validateFeatures(f: unknown, chat: boolean): void {
+  if (typeof f !== 'object' || f === null) throw new InvalidArgumentError('job spec: "features" must be an object or null');
+  if (!chat) throw new InvalidArgumentError('job spec: "features" needs "chat" (the rows, vocabulary and eval prompts prepared from them)');
+  const o = f as Record<string, unknown>;
+  if (typeof o.dir !== 'string' || o.dir === '') throw new InvalidArgumentError('job spec: "features.dir" must be a non-empty string');
+  if (o.layout !== 'capture' && o.layout !== 'speculators') throw new InvalidArgumentError(`job spec: "features.layout" must be "capture" or "speculators", got ${JSON.stringify(o.layout)}`);
+  if (o.dataset !== null && (typeof o.dataset !== 'string' || o.dataset === '')) throw new InvalidArgumentError('job spec: "features.dataset" must be a path or null');
 }
 
 export function jobFile(runDir: string): string {

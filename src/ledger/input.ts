@@ -7,7 +7,21 @@ import type { InputCloseReason, InputState } from './events.ts';
 
 export type QueueInput =
   | { kind: 'fixed'; samples: number }
-  | { kind: 'external'; samples: number | null; producers: number };
+  | { kind: 'external'; samples: number | null; producers: number; highBytes?: number; lowBytes?: number };
+
+/**
+ * Backpressure for producers of their own (they write into the store without asking it): a
+ * new sample is refused (retryably) once the bytes committed and not yet consumed would pass
+ * `highBytes`, until they fell to `lowBytes`. Returns the new pressured state and whether to refuse.
+ */
+export function commitPressure(input: QueueInput | null, pressured: boolean, liveBytes: number, refBytes: number): { pressured: boolean; refuse: boolean } {
+  if (!input || input.kind !== 'external' || input.highBytes === undefined) return { pressured: false, refuse: false };
+  const low = input.lowBytes ?? Math.floor(input.highBytes * 0.8);
+  if (pressured && liveBytes > low) return { pressured: true, refuse: true };
+  // One sample bigger than the whole watermark still goes through an empty store.
+  if (liveBytes > 0 && liveBytes + refBytes > input.highBytes) return { pressured: true, refuse: true };
+  return { pressured: false, refuse: false };
+}
 
 /** Why the input should close now, or null: the cap committed, or enough producers ended and none is open. */
 export function inputCloseReason(input: QueueInput | null, st: InputState, committed: number): InputCloseReason | null {

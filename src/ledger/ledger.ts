@@ -116,6 +116,8 @@ export class LeaseLedger {
   /** Producers of the input by id: open, or ended (their end declared). */
   private readonly producers = new Map<string, 'open' | 'ended'>();
   private closed: { reason: InputCloseReason; samples: number } | null = null;
+  /** Bytes of the samples not finished (pending or leased): what the store holds for the ledger. */
+  private live = 0;
   private counts = { consumed: 0, dead: 0, leasesGranted: 0, acks: 0, releases: 0, fails: 0, expired: 0, renewals: 0 };
 
   constructor(opts: LedgerOptions = {}) {
@@ -171,6 +173,9 @@ export class LeaseLedger {
     const [index, num] = partition;
     return [...this.pending].filter((id) => dpPartition(id, num) === index);
   }
+
+  /** Bytes of the committed samples not consumed or dead yet (their refs' `bytes`). */
+  liveBytes(): number { return this.live; }
 
   /** The input's producers and whether it closed. */
   inputState(): InputState {
@@ -548,9 +553,11 @@ export class LeaseLedger {
           if (this.closed) throw new InvalidArgumentError(`apply: put of new sample "${ref.sampleId}" after the input closed`);
           const e: Entry = { sampleId: ref.sampleId, h64: hash64(ref.sampleId), ref, state: 'pending', deliveries: 0, lease: null, pIdx: -1, pNum: 0 };
           this.samples.set(ref.sampleId, e);
+          this.live += ref.bytes;
           this.addPending(e);
         } else {
           if (!cur || cur.ref.generation !== ev.prevGeneration) throw new InvalidArgumentError(`apply: put replaces generation ${ev.prevGeneration} of "${ref.sampleId}", which the ledger does not hold`);
+          this.live += ref.bytes - cur.ref.bytes;
           cur.ref = ref;
         }
         op = 'put';
@@ -577,6 +584,7 @@ export class LeaseLedger {
         this.endLease(e, ev.leaseId, 'acked');
         e.state = 'consumed';
         this.counts.consumed++;
+        this.live -= e.ref.bytes;
         this.counts.acks++;
         op = 'ack';
         result = { leaseId: ev.leaseId, sampleId: ev.sampleId, status: 'acked' };
@@ -626,6 +634,7 @@ export class LeaseLedger {
         this.removePending(e);
         e.state = 'dead';
         this.counts.dead++;
+        this.live -= e.ref.bytes;
         break;
       }
       case 'epoch': {

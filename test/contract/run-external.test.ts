@@ -16,7 +16,7 @@ import { AuthPolicy } from '../../src/wire/auth.ts';
 import { Bus } from '../../src/bus/bus.ts';
 import { QueueClient } from '../../src/bus/clients.ts';
 import { SharedDirFeatureStore } from '../../src/store/shared-dir.ts';
-import { InputClosedError, InvalidArgumentError } from '../../src/errors.ts';
+import { BackpressureError, InputClosedError, InvalidArgumentError } from '../../src/errors.ts';
 import { loadJobSpec, jobFile, type JobSpec } from '../../src/job/spec.ts';
 import { f32ToBf16, tensor, type Tensor } from '../../src/tensor.ts';
 import { runCli } from '../support/procs.ts';
@@ -161,6 +161,32 @@ describe('run --rollout external: the job trains what producers of its own commi
       assert.ok(s.audit.ok && s.audit.consumed === 5, JSON.stringify(s.audit));
       assert.deepEqual(s.input, { producers: [], closed: 'samples' });
       assert.equal(s.storeAfter.tempFiles, 0);
+    } finally { await p.close(); }
+  });
+
+  it('backpressure: commits past the store watermark are refused retryably (BACKPRESSURE) until the ranks drain them', async () => {
+    const job = startRun(workdir, 'extbp', ['--samples', '12', '--store-high-mb', '0.02'], env);
+    jobs.push(job);
+    const url = await natsUrlOf(job);
+    const p = await TestProducer.start('bp', job, url, auth);
+    let pushedBack = 0;
+    try {
+      for (let n = 0; n < 12; n++) {
+        const id = `bp-${String(n).padStart(4, '0')}`;
+        const ref = await p.store.put(id, sampleTensors(p.spec, n));
+        for (;;) {
+          try { await p.q().commit(ref); break; } catch (e) {
+            assert.ok(e instanceof BackpressureError && e.retryable, `only backpressure is expected here, got ${String(e)}`);
+            pushedBack++;
+            await new Promise((r) => setTimeout(r, 50));
+          }
+        }
+      }
+      assert.ok(pushedBack > 0, 'a 20 KB watermark pushes back on 12 samples of up to 8 KB');
+      assert.equal(await job.exited, 0, job.err().slice(-3000));
+      const s = summaryOf(job);
+      assert.equal(s.samples, 12);
+      assert.ok(s.audit.ok && s.audit.consumed === 12, JSON.stringify(s.audit));
     } finally { await p.close(); }
   });
 

@@ -12,6 +12,7 @@ Follows the serving engines' published model code (not Draftwire's code):
 Forward (one pass over T tokens, causal):
   h = fc(aux) if aux width == 3H else aux             (SGLang: fc when width != H)
   residual = h; e = input_layernorm(embed[ids]); h = hidden_norm(h)
+      (norm_before_residual, vLLM's other branch, speculators' config field: residual = hidden_norm(h))
   x = cat([e, h]) (2H) -> q/k/v proj -> RoPE (rotate-half) -> GQA causal attn -> o_proj
   h, residual = post_attention_layernorm(x, residual)  (residual = x + residual; h = norm(residual))
   h = down(silu(gate(h)) * up(h)); out = norm(h + residual); logits = lm_head(out) [T, Vd]
@@ -28,8 +29,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 
+PROG = "sglang_eagle3_ref"  # speculators_eagle3_ref.py, which reuses this file's math, sets its own
+
+
 def die(msg):
-    sys.stderr.write("sglang_eagle3_ref: error: " + msg + "\n")
+    sys.stderr.write(PROG + ": error: " + msg + "\n")
     sys.exit(2)
 
 
@@ -69,6 +73,12 @@ def load_and_validate(draft_dir):
     cfg = json.load(open(cfg_path))
     if "LlamaForCausalLMEagle3" not in (cfg.get("architectures") or []):
         die(f"config.json architectures {cfg.get('architectures')} lacks LlamaForCausalLMEagle3")
+    w, d = validate(cfg, load_file(st_path), "midlayer.")
+    return cfg, w, d
+
+
+def validate(cfg, w, m):
+    """Checks a flat Llama-style draft config and its tensors (the layer's under prefix m)."""
     for k in ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
               "rms_norm_eps", "vocab_size", "draft_vocab_size"):
         if cfg.get(k) is None:
@@ -78,8 +88,6 @@ def load_and_validate(draft_dir):
     V, Vd = cfg["vocab_size"], cfg["draft_vocab_size"]
     if nh % nkv:
         die(f"num_attention_heads {nh} not a multiple of num_key_value_heads {nkv}")
-    w = load_file(st_path)
-    m = "midlayer."
     shapes = {
         "fc.weight": [H, 3 * H], m + "input_layernorm.weight": [H], m + "hidden_norm.weight": [H],
         m + "self_attn.q_proj.weight": [nh * hd, 2 * H], m + "self_attn.k_proj.weight": [nkv * hd, 2 * H],
@@ -108,17 +116,20 @@ def load_and_validate(draft_dir):
     if not bool(t2d[tgt].all()):
         die("t2d[i + d2t[i]] is false for some draft id i")
     w = {k: (v.float() if v.is_floating_point() else v) for k, v in w.items()}
-    return cfg, w, dict(H=H, I=I, nh=nh, nkv=nkv, hd=hd, V=V, Vd=Vd)
+    return w, dict(H=H, I=I, nh=nh, nkv=nkv, hd=hd, V=V, Vd=Vd)
 
 
-def forward(cfg, w, d, embed, ids, aux, pos):
+def forward(cfg, w, d, embed, ids, aux, pos, m="midlayer.", norm_before_residual=False):
     H, nh, nkv, hd, eps = d["H"], d["nh"], d["nkv"], d["hd"], float(cfg["rms_norm_eps"])
-    m, T = "midlayer.", ids.shape[0]
+    T = ids.shape[0]
     embeds = embed[ids]
     h = aux @ w["fc.weight"].T if aux.shape[-1] != H else aux
+    # vLLM llama_eagle3.py: _norm_after_residual (default) keeps the residual before hidden_norm.
     residual = h
     e = rms_norm(embeds, w[m + "input_layernorm.weight"], eps)
     h = rms_norm(h, w[m + "hidden_norm.weight"], eps)
+    if norm_before_residual:
+        residual = h
     x = torch.cat([e, h], dim=-1)
     q = (x @ w[m + "self_attn.q_proj.weight"].T).view(T, nh, hd)
     k = (x @ w[m + "self_attn.k_proj.weight"].T).view(T, nkv, hd)
@@ -144,14 +155,10 @@ def forward(cfg, w, d, embed, ids, aux, pos):
     return logits, am + w["d2t"][am]
 
 
-def main(argv):
-    if len(argv) != 4:
-        die("usage: sglang_eagle3_ref.py DRAFT_DIR INPUTS.safetensors OUT.safetensors")
-    torch.set_grad_enabled(False)
-    cfg, w, d = load_and_validate(argv[1])
-    if not os.path.isfile(argv[2]):
-        die(f"missing inputs file {argv[2]}")
-    inp = load_file(argv[2])
+def read_inputs(path, d):
+    if not os.path.isfile(path):
+        die(f"missing inputs file {path}")
+    inp = load_file(path)
     for k in ("embed_tokens", "input_ids", "aux", "positions"):
         if k not in inp:
             die(f"inputs missing tensor {k}")
@@ -167,9 +174,22 @@ def main(argv):
         die(f"positions shape {list(pos.shape)}, expected {[T]}")
     if bool((ids < 0).any()) or bool((ids >= V).any()):
         die(f"input_ids outside [0, {V})")
+    return embed, ids, aux, pos
+
+
+def save_result(path, logits, tids, d):
+    save_file({"logits": logits.float().contiguous(), "target_ids": tids.long().contiguous()}, path)
+    print(f"ok: T={logits.shape[0]} Vd={d['Vd']} logits {list(logits.shape)} target_ids {tids.tolist()[:8]}")
+
+
+def main(argv):
+    if len(argv) != 4:
+        die("usage: sglang_eagle3_ref.py DRAFT_DIR INPUTS.safetensors OUT.safetensors")
+    torch.set_grad_enabled(False)
+    cfg, w, d = load_and_validate(argv[1])
+    embed, ids, aux, pos = read_inputs(argv[2], d)
     logits, tids = forward(cfg, w, d, embed, ids, aux, pos)
-    save_file({"logits": logits.float().contiguous(), "target_ids": tids.long().contiguous()}, argv[3])
-    print(f"ok: T={T} Vd={d['Vd']} logits {list(logits.shape)} target_ids {tids.tolist()[:8]}")
+    save_result(argv[3], logits, tids, d)
 
 
 if __name__ == "__main__":

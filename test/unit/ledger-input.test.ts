@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { InputClosedError, InvalidArgumentError } from '../../src/errors.ts';
 import { LeaseLedger, auditEvents, type LedgerEvent } from '../../src/ledger/ledger.ts';
-import { inputCloseReason, sampleBudgetOf } from '../../src/ledger/input.ts';
+import { commitPressure, inputCloseReason, sampleBudgetOf } from '../../src/ledger/input.ts';
 import { sampleRef } from '../support/store-fixtures.ts';
 
 const ref = (id: string, gen = 1) => sampleRef({ sampleId: id, generation: gen, uri: `dir://store-a/${id}?g=${gen}` });
@@ -106,5 +106,29 @@ describe('the input policy (when an external input closes; the budget the ranks 
     assert.equal(sampleBudgetOf(ext(5, 1), st(['a'], [])), null);
     assert.equal(sampleBudgetOf(ext(null, 1), st([], ['a'], { reason: 'producers', samples: 3 })), 3);
     assert.equal(sampleBudgetOf(null, st([], [])), null);
+  });
+});
+
+describe('backpressure on an external input (bytes committed and not consumed, against the store watermarks)', () => {
+  const ext = { kind: 'external' as const, samples: null, producers: 1, highBytes: 1000, lowBytes: 600 };
+  it('refuses a new sample that would pass the high mark, and keeps refusing until the low mark', () => {
+    assert.deepEqual(commitPressure(ext, false, 900, 50), { pressured: false, refuse: false });
+    assert.deepEqual(commitPressure(ext, false, 900, 200), { pressured: true, refuse: true });
+    assert.deepEqual(commitPressure(ext, true, 700, 10), { pressured: true, refuse: true }, 'above the low mark: still refused');
+    assert.deepEqual(commitPressure(ext, true, 600, 10), { pressured: false, refuse: false }, 'drained to the low mark');
+    assert.deepEqual(commitPressure(ext, false, 0, 5000), { pressured: false, refuse: false }, 'one big sample still goes into an empty store');
+    assert.deepEqual(commitPressure({ kind: 'fixed', samples: 8 }, true, 1e9, 1e9), { pressured: false, refuse: false }, 'the rollout\'s own store pushes back instead');
+  });
+  it('the ledger counts the bytes of samples not finished: put adds, a replacement swaps, an ack or a dead letter frees', () => {
+    const q = new LeaseLedger({ maxDeliveries: 1 });
+    const r = (id: string, gen: number, bytes: number) => sampleRef({ sampleId: id, generation: gen, uri: `dir://store-a/${id}?g=${gen}`, bytes });
+    q.put(r('a', 1, 100), { key: 'p1', now: 1 });
+    q.put(r('b', 1, 50), { key: 'p2', now: 1 });
+    q.put(r('b', 2, 70), { key: 'p3', now: 1 });
+    assert.equal(q.liveBytes(), 170);
+    const [la, lb] = q.get(2, { partition: [0, 1], consumer: 'r', epoch: 0, key: 'g', now: 2 }).leases;
+    q.ack(la!.leaseId, 0, { key: 'a1', now: 3 });
+    q.fail(lb!.leaseId, 0, false, { key: 'f1', now: 3, reason: 'bad' });
+    assert.equal(q.liveBytes(), 0);
   });
 });

@@ -10,6 +10,7 @@ import {
   type DraftConfig, type TargetConfig,
 } from '../../src/native/addon.ts';
 import { rejects, throwsLike } from '../support/assert.ts';
+import { f32ToBf16 } from '../../src/tensor.ts';
 
 // Two sizes: a tiny one, and the `small` preset's (cluster/presets.ts) for the statistics.
 const TC: TargetConfig = { vocab: 40, hidden: 16, heads: 4, kvHeads: 2, intermediate: 24, layers: 8, ropeTheta: 10000, rmsEps: 1e-6, seed: 5 };
@@ -258,5 +259,28 @@ describe('synthetic target: KV-cached, batched and fused decoding', function () 
     } finally {
       t.close();
     }
+  });
+});
+
+describe('TargetModel features in bf16 (rounded natively, on the worker thread)', () => {
+  const bits = (a: Uint16Array) => Buffer.from(a.buffer, a.byteOffset, a.byteLength);
+  it('forward and rolloutBatch with featureDtype bf16 give exactly the f32 features rounded to nearest even (f32ToBf16)', async () => {
+    const t = TargetModel.create(SMALL, { threads: 1 });
+    try {
+      const ids = Int32Array.from({ length: 24 }, (_, i) => (i * 37) % SMALL.vocab);
+      const f = await t.forward(ids, 2, 12);
+      const h = await t.forward(ids, 2, 12, { featureDtype: 'bf16' });
+      assert.ok(h.aux instanceof Uint16Array && h.last instanceof Uint16Array);
+      assert.ok(bits(h.aux).equals(bits(f32ToBf16(f.aux))), 'aux rounds as f32ToBf16');
+      assert.ok(bits(h.last).equals(bits(f32ToBf16(f.last))), 'last rounds as f32ToBf16');
+      const prompts = [ids.subarray(0, 5), ids.subarray(5, 9)];
+      const rf = await t.rolloutBatch(prompts, 6, { seeds: [1, 2] });
+      const rh = await t.rolloutBatch(prompts, 6, { seeds: [1, 2], featureDtype: 'bf16' });
+      for (let i = 0; i < 2; i++) {
+        assert.deepEqual(rh[i]!.ids, rf[i]!.ids);
+        assert.ok(bits(rh[i]!.aux).equals(bits(f32ToBf16(rf[i]!.aux))) && bits(rh[i]!.last).equals(bits(f32ToBf16(rf[i]!.last))), `rollout ${i}`);
+      }
+      await rejects(t.forward(ids, 2, 12, { featureDtype: 'f16' as 'bf16' }), InvalidArgumentError, /featureDtype must be "f32" or "bf16"/);
+    } finally { t.close(); }
   });
 });

@@ -42,6 +42,16 @@ DW_CLONES void bf16_loop(const uint16_t* __restrict src, float* __restrict dst, 
   }
 }
 
+DW_CLONES void f32_to_bf16_loop(const float* __restrict src, uint16_t* __restrict dst, int64_t n) {
+  for (int64_t i = 0; i < n; i++) {
+    uint32_t x;
+    std::memcpy(&x, src + i, 4);
+    const uint32_t rounded = (x + 0x7fffu + ((x >> 16) & 1u)) >> 16;
+    const uint32_t nan = (x >> 16) | 0x40u;
+    dst[i] = uint16_t((x & 0x7fffffffu) > 0x7f800000u ? nan : rounded);
+  }
+}
+
 DW_CLONES void f16_loop(const uint16_t* __restrict src, float* __restrict dst, int64_t n) {
   for (int64_t i = 0; i < n; i++) {
     const uint32_t b = half_bits_to_f32_bits(src[i]);
@@ -82,6 +92,8 @@ const bool kHaveF16c = detect_f16c();
 bool have_f16c() { return kHaveF16c; }
 
 void bf16_to_f32(const uint16_t* src, float* dst, int64_t n) { bf16_loop(src, dst, n); }
+
+void f32_to_bf16(const float* src, uint16_t* dst, int64_t n) { f32_to_bf16_loop(src, dst, n); }
 
 void f16_to_f32(const uint16_t* src, float* dst, int64_t n, bool portable) {
 #if DW_F16C_PATH

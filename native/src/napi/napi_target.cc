@@ -1,4 +1,7 @@
 // JS binding of TargetModel (seeded or from weights, napi_models.h) and of acceptLength.
+#include <cstring>
+
+#include "kernels/convert.h"
 #include "model/accept.h"
 #include "napi/napi_models.h"
 
@@ -79,10 +82,40 @@ void set_weights(Napi::Env env, TargetModel& m, Napi::Object w) {
   }
 }
 
+// Features leave the worker as f32, or as bf16 rounded here on the worker thread (what a
+// rollout writes to the store: half the bytes, converted off the event loop).
+struct FeaturesOut {
+  bool bf16 = false;
+  std::vector<uint16_t> aux16, last16;
+  void convert(const std::vector<float>& aux, const std::vector<float>& last) {
+    if (!bf16) return;
+    aux16.resize(aux.size());
+    last16.resize(last.size());
+    f32_to_bf16(aux.data(), aux16.data(), int64_t(aux.size()));
+    f32_to_bf16(last.data(), last16.data(), int64_t(last.size()));
+  }
+  Napi::Value aux(Napi::Env env, const std::vector<float>& f32) const { return bf16 ? to_u16(env, aux16) : to_f32(env, f32.data(), f32.size()); }
+  Napi::Value last(Napi::Env env, const std::vector<float>& f32) const { return bf16 ? to_u16(env, last16) : to_f32(env, f32.data(), f32.size()); }
+  static Napi::Value to_u16(Napi::Env env, const std::vector<uint16_t>& v) {
+    auto a = Napi::Uint16Array::New(env, v.size());
+    if (!v.empty()) std::memcpy(a.Data(), v.data(), v.size() * 2);
+    return a;
+  }
+};
+
+bool need_feature_dtype(Napi::Env env, const Napi::Value& v) {
+  if (v.IsUndefined() || v.IsNull()) return false;
+  const std::string d = v.IsString() ? v.As<Napi::String>().Utf8Value() : "";
+  if (d == "f32") return false;
+  if (d == "bf16") return true;
+  throw_invalid(env, "featureDtype must be \"f32\" or \"bf16\"");
+  return false;
+}
+
 class TargetForwardWorker : public PromiseWorker {
  public:
-  TargetForwardWorker(Napi::Env env, std::shared_ptr<TargetState> st, std::vector<int32_t> ids, int64_t B, int64_t T)
-      : PromiseWorker(env, "draftwire:target"), st_(std::move(st)), ids_(std::move(ids)), B_(B), T_(T) {}
+  TargetForwardWorker(Napi::Env env, std::shared_ptr<TargetState> st, std::vector<int32_t> ids, int64_t B, int64_t T, bool bf16)
+      : PromiseWorker(env, "draftwire:target"), st_(std::move(st)), ids_(std::move(ids)), B_(B), T_(T) { out_.bf16 = bf16; }
 
  protected:
   void run() override {
@@ -90,11 +123,12 @@ class TargetForwardWorker : public PromiseWorker {
     aux_.resize(static_cast<size_t>(B_ * T_ * 3 * H));
     last_.resize(static_cast<size_t>(B_ * T_ * H));
     st_->model.forward_batch(ids_.data(), B_, T_, aux_.data(), last_.data());
+    out_.convert(aux_, last_);
   }
   Napi::Value result(Napi::Env env) override {
     Napi::Object o = Napi::Object::New(env);
-    o.Set("aux", to_f32(env, aux_.data(), aux_.size()));
-    o.Set("last", to_f32(env, last_.data(), last_.size()));
+    o.Set("aux", out_.aux(env, aux_));
+    o.Set("last", out_.last(env, last_));
     return o;
   }
   void done() override { st_->busy.release(); }
@@ -104,6 +138,7 @@ class TargetForwardWorker : public PromiseWorker {
   std::vector<int32_t> ids_;
   int64_t B_, T_;
   std::vector<float> aux_, last_;
+  FeaturesOut out_;
 };
 
 class GenerateWorker : public PromiseWorker {
@@ -136,18 +171,23 @@ class GenerateWorker : public PromiseWorker {
 class RolloutWorker : public PromiseWorker {
  public:
   RolloutWorker(Napi::Env env, std::shared_ptr<TargetState> st, std::vector<std::vector<int32_t>> prompts,
-                int64_t max_new, double temperature, std::vector<uint64_t> seeds, bool features)
+                int64_t max_new, double temperature, std::vector<uint64_t> seeds, bool features, bool bf16)
       : PromiseWorker(env, "draftwire:rollout"),
         st_(std::move(st)),
         prompts_(std::move(prompts)),
         max_new_(max_new),
         temperature_(temperature),
         seeds_(std::move(seeds)),
-        features_(features) {}
+        features_(features) {
+    conv_.resize(prompts_.size());
+    for (auto& c : conv_) c.bf16 = bf16;
+  }
 
  protected:
   void run() override {
     st_->model.rollout(prompts_, max_new_, temperature_, seeds_, features_, features_, out_);
+    if (features_)
+      for (size_t i = 0; i < out_.size(); i++) conv_[i].convert(out_[i].aux, out_[i].last);
   }
   Napi::Value result(Napi::Env env) override {
     const size_t n = out_.size();
@@ -158,8 +198,8 @@ class RolloutWorker : public PromiseWorker {
     if (features_) {
       Napi::Array aux = Napi::Array::New(env, n), last = Napi::Array::New(env, n);
       for (size_t i = 0; i < n; i++) {
-        aux.Set(uint32_t(i), to_f32(env, out_[i].aux.data(), out_[i].aux.size()));
-        last.Set(uint32_t(i), to_f32(env, out_[i].last.data(), out_[i].last.size()));
+        aux.Set(uint32_t(i), conv_[i].aux(env, out_[i].aux));
+        last.Set(uint32_t(i), conv_[i].last(env, out_[i].last));
       }
       o.Set("aux", aux);
       o.Set("last", last);
@@ -176,6 +216,7 @@ class RolloutWorker : public PromiseWorker {
   std::vector<uint64_t> seeds_;
   bool features_;
   std::vector<RolloutSeq> out_;
+  std::vector<FeaturesOut> conv_;
 };
 
 class AcceptWorker : public PromiseWorker {
@@ -284,7 +325,7 @@ Napi::Value TargetWrap::Frozen(const Napi::CallbackInfo& info) {
   return o;
 }
 
-// forward(ids, batch, seq)
+// forward(ids, batch, seq, featureDtype?: 'f32' | 'bf16')
 Napi::Value TargetWrap::Forward(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (!state_) throw_native(env, "TargetModel.forward: the model is closed");
@@ -298,9 +339,10 @@ Napi::Value TargetWrap::Forward(const Napi::CallbackInfo& info) {
     throw_invalid(env, "batch too large: ~" + std::to_string(int64_t(bytes / (1 << 20))) + " MiB of outputs and scratch");
   auto ids = need_typed<int32_t>(env, info[0], "ids (batch·seq = " + std::to_string(B * T) + ")", B * T);
   check_ids(env, ids.Data(), B * T, c.vocab, "ids");
+  const bool bf16 = need_feature_dtype(env, info[3]);
   std::vector<int32_t> copy(ids.Data(), ids.Data() + B * T);
   auto st = acquire(env, "forward");
-  auto* w = new TargetForwardWorker(env, st, std::move(copy), B, T);
+  auto* w = new TargetForwardWorker(env, st, std::move(copy), B, T, bf16);
   Napi::Promise p = w->promise();
   w->Queue();
   return p;
@@ -328,8 +370,8 @@ Napi::Value TargetWrap::Generate(const Napi::CallbackInfo& info) {
   return p;
 }
 
-// rollout(prompts: Int32Array[], maxNew, temperature, seeds: number[] | undefined, features: boolean)
-//   → { ids: Int32Array[], aux?: Float32Array[], last?: Float32Array[] }
+// rollout(prompts: Int32Array[], maxNew, temperature, seeds: number[] | undefined, features: boolean, featureDtype?)
+//   → { ids: Int32Array[], aux?: Float32Array[] | Uint16Array[], last?: (the same) }
 Napi::Value TargetWrap::Rollout(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (!state_) throw_native(env, "TargetModel.rollout: the model is closed");
@@ -344,6 +386,7 @@ Napi::Value TargetWrap::Rollout(const Napi::CallbackInfo& info) {
   const double temperature = info[2].IsUndefined() ? 0.0 : need_number(env, info[2], "temperature");
   if (temperature < 0) throw_invalid(env, "temperature must be >= 0");
   const bool features = info[4].IsUndefined() ? false : info[4].ToBoolean().Value();
+  const bool bf16 = need_feature_dtype(env, info[5]);
   std::vector<uint64_t> seeds;
   if (!info[3].IsUndefined() && !info[3].IsNull()) {
     if (!info[3].IsArray()) throw_invalid(env, "seeds must be an array of integers (one per prompt)");
@@ -372,7 +415,7 @@ Napi::Value TargetWrap::Rollout(const Napi::CallbackInfo& info) {
   if (bytes > kMaxScratchBytes)
     throw_invalid(env, "rollout too large: ~" + std::to_string(int64_t(bytes / (1 << 20))) + " MiB of outputs and KV cache");
   auto st = acquire(env, "rollout");
-  auto* w = new RolloutWorker(env, st, std::move(prompts), max_new, temperature, std::move(seeds), features);
+  auto* w = new RolloutWorker(env, st, std::move(prompts), max_new, temperature, std::move(seeds), features, bf16);
   Napi::Promise p = w->promise();
   w->Queue();
   return p;
