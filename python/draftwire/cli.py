@@ -31,12 +31,13 @@ def _connect_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nats", help="the job's NATS URL (default: run.json's)")
     p.add_argument("--producer-id", default="py-0", help="this producer's id, unique in the job (default py-0)")
     p.add_argument("--prefix", help="sample id prefix (default '<producer-id>-')")
+    p.add_argument("--store-dir", help="the job's store as this machine mounts it (default: job.json's storeDir)")
     p.add_argument("--wait-s", type=float, default=60.0, help="how long to wait for the job (run.json, store, queue)")
 
 
 async def _connect(a: argparse.Namespace, dtype: str = "bf16") -> Producer:
     return await Producer.connect(a.job_file, run_dir=a.run_dir, nats=a.nats, producer_id=a.producer_id, prefix=a.prefix,
-                                  dtype=dtype, wait_s=a.wait_s)
+                                  dtype=dtype, store_dir=a.store_dir, wait_s=a.wait_s)
 
 
 def random_sample(rng: np.random.Generator, T: int, H: int, vocab: int):

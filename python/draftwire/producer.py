@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import logging
 import os
 import random
@@ -89,7 +90,7 @@ class Producer:
         self.input_state: Optional[Dict[str, Any]] = None
         self.backpressure_wait_s = 600.0
         self.stats = {"samples": 0, "bytes": 0, "writeSeconds": 0.0, "commitSeconds": 0.0, "backpressureWaits": 0,
-                      "leftoversRemoved": 0, "refused": 0}
+                      "backpressureRefusals": 0, "leftoversRemoved": 0, "refused": 0}
         self._gen = 0
         self._usage: st.Usage
         self._leftovers: Dict[str, List[Tuple[int, str]]] = {}
@@ -103,7 +104,7 @@ class Producer:
     @classmethod
     async def connect(cls, job_file: Optional[str] = None, *, run_dir: Optional[str] = None, nats: Optional[str] = None,
                       secret: Optional[str] = None, producer_id: str = "py-0", dtype: str = "bf16",
-                      prefix: Optional[str] = None, node: Optional[str] = None, wait_s: float = 60.0,
+                      prefix: Optional[str] = None, node: Optional[str] = None, store_dir: Optional[str] = None, wait_s: float = 60.0,
                       backpressure_wait_s: float = 600.0, block_bytes: int = st.BLOCK_BYTES) -> "Producer":
         """Connects to the job of ``job_file`` (or ``<run_dir>/job.json``).
 
@@ -112,8 +113,9 @@ class Producer:
         file ``DRAFTWIRE_SECRET_FILE``; none: auth off. producer_id: unique among the job's
         producers, ``[A-Za-z0-9_-]{1,64}``; sample ids must start with ``prefix`` (default
         ``"<producer_id>-"``), which is what :meth:`committed` asks the queue for. dtype: of
-        ``aux`` and ``last`` in the files (``bf16``, ``f16`` or ``f32``). wait_s: how long to
-        wait for run.json, the store marker and the queue."""
+        ``aux`` and ``last`` in the files (``bf16``, ``f16`` or ``f32``). store_dir: the job's
+        store directory as this machine mounts it (default: job.json's ``storeDir``). wait_s:
+        how long to wait for run.json, the store marker and the queue."""
         if job_file is None and run_dir is None:
             raise InvalidArgumentError("Producer.connect needs job_file= or run_dir=")
         if not isinstance(producer_id, str) or not PRODUCER_ID_RE.match(producer_id):
@@ -122,6 +124,8 @@ class Producer:
             raise InvalidArgumentError(f"dtype must be one of {FLOAT_DTYPES}, got {dtype!r}", detail={"field": "dtype"})
         self = cls()
         self.job = load_job(job_file if job_file is not None else os.path.join(run_dir, "job.json"))  # type: ignore[arg-type]
+        if store_dir is not None:
+            self.job = dataclasses.replace(self.job, store_dir=store_dir)
         run_dir = run_dir if run_dir is not None else self.job.run_dir
         secret = secret if secret is not None else secret_from_env()
         self.keys = Keys(secret) if secret else None
@@ -380,6 +384,7 @@ class Producer:
                     raise
                 if isinstance(e, BackpressureError):
                     self.stats["backpressureWaits"] += 1
+                    self.stats["backpressureRefusals"] += 1
                 log.info("commit of %s refused as retryable (%s); retrying in %.1f s", ref["sampleId"], e.code, wait)
                 await asyncio.sleep(wait * (0.75 + random.random() * 0.5))
                 wait = min(2.0, wait * 2)

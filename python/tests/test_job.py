@@ -215,3 +215,25 @@ def test_killed_producer_leaves_no_half_sample_and_restarts_without_repeats(jobs
     # no orphan: nothing of ours is left (the janitor freed what was consumed; the run's
     # sweep removed the dead writers' temp files)
     assert s["storeAfter"] == {"samples": 0, "bytes": 0, "tempFiles": 0}, s["storeAfter"]
+
+
+def test_backpressure_waits_until_the_ranks_drain_the_store(jobs):
+    """A store watermark of a few samples: puts wait (the producer's own measure of the store,
+    and the queue's BACKPRESSURE refusals, retried under the same key) and all 24 are trained."""
+    job = jobs("py4", "--producers", "1", "--store-high-mb", "0.04", "--batch-wait-ms", "200")
+
+    async def go():
+        p = await Producer.connect(run_dir=str(job.run_dir), secret=job.secret, producer_id="bp")
+        try:
+            rng = np.random.default_rng(3)
+            await asyncio.gather(*(p.put(p.sample_id(i), **sample(rng, p.job.seq_len, p.job.hidden, p.job.vocab)) for i in range(24)))
+            await p.end()
+            return dict(p.stats)
+        finally:
+            await p.close()
+
+    stats = asyncio.run(go())
+    assert stats["samples"] == 24 and stats["backpressureWaits"] > 0, stats
+    s = job.finish()
+    assert s["audit"]["ok"] and (s["samples"], s["audit"]["dead"]) == (24, 0), s["audit"]
+    assert set(puts_by_id(job).values()) == {1}
