@@ -3,6 +3,7 @@
 // machine's memcpy bandwidth measured in the same run.
 //
 //   node --import tsx bench/allreduce.bench.ts [--ranks 2,4] [--sizes 1,4,16,64] [--reps 5] [--json]
+//   --json: one JSON line per figure (bench/support/report.ts); baseline: the native memcpy.
 //
 // Per (ranks, size): time = median over reps of the slowest rank's time (each rep starts
 // after a barrier); algbw = bytes / time; busbw = algbw · 2(n−1)/n (nccl-tests' definition:
@@ -14,6 +15,7 @@ import { memcpyBandwidth } from '../src/native/collectives.ts';
 import { startNats } from '../test/support/nats-server.ts';
 import { killChild, spawnTs, type Child } from '../test/support/procs.ts';
 import type { CommChildSpec } from '../test/support/comm-child.ts';
+import { Reporter } from './support/report.ts';
 
 process.env.DRAFTWIRE_LOG_LEVEL ??= 'warn';
 
@@ -24,7 +26,7 @@ function arg(name: string, dflt: string): string {
 const RANKS = arg('ranks', '2,4').split(',').map(Number);
 const SIZES_MIB = arg('sizes', '1,4,16,64').split(',').map(Number);
 const REPS = Number(arg('reps', '5'));
-const JSON_OUT = process.argv.includes('--json');
+const report = Reporter.forBench(import.meta.url);
 const CHILD = fileURLToPath(new URL('../test/support/comm-child.ts', import.meta.url));
 const MiB = 1 << 20;
 
@@ -75,16 +77,22 @@ async function main(): Promise<void> {
   } finally {
     await nats.stop();
   }
-  if (JSON_OUT) {
-    console.log(JSON.stringify({ memcpyGBs: { js: memJs, native: memNative }, reps: REPS, rows }));
-    return;
-  }
-  console.log(`memcpy 64 MiB: Buffer.copy ${memJs.toFixed(2)} GB/s, native memcpy ${memNative.toFixed(2)} GB/s`);
-  console.log(`all-reduce (float32, sum; Gloo ring over TCP loopback; median of ${REPS}, slowest rank)`);
-  console.log('ranks    size      time ms   algbw GB/s   busbw GB/s   busbw/memcpy');
+  report.context({ reps: REPS });
+  const mem = report.add({ name: 'native memcpy, 64 MiB', value: memNative, unit: 'GB/s' });
+  report.add({ name: 'Buffer.copy, 64 MiB', value: memJs, unit: 'GB/s', baseline: mem });
   for (const r of rows) {
-    console.log(`${String(r.ranks).padStart(5)} ${`${r.mib} MiB`.padStart(7)} ${r.ms.toFixed(2).padStart(12)} ${r.algbw.toFixed(3).padStart(12)} ${r.busbw.toFixed(3).padStart(12)} ${(r.busbw / memNative * 100).toFixed(1).padStart(13)}%`);
+    const at = `${r.ranks} ranks, ${r.mib} MiB`, ctx = { ranks: r.ranks, sizeMiB: r.mib };
+    report.add({ name: `all-reduce busbw, ${at}`, value: r.busbw, unit: 'GB/s', baseline: mem, ...ctx });
+    report.add({ name: `all-reduce algbw, ${at}`, value: r.algbw, unit: 'GB/s', baseline: mem, ...ctx });
+    report.add({ name: `all-reduce time, ${at}`, value: r.ms, unit: 'ms', ...ctx });
   }
+  report.log(`memcpy 64 MiB: Buffer.copy ${memJs.toFixed(2)} GB/s, native memcpy ${memNative.toFixed(2)} GB/s`);
+  report.log(`all-reduce (float32, sum; Gloo ring over TCP loopback; median of ${REPS}, slowest rank)`);
+  report.log('ranks    size      time ms   algbw GB/s   busbw GB/s   busbw/memcpy');
+  for (const r of rows) {
+    report.log(`${String(r.ranks).padStart(5)} ${`${r.mib} MiB`.padStart(7)} ${r.ms.toFixed(2).padStart(12)} ${r.algbw.toFixed(3).padStart(12)} ${r.busbw.toFixed(3).padStart(12)} ${(r.busbw / memNative * 100).toFixed(1).padStart(13)}%`);
+  }
+  report.end();
 }
 
 main().catch((e) => { console.error(e); process.exit(1); });

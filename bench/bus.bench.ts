@@ -4,13 +4,15 @@
 //   node --import tsx bench/bus.bench.ts [--n 5000] [--concurrency 64] [--json]
 //
 // Prints, per variant: round trips/s, p50, p99 (ms), for one request in flight and for
-// `concurrency` in flight.
+// `concurrency` in flight. --json: one JSON line per figure (bench/support/report.ts), each
+// against raw nats.js in the same mode.
 
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { startNatsServer } from '../cluster/nats-launcher.ts';
 import { Bus } from '../src/bus/bus.ts';
 import { AuthPolicy } from '../src/wire/auth.ts';
 import { encodeMessage, decodeMessage } from '../src/wire/sampleref.ts';
+import { Reporter, type Measured } from './support/report.ts';
 
 process.env.DRAFTWIRE_LOG_LEVEL ??= 'warn';
 
@@ -20,7 +22,7 @@ function arg(name: string, dflt: number): number {
 }
 const N = arg('n', 5000);
 const CONC = arg('concurrency', 64);
-const JSON_OUT = process.argv.includes('--json');
+const report = Reporter.forBench(import.meta.url);
 
 // A credit/ack-sized control message (~200 bytes msgpack).
 const payload = {
@@ -94,15 +96,27 @@ async function main(): Promise<void> {
     await open.stop();
     await secured.stop();
   }
-  if (JSON_OUT) { console.log(JSON.stringify(results, null, 2)); return; }
-  console.log(`bus request/reply, nats-server ${'2.9.10'} on loopback, payload ${encodeMessage(payload).byteLength} B msgpack`);
-  console.log('variant                    mode                  n        rt/s     p50 ms   p99 ms');
+  report.context({ payloadBytes: encodeMessage(payload).byteLength, concurrency: CONC });
+  const raw = new Map<string, { rps: Measured; p50: Measured; p99: Measured }>();
   for (const r of results) {
-    console.log(`${r.variant.padEnd(26)} ${r.mode.padEnd(20)} ${String(r.n).padStart(6)} ${r.rps.toFixed(0).padStart(10)} ${r.p50.toFixed(3).padStart(9)} ${r.p99.toFixed(3).padStart(8)}`);
+    const base = raw.get(r.mode);
+    const at = `${r.variant}, ${r.mode}`, ctx = { n: r.n, inFlight: r.mode.startsWith('serial') ? 1 : CONC };
+    const fig = {
+      rps: report.add({ name: `${at}: round trips/s`, value: r.rps, unit: 'round trips/s', baseline: base?.rps ?? null, ...ctx }),
+      p50: report.add({ name: `${at}: p50`, value: r.p50, unit: 'ms', baseline: base?.p50 ?? null, ...ctx }),
+      p99: report.add({ name: `${at}: p99`, value: r.p99, unit: 'ms', baseline: base?.p99 ?? null, ...ctx }),
+    };
+    if (r.variant === 'raw nats.js') raw.set(r.mode, fig);
+  }
+  report.log(`bus request/reply, nats-server ${'2.9.10'} on loopback, payload ${encodeMessage(payload).byteLength} B msgpack`);
+  report.log('variant                    mode                  n        rt/s     p50 ms   p99 ms');
+  for (const r of results) {
+    report.log(`${r.variant.padEnd(26)} ${r.mode.padEnd(20)} ${String(r.n).padStart(6)} ${r.rps.toFixed(0).padStart(10)} ${r.p50.toFixed(3).padStart(9)} ${r.p99.toFixed(3).padStart(8)}`);
   }
   const base = results.find((r) => r.variant === 'raw nats.js' && r.mode.startsWith('serial'))!;
   const bus = results.find((r) => r.variant === 'Bus (HMAC auth on)' && r.mode.startsWith('serial'))!;
-  console.log(`Bus (auth on) serial round trip costs ${(bus.p50 - base.p50).toFixed(3)} ms over raw at p50 (${(base.rps / bus.rps).toFixed(2)}x slower)`);
+  report.log(`Bus (auth on) serial round trip costs ${(bus.p50 - base.p50).toFixed(3)} ms over raw at p50 (${(base.rps / bus.rps).toFixed(2)}x slower)`);
+  report.end();
 }
 
 await main();

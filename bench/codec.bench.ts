@@ -1,9 +1,16 @@
 // SampleRef codec throughput: encode+decode (with full validation) per second, against raw
 // msgpackr and JSON on the same record, plus MAC sign/verify. Baselines run in the same process.
-// Run: node --import tsx bench/codec.bench.ts
+// Run: node --import tsx bench/codec.bench.ts [--min-ms 1000] [--json]
+// (--min-ms: the time each operation runs for; --json: one JSON line per figure, bench/support/report.ts)
+import { parseArgs } from 'node:util';
 import { Packr } from 'msgpackr';
 import { AuthPolicy } from '../src/wire/auth.ts';
 import { decodeSampleRef, encodeSampleRef, type SampleRef } from '../src/wire/sampleref.ts';
+import { Reporter } from './support/report.ts';
+
+const { values } = parseArgs({ options: { 'min-ms': { type: 'string', default: '1000' }, json: { type: 'boolean', default: false } } });
+const MIN_MS = Number(values['min-ms']);
+const report = Reporter.forBench(import.meta.url);
 
 const ref: SampleRef = {
   v: 1, job: 'job1', sampleId: 'ds.train:000123456', generation: 1_795_875_193_774,
@@ -15,7 +22,7 @@ const ref: SampleRef = {
 const auth = AuthPolicy.fromSecret('bench-secret-0123456789abcdef');
 const signed = auth.signRef(ref);
 
-function rate(name: string, fn: () => void, minMs = 1000): { name: string; opsPerSec: number; usPerOp: number } {
+function rate(name: string, fn: () => void, minMs = MIN_MS): { name: string; opsPerSec: number; usPerOp: number } {
   for (let i = 0; i < 20000; i++) fn(); // warm up (JIT)
   let n = 0;
   const t0 = performance.now();
@@ -39,8 +46,17 @@ const rows = [
   rate('signRef (HMAC-SHA256)', () => { sink += auth.signRef(ref).mac!.byteLength; }),
   rate('decode+verifyRef', () => { const r = decodeSampleRef(enc); auth.verifyRef(r); sink += r.bytes; }),
 ];
-console.log(`SampleRef: ${enc.byteLength} bytes signed (raw msgpack ${rawBytes.byteLength}, JSON ${Buffer.byteLength(json)})`);
-console.log('| operation | ops/s | µs/op |');
-console.log('|---|---:|---:|');
-for (const r of rows) console.log(`| ${r.name} | ${Math.round(r.opsPerSec).toLocaleString('en-US')} | ${r.usPerOp.toFixed(2)} |`);
-if (sink === 42) console.log('');
+report.context({ signedBytes: enc.byteLength, rawMsgpackBytes: rawBytes.byteLength, jsonBytes: Buffer.byteLength(json), minMs: MIN_MS });
+const baselineOf: Record<string, string | undefined> = {
+  'encodeSampleRef': rows[0]!.name, 'decodeSampleRef (validated)': rows[0]!.name, 'SampleRef encode+decode': rows[0]!.name,
+  'decode+verifyRef': 'decodeSampleRef (validated)',
+};
+const added = new Map<string, ReturnType<typeof report.add>>();
+for (const r of rows) {
+  const b = baselineOf[r.name];
+  added.set(r.name, report.add({ name: r.name, value: r.opsPerSec, unit: 'ops/s', baseline: b ? added.get(b)! : null }));
+}
+report.log(`SampleRef: ${enc.byteLength} bytes signed (raw msgpack ${rawBytes.byteLength}, JSON ${Buffer.byteLength(json)})`);
+report.markdown(['operation', 'ops/s', 'µs/op'], rows.map((r) => [r.name, Math.round(r.opsPerSec).toLocaleString('en-US'), r.usPerOp.toFixed(2)]));
+if (sink === 42) report.log('');
+report.end();

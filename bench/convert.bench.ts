@@ -3,18 +3,24 @@
 // (small preset: 8 samples, T = 64, H = 64), the demo preset's, and 64 MiB of f32. Bandwidth
 // counts the f32 bytes written per second (memcpy: bytes copied per second), so "convert ≈
 // memcpy" means the upcast runs at memory speed. Also stackBatch of the default batch, f32 vs bf16.
-// Run: node --import tsx bench/convert.bench.ts [--json]
+// Run: node --import tsx bench/convert.bench.ts [--min-ms 300] [--json]
+// (--min-ms: how long each conversion is timed; --json: one JSON line per figure, bench/support/report.ts,
+// the conversions against the memcpy of the same case, stackBatch from bf16 against from f32)
+import { parseArgs } from 'node:util';
 import { SIZES } from '../cluster/presets.ts';
 import { stackBatch } from '../src/job/batch.ts';
 import { convertInfo, upcastToF32 } from '../src/native/addon.ts';
 import { memcpyBandwidth } from '../src/native/collectives.ts';
 import { tensor, type Tensor } from '../src/tensor.ts';
+import { Reporter } from './support/report.ts';
 
-const json = process.argv.includes('--json');
+const { values } = parseArgs({ options: { 'min-ms': { type: 'string', default: '300' }, json: { type: 'boolean', default: false } } });
+const MIN_MS = Number(values['min-ms']);
+const report = Reporter.forBench(import.meta.url);
 const BATCH = 8;
 
 /** Seconds per call of fn, over at least minMs after a warm-up. */
-function timeIt(fn: () => void, minMs = 300): number {
+function timeIt(fn: () => void, minMs = MIN_MS): number {
   for (let i = 0; i < 5; i++) fn();
   let n = 0;
   const t0 = performance.now();
@@ -59,14 +65,19 @@ const stack = Object.fromEntries((['f32', 'bf16'] as const).map((dt) => {
 })) as Record<'f32' | 'bf16', number>;
 
 const out = { f16c: convertInfo().f16c, rows, stackBatchMs: stack };
-if (json) {
-  console.log(JSON.stringify(out, null, 2));
-} else {
-  console.log(`f16 path: ${out.f16c ? 'F16C' : 'portable'} (GB/s of f32 output written; memcpy copies the same bytes)`);
-  console.log('| case | f32 bytes | memcpy GB/s | bf16→f32 GB/s | f16→f32 GB/s | f16 portable GB/s | bf16 ms | f16 ms |');
-  console.log('|---|---:|---:|---:|---:|---:|---:|---:|');
-  for (const r of rows) {
-    console.log(`| ${r.case} | ${r.f32Bytes.toLocaleString('en-US')} | ${r.memcpyGBs.toFixed(1)} | ${r.bf16GBs.toFixed(1)} | ${r.f16GBs.toFixed(1)} | ${r.f16PortableGBs.toFixed(1)} | ${r.bf16Ms.toFixed(3)} | ${r.f16Ms.toFixed(3)} |`);
-  }
-  console.log(`stackBatch, default batch: f32 ${stack.f32.toFixed(3)} ms, bf16 ${stack.bf16.toFixed(3)} ms`);
+report.context({ f16c: out.f16c, minMs: MIN_MS });
+for (const r of rows) {
+  const ctx = { f32Bytes: r.f32Bytes };
+  const mem = report.add({ name: `memcpy, ${r.case}`, value: r.memcpyGBs, unit: 'GB/s', ...ctx });
+  report.add({ name: `bf16→f32, ${r.case}`, value: r.bf16GBs, unit: 'GB/s', baseline: mem, ...ctx });
+  report.add({ name: `f16→f32, ${r.case}`, value: r.f16GBs, unit: 'GB/s', baseline: mem, ...ctx });
+  report.add({ name: `f16→f32 portable, ${r.case}`, value: r.f16PortableGBs, unit: 'GB/s', baseline: mem, ...ctx });
 }
+const f32 = report.add({ name: 'stackBatch, default batch, from f32', value: stack.f32, unit: 'ms' });
+report.add({ name: 'stackBatch, default batch, from bf16', value: stack.bf16, unit: 'ms', baseline: f32 });
+report.log(`f16 path: ${out.f16c ? 'F16C' : 'portable'} (GB/s of f32 output written; memcpy copies the same bytes)`);
+report.markdown(['case', 'f32 bytes', 'memcpy GB/s', 'bf16→f32 GB/s', 'f16→f32 GB/s', 'f16 portable GB/s', 'bf16 ms', 'f16 ms'], rows.map((r) => [
+  r.case, r.f32Bytes.toLocaleString('en-US'), r.memcpyGBs.toFixed(1), r.bf16GBs.toFixed(1), r.f16GBs.toFixed(1), r.f16PortableGBs.toFixed(1), r.bf16Ms.toFixed(3), r.f16Ms.toFixed(3),
+]));
+report.log(`stackBatch, default batch: f32 ${stack.f32.toFixed(3)} ms, bf16 ${stack.bf16.toFixed(3)} ms`);
+report.end();

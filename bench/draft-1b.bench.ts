@@ -6,9 +6,12 @@
 // Both sides time forward + backward (no optimizer update) on random weights and a random batch
 // (mask 1, d2t = [0, Vd), every target argmax in d2t); tokens/s = B·T over the best rep. PyTorch runs first, in its own
 // process, so its 2 GiB of frozen tensors are gone before the addon allocates its own.
+// --json: one JSON line per figure (bench/support/report.ts): the native step against PyTorch's,
+// its GEMM rate against the SGEMM peak measured before it.
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { blasInfo, DraftModel, gemmFlops, initDraftWeights, sgemmBench, type DraftConfig } from '../src/native/addon.ts';
+import { Reporter } from './support/report.ts';
 
 function arg(name: string, def: string): string {
   const i = process.argv.indexOf(`--${name}`);
@@ -19,13 +22,13 @@ const B = Number(arg('batch', '1'));
 const T = Number(arg('seq', '128'));
 const REPS = Number(arg('reps', '2'));
 const WARMUP = Number(arg('warmup', '1'));
-const JSON_OUT = process.argv.includes('--json');
+const report = Reporter.forBench(import.meta.url);
 const cfg: DraftConfig = {
   vocab: 128256, draftVocab: 32000, hidden: 2048, heads: 32, kvHeads: 8, intermediate: 8192,
   ttt: Number(arg('ttt', '7')), ropeTheta: 500000, rmsEps: 1e-5,
 };
 const SCRIPT = fileURLToPath(new URL('./support/torch_draft.py', import.meta.url));
-const log = (s: string): void => { if (!JSON_OUT) console.log(s); };
+const log = (s: string): void => { report.log(s); };
 
 interface TorchResult { tokensPerSec: number; msPerStep: number; meanMs: number; loss: number; threads: number; torch: string }
 
@@ -83,17 +86,21 @@ async function main(): Promise<void> {
   const native = await nativeStep();
   const peakAfter = Math.max(sgemmBench(1024, 10, THREADS), sgemmBench(1024, 10, THREADS)); // the shared machine's load drifts
   const ratio = native.tokensPerSec / torch.tokensPerSec;
-  const result = {
-    date: new Date().toISOString().slice(0, 10), threads: THREADS, batch: B, seq: T, ttt: cfg.ttt, config: cfg,
-    native: { ...native, ofSgemmPeak: native.gflops / peak }, torch, ratio, sgemmPeakGflops: peak, sgemmPeakAfterGflops: peakAfter, blas: info.config,
-  };
-  if (JSON_OUT) { console.log(JSON.stringify(result)); return; }
+  report.context({ threads: THREADS, batch: B, seq: T, ttt: cfg.ttt, warmup: WARMUP, reps: REPS, torch: torch.torch, torchDefaultMalloc: process.argv.includes('--torch-default-malloc'), blas: info.config });
+  const peakFig = report.add({ name: 'SGEMM peak before (1024³)', value: peak, unit: 'GFLOP/s' });
+  report.add({ name: 'SGEMM peak after (1024³)', value: peakAfter, unit: 'GFLOP/s', baseline: peakFig });
+  const torchTps = report.add({ name: 'PyTorch step: tokens/s', value: torch.tokensPerSec, unit: 'tokens/s', loss: torch.loss });
+  const torchMs = report.add({ name: 'PyTorch step: best ms', value: torch.msPerStep, unit: 'ms' });
+  report.add({ name: 'native step: tokens/s', value: native.tokensPerSec, unit: 'tokens/s', baseline: torchTps, loss: native.loss });
+  report.add({ name: 'native step: best ms', value: native.msPerStep, unit: 'ms', baseline: torchMs });
+  report.add({ name: 'native step: GEMM GFLOP/s', value: native.gflops, unit: 'GFLOP/s', baseline: peakFig });
   const f = (x: number, d = 0) => x.toFixed(d);
   log('');
   log(`native step   ${f(native.msPerStep).padStart(7)} ms (mean ${f(native.meanMs)})  ${f(native.tokensPerSec, 1).padStart(7)} tokens/s  loss ${f(native.loss, 4)}  GEMM ${f(native.gflops, 1)} GFLOP/s = ${f(100 * native.gflops / peak)}% of SGEMM peak`);
   log(`PyTorch ${torch.torch.padEnd(6)}${f(torch.msPerStep).padStart(7)} ms (mean ${f(torch.meanMs)})  ${f(torch.tokensPerSec, 1).padStart(7)} tokens/s  loss ${f(torch.loss, 4)}  (${torch.threads} threads)`);
   log(`native / PyTorch: ${f(ratio, 2)}×   SGEMM peak (1024³, same threads): ${f(peak, 1)} GFLOP/s before, ${f(peakAfter, 1)} after`);
   log('(each side draws its own random weights and batch, from the same distributions)');
+  report.end();
 }
 
 await main();

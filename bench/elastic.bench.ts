@@ -11,6 +11,7 @@
 // - recovery from a SIGKILL of one rank of a DP 2 world -> the first checkpoint of the
 //   re-formed world (revert, regroup, respawn, broadcast).
 //   node --import tsx bench/elastic.bench.ts [--size tiny|small] [--steps 30] [--batch 8] [--json]
+// --json: one JSON line per figure (bench/support/report.ts); the samples/s figures against the step alone.
 import { spawnSync } from 'node:child_process';
 import { readFileSync, rmSync } from 'node:fs';
 import { cpus } from 'node:os';
@@ -19,6 +20,7 @@ import { parseArgs } from 'node:util';
 import { SIZES, targetConfig } from '../cluster/presets.ts';
 import { DraftModel, initDraftWeights, TargetModel } from '../src/native/addon.ts';
 import { ChaosJob, ledgerOf, newWorkdir, sleep } from '../test/support/chaos.ts';
+import { Reporter, type Measured } from './support/report.ts';
 
 const { values } = parseArgs({ options: { size: { type: 'string', default: 'small' }, steps: { type: 'string', default: '30' }, batch: { type: 'string', default: '8' }, json: { type: 'boolean', default: false } } });
 const steps = Number(values.steps), batch = Number(values.batch);
@@ -76,18 +78,27 @@ async function stepAlone(): Promise<number> {
   return rate;
 }
 
+const report = Reporter.forBench(import.meta.url);
 const rows: { what: string; value: number; unit: string }[] = [];
+/** The step alone: the baseline of every samples/s figure. */
+let baseFig: Measured | null = null;
+/** A row of the human table, and its figure (its unit: the row's, up to the first ' (', ' = ' or ';'). */
+const row = (what: string, value: number, unit: string, extra: Record<string, number> = {}): Measured => {
+  rows.push({ what, value, unit });
+  const u = unit.split(/ \(| = |;/)[0]!;
+  return report.add({ name: what, value, unit: u, baseline: u === 'samples/s' ? baseFig : null, ...extra });
+};
 try {
   const base = await stepAlone();
-  rows.push({ what: 'baseline: single-rank native step alone (this process)', value: base, unit: 'samples/s' });
+  baseFig = row('baseline: single-rank native step alone (this process)', base, 'samples/s');
   for (const dp of [1, 2, 4]) {
     const j = job(`dp${dp}`, ['--dp', String(dp)]);
     const s = await finish(j);
     const rate = steadyRate(j.runDir);
-    rows.push({ what: `DP ${dp}: steady state (ledger acks, 20%..100% of the data)`, value: rate, unit: `samples/s = ${(rate / base * 100).toFixed(0)}% of the step alone; ${s.steps} steps` });
+    row(`DP ${dp}: steady state (ledger acks, 20%..100% of the data)`, rate, `samples/s = ${(rate / base * 100).toFixed(0)}% of the step alone; ${s.steps} steps`, { dp, jobSteps: s.steps });
     const inSteps = s.samples / (s.steps * s.stepMsMean / 1000);
-    rows.push({ what: `DP ${dp}: step side (samples / time in steps of world rank 0)`, value: inSteps, unit: `samples/s = ${(inSteps / base * 100).toFixed(0)}% of the step alone` });
-    rows.push({ what: `DP ${dp}: whole run incl. start-up and evaluation`, value: s.samplesPerSec, unit: 'samples/s' });
+    row(`DP ${dp}: step side (samples / time in steps of world rank 0)`, inSteps, `samples/s = ${(inSteps / base * 100).toFixed(0)}% of the step alone`, { dp });
+    row(`DP ${dp}: whole run incl. start-up and evaluation`, s.samplesPerSec, 'samples/s', { dp });
   }
   {
     const j = job('scale-up');
@@ -99,9 +110,9 @@ try {
     const to = (JSON.parse(r.stdout) as { to: { epoch: number } }).to.epoch;
     const t1 = await waitFor(j, (c) => c.epoch >= to && c.step > 0);
     await finish(j);
-    rows.push({ what: 'reshard stall DP 1 -> 2: scale CLI started -> first checkpoint of the new world', value: t1 - t0, unit: `ms (the CLI process ${(tScale - t0).toFixed(0)} ms of it)` });
-    rows.push({ what: 'reshard stall DP 1 -> 2: epoch bumped -> first checkpoint of the new world', value: t1 - tScale, unit: 'ms (rank processes start, group forms, state broadcast)' });
-    rows.push({ what: 'samples granted more than once by the reshard (released unused)', value: regranted(j.runDir), unit: 'samples (0 retrained: the world checkpoints before it re-forms)' });
+    row('reshard stall DP 1 -> 2: scale CLI started -> first checkpoint of the new world', t1 - t0, `ms (the CLI process ${(tScale - t0).toFixed(0)} ms of it)`);
+    row('reshard stall DP 1 -> 2: epoch bumped -> first checkpoint of the new world', t1 - tScale, 'ms (rank processes start, group forms, state broadcast)');
+    row('samples granted more than once by the reshard (released unused)', regranted(j.runDir), 'samples (0 retrained: the world checkpoints before it re-forms)');
   }
   {
     const j = job('kill-dp2', ['--dp', '2']);
@@ -112,14 +123,13 @@ try {
     process.kill(pid, 'SIGKILL');
     const t1 = await waitFor(j, (c) => c.epoch > e0);
     await finish(j);
-    rows.push({ what: 'DP 2, SIGKILL of one rank -> first checkpoint of the re-formed world', value: t1 - t0, unit: 'ms (revert, regroup, respawn, broadcast)' });
-    rows.push({ what: 'samples granted more than once after the kill (held or trained, not checkpointed)', value: regranted(j.runDir), unit: 'samples' });
+    row('DP 2, SIGKILL of one rank -> first checkpoint of the re-formed world', t1 - t0, 'ms (revert, regroup, respawn, broadcast)');
+    row('samples granted more than once after the kill (held or trained, not checkpointed)', regranted(j.runDir), 'samples');
   }
-  if (values.json) console.log(JSON.stringify({ size: values.size, steps, batch, cores: cpus().length, rows }));
-  else {
-    console.log(`elastic bench: size ${values.size}, ${steps} steps x ${batch} samples per rank, 1 BLAS thread per rank, ${cpus().length} cores`);
-    for (const r of rows) console.log(r.what.padEnd(84) + r.value.toFixed(1).padStart(10) + ' ' + r.unit);
-  }
+  report.context({ size: values.size!, steps, batch, cores: cpus().length });
+  report.log(`elastic bench: size ${values.size}, ${steps} steps x ${batch} samples per rank, 1 BLAS thread per rank, ${cpus().length} cores`);
+  for (const r of rows) report.log(r.what.padEnd(84) + r.value.toFixed(1).padStart(10) + ' ' + r.unit);
+  report.end();
 } finally {
   rmSync(workdir, { recursive: true, force: true });
 }

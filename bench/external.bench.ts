@@ -3,6 +3,7 @@
 // samples and the producers' own rate into a queue with no consumer, all in one run: the gap
 // is what the runtime costs when the hidden states come from elsewhere (no target here).
 //   node --import tsx bench/external.bench.ts [--size small] [--samples 480] [--batch 8] [--producers 4] [--json]
+// --json: one JSON line per figure (bench/support/report.ts), each against the rank's step alone.
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -20,6 +21,7 @@ import { saveJobSpec, type JobSpec } from '../src/job/spec.ts';
 import { startNatsServer } from '../cluster/nats-launcher.ts';
 import { NodeAgent } from '../cluster/node.ts';
 import { DraftModel, TargetModel, type TargetConfig } from '../src/native/addon.ts';
+import { Reporter } from './support/report.ts';
 
 const { values } = parseArgs({ options: {
   size: { type: 'string', default: 'small' }, samples: { type: 'string', default: '480' }, batch: { type: 'string', default: '8' },
@@ -30,6 +32,7 @@ process.env.DRAFTWIRE_LOG_LEVEL ??= 'warn';
 delete process.env.DRAFTWIRE_SECRET;
 delete process.env.DRAFTWIRE_SECRET_FILE;
 const N = Number(values.samples), P = Number(values.producers);
+const report = Reporter.forBench(import.meta.url);
 const workdir = mkdtempSync(join(tmpdir(), 'draftwire-bench-external-'));
 const opts = {
   workdir, size: values.size!, batch: Number(values.batch), lr: 3e-3, clip: 1, weightDecay: 0, dp: 1, tp: 1, sp: 1,
@@ -111,11 +114,13 @@ try {
     { what: 'external job, whole (incl. start-up, eval)', samplesPerSec: s.samplesPerSec },
     { what: 'external job, steady state (samples / time in steps)', samplesPerSec: s.samples / trainSecs },
   ];
-  if (values.json) console.log(JSON.stringify({ size: values.size, samples: s.samples, batch: opts.batch, producers: P, sampleBytes: bytes, audit: s.audit.ok, rows }));
-  else {
-    console.log(`external job vs step alone: size ${values.size}, ${s.samples} samples of ${(bytes / 1024).toFixed(1)} KiB (bf16 features), batch ${opts.batch}, 1 rank, audit ${s.audit.ok ? 'clean' : 'PROBLEMS'}`);
-    for (const r of rows) console.log(r.what.padEnd(56) + r.samplesPerSec.toFixed(1).padStart(10) + ' samples/s' + `  (${(100 * r.samplesPerSec / stepAlone).toFixed(0)}% of the step alone)`);
-  }
+  report.context({ size: values.size!, samples: s.samples, batch: opts.batch, producers: P, sampleBytes: bytes, audit: s.audit.ok });
+  const [alone, ...rest] = rows.map((r) => ({ name: r.what, value: r.samplesPerSec, unit: 'samples/s' }));
+  const baseline = report.add(alone!);
+  for (const f of rest) report.add({ ...f, baseline });
+  report.log(`external job vs step alone: size ${values.size}, ${s.samples} samples of ${(bytes / 1024).toFixed(1)} KiB (bf16 features), batch ${opts.batch}, 1 rank, audit ${s.audit.ok ? 'clean' : 'PROBLEMS'}`);
+  for (const r of rows) report.log(r.what.padEnd(56) + r.samplesPerSec.toFixed(1).padStart(10) + ' samples/s' + `  (${(100 * r.samplesPerSec / stepAlone).toFixed(0)}% of the step alone)`);
+  report.end();
 } finally {
   rmSync(workdir, { recursive: true, force: true });
 }

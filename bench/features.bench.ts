@@ -9,6 +9,8 @@
 // Each figure is the best of --reps runs (5). Also, for scale, the store's put alone of the same
 // samples already in memory: the rollout's path costs that plus the read and check.
 // Run: node --import tsx bench/features.bench.ts [--files N] [--tokens T] [--hidden H] [--reps R] [--json] [dir]
+// --json: one JSON line per figure (bench/support/report.ts): MB/s of each path, against the raw
+// read of the same layout's files.
 import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { readdir, readFile, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -24,10 +26,11 @@ import { SharedDirFeatureStore } from '../src/store/shared-dir.ts';
 import { writeSafetensorsFile } from '../src/store/safetensors.ts';
 import { f32ToBf16, tensor, type Tensor } from '../src/tensor.ts';
 import { AuthPolicy } from '../src/wire/auth.ts';
+import { Reporter, type Measured } from './support/report.ts';
 
 const args = process.argv.slice(2);
 const opt = (name: string, def: number) => { const i = args.indexOf(name); return i >= 0 ? Number(args[i + 1]) : def; };
-const json = args.includes('--json');
+const report = Reporter.forBench(import.meta.url);
 const FILES = opt('--files', 16), T = opt('--tokens', 512), H = opt('--hidden', 2048), V = 1024;
 const base = args.find((a, i) => !a.startsWith('--') && !args[i - 1]?.startsWith('--')) ?? tmpdir();
 const root = mkdtempSync(join(base, 'dw-bench-features-'));
@@ -126,10 +129,12 @@ try {
 } finally {
   rmSync(root, { recursive: true, force: true });
 }
-if (json) console.log(JSON.stringify({ files: FILES, tokens: T, hidden: H, rows }));
-else {
-  console.log(`${FILES} files per layout, T = ${T}, H = ${H}, bf16 (${((T * 4 * H * 2) / 2 ** 20).toFixed(1)} MiB of features each); page cache warm; store put fsyncs; best of ${REPS}`);
-  console.log('| layout | path | files/s | MB/s | of the raw read |');
-  console.log('|---|---|---:|---:|---:|');
-  for (const r of rows) console.log(`| ${r.layout} | ${r.path} | ${r.filesPerSec.toFixed(1)} | ${r.mbPerSec.toFixed(0)} | ${(100 * r.ofRaw).toFixed(0)}% |`);
+report.context({ files: FILES, tokens: T, hidden: H, reps: REPS });
+const raw: Record<string, Measured> = {};
+for (const r of rows) {
+  const f = report.add({ name: `${r.layout}: ${r.path}`, value: r.mbPerSec, unit: 'MB/s', baseline: raw[r.layout] ?? null, layout: r.layout, mbPerFile: r.mbPerSec / r.filesPerSec });
+  raw[r.layout] ??= f; // each layout's first row is its raw read
 }
+report.log(`${FILES} files per layout, T = ${T}, H = ${H}, bf16 (${((T * 4 * H * 2) / 2 ** 20).toFixed(1)} MiB of features each); page cache warm; store put fsyncs; best of ${REPS}`);
+report.markdown(['layout', 'path', 'files/s', 'MB/s', 'of the raw read'], rows.map((r) => [r.layout, r.path, r.filesPerSec.toFixed(1), r.mbPerSec.toFixed(0), `${(100 * r.ofRaw).toFixed(0)}%`]), 2);
+report.end();

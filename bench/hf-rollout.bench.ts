@@ -7,6 +7,8 @@
 // Without --target a seeded random Llama (bench/support/make_llama.py, bf16) is made in a
 // temp dir and removed after.
 //   node --import tsx bench/hf-rollout.bench.ts [--target DIR] [--threads 2] [--seq 512] [--rows 4] [--json]
+// --json: one JSON line per figure (bench/support/report.ts): the native forward against
+// transformers' (with the logits at every position, and with logits_to_keep=1), load against load.
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -14,6 +16,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { loadHfTarget } from '../src/hf/target.ts';
 import { blasInfo } from '../src/native/addon.ts';
+import { Reporter } from './support/report.ts';
 
 const { values } = parseArgs({ options: {
   target: { type: 'string' }, threads: { type: 'string', default: '2' }, seq: { type: 'string', default: '512' },
@@ -23,6 +26,7 @@ const THREADS = Number(values.threads), T = Number(values.seq), ROWS = Number(va
 for (const [k, v] of [['threads', THREADS], ['seq', T], ['rows', ROWS]] as const) {
   if (!Number.isInteger(v) || v < 1) throw new Error(`--${k} must be a positive integer`);
 }
+const report = Reporter.forBench(import.meta.url);
 const support = new URL('./support/', import.meta.url).pathname;
 const work = mkdtempSync(join(tmpdir(), 'draftwire-bench-hf-'));
 
@@ -91,30 +95,31 @@ try {
   for (let i = 0; i < hfLast.length; i++) { diff = Math.max(diff, Math.abs(hfLast[i]! - last0[i]!)); norm = Math.max(norm, Math.abs(hfLast[i]!)); }
 
   const nativeTps = ROWS * T / nativeSeconds, hfTps = hf.tokensPerSec as number, hfTps1 = hf.tokensPerSecHead1 as number;
-  const out = {
-    date: new Date().toISOString().slice(0, 10), blas: blasInfo().config, threads: THREADS, seq: T, rows: ROWS,
-    target: made ?? { dir }, shape: { hidden: config.hidden, layers: config.layers, heads: config.heads, kvHeads: config.kvHeads, intermediate: config.intermediate, vocab: config.vocab, dtype: config.dtype },
-    auxLayers: config.auxLayers,
-    native: { loadSeconds, seconds: nativeSeconds, tokensPerSec: nativeTps, passTokensPerSec: passes.map((x) => ROWS * T / x) },
-    transformers: { ...hf, ompWaitPolicy: process.env.OMP_WAIT_POLICY ?? 'PASSIVE' },
-    ratio: nativeTps / hfTps, ratioHead1: nativeTps / hfTps1,
-    lastMaxAbsDiff: diff, lastMaxAbs: norm,
-  };
-  if (values.json) {
-    console.log(JSON.stringify(out, null, 2));
-  } else {
-    const c = out.shape, f = (x: number, d = 0) => x.toLocaleString('en-US', { maximumFractionDigits: d, minimumFractionDigits: d });
-    console.log(`target: ${values.target ?? `random Llama (${String(made?.params)} params, ${String(made?.dtype)})`}: H=${c.hidden} L=${c.layers} heads=${c.heads}/${c.kvHeads} I=${c.intermediate} V=${c.vocab}`);
-    console.log(`threads ${THREADS}, ${ROWS} rows × ${T} tokens (batch 1 per forward, one warm-up first; native: mean of a pass before and after transformers), aux layers ${config.auxLayers.join(',')}; ${out.blas}`);
-    console.log(`| what | tokens/s | of native |`);
-    console.log(`|---|---:|---:|`);
-    console.log(`| native forward with capture (aux + last) | ${f(nativeTps)} | 100% |`);
-    console.log(`| transformers forward, output_hidden_states (logits at every position) | ${f(hfTps)} | ${f(100 * hfTps / nativeTps)}% |`);
-    console.log(`| transformers forward, output_hidden_states, logits_to_keep=1 | ${f(hfTps1)} | ${f(100 * hfTps1 / nativeTps)}% |`);
-    console.log(`native / transformers: ${f(out.ratio, 2)}× (${f(out.ratioHead1, 2)}× against logits_to_keep=1)`);
-    console.log(`load: native ${f(loadSeconds, 2)} s, transformers ${f(hf.loadSeconds as number, 2)} s`);
-    console.log(`row 0 last hidden state: max |native − transformers| ${diff.toExponential(2)} (max |x| ${f(norm, 2)})`);
-  }
+  const blas = blasInfo().config, ompWaitPolicy = process.env.OMP_WAIT_POLICY ?? 'PASSIVE';
+  const c = config, f = (x: number, d = 0) => x.toLocaleString('en-US', { maximumFractionDigits: d, minimumFractionDigits: d });
+  report.context({
+    threads: THREADS, seq: T, rows: ROWS, target: values.target ?? 'random Llama (bench/support/make_llama.py)', hidden: c.hidden, layers: c.layers,
+    heads: c.heads, kvHeads: c.kvHeads, intermediate: c.intermediate, vocab: c.vocab, dtype: c.dtype, auxLayers: c.auxLayers.join(','),
+    blas, torch: String(hf.torch), transformers: String(hf.transformers), ompWaitPolicy,
+  });
+  const full = report.add({ name: 'transformers forward, output_hidden_states (logits at every position)', value: hfTps, unit: 'tokens/s' });
+  const head1 = report.add({ name: 'transformers forward, output_hidden_states, logits_to_keep=1', value: hfTps1, unit: 'tokens/s' });
+  report.add({ name: 'native forward with capture (aux + last)', value: nativeTps, unit: 'tokens/s', baseline: full });
+  report.add({ name: 'native forward with capture (aux + last), against logits_to_keep=1', value: nativeTps, unit: 'tokens/s', baseline: head1 });
+  const hfLoad = report.add({ name: 'load: transformers', value: hf.loadSeconds as number, unit: 's' });
+  report.add({ name: 'load: native', value: loadSeconds, unit: 's', baseline: hfLoad });
+  report.add({ name: 'row 0 last hidden state: max |native − transformers|', value: diff, unit: 'abs', maxAbs: norm });
+  report.log(`target: ${values.target ?? `random Llama (${String(made?.params)} params, ${String(made?.dtype)})`}: H=${c.hidden} L=${c.layers} heads=${c.heads}/${c.kvHeads} I=${c.intermediate} V=${c.vocab}`);
+  report.log(`threads ${THREADS}, ${ROWS} rows × ${T} tokens (batch 1 per forward, one warm-up first; native: mean of a pass before and after transformers), aux layers ${config.auxLayers.join(',')}; ${blas}`);
+  report.markdown(['what', 'tokens/s', 'of native'], [
+    ['native forward with capture (aux + last)', f(nativeTps), '100%'],
+    ['transformers forward, output_hidden_states (logits at every position)', f(hfTps), `${f(100 * hfTps / nativeTps)}%`],
+    ['transformers forward, output_hidden_states, logits_to_keep=1', f(hfTps1), `${f(100 * hfTps1 / nativeTps)}%`],
+  ]);
+  report.log(`native / transformers: ${f(nativeTps / hfTps, 2)}× (${f(nativeTps / hfTps1, 2)}× against logits_to_keep=1)`);
+  report.log(`load: native ${f(loadSeconds, 2)} s, transformers ${f(hf.loadSeconds as number, 2)} s`);
+  report.log(`row 0 last hidden state: max |native − transformers| ${diff.toExponential(2)} (max |x| ${f(norm, 2)})`);
+  report.end();
 } finally {
   rmSync(work, { recursive: true, force: true });
 }

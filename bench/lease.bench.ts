@@ -2,6 +2,8 @@
 // its JetStream write-ahead log), against a plain request/reply round trip on the same
 // server in the same run.
 //   node --import tsx bench/lease.bench.ts [--n 500] [--json]
+// --json: one JSON line per figure (bench/support/report.ts): trips/s, p50 and p99 of each path,
+// the lease path against the echo of the same auth mode.
 import { parseArgs } from 'node:util';
 import { startQueue, type LeaseMessage } from '../actors/queue.ts';
 import { ensureEpoch } from '../src/job/epoch.ts';
@@ -11,9 +13,11 @@ import { Bus } from '../src/bus/bus.ts';
 import { QueueClient, listen } from '../src/bus/clients.ts';
 import { startNats } from '../test/support/nats-server.ts';
 import { sampleRef } from '../test/support/store-fixtures.ts';
+import { Reporter, type Measured } from './support/report.ts';
 
 const { values } = parseArgs({ options: { n: { type: 'string', default: '500' }, json: { type: 'boolean', default: false } } });
 const N = Number(values.n);
+const report = Reporter.forBench(import.meta.url);
 process.env.DRAFTWIRE_LOG_LEVEL ??= 'warn';
 
 function pct(xs: number[], p: number): number {
@@ -68,9 +72,18 @@ async function measure(label: string, auth: AuthPolicy): Promise<Record<string, 
 }
 
 const rows = [...await measure('off', AuthPolicy.disabled()), ...await measure('on', AuthPolicy.fromSecret('bench-secret-0123456789abcdef'))];
-if (values.json) console.log(JSON.stringify({ n: N, rows }));
-else {
-  console.log(`lease round trips through real NATS + JetStream WAL (n=${N}, sequential)`);
-  console.log('path'.padEnd(48) + 'trips/s'.padStart(10) + 'p50 ms'.padStart(10) + 'p99 ms'.padStart(10));
-  for (const r of rows) console.log(String(r.path).padEnd(48) + (r.perSec as number).toFixed(0).padStart(10) + (r.p50ms as number).toFixed(2).padStart(10) + (r.p99ms as number).toFixed(2).padStart(10));
+report.context({ n: N });
+for (const auth of ['off', 'on']) {
+  const [echo, lease] = rows.filter((r) => String(r.path).endsWith(`auth ${auth}`));
+  const base: Record<string, Measured> = {};
+  for (const r of [echo!, lease!]) {
+    for (const [k, unit, what] of [['perSec', 'trips/s', 'trips/s'], ['p50ms', 'ms', 'p50'], ['p99ms', 'ms', 'p99']] as const) {
+      const f = report.add({ name: `${String(r.path)}: ${what}`, value: r[k] as number, unit, baseline: r === lease ? base[k]! : null, auth: auth === 'on' });
+      if (r === echo) base[k] = f;
+    }
+  }
 }
+report.log(`lease round trips through real NATS + JetStream WAL (n=${N}, sequential)`);
+report.log('path'.padEnd(48) + 'trips/s'.padStart(10) + 'p50 ms'.padStart(10) + 'p99 ms'.padStart(10));
+for (const r of rows) report.log(String(r.path).padEnd(48) + (r.perSec as number).toFixed(0).padStart(10) + (r.p50ms as number).toFixed(2).padStart(10) + (r.p99ms as number).toFixed(2).padStart(10));
+report.end();

@@ -5,6 +5,7 @@
 // decoding pass) and as it used to (generate, then forward, one sample at a time), and the
 // rollout actor alone (target, store writes and queue commits; no rank consuming).
 //   node --import tsx bench/run.bench.ts [--size small] [--steps 60] [--batch 8] [--checkpoint-every n] [--json]
+// --json: one JSON line per figure (bench/support/report.ts), each against the rank's step alone.
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -22,12 +23,14 @@ import { saveJobSpec } from '../src/job/spec.ts';
 import { startNatsServer } from '../cluster/nats-launcher.ts';
 import { NodeAgent, ROLES } from '../cluster/node.ts';
 import { DraftModel, TargetModel, type TargetConfig } from '../src/native/addon.ts';
+import { Reporter } from './support/report.ts';
 
 const { values } = parseArgs({ options: {
   size: { type: 'string', default: 'small' }, steps: { type: 'string', default: '60' }, batch: { type: 'string', default: '8' },
   'checkpoint-every': { type: 'string' }, json: { type: 'boolean', default: false },
 } });
 process.env.DRAFTWIRE_LOG_LEVEL ??= 'warn';
+const report = Reporter.forBench(import.meta.url);
 const workdir = mkdtempSync(join(tmpdir(), 'draftwire-bench-run-'));
 const opts = {
   workdir, size: values.size!, steps: Number(values.steps), batch: Number(values.batch), lr: 3e-3, clip: 1, weightDecay: 0, dp: 1, tp: 1, sp: 1,
@@ -99,20 +102,22 @@ try {
 
   const s = await runJob({ ...opts, job: 'bench' });
   const trainSecs = s.stepMsMean !== null ? (s.stepMsMean * s.steps) / 1000 : NaN;
+  // name: the figure's (stable from run to run); what: the human row's.
   const rows = [
-    { what: `target: rollout chunks of ${ROLLOUT_CHUNK} (fused aux/last), bf16 features (${kib.bf16.toFixed(1)} KiB/sample)`, samplesPerSec: chunked },
-    { what: `target: the same, f32 features (${kib.f32.toFixed(1)} KiB/sample)`, samplesPerSec: chunkedF32 },
+    { name: 'target: rollout chunks (fused aux/last), bf16 features', what: `target: rollout chunks of ${ROLLOUT_CHUNK} (fused aux/last), bf16 features (${kib.bf16.toFixed(1)} KiB/sample)`, samplesPerSec: chunked, extra: { chunk: ROLLOUT_CHUNK, sampleKiB: kib.bf16 } },
+    { name: 'target: rollout chunks (fused aux/last), f32 features', what: `target: the same, f32 features (${kib.f32.toFixed(1)} KiB/sample)`, samplesPerSec: chunkedF32, extra: { chunk: ROLLOUT_CHUNK, sampleKiB: kib.f32 } },
     { what: 'target: generate + forward, one sample at a time', samplesPerSec: twoPass },
     { what: 'rollout actor alone (target + puts + commits)', samplesPerSec: rolloutAlone },
     { what: 'rank step alone (baseline)', samplesPerSec: stepAlone },
     { what: 'draftwire run, whole job (incl. start-up, eval)', samplesPerSec: s.samplesPerSec },
     { what: 'draftwire run, steady state (samples / time in steps)', samplesPerSec: s.samples / trainSecs },
   ];
-  if (values.json) console.log(JSON.stringify({ size: values.size, steps: s.steps, batch: opts.batch, seconds: s.seconds, rows }));
-  else {
-    console.log(`end-to-end run vs step alone: size ${values.size}, ${s.steps} steps x ${opts.batch} samples, 1 rank, 1 BLAS thread`);
-    for (const r of rows) console.log(r.what.padEnd(56) + r.samplesPerSec.toFixed(1).padStart(10) + ' samples/s' + `  (${(100 * r.samplesPerSec / stepAlone).toFixed(0)}% of the step alone)`);
-  }
+  report.context({ size: values.size!, steps: s.steps, batch: opts.batch, checkpointEvery: opts.checkpointEvery ?? null });
+  const baseline = { name: 'rank step alone (baseline)', value: stepAlone, unit: 'samples/s' };
+  for (const r of rows) report.add({ name: r.name ?? r.what, value: r.samplesPerSec, unit: 'samples/s', baseline: r.what === baseline.name ? null : baseline, ...r.extra });
+  report.log(`end-to-end run vs step alone: size ${values.size}, ${s.steps} steps x ${opts.batch} samples, 1 rank, 1 BLAS thread`);
+  for (const r of rows) report.log(r.what.padEnd(56) + r.samplesPerSec.toFixed(1).padStart(10) + ' samples/s' + `  (${(100 * r.samplesPerSec / stepAlone).toFixed(0)}% of the step alone)`);
+  report.end();
 } finally {
   rmSync(workdir, { recursive: true, force: true });
 }

@@ -9,7 +9,8 @@
 // its threads): on a shared machine wall time mostly measures the neighbours, so the table
 // adds "CPU ms" (all ranks together: the cost of the work, sharding overheads included) and
 // "est. tokens/s" = B·T / (the busiest rank's CPU time ÷ its threads), the rate the step
-// would reach with a dedicated core per thread and no waiting. Prints a table (not a test).
+// would reach with a dedicated core per thread and no waiting. Prints a table (not a test);
+// --json: one JSON line per figure (bench/support/report.ts), the est. tokens/s against the first layout's.
 import { spawn } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -23,6 +24,7 @@ import { DraftModel, blasInfo, initDraftWeights, type DraftConfig } from '../src
 import { writeSafetensorsFile } from '../src/store/safetensors.ts';
 import { DEMO, DEMO_T, makeDemoBatch } from './demo-batch.ts';
 import { tensor, type Tensor } from '../src/tensor.ts';
+import { Reporter, type Measured } from './support/report.ts';
 
 const cfg: DraftConfig = DEMO;
 const T = DEMO_T;
@@ -104,9 +106,11 @@ async function main(): Promise<void> {
   const steps = Number(arg('steps', '4'));
   const rankThreads = Number(arg('rank-threads', '1'));
   const layouts = arg('layouts', 'single:1,single:2,dp2,tp2,sp2').split(',');
+  const report = Reporter.forBench(import.meta.url);
   const info = blasInfo();
-  console.log(`OpenBLAS: ${info.config} (OPENBLAS_CORETYPE=${info.coretype ?? 'unset'})`);
-  console.log(`demo size: H=${cfg.hidden} heads=${cfg.heads}/${cfg.kvHeads} I=${cfg.intermediate} V=${cfg.vocab} Vd=${cfg.draftVocab} T=${T} K=${cfg.ttt} B=${B}; ${steps} timed steps after one warm-up`);
+  report.context({ batch: B, seq: T, steps, rankThreads, blas: info.config });
+  report.log(`OpenBLAS: ${info.config} (OPENBLAS_CORETYPE=${info.coretype ?? 'unset'})`);
+  report.log(`demo size: H=${cfg.hidden} heads=${cfg.heads}/${cfg.kvHeads} I=${cfg.intermediate} V=${cfg.vocab} Vd=${cfg.draftVocab} T=${T} K=${cfg.ttt} B=${B}; ${steps} timed steps after one warm-up`);
   const dir = await mkdtemp(join(tmpdir(), 'draftwire-shard-bench-'));
   const nats = await startNatsServer({ port: -1, jetstream: true, maxMemBytes: 256 * 1024 * 1024 });
   try {
@@ -123,6 +127,7 @@ async function main(): Promise<void> {
     });
     const rows: string[][] = [];
     let base = 0;
+    let baseFig: Measured | null = null;
     for (const lay of layouts) {
       const m = /^(single):(\d+)$|^(tp|sp|dp)(\d+)$/.exec(lay);
       if (!m) throw new Error(`bad layout ${lay} (single:<threads> | tp<n> | sp<n> | dp<n>)`);
@@ -140,14 +145,18 @@ async function main(): Promise<void> {
       const est = (B * T) / (cpuMax / threads / 1000);
       if (!base) base = est;
       rows.push([lay, String(n), String(threads), med.toFixed(0), Math.min(...per).toFixed(0), tps.toFixed(0), cpuAll.toFixed(0), est.toFixed(0), (est / base).toFixed(2), res[0]!.loss.toFixed(4)]);
-      console.log(`  ${lay}: median ${med.toFixed(0)} ms wall, ${cpuAll.toFixed(0)} ms CPU`);
+      const ctx = { layout: lay, ranks: n, threads, loss: res[0]!.loss };
+      report.add({ name: `${lay}: median step`, value: med, unit: 'ms', ...ctx });
+      report.add({ name: `${lay}: tokens/s (median step, wall)`, value: tps, unit: 'tokens/s', ...ctx });
+      report.add({ name: `${lay}: CPU ms per step (all ranks)`, value: cpuAll, unit: 'ms', ...ctx });
+      const e = report.add({ name: `${lay}: est. tokens/s (busiest rank's CPU time)`, value: est, unit: 'tokens/s', baseline: baseFig, ...ctx });
+      baseFig ??= e;
+      report.log(`  ${lay}: median ${med.toFixed(0)} ms wall, ${cpuAll.toFixed(0)} ms CPU`);
     }
     const head = ['layout', 'ranks', 'threads/rank', 'median ms', 'best ms', 'tokens/s', 'CPU ms', 'est. tokens/s', `est. vs ${layouts[0]}`, 'loss'];
-    const width = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
-    const line = (r: string[]) => r.map((x, i) => x.padStart(width[i]!)).join('  ');
-    console.log('');
-    console.log(line(head));
-    for (const r of rows) console.log(line(r));
+    report.log('');
+    report.table(head, rows);
+    report.end();
   } finally {
     await nats.stop();
     await rm(dir, { recursive: true, force: true });

@@ -1,12 +1,15 @@
 // Training-step throughput of the native draft step at the demo size, against the machine's
 // own OpenBLAS SGEMM peak measured in the same run.
-//   node --import tsx bench/step.bench.ts [--batch 4] [--steps 3] [--threads 1,2]
-// Prints a table (not a test). FLOPs are counted analytically: every GEMM of the forward and
-// backward pass, attention over the exact causal (q, key) pairs plus the TTT extras, no
-// recomputation; "executed" is what the addon's GEMM wrappers actually ran (it includes the
-// attention scores recomputed in the backward pass and the masked halves of diagonal tiles).
+//   node --import tsx bench/step.bench.ts [--batch 4] [--steps 3] [--threads 1,2] [--json]
+// Prints a table (not a test); --json: one JSON line per figure (bench/support/report.ts), the
+// analytic GFLOP/s against the SGEMM peak at the same thread count.
+// FLOPs are counted analytically: every GEMM of the forward and backward pass, attention over
+// the exact causal (q, key) pairs plus the TTT extras, no recomputation; "executed" is what the
+// addon's GEMM wrappers actually ran (it includes the attention scores recomputed in the backward
+// pass and the masked halves of diagonal tiles).
 import { blasInfo, DraftModel, gemmFlops, initDraftWeights, sgemmBench, type DraftConfig } from '../src/native/addon.ts';
 import { DEMO, DEMO_T, makeDemoBatch } from './demo-batch.ts';
+import { Reporter } from './support/report.ts';
 
 function arg(name: string, def: string): string {
   const i = process.argv.indexOf(`--${name}`);
@@ -41,13 +44,15 @@ function stepFlops(c: DraftConfig, b: number, t: number): { total: number; parts
 
 const fmt = (x: number, d = 1) => x.toFixed(d);
 async function main(): Promise<void> {
+  const report = Reporter.forBench(import.meta.url);
   const info = blasInfo();
-  console.log(`OpenBLAS: ${info.config} (OPENBLAS_CORETYPE=${info.coretype ?? 'unset'})`);
-  console.log(`demo size: H=${cfg.hidden} heads=${cfg.heads}/${cfg.kvHeads} I=${cfg.intermediate} V=${cfg.vocab} Vd=${cfg.draftVocab} T=${T} K=${cfg.ttt} B=${B}`);
+  report.log(`OpenBLAS: ${info.config} (OPENBLAS_CORETYPE=${info.coretype ?? 'unset'})`);
+  report.log(`demo size: H=${cfg.hidden} heads=${cfg.heads}/${cfg.kvHeads} I=${cfg.intermediate} V=${cfg.vocab} Vd=${cfg.draftVocab} T=${T} K=${cfg.ttt} B=${B}`);
   const { batch, frozen } = await makeDemoBatch(cfg, B, T);
   const flops = stepFlops(cfg, B, T);
-  console.log(`analytic GEMM FLOPs per step: ${fmt(flops.total / 1e9, 2)} GFLOP`);
-  for (const [k, v] of Object.entries(flops.parts)) console.log(`  ${k.padEnd(26)} ${fmt(v / 1e9, 2).padStart(7)} GFLOP`);
+  report.context({ batch: B, seq: T, steps: STEPS, gflopPerStep: flops.total / 1e9, blas: info.config });
+  report.log(`analytic GEMM FLOPs per step: ${fmt(flops.total / 1e9, 2)} GFLOP`);
+  for (const [k, v] of Object.entries(flops.parts)) report.log(`  ${k.padEnd(26)} ${fmt(v / 1e9, 2).padStart(7)} GFLOP`);
   const rows: string[][] = [];
   for (const threads of THREADS) {
     const peak = Math.max(sgemmBench(1024, 10, threads), sgemmBench(1024, 10, threads));
@@ -69,16 +74,22 @@ async function main(): Promise<void> {
     const evalS = (performance.now() - ev0) / 1000;
     model.close();
     const gflops = flops.total / best / 1e9;
+    const ctx = { threads, loss: first.loss };
+    const peakFig = report.add({ name: `SGEMM peak (1024³), threads ${threads}`, value: peak, unit: 'GFLOP/s', ...ctx });
+    report.add({ name: `step: best ms, threads ${threads}`, value: best * 1000, unit: 'ms', ...ctx });
+    report.add({ name: `step: mean ms, threads ${threads}`, value: total / STEPS * 1000, unit: 'ms', ...ctx });
+    report.add({ name: `step: tokens/s, threads ${threads}`, value: B * T / best, unit: 'tokens/s', ...ctx });
+    report.add({ name: `step: analytic GFLOP/s, threads ${threads}`, value: gflops, unit: 'GFLOP/s', baseline: peakFig, ...ctx });
+    report.add({ name: `step: executed GFLOP/s, threads ${threads}`, value: executed / best / 1e9, unit: 'GFLOP/s', baseline: peakFig, ...ctx });
+    report.add({ name: `evaluate: ms, threads ${threads}`, value: evalS * 1000, unit: 'ms', ...ctx });
     rows.push([String(threads), fmt(best * 1000, 0), fmt(total / STEPS * 1000, 0), fmt(B * T / best, 0), fmt(gflops), fmt(executed / best / 1e9),
       fmt(peak), fmt(100 * gflops / peak), fmt(evalS * 1000, 0), fmt(first.loss, 3)]);
   }
   const head = ['threads', 'best ms', 'mean ms', 'tokens/s', 'GFLOP/s', 'exec GF/s', 'sgemm peak', '% peak', 'eval ms', 'loss'];
-  const width = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
-  const line = (r: string[]) => r.map((x, i) => x.padStart(width[i]!)).join('  ');
-  console.log('');
-  console.log(line(head));
-  for (const r of rows) console.log(line(r));
-  console.log('\n(sgemm peak: best of 2×10 1024³ SGEMMs at the same thread count; % peak = analytic GFLOP/s ÷ peak)');
+  report.log('');
+  report.table(head, rows);
+  report.log('\n(sgemm peak: best of 2×10 1024³ SGEMMs at the same thread count; % peak = analytic GFLOP/s ÷ peak)');
+  report.end();
 }
 
 await main();

@@ -3,7 +3,9 @@
 // verify). Baselines: raw write+fsync of a file of the same size, raw read of it.
 // Reads come from the page cache in both cases (no cache dropping), so they compare the
 // software path, not the device. get returns private buffers, so it pays for first-touching
-// fresh memory; the 'fresh buffer' raw read pays the same, the 'reused buffer' one does not. Run: node --import tsx bench/store.bench.ts [dir]
+// fresh memory; the 'fresh buffer' raw read pays the same, the 'reused buffer' one does not. Run: node --import tsx bench/store.bench.ts [--json] [dir]
+// --json: one JSON line per figure (bench/support/report.ts): put against the raw write + fsync,
+// get against the raw read into a fresh buffer.
 import { createHash } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { open, unlink } from 'node:fs/promises';
@@ -12,8 +14,10 @@ import { join } from 'node:path';
 import { AuthPolicy } from '../src/wire/auth.ts';
 import { SharedDirFeatureStore } from '../src/store/shared-dir.ts';
 import type { Tensor } from '../src/tensor.ts';
+import { Reporter } from './support/report.ts';
 
-const base = process.argv[2] ?? tmpdir();
+const report = Reporter.forBench(import.meta.url);
+const base = process.argv.slice(2).find((a) => !a.startsWith('--')) ?? tmpdir();
 const dir = mkdtempSync(join(base, 'dw-bench-store-'));
 const MB = 1 << 20;
 
@@ -67,12 +71,21 @@ try {
     const rPart = await time(iters, (i) => store.get(refs[Math.max(0, i)]!, { names: ['aux'], rows: [0, Math.max(1, Math.floor(t.aux!.shape[0]! / 8))] }));
     for (const r of refs) await store.release(r);
     await store.gc(Date.now() + 1e9);
+    const ctx = { sample: label, bytes, iters }, gb = (s: number) => bytes / s / 1e9;
+    const rawW = report.add({ name: `raw write+fsync, ${label}`, value: gb(wRaw), unit: 'GB/s', ...ctx });
+    const rawR = report.add({ name: `raw read, fresh buffer, ${label}`, value: gb(rRaw), unit: 'GB/s', ...ctx });
+    report.add({ name: `raw read, reused buffer, ${label}`, value: gb(rRawReuse), unit: 'GB/s', baseline: rawR, ...ctx });
+    report.add({ name: `sha256, ${label}`, value: gb(hash), unit: 'GB/s', baseline: rawR, ...ctx });
+    report.add({ name: `store put, ${label}`, value: gb(wStore), unit: 'GB/s', baseline: rawW, ...ctx });
+    report.add({ name: `store get (verify), ${label}`, value: gb(rStore), unit: 'GB/s', baseline: rawR, ...ctx });
+    report.add({ name: `store get (no verify), ${label}`, value: gb(rNoVerify), unit: 'GB/s', baseline: rawR, ...ctx });
+    report.add({ name: `store get of 1/8 rows of aux, ${label}`, value: rPart * 1e3, unit: 'ms', ...ctx });
     rows.push([label, gbps(bytes, hash), gbps(bytes, wRaw), gbps(bytes, wStore), gbps(bytes, rRawReuse), gbps(bytes, rRaw), gbps(bytes, rStore), gbps(bytes, rNoVerify), `${(rPart * 1e3).toFixed(2)} ms`, `${(wStore * 1e3).toFixed(1)} / ${(rStore * 1e3).toFixed(1)} ms`]);
   }
 } finally {
   rmSync(dir, { recursive: true, force: true });
 }
-console.log(`dir: ${base} (page cache warm for reads; fsync on for writes)`);
-console.log('| sample | sha256 GB/s | raw write+fsync GB/s | store put GB/s | raw read, reused buffer GB/s | raw read, fresh buffer GB/s | store get GB/s (verify) | store get GB/s (no verify) | get 1/8 rows of aux | put / get latency |');
-console.log('|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
-for (const r of rows) console.log(`| ${r.join(' | ')} |`);
+report.context({ dir: base });
+report.log(`dir: ${base} (page cache warm for reads; fsync on for writes)`);
+report.markdown(['sample', 'sha256 GB/s', 'raw write+fsync GB/s', 'store put GB/s', 'raw read, reused buffer GB/s', 'raw read, fresh buffer GB/s', 'store get GB/s (verify)', 'store get GB/s (no verify)', 'get 1/8 rows of aux', 'put / get latency'], rows);
+report.end();
