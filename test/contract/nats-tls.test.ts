@@ -125,7 +125,8 @@ describe('NATS with TLS (draftwire certs, real nats-servers)', function () {
       await assert.rejects(Bus.connect({ servers: h.url, job: 'tlsj', auth, tls: { cert: f('node-b.pem'), key: f('node-b.key') }, reconnect: false }),
         (e: unknown) => e instanceof UnavailableError && /give the job's CA/.test(e.message));
       await assert.rejects(Bus.connect({ servers: h.url, job: 'tlsj', auth, tls: { ca: f('ca.pem') }, reconnect: false }),
-        (e: unknown) => e instanceof UnavailableError && /refused this client's certificate.*--tls-cert and --tls-key/.test(e.message));
+        // The server answers with an alert (bad certificate) or, as often, just closes the connection.
+        (e: unknown) => e instanceof UnavailableError && /refused this client's certificate/.test(e.message) && /--tls-cert/.test(e.message));
       // A certificate from another CA is refused by the server.
       const other = join(dir, 'other');
       assert.equal((await runCli(['certs', '--out', other, '--hosts', '127.0.0.1'])).code, 0);

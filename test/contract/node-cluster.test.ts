@@ -1,7 +1,7 @@
 // `draftwire node --nats-cluster`: three node agents (real processes), each starting its own
 // member of the job's NATS cluster (JetStream on, route credentials from the secret, TLS for
 // clients and routes with certificates from `draftwire certs`), on loopback with distinct
-// ports, as three machines would. Node a hosts the actors and rank 0; the job's WAL stream and
+// ports, as three machines would. Node a hosts the actors and rank 0 (spawned over the bus); the job's WAL stream and
 // KV bucket get 3 replicas; node b's nats-server is SIGKILLed while the job trains and the
 // node restarts it on its store; the job trains to the end; SIGTERM leaves nothing behind.
 import assert from 'node:assert/strict';
@@ -9,6 +9,7 @@ import { mkdirSync, rmSync } from 'node:fs';
 import net from 'node:net';
 import { dirname, join } from 'node:path';
 import { Bus } from '../../src/bus/bus.ts';
+import { NodeClient } from '../../src/bus/clients.ts';
 import { writeInitialWeights } from '../../src/job/checkpoint.ts';
 import { jobFile, jobRows, saveJobSpec } from '../../src/job/spec.ts';
 import { AuthPolicy } from '../../src/wire/auth.ts';
@@ -62,7 +63,7 @@ describe('draftwire node --nats-cluster: three nodes, each with its own NATS mem
     try {
       // b and c first, with no roles: a waits for nothing, but the cluster forms only with a majority.
       nodes.push(start(1, []), start(2, []));
-      nodes.unshift(start(0, ['--roles', 'coordinator,queue,janitor,rollout', '--ranks', '0']));
+      nodes.unshift(start(0, ['--roles', 'coordinator,queue,janitor,rollout']));
       for (const n of nodes) await waitOutput(n, /node running/);
       for (const n of nodes) assert.match(n.output(), /control plane ready .*clusterSize=3 replicas=3 tls=true/);
       bus = await Bus.connect({ servers: client.map((p) => `nats://127.0.0.1:${p}`), job: spec.job, auth: AuthPolicy.fromSecret(SECRET), tls, name: 'test' });
@@ -78,7 +79,10 @@ describe('draftwire node --nats-cluster: three nodes, each with its own NATS mem
       await untilOk('the WAL stream exists with 3 replicas', async () => (await bus!.streamInfo(s.walStream)).replicas === 3);
       await untilOk('the job KV bucket exists with 3 replicas', async () => (await bus!.streamInfo(`KV_${s.kvBucket}`)).replicas === 3);
 
-      // Node b's member dies; node b starts it again on the same port and store.
+      // Rank 0 starts on node a (asked over the bus, once we listen for its end); node b's
+      // member dies meanwhile, and node b starts it again on the same port and store.
+      const spawned = await new NodeClient(bus).spawn('a', { rank: 0, minEpoch: 0 }, { timeoutMs: 10_000 });
+      assert.ok(spawned.pid);
       const before = natsPid(nodes[1]!);
       assert.ok(before, 'node b runs a nats-server');
       process.kill(before, 'SIGKILL');
