@@ -11,6 +11,7 @@ import type { GlobalOptions } from './options.ts';
 export type { GlobalOptions };
 import * as audit from './commands/audit.ts';
 import * as capture from './commands/capture.ts';
+import * as certs from './commands/certs.ts';
 import * as exportCmd from './commands/export.ts';
 import * as node from './commands/node.ts';
 import * as run from './commands/run.ts';
@@ -25,7 +26,7 @@ export interface CommandModule {
 }
 
 /** The subcommands, in help order. Others (run, node, status, audit) are added here. */
-const COMMANDS: CommandModule[] = [run, capture, exportCmd, status, scale, audit, step, node, wal];
+const COMMANDS: CommandModule[] = [run, capture, exportCmd, status, scale, audit, step, node, wal, certs];
 
 /** Errors of the user's input (options, files, a model directory, a dataset): exit 2. */
 const BAD_INPUT = [InvalidArgumentError, DecodeError, ModelFormatError, DatasetRowError, ChatTemplateError, FeaturesError];

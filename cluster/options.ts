@@ -96,3 +96,24 @@ export function nodeId(v: string): string {
   if (!JOB_RE.test(v)) throw new OptionError(`--node-id must be 1..64 characters of [A-Za-z0-9_-], got "${v}"`);
   return v;
 }
+
+/** HOST:PORT (IPv6 in brackets, [::1]:4222); the port 1..65535. */
+export function hostPortOption(name: string) {
+  return (v: string): { host: string; port: number } => {
+    const m = /^(?:\[([0-9A-Fa-f:.]+)\]|([^:[\]\s]+)):(\d{1,5})$/.exec(v.trim());
+    const port = m ? Number(m[3]) : NaN;
+    if (!m || !(port >= 1 && port <= 65535)) throw new OptionError(`${name} must be HOST:PORT (IPv6 as [addr]:port), e.g. 0.0.0.0:4222, got "${v}"`);
+    return { host: m[1] ?? m[2]!, port };
+  };
+}
+
+/** Route URLs of a NATS cluster's members, comma-separated: nats-route://host:port each. */
+export function routeList(v: string): string[] {
+  const routes = v.split(',').map((s) => s.trim()).filter(Boolean);
+  if (routes.length === 0) throw new OptionError('--routes must name at least one route, e.g. nats-route://node-a:6222,nats-route://node-b:6222');
+  for (const r of routes) {
+    const m = /^nats-route:\/\/(?:\[[0-9A-Fa-f:.]+\]|[^:/@[\]\s]+):(\d{1,5})\/?$/i.exec(r);
+    if (!m || !(Number(m[1]) >= 1 && Number(m[1]) <= 65535)) throw new OptionError(`--routes: "${r}" is not a route URL; expected nats-route://host:port (credentials come from the secret)`);
+  }
+  return routes;
+}

@@ -15,9 +15,11 @@ import { ConflictError, DecodeError, DraftwireError, InvalidArgumentError, Timeo
 import { AuthPolicy } from '../wire/auth.ts';
 import { subjects, checkSubject } from '../wire/subjects.ts';
 import type { ErrorCtor } from '../wire/error-codec.ts';
-import { mapNatsError, isNatsTimeout, isNoResponders } from './nats-errors.ts';
+import { mapNatsError, isNatsTimeout, isNoResponders, isTransientJs } from './nats-errors.ts';
 import { BusCore, sleep, type BusConnectOptions } from './core.ts';
 import { BusKv } from './kv.ts';
+import { createLogger } from '../log.ts';
+import { clientTls, clusterSizeFromInfo, refusePlaintext, replicasFor, replicasFromEnv, splitServers, tlsFromEnv, TLS_ENV } from './transport.ts';
 
 export { subjects, type JobSubjects } from '../wire/subjects.ts';
 export { errorToWire, errorFromWire, type WireError } from '../wire/error-codec.ts';
@@ -25,6 +27,7 @@ export { faultsFromEnv, type BusFaults } from './faults.ts';
 export { BusKv, type KvValue, type KvChange, type KvWatch } from './kv.ts';
 export { sealRecordBytes, openRecordBytes } from './core.ts';
 export type { MsgMeta, Handler, SubscribeOptions, RequestOptions, BusConnectOptions, BusStats, BusSubscription } from './core.ts';
+export { isLoopbackHost, replicasFor, clusterSizeFromInfo, splitServers, tlsFromEnv, TLS_ENV, REPLICAS_ENV, type BusTlsOptions } from './transport.ts';
 
 export interface StreamOptions {
   storage?: 'file' | 'memory';
@@ -45,7 +48,12 @@ export interface AppendOptions {
   retries?: number;
 }
 
+/** Where a replicated stream's copies are: the leader's server name, and each other replica's. */
+export interface StreamClusterState { leader: string | null; replicas: Array<{ name: string; current: boolean; offline: boolean; lag: number }> }
+
 export interface StreamRecord<T = unknown> { seq: number; subject: string; obj: T; /** Only with readAll's yieldInvalid: why this record did not open. */ error?: DraftwireError }
+
+const log = createLogger('bus');
 
 // ---------------------------------------------------------------------------------------
 
@@ -55,10 +63,17 @@ export class Bus extends BusCore {
   private jsm_: JetStreamManager | null = null;
   private kvm_: Kvm | null = null;
   private readonly kvs = new Map<string, Promise<BusKv>>();
+  private readonly defaultReplicas: number | 'auto';
+  private readonly givenServers: number;
+  /** Whether the connection uses TLS (asked for: every server must offer it). */
+  readonly tls: boolean;
 
-  private constructor(nc: NatsConnection, o: BusConnectOptions, auth: AuthPolicy) {
+  private constructor(nc: NatsConnection, o: BusConnectOptions, auth: AuthPolicy, servers: string[], tls: boolean, replicas: number | 'auto') {
     super(nc, o, auth);
     this.jsTimeoutMs = o.jsTimeoutMs ?? 5000;
+    this.givenServers = new Set(servers).size;
+    this.tls = tls;
+    this.defaultReplicas = replicas;
   }
 
   static async connect(o: BusConnectOptions): Promise<Bus> {
@@ -66,13 +81,24 @@ export class Bus extends BusCore {
     const auth = o.auth ?? AuthPolicy.disabled();
     const creds = o.credentials !== undefined ? o.credentials : auth.natsCredentials();
     const reconnect = o.reconnect ?? true;
-    const servers = Array.isArray(o.servers) ? o.servers : [o.servers];
+    const servers = splitServers(o.servers);
+    if (servers.length === 0) throw new InvalidArgumentError('no NATS server given');
+    const replicas = o.replicas ?? replicasFromEnv() ?? 'auto';
+    if (replicas !== 'auto' && !(Number.isInteger(replicas) && replicas >= 1 && replicas <= 5)) throw new InvalidArgumentError(`replicas must be 'auto' or an integer in 1..5, got ${String(replicas)}`);
+    const tls = clientTls(servers, o.tls !== undefined ? o.tls : tlsFromEnv());
+    const secret = !!creds || auth.enabled;
+    // Before anything connects: no password in clear to a host off this machine.
+    refusePlaintext(servers, { credentials: secret, tls: !!tls });
     let nc: NatsConnection;
     try {
       nc = await connect({
         servers,
         name: o.name ?? `draftwire-${o.job}`,
         ...(creds ? { user: creds.user, pass: creds.pass } : {}),
+        ...(tls ? { tls } : {}),
+        // Plain (allowed on loopback only): never follow the cluster to servers it gossips,
+        // which may be on other machines.
+        ignoreClusterUpdates: secret && !tls,
         reconnect,
         maxReconnectAttempts: reconnect ? -1 : 0,
         reconnectTimeWait: o.reconnectTimeWaitMs ?? 250,
@@ -83,17 +109,66 @@ export class Bus extends BusCore {
         ignoreAuthErrorAbort: false,
       });
     } catch (e) {
-      throw mapNatsError(e, `connect to ${servers.join(',')}`);
+      throw connectError(e, servers, !!tls);
     }
-    return new Bus(nc, o, auth);
+    return new Bus(nc, o, auth, servers, !!tls, replicas);
+  }
+
+  /**
+   * The number of servers in the cluster, as the server we are connected to tells it: 1 if
+   * not clustered, else the distinct client URLs the cluster gossips (at least the servers
+   * given to connect).
+   */
+  clusterSize(): number {
+    return clusterSizeFromInfo(this.nc.info as { cluster?: string; connect_urls?: string[] } | undefined, this.givenServers);
+  }
+
+  /** The replica count of the streams and KV buckets this Bus creates (when not given). */
+  replicas(): number {
+    return this.defaultReplicas === 'auto' ? replicasFor(this.clusterSize()) : this.defaultReplicas;
+  }
+
+  /**
+   * Resolves once JetStream answers (a cluster has elected its meta leader: a quorum of its
+   * servers is up); UnavailableError after timeoutMs.
+   */
+  async waitJetStream(timeoutMs = 60_000, onWait?: (ms: number) => void): Promise<void> {
+    const t0 = Date.now();
+    let last: unknown = null;
+    let told = 0;
+    while (Date.now() - t0 < timeoutMs) {
+      try {
+        const jsm = await jetstreamManager(this.nc, { timeout: Math.min(2000, this.jsTimeoutMs), checkAPI: false });
+        await jsm.getAccountInfo();
+        return;
+      } catch (e) {
+        last = e;
+        if (this.nc.isClosed()) break;
+        if (onWait && Date.now() - t0 - told >= 5000) { told = Date.now() - t0; onWait(told); }
+        await sleep(250);
+      }
+    }
+    throw new UnavailableError(`JetStream did not answer within ${timeoutMs} ms (${last ? mapNatsError(last, 'JetStream').message : 'connection closed'}): ` +
+      'a NATS cluster needs a majority of its servers up (2 of 3) before it serves streams', { cause: last });
+  }
+
+  /** Raise a stream's replica count to `want` (never lowers it); a failure is logged, not thrown (the stream works as it is). */
+  private async raiseReplicas(jsm: JetStreamManager, cfg: StreamConfig, want: number): Promise<void> {
+    if ((cfg.num_replicas ?? 1) >= want) return;
+    try {
+      await this.jsOp(`scale stream ${cfg.name} to ${want} replicas`, () => jsm.streams.update(cfg.name, { ...cfg, num_replicas: want }), false);
+    } catch (e) {
+      log.warn('could not raise a stream\'s replicas; it keeps the ones it has', { stream: cfg.name, have: cfg.num_replicas ?? 1, want, error: mapNatsError(e, 'scale').message });
+    }
   }
 
   // ------------------------------------------------------------------ JetStream
 
   /** Run a JetStream operation once connected; retry idempotent ones on timeout/no-responders. */
   private async jsOp<T>(what: string, fn: () => Promise<T>, idempotent: boolean, retries = 3): Promise<T> {
+    const t0 = Date.now();
     let last: unknown;
-    for (let attempt = 0; attempt <= (idempotent ? retries : 0); attempt++) {
+    for (let attempt = 0; ; attempt++) {
       if (attempt > 0) await sleep(Math.min(1000, 50 * 2 ** (attempt - 1)));
       if (this.nc.isClosed()) throw new UnavailableError(`${what}: the NATS connection is closed`);
       await this.waitConnected(this.jsTimeoutMs);
@@ -102,10 +177,25 @@ export class Bus extends BusCore {
       } catch (e) {
         last = e;
         const m = mapNatsError(e, what);
-        if (!(m instanceof TimeoutError) && !(m instanceof UnavailableError && (isNoResponders(e) || /503|no responders/i.test(String((e as Error)?.message))))) throw m;
+        const timedOut = m instanceof TimeoutError;
+        // No responders: nobody ran it, so even a non-idempotent operation may go again.
+        const unanswered = m instanceof UnavailableError && isUnanswered(e);
+        if (!(unanswered || (idempotent && (timedOut || (m instanceof UnavailableError && isTransientJs(e)))))) throw m;
+        if (!this.keepTrying(attempt, retries, t0, this.jsTimeoutMs, timedOut)) break;
       }
     }
     throw mapNatsError(last, what);
+  }
+
+  /**
+   * Whether a failed JetStream attempt gets another: `retries` more in any case; past those,
+   * in a cluster, fast failures (no responders while a stream's leader is being elected:
+   * seconds) go on until as long as the attempts would have taken had they timed out.
+   */
+  private keepTrying(attempt: number, retries: number, t0: number, timeoutMs: number, timedOut: boolean): boolean {
+    if (attempt < retries) return true;
+    if (timedOut || !(this.nc.info as { cluster?: string } | undefined)?.cluster) return false;
+    return Date.now() - t0 < timeoutMs * (retries + 1);
   }
 
   private js(): JetStreamClient {
@@ -128,12 +218,19 @@ export class Bus extends BusCore {
       p = (async () => {
         if (!this.kvm_) this.kvm_ = new Kvm(this.js());
         const kvm = this.kvm_;
+        const replicas = opts.replicas ?? this.replicas();
         const kv = await this.jsOp(`open KV bucket ${bucket}`, () => kvm.create(bucket, {
           history: opts.history ?? 1,
           storage: opts.storage === 'memory' ? StorageType.Memory : StorageType.File,
-          replicas: opts.replicas ?? 1,
+          replicas,
           timeout: this.jsTimeoutMs,
         }), true);
+        if (replicas > 1) {
+          // A bucket made before the cluster grew (or by a process that saw fewer servers).
+          const jsm = await this.jsm();
+          const info = await this.jsOp(`stream KV_${bucket}`, () => jsm.streams.info(`KV_${bucket}`), true);
+          await this.raiseReplicas(jsm, info.config, replicas);
+        }
         return new BusKv(this, bucket, kv);
       })();
       this.kvs.set(bucket, p);
@@ -159,10 +256,12 @@ export class Bus extends BusCore {
         throw e;
       }
     }, true);
+    const replicas = opts.replicas ?? this.replicas();
     if (existing) {
       const have = new Set(existing.config.subjects ?? []);
       const missing = streamSubjects.filter((s) => !have.has(s));
       if (missing.length) await this.jsOp(`update stream ${name}`, () => jsm.streams.update(name, { subjects: [...have, ...missing] }), true);
+      await this.raiseReplicas(jsm, missing.length ? { ...existing.config, subjects: [...have, ...missing] } : existing.config, replicas);
       return;
     }
     const cfg: Partial<StreamConfig> & { name: string } = {
@@ -171,7 +270,7 @@ export class Bus extends BusCore {
       storage: opts.storage === 'memory' ? StorageType.Memory : StorageType.File,
       retention: RetentionPolicy.Limits,
       discard: DiscardPolicy.New, // never silently drop unread records at a limit
-      num_replicas: opts.replicas ?? 1,
+      num_replicas: replicas,
       max_age: Math.floor((opts.maxAgeMs ?? 0) * 1e6),
       max_bytes: opts.maxBytes ?? -1,
       max_msgs: opts.maxMsgs ?? -1,
@@ -203,8 +302,11 @@ export class Bus extends BusCore {
     const msgID = opts.msgId ?? randomUUID();
     const retries = opts.retries ?? 3;
     let last: unknown;
-    for (let attempt = 0; attempt <= retries; attempt++) {
+    let attempts = 0;
+    const t0 = Date.now();
+    for (let attempt = 0; ; attempt++) {
       if (attempt > 0) await sleep(Math.min(1000, 50 * 2 ** (attempt - 1)));
+      attempts = attempt + 1;
       if (this.nc.isClosed()) throw new UnavailableError(`append to ${subject}: the NATS connection is closed`);
       await this.waitConnected(opts.timeoutMs ?? this.jsTimeoutMs);
       try {
@@ -217,16 +319,22 @@ export class Bus extends BusCore {
       } catch (e) {
         last = e;
         const mapped = mapNatsError(e, `append to ${subject}`);
-        if (mapped instanceof ConflictError || !(isNatsTimeout(e) || isNoResponders(e) || mapped instanceof TimeoutError || /503|no responders/i.test(String((e as Error)?.message)))) throw mapped;
+        const timedOut = isNatsTimeout(e) || mapped instanceof TimeoutError;
+        if (mapped instanceof ConflictError || !(timedOut || isNoResponders(e) || isTransientJs(e))) throw mapped;
+        if (!this.keepTrying(attempt, retries, t0, opts.timeoutMs ?? this.jsTimeoutMs, timedOut)) break;
       }
     }
-    throw mapNatsError(last, `append to ${subject} (after ${retries + 1} attempts)`);
+    throw mapNatsError(last, `append to ${subject} (after ${attempts} attempts)`);
   }
 
-  async streamInfo(stream: string): Promise<{ firstSeq: number; lastSeq: number; messages: number; bytes: number }> {
+  async streamInfo(stream: string): Promise<{ firstSeq: number; lastSeq: number; messages: number; bytes: number; replicas: number; cluster: StreamClusterState | null }> {
     const jsm = await this.jsm();
     const i = await this.jsOp(`stream ${stream}`, () => jsm.streams.info(stream), true);
-    return { firstSeq: i.state.first_seq, lastSeq: i.state.last_seq, messages: i.state.messages, bytes: i.state.bytes };
+    const cluster = i.cluster ? {
+      leader: i.cluster.leader ?? null,
+      replicas: (i.cluster.replicas ?? []).map((r) => ({ name: r.name, current: r.current, offline: r.offline === true, lag: r.lag ?? 0 })),
+    } : null;
+    return { firstSeq: i.state.first_seq, lastSeq: i.state.last_seq, messages: i.state.messages, bytes: i.state.bytes, replicas: i.config.num_replicas ?? 1, cluster };
   }
 
   /**
@@ -260,7 +368,13 @@ export class Bus extends BusCore {
           ok = false;
         }
         if (ok) yield { seq, subject: m.subject, obj: obj as T };
-        if (seq >= endSeq || m.info.pending === 0) break;
+        if (seq >= endSeq) break;
+        if (m.info.pending === 0) {
+          // In a cluster the consumer may count from a replica that has not applied the last
+          // records yet: end only if the stream itself has nothing past this record.
+          const now = await this.streamInfo(stream);
+          if (now.messages === 0 || now.lastSeq <= seq) break;
+        }
       }
     } finally {
       try { iter.stop(); } catch { /* already */ }
@@ -280,4 +394,45 @@ export class Bus extends BusCore {
     const jsm = await this.jsm();
     return this.jsOp(`delete stream ${stream}`, () => jsm.streams.delete(stream), false);
   }
+}
+
+const TLS_HINTS: Array<[RegExp, string]> = [
+  [/self[- ]signed|unable to (?:verify|get local issuer)|unknown ca|certificate (?:signature failure|verify failed)/i,
+    `the server's certificate is not signed by a CA this client trusts: give the job's CA (--tls-ca, or ${TLS_ENV.ca}; draftwire certs writes ca.pem)`],
+  [/altnames|hostname\/ip does not match|ERR_TLS_CERT_ALTNAME/i,
+    'the server\'s certificate does not name the host in the URL: make it for that name or address (draftwire certs --hosts ...)'],
+  [/certificate required|bad certificate|handshake failure|alert number 116|alert number 42/i,
+    `the server refused this client's certificate (it requires one signed by the job's CA): give --tls-cert and --tls-key (or ${TLS_ENV.cert}/${TLS_ENV.key})`],
+  [/server does not support 'tls'|tls.*is not available/i,
+    'the server does not offer TLS: start it with a certificate (--tls-cert/--tls-key), or connect on loopback without the TLS options'],
+  [/expired|not yet valid/i, 'a certificate is expired or not yet valid: make new ones (draftwire certs)'],
+];
+/** With TLS asked for, a connection the server drops during the handshake: most often a client certificate it does not accept. */
+const TLS_RESET: [RegExp, string] = [/ECONNRESET|EPIPE|socket hang up|disconnected before secure/i,
+  `the server closed the connection during the TLS handshake: it most likely refused this client's certificate (it must be signed by the job's CA: --tls-cert/--tls-key, or ${TLS_ENV.cert}/${TLS_ENV.key})`];
+
+/** A connect failure as a Draftwire error; a TLS failure says which side's certificate is wrong and what to give. */
+function connectError(e: unknown, servers: string[], tls: boolean): DraftwireError {
+  const what = `connect to ${servers.join(',')}`;
+  const chain: string[] = [];
+  let why = '';
+  for (let x: unknown = e, i = 0; x && i < 5; x = (x as { cause?: unknown }).cause, i++) {
+    const msg = String((x as Error).message ?? x), code = (x as { code?: unknown }).code;
+    chain.push(`${msg} ${typeof code === 'string' ? code : ''}`);
+    // OpenSSL's multi-line text: keep the alert's name, or the first line.
+    const line = msg.split('\n')[0]!;
+    why = (/alert [a-z ]+/i.exec(line)?.[0] ?? (/:SSL routines:/.test(line) ? line.split(':').slice(-2, -1)[0] : line)).trim().slice(0, 160) + (typeof code === 'string' ? ` [${code}]` : '');
+  }
+  const text = chain.join(' | ');
+  const hint = TLS_HINTS.find(([re]) => re.test(text)) ?? (tls && TLS_RESET[0].test(text) ? TLS_RESET : undefined);
+  if (hint && (tls || /certificate|tls|ssl/i.test(text))) {
+    return new UnavailableError(`${what}: TLS failed (${why}): ${hint[1]}`, { cause: e, detail: { tls: true } });
+  }
+  return mapNatsError(e, what);
+}
+
+/** The request reached no one (no responders; nats.js reports a JetStream publish's as "jetstream is not enabled"). */
+function isUnanswered(e: unknown): boolean {
+  return isNoResponders(e) || /\b503\b|no responders|jetstream (?:is )?not enabled/i.test(String((e as Error)?.message)) ||
+    /no responders/i.test(String(((e as { cause?: Error })?.cause)?.message));
 }

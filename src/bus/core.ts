@@ -33,6 +33,7 @@ import { subjects, checkSubject, type JobSubjects } from '../wire/subjects.ts';
 import { errorToWire, errorFromWire, type WireError } from '../wire/error-codec.ts';
 import { faultsFromEnv, type BusFaults } from './faults.ts';
 import { mapNatsError, isNatsTimeout, isNoResponders } from './nats-errors.ts';
+import type { BusTlsOptions } from './transport.ts';
 
 export interface MsgMeta {
   subject: string;
@@ -85,6 +86,17 @@ export interface BusConnectOptions {
   connectTimeoutMs?: number;
   /** JetStream API timeout (default 5000). */
   jsTimeoutMs?: number;
+  /**
+   * TLS files (transport.ts); default from DRAFTWIRE_TLS_CA/CERT/KEY; null: no TLS asked for.
+   * With credentials, a server off loopback is refused without TLS.
+   */
+  tls?: BusTlsOptions | null;
+  /**
+   * Replicas of the streams and KV buckets this Bus creates when the caller names none:
+   * a number, or 'auto' (3 when the cluster has 3 or more servers, else 1: transport.ts).
+   * Default: DRAFTWIRE_NATS_REPLICAS, else 'auto'.
+   */
+  replicas?: number | 'auto';
 }
 
 export interface BusStats {

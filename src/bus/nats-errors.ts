@@ -11,6 +11,14 @@ export function isNatsTimeout(e: unknown): boolean {
 export function isNoResponders(e: unknown): boolean {
   return e instanceof natsErrors.NoRespondersError || (e instanceof natsErrors.RequestError && e.isNoResponders());
 }
+/**
+ * A JetStream answer that a cluster gives while it fails over (a server just restarted or
+ * lost its peer, a new leader not yet elected): worth retrying, like a timeout.
+ */
+export function isTransientJs(e: unknown): boolean {
+  return /503|no responders|jetstream (?:is )?not (?:enabled|available)|temporarily unavailable|cluster not available|no suitable peers|stream leader|raft/i.test(String((e as Error)?.message));
+}
+
 function isClosed(e: unknown): boolean {
   return e instanceof natsErrors.ClosedConnectionError || e instanceof natsErrors.DrainingConnectionError;
 }

@@ -246,6 +246,19 @@ export class AuthPolicy {
     };
   }
 
+  /**
+   * The user/password of NATS route connections (server to server, `cluster { authorization }`)
+   * derived from the secret under labels of their own: a client's credentials do not open a
+   * route, and a member started from the same secret on another machine needs nothing else.
+   */
+  natsRouteCredentials(): { user: string; pass: string } | null {
+    if (!this.secret) return null;
+    return {
+      user: 'dw-route-' + derive(this.secret, 'draftwire/v1/nats-route-user', 8).toString('hex'),
+      pass: derive(this.secret, 'draftwire/v1/nats-route-pass', 24).toString('base64url'),
+    };
+  }
+
   /** A token proving knowledge of the secret for one store (hex); '' when disabled. */
   storeToken(storeId: string): string {
     if (!this.secret) return '';
