@@ -14,6 +14,11 @@
 // SIGKILLed here, which the same policy then handles. A rank that exits 0 finished (or was
 // retired by a scale-down) and is not respawned. The node heartbeats on `dw.<job>.hb.node-<id>`
 // so the coordinator knows where to spawn ranks for a scale-up (`node.<id>.spawn`).
+//
+// Data plane (`--listen`): the node serves its own store over HTTP (src/store/http-server.ts),
+// the refs its producers write carry its advertised address (`http://host:port/…`), and it
+// frees its own samples when the queue announces them consumed or dead on `store.free` (the
+// janitor does that where it runs; a serving node without the janitor listens itself).
 import { fork, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 import { appendStream } from '../src/files.ts';
@@ -30,6 +35,8 @@ import { InvalidArgumentError } from '../src/errors.ts';
 import { isExternal, jobFile, jobRows, maxRankRestarts, rankDeadAfterMs, rankLossPolicy, type JobSpec } from '../src/job/spec.ts';
 import { createLogger } from '../src/log.ts';
 import { SharedDirFeatureStore } from '../src/store/shared-dir.ts';
+import { StoreHttpServer } from '../src/store/http-server.ts';
+import { parseSampleUri } from '../src/wire/sampleref.ts';
 import { CoordinatorClient, HeartbeatPublisher, QueueClient, listen, serve } from '../src/bus/clients.ts';
 import { sampleSchema } from '../src/wire/schema.ts';
 
@@ -44,6 +51,12 @@ export interface NodeOptions {
   auth: AuthPolicy;
   /** Where rank logs go (default the run directory). */
   logDir?: string;
+  /** This node's store directory (default the job's storeDir); its rank processes read it too. */
+  storeDir?: string;
+  /** Serve this node's store over HTTP here (port 0: any free port). */
+  listen?: { host: string; port: number };
+  /** The address refs carry (default the listening address). */
+  advertise?: { host: string; port: number };
 }
 
 export interface RankProcess { rank: number; proc: ChildProcess; exited: Promise<number | null> }
@@ -74,6 +87,8 @@ export class NodeAgent {
   private readonly stops: Array<() => Promise<void>> = [];
   private readonly log = createLogger('node');
   rollout: ActorRef | null = null;
+  /** The data plane server, when the node listens. */
+  dataPlane: StoreHttpServer | null = null;
 
   private constructor(readonly o: NodeOptions, readonly bus: Bus, readonly system: ActorSystem, readonly store: SharedDirFeatureStore) {
     this.beats = new HeartbeatPublisher(bus);
@@ -82,11 +97,12 @@ export class NodeAgent {
   static async start(o: NodeOptions): Promise<NodeAgent> {
     const bus = await Bus.connect({ servers: o.nats, job: o.spec.job, auth: o.auth, name: `node-${o.nodeId}` });
     const store = await SharedDirFeatureStore.attach({
-      dir: o.spec.storeDir, storeId: o.spec.storeId, job: o.spec.job, auth: o.auth,
+      dir: o.storeDir ?? o.spec.storeDir, storeId: o.spec.storeId, job: o.spec.job, auth: o.auth,
       producer: { node: o.nodeId, actor: 'node', incarnation: process.pid },
       highWatermarkBytes: o.spec.storeHighBytes, lowWatermarkBytes: o.spec.storeLowBytes,
     });
     const node = new NodeAgent(o, bus, new ActorSystem(`node-${o.nodeId}`), store);
+    if (o.listen) await node.startDataPlane(o.listen, o.advertise);
     await node.startRoles();
     const spawnSub = serve(bus, 'node.spawn', (m) => ({ pid: node.spawnRank(m.rank, m.minEpoch).proc.pid ?? null }), {}, o.nodeId);
     node.stops.push(async () => spawnSub.unsubscribe());
@@ -111,6 +127,31 @@ export class NodeAgent {
     const hb = setInterval(beat, 1000);
     node.stops.push(async () => clearInterval(hb));
     return node;
+  }
+
+  /** Serves the store over HTTP; refs put from now on carry the advertised address. */
+  private async startDataPlane(at: { host: string; port: number }, advertise?: { host: string; port: number }): Promise<void> {
+    const { store, bus } = this;
+    const srv = await StoreHttpServer.start({
+      store, auth: this.o.auth, host: at.host, port: at.port,
+      onError: (e, req) => this.log.warn('data plane request failed', { method: req.method, path: req.target.split('?')[0], error: (e as Error).message }),
+    });
+    this.dataPlane = srv;
+    this.stops.push(() => srv.close());
+    store.advertiseAt(advertise?.host ?? srv.host, advertise?.port ?? srv.port);
+    this.log.info('data plane listening', { listen: srv.address, advertise: store.advertisedAt });
+    // The node that wrote a sample frees it. Where the janitor runs it does (its store is this
+    // one); elsewhere the node frees its own refs on the queue's announcement itself.
+    if (!this.o.roles.includes('janitor')) {
+      const sub = listen(bus, 'store.free', (m) => {
+        let own = false;
+        try { const u = parseSampleUri(m.ref.uri); own = u.scheme === 'http' && `${u.host}:${u.port}` === store.advertisedAt && u.storeId === store.storeId; } catch { /* not ours */ }
+        if (!own) return;
+        const freed = m.why === 'dead' ? store.abort(m.ref.sampleId, 'dead-lettered', { generation: m.ref.generation }) : store.release(m.ref);
+        void freed.catch((e: unknown) => this.log.warn('freeing a consumed sample failed', { sampleId: m.ref.sampleId, error: (e as Error).message }));
+      });
+      this.stops.push(async () => sub.unsubscribe());
+    }
   }
 
   private async startRoles(): Promise<void> {
@@ -149,7 +190,9 @@ export class NodeAgent {
     const prev = this.ranks.get(rank);
     if (prev && prev.proc.exitCode === null && prev.proc.signalCode === null) throw new InvalidArgumentError(`rank ${rank} is already running (pid ${prev.proc.pid})`);
     const log = appendStream(join(this.o.logDir ?? spec.runDir, `rank-${rank}.log`));
-    const proc = fork(RANK_MAIN.path, ['--job-file', jobFile(spec.runDir), '--rank', String(rank), '--nats', nats, '--node', nodeId, '--min-epoch', String(minEpoch)], {
+    const args = ['--job-file', jobFile(spec.runDir), '--rank', String(rank), '--nats', nats, '--node', nodeId, '--min-epoch', String(minEpoch)];
+    if (this.o.storeDir) args.push('--store-dir', this.o.storeDir);
+    const proc = fork(RANK_MAIN.path, args, {
       execArgv: RANK_MAIN.execArgv,
       stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
       env: process.env,

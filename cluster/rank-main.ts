@@ -1,5 +1,5 @@
 // Entry point of one rank process (spawned by the node agent):
-//   node --import tsx cluster/rank-main.ts --job-file F --rank R --nats URL --node ID [--min-epoch E]
+//   node --import tsx cluster/rank-main.ts --job-file F --rank R --nats URL --node ID [--min-epoch E] [--store-dir D]
 // It resumes from <runDir>/ckpt/latest.json when present, trains until the job's data is
 // consumed (checkpointing as it goes), then world rank 0 writes the final checkpoint. A rank
 // retired by a scale-down exits 0 too. It exits when its node's IPC channel closes (no orphan
@@ -13,21 +13,23 @@ import { publish } from '../src/bus/clients.ts';
 import { loadJobSpec } from '../src/job/spec.ts';
 import { createLogger } from '../src/log.ts';
 import { SharedDirFeatureStore } from '../src/store/shared-dir.ts';
+import { HttpFeatureStore } from '../src/store/http-store.ts';
 import { loadRankCheckpoint, loadWeightsFile, writeCheckpoint } from '../src/job/checkpoint.ts';
 
 const log = createLogger('rank-main');
 
 async function main(): Promise<number> {
-  const { values } = parseArgs({ options: { 'job-file': { type: 'string' }, rank: { type: 'string' }, nats: { type: 'string' }, node: { type: 'string' }, 'min-epoch': { type: 'string' } } });
+  const { values } = parseArgs({ options: { 'job-file': { type: 'string' }, rank: { type: 'string' }, nats: { type: 'string' }, node: { type: 'string' }, 'min-epoch': { type: 'string' }, 'store-dir': { type: 'string' } } });
   const spec = loadJobSpec(values['job-file'] ?? '');
   const rank = Number(values.rank);
   if (!Number.isInteger(rank) || rank < 0) throw new Error(`--rank must be an integer >= 0, got ${values.rank}`);
   const auth = AuthPolicy.fromEnv();
   const bus = await Bus.connect({ servers: values.nats ?? '', job: spec.job, auth, name: `rank-${rank}` });
-  const store = await SharedDirFeatureStore.attach({
-    dir: spec.storeDir, storeId: spec.storeId, job: spec.job, auth, create: false,
+  // dir:// refs from the node's directory, http:// refs from the node that wrote them.
+  const store = new HttpFeatureStore({ auth, local: await SharedDirFeatureStore.attach({
+    dir: values['store-dir'] ?? spec.storeDir, storeId: spec.storeId, job: spec.job, auth, create: false,
     producer: { node: values.node ?? 'local', actor: `rank-${rank}`, incarnation: process.pid },
-  });
+  }) });
   const init = await loadWeightsFile(spec.initWeights, spec.draft);
   // Resume from the job's latest committed checkpoint, if any (a respawned rank, `run --resume`).
   const resume = await loadRankCheckpoint(spec, init);

@@ -12,7 +12,7 @@ export {
 
 // The wire: the SampleRef codec, message framing limits, authentication.
 export {
-  encodeSampleRef, decodeSampleRef, validateSampleRef, parseSampleUri, dirUri,
+  encodeSampleRef, decodeSampleRef, validateSampleRef, parseSampleUri, dirUri, httpUri,
   SAMPLE_DTYPES, SAMPLE_REF_MAX_BYTES,
   type SampleRef, type SampleDtype, type FeatureSpec, type Producer, type ParsedUri,
 } from './wire/sampleref.ts';
@@ -39,6 +39,8 @@ export type { BusConnectOptions, RequestOptions, SubscribeOptions, BusSubscripti
 
 // The feature store.
 export { SharedDirFeatureStore, type SharedDirOptions } from './store/shared-dir.ts';
+export { HttpFeatureStore, type HttpStoreOptions } from './store/http-store.ts';
+export { StoreHttpServer, type StoreServerOptions } from './store/http-server.ts';
 export type { FeatureStore, PutOptions, GetOptions, GcStats, StoreHealth } from './store/feature-store.ts';
 export { tensor, type Tensor, type Dtype } from './tensor.ts';
 

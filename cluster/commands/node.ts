@@ -1,6 +1,8 @@
 // `draftwire node`: one per machine. Hosts the actors its roles name and spawns rank
 // processes, on start (--ranks) or when asked on `dw.<job>.node.<nodeId>.spawn`. Runs until
-// SIGINT/SIGTERM, then stops its ranks and actors.
+// SIGINT/SIGTERM, then stops its ranks and actors. With --listen it serves its own store over
+// HTTP (the data plane between machines that share no directory) and the refs its producers
+// write name it (--advertise, default the listening address).
 //
 // The control plane: an existing NATS server or cluster (`--nats url1,url2,url3`: the client
 // gets every address and fails over), or a member of the job's NATS cluster that this node
@@ -14,7 +16,7 @@
 import { mkdirSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { join, resolve } from 'node:path';
-import { Command } from 'commander';
+import { Command, InvalidArgumentError as OptionError } from 'commander';
 import { AuthPolicy } from '../../src/wire/auth.ts';
 import { InvalidArgumentError } from '../../src/errors.ts';
 import { loadJobSpec } from '../../src/job/spec.ts';
@@ -32,7 +34,20 @@ interface NodeCliOptions extends GlobalOptions {
   natsCluster?: boolean; natsListen?: { host: string; port: number }; clusterListen?: { host: string; port: number };
   routes?: string[]; natsStore?: string; natsReplicas?: number;
   tlsCert?: string; tlsKey?: string; tlsCa?: string;
+  listen?: { host: string; port: number }; advertise?: { host: string; port: number }; storeDir?: string;
 }
+
+/** HOST:PORT (an IPv6 host in brackets); the message names the option. */
+export function hostPort(name: string, allowZeroPort: boolean) {
+  return (v: string): { host: string; port: number } => {
+    const m = /^(\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9.-]{1,253}):([0-9]{1,5})$/.exec(v.trim());
+    const port = m ? Number(m[2]) : NaN;
+    if (!m || port > 65535 || (port === 0 && !allowZeroPort)) throw new OptionError(`${name} must be HOST:PORT (an IPv6 host in brackets, port ${allowZeroPort ? '0' : '1'}..65535), got "${v}"`);
+    return { host: m[1]!, port };
+  };
+}
+
+const WILDCARD = new Set(['0.0.0.0', '[::]', '[::0]']);
 
 export function command(): Command {
   return new Command('node')
@@ -51,8 +66,14 @@ export function command(): Command {
     .option('--tls-cert <file>', 'this machine\'s certificate (PEM): the NATS member serves it, this node presents it')
     .option('--tls-key <file>', 'the key of --tls-cert (PEM)')
     .option('--tls-ca <file>', 'the job\'s CA (PEM): servers and peers must be signed by it (and clients, by a member)')
+    .option('--listen <host:port>', 'serve this node\'s store over HTTP here, for nodes that share no directory (port 0: any free port)', hostPort('--listen', true))
+    .option('--advertise <host:port>', 'the address other machines reach --listen at, carried by the refs this node writes (default the listening address)', hostPort('--advertise', false))
+    .option('--store-dir <dir>', 'this node\'s store directory (default the job\'s storeDir)')
     .action(async (_o: unknown, cmd: Command) => {
       const o = cmd.optsWithGlobals<NodeCliOptions>();
+      if (o.advertise && !o.listen) throw new InvalidArgumentError('--advertise needs --listen (the address it advertises)');
+      if (o.listen && !o.advertise && WILDCARD.has(o.listen.host)) throw new InvalidArgumentError(`--listen ${o.listen.host} binds every interface: say which address other machines reach it at with --advertise HOST:PORT`);
+      if (o.storeDir !== undefined && o.storeDir.trim() === '') throw new InvalidArgumentError('--store-dir must be a non-empty path');
       const spec = loadJobSpec(o.jobFile);
       const ranks = (o.ranks ?? '').split(',').filter(Boolean).map((r) => {
         if (!/^\d+$/.test(r)) throw new InvalidArgumentError(`--ranks: "${r}" is not a rank number`);
@@ -95,9 +116,9 @@ export function command(): Command {
           process.env[REPLICAS_ENV] = String(replicas);
           log.info('control plane ready', { servers: servers.join(','), clusterSize: size, replicas, tls: probe.tls });
         } finally { await probe.close(); }
-        node = await NodeAgent.start({ spec, nats: servers.join(','), nodeId: o.nodeId, roles, auth });
+        node = await NodeAgent.start({ spec, nats: servers.join(','), nodeId: o.nodeId, roles, auth, listen: o.listen, advertise: o.advertise, storeDir: o.storeDir });
         for (const r of ranks) node.spawnRank(r);
-        log.info('node running', { job: spec.job, node: o.nodeId, roles: o.roles, ranks });
+        log.info('node running', { job: spec.job, node: o.nodeId, roles: o.roles, ranks, ...(node.dataPlane ? { dataPlane: node.store.advertisedAt } : {}) });
         await new Promise<void>((resolve) => { process.once('SIGINT', resolve); process.once('SIGTERM', resolve); });
       } finally {
         if (node) await node.stop();

@@ -34,9 +34,9 @@ import {
 import {
   AuthError, BackpressureError, ChecksumError, DecodeError, DraftwireError, InvalidArgumentError, SampleGoneError, StaleGenerationError, StoreWriteError,
 } from '../errors.ts';
-import { encodeSafetensors, readHeader } from './safetensors.ts';
+import { encodeSafetensors, readHeader, type SafetensorsHeader } from './safetensors.ts';
 import {
-  FEATURE_NAME_RE, SAMPLE_DTYPES, checkId, dirUri, parseSampleUri, validateSampleRef, type FeatureSpec, type Producer, type SampleDtype, type SampleRef,
+  FEATURE_NAME_RE, SAMPLE_DTYPES, checkId, dirUri, httpUri, isUriHost, parseSampleUri, validateSampleRef, type FeatureSpec, type Producer, type SampleDtype, type SampleRef,
 } from '../wire/sampleref.ts';
 import { DTYPE_BYTES, bytesOf, numel, viewAs, type Tensor } from '../tensor.ts';
 import type { BackpressureState, FeatureStore, GcStats, GetOptions, PutOptions, StoreHealth, StoreUsage } from './feature-store.ts';
@@ -88,7 +88,26 @@ export interface SharedDirOptions {
   blockBytes?: number;
   /** Mode of created files (default FILE_MODE, 0o640: src/files.ts). */
   fileMode?: number;
+  /**
+   * The address of the node's HTTP server for this store (src/store/http-server.ts): refs put
+   * carry `http://host:port/<storeId>/<sampleId>?g=<gen>` instead of `dir://…` (see advertiseAt).
+   */
+  advertise?: { host: string; port: number };
   faults?: StoreFaults;
+}
+
+/**
+ * A published sample file opened for a reader that has no ref (the HTTP server): checked as
+ * get checks it (no symlink, a regular file, not sparse, a bounded header in the Draftwire
+ * format whose manifest parses and agrees with it). The caller closes `fh`.
+ */
+export interface SampleFile {
+  fh: FileHandle;
+  size: number;
+  header: SafetensorsHeader;
+  /** The manifest exactly as stored (its sha256 is the ref's checksum). */
+  manifestJson: string;
+  manifest: Manifest;
 }
 
 interface Marker { format: string; storeId: string; job: string; auth: boolean; mac?: string }
@@ -149,7 +168,8 @@ export class SharedDirFeatureStore implements FeatureStore {
   readonly lowWatermarkBytes: number;
   private readonly auth: AuthPolicy;
   private readonly producer: Producer;
-  private readonly o: Required<Omit<SharedDirOptions, 'faults' | 'highWatermarkBytes' | 'lowWatermarkBytes' | 'tokenTtlMs'>> & { faults: StoreFaults };
+  private readonly o: Required<Omit<SharedDirOptions, 'faults' | 'highWatermarkBytes' | 'lowWatermarkBytes' | 'tokenTtlMs' | 'advertise'>> & { faults: StoreFaults };
+  private advertised: { host: string; port: number } | null = null;
   private pressured = false;
   private usageCache: { bytes: number; samples: number; at: number } | null = null;
   private closed = false;
@@ -193,11 +213,31 @@ export class SharedDirFeatureStore implements FeatureStore {
     checkId(o.producer.actor, 'producer.actor');
     if (!Number.isSafeInteger(o.producer.incarnation) || o.producer.incarnation < 0) throw new InvalidArgumentError('producer.incarnation must be a non-negative integer');
     const s = new SharedDirFeatureStore(o);
+    if (o.advertise) s.advertiseAt(o.advertise.host, o.advertise.port);
     if (!(s.lowWatermarkBytes <= s.highWatermarkBytes) || s.lowWatermarkBytes < 0) {
       throw new InvalidArgumentError(`watermarks must satisfy 0 <= low (${s.lowWatermarkBytes}) <= high (${s.highWatermarkBytes})`);
     }
     await s.openMarker();
     return s;
+  }
+
+  /**
+   * From now on refs put here carry `http://host:port/<storeId>/<sampleId>?g=<gen>`: the
+   * address at which this node's HTTP server (src/store/http-server.ts) serves this store.
+   */
+  advertiseAt(host: string, port: number): void {
+    if (!isUriHost(host)) throw new InvalidArgumentError(`advertise: host ${JSON.stringify(String(host).slice(0, 60))} must be a DNS name, an IPv4 address or a bracketed IPv6 address`);
+    if (!Number.isInteger(port) || port < 1 || port > 65535) throw new InvalidArgumentError(`advertise: port must be 1..65535, got ${String(port)}`);
+    this.advertised = { host, port };
+  }
+
+  /** The advertised address (host:port), or null when refs are dir:// ones. */
+  get advertisedAt(): string | null {
+    return this.advertised ? `${this.advertised.host}:${this.advertised.port}` : null;
+  }
+
+  private uriOf(sampleId: string, gen: number): string {
+    return this.advertised ? httpUri(this.advertised.host, this.advertised.port, this.storeId, sampleId, gen) : dirUri(this.storeId, sampleId, gen);
   }
 
   private async openMarker(): Promise<void> {
@@ -453,7 +493,7 @@ export class SharedDirFeatureStore implements FeatureStore {
         gen = Math.max(last + 1, Date.now());
       }
       const ref = this.auth.signRef(validateSampleRef({
-        v: 1, job: this.job, sampleId, generation: gen, uri: dirUri(this.storeId, sampleId, gen), features, numTokens,
+        v: 1, job: this.job, sampleId, generation: gen, uri: this.uriOf(sampleId, gen), features, numTokens,
         bytes: dataBytes, checksum, producer: { ...this.producer }, createdAt,
       }));
       const refJson = JSON.stringify({ ...ref, mac: ref.mac ? Buffer.from(ref.mac).toString('hex') : undefined });
@@ -522,7 +562,8 @@ export class SharedDirFeatureStore implements FeatureStore {
   private checkRef(ref: SampleRef, op: string): SampleRef {
     const r = validateSampleRef(ref);
     const u = parseSampleUri(r.uri);
-    if (u.scheme !== 'dir' || u.storeId !== this.storeId) throw new InvalidArgumentError(`${op}: ref ${r.uri} does not belong to store dir://${this.storeId}`);
+    // An http ref names this store's id too (its node serves it from its own directory).
+    if ((u.scheme !== 'dir' && u.scheme !== 'http') || u.storeId !== this.storeId) throw new InvalidArgumentError(`${op}: ref ${r.uri} does not belong to store dir://${this.storeId}`);
     if (r.job !== this.job) throw new InvalidArgumentError(`${op}: ref is for job "${r.job}", this store serves "${this.job}"`);
     this.auth.verifyRef(r);
     return r;
@@ -534,8 +575,7 @@ export class SharedDirFeatureStore implements FeatureStore {
   }
 
   /** Explains why a ref's file is missing: StaleGenerationError or SampleGoneError. */
-  private async missing(r: SampleRef): Promise<never> {
-    const { sampleId: id, generation: g } = r;
+  private async missing(id: string, g: number): Promise<never> {
     const t = await readIfExists(this.tombPath(id, g));
     if (t !== null) {
       let tomb: Partial<Tombstone> = {};
@@ -561,7 +601,7 @@ export class SharedDirFeatureStore implements FeatureStore {
       // describe) a file that is not a sample.
       fh = await open(path, fsc.O_RDONLY | fsc.O_NOFOLLOW);
     } catch (e) {
-      if (errCode(e) === 'ENOENT') return this.missing(r);
+      if (errCode(e) === 'ENOENT') return this.missing(r.sampleId, r.generation);
       if (errCode(e) === 'ELOOP') throw this.notASampleFile(r, 'is a symbolic link');
       throw e;
     }
@@ -623,7 +663,66 @@ export class SharedDirFeatureStore implements FeatureStore {
     }
   }
 
+  /**
+   * Opens generation `generation` of a sample for a reader without its ref (the HTTP server):
+   * SampleGoneError / StaleGenerationError when it is not there, DecodeError (naming the sample,
+   * never quoting the file) when the file is not a sample file, ChecksumError when its header
+   * disagrees with its manifest. Allocates at most `maxHeaderBytes` for the header (default
+   * 16 MiB). The data bytes are the caller's to verify (the reader holds the ref's checksum).
+   */
+  async openForRead(sampleId: string, generation: number, maxHeaderBytes = 16 << 20): Promise<SampleFile> {
+    this.checkOpen();
+    this.checkSampleId(sampleId);
+    if (!Number.isSafeInteger(generation) || generation < 0) throw new InvalidArgumentError(`generation must be a non-negative integer, got ${String(generation)}`);
+    const r = { sampleId, generation } as SampleRef;
+    let fh: FileHandle;
+    try {
+      fh = await open(this.dataPath(sampleId, generation), fsc.O_RDONLY | fsc.O_NOFOLLOW);
+    } catch (e) {
+      if (errCode(e) === 'ENOENT') return this.missing(sampleId, generation);
+      if (errCode(e) === 'ELOOP') throw this.notASampleFile(r, 'is a symbolic link');
+      throw e;
+    }
+    const where = `sample "${sampleId}" generation ${generation}`;
+    try {
+      const st = await fh.stat();
+      if (!st.isFile()) throw this.notASampleFile(r, 'is not a regular file');
+      if (st.blocks * 512 + SPARSE_SLACK < st.size / 2) throw this.notASampleFile(r, `is sparse (${st.blocks * 512} of its ${st.size} bytes are on disk)`);
+      let header: SafetensorsHeader;
+      try { header = await readHeader(fh, where, maxHeaderBytes); } catch (e) { throw e instanceof DraftwireError ? this.notASampleFile(r, 'is not a safetensors file') : e; }
+      const mjson = header.metadata['draftwire.manifest'];
+      if (header.metadata.format !== FILE_FORMAT || typeof mjson !== 'string') throw this.notASampleFile(r, 'is not a Draftwire sample file');
+      let manifest: Manifest;
+      try { manifest = parseManifest(mjson, where); } catch { throw this.notASampleFile(r, 'has a malformed manifest'); }
+      if (manifest.tensors.length !== header.entries.size) throw new ChecksumError(`${where}: tensor list does not match the manifest`, { detail: { sampleId, generation } });
+      for (const t of manifest.tensors) {
+        const e = header.entries.get(t.name);
+        if (!e || e.dtype !== t.dtype || e.shape.join() !== t.shape.join()) throw new ChecksumError(`${where}: tensor "${t.name}" does not match the manifest`, { detail: { sampleId, generation } });
+      }
+      return { fh, size: st.size, header, manifestJson: mjson, manifest };
+    } catch (e) {
+      await fh.close();
+      if (e instanceof DraftwireError) throw e;
+      throw new DecodeError(`${where}: ${errCode(e) ?? 'unreadable'}`, { cause: e });
+    }
+  }
+
   // ---------------------------------------------------------------- release / abort
+
+  /**
+   * release() for a caller holding only the sample id and generation (the HTTP server's
+   * DELETE, already authenticated): frees exactly that generation. True if bytes were freed.
+   */
+  async releaseGeneration(sampleId: string, generation: number): Promise<boolean> {
+    this.checkOpen();
+    this.checkSampleId(sampleId);
+    if (!Number.isSafeInteger(generation) || generation < 0) throw new InvalidArgumentError(`generation must be a non-negative integer, got ${String(generation)}`);
+    try {
+      return (await this.retire(sampleId, generation, { reason: 'released', at: Date.now() })) > 0;
+    } catch (e) {
+      throw this.writeError(sampleId, 'release', e);
+    }
+  }
 
   async release(ref: SampleRef): Promise<boolean> {
     this.checkOpen();

@@ -30,7 +30,11 @@ export interface SampleRef {
   sampleId: string;
   /** Strictly increasing across re-puts of the same sampleId. */
   generation: number;
-  /** `dir://<storeId>/<sampleId>?g=<gen>` or `tcp://<host>:<port>/<storeId>/<sampleId>?g=<gen>`. */
+  /**
+   * `dir://<storeId>/<sampleId>?g=<gen>`, `http://<host>:<port>/<storeId>/<sampleId>?g=<gen>`
+   * (served by the producer's node: src/store/http-server.ts) or
+   * `tcp://<host>:<port>/<storeId>/<sampleId>?g=<gen>`.
+   */
   uri: string;
   features: Record<string, FeatureSpec>;
   numTokens: number;
@@ -100,7 +104,7 @@ function isPlainObject(x: unknown): x is Record<string, unknown> {
 }
 
 export interface ParsedUri {
-  scheme: 'dir' | 'tcp';
+  scheme: 'dir' | 'tcp' | 'http';
   host?: string;
   port?: number;
   storeId: string;
@@ -116,14 +120,14 @@ export function parseSampleUri(uri: string): ParsedUri {
   if (m) {
     out = { scheme: 'dir', storeId: m[1]!, sampleId: m[2]!, generation: Number(m[3]) };
   } else {
-    m = /^tcp:\/\/([^/?#]+):([0-9]{1,5})\/([^/?#]+)\/([^/?#]+)\?g=(0|[1-9][0-9]{0,15})$/.exec(uri);
+    m = /^(tcp|http):\/\/([^/?#]+):([0-9]{1,5})\/([^/?#]+)\/([^/?#]+)\?g=(0|[1-9][0-9]{0,15})$/.exec(uri);
     if (m) {
-      const port = Number(m[2]);
-      if (!HOST_RE.test(m[1]!) || port < 1 || port > 65535) throw new DecodeError(`uri ${JSON.stringify(uri)} has an invalid host or port`);
-      out = { scheme: 'tcp', host: m[1]!, port, storeId: m[3]!, sampleId: m[4]!, generation: Number(m[5]) };
+      const port = Number(m[3]);
+      if (!HOST_RE.test(m[2]!) || port < 1 || port > 65535) throw new DecodeError(`uri ${JSON.stringify(uri)} has an invalid host or port`);
+      out = { scheme: m[1] as 'tcp' | 'http', host: m[2]!, port, storeId: m[4]!, sampleId: m[5]!, generation: Number(m[6]) };
     }
   }
-  if (!out) throw new DecodeError(`uri ${JSON.stringify(uri.slice(0, 100))} is neither dir://<storeId>/<sampleId>?g=<gen> nor tcp://<host>:<port>/<storeId>/<sampleId>?g=<gen>`);
+  if (!out) throw new DecodeError(`uri ${JSON.stringify(uri.slice(0, 100))} is none of dir://<storeId>/<sampleId>?g=<gen>, http://<host>:<port>/<storeId>/<sampleId>?g=<gen>, tcp://<host>:<port>/<storeId>/<sampleId>?g=<gen>`);
   if (!isId(out.storeId) || !isId(out.sampleId)) throw new DecodeError(`uri ${JSON.stringify(uri)} has an invalid storeId or sampleId`);
   if (!Number.isSafeInteger(out.generation)) throw new DecodeError(`uri ${JSON.stringify(uri)} has an out-of-range generation`);
   return out;
@@ -131,6 +135,16 @@ export function parseSampleUri(uri: string): ParsedUri {
 
 export function dirUri(storeId: string, sampleId: string, generation: number): string {
   return `dir://${storeId}/${sampleId}?g=${generation}`;
+}
+
+/** The uri of a sample served over HTTP by the node at host:port (src/store/http-server.ts). */
+export function httpUri(host: string, port: number, storeId: string, sampleId: string, generation: number): string {
+  return `http://${host}:${port}/${storeId}/${sampleId}?g=${generation}`;
+}
+
+/** True for a host as a uri may carry it: a DNS name, an IPv4 address, or an IPv6 address in brackets. */
+export function isUriHost(host: unknown): host is string {
+  return typeof host === 'string' && HOST_RE.test(host);
 }
 
 export function tcpUri(host: string, port: number, storeId: string, sampleId: string, generation: number): string {
