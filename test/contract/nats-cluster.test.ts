@@ -6,7 +6,6 @@
 // (it serves the values written while it was down).
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
-import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect } from '@nats-io/transport-node';
@@ -16,18 +15,9 @@ import { clusterSizeFromInfo, replicasFor, splitServers } from '../../src/bus/tr
 import { readWal } from '../../src/ledger/wal.ts';
 import { AuthPolicy } from '../../src/wire/auth.ts';
 import { InvalidArgumentError } from '../../src/errors.ts';
+import { freePorts } from '../support/procs.ts';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-/** Ports nobody listens on right now (bound to 0 and released). */
-async function freePorts(n: number): Promise<number[]> {
-  const out: number[] = [];
-  while (out.length < n) {
-    const p = await new Promise<number>((res) => { const s = net.createServer(); s.listen(0, '127.0.0.1', () => { const port = (s.address() as net.AddressInfo).port; s.close(() => res(port)); }); });
-    if (!out.includes(p)) out.push(p);
-  }
-  return out;
-}
 
 async function until<T>(what: string, ms: number, f: () => Promise<T | null | undefined | false>): Promise<T> {
   const end = Date.now() + ms;

@@ -6,7 +6,6 @@
 // node restarts it on its store; the job trains to the end; SIGTERM leaves nothing behind.
 import assert from 'node:assert/strict';
 import { mkdirSync, rmSync } from 'node:fs';
-import net from 'node:net';
 import { dirname, join } from 'node:path';
 import { Bus } from '../../src/bus/bus.ts';
 import { NodeClient } from '../../src/bus/clients.ts';
@@ -15,18 +14,9 @@ import { jobFile, jobRows, saveJobSpec } from '../../src/job/spec.ts';
 import { AuthPolicy } from '../../src/wire/auth.ts';
 import { descendants, isAlive, sleep } from '../support/chaos.ts';
 import { testSpec } from '../support/jobs.ts';
-import { killChild, runCli, spawnTs, type Child } from '../support/procs.ts';
+import { freePorts, killChild, runCli, spawnTs, type Child } from '../support/procs.ts';
 
 const SECRET = 'node-cluster-test-secret-0123456789ab';
-
-async function freePorts(n: number): Promise<number[]> {
-  const out: number[] = [];
-  while (out.length < n) {
-    const p = await new Promise<number>((res) => { const s = net.createServer(); s.listen(0, '127.0.0.1', () => { const port = (s.address() as net.AddressInfo).port; s.close(() => res(port)); }); });
-    if (!out.includes(p)) out.push(p);
-  }
-  return out;
-}
 
 async function waitOutput(c: Child, re: RegExp, ms = 60_000): Promise<void> {
   const end = Date.now() + ms;

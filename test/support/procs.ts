@@ -1,5 +1,6 @@
 // Child processes for tests: spawn a TypeScript entry point under tsx, wait for a line on
 // stdout, kill with real signals, and make sure nothing outlives the test.
+import net from 'node:net';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -57,4 +58,14 @@ export function runCli(args: string[], opts: { env?: NodeJS.ProcessEnv; timeoutM
     child.on('error', reject);
     child.on('close', (code) => { clearTimeout(timer); resolve({ code, stdout, stderr, ms: Date.now() - t0 }); });
   });
+}
+
+/** Ports nobody listens on right now (bound to 0 and released). */
+export async function freePorts(n: number): Promise<number[]> {
+  const out: number[] = [];
+  while (out.length < n) {
+    const p = await new Promise<number>((res) => { const s = net.createServer(); s.listen(0, '127.0.0.1', () => { const port = (s.address() as net.AddressInfo).port; s.close(() => res(port)); }); });
+    if (!out.includes(p)) out.push(p);
+  }
+  return out;
 }
