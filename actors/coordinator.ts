@@ -122,6 +122,8 @@ export function startCoordinator(system: ActorSystem, o: CoordinatorOptions): { 
   const nodeWindow = Math.max(5000, deadAfter);
   const loss = o.onRankLoss ?? { policy: 'replace' as const, maxRestarts: 3 };
   const restarts = new Map<number, number>();
+  /** Where each orphan went: a node that comes back and asks to respawn it is told (see coord.regroup). */
+  const movedTo = new Map<number, { node: string; epoch: number }>();
   let reassigning = false;
 
   /** Finds the current epoch's orphans (see the header) and reassigns them, one pass at a time, off the actor's turn. */
@@ -160,6 +162,7 @@ export function startCoordinator(system: ActorSystem, o: CoordinatorOptions): { 
         if (replace) {
           restarts.set(rank, used + 1);
           const node = await spawnRank(rank, r.to.epoch, load);
+          movedTo.set(rank, { node, epoch: r.to.epoch });
           log.warn('rank orphaned (its node is gone): respawned on another node', { rank, node, epoch: r.to.epoch, restart: used + 1, of: loss.maxRestarts });
         } else {
           log.warn('rank orphaned (its node is gone): the job goes on without it', { rank, epoch: r.to.epoch, policy: loss.policy, restarts: used });
@@ -210,6 +213,11 @@ export function startCoordinator(system: ActorSystem, o: CoordinatorOptions): { 
   });
   const regroupSub = serve(bus, 'coord.regroup', async (m) => {
     const from = m.fromEpoch, remove = m.remove;
+    const moved = m.by === 'node' && m.rank !== undefined ? movedTo.get(m.rank) : undefined;
+    if (moved && moved.epoch > (from ?? -1)) {
+      const cur = (await (await bus.kv(bus.subjects.kvBucket)).get<EpochInfo>(STORAGE.epochKey))!.value;
+      return { from: cur, to: cur, changed: false, reassigned: moved };
+    }
     const r = await changeEpoch(bus, (cur) => {
       if (from !== undefined && cur.epoch > from) return null; // someone regrouped already
       const members = remove === undefined ? epochMembers(cur) : withoutGroupOf(cur, remove);

@@ -131,7 +131,13 @@ export class NodeAgent {
     // The ranks it answers for (running, or between a death and the respawn): the coordinator reassigns only ranks no live node lists.
     const beat = () => node.beats.node(o.nodeId, { pid: process.pid, ranks: [...new Set([...node.running(), ...node.respawning])] });
     beat();
-    const hb = setInterval(beat, 1000);
+    let lastBeat = Date.now();
+    const hb = setInterval(() => {
+      beat();
+      // A beat far later than due: this process was frozen (SIGSTOP, a suspended VM) or starved.
+      if (Date.now() - lastBeat > 5000) void node.reconcileAfterFreeze(Date.now() - lastBeat);
+      lastBeat = Date.now();
+    }, 1000);
     node.stops.push(async () => clearInterval(hb));
     return node;
   }
@@ -205,6 +211,28 @@ export class NodeAgent {
   /** The roles this node runs now, with their terms. */
   heldRoles(): HeldRole[] { return this.roleHost?.held() ?? []; }
 
+  /**
+   * After a freeze: while this node was silent the coordinator may have declared its ranks
+   * dead and respawned them elsewhere, and its kill verdicts may be lost. A rank process here
+   * that the coordinator no longer counts as that rank (another pid, or declared dead) is
+   * killed now, before it can meet its replacement in a collective group.
+   */
+  async reconcileAfterFreeze(frozenMs: number): Promise<void> {
+    let st;
+    try { st = await new CoordinatorClient(this.bus).status({ timeoutMs: 5000, retries: 2 }); } catch (e) {
+      this.log.warn('after a freeze: the coordinator did not answer; ranks left as they are', { frozenMs, error: (e as Error).message });
+      return;
+    }
+    for (const r of this.ranks.values()) {
+      if (r.proc.exitCode !== null || r.proc.signalCode !== null) continue;
+      const m = st.members.find((x) => x.rank === r.rank);
+      if (m && (m.pid !== r.proc.pid || m.dead)) {
+        this.log.warn('after a freeze: the coordinator replaced this rank meanwhile; killing the stale process', { rank: r.rank, pid: r.proc.pid, frozenMs, replacedBy: m.pid, declaredDead: m.dead });
+        r.proc.kill('SIGKILL');
+      }
+    }
+  }
+
   /** Ranks whose process runs now. */
   running(): number[] {
     return [...this.ranks.values()].filter((r) => r.proc.exitCode === null && r.proc.signalCode === null).map((r) => r.rank);
@@ -256,22 +284,30 @@ export class NodeAgent {
       const from = this.lastEpoch.get(rank);
       const ask = replace ? { rank, by: 'node' as const, ...(from !== undefined ? { fromEpoch: from } : {}) } : { rank, remove: rank, by: 'node' as const };
       const regroup = new CoordinatorClient(this.bus).regroup(ask, { timeoutMs: 10_000, retries: 3 })
-        .then((r) => r.to.epoch, (e: unknown) => { this.log.error('regroup request failed', { rank, error: (e as Error).message }); return 0; })
+        .then((r) => ({ epoch: r.to.epoch, movedTo: r.reassigned?.node ?? null }), (e: unknown) => { this.log.error('regroup request failed', { rank, error: (e as Error).message }); return { epoch: 0, movedTo: null }; })
         // The dead process's leases (granted before the new epoch; a replacement only holds
         // leases of that epoch or later) go back to pending now, not at their deadline.
-        .then(async (epoch) => {
-          if (epoch > 0) {
-            await new QueueClient(this.bus).revoke({ consumer: `rank-${rank}`, beforeEpoch: epoch })
+        .then(async (r) => {
+          if (r.epoch > 0 && !r.movedTo) {
+            await new QueueClient(this.bus).revoke({ consumer: `rank-${rank}`, beforeEpoch: r.epoch })
               .catch((e: unknown) => this.log.warn('revoking the dead rank\'s leases failed; they expire at their deadline', { rank, error: (e as Error).message }));
           }
-          return epoch;
+          return r;
         });
       if (replace) {
         this.log.warn('rank died; respawning it (it resumes from the latest checkpoint)', { rank, code, restart: restarts + 1, of: maxRankRestarts(this.o.spec) });
         this.respawning.add(rank);
-        void regroup.then((minEpoch) => {
+        void regroup.then(({ epoch, movedTo }) => {
           this.respawning.delete(rank);
-          if (!this.stopping) this.spawnRank(rank, minEpoch);
+          if (this.stopping) return;
+          // While this node was unreachable (frozen, cut off) the coordinator gave the rank to another node.
+          if (movedTo) {
+            this.log.warn('rank not respawned here: the coordinator moved it to another node while this one was unreachable', { rank, node: movedTo });
+            this.outcomes.set(rank, { rank, code, restarts, retired: true });
+            for (const w of this.settleWaiters.splice(0)) w();
+            return;
+          }
+          this.spawnRank(rank, epoch);
         });
         return;
       }

@@ -65,7 +65,8 @@ export interface ScaleRequest { dp: number; at?: number }
 export interface ScaleReply { from: EpochInfo; to: EpochInfo; changed?: boolean; spawned: { rank: number; node: string }[]; retiring: number[] }
 /** `by`: 'rank' (its collective group failed; retried under one key) or 'node' (it lost the rank's process). */
 export interface RegroupRequest { fromEpoch?: number; rank?: number; remove?: number; by?: 'rank' | 'node' }
-export interface RegroupReply { from: EpochInfo; to: EpochInfo; changed: boolean }
+/** `reassigned`: to a node's regroup for a rank the coordinator gave to another node meanwhile (that node was unreachable): do not respawn it. */
+export interface RegroupReply { from: EpochInfo; to: EpochInfo; changed: boolean; reassigned?: { node: string; epoch: number } }
 export interface CoordStatus {
   epoch: EpochInfo | null; deadAfterMs: number; deaths: { rank: number; pid: number; at: number; silentMs: number }[];
   /** Orphaned ranks (their node gone) this coordinator reassigned. */
@@ -307,7 +308,7 @@ export const PROTOCOL = Object.freeze({
   }),
   'coord.regroup': rq<RegroupRequest, RegroupReply>({
     pattern: 'coord.regroup', publisher: 'rank (group failed), node agent (rank lost)', subscriber: 'coordinator', roles: { to: 'coordinator' },
-    fields: { request: ['fromEpoch?: uint', 'rank?: uint', 'remove?: uint (a rank id)', "by?: 'rank' | 'node'"], reply: ['from: EpochInfo', 'to: EpochInfo', 'changed: boolean'] },
+    fields: { request: ['fromEpoch?: uint', 'rank?: uint', 'remove?: uint (a rank id)', "by?: 'rank' | 'node'"], reply: ['from: EpochInfo', 'to: EpochInfo', 'changed: boolean', 'reassigned?: {node, epoch} (the rank went to another node)'] },
     parse: (x) => {
       const m = map(x, 'regroup');
       if (m.fromEpoch !== undefined && !Number.isInteger(m.fromEpoch)) throw new InvalidArgumentError('regroup: fromEpoch must be an integer', { detail: { field: 'fromEpoch' } });

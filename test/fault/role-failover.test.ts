@@ -84,7 +84,7 @@ describe('roles survive the loss of their machine (leader leases, terms)', funct
 
       const fin = await waitFor('the job to finish', () => Promise.race([done, sleep(500).then(() => null)]), 180_000, output);
       assert.ok(fin.rank === 0, 'world rank 0 (rank 0, respawned) wrote the final checkpoint');
-      const out = output();
+      const out = [...nodes.values()].map((c) => c.output()).join('\n');
       assert.match(out, /rank orphaned \(its node is gone\): respawned on another node rank=0 node=c/, 'rank 0 respawned on node c (it hosted none)');
 
       const events = await readLedgerEvents(bus);
@@ -103,6 +103,47 @@ describe('roles survive the loss of their machine (leader leases, terms)', funct
       assert.equal(bus.terms.admit('queue', 1), false, 'a client that saw term 2 refuses term 1');
     } finally {
       for (const c of nodes.values()) await killChild(c);
+      await bus.close();
+      rmSync(dirname(spec.runDir), { recursive: true, force: true });
+    }
+  });
+
+  it('a holder frozen past its leases (SIGSTOP) loses its roles; woken (SIGCONT), it stops them and acts no more; the job ends clean', async () => {
+    const spec = { ...testSpec('frozen', { steps: 50, batch: 4, dp: 2, leaseMs: 8000 }), roleTtlMs: 1500, rankDeadAfterMs: 3000 };
+    mkdirSync(spec.runDir, { recursive: true });
+    await saveJobSpec(spec);
+    await writeInitialWeights(spec);
+    const bus = await Bus.connect({ servers: nats.url, job: spec.job, auth: AuthPolicy.disabled(), name: 'test' });
+    const kv = await bus.kv(bus.subjects.kvBucket);
+    const holders = async () => Promise.all(ROLES.map(async (r) => (await kv.get<RoleLeaseRecord>(STORAGE.roleKey(r)))?.value ?? null));
+    const nodes = new Map<string, Child>();
+    const output = () => [...nodes].map(([id, c]) => `--- node ${id}\n${c.output().slice(-1500)}`).join('\n');
+    const start = (id: string, ranks: string) => {
+      nodes.set(id, spawnTs('bin/draftwire.js', ['node', '--job-file', jobFile(spec.runDir), '--nats', nats.url, '--roles', ROLES.join(','), '--node-id', id, ...(ranks ? ['--ranks', ranks] : [])]));
+    };
+    try {
+      const done = new Promise<{ rank: number; samples: number }>((resolve) => { bus.subscribe<{ rank: number; samples: number }>(bus.subjects.rankDone, (m) => resolve(m), { dedupe: false }); });
+      start('a', '');
+      await waitFor('node a to hold every role', async () => (await holders()).every((h) => h?.node === 'a'), 30_000, output);
+      start('b', '0');
+      start('c', '1');
+      const coord = new CoordinatorClient(bus);
+      await waitFor('a few steps trained', async () => (await coord.status({ timeoutMs: 2000, retries: 0 })).members.filter((m) => m.member && m.step >= 2).length === 2, 90_000, output);
+      const a = nodes.get('a')!;
+      a.proc.kill('SIGSTOP');
+      await waitFor('every role to move to b or c', async () => (await holders()).every((h) => h && (h.node === 'b' || h.node === 'c') && h.term === 2), 30_000, output);
+      a.proc.kill('SIGCONT');
+      await waitFor('node a to stop every role it held', async () => (a.output().match(/role stopped here/g) ?? []).length === ROLES.length, 20_000, output);
+      const fin = await waitFor('the job to finish', () => Promise.race([done, sleep(500).then(() => null)]), 180_000, output);
+      const events = await readLedgerEvents(bus);
+      const audit = auditEvents(events);
+      assert.deepEqual(audit.problems, [], 'audit clean');
+      assert.equal(audit.consumed + audit.dead, jobRows(spec));
+      assert.equal(fin.samples, audit.consumed, 'the model trained exactly the consumed samples');
+      assert.ok((await holders()).every((h) => h!.node !== 'a'), 'node a holds nothing again');
+      assert.doesNotMatch(a.output(), /role started role=\w+ term=[3-9]/, 'node a took no role back');
+    } finally {
+      for (const c of nodes.values()) { c.proc.kill('SIGCONT'); await killChild(c); }
       await bus.close();
       rmSync(dirname(spec.runDir), { recursive: true, force: true });
     }
