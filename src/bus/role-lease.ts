@@ -21,7 +21,7 @@ import { randomUUID } from 'node:crypto';
 import { hostname } from 'node:os';
 import { ConflictError } from '../errors.ts';
 import type { Logger } from '../log.ts';
-import { STORAGE, type Role, type RoleLeaseRecord } from '../wire/protocol.ts';
+import { ROLES, STORAGE, type Role, type RoleLeaseRecord } from '../wire/protocol.ts';
 import type { KvValue } from './kv.ts';
 
 /** What the lease needs of a KV bucket (BusKv provides it). */
@@ -154,4 +154,13 @@ export class RoleLease {
       return { holding: false };
     }
   }
+}
+
+/** Every role's lease record as the KV bucket holds it (null: never taken): who holds what, under which term. */
+export async function readRoleLeases(kv: Pick<LeaseKv, 'get'>): Promise<{ role: Role; node: string | null; term: number | null; host: string | null; ageMs: number | null }[]> {
+  const now = Date.now();
+  return Promise.all(ROLES.map(async (role) => {
+    const r = (await kv.get<RoleLeaseRecord>(STORAGE.roleKey(role)))?.value ?? null;
+    return { role, node: r?.node ?? null, term: r?.term ?? null, host: r?.host ?? null, ageMs: r ? now - r.at : null };
+  }));
 }
