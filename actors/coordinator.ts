@@ -124,6 +124,7 @@ export function startCoordinator(system: ActorSystem, o: CoordinatorOptions): { 
   const restarts = new Map<number, number>();
   /** Where each orphan went: a node that comes back and asks to respawn it is told (see coord.regroup). */
   const movedTo = new Map<number, { node: string; epoch: number }>();
+  const firstSeen = new Map<number, number>();
   let reassigning = false;
 
   /** Finds the current epoch's orphans (see the header) and reassigns them, one pass at a time, off the actor's turn. */
@@ -134,11 +135,13 @@ export function startCoordinator(system: ActorSystem, o: CoordinatorOptions): { 
     const live = [...st.nodes.values()].filter((n) => now - n.lastSeen < nodeWindow);
     if (live.length === 0) return; // nobody to spawn on, and maybe our own view is cut off
     const hosted = new Set(live.flatMap((n) => n.ranks));
+    // A member not heard yet (just spawned by a scale-up, say) counts as silent only from when this coordinator first saw it in the epoch.
+    for (const r of epochMembers(epoch)) if (!firstSeen.has(r)) firstSeen.set(r, now);
     const orphans = epochMembers(epoch).filter((r) => {
       const m = st.members.get(r);
       if (hosted.has(r) || (st.reassigned.get(r) ?? -1) >= epoch.epoch) return false;
       if (m && (m.state === 'done' || m.state === 'retired')) return false;
-      return now - (m?.lastSeen ?? st.since) > deadAfter; // never heard: silent since this coordinator started
+      return now - (m?.lastSeen ?? firstSeen.get(r)!) > deadAfter;
     });
     if (orphans.length === 0) return;
     reassigning = true;
