@@ -19,7 +19,7 @@
 // `replace` (and restarts left) the coordinator asks for a new epoch with the same members
 // and spawns the rank on the live node hosting the fewest ranks; with `shrink` the epoch drops
 // it. Either way its leases go back to pending at once. Orphans are judged only once this
-// coordinator has heard the node agents for a whole node window (it may have just taken the
+// coordinator has heard the node agents for 3 s (it may have just taken the
 // role over from a dead machine), and only while its leader lease is valid (`acting`).
 //
 // Requests (all compare-and-set on the KV revision, so concurrent callers make one change):
@@ -129,7 +129,8 @@ export function startCoordinator(system: ActorSystem, o: CoordinatorOptions): { 
 
   /** Finds the current epoch's orphans (see the header) and reassigns them, one pass at a time, off the actor's turn. */
   async function checkOrphans(st: CoordState, now: number): Promise<void> {
-    if (reassigning || now - st.since < nodeWindow) return;
+    // Node agents beat every second: three beats heard from every live one before anyone is judged.
+    if (reassigning || now - st.since < Math.min(nodeWindow, 3000)) return;
     const epoch = (await (await bus.kv(bus.subjects.kvBucket)).get<EpochInfo>(STORAGE.epochKey))?.value;
     if (!epoch) return;
     const live = [...st.nodes.values()].filter((n) => now - n.lastSeen < nodeWindow);
