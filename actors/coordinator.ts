@@ -13,6 +13,15 @@
 // A heartbeat not newer (by its sender's `at`, then `seq`) than the last one taken from the
 // same sender and pid is ignored: a replayed beat cannot keep a silent process alive.
 //
+// A rank whose machine died has no node agent left to respawn it: a member of the epoch that
+// is silent past `deadAfterMs` and that no live node agent lists among its ranks (a node's
+// heartbeat lists the ranks it runs or is respawning) is an orphan. With the job's policy
+// `replace` (and restarts left) the coordinator asks for a new epoch with the same members
+// and spawns the rank on the live node hosting the fewest ranks; with `shrink` the epoch drops
+// it. Either way its leases go back to pending at once. Orphans are judged only once this
+// coordinator has heard the node agents for 3 s (it may have just taken the
+// role over from a dead machine), and only while its leader lease is valid (`acting`).
+//
 // Requests (all compare-and-set on the KV revision, so concurrent callers make one change):
 // - `coord.scale` {dp}: members become ranks 0..dp-1; ranks that are new are spawned on the
 //   node agents (the one hosting the fewest ranks first), ranks dropped retire by themselves
@@ -28,15 +37,27 @@ import { createLogger } from '../src/log.ts';
 import { bumpEpoch, changeEpoch, ensureEpoch, cellSizeOf, epochMembers, withoutGroupOf, type EpochInfo } from '../src/job/epoch.ts';
 import { STORAGE, type CoordStatus, type Heartbeat, type ScaleReply } from '../src/wire/protocol.ts';
 import { LatestPerSender } from '../src/wire/freshness.ts';
-import { NodeClient, listen, publish, serve } from '../src/bus/clients.ts';
+import { NodeClient, QueueClient, listen, publish, serve } from '../src/bus/clients.ts';
 
-type CoordMsg = { op: 'hb'; hb: Heartbeat } | { op: 'status' } | { op: 'check' } | { op: 'nodes' };
+type CoordMsg = { op: 'hb'; hb: Heartbeat } | { op: 'status' } | { op: 'check' } | { op: 'nodes' } | { op: 'orphaned'; rank: number; epoch: number };
 interface Member { rank: number; pid: number; node: string | null; step: number; state: string; lastSeen: number; held: number; epoch: number; dead: boolean; deaths: number }
 interface NodeSeen { node: string; pid: number; lastSeen: number; ranks: number[] }
-interface CoordState { members: Map<number, Member>; nodes: Map<string, NodeSeen>; deaths: { rank: number; pid: number; at: number; silentMs: number }[] }
+interface CoordState {
+  members: Map<number, Member>; nodes: Map<string, NodeSeen>; deaths: { rank: number; pid: number; at: number; silentMs: number }[];
+  /** When this coordinator started, and the epoch at which each orphan was last reassigned (one reassignment per rank per epoch). */
+  since: number; reassigned: Map<number, number>; reassignments: number;
+}
+
+export interface CoordinatorOptions {
+  bus: Bus; dp: number; cellSize?: number; deadAfterMs?: number; checkEveryMs?: number;
+  /** Whether this coordinator may act now (its role lease is valid); default always. */
+  acting?: () => boolean;
+  /** What to do with an orphaned rank (default replace, 3 restarts). */
+  onRankLoss?: { policy: 'replace' | 'shrink'; maxRestarts: number };
+}
 
 
-export function startCoordinator(system: ActorSystem, o: { bus: Bus; dp: number; cellSize?: number; deadAfterMs?: number; checkEveryMs?: number }): { ref: ActorRef<CoordMsg>; ready: Promise<EpochInfo>; stop(): Promise<void> } {
+export function startCoordinator(system: ActorSystem, o: CoordinatorOptions): { ref: ActorRef<CoordMsg>; ready: Promise<EpochInfo>; stop(): Promise<void> } {
   const { bus } = o;
   const job = bus.job;
   const deadAfter = o.deadAfterMs ?? 5000;
@@ -44,7 +65,7 @@ export function startCoordinator(system: ActorSystem, o: { bus: Bus; dp: number;
   const beats = new LatestPerSender();
   const nodes_ = new NodeClient(bus);
   const ref = system.spawn<CoordState, CoordMsg>('coordinator', {
-    init: () => ({ members: new Map(), nodes: new Map(), deaths: [] }),
+    init: () => ({ members: new Map(), nodes: new Map(), deaths: [], since: Date.now(), reassigned: new Map(), reassignments: 0 }),
     async handle(st, msg, ctx) {
       const now = Date.now();
       if (msg.op === 'hb') {
@@ -65,6 +86,9 @@ export function startCoordinator(system: ActorSystem, o: { bus: Bus; dp: number;
           });
         }
       } else if (msg.op === 'check') {
+        // An old holder of the role (frozen past its lease, say) judges no one.
+        if (o.acting && !o.acting()) return st;
+        await checkOrphans(st, now);
         for (const m of st.members.values()) {
           if (m.dead || m.state === 'retired' || m.state === 'done' || now - m.lastSeen <= deadAfter) continue;
           m.dead = true;
@@ -73,13 +97,16 @@ export function startCoordinator(system: ActorSystem, o: { bus: Bus; dp: number;
           ctx.log.warn('rank declared dead: no heartbeat', { rank: m.rank, pid: m.pid, silentMs: now - m.lastSeen });
           publish.dead(bus, { rank: m.rank, pid: m.pid, silentMs: now - m.lastSeen });
         }
+      } else if (msg.op === 'orphaned') {
+        st.reassigned.set(msg.rank, msg.epoch);
+        st.reassignments++;
       } else if (msg.op === 'nodes') {
         ctx.reply([...st.nodes.values()].filter((n) => now - n.lastSeen < Math.max(5000, deadAfter)));
       } else {
         const kv = await bus.kv(bus.subjects.kvBucket);
         const epoch = (await kv.get<EpochInfo>(STORAGE.epochKey))?.value ?? null;
         const status: CoordStatus = {
-          epoch, deadAfterMs: deadAfter, deaths: st.deaths,
+          epoch, deadAfterMs: deadAfter, deaths: st.deaths, reassigned: st.reassignments,
           nodes: [...st.nodes.values()].map((n) => ({ ...n, alive: now - n.lastSeen < Math.max(5000, deadAfter) })),
           members: [...st.members.values()].map((m) => ({
             ...m, alive: !m.dead && now - m.lastSeen < deadAfter, silentMs: now - m.lastSeen,
@@ -91,6 +118,65 @@ export function startCoordinator(system: ActorSystem, o: { bus: Bus; dp: number;
       return st;
     },
   });
+
+  const nodeWindow = Math.max(5000, deadAfter);
+  const loss = o.onRankLoss ?? { policy: 'replace' as const, maxRestarts: 3 };
+  const restarts = new Map<number, number>();
+  /** Where each orphan went: a node that comes back and asks to respawn it is told (see coord.regroup). */
+  const movedTo = new Map<number, { node: string; epoch: number }>();
+  const firstSeen = new Map<number, number>();
+  let reassigning = false;
+
+  /** Finds the current epoch's orphans (see the header) and reassigns them, one pass at a time, off the actor's turn. */
+  async function checkOrphans(st: CoordState, now: number): Promise<void> {
+    // Node agents beat every second: three beats heard from every live one before anyone is judged.
+    if (reassigning || now - st.since < Math.min(nodeWindow, 3000)) return;
+    const epoch = (await (await bus.kv(bus.subjects.kvBucket)).get<EpochInfo>(STORAGE.epochKey))?.value;
+    if (!epoch) return;
+    const live = [...st.nodes.values()].filter((n) => now - n.lastSeen < nodeWindow);
+    if (live.length === 0) return; // nobody to spawn on, and maybe our own view is cut off
+    const hosted = new Set(live.flatMap((n) => n.ranks));
+    // A member not heard yet (just spawned by a scale-up, say) counts as silent only from when this coordinator first saw it in the epoch.
+    for (const r of epochMembers(epoch)) if (!firstSeen.has(r)) firstSeen.set(r, now);
+    const orphans = epochMembers(epoch).filter((r) => {
+      const m = st.members.get(r);
+      if (hosted.has(r) || (st.reassigned.get(r) ?? -1) >= epoch.epoch) return false;
+      if (m && (m.state === 'done' || m.state === 'retired')) return false;
+      return now - (m?.lastSeen ?? firstSeen.get(r)!) > deadAfter;
+    });
+    if (orphans.length === 0) return;
+    reassigning = true;
+    void reassign(orphans, epoch.epoch).finally(() => { reassigning = false; });
+  }
+
+  async function reassign(orphans: number[], fromEpoch: number): Promise<void> {
+    const load = new Map<string, number>();
+    for (const rank of orphans) {
+      const used = restarts.get(rank) ?? 0;
+      const replace = loss.policy === 'replace' && used < loss.maxRestarts;
+      try {
+        const r = await changeEpoch(bus, (cur) => {
+          if (cur.epoch > fromEpoch && replace) return null; // the world re-formed already: join it
+          if (!epochMembers(cur).includes(rank)) return null;
+          const members = replace ? epochMembers(cur) : withoutGroupOf(cur, rank);
+          return members.length ? members : null;
+        });
+        await new QueueClient(bus).revoke({ consumer: `rank-${rank}`, beforeEpoch: r.to.epoch })
+          .catch((e: unknown) => log.warn('revoking an orphaned rank\'s leases failed; they expire at their deadline', { rank, error: (e as Error).message }));
+        if (replace) {
+          restarts.set(rank, used + 1);
+          const node = await spawnRank(rank, r.to.epoch, load);
+          movedTo.set(rank, { node, epoch: r.to.epoch });
+          log.warn('rank orphaned (its node is gone): respawned on another node', { rank, node, epoch: r.to.epoch, restart: used + 1, of: loss.maxRestarts });
+        } else {
+          log.warn('rank orphaned (its node is gone): the job goes on without it', { rank, epoch: r.to.epoch, policy: loss.policy, restarts: used });
+        }
+        system.dispatch(ref, { op: 'orphaned', rank, epoch: r.to.epoch });
+      } catch (e) {
+        log.error('reassigning an orphaned rank failed; retrying at the next check', { rank, error: (e as Error).message });
+      }
+    }
+  }
 
   const liveNodes = async (): Promise<NodeSeen[]> => {
     const nodes = await system.query<NodeSeen[]>(ref, { op: 'nodes' }, 10_000);
@@ -131,6 +217,11 @@ export function startCoordinator(system: ActorSystem, o: { bus: Bus; dp: number;
   });
   const regroupSub = serve(bus, 'coord.regroup', async (m) => {
     const from = m.fromEpoch, remove = m.remove;
+    const moved = m.by === 'node' && m.rank !== undefined ? movedTo.get(m.rank) : undefined;
+    if (moved && moved.epoch > (from ?? -1)) {
+      const cur = (await (await bus.kv(bus.subjects.kvBucket)).get<EpochInfo>(STORAGE.epochKey))!.value;
+      return { from: cur, to: cur, changed: false, reassigned: moved };
+    }
     const r = await changeEpoch(bus, (cur) => {
       if (from !== undefined && cur.epoch > from) return null; // someone regrouped already
       const members = remove === undefined ? epochMembers(cur) : withoutGroupOf(cur, remove);

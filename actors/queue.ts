@@ -5,7 +5,7 @@
 // Credits are soft state: ranks re-send them, so they are not logged.
 import type { ActorContext, ActorRef, ActorSpec, ActorSystem } from '../src/runtime/actor-system.ts';
 import type { Bus, BusSubscription } from '../src/bus/bus.ts';
-import { AuthError, BackpressureError, DecodeError, DraftwireError, InputClosedError, InvalidArgumentError, LeaseExpiredError, SchemaError, StaleEpochError, StaleGenerationError, UnavailableError } from '../src/errors.ts';
+import { AuthError, BackpressureError, ConflictError, DecodeError, DraftwireError, InputClosedError, InvalidArgumentError, LeaseExpiredError, SchemaError, StaleEpochError, StaleGenerationError, UnavailableError } from '../src/errors.ts';
 import { LeaseLedger, type Lease, type LedgerEvent, type LedgerOptions } from '../src/ledger/ledger.ts';
 import type { EpochInfo } from '../src/job/epoch.ts';
 import { rebuildLedger, WAL_RECORD, WalCorruptError } from '../src/ledger/wal.ts';
@@ -63,11 +63,22 @@ function isObj(x: unknown): x is Record<string, unknown> {
 export function queueActorSpec(o: QueueActorOptions): ActorSpec<QueueState, QueueMsg> {
   const { bus } = o;
   const s = bus.subjects;
+  /**
+   * The log's last seq as this incarnation knows it (set by the rebuild): each append expects
+   * it, so a second writer (an old holder of the queue role, resurrected) makes the next
+   * append fail instead of interleaving two ledgers; the actor then crashes and rebuilds.
+   */
+  let walSeq = 0;
   const persist = async (events: LedgerEvent[]) => {
     if (events.length === 0) return;
     failpoint('queue.before-persist');
     // Before any reply: a crash after this line replays these events; before it, the caller retries.
-    await bus.append(s.walSubject, { f: WAL_RECORD, events });
+    try {
+      walSeq = await bus.append(s.walSubject, { f: WAL_RECORD, events }, { expectedLastSeq: walSeq });
+    } catch (e) {
+      if (e instanceof ConflictError) throw new UnavailableError(`the write-ahead log moved past seq ${walSeq} under this queue (another queue wrote to it): rebuilding the ledger`, { cause: e });
+      throw e;
+    }
   };
 
   const input = o.input ?? null;
@@ -127,6 +138,7 @@ export function queueActorSpec(o: QueueActorOptions): ActorSpec<QueueState, Queu
       try {
         const { ledger, replay } = await rebuildLedger(bus, o.ledger);
         st.ledger = ledger;
+        walSeq = replay.lastStreamSeq;
         st.corrupt = null;
         ctx.log.info('ledger rebuilt from the write-ahead log', { events: replay.events.length, skipped: replay.skipped.length, duplicates: replay.duplicates.length, ...ledger.stats() });
         if (replay.duplicates.length) ctx.log.warn('write-ahead log holds replayed copies of records; ignored', { streamSeqs: replay.duplicates.map((d) => d.streamSeq).slice(0, 20) });

@@ -39,9 +39,10 @@ import { StoreHttpServer } from '../src/store/http-server.ts';
 import { parseSampleUri } from '../src/wire/sampleref.ts';
 import { CoordinatorClient, HeartbeatPublisher, QueueClient, listen, serve } from '../src/bus/clients.ts';
 import { sampleSchema } from '../src/wire/schema.ts';
+import { ROLES, type Role } from '../src/wire/protocol.ts';
+import { RoleHost, type HeldRole, type RoleStarter } from './role-host.ts';
 
-export const ROLES = ['coordinator', 'queue', 'janitor', 'rollout'] as const;
-export type Role = (typeof ROLES)[number];
+export { ROLES, type Role } from '../src/wire/protocol.ts';
 
 export interface NodeOptions {
   spec: JobSpec;
@@ -57,6 +58,8 @@ export interface NodeOptions {
   listen?: { host: string; port: number };
   /** The address refs carry (default the listening address). */
   advertise?: { host: string; port: number };
+  /** The roles' leader lease time to live (default 4000 ms): how long a dead holder's role waits for another node. */
+  roleTtlMs?: number;
 }
 
 export interface RankProcess { rank: number; proc: ChildProcess; exited: Promise<number | null> }
@@ -80,6 +83,8 @@ export class NodeAgent {
   readonly lastEpoch = new Map<number, number>();
   private readonly outcomes = new Map<number, RankOutcome>();
   private readonly retired = new Set<number>();
+  /** Ranks that died and are being respawned (after their regroup). */
+  readonly respawning = new Set<number>();
   private settleWaiters: Array<() => void> = [];
   private stopping = false;
   /** One heartbeat sequence for everything this process sends (its own beats, first beats for its ranks). */
@@ -89,6 +94,7 @@ export class NodeAgent {
   rollout: ActorRef | null = null;
   /** The data plane server, when the node listens. */
   dataPlane: StoreHttpServer | null = null;
+  private roleHost: RoleHost | null = null;
 
   private constructor(readonly o: NodeOptions, readonly bus: Bus, readonly system: ActorSystem, readonly store: SharedDirFeatureStore) {
     this.beats = new HeartbeatPublisher(bus);
@@ -122,9 +128,16 @@ export class NodeAgent {
       if (r && h.kind !== 'node' && r.proc.pid === h.pid && Number.isInteger(h.epoch)) node.lastEpoch.set(r.rank, h.epoch);
     }, { subject: bus.subjects.hbAll });
     node.stops.push(async () => hbSub.unsubscribe());
-    const beat = () => node.beats.node(o.nodeId, { pid: process.pid, ranks: node.running() });
+    // The ranks it answers for (running, or between a death and the respawn): the coordinator reassigns only ranks no live node lists.
+    const beat = () => node.beats.node(o.nodeId, { pid: process.pid, ranks: [...new Set([...node.running(), ...node.respawning])] });
     beat();
-    const hb = setInterval(beat, 1000);
+    let lastBeat = Date.now();
+    const hb = setInterval(() => {
+      beat();
+      // A beat far later than due: this process was frozen (SIGSTOP, a suspended VM) or starved.
+      if (Date.now() - lastBeat > 5000) void node.reconcileAfterFreeze(Date.now() - lastBeat);
+      lastBeat = Date.now();
+    }, 1000);
     node.stops.push(async () => clearInterval(hb));
     return node;
   }
@@ -154,28 +167,69 @@ export class NodeAgent {
     }
   }
 
+  /**
+   * Campaigns for each role this node may hold (RoleHost): a role runs here only under its
+   * leader lease, so several nodes may list the same role and one of them runs it; when that
+   * one's machine dies, another takes the role within about a lease ttl.
+   */
   private async startRoles(): Promise<void> {
     const { spec, roles } = this.o;
     const { bus, system, store } = this;
-    if (roles.includes('coordinator')) {
-      const c = startCoordinator(system, { bus, dp: spec.dp, cellSize: spec.tp * spec.sp, deadAfterMs: rankDeadAfterMs(spec) });
-      await c.ready;
-      this.stops.push(c.stop);
+    const host = new RoleHost(bus, this.o.nodeId, this.o.roleTtlMs ?? spec.roleTtlMs);
+    this.roleHost = host;
+    this.stops.push(() => host.stop());
+    const starters: Record<Role, RoleStarter> = {
+      coordinator: async (_term, lease) => {
+        const c = startCoordinator(system, {
+          bus, dp: spec.dp, cellSize: spec.tp * spec.sp, deadAfterMs: rankDeadAfterMs(spec), acting: () => lease.valid(),
+          onRankLoss: { policy: rankLossPolicy(spec), maxRestarts: maxRankRestarts(spec) },
+        });
+        await c.ready;
+        return c.stop;
+      },
+      queue: async () => {
+        const input: QueueInput = spec.input?.kind === 'external'
+          ? { kind: 'external', samples: spec.input.samples, producers: spec.input.producers, highBytes: spec.storeHighBytes, lowBytes: spec.storeLowBytes }
+          : { kind: 'fixed', samples: jobRows(spec) };
+        return startQueue(system, { bus, ledger: { leaseMs: spec.leaseMs, maxDeliveries: spec.maxDeliveries }, schema: sampleSchema(spec), input }).stop;
+      },
+      janitor: async () => startJanitor(system, { bus, store }).stop,
+      rollout: async () => {
+        const ref = system.spawn('rollout', rolloutActorSpec({ spec, bus, store }));
+        this.rollout = ref;
+        return async () => { if (this.rollout === ref) this.rollout = null; await system.stop(ref); };
+      },
+    };
+    for (const role of ROLES) {
+      if (!roles.includes(role)) continue;
+      // An external job's samples come from producers of their own: it has no rollout to run.
+      if (role === 'rollout' && isExternal(spec)) { this.log.info('no rollout: this job\'s samples come from external producers (--rollout external)'); continue; }
+      await host.campaign(role, starters[role]);
     }
-    if (roles.includes('queue')) {
-      const input: QueueInput = spec.input?.kind === 'external'
-        ? { kind: 'external', samples: spec.input.samples, producers: spec.input.producers, highBytes: spec.storeHighBytes, lowBytes: spec.storeLowBytes }
-        : { kind: 'fixed', samples: jobRows(spec) };
-      const q = startQueue(system, { bus, ledger: { leaseMs: spec.leaseMs, maxDeliveries: spec.maxDeliveries }, schema: sampleSchema(spec), input });
-      this.stops.push(q.stop);
+  }
+
+  /** The roles this node runs now, with their terms. */
+  heldRoles(): HeldRole[] { return this.roleHost?.held() ?? []; }
+
+  /**
+   * After a freeze: while this node was silent the coordinator may have declared its ranks
+   * dead and respawned them elsewhere, and its kill verdicts may be lost. A rank process here
+   * that the coordinator no longer counts as that rank (another pid, or declared dead) is
+   * killed now, before it can meet its replacement in a collective group.
+   */
+  async reconcileAfterFreeze(frozenMs: number): Promise<void> {
+    let st;
+    try { st = await new CoordinatorClient(this.bus).status({ timeoutMs: 5000, retries: 2 }); } catch (e) {
+      this.log.warn('after a freeze: the coordinator did not answer; ranks left as they are', { frozenMs, error: (e as Error).message });
+      return;
     }
-    if (roles.includes('janitor')) this.stops.push(startJanitor(system, { bus, store }).stop);
-    // An external job's samples come from producers of their own: it has no rollout to run.
-    if (roles.includes('rollout') && isExternal(spec)) this.log.info('no rollout: this job\'s samples come from external producers (--rollout external)');
-    else if (roles.includes('rollout')) {
-      const ref = system.spawn('rollout', rolloutActorSpec({ spec, bus, store }));
-      this.rollout = ref;
-      this.stops.push(() => system.stop(ref));
+    for (const r of this.ranks.values()) {
+      if (r.proc.exitCode !== null || r.proc.signalCode !== null) continue;
+      const m = st.members.find((x) => x.rank === r.rank);
+      if (m && (m.pid !== r.proc.pid || m.dead)) {
+        this.log.warn('after a freeze: the coordinator replaced this rank meanwhile; killing the stale process', { rank: r.rank, pid: r.proc.pid, frozenMs, replacedBy: m.pid, declaredDead: m.dead });
+        r.proc.kill('SIGKILL');
+      }
     }
   }
 
@@ -230,19 +284,31 @@ export class NodeAgent {
       const from = this.lastEpoch.get(rank);
       const ask = replace ? { rank, by: 'node' as const, ...(from !== undefined ? { fromEpoch: from } : {}) } : { rank, remove: rank, by: 'node' as const };
       const regroup = new CoordinatorClient(this.bus).regroup(ask, { timeoutMs: 10_000, retries: 3 })
-        .then((r) => r.to.epoch, (e: unknown) => { this.log.error('regroup request failed', { rank, error: (e as Error).message }); return 0; })
+        .then((r) => ({ epoch: r.to.epoch, movedTo: r.reassigned?.node ?? null }), (e: unknown) => { this.log.error('regroup request failed', { rank, error: (e as Error).message }); return { epoch: 0, movedTo: null }; })
         // The dead process's leases (granted before the new epoch; a replacement only holds
         // leases of that epoch or later) go back to pending now, not at their deadline.
-        .then(async (epoch) => {
-          if (epoch > 0) {
-            await new QueueClient(this.bus).revoke({ consumer: `rank-${rank}`, beforeEpoch: epoch })
+        .then(async (r) => {
+          if (r.epoch > 0 && !r.movedTo) {
+            await new QueueClient(this.bus).revoke({ consumer: `rank-${rank}`, beforeEpoch: r.epoch })
               .catch((e: unknown) => this.log.warn('revoking the dead rank\'s leases failed; they expire at their deadline', { rank, error: (e as Error).message }));
           }
-          return epoch;
+          return r;
         });
       if (replace) {
         this.log.warn('rank died; respawning it (it resumes from the latest checkpoint)', { rank, code, restart: restarts + 1, of: maxRankRestarts(this.o.spec) });
-        void regroup.then((minEpoch) => { if (!this.stopping) this.spawnRank(rank, minEpoch); });
+        this.respawning.add(rank);
+        void regroup.then(({ epoch, movedTo }) => {
+          this.respawning.delete(rank);
+          if (this.stopping) return;
+          // While this node was unreachable (frozen, cut off) the coordinator gave the rank to another node.
+          if (movedTo) {
+            this.log.warn('rank not respawned here: the coordinator moved it to another node while this one was unreachable', { rank, node: movedTo });
+            this.outcomes.set(rank, { rank, code, restarts, retired: true });
+            for (const w of this.settleWaiters.splice(0)) w();
+            return;
+          }
+          this.spawnRank(rank, epoch);
+        });
         return;
       }
       this.log.warn('rank lost for good; the job goes on without it', { rank, code, restarts, policy: rankLossPolicy(this.o.spec) });

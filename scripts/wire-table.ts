@@ -10,10 +10,12 @@ export function wireTable(): string {
   for (const name of Object.keys(PROTOCOL) as EndpointName[]) {
     const e = PROTOCOL[name] as unknown as Endpoint<unknown, unknown, unknown[]>;
     const timeout = e.kind === 'request' ? `${e.timeoutMs} ms × ${e.retries + 1}` : '—';
-    rows.push(`| ${code(`dw.<job>.${e.pattern}`)} | ${e.kind} | ${cell(e.publisher)} → ${cell(e.subscriber)} | ${e.fields.request.map(cell).join('<br>') || '—'} | ${e.fields.reply.map(cell).join('<br>') || '—'} | ${e.key ? code(e.keyRule) : cell(e.keyRule)} | ${timeout} |`);
+    const terms = [e.roles?.from ? `${e.roles.from}'s term on the ${e.kind === 'request' ? 'request' : 'message'}` : '', e.roles?.to ? `${e.roles.to}'s term on the reply` : ''].filter(Boolean);
+    const fence = terms.length ? `<br>(${terms.join('; ')})` : '';
+    rows.push(`| ${code(`dw.<job>.${e.pattern}`)} | ${e.kind} | ${cell(e.publisher)} → ${cell(e.subscriber)}${fence} | ${e.fields.request.map(cell).join('<br>') || '—'} | ${e.fields.reply.map(cell).join('<br>') || '—'} | ${e.key ? code(e.keyRule) : cell(e.keyRule)} | ${timeout} |`);
   }
   const p = STORAGE.patterns;
-  rows.push('', `KV bucket ${code(p.kvBucket)}, key ${code(STORAGE.epochKey)} (the epoch record); ledger write-ahead log: JetStream stream ${code(p.walStream)}, subject ${code(p.walSubject)}.`);
+  rows.push('', `KV bucket ${code(p.kvBucket)}, key ${code(STORAGE.epochKey)} (the epoch record), keys ${code(p.roleKey)} (the roles' leader leases); ledger write-ahead log: JetStream stream ${code(p.walStream)}, subject ${code(p.walSubject)}.`);
   return rows.join('\n') + '\n';
 }
 

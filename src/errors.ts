@@ -110,6 +110,15 @@ export class WalCorruptError extends DraftwireError {
   constructor(message: string, opts?: DraftwireErrorOptions) { super('WAL_CORRUPT', message, false, opts); }
 }
 /**
+ * A message or reply of a singleton role (queue, coordinator, janitor, rollout) from a term
+ * older than one already seen: an old holder of the role's leader lease, resurrected after
+ * another node took the role. Retryable: the current holder answers the retry.
+ * detail: role, term, newest.
+ */
+export class StaleTermError extends DraftwireError {
+  constructor(message: string, opts?: DraftwireErrorOptions) { super('STALE_TERM', message, true, opts); }
+}
+/**
  * A model directory cannot be used as a target (src/hf/): an unsupported architecture, a
  * missing or misshapen tensor, a config field out of range. detail: path, and field or tensor.
  */

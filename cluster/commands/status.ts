@@ -5,6 +5,7 @@ import { AuthPolicy } from '../../src/wire/auth.ts';
 import { Bus } from '../../src/bus/bus.ts';
 import { CoordinatorClient, JanitorClient, QueueClient } from '../../src/bus/clients.ts';
 import { InvalidArgumentError } from '../../src/errors.ts';
+import { readRoleLeases } from '../../src/bus/role-lease.ts';
 import type { GlobalOptions } from '../options.ts';
 import { dirOption, jobId, natsUrl } from '../options.ts';
 import { liveNatsUrl } from './audit.ts';
@@ -12,8 +13,9 @@ import { liveNatsUrl } from './audit.ts';
 export async function jobStatus(bus: Bus): Promise<Record<string, unknown>> {
   const o = { timeoutMs: 2000, retries: 1 };
   const ask = (p: Promise<unknown>) => p.catch((e: unknown) => ({ error: (e as Error).message }));
-  const [queue, coordinator, janitor] = await Promise.all([ask(new QueueClient(bus).status(o)), ask(new CoordinatorClient(bus).status(o)), ask(new JanitorClient(bus).status(o))]);
-  return { job: bus.job, at: Date.now(), queue, coordinator, janitor };
+  const roles = bus.kv(bus.subjects.kvBucket).then((kv) => readRoleLeases(kv));
+  const [queue, coordinator, janitor, held] = await Promise.all([ask(new QueueClient(bus).status(o)), ask(new CoordinatorClient(bus).status(o)), ask(new JanitorClient(bus).status(o)), ask(roles)]);
+  return { job: bus.job, at: Date.now(), roles: held, queue, coordinator, janitor };
 }
 
 export function command(): Command {
@@ -38,6 +40,9 @@ export function command(): Command {
 function renderStatus(s: Record<string, any>): string {
   const q = s.queue ?? {}, c = s.coordinator ?? {}, j = s.janitor ?? {};
   const lines = [`job ${s.job}`];
+  if (Array.isArray(s.roles)) {
+    lines.push('roles: ' + s.roles.map((r: any) => `${r.role} ${r.node ? `on ${r.node} (term ${r.term}, renewed ${(r.ageMs / 1000).toFixed(1)} s ago)` : r.term ? `released (term ${r.term})` : 'never held'}`).join('; '));
+  } else if (s.roles?.error) lines.push(`roles: unreadable (${s.roles.error})`);
   if (q.error) lines.push(`queue: unreachable (${q.error})`);
   else {
     lines.push(`queue: epoch ${q.epoch} num ${q.num}  samples ${q.samples}  pending ${q.pending}  leased ${q.leased}  consumed ${q.consumed}  dead ${q.dead}  (granted ${q.leasesGranted}, acks ${q.acks}, expired ${q.expired})`);

@@ -9,7 +9,7 @@ import {
   type CommitReply, type CreditRequest, type CreditReply, type LeaseRequest, type LeaseReply, type RenewReply, type FailRequest,
   type RevokeRequest, type RevokeReply, type QueueStatus, type CommittedReply, type CommittedRequest, type InputRequest, type InputReply, type ScaleReply, type RegroupRequest, type RegroupReply,
   type CoordStatus, type JanitorStatus, type SpawnRequest, type SpawnReply, type StopRequest, type StopReply,
-  type RankHeartbeat, type NodeHeartbeat, type StepMetrics, type RankDone, type DeadRank, type StoreFree, type LeaseMessage, type EpochInfo,
+  type Role, type RankHeartbeat, type NodeHeartbeat, type StepMetrics, type RankDone, type DeadRank, type StoreFree, type LeaseMessage, type EpochInfo,
 } from '../wire/protocol.ts';
 import type { SampleRef } from '../wire/sampleref.ts';
 import type { Bus, BusSubscription, MsgMeta, SubscribeOptions } from './bus.ts';
@@ -18,35 +18,58 @@ export interface CallOptions { timeoutMs?: number; retries?: number }
 type Params<K extends EndpointName> = ParamsOf<K>;
 const entry = (name: EndpointName) => PROTOCOL[name] as unknown as Endpoint<unknown, unknown, unknown[]>;
 
+/** The message with this process's term of `role` in it, when it holds the role (see src/bus/terms.ts). */
+function stamped<T>(bus: Bus, role: Role | undefined, msg: T): T {
+  const term = role ? bus.terms.termOf(role) : undefined;
+  return term !== undefined && msg !== null && typeof msg === 'object' && !Array.isArray(msg) ? { ...msg, term } : msg;
+}
+const termIn = (x: unknown): unknown => (x !== null && typeof x === 'object' ? (x as { term?: unknown }).term : undefined);
+
 /** Sends request `name` (parameters `params` for a parametrised subject) under the table's key, timeout and retries. */
 export function call<K extends RequestName>(bus: Bus, name: K, req: ReqOf<K>, opts: CallOptions = {}, ...params: Params<K>): Promise<RepOf<K>> {
   const e = entry(name);
   const key = e.key?.(req) ?? undefined;
-  return bus.request<RepOf<K>>(subjectOf(bus.job, name, ...params), req, {
+  const to = e.roles?.to;
+  return bus.request<RepOf<K>>(subjectOf(bus.job, name, ...params), stamped(bus, e.roles?.from, req), {
     timeoutMs: opts.timeoutMs ?? e.timeoutMs, retries: opts.retries ?? e.retries, ...(key ? { idempotencyKey: key } : {}),
+    // A reply from an old holder of the role (a term older than one seen) is not taken: the attempt is retried.
+    ...(to ? { refuseReply: (r: unknown) => (bus.terms.admit(to, termIn(r)) ? null : `a reply of ${to} term ${String(termIn(r))}, older than term ${bus.terms.newestOf(to)}`) } : {}),
   });
 }
 
-/** Answers request `name`: the handler gets the parsed request (a bad one is refused with InvalidArgumentError). */
+/**
+ * Answers request `name`: the handler gets the parsed request (a bad one is refused with
+ * InvalidArgumentError; one from an old holder of the sending role with StaleTermError), and
+ * its reply carries this process's term of the answering role.
+ */
 export function serve<K extends RequestName>(bus: Bus, name: K, handler: (req: ReqOf<K>, meta: MsgMeta) => Promise<RepOf<K>> | RepOf<K>, opts: SubscribeOptions = {}, ...params: Params<K>): BusSubscription {
   const e = entry(name);
-  return bus.subscribe(subjectOf(bus.job, name, ...params), (x: unknown, meta) => handler(e.parse(x) as ReqOf<K>, meta), opts);
+  const subject = subjectOf(bus.job, name, ...params);
+  const { from, to } = e.roles ?? {};
+  return bus.subscribe(subject, async (x: unknown, meta) => {
+    if (from) bus.terms.check(from, termIn(x), `request on ${subject}`);
+    return stamped(bus, to, await handler(e.parse(x) as ReqOf<K>, meta));
+  }, opts);
 }
 
-/** Publishes message `name` (a publish or broadcast subject). */
+/** Publishes message `name` (a publish or broadcast subject), with this process's term of its sending role. */
 export function announce<K extends Exclude<EndpointName, RequestName>>(bus: Bus, name: K, msg: ReqOf<K>, ...params: Params<K>): void {
-  bus.publish(subjectOf(bus.job, name, ...params), msg);
+  bus.publish(subjectOf(bus.job, name, ...params), stamped(bus, entry(name).roles?.from, msg));
 }
 
 /**
- * Receives message `name`; the handler gets it parsed. A malformed one is dropped (the Bus
- * counts and logs what a handler throws). `subject` overrides the subject (a wildcard such as
- * `bus.subjects.hbAll`).
+ * Receives message `name`; the handler gets it parsed. A malformed one, or one from an old
+ * holder of its sending role, is dropped (the Bus counts and logs what a handler throws).
+ * `subject` overrides the subject (a wildcard such as `bus.subjects.hbAll`).
  */
 export function listen<K extends Exclude<EndpointName, RequestName>>(bus: Bus, name: K, handler: (msg: ReqOf<K>, meta: MsgMeta) => void | Promise<void>, o: { subject?: string; params?: Params<K> } = {}): BusSubscription {
   const e = entry(name);
   const subject = o.subject ?? subjectOf(bus.job, name, ...((o.params ?? []) as Params<K>));
-  return bus.subscribe(subject, (x: unknown, meta) => handler(e.parse(x) as ReqOf<K>, meta), { dedupe: false });
+  const from = e.roles?.from;
+  return bus.subscribe(subject, (x: unknown, meta) => {
+    if (from) bus.terms.check(from, termIn(x), `message on ${subject}`);
+    return handler(e.parse(x) as ReqOf<K>, meta);
+  }, { dedupe: false });
 }
 
 // ------------------------------------------------------------------ per-actor clients

@@ -34,6 +34,7 @@ import { errorToWire, errorFromWire, type WireError } from '../wire/error-codec.
 import { faultsFromEnv, type BusFaults } from './faults.ts';
 import { mapNatsError, isNatsTimeout, isNoResponders } from './nats-errors.ts';
 import type { BusTlsOptions } from './transport.ts';
+import { TermFence } from './terms.ts';
 
 export interface MsgMeta {
   subject: string;
@@ -69,6 +70,8 @@ export interface RequestOptions {
   /** Backoff between attempts: backoffMs * 2^n, capped at maxBackoffMs (defaults 50 / 1000). */
   backoffMs?: number;
   maxBackoffMs?: number;
+  /** Checks a reply before it is taken: a reason string refuses it (counted as a bad reply; the attempt is retried). */
+  refuseReply?: (reply: unknown) => string | null;
 }
 
 export interface BusConnectOptions {
@@ -185,6 +188,8 @@ class RateLimitedWarn {
 export abstract class BusCore extends EventEmitter {
   readonly job: string;
   readonly subjects: JobSubjects;
+  /** The newest term seen per singleton role, and the ones this process holds (src/bus/terms.ts). */
+  readonly terms = new TermFence();
   readonly auth: AuthPolicy;
   /** Fault injection for tests (see BusFaults). */
   faults: BusFaults = {};
@@ -424,6 +429,8 @@ export abstract class BusCore extends EventEmitter {
         this.counters.badReplies++; lastFailure = 'bad reply'; continue;
       }
       if (frame.k === 'e') throw errorFromWire(frame.error, subject);
+      const refused = opts.refuseReply?.(frame.d) ?? null;
+      if (refused !== null) { this.log.warn('reply refused; retrying', { subject, why: refused }); this.counters.badReplies++; lastFailure = refused; continue; }
       return frame.d as R;
     }
     throw new TimeoutError(`request to ${subject} got no reply after ${retries + 1} attempt(s) of ${timeoutMs} ms (${lastFailure})`,

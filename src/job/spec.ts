@@ -66,6 +66,8 @@ export interface JobSpec {
   maxRankRestarts?: number;
   /** The coordinator declares a rank dead after this long without a heartbeat, ms (default 10000). */
   rankDeadAfterMs?: number;
+  /** The time to live of the roles' leader leases, ms (default 4000): a dead machine's roles move to another node after about this long. */
+  roleTtlMs?: number;
   /** A data-parallel world steps with short (padded) batches once it waited this long for full ones, ms (default 2000). */
   batchWaitMs?: number;
   /** When a rank is lost: replace it (respawn; the world waits for it) or shrink the world (default replace). */
@@ -168,6 +170,7 @@ export function validateJobSpec(x: unknown): JobSpec {
   num(o, 'storeLowBytes', { int: true, min: 0, max: o.storeHighBytes as number });
   if (o.clip !== null) num(o, 'clip', { min: 0 });
   if (o.checkpointEvery !== undefined) num(o, 'checkpointEvery', { int: true, min: 1 });
+  if (o.roleTtlMs !== undefined) num(o, 'roleTtlMs', { int: true, min: 200, max: LIMITS.ms });
   for (const k of ['rankDeadAfterMs', 'batchWaitMs']) if (o[k] !== undefined) num(o, k, { int: true, min: 1, max: LIMITS.ms });
   if (o.onRankLoss !== undefined && o.onRankLoss !== 'replace' && o.onRankLoss !== 'shrink') throw new InvalidArgumentError(`job spec: "onRankLoss" must be "replace" or "shrink", got ${JSON.stringify(o.onRankLoss)}`);
   if (o.maxRankRestarts !== undefined) num(o, 'maxRankRestarts', { int: true, min: 0 });

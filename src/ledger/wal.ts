@@ -44,6 +44,8 @@ export interface WalReplay extends WalFindings {
   events: LedgerEvent[];
   /** Every stream seq seen, by kind, for `wal skip` to check what it names. */
   kinds: Map<number, 'events' | 'skip' | 'bad' | 'duplicate' | 'skipped'>;
+  /** The last stream seq read (0: an empty log): the queue's next append expects it (a fence against a second writer). */
+  lastStreamSeq: number;
 }
 
 const hex = (_k: string, v: unknown) => (v instanceof Uint8Array ? Buffer.from(v).toString('hex') : v);
@@ -59,7 +61,7 @@ function skipProblem(o: Record<string, unknown>): string | null {
 
 /** Classifies the entries of a log (pure: the tests feed it entries without NATS). */
 export function classifyWal(entries: readonly WalEntry[]): WalReplay {
-  const out: WalReplay = { records: [], events: [], bad: [], skipped: [], duplicates: [], kinds: new Map() };
+  const out: WalReplay = { records: [], events: [], bad: [], skipped: [], duplicates: [], kinds: new Map(), lastStreamSeq: entries.reduce((m, e) => Math.max(m, e.seq), 0) };
   // Pass 1: the operator's skip records (they come after the record they name).
   const skips = new Map<number, { skipStreamSeq: number; reason: string; at: number }>();
   for (const e of entries) {

@@ -14,6 +14,17 @@ import { checkId, validateSampleRef, type SampleRef } from './sampleref.ts';
 
 // ------------------------------------------------------------------ message and reply types
 
+/** The singleton roles: each runs on the one node that holds its leader lease (KV `role.<role>`). */
+export const ROLES = ['coordinator', 'queue', 'janitor', 'rollout'] as const;
+export type Role = (typeof ROLES)[number];
+
+/**
+ * A role's leader lease (KV key `role.<role>` of the job's bucket): who holds it and under
+ * which term. Written only by compare-and-set; the term grows by one at each change of
+ * holder; `node: null` is a lease released by its holder (anyone may take it at once).
+ */
+export interface RoleLeaseRecord { role: Role; term: number; node: string | null; host: string; pid: number; incarnation: string; ttlMs: number; at: number }
+
 /** The job's epoch record (KV key `epoch`; announced on `ctl.epoch`). See src/job/epoch.ts. */
 export interface EpochInfo { epoch: number; partitions: number; members?: number[]; cellSize?: number }
 
@@ -54,9 +65,12 @@ export interface ScaleRequest { dp: number; at?: number }
 export interface ScaleReply { from: EpochInfo; to: EpochInfo; changed?: boolean; spawned: { rank: number; node: string }[]; retiring: number[] }
 /** `by`: 'rank' (its collective group failed; retried under one key) or 'node' (it lost the rank's process). */
 export interface RegroupRequest { fromEpoch?: number; rank?: number; remove?: number; by?: 'rank' | 'node' }
-export interface RegroupReply { from: EpochInfo; to: EpochInfo; changed: boolean }
+/** `reassigned`: to a node's regroup for a rank the coordinator gave to another node meanwhile (that node was unreachable): do not respawn it. */
+export interface RegroupReply { from: EpochInfo; to: EpochInfo; changed: boolean; reassigned?: { node: string; epoch: number } }
 export interface CoordStatus {
   epoch: EpochInfo | null; deadAfterMs: number; deaths: { rank: number; pid: number; at: number; silentMs: number }[];
+  /** Orphaned ranks (their node gone) this coordinator reassigned. */
+  reassigned?: number;
   nodes: { node: string; pid: number; lastSeen: number; ranks: number[]; alive: boolean }[];
   members: { rank: number; pid: number; node: string | null; step: number; state: string; held: number; epoch: number; dead: boolean; deaths: number; alive: boolean; silentMs: number; member: boolean }[];
 }
@@ -165,6 +179,12 @@ export interface Endpoint<Req, Rep, P extends unknown[] = []> {
   readonly kind: Kind;
   readonly publisher: string;
   readonly subscriber: string;
+  /**
+   * The singleton roles whose term fences this endpoint (src/bus/terms.ts): `from`, the role
+   * that sends the message or request (stamped with its term when it holds the lease); `to`,
+   * the role that answers a request (its reply is stamped). Receivers refuse an older term.
+   */
+  readonly roles?: { readonly from?: Role; readonly to?: Role };
   /** Fields of the request (or message) and of the reply, for the docs: `name: type`. */
   readonly fields: { readonly request: readonly string[]; readonly reply: readonly string[] };
   /** Validates what arrives; throws InvalidArgumentError naming the field. */
@@ -203,13 +223,13 @@ function ev<M, P extends unknown[] = []>(kind: 'publish' | 'broadcast', e: Decl<
 }
 export const PROTOCOL = Object.freeze({
   'queue.commit': rq<CommitRequest, CommitReply>({
-    pattern: 'queue.commit', publisher: 'rollout (any producer)', subscriber: 'queue',
+    pattern: 'queue.commit', publisher: 'rollout (any producer)', subscriber: 'queue', roles: { from: 'rollout', to: 'queue' },
     fields: { request: ['ref: SampleRef'], reply: ['sampleId: string', 'generation: uint', "status: 'added' | 'replaced' | 'duplicate'"] },
     parse: (x) => { const m = map(x, 'commit'); if (m.ref === undefined) bad('commit', 'ref', 'a SampleRef', undefined); return { ref: validateSampleRef(m.ref) }; },
     key: (r) => `commit:${r.ref.sampleId}:${r.ref.generation}`, keyRule: 'commit:<sampleId>:<generation>', timeoutMs: 5000, retries: 20,
   }),
   'queue.credit': rq<CreditRequest, CreditReply>({
-    pattern: 'queue.credit', publisher: 'rank (cell leader)', subscriber: 'queue',
+    pattern: 'queue.credit', publisher: 'rank (cell leader)', subscriber: 'queue', roles: { to: 'queue' },
     fields: { request: ['consumer: string', 'partition: [index, num]', 'epoch: uint', 'max: uint', 'leaseMs?: number'], reply: ['epoch', 'num', 'depth', 'consumed', 'dead', 'committed', 'partitionPending', 'budget: uint | null (null: an open input)'] },
     parse: (x) => {
       const w = 'credit', m = map(x, w), p = m.partition;
@@ -220,40 +240,40 @@ export const PROTOCOL = Object.freeze({
     key: null, keyRule: 'none (a credit replaces the previous one)', timeoutMs: 3000, retries: 2,
   }),
   'queue.ack': rq<LeaseRequest, LeaseReply>({
-    pattern: 'queue.ack', publisher: 'rank (cell leader)', subscriber: 'queue',
+    pattern: 'queue.ack', publisher: 'rank (cell leader)', subscriber: 'queue', roles: { to: 'queue' },
     fields: { request: ['leaseId: string', 'epoch: uint'], reply: ['leaseId', 'sampleId', "status: 'acked' | …"] },
     parse: parseLease('ack'), key: (r) => `ack:${r.leaseId}`, keyRule: 'ack:<leaseId>', timeoutMs: 3000, retries: 10,
   }),
   'queue.release': rq<LeaseRequest, LeaseReply>({
-    pattern: 'queue.release', publisher: 'rank (cell leader)', subscriber: 'queue',
+    pattern: 'queue.release', publisher: 'rank (cell leader)', subscriber: 'queue', roles: { to: 'queue' },
     fields: { request: ['leaseId: string', 'epoch: uint'], reply: ['leaseId', 'sampleId', "status: 'released' | …"] },
     parse: parseLease('release'), key: (r) => `release:${r.leaseId}`, keyRule: 'release:<leaseId>', timeoutMs: 3000, retries: 5,
   }),
   'queue.renew': rq<LeaseRequest, RenewReply>({
-    pattern: 'queue.renew', publisher: 'rank (cell leader)', subscriber: 'queue',
+    pattern: 'queue.renew', publisher: 'rank (cell leader)', subscriber: 'queue', roles: { to: 'queue' },
     fields: { request: ['leaseId: string', 'epoch: uint'], reply: ['leaseId', 'deadline: ms'] },
     // Every renewal must run (each extends the deadline), so no key repeats across calls.
     parse: parseLease('renew'), key: null, keyRule: 'none (each renewal extends the deadline)', timeoutMs: 2000, retries: 1,
   }),
   'queue.fail': rq<FailRequest, LeaseReply>({
-    pattern: 'queue.fail', publisher: 'rank (cell leader)', subscriber: 'queue',
+    pattern: 'queue.fail', publisher: 'rank (cell leader)', subscriber: 'queue', roles: { to: 'queue' },
     fields: { request: ['leaseId: string', 'epoch: uint', 'retryable: boolean (default true)', 'reason: string'], reply: ['leaseId', 'sampleId', "status: 'pending' | 'dead'"] },
     parse: (x) => { const w = 'fail', m = map(x, w); return { leaseId: str(m, 'leaseId', w), epoch: uint(m, 'epoch', w), retryable: m.retryable !== false, reason: String(m.reason ?? '').slice(0, 500) }; },
     key: (r) => `fail:${r.leaseId}`, keyRule: 'fail:<leaseId>', timeoutMs: 2000, retries: 5,
   }),
   'queue.revoke': rq<RevokeRequest, RevokeReply>({
-    pattern: 'queue.revoke', publisher: 'node agent (its rank process exited)', subscriber: 'queue',
+    pattern: 'queue.revoke', publisher: 'node agent (its rank process exited)', subscriber: 'queue', roles: { to: 'queue' },
     fields: { request: ['consumer: string', 'beforeEpoch?: uint'], reply: ['revoked: uint', 'dead: uint'] },
     parse: (x) => { const w = 'revoke', m = map(x, w); const b = opt(m, 'beforeEpoch', uint, w); return { consumer: str(m, 'consumer', w), ...(b !== undefined ? { beforeEpoch: b } : {}) }; },
     key: null, keyRule: 'none (revoking twice is a no-op)', timeoutMs: 10_000, retries: 3,
   }),
   'queue.status': rq<Empty, QueueStatus>({
-    pattern: 'queue.status', publisher: 'CLI, ranks', subscriber: 'queue',
+    pattern: 'queue.status', publisher: 'CLI, ranks', subscriber: 'queue', roles: { to: 'queue' },
     fields: { request: [], reply: ['ledger stats', 'depth', 'inFlight', 'incarnation', 'commitsPerSec', 'acksPerSec', 'credits[]', 'leases[]'] },
     parse: (x) => parseEmpty(x, 'queue status'), key: null, keyRule: 'none (read-only)', timeoutMs: 2000, retries: 2,
   }),
   'queue.committed': rq<CommittedRequest, CommittedReply>({
-    pattern: 'queue.committed', publisher: 'rollout, producers (on start)', subscriber: 'queue',
+    pattern: 'queue.committed', publisher: 'rollout, producers (on start)', subscriber: 'queue', roles: { to: 'queue' },
     fields: { request: ['prefix?: string'], reply: ['sampleIds: string[]'] },
     parse: (x) => {
       const w = 'queue committed';
@@ -264,7 +284,7 @@ export const PROTOCOL = Object.freeze({
     key: null, keyRule: 'none (read-only)', timeoutMs: 5000, retries: 20,
   }),
   'queue.input': rq<InputRequest, InputReply>({
-    pattern: 'queue.input', publisher: 'producer (run --rollout external)', subscriber: 'queue',
+    pattern: 'queue.input', publisher: 'producer (run --rollout external)', subscriber: 'queue', roles: { to: 'queue' },
     fields: { request: ['producer: id', "state: 'open' | 'end'", 'incarnation: uint (which start of the producer)'], reply: ['producer', "state: 'open' | 'ended'", 'closed: boolean', 'committed: uint', 'budget: uint | null'] },
     parse: (x) => {
       const w = 'input', m = map(x, w);
@@ -276,7 +296,7 @@ export const PROTOCOL = Object.freeze({
     key: (r) => `input:${r.producer}:${r.state}:${r.incarnation}`, keyRule: 'input:<producer>:<state>:<incarnation>', timeoutMs: 5000, retries: 20,
   }),
   'coord.scale': rq<ScaleRequest, ScaleReply>({
-    pattern: 'coord.scale', publisher: 'CLI `scale`', subscriber: 'coordinator',
+    pattern: 'coord.scale', publisher: 'CLI `scale`', subscriber: 'coordinator', roles: { to: 'coordinator' },
     fields: { request: ['dp: uint >= 1', 'at?: ms (the asker\'s clock)'], reply: ['from: EpochInfo', 'to: EpochInfo', 'spawned: {rank, node}[]', 'retiring: uint[]'] },
     parse: (x) => {
       const m = map(x, 'scale');
@@ -287,8 +307,8 @@ export const PROTOCOL = Object.freeze({
     key: (r) => `scale:${r.dp}:${r.at ?? Date.now()}`, keyRule: 'scale:<dp>:<at>', timeoutMs: 10_000, retries: 2,
   }),
   'coord.regroup': rq<RegroupRequest, RegroupReply>({
-    pattern: 'coord.regroup', publisher: 'rank (group failed), node agent (rank lost)', subscriber: 'coordinator',
-    fields: { request: ['fromEpoch?: uint', 'rank?: uint', 'remove?: uint (a rank id)', "by?: 'rank' | 'node'"], reply: ['from: EpochInfo', 'to: EpochInfo', 'changed: boolean'] },
+    pattern: 'coord.regroup', publisher: 'rank (group failed), node agent (rank lost)', subscriber: 'coordinator', roles: { to: 'coordinator' },
+    fields: { request: ['fromEpoch?: uint', 'rank?: uint', 'remove?: uint (a rank id)', "by?: 'rank' | 'node'"], reply: ['from: EpochInfo', 'to: EpochInfo', 'changed: boolean', 'reassigned?: {node, epoch} (the rank went to another node)'] },
     parse: (x) => {
       const m = map(x, 'regroup');
       if (m.fromEpoch !== undefined && !Number.isInteger(m.fromEpoch)) throw new InvalidArgumentError('regroup: fromEpoch must be an integer', { detail: { field: 'fromEpoch' } });
@@ -304,17 +324,17 @@ export const PROTOCOL = Object.freeze({
     keyRule: "regroup:<rank>:<fromEpoch> (by a rank); none (by a node)", timeoutMs: 10_000, retries: 5,
   }),
   'coord.status': rq<Empty, CoordStatus>({
-    pattern: 'coord.status', publisher: 'CLI, tests', subscriber: 'coordinator',
+    pattern: 'coord.status', publisher: 'CLI, tests', subscriber: 'coordinator', roles: { to: 'coordinator' },
     fields: { request: [], reply: ['epoch: EpochInfo | null', 'deadAfterMs', 'deaths[]', 'nodes[]', 'members[]'] },
     parse: (x) => parseEmpty(x, 'coord status'), key: null, keyRule: 'none (read-only)', timeoutMs: 2000, retries: 1,
   }),
   'janitor.status': rq<Empty, JanitorStatus>({
-    pattern: 'janitor.status', publisher: 'CLI', subscriber: 'janitor',
+    pattern: 'janitor.status', publisher: 'CLI', subscriber: 'janitor', roles: { to: 'janitor' },
     fields: { request: [], reply: ['freed', 'aborted', 'sweeps', 'lastGc', 'usage'] },
     parse: (x) => parseEmpty(x, 'janitor status'), key: null, keyRule: 'none (read-only)', timeoutMs: 2000, retries: 1,
   }),
   'node.spawn': rq<SpawnRequest, SpawnReply, [nodeId: string]>({
-    pattern: 'node.<nodeId>.spawn', publisher: 'coordinator (scale up)', subscriber: 'node agent <nodeId>',
+    pattern: 'node.<nodeId>.spawn', publisher: 'coordinator (scale up)', subscriber: 'node agent <nodeId>', roles: { from: 'coordinator' },
     fields: { request: ['rank: uint', 'minEpoch: uint (default 0)'], reply: ['pid: uint | null'] },
     parse: (x) => {
       const m = map(x, 'spawn');
@@ -339,7 +359,7 @@ export const PROTOCOL = Object.freeze({
     tail: (nodeId) => `node.${token(nodeId, 'node id')}.stop`,
   }),
   'part': ev<LeaseMessage, [partitions: number, index: number]>('publish', {
-    pattern: 'part.<partitions>.<index>', publisher: 'queue', subscriber: 'rank (cell leader of DP index <index>)',
+    pattern: 'part.<partitions>.<index>', publisher: 'queue', subscriber: 'rank (cell leader of DP index <index>)', roles: { from: 'queue' },
     fields: { request: ['consumer: string', 'leases: Lease[] {leaseId, sampleId, ref, epoch, consumer, deadline, delivery}'], reply: [] },
     parse: (x) => { const m = map(x, 'leases'); if (!Array.isArray(m.leases)) bad('leases', 'leases', 'a list', m.leases); return { consumer: str(m, 'consumer', 'leases'), leases: m.leases as Lease[] }; },
     key: null, keyRule: '— (a lease is taken once, by leaseId)', timeoutMs: 0, retries: 0,
@@ -350,18 +370,18 @@ export const PROTOCOL = Object.freeze({
     },
   }),
   'store.free': ev<StoreFree>('publish', {
-    pattern: 'store.free', publisher: 'queue (acked or dead-lettered)', subscriber: 'janitor',
+    pattern: 'store.free', publisher: 'queue (acked or dead-lettered)', subscriber: 'janitor', roles: { from: 'queue' },
     fields: { request: ['ref: SampleRef', "why: 'consumed' | 'dead'"], reply: [] },
     parse: (x) => { const m = map(x, 'store.free'); return { ref: validateSampleRef(m.ref), why: m.why === 'dead' ? 'dead' : 'consumed' }; },
     key: null, keyRule: '— (freeing twice is a no-op)', timeoutMs: 0, retries: 0,
   }),
   'ctl.epoch': ev<EpochInfo>('broadcast', {
-    pattern: 'ctl.epoch', publisher: 'coordinator (epoch CAS winner)', subscriber: 'ranks',
+    pattern: 'ctl.epoch', publisher: 'coordinator (epoch CAS winner)', subscriber: 'ranks', roles: { from: 'coordinator' },
     fields: { request: ['epoch: uint', 'partitions: uint', 'members?: uint[]', 'cellSize?: uint'], reply: [] },
     parse: (x) => parseEpochInfo(x, 'ctl.epoch'), key: null, keyRule: '— (only a newer epoch counts)', timeoutMs: 0, retries: 0,
   }),
   'ctl.dead': ev<DeadRank>('broadcast', {
-    pattern: 'ctl.dead', publisher: 'coordinator', subscriber: 'node agents',
+    pattern: 'ctl.dead', publisher: 'coordinator', subscriber: 'node agents', roles: { from: 'coordinator' },
     fields: { request: ['rank: uint', 'pid: uint', 'silentMs: number'], reply: [] },
     parse: (x) => { const w = 'ctl.dead', m = map(x, w); return { rank: uint(m, 'rank', w), pid: uint(m, 'pid', w), silentMs: Number(m.silentMs ?? 0) }; },
     key: null, keyRule: '— (kills only that pid)', timeoutMs: 0, retries: 0,
@@ -406,10 +426,12 @@ export function subjectOf<K extends EndpointName>(job: string, name: K, ...param
 /** JetStream and KV names of a job. */
 export const STORAGE = Object.freeze({
   kvBucket: (job: string) => `dw_${token(job, 'job id')}`,
-  /** The one key of the coordinator's bucket: the epoch record (EpochInfo). */
+  /** The coordinator's key of the bucket: the epoch record (EpochInfo). */
   epochKey: 'epoch',
+  /** A role's leader lease (RoleLeaseRecord). */
+  roleKey: (role: Role) => `role.${role}`,
   walStream: (job: string) => `dw_${token(job, 'job id')}_wal`,
   walSubject: (job: string) => `dw.${token(job, 'job id')}.wal.ledger`,
   /** The same names as patterns, for the docs. */
-  patterns: Object.freeze({ kvBucket: 'dw_<job>', walStream: 'dw_<job>_wal', walSubject: 'dw.<job>.wal.ledger' }),
+  patterns: Object.freeze({ roleKey: 'role.<role>', kvBucket: 'dw_<job>', walStream: 'dw_<job>_wal', walSubject: 'dw.<job>.wal.ledger' }),
 });

@@ -48,6 +48,9 @@ describe('draftwire run (end to end)', function () {
     assert.ok(status, `status never answered; run stderr:\n${err}`);
     assert.equal(status!.queue.epoch, 1);
     assert.equal(status!.coordinator.members[0].rank, 0);
+    // Every role held by the run's one node, under its first term.
+    assert.deepEqual(status!.roles.map((r: { role: string; node: string; term: number }) => `${r.role}@${r.node}:${r.term}`).sort(),
+      ['coordinator@local:1', 'janitor@local:1', 'queue@local:1', 'rollout@local:1']);
 
     assert.equal(await exited, 0, `run failed:\n${err}`);
     const summary = JSON.parse(out.trim().split('\n').at(-1)!);

@@ -108,7 +108,7 @@ describe('run --rollout external: the job trains what producers of its own commi
     const url = await natsUrlOf(job);
     const [a, b] = await Promise.all([TestProducer.start('pa', job, url, auth), TestProducer.start('pb', job, url, auth)]);
     try {
-      assert.deepEqual(await a.open(), { producer: 'pa', state: 'open', closed: false, committed: 0, budget: null });
+      assert.deepEqual(await a.open(), { producer: 'pa', state: 'open', closed: false, committed: 0, budget: null, term: 1 }, 'the reply carries the term of the queue role');
       await b.open();
       const ids: string[] = [];
       for (let n = 0; n < 6; n++) ids.push(await a.produce(n), await b.produce(n));
@@ -126,7 +126,7 @@ describe('run --rollout external: the job trains what producers of its own commi
       assert.equal(scaled.code, 0, scaled.stderr);
       for (let n = 6; n < 10; n++) ids.push(await b.produce(n));
       const endB = await b.end();
-      assert.deepEqual(endB, { producer: 'pb', state: 'ended', closed: true, committed: ids.length, budget: ids.length });
+      assert.deepEqual(endB, { producer: 'pb', state: 'ended', closed: true, committed: ids.length, budget: ids.length, term: 1 });
       // Closed: a new sample and a producer opening late are refused, not retried.
       await assert.rejects(b.produce(99), (e: unknown) => e instanceof InputClosedError && e.retryable === false && /input is closed/.test(e.message));
       await assert.rejects(new QueueClient(a.bus).input({ producer: 'pc', state: 'open', incarnation: 1 }), InputClosedError);
