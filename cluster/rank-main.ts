@@ -14,7 +14,8 @@ import { loadJobSpec } from '../src/job/spec.ts';
 import { createLogger } from '../src/log.ts';
 import { SharedDirFeatureStore } from '../src/store/shared-dir.ts';
 import { HttpFeatureStore } from '../src/store/http-store.ts';
-import { loadRankCheckpoint, loadWeightsFile, writeCheckpoint } from '../src/job/checkpoint.ts';
+import { loadWeightsFile, writeCheckpoint } from '../src/job/checkpoint.ts';
+import { checkpointStoreOf } from '../src/job/checkpoint-store.ts';
 
 const log = createLogger('rank-main');
 
@@ -32,12 +33,13 @@ async function main(): Promise<number> {
   }) });
   const init = await loadWeightsFile(spec.initWeights, spec.draft);
   // Resume from the job's latest committed checkpoint, if any (a respawned rank, `run --resume`).
-  const resume = await loadRankCheckpoint(spec, init);
+  const checkpoints = checkpointStoreOf(spec, bus);
+  const resume = await checkpoints.loadRankCheckpoint(init);
   const weights = resume ? resume.weights : init;
-  if (resume) log.info('resuming from checkpoint', { step: resume.manifest.step, unackedWindow: resume.manifest.window.length });
+  if (resume) log.info('resuming from checkpoint', { step: resume.manifest.step, unackedWindow: resume.manifest.window.length, from: checkpoints.where });
   const minEpoch = Number(values['min-epoch'] ?? 0);
   if (!Number.isInteger(minEpoch) || minEpoch < 0) throw new Error(`--min-epoch must be an integer >= 0, got ${values['min-epoch']}`);
-  const worker = new RankWorker({ spec, bus, store, rank, weights, resume, minEpoch, node: values.node ?? 'local' });
+  const worker = new RankWorker({ spec, bus, store, rank, weights, resume, minEpoch, node: values.node ?? 'local', checkpoints });
   const quit = () => { worker.stop(); };
   process.on('SIGTERM', quit);
   process.on('disconnect', () => { log.warn('node went away; exiting'); process.exit(1); });

@@ -33,6 +33,7 @@
 // committed checkpoint: leases it trained since are released (retrained by whoever gets them)
 // unless that checkpoint holds them (then acked); it asks the coordinator for a new epoch
 // (`coord.regroup`) and re-forms with whoever is a member of it.
+import { checkpointStoreOf, type CheckpointStore } from '../src/job/checkpoint-store.ts';
 import type { Bus, BusSubscription } from '../src/bus/bus.ts';
 import type { LoadedRankCheckpoint } from '../src/job/checkpoint.ts';
 import { CollectiveError, DraftwireError, StaleEpochError } from '../src/errors.ts';
@@ -78,6 +79,8 @@ export interface RankOptions {
   resume?: LoadedRankCheckpoint | null;
   /** Called after every committed checkpoint, before its leases are acked. */
   onCheckpoint?: (step: number) => void;
+  /** Where checkpoints are committed (default: the store the spec names). */
+  checkpoints?: CheckpointStore;
 }
 
 /**
@@ -145,7 +148,7 @@ export class RankWorker {
     this.frozen = Object.fromEntries(Object.entries(o.weights).filter(([k]) => !TRAINABLE_NAMES.includes(k)));
     this.ckpt = new WorldCheckpoint({
       spec: o.spec, bus: o.bus, book: this.book, log: this.log, stats: this.stats,
-      d2t: this.frozen.d2t as Int32Array, onCheckpoint: o.onCheckpoint,
+      d2t: this.frozen.d2t as Int32Array, onCheckpoint: o.onCheckpoint, checkpoints: o.checkpoints ?? checkpointStoreOf(o.spec, o.bus),
     });
     this.train = initialState(o.spec, o.weights);
     const resume = o.resume ?? null;

@@ -29,7 +29,8 @@
 //   or replayed one changes nothing.
 import type { Bus } from '../src/bus/bus.ts';
 import { CoordinatorClient, QueueClient } from '../src/bus/clients.ts';
-import { latestManifest, loadRankCheckpoint, loadWeightsFile, takeWindowParts, writeRankCheckpoint, writeWindowPart, type CheckpointLease } from '../src/job/checkpoint.ts';
+import { loadWeightsFile, type CheckpointLease } from '../src/job/checkpoint.ts';
+import type { CheckpointStore } from '../src/job/checkpoint-store.ts';
 import { LeaseExpiredError, StaleEpochError } from '../src/errors.ts';
 import { failpoint } from '../src/failpoints.ts';
 import type { JobSpec } from '../src/job/spec.ts';
@@ -47,6 +48,8 @@ export interface WorldCheckpointOptions {
   stats: CheckpointStats;
   /** The frozen draft-to-target vocabulary map, written with the weights. */
   d2t: Int32Array;
+  /** Where the world's checkpoints are committed (the run directory, or the job's JetStream). */
+  checkpoints: CheckpointStore;
   /** Called after every committed checkpoint, before its leases are acked. */
   onCheckpoint?: (step: number) => void;
 }
@@ -76,12 +79,12 @@ export class WorldCheckpoint {
       // Samples already in a checkpoint whose acks failed stay recorded as trained.
       all = [...win, ...[...book.trainedSkip].map((sampleId) => ({ leaseId: '', sampleId, epoch: 0 }))];
     } else {
-      await writeWindowPart(spec, at.step, at.epoch, world.index, { window: win, skipped: [...book.trainedSkip] });
+      await this.o.checkpoints.writeWindowPart(at.step, at.epoch, world.index, { window: win, skipped: [...book.trainedSkip] });
       await world.barrier();
-      all = world.index === 0 ? await takeWindowParts(spec, at.step, at.epoch, world.size) : [];
+      all = world.index === 0 ? await this.o.checkpoints.takeWindowParts(at.step, at.epoch, world.size) : [];
     }
     const state = await world.state(at.step, at.samples);
-    if (world.index === 0) await writeRankCheckpoint(spec, state, this.o.d2t, at.step, all, at.epoch, at.samples);
+    if (world.index === 0) await this.o.checkpoints.writeRankCheckpoint(state, this.o.d2t, at.step, all, at.epoch, at.samples);
     await world.barrier(); // committed: every rank may ack now
     stats.checkpoints++;
     this.o.onCheckpoint?.(at.step);
@@ -99,7 +102,7 @@ export class WorldCheckpoint {
    * stays on it.
    */
   async ackCommitted(): Promise<void> {
-    const m = await latestManifest(this.o.spec);
+    const m = await this.o.checkpoints.latestManifest();
     if (!m) return;
     for (const id of m.trained) this.o.book.trainedSkip.add(id);
     await this.ackAll(m.window);
@@ -113,7 +116,7 @@ export class WorldCheckpoint {
   async revert(epoch: number, rank: number): Promise<TrainState> {
     const { spec, bus, book } = this.o;
     const init = await loadWeightsFile(spec.initWeights, spec.draft);
-    const ck = await loadRankCheckpoint(spec, init);
+    const ck = await this.o.checkpoints.loadRankCheckpoint(init);
     const inCk = new Set(ck?.manifest.trained ?? []);
     const trained = book.window.filter((l) => inCk.has(l.sampleId));
     const lost = book.window.filter((l) => !inCk.has(l.sampleId));

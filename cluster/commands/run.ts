@@ -45,7 +45,7 @@ interface RunOpts extends GlobalOptions {
   seed: number; temperature: number; dataset?: string; evalEvery: number; evalPrompts: number; threads: number;
   leaseMs: number; storeHighMb: number; progress: boolean; keepStore: boolean;
   resume?: string; checkpointEvery?: number; maxRankRestarts?: number; rankDeadAfterMs?: number;
-  onRankLoss?: 'replace' | 'shrink'; batchWaitMs?: number;
+  onRankLoss?: 'replace' | 'shrink'; batchWaitMs?: number; checkpointStore?: 'dir' | 'nats';
   // the samples' source: the job's own rollout, or producers of their own (--rollout external)
   rollout?: 'builtin' | 'external'; samples?: number; producers?: number; featureDtype?: 'bf16' | 'f32';
   // a Hugging Face target and a chat dataset (cluster/commands/run-hf.ts)
@@ -124,6 +124,7 @@ export function command(): Command {
     .option('--resume <runDir>', 'continue the run in this directory (its process was killed): same job, ledger and latest checkpoint')
     .option('--checkpoint-every <n>', 'rank checkpoint every n steps; a step\'s leases are acked once its checkpoint is durable', positiveInt('--checkpoint-every'), 1)
     .option('--max-rank-restarts <n>', 'respawn a dead rank this many times', nonNegativeInt('--max-rank-restarts'), 3)
+    .addOption(new Option('--checkpoint-store <where>', 'where rank checkpoints live: the run directory, or the job\'s NATS JetStream (replicated; what machines that share no directory use)').choices(['dir', 'nats']).default('dir'))
     .addOption(new Option('--on-rank-loss <policy>', 'a lost rank is replaced (respawned; the world waits for it) or the world shrinks').choices(['replace', 'shrink']).default('replace'))
     .option('--batch-wait-ms <n>', 'a data-parallel world steps on short (padded) batches after waiting this long for full ones', intInRange('--batch-wait-ms', 1, LIMITS.ms), 2000)
     .option('--rank-dead-after-ms <n>', 'declare a rank dead after this long without a heartbeat', intInRange('--rank-dead-after-ms', 1, LIMITS.ms), 10_000)
@@ -171,6 +172,7 @@ export function buildSpec(o: RunOpts & { steps?: number }): JobSpec {
     dataset: o.dataset ? resolve(o.dataset) : null, evalEvery: o.evalEvery, evalPrompts: o.evalPrompts, threads: o.threads,
     checkpointEvery: o.checkpointEvery ?? 1, maxRankRestarts: o.maxRankRestarts ?? 3, rankDeadAfterMs: o.rankDeadAfterMs ?? 10_000,
     onRankLoss: o.onRankLoss ?? 'replace', batchWaitMs: o.batchWaitMs ?? 2000,
+    ...(o.checkpointStore === 'nats' ? { checkpointStore: 'nats' as const } : {}),
     ...(external ? { input: { kind: 'external', samples: o.samples ?? null, producers: o.producers ?? 1 } } : {}),
     featureDtype: o.featureDtype ?? 'bf16',
   });

@@ -11,6 +11,7 @@ import {
   type JetStreamClient, type JetStreamManager, type StreamConfig,
 } from '@nats-io/jetstream';
 import { Kvm } from '@nats-io/kv';
+import { Objm } from '@nats-io/obj';
 import { ConflictError, DecodeError, DraftwireError, InvalidArgumentError, TimeoutError, UnavailableError } from '../errors.ts';
 import { AuthPolicy } from '../wire/auth.ts';
 import { subjects, checkSubject } from '../wire/subjects.ts';
@@ -18,6 +19,7 @@ import type { ErrorCtor } from '../wire/error-codec.ts';
 import { mapNatsError, isNatsTimeout, isNoResponders, isTransientJs } from './nats-errors.ts';
 import { BusCore, sleep, type BusConnectOptions } from './core.ts';
 import { BusKv } from './kv.ts';
+import { BusObjects } from './objects.ts';
 import { createLogger } from '../log.ts';
 import { clientTls, clusterSizeFromInfo, refusePlaintext, replicasFor, replicasFromEnv, splitServers, tlsFromEnv, TLS_ENV } from './transport.ts';
 
@@ -63,6 +65,7 @@ export class Bus extends BusCore {
   private jsm_: JetStreamManager | null = null;
   private kvm_: Kvm | null = null;
   private readonly kvs = new Map<string, Promise<BusKv>>();
+  private readonly objs = new Map<string, Promise<BusObjects>>();
   private readonly defaultReplicas: number | 'auto';
   private readonly givenServers: number;
   /** Whether the connection uses TLS (asked for: every server must offer it). */
@@ -235,6 +238,27 @@ export class Bus extends BusCore {
       })();
       this.kvs.set(bucket, p);
       p.catch(() => this.kvs.delete(bucket));
+    }
+    return p;
+  }
+
+  /** Open (creating if missing) an object store bucket, with the job's replica count. */
+  objects(bucket: string): Promise<BusObjects> {
+    if (typeof bucket !== 'string' || !/^[A-Za-z0-9_-]{1,128}$/.test(bucket)) return Promise.reject(new InvalidArgumentError(`invalid object store bucket name ${JSON.stringify(bucket)}`));
+    let p = this.objs.get(bucket);
+    if (!p) {
+      p = (async () => {
+        const replicas = this.replicas();
+        const os = await this.jsOp(`open object store ${bucket}`, () => new Objm(this.js()).create(bucket, { replicas, storage: StorageType.File }), true);
+        if (replicas > 1) {
+          const jsm = await this.jsm();
+          const info = await this.jsOp(`stream OBJ_${bucket}`, () => jsm.streams.info(`OBJ_${bucket}`), true);
+          await this.raiseReplicas(jsm, info.config, replicas);
+        }
+        return new BusObjects(this, bucket, os);
+      })();
+      this.objs.set(bucket, p);
+      p.catch(() => this.objs.delete(bucket));
     }
     return p;
   }

@@ -81,22 +81,30 @@ export async function modelState(model: DraftModel): Promise<ModelState> {
   return { weights: model.weights(), optimizer: model.optimizerState() };
 }
 
-/** Writes the trained draft (and its optimizer state beside it); `samples`: real samples trained into it. */
-export async function writeCheckpoint(path: string, spec: JobSpec, state: ModelState, d2t: Int32Array, step: number, samples?: number): Promise<void> {
+type SafetensorsParts = { tensors: Record<string, Tensor>; metadata: Record<string, string> };
+
+/** The two safetensors of a checkpoint: the weights (with d2t and the config) and the AdamW moments. */
+export function checkpointTensors(spec: JobSpec, state: ModelState, d2t: Int32Array, step: number, samples?: number): { weights: SafetensorsParts; optim: SafetensorsParts } {
   const shapes = draftParamShapes(spec.draft);
   const w = state.weights;
   const meta: Record<string, string> = { format: CHECKPOINT_FORMAT, config: JSON.stringify(spec.draft), step: String(step), job: spec.job };
   if (samples !== undefined) meta.samples = String(samples);
   const tensors = Object.fromEntries(TRAINABLE_NAMES.map((n) => f32(n, shapes[n]!, w[n]!)));
   tensors.d2t = tensor('i32', [d2t.length], d2t);
-  await writeSafetensorsFile(path, tensors, meta);
   const opt = state.optimizer;
   const moments: Record<string, Tensor> = {};
   for (const n of TRAINABLE_NAMES) {
     moments[`m.${n}`] = tensor('f32', shapes[n]!, opt.m[n]!);
     moments[`v.${n}`] = tensor('f32', shapes[n]!, opt.v[n]!);
   }
-  await writeSafetensorsFile(path.replace(/\.safetensors$/, '') + '.optim.safetensors', moments, { ...meta, adamStep: String(opt.step) });
+  return { weights: { tensors, metadata: meta }, optim: { tensors: moments, metadata: { ...meta, adamStep: String(opt.step) } } };
+}
+
+/** Writes the trained draft (and its optimizer state beside it); `samples`: real samples trained into it. */
+export async function writeCheckpoint(path: string, spec: JobSpec, state: ModelState, d2t: Int32Array, step: number, samples?: number): Promise<void> {
+  const c = checkpointTensors(spec, state, d2t, step, samples);
+  await writeSafetensorsFile(path, c.weights.tensors, c.weights.metadata);
+  await writeSafetensorsFile(path.replace(/\.safetensors$/, '') + '.optim.safetensors', c.optim.tensors, c.optim.metadata);
 }
 
 // ------------------------------------------------------------------------------------------
@@ -144,10 +152,17 @@ async function readManifest(path: string): Promise<RankCheckpointManifest | null
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
     throw e;
   }
-  let m: RankCheckpointManifest;
-  try { m = JSON.parse(text) as RankCheckpointManifest; } catch { throw new DecodeError(`${path} is not valid JSON`); }
-  if (m.format !== 'draftwire-rank-checkpoint/1' || !Number.isInteger(m.step) || !Array.isArray(m.window) || !Array.isArray(m.trained)) {
-    throw new DecodeError(`${path}: not a draftwire rank checkpoint manifest`);
+  let x: unknown;
+  try { x = JSON.parse(text); } catch { throw new DecodeError(`${path} is not valid JSON`); }
+  return parseManifest(x, path);
+}
+
+/** A manifest checked for its shape (DecodeError naming `where` otherwise). */
+export function parseManifest(x: unknown, where: string): RankCheckpointManifest {
+  const m = x as RankCheckpointManifest;
+  if (!m || typeof m !== 'object' || m.format !== 'draftwire-rank-checkpoint/1' || !Number.isInteger(m.step) || !Array.isArray(m.window) || !Array.isArray(m.trained)
+    || typeof m.weights !== 'string' || typeof m.optim !== 'string') {
+    throw new DecodeError(`${where}: not a draftwire rank checkpoint manifest`);
   }
   m.epoch = Number.isInteger(m.epoch) ? m.epoch : 0;
   m.samples = Number.isInteger(m.samples) ? m.samples : 0;
@@ -249,14 +264,17 @@ async function loadRankCheckpointOnce(spec: JobSpec, init: Record<string, Float3
   const m = await readManifest(join(dir, 'latest.json'));
   if (!m) return null;
   if (m.job !== spec.job) throw new InvalidArgumentError(`checkpoint ${join(dir, 'latest.json')} belongs to job ${m.job}, not ${spec.job}`);
-  const w = await readSafetensorsFile(join(dir, m.weights));
+  return checkpointFrom(m, await readSafetensorsFile(join(dir, m.weights)), await readSafetensorsFile(join(dir, m.optim)), init);
+}
+
+/** A loaded checkpoint from its manifest and its two safetensors (wherever they were stored). */
+export function checkpointFrom(m: RankCheckpointManifest, w: SafetensorsParts, o: SafetensorsParts, init: Record<string, Float32Array | Int32Array>): LoadedRankCheckpoint {
   const weights: Record<string, Float32Array | Int32Array> = { ...init };
   for (const n of TRAINABLE_NAMES) {
     const t = w.tensors[n];
     if (!t || !(t.data instanceof Float32Array)) throw new DecodeError(`checkpoint ${m.weights}: tensor ${n} missing or not f32`);
     weights[n] = t.data;
   }
-  const o = await readSafetensorsFile(join(dir, m.optim));
   const optimizer: OptimizerState = { step: Number(o.metadata.adamStep ?? m.step), m: {}, v: {} };
   for (const n of TRAINABLE_NAMES) {
     const mm = o.tensors[`m.${n}`], vv = o.tensors[`v.${n}`];

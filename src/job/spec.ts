@@ -66,6 +66,11 @@ export interface JobSpec {
   maxRankRestarts?: number;
   /** The coordinator declares a rank dead after this long without a heartbeat, ms (default 10000). */
   rankDeadAfterMs?: number;
+  /**
+   * Where rank checkpoints live: 'dir' (default) the run directory; 'nats' the job's JetStream
+   * (replicated; for machines that share no directory, see src/job/checkpoint-store.ts).
+   */
+  checkpointStore?: 'dir' | 'nats';
   /** The time to live of the roles' leader leases, ms (default 4000): a dead machine's roles move to another node after about this long. */
   roleTtlMs?: number;
   /** A data-parallel world steps with short (padded) batches once it waited this long for full ones, ms (default 2000). */
@@ -170,6 +175,7 @@ export function validateJobSpec(x: unknown): JobSpec {
   num(o, 'storeLowBytes', { int: true, min: 0, max: o.storeHighBytes as number });
   if (o.clip !== null) num(o, 'clip', { min: 0 });
   if (o.checkpointEvery !== undefined) num(o, 'checkpointEvery', { int: true, min: 1 });
+  if (o.checkpointStore !== undefined && o.checkpointStore !== 'dir' && o.checkpointStore !== 'nats') throw new InvalidArgumentError(`job spec: "checkpointStore" must be "dir" or "nats", got ${JSON.stringify(o.checkpointStore)}`);
   if (o.roleTtlMs !== undefined) num(o, 'roleTtlMs', { int: true, min: 200, max: LIMITS.ms });
   for (const k of ['rankDeadAfterMs', 'batchWaitMs']) if (o[k] !== undefined) num(o, k, { int: true, min: 1, max: LIMITS.ms });
   if (o.onRankLoss !== undefined && o.onRankLoss !== 'replace' && o.onRankLoss !== 'shrink') throw new InvalidArgumentError(`job spec: "onRankLoss" must be "replace" or "shrink", got ${JSON.stringify(o.onRankLoss)}`);

@@ -431,7 +431,9 @@ export const STORAGE = Object.freeze({
   /** A role's leader lease (RoleLeaseRecord). */
   roleKey: (role: Role) => `role.${role}`,
   walStream: (job: string) => `dw_${token(job, 'job id')}_wal`,
+  /** The object store bucket of a job's checkpoints (checkpointStore 'nats'). */
+  ckptBucket: (job: string) => `dw_${token(job, 'job id')}_ckpt`,
   walSubject: (job: string) => `dw.${token(job, 'job id')}.wal.ledger`,
   /** The same names as patterns, for the docs. */
-  patterns: Object.freeze({ roleKey: 'role.<role>', kvBucket: 'dw_<job>', walStream: 'dw_<job>_wal', walSubject: 'dw.<job>.wal.ledger' }),
+  patterns: Object.freeze({ ckptBucket: 'dw_<job>_ckpt', roleKey: 'role.<role>', kvBucket: 'dw_<job>', walStream: 'dw_<job>_wal', walSubject: 'dw.<job>.wal.ledger' }),
 });

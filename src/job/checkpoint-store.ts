@@ -1,0 +1,140 @@
+// Where a job's rank checkpoints live: the run directory (`dir`, the single-machine default:
+// checkpoint.ts's files) or the job's NATS JetStream (`nats`, for machines that share no
+// directory: replicated like the write-ahead log, so a committed checkpoint survives the loss
+// of any one machine, and a rank that starts on any machine finds it).
+//
+// NATS layout: the weights and AdamW moments are objects of the object store bucket
+// `dw_<job>_ckpt` (MAC'd, see src/bus/objects.ts); the manifest is the KV value `ckpt.latest`
+// of the job's bucket, the commit point, written by compare-and-set after both objects are
+// stored: a writer from an older epoch (a zombie world rank 0) is refused with StaleEpochError
+// as the directory store refuses it. Window parts are KV values `ckpt.part.<step>.<epoch>.<i>`.
+// After a commit the objects of every older checkpoint but the one just replaced are deleted
+// (a reader may still be reading the previous one).
+import type { Bus } from '../bus/bus.ts';
+import type { BusKv } from '../bus/kv.ts';
+import type { BusObjects } from '../bus/objects.ts';
+import { ConflictError, DecodeError, StaleEpochError } from '../errors.ts';
+import { decodeSafetensors, encodeSafetensorsBuffer } from '../store/safetensors.ts';
+import { STORAGE } from '../wire/protocol.ts';
+import {
+  checkpointFrom, checkpointTensors, latestManifest, loadRankCheckpoint, parseManifest, takeWindowParts, writeRankCheckpoint, writeWindowPart,
+  type CheckpointLease, type LoadedRankCheckpoint, type ModelState, type RankCheckpointManifest, type WindowPart,
+} from './checkpoint.ts';
+import type { JobSpec } from './spec.ts';
+
+export interface CheckpointStore {
+  /** For logs and errors: the run directory or the NATS bucket. */
+  readonly where: string;
+  latestManifest(): Promise<RankCheckpointManifest | null>;
+  /** Stores and commits a checkpoint; StaleEpochError when the committed one is from a newer epoch. */
+  writeRankCheckpoint(state: ModelState, d2t: Int32Array, step: number, window: CheckpointLease[], epoch: number, samples: number): Promise<RankCheckpointManifest>;
+  writeWindowPart(step: number, epoch: number, index: number, part: WindowPart): Promise<void>;
+  /** Every part of a world of `size` ranks (written before a barrier), removed once read. */
+  takeWindowParts(step: number, epoch: number, size: number): Promise<CheckpointLease[]>;
+  loadRankCheckpoint(init: Record<string, Float32Array | Int32Array>): Promise<LoadedRankCheckpoint | null>;
+}
+
+/** The store the job's spec names (`checkpointStore`, default the run directory). */
+export function checkpointStoreOf(spec: JobSpec, bus: Bus): CheckpointStore {
+  return spec.checkpointStore === 'nats' ? new NatsCheckpointStore(spec, bus) : new DirCheckpointStore(spec);
+}
+
+export class DirCheckpointStore implements CheckpointStore {
+  constructor(private readonly spec: JobSpec) {}
+  get where(): string { return `${this.spec.runDir}/ckpt`; }
+  latestManifest() { return latestManifest(this.spec); }
+  writeRankCheckpoint(state: ModelState, d2t: Int32Array, step: number, window: CheckpointLease[], epoch: number, samples: number) {
+    return writeRankCheckpoint(this.spec, state, d2t, step, window, epoch, samples);
+  }
+  writeWindowPart(step: number, epoch: number, index: number, part: WindowPart) { return writeWindowPart(this.spec, step, epoch, index, part); }
+  takeWindowParts(step: number, epoch: number, size: number) { return takeWindowParts(this.spec, step, epoch, size); }
+  loadRankCheckpoint(init: Record<string, Float32Array | Int32Array>) { return loadRankCheckpoint(this.spec, init); }
+}
+
+const LATEST = 'ckpt.latest';
+const partKey = (step: number, epoch: number, index: number) => `ckpt.part.${step}.${epoch}.${index}`;
+const baseName = (step: number, epoch: number) => `step-${String(step).padStart(8, '0')}-e${epoch}`;
+
+export class NatsCheckpointStore implements CheckpointStore {
+  private kv_: Promise<BusKv> | null = null;
+  private objs_: Promise<BusObjects> | null = null;
+
+  constructor(private readonly spec: JobSpec, private readonly bus: Bus) {}
+
+  get where(): string { return `nats:${STORAGE.ckptBucket(this.spec.job)}`; }
+  private kv(): Promise<BusKv> { return (this.kv_ ??= this.bus.kv(this.bus.subjects.kvBucket)); }
+  private objects(): Promise<BusObjects> { return (this.objs_ ??= this.bus.objects(STORAGE.ckptBucket(this.spec.job))); }
+
+  private async current(): Promise<{ m: RankCheckpointManifest; revision: number } | null> {
+    const v = await (await this.kv()).get<unknown>(LATEST);
+    return v ? { m: parseManifest(v.value, `${this.where} ${LATEST}@${v.revision}`), revision: v.revision } : null;
+  }
+
+  async latestManifest(): Promise<RankCheckpointManifest | null> { return (await this.current())?.m ?? null; }
+
+  async writeRankCheckpoint(state: ModelState, d2t: Int32Array, step: number, window: CheckpointLease[], epoch: number, samples: number): Promise<RankCheckpointManifest> {
+    const refuseIfNewer = (cur: RankCheckpointManifest | null) => {
+      if (cur && cur.epoch > epoch) throw new StaleEpochError(`checkpoint of step ${step} at epoch ${epoch} refused: the committed one is from epoch ${cur.epoch} (step ${cur.step})`, { detail: { epoch, current: cur.epoch } });
+    };
+    let cur = await this.current();
+    refuseIfNewer(cur?.m ?? null);
+    const base = baseName(step, epoch);
+    const c = checkpointTensors(this.spec, state, d2t, step, samples);
+    const objs = await this.objects();
+    await objs.put(`${base}.safetensors`, encodeSafetensorsBuffer(c.weights.tensors, c.weights.metadata));
+    await objs.put(`${base}.optim.safetensors`, encodeSafetensorsBuffer(c.optim.tensors, c.optim.metadata));
+    const m: RankCheckpointManifest = {
+      format: 'draftwire-rank-checkpoint/1', job: this.spec.job, step, epoch, samples, weights: `${base}.safetensors`, optim: `${base}.optim.safetensors`,
+      window, trained: [...new Set(window.map((l) => l.sampleId))], at: Date.now(),
+    };
+    const kv = await this.kv();
+    // The commit: compare-and-set against the manifest it replaces (a concurrent writer makes it re-check the epoch).
+    for (;;) {
+      try {
+        if (cur) await kv.update(LATEST, m, cur.revision); else await kv.create(LATEST, m);
+        break;
+      } catch (e) {
+        if (!(e instanceof ConflictError)) throw e;
+        cur = await this.current();
+        refuseIfNewer(cur?.m ?? null);
+      }
+    }
+    const keep = new Set([m.weights, m.optim, cur?.m.weights, cur?.m.optim]);
+    for (const name of await objs.names()) if (!keep.has(name)) await objs.delete(name);
+    return m;
+  }
+
+  async writeWindowPart(step: number, epoch: number, index: number, part: WindowPart): Promise<void> {
+    await (await this.kv()).put(partKey(step, epoch, index), part);
+  }
+
+  async takeWindowParts(step: number, epoch: number, size: number): Promise<CheckpointLease[]> {
+    const kv = await this.kv();
+    const out: CheckpointLease[] = [];
+    for (let i = 0; i < size; i++) {
+      const v = await kv.get<WindowPart>(partKey(step, epoch, i));
+      const p = v?.value;
+      if (!p || !Array.isArray(p.window) || !Array.isArray(p.skipped)) throw new DecodeError(`checkpoint part ${partKey(step, epoch, i)} of ${this.where} missing or malformed`);
+      out.push(...p.window, ...p.skipped.map((sampleId) => ({ leaseId: '', sampleId, epoch: 0 })));
+    }
+    for (let i = 0; i < size; i++) await kv.delete(partKey(step, epoch, i));
+    return out;
+  }
+
+  async loadRankCheckpoint(init: Record<string, Float32Array | Int32Array>): Promise<LoadedRankCheckpoint | null> {
+    // A commit may replace the manifest (and, one commit later, delete these objects) while we read: read again.
+    for (let attempt = 0; ; attempt++) {
+      const cur = await this.current();
+      if (!cur) return null;
+      const { m } = cur;
+      if (m.job !== this.spec.job) throw new DecodeError(`${this.where}: the checkpoint belongs to job ${m.job}, not ${this.spec.job}`);
+      const objs = await this.objects();
+      const [w, o] = await Promise.all([objs.get(m.weights), objs.get(m.optim)]);
+      if (w && o) {
+        const where = (n: string) => `${this.where}/${n}`;
+        return checkpointFrom(m, decodeSafetensors(w, { where: where(m.weights) }), decodeSafetensors(o, { where: where(m.optim) }), init);
+      }
+      if (attempt >= 5) throw new DecodeError(`${this.where}: the checkpoint of step ${m.step} names objects that are gone (${w ? m.optim : m.weights})`);
+    }
+  }
+}
