@@ -10,3 +10,6 @@ export function entryPoint(name: string): { path: string; execArgv: string[] } {
   const path = fileURLToPath(new URL(`./${name}${compiled ? '.js' : '.ts'}`, import.meta.url));
   return { path, execArgv: compiled ? [] : ['--import', import.meta.resolve('tsx')] };
 }
+
+/** The address a rank's collectives listen on, set by its node agent (`draftwire node --comm-host`). */
+export const COMM_HOST_ENV = 'DRAFTWIRE_COMM_HOST';

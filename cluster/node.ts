@@ -22,7 +22,7 @@
 import { fork, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 import { appendStream } from '../src/files.ts';
-import { entryPoint } from './entry.ts';
+import { COMM_HOST_ENV, entryPoint } from './entry.ts';
 import { startCoordinator } from '../actors/coordinator.ts';
 import { startJanitor } from '../actors/janitor.ts';
 import { startQueue } from '../actors/queue.ts';
@@ -58,11 +58,13 @@ export interface NodeOptions {
   listen?: { host: string; port: number };
   /** The address refs carry (default the listening address). */
   advertise?: { host: string; port: number };
+  /** The address this machine's ranks run their collectives on (default 127.0.0.1: one machine). */
+  commHost?: string;
   /** The roles' leader lease time to live (default 4000 ms): how long a dead holder's role waits for another node. */
   roleTtlMs?: number;
 }
 
-export interface RankProcess { rank: number; proc: ChildProcess; exited: Promise<number | null> }
+export interface RankProcess { rank: number; proc: ChildProcess; exited: Promise<number | null>; spawnedAt: number }
 
 /** How a rank ended for good: exit code 0, or the last failure once restarts are used up, or retired. */
 export interface RankOutcome { rank: number; code: number | null; restarts: number; retired: boolean }
@@ -131,11 +133,13 @@ export class NodeAgent {
     // The ranks it answers for (running, or between a death and the respawn): the coordinator reassigns only ranks no live node lists.
     const beat = () => node.beats.node(o.nodeId, { pid: process.pid, ranks: [...new Set([...node.running(), ...node.respawning])] });
     beat();
-    let lastBeat = Date.now();
+    let lastBeat = Date.now(), beats = 0;
     const hb = setInterval(() => {
       beat();
-      // A beat far later than due: this process was frozen (SIGSTOP, a suspended VM) or starved.
-      if (Date.now() - lastBeat > 5000) void node.reconcileAfterFreeze(Date.now() - lastBeat);
+      // Every 5 s, and at once after a beat far later than due (this process was frozen, or
+      // starved): ranks here that the coordinator replaced meanwhile are killed.
+      const late = Date.now() - lastBeat > 5000;
+      if (late || ++beats % 5 === 0) void node.reconcile(late ? Date.now() - lastBeat : 0);
       lastBeat = Date.now();
     }, 1000);
     node.stops.push(async () => clearInterval(hb));
@@ -212,22 +216,24 @@ export class NodeAgent {
   heldRoles(): HeldRole[] { return this.roleHost?.held() ?? []; }
 
   /**
-   * After a freeze: while this node was silent the coordinator may have declared its ranks
-   * dead and respawned them elsewhere, and its kill verdicts may be lost. A rank process here
-   * that the coordinator no longer counts as that rank (another pid, or declared dead) is
-   * killed now, before it can meet its replacement in a collective group.
+   * While this node was unreachable (frozen, cut off the network) the coordinator may have
+   * declared its ranks dead and respawned them elsewhere, and its kill verdicts were lost. A
+   * rank process here (running for 10 s at least, so its own heartbeats had time to count)
+   * whose pid the coordinator declared dead, or which the coordinator now hears as another
+   * live pid, is killed before it can meet its replacement in a collective group.
    */
-  async reconcileAfterFreeze(frozenMs: number): Promise<void> {
+  async reconcile(frozenMs: number): Promise<void> {
+    if (this.running().length === 0) return;
     let st;
-    try { st = await new CoordinatorClient(this.bus).status({ timeoutMs: 5000, retries: 2 }); } catch (e) {
-      this.log.warn('after a freeze: the coordinator did not answer; ranks left as they are', { frozenMs, error: (e as Error).message });
+    try { st = await new CoordinatorClient(this.bus).status({ timeoutMs: 5000, retries: 0 }); } catch (e) {
+      if (frozenMs > 0) this.log.warn('after a freeze: the coordinator did not answer; ranks left as they are', { frozenMs, error: (e as Error).message });
       return;
     }
     for (const r of this.ranks.values()) {
-      if (r.proc.exitCode !== null || r.proc.signalCode !== null) continue;
+      if (r.proc.exitCode !== null || r.proc.signalCode !== null || Date.now() - r.spawnedAt < 10_000) continue;
       const m = st.members.find((x) => x.rank === r.rank);
-      if (m && (m.pid !== r.proc.pid || m.dead)) {
-        this.log.warn('after a freeze: the coordinator replaced this rank meanwhile; killing the stale process', { rank: r.rank, pid: r.proc.pid, frozenMs, replacedBy: m.pid, declaredDead: m.dead });
+      if (m && ((m.dead && m.pid === r.proc.pid) || (m.alive && m.pid !== r.proc.pid))) {
+        this.log.warn('the coordinator replaced this rank while this node was unreachable; killing the stale process', { rank: r.rank, pid: r.proc.pid, frozenMs, coordinatorPid: m.pid, declaredDead: m.dead });
         r.proc.kill('SIGKILL');
       }
     }
@@ -249,7 +255,7 @@ export class NodeAgent {
     const proc = fork(RANK_MAIN.path, args, {
       execArgv: RANK_MAIN.execArgv,
       stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
-      env: process.env,
+      env: this.o.commHost ? { ...process.env, [COMM_HOST_ENV]: this.o.commHost } : process.env,
     });
     proc.stdout?.pipe(log, { end: false });
     proc.stderr?.pipe(log, { end: false });
@@ -260,7 +266,7 @@ export class NodeAgent {
       resolve(c);
       this.onRankExit(rank, proc, c);
     }));
-    const rp = { rank, proc, exited };
+    const rp = { rank, proc, exited, spawnedAt: Date.now() };
     this.ranks.set(rank, rp);
     this.outcomes.delete(rank);
     this.retired.delete(rank);

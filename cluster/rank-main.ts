@@ -16,6 +16,7 @@ import { SharedDirFeatureStore } from '../src/store/shared-dir.ts';
 import { HttpFeatureStore } from '../src/store/http-store.ts';
 import { loadWeightsFile, writeCheckpoint } from '../src/job/checkpoint.ts';
 import { checkpointStoreOf } from '../src/job/checkpoint-store.ts';
+import { COMM_HOST_ENV } from './entry.ts';
 
 const log = createLogger('rank-main');
 
@@ -39,7 +40,9 @@ async function main(): Promise<number> {
   if (resume) log.info('resuming from checkpoint', { step: resume.manifest.step, unackedWindow: resume.manifest.window.length, from: checkpoints.where });
   const minEpoch = Number(values['min-epoch'] ?? 0);
   if (!Number.isInteger(minEpoch) || minEpoch < 0) throw new Error(`--min-epoch must be an integer >= 0, got ${values['min-epoch']}`);
-  const worker = new RankWorker({ spec, bus, store, rank, weights, resume, minEpoch, node: values.node ?? 'local', checkpoints });
+  // The node says where this machine's ranks reach each other (draftwire node --comm-host).
+  const commHost = process.env[COMM_HOST_ENV] || undefined;
+  const worker = new RankWorker({ spec, bus, store, rank, weights, resume, minEpoch, node: values.node ?? 'local', checkpoints, commHost });
   const quit = () => { worker.stop(); };
   process.on('SIGTERM', quit);
   process.on('disconnect', () => { log.warn('node went away; exiting'); process.exit(1); });

@@ -79,6 +79,8 @@ export interface RankOptions {
   resume?: LoadedRankCheckpoint | null;
   /** Called after every committed checkpoint, before its leases are acked. */
   onCheckpoint?: (step: number) => void;
+  /** The address this rank's collectives listen on (its machine's, reachable from the other ranks; default 127.0.0.1). */
+  commHost?: string;
   /** Where checkpoints are committed (default: the store the spec names). */
   checkpoints?: CheckpointStore;
 }
@@ -245,7 +247,7 @@ export class RankWorker {
     let world: World;
     try {
       world = await World.form({
-        bus, spec, epoch: this.epoch.epoch, index: this.index, size: this.epoch.members!.length, frozen: this.frozen,
+        bus, spec, epoch: this.epoch.epoch, index: this.index, size: this.epoch.members!.length, frozen: this.frozen, commHost: this.o.commHost,
         timeoutMs: Math.max(10_000, 2 * dead), connectTimeoutMs: Math.max(30_000, 3 * dead), signal: this.forming.signal,
       }, this.train);
     } finally { this.forming = null; }

@@ -48,6 +48,8 @@ export interface WorldOptions {
   size: number;
   /** Frozen tensors (embed, target_head, d2t) every rank holds. */
   frozen: Record<string, Float32Array | Int32Array>;
+  /** The address this rank's collectives listen on and publish (default 127.0.0.1: one machine). */
+  commHost?: string;
   timeoutMs: number;
   connectTimeoutMs: number;
   /** Abandons the rendezvous (a newer epoch superseded this world). */
@@ -81,7 +83,7 @@ export class World {
     if (o.size % g !== 0) throw new InvalidArgumentError(`a world of ${o.size} ranks is not whole cells of tp·sp = ${g}`);
     const comm = await Communicator.connect({
       rank: o.index, size: o.size, kv: await o.bus.kv(o.bus.subjects.kvBucket), prefix: `${spec.job}/e${o.epoch}`,
-      timeoutMs: o.timeoutMs, connectTimeoutMs: o.connectTimeoutMs, signal: o.signal,
+      timeoutMs: o.timeoutMs, connectTimeoutMs: o.connectTimeoutMs, signal: o.signal, ...(o.commHost ? { hostname: o.commHost } : {}),
     });
     try {
       const step = (await comm.allReduce(new Float64Array([state.step]), 'max'))[0]!;

@@ -34,7 +34,7 @@ interface NodeCliOptions extends GlobalOptions {
   natsCluster?: boolean; natsListen?: { host: string; port: number }; clusterListen?: { host: string; port: number };
   routes?: string[]; natsStore?: string; natsReplicas?: number;
   tlsCert?: string; tlsKey?: string; tlsCa?: string;
-  listen?: { host: string; port: number }; advertise?: { host: string; port: number }; storeDir?: string;
+  listen?: { host: string; port: number }; advertise?: { host: string; port: number }; storeDir?: string; commHost?: string;
 }
 
 /** HOST:PORT (an IPv6 host in brackets); the message names the option. */
@@ -69,6 +69,7 @@ export function command(): Command {
     .option('--listen <host:port>', 'serve this node\'s store over HTTP here, for nodes that share no directory (port 0: any free port)', hostPort('--listen', true))
     .option('--advertise <host:port>', 'the address other machines reach --listen at, carried by the refs this node writes (default the listening address)', hostPort('--advertise', false))
     .option('--store-dir <dir>', 'this node\'s store directory (default the job\'s storeDir)')
+    .option('--comm-host <host>', 'the address this machine\'s ranks run their collectives (Gloo) on, reachable from the other machines (default the --advertise host, else 127.0.0.1)')
     .action(async (_o: unknown, cmd: Command) => {
       const o = cmd.optsWithGlobals<NodeCliOptions>();
       if (o.advertise && !o.listen) throw new InvalidArgumentError('--advertise needs --listen (the address it advertises)');
@@ -116,7 +117,9 @@ export function command(): Command {
           process.env[REPLICAS_ENV] = String(replicas);
           log.info('control plane ready', { servers: servers.join(','), clusterSize: size, replicas, tls: probe.tls });
         } finally { await probe.close(); }
-        node = await NodeAgent.start({ spec, nats: servers.join(','), nodeId: o.nodeId, roles, auth, listen: o.listen, advertise: o.advertise, storeDir: o.storeDir });
+        const reached = o.advertise ?? (o.listen && !WILDCARD.has(o.listen.host) ? o.listen : undefined);
+        const commHost = o.commHost ?? reached?.host.replace(/^\[(.*)\]$/, '$1');
+        node = await NodeAgent.start({ spec, nats: servers.join(','), nodeId: o.nodeId, roles, auth, listen: o.listen, advertise: o.advertise, storeDir: o.storeDir, commHost });
         for (const r of ranks) node.spawnRank(r);
         log.info('node running', { job: spec.job, node: o.nodeId, roles: o.roles, ranks, ...(node.dataPlane ? { dataPlane: node.store.advertisedAt } : {}) });
         await new Promise<void>((resolve) => { process.once('SIGINT', resolve); process.once('SIGTERM', resolve); });
