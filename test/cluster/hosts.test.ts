@@ -11,7 +11,7 @@
 // overlapping leases, the model's sample count equal to the ledger's, no sample file or
 // process left behind.
 import assert from 'node:assert/strict';
-import { copyFileSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Bus } from '../../src/bus/bus.ts';
 import { readRoleLeases } from '../../src/bus/role-lease.ts';
@@ -48,7 +48,7 @@ class HostsJob {
   private done: Promise<RankDone> | null = null;
 
   constructor(readonly net: Netns, name: string, readonly steps: number) {
-    this.spec = { ...testSpec(name, { steps, batch: 4, dp: 3, leaseMs: 6000 }), checkpointStore: 'nats', roleTtlMs: 1500, rankDeadAfterMs: 4000 };
+    this.spec = { ...testSpec(name, { steps, batch: 4, dp: 3, leaseMs: 6000 }), checkpointStore: 'nats', roleTtlMs: 1500, rankDeadAfterMs: 10_000 };
   }
 
   output(): string {
@@ -80,16 +80,30 @@ class HostsJob {
         '--listen', `${h.addr}:7000`, '--store-dir', join(h.dir, 'store'), '--roles', ROLES.join(','), '--ranks', String(h.index - 1)], env);
       this.nodes.set(h.index, c);
     };
-    // Host 1 first, so that it wins every role; its NATS member waits for a majority.
-    start(hosts[0]!);
-    await sleep(1500);
-    start(hosts[1]!);
-    start(hosts[2]!);
+    for (const h of hosts) start(h);
     const tls = { ca: join(certs, 'ca.pem'), cert: join(certs, `${hosts[0]!.addr}.pem`), key: join(certs, `${hosts[0]!.addr}.key`) };
     this.bus = await until('a client of the cluster', 90_000, () => Bus.connect({ servers: hosts.map((h) => `tls://${h.addr}:4222`), job: this.spec.job, auth, tls, name: 'test' }), () => this.output());
     const bus = this.bus;
     this.done = new Promise((resolve) => { bus.subscribe<RankDone>(bus.subjects.rankDone, (m) => resolve(m), { dedupe: false }); });
-    await until('every role held by host 1', 120_000, async () => (await readRoleLeases(await bus.kv(bus.subjects.kvBucket))).every((r) => r.node === 'h1'), () => this.output());
+    await until('every role held', 120_000, async () => (await this.holders()).every((r) => r.node !== null), () => this.output());
+  }
+
+  async holders() {
+    const bus = this.bus!;
+    return readRoleLeases(await bus.kv(bus.subjects.kvBucket));
+  }
+
+  /** The host whose node holds `role` now. */
+  async hostOf(role: string): Promise<Host> {
+    const node = (await this.holders()).find((r) => r.role === role)?.node;
+    const h = this.net.hosts.find((x) => `h${x.index}` === node);
+    if (!h) throw new Error(`no host holds ${role} (${node})`);
+    return h;
+  }
+
+  /** Dumps the nodes' output to DRAFTWIRE_TEST_DUMP (debugging a scenario's timeline). */
+  dump(): void {
+    if (process.env.DRAFTWIRE_TEST_DUMP) writeFileSync(`${process.env.DRAFTWIRE_TEST_DUMP}.${this.spec.job}`, [...this.nodes].map(([i, c]) => `--- host ${i}\n${c.output()}`).join('\n'));
   }
 
   /** The world's progress: the step world rank 0 reported last (from the coordinator's status). */
@@ -146,26 +160,30 @@ describe('a job across three hosts that share nothing but the network (network n
       await job.start();
       await fault(job);
       await job.finish(o);
-    } finally { await job.stop(); }
+    } finally { job.dump(); await job.stop(); }
   };
 
-  it('trains across the three hosts to the end: TLS, a secret, features over HTTP, checkpoints in JetStream, clean audit', scenario('hosts', 24, async (job) => {
+  it('trains across the three hosts to the end: TLS, a secret, features over HTTP, checkpoints in JetStream, clean audit', scenario('hosts', 30, async (job) => {
     await job.waitStep(2);
     const rank0 = job.nodes.get(1)!.output();
     assert.match(rank0, /control plane ready .*clusterSize=3 replicas=3 tls=true/);
   }));
 
-  it('every process of the roles\' host SIGKILLed (its NATS member, node and rank): the roles move, the rank is respawned elsewhere', scenario('killhost', 36, async (job) => {
+  it('every process of the queue\'s host SIGKILLed (its NATS member, node and rank): its roles move, its rank is respawned elsewhere', scenario('killhost', 60, async (job) => {
     await job.waitStep(4);
-    const h1 = job.net.hosts[0]!;
-    const killed = job.net.signalHost(h1, 'SIGKILL');
-    assert.ok(killed.length >= 3, `node, NATS member and rank of host 1: ${killed.length} processes`);
-    job.nodes.delete(1);
-    const bus = job.bus!;
-    await until('every role moved to host 2 or 3 under term 2', 60_000, async () => (await readRoleLeases(await bus.kv(bus.subjects.kvBucket))).every((r) => (r.node === 'h2' || r.node === 'h3') && r.term === 2), () => job.output());
+    const victim = await job.hostOf('queue');
+    const itsRoles = (await job.holders()).filter((r) => r.node === `h${victim.index}`);
+    const killed = job.net.signalHost(victim, 'SIGKILL');
+    assert.ok(killed.length >= 3, `node, NATS member and rank of host ${victim.index}: ${killed.length} processes`);
+    job.nodes.delete(victim.index);
+    await until('the queue host\'s roles moved to the other hosts under a newer term', 60_000, async () => {
+      const now = await job.holders();
+      return itsRoles.every((r) => { const n = now.find((x) => x.role === r.role)!; return n.node !== null && n.node !== `h${victim.index}` && n.term! > r.term!; });
+    }, () => job.output());
+    await until('the dead host\'s rank respawned on another host', 60_000, async () => /rank orphaned \(its node is gone\): respawned on another node/.test(job.output()), () => job.output());
   }, { allowDead: true }));
 
-  it('one NATS server SIGKILLed: its node restarts it on its store; the job goes on', scenario('killnats', 24, async (job) => {
+  it('one NATS server SIGKILLed: its node restarts it on its store; the job goes on', scenario('killnats', 60, async (job) => {
     await job.waitStep(3);
     const h2 = job.net.hosts[1]!;
     const nats = job.net.pidsOf(h2).filter((pid) => { try { return /nats-server/.test(readFileText(`/proc/${pid}/cmdline`)) && !/\/bin\/sh/.test(readFileText(`/proc/${pid}/cmdline`)); } catch { return false; } });
@@ -174,7 +192,7 @@ describe('a job across three hosts that share nothing but the network (network n
     await until('host 2\'s node restarting its member', 30_000, async () => /restart/i.test(job.nodes.get(2)!.output()), () => job.output());
   }));
 
-  it('a host cut off the network (link down) past its leases, then healed', scenario('linkdown', 36, async (job) => {
+  it('a host cut off the network (link down) past its leases, then healed', scenario('linkdown', 60, async (job) => {
     await job.waitStep(3);
     const h3 = job.net.hosts[2]!;
     job.net.setLink(h3, false);
@@ -182,7 +200,7 @@ describe('a job across three hosts that share nothing but the network (network n
     job.net.setLink(h3, true);
   }, { allowDead: true }));
 
-  it('a host frozen (SIGSTOP of all its processes) past its leases, then woken', scenario('frozen', 36, async (job) => {
+  it('a host frozen (SIGSTOP of all its processes) past its leases, then woken', scenario('frozen', 60, async (job) => {
     await job.waitStep(3);
     const h2 = job.net.hosts[1]!;
     job.net.signalHost(h2, 'SIGSTOP');
