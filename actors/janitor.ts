@@ -21,6 +21,8 @@ export function startJanitor(system: ActorSystem, o: { bus: Bus; store: FeatureS
         // A repeated announcement (a replay, or the queue's own resend) frees nothing twice:
         // release and abort report false for bytes already gone, and never free a newer generation.
         const r = msg.ref;
+        // Another node's sample (machines that share no directory): its own node frees it.
+        if (!store.owns(r)) return st;
         if (msg.why === 'dead') { if (await store.abort(r.sampleId, 'dead-lettered', { generation: r.generation })) st.aborted++; } else if (await store.release(r)) st.freed++;
       } else if (msg.op === 'gc') {
         st.lastGc = await store.gc(Date.now());

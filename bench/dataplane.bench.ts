@@ -8,7 +8,9 @@
 // buffer of the same size. Samples of 1 MiB and 64 MiB (bf16 aux [T, 3072] + f32 last [T, 1024])
 // and a sequence-parallel slice (a quarter of the rows of both, as an sp = 4 rank reads it).
 // GB/s counts the tensor bytes delivered. Auth on (request tokens, ref MACs).
-// Run: node --import tsx bench/dataplane.bench.ts [--json]
+// --hosts (root): the producer runs in a network namespace of its own (test/support/netns.ts),
+// so both streams cross a veth pair and a bridge between two network stacks, as between hosts.
+// Run: node --import tsx bench/dataplane.bench.ts [--hosts] [--json]
 import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
@@ -21,6 +23,7 @@ import { HttpFeatureStore } from '../src/store/http-store.ts';
 import { readHeader } from '../src/store/safetensors.ts';
 import { blockSpan, parseManifest } from '../src/store/checksum.ts';
 import { open } from 'node:fs/promises';
+import { Netns } from '../test/support/netns.ts';
 
 const JSON_OUT = process.argv.includes('--json');
 const SECRET = 'dataplane-bench-secret-0123456789abcdef';
@@ -29,7 +32,10 @@ const CHILD = join(import.meta.dirname, '..', 'test', 'support', 'dataplane-chil
 const root = mkdtempSync(join(tmpdir(), 'dw-bench-dataplane-'));
 const auth = AuthPolicy.fromSecret(SECRET);
 
-const child = spawn(process.execPath, ['--import', 'tsx', CHILD, JSON.stringify({ dir: join(root, 'producer'), storeId: 'bench', job: 'bench', raw: true })], {
+const net = process.argv.includes('--hosts') ? Netns.create(1) : null;
+const at = net ? net.hosts[0]!.addr : '127.0.0.1';
+const childArgs = ['--import', 'tsx', CHILD, JSON.stringify({ dir: join(root, 'producer'), storeId: 'bench', job: 'bench', raw: true, host: at })];
+const child = spawn(net ? 'ip' : process.execPath, net ? ['netns', 'exec', net.hosts[0]!.ns, process.execPath, ...childArgs] : childArgs, {
   env: { ...process.env, DRAFTWIRE_SECRET: SECRET, DRAFTWIRE_SECRET_FILE: '' }, stdio: ['pipe', 'pipe', 'inherit'],
 });
 let lineBuf = '';
@@ -51,7 +57,7 @@ async function put(sampleId: string, bytes: number): Promise<{ ref: SampleRef; f
 }
 
 // The raw baseline's client: one socket kept open, each fetch into a fresh buffer.
-const sock: Socket = await new Promise((resolve, reject) => { const s = connect(serving.rawPort, '127.0.0.1', () => resolve(s)); s.once('error', reject); });
+const sock: Socket = await new Promise((resolve, reject) => { const s = connect(serving.rawPort, at, () => resolve(s)); s.once('error', reject); });
 sock.setNoDelay(true);
 let rawSink: { buf: Uint8Array; off: number; done: () => void; ranges: number } | null = null;
 sock.on('data', (d: Buffer) => {
@@ -116,12 +122,13 @@ try {
   sock.destroy();
   child.stdin!.end();
   child.kill('SIGTERM');
+  net?.destroySync();
   rmSync(root, { recursive: true, force: true });
 }
 if (JSON_OUT) {
-  console.log(JSON.stringify({ bench: 'dataplane', transport: 'loopback, two processes', rows }, null, 2));
+  console.log(JSON.stringify({ bench: 'dataplane', transport: net ? 'two network namespaces (veth + bridge)' : 'loopback, two processes', rows }, null, 2));
 } else {
-  console.log('HTTP data plane (HttpFeatureStore <- StoreHttpServer) vs raw TCP stream of the same bytes, two processes, loopback, same run');
+  console.log(`HTTP data plane (HttpFeatureStore <- StoreHttpServer) vs raw TCP stream of the same bytes, two processes, ${net ? 'two network namespaces (veth + bridge)' : 'loopback'}, same run`);
   console.log('| case | tensor bytes | HTTP GB/s (verified) | HTTP GB/s (no verify) | raw TCP GB/s | HTTP / raw | HTTP ms | raw ms |');
   console.log('|---|---:|---:|---:|---:|---:|---:|---:|');
   for (const x of rows) console.log(`| ${x.case} | ${x.bytes} | ${x.httpGBps.toFixed(2)} | ${x.httpNoVerifyGBps.toFixed(2)} | ${x.rawTcpGBps.toFixed(2)} | ${(x.ratio * 100).toFixed(0)}% | ${x.httpMs.toFixed(2)} | ${x.rawMs.toFixed(2)} |`);

@@ -36,7 +36,6 @@ import { isExternal, jobFile, jobRows, maxRankRestarts, rankDeadAfterMs, rankLos
 import { createLogger } from '../src/log.ts';
 import { SharedDirFeatureStore } from '../src/store/shared-dir.ts';
 import { StoreHttpServer } from '../src/store/http-server.ts';
-import { parseSampleUri } from '../src/wire/sampleref.ts';
 import { CoordinatorClient, HeartbeatPublisher, QueueClient, listen, serve } from '../src/bus/clients.ts';
 import { sampleSchema } from '../src/wire/schema.ts';
 import { ROLES, type Role } from '../src/wire/protocol.ts';
@@ -157,18 +156,15 @@ export class NodeAgent {
     this.stops.push(() => srv.close());
     store.advertiseAt(advertise?.host ?? srv.host, advertise?.port ?? srv.port);
     this.log.info('data plane listening', { listen: srv.address, advertise: store.advertisedAt });
-    // The node that wrote a sample frees it. Where the janitor runs it does (its store is this
-    // one); elsewhere the node frees its own refs on the queue's announcement itself.
-    if (!this.o.roles.includes('janitor')) {
-      const sub = listen(bus, 'store.free', (m) => {
-        let own = false;
-        try { const u = parseSampleUri(m.ref.uri); own = u.scheme === 'http' && `${u.host}:${u.port}` === store.advertisedAt && u.storeId === store.storeId; } catch { /* not ours */ }
-        if (!own) return;
-        const freed = m.why === 'dead' ? store.abort(m.ref.sampleId, 'dead-lettered', { generation: m.ref.generation }) : store.release(m.ref);
-        void freed.catch((e: unknown) => this.log.warn('freeing a consumed sample failed', { sampleId: m.ref.sampleId, error: (e as Error).message }));
-      });
-      this.stops.push(async () => sub.unsubscribe());
-    }
+    // The node that wrote a sample frees it when the queue announces it consumed or dead,
+    // whichever node holds the janitor role meanwhile (the janitor frees only its own
+    // store's samples; freeing twice is a no-op).
+    const sub = listen(bus, 'store.free', (m) => {
+      if (!store.owns(m.ref)) return;
+      const freed = m.why === 'dead' ? store.abort(m.ref.sampleId, 'dead-lettered', { generation: m.ref.generation }) : store.release(m.ref);
+      void freed.catch((e: unknown) => this.log.warn('freeing a consumed sample failed', { sampleId: m.ref.sampleId, error: (e as Error).message }));
+    });
+    this.stops.push(async () => sub.unsubscribe());
   }
 
   /**

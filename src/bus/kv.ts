@@ -12,7 +12,7 @@
 
 import { DeliverPolicy, type JetStreamClient } from '@nats-io/jetstream';
 import type { KV, KvEntry } from '@nats-io/kv';
-import { AuthError, ConflictError, InvalidArgumentError } from '../errors.ts';
+import { AuthError, ConflictError, InvalidArgumentError, UnavailableError } from '../errors.ts';
 
 /** What a bucket needs of the Bus that opened it (the Bus implements it; kept here so kv.ts does not import bus.ts). */
 export interface KvHost {
@@ -41,6 +41,11 @@ export class BusKv {
   private accept<T>(key: string, bytes: Uint8Array, revision: number, known: Map<string, { version: number; revision: number }> = this.known): T {
     const { value, version } = this.bus._openKv(this.bucket, key, bytes);
     const k = known.get(key);
+    if (k && version < k.version && revision < k.revision) {
+      // An older revision than one already read: a replica behind the others answered (reads
+      // go to any replica), not a rolled-back write (that comes at a newer revision).
+      throw new UnavailableError(`kv ${this.bucket}/${key}: a replica answered with revision ${revision}, behind revision ${k.revision} already read`, { detail: { stale: true, bucket: this.bucket, key, revision, known: k.revision } });
+    }
     if (k && version < k.version) {
       throw new AuthError(`kv ${this.bucket}/${key}@${revision}: version ${version} is older than version ${k.version} already read (a rolled-back value)`,
         { detail: { rollback: true, bucket: this.bucket, key, revision, version, known: k.version } });
@@ -59,13 +64,17 @@ export class BusKv {
 
   /** The current value, or null if absent or deleted. AuthError/DecodeError on a bad or rolled-back value. */
   async get<T = unknown>(key: string): Promise<KvValue<T> | null> {
-    const e: KvEntry | null = await this.bus._jsOp(`kv ${this.bucket} get ${key}`, () => this.kv.get(key), true);
-    if (!e || e.operation !== 'PUT') return null;
-    try {
-      return { key, value: this.accept<T>(key, e.value, e.revision), revision: e.revision };
-    } catch (err) {
-      if (err instanceof AuthError && err.detail?.rollback) this.bus._warnBadRecord(`kv ${this.bucket}/${key}@${e.revision}`, err);
-      throw err;
+    for (let attempt = 0; ; attempt++) {
+      const e: KvEntry | null = await this.bus._jsOp(`kv ${this.bucket} get ${key}`, () => this.kv.get(key), true);
+      if (!e || e.operation !== 'PUT') return null;
+      try {
+        return { key, value: this.accept<T>(key, e.value, e.revision), revision: e.revision };
+      } catch (err) {
+        // A lagging replica's answer: ask again (it catches up, or another replica answers).
+        if (err instanceof UnavailableError && err.detail?.stale && attempt < 6) { await new Promise((r) => setTimeout(r, 20 * 2 ** attempt)); continue; }
+        if (err instanceof AuthError && err.detail?.rollback) this.bus._warnBadRecord(`kv ${this.bucket}/${key}@${e.revision}`, err);
+        throw err;
+      }
     }
   }
 

@@ -84,6 +84,8 @@ export interface FeatureStore {
   /** Writes a sample and returns its (signed, when auth is on) ref. */
   put(sampleId: string, tensors: Record<string, Tensor>, opts?: PutOptions): Promise<SampleRef>;
   get(ref: SampleRef, opts?: GetOptions): Promise<Record<string, Tensor>>;
+  /** Whether `ref` names a sample this store holds (not one of another node's store). */
+  owns(ref: SampleRef): boolean;
   /** Frees the ref's generation (after it was consumed). True if bytes were freed. */
   release(ref: SampleRef): Promise<boolean>;
   /**

@@ -176,6 +176,8 @@ export class HttpFeatureStore implements FeatureStore {
     throw errorFromWire(wire, `${origin}${target.split('?')[0]}`);
   }
 
+  owns(ref: SampleRef): boolean { return this.local.owns(ref); }
+
   async release(ref: SampleRef): Promise<boolean> {
     this.checkOpen();
     const rem = this.remote(ref, 'release');

@@ -236,6 +236,14 @@ export class SharedDirFeatureStore implements FeatureStore {
     return this.advertised ? `${this.advertised.host}:${this.advertised.port}` : null;
   }
 
+  /** Whether `ref` names a sample of this store (its storeId, and this node's address when it serves over HTTP). */
+  owns(ref: SampleRef): boolean {
+    let u;
+    try { u = parseSampleUri(ref.uri); } catch { return false; }
+    if (u.storeId !== this.storeId) return false;
+    return u.scheme === 'dir' ? true : u.scheme === 'http' && `${u.host}:${u.port}` === this.advertisedAt;
+  }
+
   private uriOf(sampleId: string, gen: number): string {
     return this.advertised ? httpUri(this.advertised.host, this.advertised.port, this.storeId, sampleId, gen) : dirUri(this.storeId, sampleId, gen);
   }
