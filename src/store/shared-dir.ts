@@ -29,7 +29,7 @@ import { link, mkdir, open, readdir, readFile, rename, stat, unlink, type FileHa
 import { AuthPolicy } from '../wire/auth.ts';
 import { FILE_MODE } from '../files.ts';
 import {
-  blockSpan, buildManifestAsync, checksumOfManifestJson, manifestJson, parseManifest, rowsOf, verifyBlocksAsync, type Manifest, type ManifestTensor,
+  algOf, blockSpan, buildManifestAsync, checksumOfManifestJson, manifestJson, parseManifest, rowsOf, verifyBlocksAsync, type BlockAlg, type Manifest, type ManifestTensor,
 } from './checksum.ts';
 import {
   AuthError, BackpressureError, ChecksumError, DecodeError, DraftwireError, InvalidArgumentError, SampleGoneError, StaleGenerationError, StoreWriteError,
@@ -86,6 +86,8 @@ export interface SharedDirOptions {
   writeChunkBytes?: number;
   /** Checksum block size for new samples (default 1 MiB). */
   blockBytes?: number;
+  /** Block digest of new samples (default blake3; sha256 writes the v 1 format older readers know). Both are read. */
+  blockChecksum?: BlockAlg;
   /** Mode of created files (default FILE_MODE, 0o640: src/files.ts). */
   fileMode?: number;
   /**
@@ -193,6 +195,7 @@ export class SharedDirFeatureStore implements FeatureStore {
       fsync: o.fsync ?? true,
       writeChunkBytes: o.writeChunkBytes ?? 16 * 1024 * 1024,
       blockBytes: o.blockBytes ?? 1 << 20,
+      blockChecksum: o.blockChecksum ?? 'blake3',
       fileMode: o.fileMode ?? FILE_MODE,
       faults: o.faults ?? {},
     };
@@ -479,7 +482,7 @@ export class SharedDirFeatureStore implements FeatureStore {
     const createdAt = opts.createdAt ?? Date.now();
 
     await this.admit(dataBytes);
-    const manifest = await buildManifestAsync(items, this.o.blockBytes);
+    const manifest = await buildManifestAsync(items, this.o.blockBytes, this.o.blockChecksum);
     const mjson = manifestJson(manifest);
     const checksum = checksumOfManifestJson(mjson);
 
@@ -646,7 +649,7 @@ export class SharedDirFeatureStore implements FeatureStore {
         const span = blockSpan(t, m.blockBytes, r0, r1);
         const buf = new Uint8Array(span.byte1 - span.byte0);
         await readFull(fh, buf, h.dataStart + e.begin + span.byte0, path);
-        if (verify) await verifyBlocksAsync(t, m.blockBytes, span.b0, span.b1, buf, path);
+        if (verify) await verifyBlocksAsync(t, m.blockBytes, span.b0, span.b1, buf, path, algOf(m));
         const lo = r0 * span.rowBytes - span.byte0;
         const hi = r1 * span.rowBytes - span.byte0;
         let bytes = lo === 0 && hi === buf.byteLength ? buf : buf.subarray(lo, hi);
