@@ -6,7 +6,7 @@
 // header and is bound to the (MAC'd) ref by that checksum, so a reader of some tensors or
 // some rows verifies exactly the blocks it reads, and a full reader verifies everything.
 import { createHash } from 'node:crypto';
-import { blake3Blocks } from '../native/addon.ts';
+import { blake3Blocks, blake3BlocksSync } from '../native/addon.ts';
 import { ChecksumError, DecodeError } from '../errors.ts';
 import { DTYPE_BYTES, numel, type Dtype } from '../tensor.ts';
 
@@ -57,8 +57,12 @@ function blockLens(dtype: Dtype, shape: readonly number[], blockBytes: number, b
   return lens;
 }
 
+/** Spans up to this size are hashed on the event loop (under a millisecond; the hop off it costs more). */
+export const SYNC_HASH_BYTES = 1 << 20;
+
 async function blake3Hex(bytes: Uint8Array, lens: number[]): Promise<string[]> {
-  const d = await blake3Blocks(bytes, lens);
+  const total = lens.reduce((a, n) => a + n, 0);
+  const d = total <= SYNC_HASH_BYTES ? blake3BlocksSync(bytes, lens) : await blake3Blocks(bytes, lens);
   return lens.map((_, b) => Buffer.from(d.buffer, d.byteOffset + 32 * b, 32).toString('hex'));
 }
 

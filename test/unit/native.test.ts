@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import { InvalidArgumentError, NativeError } from '../../src/errors.ts';
 import {
-  acceptLength, blake3Blocks, blasInfo, DraftModel, draftParamShapes, initDraftWeights, TargetModel, TRAINABLE_NAMES, validateDraftConfig,
+  acceptLength, blake3Blocks, blake3BlocksSync, blasInfo, DraftModel, draftParamShapes, initDraftWeights, TargetModel, TRAINABLE_NAMES, validateDraftConfig,
   type DraftBatch, type DraftConfig, type StepOptions, type TargetConfig,
 } from '../../src/native/addon.ts';
 import { rejects, throwsLike } from '../support/assert.ts';
@@ -57,6 +57,7 @@ describe('native addon', function () {
     const all = await blake3Blocks(big, lens);
     for (const b of [0, 4, 8]) assert.equal(hex(all, b), hex(await blake3Blocks(big.subarray(b << 20, (b + 1) << 20), [1 << 20]), 0));
     assert.notEqual(hex(all, 0), hex(all, 1));
+    assert.deepEqual(blake3BlocksSync(big, lens), all, 'the synchronous path agrees');
     await rejects(blake3Blocks(abc, [4, 3]), InvalidArgumentError, /add up to 7 bytes, more than data's 6/);
     await rejects(blake3Blocks(abc, [-1]), InvalidArgumentError, /non-negative integers/);
   });
