@@ -119,6 +119,25 @@ export function blockSpan(t: ManifestTensor, blockBytes: number, r0: number, r1:
   return { b0, b1, byte0: b0 * blockRows * rowBytes, byte1: Math.min(rows, b1 * blockRows) * rowBytes, rowBytes };
 }
 
+/**
+ * Blocks [b0, b1) cut into runs of whole blocks of about maxBytes each, with each run's byte
+ * offset and length relative to the start of block b0 (so a reader can hash one run while it
+ * reads the next).
+ */
+export function blockRuns(t: ManifestTensor, blockBytes: number, b0: number, b1: number, maxBytes: number): { b0: number; b1: number; off: number; len: number }[] {
+  const { rows, rowBytes, blockRows } = layout(t.dtype, t.shape, blockBytes);
+  if (rowBytes === 0) return [{ b0, b1, off: 0, len: 0 }];
+  const per = Math.max(1, Math.floor(maxBytes / (blockRows * rowBytes)));
+  const start = b0 * blockRows * rowBytes;
+  const runs: { b0: number; b1: number; off: number; len: number }[] = [];
+  for (let b = b0; b < b1; b += per) {
+    const e = Math.min(b1, b + per);
+    const off = b * blockRows * rowBytes - start;
+    runs.push({ b0: b, b1: e, off, len: Math.min(rows, e * blockRows) * rowBytes - start - off });
+  }
+  return runs;
+}
+
 const tick = () => new Promise<void>((resolve) => setImmediate(resolve));
 /** Hashing yields to the event loop after about this many bytes (so heartbeats keep flowing). */
 export const YIELD_BYTES = 8 << 20;

@@ -29,7 +29,7 @@ import { link, mkdir, open, readdir, readFile, rename, stat, unlink, type FileHa
 import { AuthPolicy } from '../wire/auth.ts';
 import { FILE_MODE } from '../files.ts';
 import {
-  algOf, blockSpan, buildManifestAsync, checksumOfManifestJson, manifestJson, parseManifest, rowsOf, verifyBlocksAsync, type BlockAlg, type Manifest, type ManifestTensor,
+  algOf, blockRuns, blockSpan, buildManifestAsync, checksumOfManifestJson, manifestJson, parseManifest, rowsOf, verifyBlocksAsync, type BlockAlg, type Manifest, type ManifestTensor,
 } from './checksum.ts';
 import {
   AuthError, BackpressureError, ChecksumError, DecodeError, DraftwireError, InvalidArgumentError, SampleGoneError, StaleGenerationError, StoreWriteError,
@@ -160,6 +160,26 @@ async function readFull(fh: FileHandle, buf: Uint8Array, position: number, where
     if (bytesRead === 0) throw new DecodeError(`${where}: file truncated`);
     off += bytesRead;
   }
+}
+
+/** A verified read this large is cut into runs of about this size: run k is hashed while run k + 1 is read. */
+const PIPELINE_BYTES = 8 << 20;
+
+/** Reads blocks [span.b0, span.b1) of tensor t into buf (from file offset `at`), verifying them as it goes. */
+async function readVerified(fh: FileHandle, buf: Uint8Array, at: number, t: ManifestTensor, m: Manifest, span: { b0: number; b1: number }, where: string): Promise<void> {
+  const pending: Promise<void>[] = [];
+  try {
+    for (const run of blockRuns(t, m.blockBytes, span.b0, span.b1, PIPELINE_BYTES)) {
+      const part = buf.subarray(run.off, run.off + run.len);
+      await readFull(fh, part, at + run.off, where);
+      const p = verifyBlocksAsync(t, m.blockBytes, run.b0, run.b1, part, where, algOf(m));
+      p.catch(() => undefined); // observed below, by Promise.all; this only marks it handled meanwhile
+      pending.push(p);
+    }
+  } finally {
+    await Promise.allSettled(pending); // never leave a hash running over a buffer we drop
+  }
+  await Promise.all(pending);
 }
 
 export class SharedDirFeatureStore implements FeatureStore {
@@ -648,8 +668,8 @@ export class SharedDirFeatureStore implements FeatureStore {
         }
         const span = blockSpan(t, m.blockBytes, r0, r1);
         const buf = new Uint8Array(span.byte1 - span.byte0);
-        await readFull(fh, buf, h.dataStart + e.begin + span.byte0, path);
-        if (verify) await verifyBlocksAsync(t, m.blockBytes, span.b0, span.b1, buf, path, algOf(m));
+        if (verify) await readVerified(fh, buf, h.dataStart + e.begin + span.byte0, t, m, span, path);
+        else await readFull(fh, buf, h.dataStart + e.begin + span.byte0, path);
         const lo = r0 * span.rowBytes - span.byte0;
         const hi = r1 * span.rowBytes - span.byte0;
         let bytes = lo === 0 && hi === buf.byteLength ? buf : buf.subarray(lo, hi);

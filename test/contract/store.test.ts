@@ -286,6 +286,24 @@ describe('SharedDirFeatureStore contract', function () {
     await rejectsWith(s.get(ref3), DecodeError, /truncated|past the end/);
   });
 
+  for (const blockChecksum of ['blake3', 'sha256'] as const) it(`a large get (${blockChecksum}) reads and hashes in overlapping runs; a corrupt late block still fails`, async () => {
+    const dir = freshDir();
+    const s = await attach(dir, { blockChecksum });
+    const x = new Uint8Array(24 << 20).map((_, i) => (i * 2654435761) >>> 24);
+    const ref = await s.put('big', { x: { dtype: 'u8', shape: [x.length], data: x } });
+    assert.ok(Buffer.from((await s.get(ref)).x!.data as Uint8Array).equals(Buffer.from(x)), 'the bytes come back whole');
+    const path = join(dir, `big.g${ref.generation}.safetensors`);
+    const fh = await open(path, 'r');
+    const h = await readHeader(fh, path);
+    await fh.close();
+    const at = h.dataStart + h.entries.get('x')!.begin + (17 << 20) + 5; // block 17, in the third 8 MiB run
+    const fd = openSync(path, 'r+');
+    writeSync(fd, Buffer.from([x[(17 << 20) + 5]! ^ 1]), 0, 1, at);
+    closeSync(fd);
+    await rejectsWith(s.get(ref), ChecksumError, /"x" block 17/);
+    assert.equal((await s.get(ref, { rows: [0, 16 << 20] })).x!.shape[0], 16 << 20, 'rows before it verify');
+  });
+
   it('a sample written with sha256 blocks (the v 1 format of older writers) reads under the blake3 default', async () => {
     const dir = freshDir();
     const old = await attach(dir, { blockChecksum: 'sha256', blockBytes: 4096 });
