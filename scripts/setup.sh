@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what Draftwire needs on a Debian machine, when missing: system packages
-# (nats-server, OpenBLAS, Gloo, cmake, a C++ compiler), the npm dependencies, and the
+# (nats-server, OpenBLAS, Gloo, cmake, a C and a C++ compiler: the vendored BLAKE3 is C), the npm dependencies, and the
 # native addon. Safe to run again: it only does what is not done yet.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,6 +9,7 @@ need=()
 command -v nats-server >/dev/null 2>&1 || need+=(nats-server)
 command -v cmake >/dev/null 2>&1 || need+=(cmake)
 command -v g++ >/dev/null 2>&1 || need+=(g++)
+command -v gcc >/dev/null 2>&1 || need+=(gcc)
 command -v make >/dev/null 2>&1 || need+=(make)
 command -v pgrep >/dev/null 2>&1 || need+=(procps)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)

@@ -795,6 +795,41 @@ export function convertInfo(): { f16c: boolean } {
   return { f16c: convertBinding().convertInfo().f16c };
 }
 
+// ------------------------------------------------------------------------------------------
+// Block checksums (native/src/napi/napi_hash.cc, BLAKE3 from native/third_party/blake3)
+
+interface RawHash {
+  blake3Blocks(data: Uint8Array, lens: number[]): Promise<Uint8Array>;
+  blake3BlocksSync(data: Uint8Array, lens: number[]): Uint8Array;
+}
+const hashBinding = (): RawHash => binding() as unknown as RawHash;
+
+function checkBlocks(data: Uint8Array, lens: readonly number[]): void {
+  if (!(data instanceof Uint8Array)) throw new InvalidArgumentError(`blake3Blocks: data must be a Uint8Array, got ${describeArg(data)}`);
+  let total = 0;
+  for (const n of lens) {
+    if (!Number.isSafeInteger(n) || n < 0) throw new InvalidArgumentError(`blake3Blocks: block lengths must be non-negative integers, got ${describeArg(n)}`);
+    total += n;
+  }
+  if (total > data.byteLength) throw new InvalidArgumentError(`blake3Blocks: the block lengths add up to ${total} bytes, more than data's ${data.byteLength}`);
+}
+
+/**
+ * BLAKE3 (32-byte digests) of consecutive blocks of `data`: [0, lens[0]), then the next lens[1]
+ * bytes, and so on. Runs off the event loop, blocks spread over the kernel threads; `data` must
+ * not change until the promise settles. Returns 32 × lens.length bytes, block b at 32·b.
+ */
+export async function blake3Blocks(data: Uint8Array, lens: readonly number[]): Promise<Uint8Array> {
+  checkBlocks(data, lens);
+  return callAsync(new Error(), () => hashBinding().blake3Blocks(data, [...lens]));
+}
+
+/** blake3Blocks on the calling thread: only for small spans (the hop off the loop costs more). */
+export function blake3BlocksSync(data: Uint8Array, lens: readonly number[]): Uint8Array {
+  checkBlocks(data, lens);
+  return callSync(() => hashBinding().blake3BlocksSync(data, [...lens]));
+}
+
 function describeArg(x: unknown): string {
   if (ArrayBuffer.isView(x)) return `${x.constructor.name}`;
   if (typeof x === 'string') return JSON.stringify(x.slice(0, 20));

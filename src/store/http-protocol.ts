@@ -17,7 +17,7 @@
 import { createHash, type Hash } from 'node:crypto';
 import { ChecksumError, DecodeError, DraftwireError, InvalidArgumentError } from '../errors.ts';
 import { FEATURE_NAME_RE, isId, type SampleRef } from '../wire/sampleref.ts';
-import { blockSpan, checksumOfManifestJson, parseManifest, rowsOf, type Manifest, type ManifestTensor } from './checksum.ts';
+import { algOf, blockSpan, checksumOfManifestJson, parseManifest, rowsOf, verifyBlocksAsync, type Manifest, type ManifestTensor } from './checksum.ts';
 import type { SafetensorsHeader } from './safetensors.ts';
 import { viewAs, type Tensor } from '../tensor.ts';
 
@@ -180,7 +180,9 @@ export function frameHeaderBound(ref: SampleRef): number {
   return 64 * 1024 + 96 * rows + 512 * Object.keys(ref.features).length;
 }
 
-interface Want { t: ManifestTensor; r0: number; r1: number; b0: number; b1: number; rowBytes: number; blockRows: number; rows: number; dest: Uint8Array; shape: number[] }
+// `span` (blake3 manifests) holds the whole blocks, verified natively in end(); otherwise the
+// blocks are sha256'd as they stream and only rows [r0, r1) are kept, in dest.
+interface Want { t: ManifestTensor; r0: number; r1: number; b0: number; b1: number; rowBytes: number; blockRows: number; rows: number; dest: Uint8Array; span: Uint8Array | null; shape: number[] }
 
 /**
  * The reader's side of a GET's frame: feed it the body as it arrives (push), then end().
@@ -204,6 +206,9 @@ export class FrameReader {
   /** Tensor-relative byte position of the next byte of the current tensor. */
   private pos = 0;
   private hash: Hash | null = null;
+  /** Set by the manifest: blocks are hashed in end() (blake3), not as they stream (sha256). */
+  private deferred = false;
+  private blockBytes = 0;
   private done = false;
   private readonly where: string;
 
@@ -260,6 +265,8 @@ export class FrameReader {
     // The manifest is authenticated by the (MAC'd) ref's checksum; everything else follows from it.
     if (checksumOfManifestJson(h.manifest) !== ref.checksum) throw new ChecksumError(`${this.where}: the served manifest does not match the ref's checksum ${ref.checksum} (corrupted or replaced)`, { detail: { sampleId: ref.sampleId, generation: ref.generation } });
     const m = parseManifest(h.manifest, this.where);
+    this.deferred = this.verify && algOf(m) === 'blake3';
+    this.blockBytes = m.blockBytes;
     if (m.tensors.length !== Object.keys(ref.features).length) throw new ChecksumError(`${this.where}: the manifest's tensors are not the ref's features`);
     const byName = new Map<string, ManifestTensor>();
     for (const t of m.tensors) {
@@ -280,10 +287,12 @@ export class FrameReader {
       const span = blockSpan(t, m.blockBytes, r0, r1);
       const ft = h.tensors[i]!;
       const blockRows = t.blockRows;
-      const w: Want = { t, r0, r1, b0: span.b0, b1: span.b1, rowBytes: span.rowBytes, blockRows, rows, dest: new Uint8Array((r1 - r0) * span.rowBytes), shape: this.rows ? [r1 - r0, ...t.shape.slice(1)] : [...t.shape] };
+      const w: Want = { t, r0, r1, b0: span.b0, b1: span.b1, rowBytes: span.rowBytes, blockRows, rows, dest: new Uint8Array(0), span: null, shape: this.rows ? [r1 - r0, ...t.shape.slice(1)] : [...t.shape] };
       if (!ft || ft.name !== name || !Array.isArray(ft.rows) || ft.rows[0] !== r0 || ft.rows[1] !== r1 || !Array.isArray(ft.blocks) || ft.blocks[0] !== span.b0 || ft.blocks[1] !== span.b1 || ft.bytes !== this.spanBytes(w)) {
         throw new DecodeError(`${this.where}: the frame's entry for tensor "${name}" disagrees with the manifest`);
       }
+      if (this.deferred) w.span = new Uint8Array(this.spanBytes(w));
+      else w.dest = new Uint8Array((r1 - r0) * span.rowBytes);
       wants.push(w);
     }
     this.wants = wants;
@@ -311,7 +320,7 @@ export class FrameReader {
     const w = this.wants![this.ti]!;
     while (this.block < w.b1) {
       if (this.pos < this.blockEnd(w, this.block)) {
-        if (this.verify && !this.hash) this.hash = createHash('sha256');
+        if (this.verify && !this.deferred && !this.hash) this.hash = createHash('sha256');
         return true;
       }
       this.finishBlock(w);
@@ -320,7 +329,7 @@ export class FrameReader {
   }
 
   private finishBlock(w: Want): void {
-    if (this.verify) {
+    if (this.verify && !this.deferred) {
       const got = (this.hash ?? createHash('sha256')).digest('hex');
       if (got !== w.t.digests[this.block]) throw new ChecksumError(`${this.where}: tensor "${w.t.name}" block ${this.block} does not match its checksum (corrupted)`, { detail: { tensor: w.t.name, block: this.block, sampleId: this.ref.sampleId, generation: this.ref.generation } });
     }
@@ -334,10 +343,13 @@ export class FrameReader {
     const end = this.blockEnd(w, this.block);
     const take = Math.min(end - this.pos, chunk.byteLength - off);
     const piece = chunk.subarray(off, off + take);
-    if (this.verify) this.hash!.update(piece);
-    const d0 = w.r0 * w.rowBytes, d1 = w.r1 * w.rowBytes;
-    const lo = Math.max(this.pos, d0), hi = Math.min(this.pos + take, d1);
-    if (hi > lo) w.dest.set(piece.subarray(lo - this.pos, hi - this.pos), lo - d0);
+    if (w.span) w.span.set(piece, this.pos - w.b0 * w.blockRows * w.rowBytes);
+    else {
+      if (this.verify) this.hash!.update(piece);
+      const d0 = w.r0 * w.rowBytes, d1 = w.r1 * w.rowBytes;
+      const lo = Math.max(this.pos, d0), hi = Math.min(this.pos + take, d1);
+      if (hi > lo) w.dest.set(piece.subarray(lo - this.pos, hi - this.pos), lo - d0);
+    }
     this.pos += take;
     if (this.pos === end) {
       this.finishBlock(w);
@@ -347,9 +359,19 @@ export class FrameReader {
   }
 
   /** The tensors, once the whole frame arrived and verified; DecodeError when it is short. */
-  end(): Record<string, Tensor> {
+  async end(): Promise<Record<string, Tensor>> {
     if (!this.wants || !this.done) throw new DecodeError(`${this.where}: the response ended early (truncated)`);
     const out: Record<string, Tensor> = {};
+    for (const w of this.wants) {
+      if (!w.span) continue;
+      await verifyBlocksAsync(w.t, this.blockBytes, w.b0, w.b1, w.span, this.where, 'blake3').catch((e: unknown) => {
+        throw e instanceof ChecksumError ? new ChecksumError(e.message, { detail: { ...(e.detail as object), sampleId: this.ref.sampleId, generation: this.ref.generation } }) : e;
+      });
+      const lo = (w.r0 - w.b0 * w.blockRows) * w.rowBytes;
+      const hi = lo + (w.r1 - w.r0) * w.rowBytes;
+      // A row range inside the blocks is copied out, so the caller does not hold the rest.
+      w.dest = lo === 0 && hi === w.span.byteLength ? w.span : w.span.slice(lo, hi);
+    }
     for (const w of this.wants) out[w.t.name] = { dtype: w.t.dtype, shape: w.shape, data: viewAs(w.t.dtype, w.dest) };
     return out;
   }

@@ -137,7 +137,7 @@ export class HttpFeatureStore implements FeatureStore {
         },
       });
     });
-    const out = reader.end();
+    const out = await reader.end();
     this.stats.remoteGets++;
     this.stats.bytesFetched += received;
     return out;

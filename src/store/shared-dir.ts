@@ -29,7 +29,7 @@ import { link, mkdir, open, readdir, readFile, rename, stat, unlink, type FileHa
 import { AuthPolicy } from '../wire/auth.ts';
 import { FILE_MODE } from '../files.ts';
 import {
-  blockSpan, buildManifestAsync, checksumOfManifestJson, manifestJson, parseManifest, rowsOf, verifyBlocksAsync, type Manifest, type ManifestTensor,
+  algOf, blockRuns, blockSpan, buildManifestAsync, checksumOfManifestJson, manifestJson, parseManifest, rowsOf, verifyBlocksAsync, type BlockAlg, type Manifest, type ManifestTensor,
 } from './checksum.ts';
 import {
   AuthError, BackpressureError, ChecksumError, DecodeError, DraftwireError, InvalidArgumentError, SampleGoneError, StaleGenerationError, StoreWriteError,
@@ -86,6 +86,8 @@ export interface SharedDirOptions {
   writeChunkBytes?: number;
   /** Checksum block size for new samples (default 1 MiB). */
   blockBytes?: number;
+  /** Block digest of new samples (default blake3; sha256 writes the v 1 format older readers know). Both are read. */
+  blockChecksum?: BlockAlg;
   /** Mode of created files (default FILE_MODE, 0o640: src/files.ts). */
   fileMode?: number;
   /**
@@ -160,6 +162,26 @@ async function readFull(fh: FileHandle, buf: Uint8Array, position: number, where
   }
 }
 
+/** A verified read this large is cut into runs of about this size: run k is hashed while run k + 1 is read. */
+const PIPELINE_BYTES = 8 << 20;
+
+/** Reads blocks [span.b0, span.b1) of tensor t into buf (from file offset `at`), verifying them as it goes. */
+async function readVerified(fh: FileHandle, buf: Uint8Array, at: number, t: ManifestTensor, m: Manifest, span: { b0: number; b1: number }, where: string): Promise<void> {
+  const pending: Promise<void>[] = [];
+  try {
+    for (const run of blockRuns(t, m.blockBytes, span.b0, span.b1, PIPELINE_BYTES)) {
+      const part = buf.subarray(run.off, run.off + run.len);
+      await readFull(fh, part, at + run.off, where);
+      const p = verifyBlocksAsync(t, m.blockBytes, run.b0, run.b1, part, where, algOf(m));
+      p.catch(() => undefined); // observed below, by Promise.all; this only marks it handled meanwhile
+      pending.push(p);
+    }
+  } finally {
+    await Promise.allSettled(pending); // never leave a hash running over a buffer we drop
+  }
+  await Promise.all(pending);
+}
+
 export class SharedDirFeatureStore implements FeatureStore {
   readonly storeId: string;
   readonly job: string;
@@ -193,6 +215,7 @@ export class SharedDirFeatureStore implements FeatureStore {
       fsync: o.fsync ?? true,
       writeChunkBytes: o.writeChunkBytes ?? 16 * 1024 * 1024,
       blockBytes: o.blockBytes ?? 1 << 20,
+      blockChecksum: o.blockChecksum ?? 'blake3',
       fileMode: o.fileMode ?? FILE_MODE,
       faults: o.faults ?? {},
     };
@@ -487,7 +510,7 @@ export class SharedDirFeatureStore implements FeatureStore {
     const createdAt = opts.createdAt ?? Date.now();
 
     await this.admit(dataBytes);
-    const manifest = await buildManifestAsync(items, this.o.blockBytes);
+    const manifest = await buildManifestAsync(items, this.o.blockBytes, this.o.blockChecksum);
     const mjson = manifestJson(manifest);
     const checksum = checksumOfManifestJson(mjson);
 
@@ -653,8 +676,8 @@ export class SharedDirFeatureStore implements FeatureStore {
         }
         const span = blockSpan(t, m.blockBytes, r0, r1);
         const buf = new Uint8Array(span.byte1 - span.byte0);
-        await readFull(fh, buf, h.dataStart + e.begin + span.byte0, path);
-        if (verify) await verifyBlocksAsync(t, m.blockBytes, span.b0, span.b1, buf, path);
+        if (verify) await readVerified(fh, buf, h.dataStart + e.begin + span.byte0, t, m, span, path);
+        else await readFull(fh, buf, h.dataStart + e.begin + span.byte0, path);
         const lo = r0 * span.rowBytes - span.byte0;
         const hi = r1 * span.rowBytes - span.byte0;
         let bytes = lo === 0 && hi === buf.byteLength ? buf : buf.subarray(lo, hi);

@@ -244,9 +244,9 @@ describe('SharedDirFeatureStore contract', function () {
     assert.deepEqual((await runChild({ ...base, op: 'get', ref: b64(ref), names: ['ids'] }, SECRET)).ok, digestTensors({ ids: makeSample(3, 16, 8).ids! }));
   });
 
-  it('checksums: corrupted bytes are ChecksumError; unaffected blocks still read; truncation is DecodeError', async () => {
+  for (const blockChecksum of ['blake3', 'sha256'] as const) it(`checksums (${blockChecksum} blocks): corrupted bytes are ChecksumError; unaffected blocks still read; truncation is DecodeError`, async () => {
     const dir = freshDir();
-    const s = await attach(dir, { blockBytes: 4096 });
+    const s = await attach(dir, { blockBytes: 4096, blockChecksum });
     const T = 256, H = 32; // aux rows are 96 bf16 = 192 bytes -> 21 rows per 4 KiB block
     const ref = await s.put('c', makeSample(5, T, H));
     const path = join(dir, `c.g${ref.generation}.safetensors`);
@@ -284,6 +284,44 @@ describe('SharedDirFeatureStore contract', function () {
     const whole = readFileSync(p3);
     writeFileSync(p3, whole.subarray(0, whole.length - 100));
     await rejectsWith(s.get(ref3), DecodeError, /truncated|past the end/);
+  });
+
+  for (const blockChecksum of ['blake3', 'sha256'] as const) it(`a large get (${blockChecksum}) reads and hashes in overlapping runs; a corrupt late block still fails`, async () => {
+    const dir = freshDir();
+    const s = await attach(dir, { blockChecksum });
+    const x = new Uint8Array(24 << 20).map((_, i) => (i * 2654435761) >>> 24);
+    const ref = await s.put('big', { x: { dtype: 'u8', shape: [x.length], data: x } });
+    assert.ok(Buffer.from((await s.get(ref)).x!.data as Uint8Array).equals(Buffer.from(x)), 'the bytes come back whole');
+    const path = join(dir, `big.g${ref.generation}.safetensors`);
+    const fh = await open(path, 'r');
+    const h = await readHeader(fh, path);
+    await fh.close();
+    const at = h.dataStart + h.entries.get('x')!.begin + (17 << 20) + 5; // block 17, in the third 8 MiB run
+    const fd = openSync(path, 'r+');
+    writeSync(fd, Buffer.from([x[(17 << 20) + 5]! ^ 1]), 0, 1, at);
+    closeSync(fd);
+    await rejectsWith(s.get(ref), ChecksumError, /"x" block 17/);
+    assert.equal((await s.get(ref, { rows: [0, 16 << 20] })).x!.shape[0], 16 << 20, 'rows before it verify');
+  });
+
+  it('a sample written with sha256 blocks (the v 1 format of older writers) reads under the blake3 default', async () => {
+    const dir = freshDir();
+    const old = await attach(dir, { blockChecksum: 'sha256', blockBytes: 4096 });
+    const ref = await old.put('legacy', makeSample(9, 64, 16));
+    const path = join(dir, `legacy.g${ref.generation}.safetensors`);
+    const fh = await open(path, 'r');
+    const manifest = JSON.parse((await readHeader(fh, path)).metadata['draftwire.manifest']!) as { v: number; alg?: string };
+    await fh.close();
+    assert.deepEqual([manifest.v, manifest.alg], [1, undefined], 'the old format has no alg');
+    const s = await attach(dir);
+    assert.deepEqual(digestTensors(await s.get(ref)), digestTensors(makeSample(9, 64, 16)));
+    assert.deepEqual(digestTensors(await s.get(ref, { names: ['aux'], rows: [5, 40] })), digestTensors({ aux: sliceRows(makeSample(9, 64, 16), 5, 40).aux! }));
+    const fresh = await s.put('new', makeSample(9, 64, 16));
+    const p2 = join(dir, `new.g${fresh.generation}.safetensors`);
+    const fh2 = await open(p2, 'r');
+    const m2 = JSON.parse((await readHeader(fh2, p2)).metadata['draftwire.manifest']!) as { v: number; alg?: string };
+    await fh2.close();
+    assert.deepEqual([m2.v, m2.alg], [2, 'blake3']);
   });
 
   it('partial reads by names and rows, private copies by default, argument checks', async () => {

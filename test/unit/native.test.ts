@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import { InvalidArgumentError, NativeError } from '../../src/errors.ts';
 import {
-  acceptLength, blasInfo, DraftModel, draftParamShapes, initDraftWeights, TargetModel, TRAINABLE_NAMES, validateDraftConfig,
+  acceptLength, blake3Blocks, blake3BlocksSync, blasInfo, DraftModel, draftParamShapes, initDraftWeights, TargetModel, TRAINABLE_NAMES, validateDraftConfig,
   type DraftBatch, type DraftConfig, type StepOptions, type TargetConfig,
 } from '../../src/native/addon.ts';
 import { rejects, throwsLike } from '../support/assert.ts';
@@ -43,6 +43,24 @@ function tinyWeights(c: DraftConfig, seed = 3): Record<string, Float32Array | In
 
 describe('native addon', function () {
   this.timeout(120_000);
+
+  it('blake3Blocks: the BLAKE3 reference vectors, per block, whatever the block count', async () => {
+    const hex = (d: Uint8Array, b: number) => Buffer.from(d.subarray(32 * b, 32 * b + 32)).toString('hex');
+    const abc = new TextEncoder().encode('abcabc');
+    const d = await blake3Blocks(abc, [0, 3, 3]);
+    assert.equal(hex(d, 0), 'af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262'); // BLAKE3("")
+    assert.equal(hex(d, 1), '6437b3ac38465133ffb63b75273a8db548c558465d79db03fd359c6cd5bd9d85'); // BLAKE3("abc")
+    assert.equal(hex(d, 2), hex(d, 1));
+    // Many large blocks in parallel equal each block hashed alone.
+    const big = new Uint8Array(9 << 20).map((_, i) => (i * 2654435761) >>> 24);
+    const lens = Array.from({ length: 9 }, () => 1 << 20);
+    const all = await blake3Blocks(big, lens);
+    for (const b of [0, 4, 8]) assert.equal(hex(all, b), hex(await blake3Blocks(big.subarray(b << 20, (b + 1) << 20), [1 << 20]), 0));
+    assert.notEqual(hex(all, 0), hex(all, 1));
+    assert.deepEqual(blake3BlocksSync(big, lens), all, 'the synchronous path agrees');
+    await rejects(blake3Blocks(abc, [4, 3]), InvalidArgumentError, /add up to 7 bytes, more than data's 6/);
+    await rejects(blake3Blocks(abc, [-1]), InvalidArgumentError, /non-negative integers/);
+  });
 
   it('loads OpenBLAS and names the core type it runs', () => {
     const info = blasInfo();

@@ -8,7 +8,7 @@ import { AuthError, ChecksumError, DecodeError, InvalidArgumentError, SampleGone
 import { decodeSampleRef, encodeSampleRef, httpUri, parseSampleUri, validateSampleRef, type SampleRef } from '../../src/wire/sampleref.ts';
 import { TOKEN_MAX_AHEAD_MS, authorizationFor, checkAuthorization, requestMac } from '../../src/store/store-token.ts';
 import { FrameReader, httpStatusOf, parseStoreRequest, planSampleResponse, storeRequestTarget } from '../../src/store/http-protocol.ts';
-import { buildManifest, checksumOfManifestJson, manifestJson } from '../../src/store/checksum.ts';
+import { buildManifest, buildManifestAsync, checksumOfManifestJson, manifestJson, type BlockAlg } from '../../src/store/checksum.ts';
 import { encodeSafetensorsBuffer, parseHeader } from '../../src/store/safetensors.ts';
 import { bytesOf, type Tensor } from '../../src/tensor.ts';
 import { digestTensors, makeSample, sliceRows } from '../support/store-fixtures.ts';
@@ -24,10 +24,10 @@ function fieldOf(f: () => unknown): string {
   return assert.fail('did not throw');
 }
 
-/** A sample file in memory (as the store writes it) and its signed http ref. */
-function sampleFile(tensors: Record<string, Tensor>, blockBytes: number, sampleId = 'row-1', generation = 5) {
+/** A sample file in memory (as the store writes it, or as the sha256 writers do) and its signed http ref. */
+async function sampleFile(tensors: Record<string, Tensor>, blockBytes: number, alg: BlockAlg = 'blake3', sampleId = 'row-1', generation = 5) {
   const items = Object.entries(tensors).map(([name, t]) => ({ name, dtype: t.dtype, shape: [...t.shape], bytes: bytesOf(t) }));
-  const mjson = manifestJson(buildManifest(items, blockBytes));
+  const mjson = manifestJson(alg === 'sha256' ? buildManifest(items, blockBytes) : await buildManifestAsync(items, blockBytes, 'blake3'));
   const file = encodeSafetensorsBuffer(tensors, { format: 'draftwire/1', 'draftwire.manifest': mjson });
   const n = Number(file.readBigUInt64LE(0));
   const header = parseHeader(file.subarray(8, 8 + n), file.byteLength, 'mem');
@@ -40,15 +40,17 @@ function sampleFile(tensors: Record<string, Tensor>, blockBytes: number, sampleI
   return { file, header, manifest: JSON.parse(mjson), manifestJson: mjson, ref };
 }
 
+type SampleFile = Awaited<ReturnType<typeof sampleFile>>;
+
 /** The body a server would send for `req`, from the in-memory file. */
-function body(f: ReturnType<typeof sampleFile>, names: string[] | null, rows: [number, number] | null): Buffer {
+function body(f: SampleFile, names: string[] | null, rows: [number, number] | null): Buffer {
   const plan = planSampleResponse(f, { sampleId: f.ref.sampleId, generation: f.ref.generation, names, rows });
   const out = Buffer.concat([plan.head, ...plan.ranges.map((r) => f.file.subarray(r.offset, r.offset + r.length))]);
   assert.equal(out.byteLength, plan.contentLength);
   return out;
 }
 
-function read(ref: SampleRef, names: string[] | null, rows: [number, number] | null, bytes: Uint8Array, chunk = 1 << 30, verify = true): Record<string, Tensor> {
+async function read(ref: SampleRef, names: string[] | null, rows: [number, number] | null, bytes: Uint8Array, chunk = 1 << 30, verify = true): Promise<Record<string, Tensor>> {
   const r = new FrameReader(ref, names, rows, verify);
   for (let off = 0; off < bytes.byteLength; off += chunk) r.push(bytes.subarray(off, Math.min(bytes.byteLength, off + chunk)));
   return r.end();
@@ -58,7 +60,7 @@ describe('data plane: request tokens', () => {
   const target = '/store-a/row-1?g=5&names=aux&rows=0:8';
   const now = 1_800_000_000_000;
 
-  it('binds method, target and expiry, under the store token as key', () => {
+  it('binds method, target and expiry, under the store token as key', async () => {
     const h = authorizationFor(auth, 'store-a', 'GET', target, now)!;
     const m = /^Draftwire v1 exp=(\d+) mac=([0-9a-f]{64})$/.exec(h)!;
     assert.ok(m, h);
@@ -71,7 +73,7 @@ describe('data plane: request tokens', () => {
     assert.doesNotThrow(() => checkAuthorization(auth, 'store-a', 'GET', target, h, now + 30_000), 'good until exp');
   });
 
-  it('refuses a token for anything else, expired, too long-lived, malformed or absent, as one AuthError', () => {
+  it('refuses a token for anything else, expired, too long-lived, malformed or absent, as one AuthError', async () => {
     const h = authorizationFor(auth, 'store-a', 'GET', target, now)!;
     const refusals: [string, () => void][] = [
       ['no header', () => checkAuthorization(auth, 'store-a', 'GET', target, undefined, now)],
@@ -92,7 +94,7 @@ describe('data plane: request tokens', () => {
     }
   });
 
-  it('with auth off no token is needed and none is made', () => {
+  it('with auth off no token is needed and none is made', async () => {
     const off = AuthPolicy.disabled();
     assert.equal(authorizationFor(off, 'store-a', 'GET', target), null);
     assert.doesNotThrow(() => checkAuthorization(off, 'store-a', 'GET', target, undefined));
@@ -100,7 +102,7 @@ describe('data plane: request tokens', () => {
 });
 
 describe('data plane: request parsing', () => {
-  it('parses GET with names and rows, and DELETE with why; the client builds what it parses', () => {
+  it('parses GET with names and rows, and DELETE with why; the client builds what it parses', async () => {
     assert.deepEqual(parseStoreRequest('GET', '/store-a/row-1?g=17'), { op: 'get', storeId: 'store-a', sampleId: 'row-1', generation: 17, names: null, rows: null });
     assert.deepEqual(parseStoreRequest('GET', '/s/x.y:z-1?g=0&names=aux,last&rows=3:9'), { op: 'get', storeId: 's', sampleId: 'x.y:z-1', generation: 0, names: ['aux', 'last'], rows: [3, 9] });
     assert.deepEqual(parseStoreRequest('GET', '/s/x?rows=0:0&g=2'), { op: 'get', storeId: 's', sampleId: 'x', generation: 2, names: null, rows: [0, 0] });
@@ -112,7 +114,7 @@ describe('data plane: request parsing', () => {
     assert.deepEqual(parseStoreRequest('DELETE', storeRequestTarget('s', 'x', 9, { why: 'dead' })).op, 'free');
   });
 
-  it('a malformed request is an InvalidArgumentError naming the field', () => {
+  it('a malformed request is an InvalidArgumentError naming the field', async () => {
     const cases: [string, string, string][] = [
       ['PUT', '/s/x?g=1', 'method'], ['POST', '/s/x?g=1', 'method'], ['HEAD', '/s/x?g=1', 'method'],
       ['GET', '/s/x', 'g'], ['GET', '/s/x?', 'g'], ['GET', '/s/x?names=a', 'g'], ['GET', '/s/x?g=', 'g'], ['GET', '/s/x?g=01', 'g'],
@@ -131,7 +133,7 @@ describe('data plane: request parsing', () => {
     assert.match((() => { try { parseStoreRequest('GET', '/s/x?g=1&rows=5:2'); } catch (e) { return (e as Error).message; } return ''; })(), /rows must be r0:r1/);
   });
 
-  it('maps typed errors to statuses', () => {
+  it('maps typed errors to statuses', async () => {
     assert.equal(httpStatusOf(new AuthError()), 401);
     assert.equal(httpStatusOf(new InvalidArgumentError('x', { detail: { field: 'g' } })), 400);
     assert.equal(httpStatusOf(new InvalidArgumentError('x', { detail: { field: 'method' } })), 405);
@@ -143,27 +145,29 @@ describe('data plane: request parsing', () => {
   });
 });
 
-describe('data plane: planning ranges and reading frames', () => {
+// Both block digests: blake3 (what the store writes) and sha256 (older and Python writers).
+for (const alg of ['blake3', 'sha256'] as const) describe(`data plane: planning ranges and reading frames (${alg} blocks)`, () => {
   // Small blocks so every tensor spans several: aux is 96 B per row (48 bf16), 64 B blocks hold 1 row of it.
   const T = 37, H = 16;
   const tensors = makeSample(11, T, H);
-  const f = sampleFile(tensors, 256);
+  let f: SampleFile;
+  before(async () => { f = await sampleFile(tensors, 256, alg); });
 
-  it('a full read and every row slice come back equal to the source, whatever the chunking', () => {
-    assert.deepEqual(digestTensors(read(f.ref, null, null, body(f, null, null))), digestTensors(tensors));
+  it('a full read and every row slice come back equal to the source, whatever the chunking', async () => {
+    assert.deepEqual(digestTensors(await read(f.ref, null, null, body(f, null, null))), digestTensors(tensors));
     for (const [r0, r1] of [[0, T], [0, 1], [5, 6], [7, 30], [36, 37], [10, 10], [0, 0], [37, 37]] as [number, number][]) {
       for (const names of [null, ['aux'], ['mask', 'last']]) {
         const want = sliceRows(tensors, r0, r1);
-        const got = read(f.ref, names, [r0, r1], body(f, names, [r0, r1]), 7);
+        const got = await read(f.ref, names, [r0, r1], body(f, names, [r0, r1]), 7);
         const keys = names ?? Object.keys(tensors);
         assert.deepEqual(digestTensors(got), digestTensors(Object.fromEntries(keys.map((k) => [k, want[k]!]))), `${names} ${r0}:${r1}`);
       }
     }
     // One byte at a time.
-    assert.deepEqual(digestTensors(read(f.ref, ['aux'], [3, 9], body(f, ['aux'], [3, 9]), 1)), digestTensors({ aux: sliceRows(tensors, 3, 9).aux! }));
+    assert.deepEqual(digestTensors(await read(f.ref, ['aux'], [3, 9], body(f, ['aux'], [3, 9]), 1)), digestTensors({ aux: sliceRows(tensors, 3, 9).aux! }));
   });
 
-  it('sends only the blocks spanning the rows asked, located by the file header', () => {
+  it('sends only the blocks spanning the rows asked, located by the file header', async () => {
     const plan = planSampleResponse(f, { sampleId: 'row-1', generation: 5, names: ['last'], rows: [10, 12] });
     const e = f.header.entries.get('last')!;
     // last is 64 B per row; 256 B blocks hold 4 rows: rows 10..12 lie in block 2 (rows 8..11).
@@ -175,17 +179,17 @@ describe('data plane: planning ranges and reading frames', () => {
     assert.equal(fieldOf(() => planSampleResponse(f, { sampleId: 'row-1', generation: 5, names: null, rows: [0, T + 1] })), 'rows');
   });
 
-  it('a corrupted block is a ChecksumError; a slice that does not span it verifies', () => {
+  it('a corrupted block is a ChecksumError; a slice that does not span it verifies', async () => {
     const b = body(f, ['last'], null);
     const plan = planSampleResponse(f, { sampleId: 'row-1', generation: 5, names: ['last'], rows: null });
     b[plan.head.byteLength + 5 * 256 + 3]! ^= 1; // block 5 of last
-    assert.throws(() => read(f.ref, ['last'], null, b, 1000), (e: unknown) => e instanceof ChecksumError && /tensor "last" block 5/.test(e.message));
-    assert.doesNotThrow(() => read(f.ref, ['last'], null, b, 1000, false), 'verify: false skips the block digests');
+    await assert.rejects(() => read(f.ref, ['last'], null, b, 1000), (e: unknown) => e instanceof ChecksumError && /tensor "last" block 5/.test(e.message));
+    await assert.doesNotReject(() => read(f.ref, ['last'], null, b, 1000, false), 'verify: false skips the block digests');
     const b2 = body(f, ['last'], [0, 8]);
-    assert.doesNotThrow(() => read(f.ref, ['last'], [0, 8], b2));
+    await assert.doesNotReject(() => read(f.ref, ['last'], [0, 8], b2));
   });
 
-  it('a frame that is not what the ref and the request say is refused', () => {
+  it('a frame that is not what the ref and the request say is refused', async () => {
     const good = body(f, ['aux'], [2, 4]);
     const hlen = Number(good.readBigUInt64LE(0));
     const head = JSON.parse(good.subarray(8, 8 + hlen).toString()) as Record<string, any>;
@@ -195,46 +199,46 @@ describe('data plane: planning ranges and reading frames', () => {
       return Buffer.concat([p, j, good.subarray(8 + hlen)]);
     };
     const refuse = (bytes: Buffer, cls: new (...a: any[]) => Error, re: RegExp, ref: SampleRef = f.ref) =>
-      assert.throws(() => read(ref, ['aux'], [2, 4], bytes, 13), (e: unknown) => e instanceof cls && re.test((e as Error).message), re.source);
-    refuse(good.subarray(0, good.byteLength - 1), DecodeError, /ended early/);
-    refuse(Buffer.concat([good, Buffer.from([0])]), DecodeError, /runs past its last block/);
-    refuse(good.subarray(0, 5), DecodeError, /ended early/);
+      assert.rejects(() => read(ref, ['aux'], [2, 4], bytes, 13), (e: unknown) => e instanceof cls && re.test((e as Error).message), re.source);
+    await refuse(good.subarray(0, good.byteLength - 1), DecodeError, /ended early/);
+    await refuse(Buffer.concat([good, Buffer.from([0])]), DecodeError, /runs past its last block/);
+    await refuse(good.subarray(0, 5), DecodeError, /ended early/);
     const huge = Buffer.from(good); huge.writeBigUInt64LE(1n << 40n, 0);
-    refuse(huge, DecodeError, /over the \d+-byte bound/);
-    refuse(reframe({ ...head, manifest: head.manifest.replace('"v":1', '"v":1 ') }), ChecksumError, /manifest does not match the ref's checksum/);
-    refuse(reframe({ ...head, generation: 4 }), DecodeError, /another sample or generation/);
-    refuse(reframe({ ...head, tensors: [{ ...head.tensors[0], rows: [2, 5] }] }), DecodeError, /disagrees with the manifest/);
-    refuse(reframe({ ...head, tensors: [{ ...head.tensors[0], blocks: [0, 9] }] }), DecodeError, /disagrees with the manifest/);
-    refuse(reframe({ ...head, tensors: [] }), DecodeError, /holds 0 tensors/);
+    await refuse(huge, DecodeError, /over the \d+-byte bound/);
+    await refuse(reframe({ ...head, manifest: head.manifest.replace(/"v":\d/, (v: string) => v + ' ') }), ChecksumError, /manifest does not match the ref's checksum/);
+    await refuse(reframe({ ...head, generation: 4 }), DecodeError, /another sample or generation/);
+    await refuse(reframe({ ...head, tensors: [{ ...head.tensors[0], rows: [2, 5] }] }), DecodeError, /disagrees with the manifest/);
+    await refuse(reframe({ ...head, tensors: [{ ...head.tensors[0], blocks: [0, 9] }] }), DecodeError, /disagrees with the manifest/);
+    await refuse(reframe({ ...head, tensors: [] }), DecodeError, /holds 0 tensors/);
     // A ref whose features differ from the (authentic) manifest: the manifest is not this ref's.
     const other = auth.signRef({ ...f.ref, features: { ...f.ref.features, aux: { dtype: 'bf16', shape: [T, 3 * H + 1] } } });
-    refuse(good, ChecksumError, /does not match the ref/, other);
+    await refuse(good, ChecksumError, /does not match the ref/, other);
     // The destination buffers are exactly sized private memory.
-    const got = read(f.ref, ['aux'], [2, 4], good);
+    const got = await read(f.ref, ['aux'], [2, 4], good);
     assert.equal(got.aux!.data.byteOffset, 0);
     assert.equal(got.aux!.data.buffer.byteLength, 2 * 3 * H * 2);
   });
 
-  it('zero-byte tensors and scalars travel too', () => {
+  it('zero-byte tensors and scalars travel too', async () => {
     const t: Record<string, Tensor> = {
       empty: { dtype: 'f32', shape: [0, 4], data: new Float32Array(0) },
       flat: { dtype: 'f32', shape: [3, 0], data: new Float32Array(0) },
       scalar: { dtype: 'i32', shape: [], data: new Int32Array([42]) },
       ids: { dtype: 'i32', shape: [3], data: new Int32Array([1, 2, 3]) },
     };
-    const g = sampleFile(t, 8);
-    assert.deepEqual(digestTensors(read(g.ref, null, null, body(g, null, null), 1)), digestTensors(t));
-    assert.deepEqual(digestTensors(read(g.ref, ['flat', 'ids'], [1, 3], body(g, ['flat', 'ids'], [1, 3]), 1)), digestTensors(sliceRows({ flat: t.flat!, ids: t.ids! }, 1, 3)));
+    const g = await sampleFile(t, 8, alg);
+    assert.deepEqual(digestTensors(await read(g.ref, null, null, body(g, null, null), 1)), digestTensors(t));
+    assert.deepEqual(digestTensors(await read(g.ref, ['flat', 'ids'], [1, 3], body(g, ['flat', 'ids'], [1, 3]), 1)), digestTensors(sliceRows({ flat: t.flat!, ids: t.ids! }, 1, 3)));
     assert.equal(fieldOf(() => planSampleResponse(g, { sampleId: 'row-1', generation: 5, names: ['scalar'], rows: [0, 1] })), 'rows');
   });
 });
 
 describe('data plane: the http:// sample uri', () => {
-  it('parses, builds and round-trips in a ref', () => {
+  it('parses, builds and round-trips in a ref', async () => {
     assert.deepEqual(parseSampleUri('http://10.0.0.5:7001/store-a/row-1?g=3'), { scheme: 'http', host: '10.0.0.5', port: 7001, storeId: 'store-a', sampleId: 'row-1', generation: 3 });
     assert.deepEqual(parseSampleUri('http://[::1]:9/s/x?g=0'), { scheme: 'http', host: '[::1]', port: 9, storeId: 's', sampleId: 'x', generation: 0 });
     assert.equal(httpUri('node-a.example', 80, 's', 'x', 1), 'http://node-a.example:80/s/x?g=1');
-    const f = sampleFile(makeSample(1, 4, 2), 64);
+    const f = await sampleFile(makeSample(1, 4, 2), 64);
     assert.deepEqual(decodeSampleRef(encodeSampleRef(f.ref)).uri, f.ref.uri);
     for (const bad of ['http://h:0/s/x?g=1', 'http://h:70000/s/x?g=1', 'http://h/s/x?g=1', 'http://h:1/s/x', 'https://h:1/s/x?g=1', 'http://h:1/s/../x?g=1', 'http://a b:1/s/x?g=1']) {
       assert.throws(() => parseSampleUri(bad), DecodeError, bad);

@@ -9,6 +9,7 @@
 #include "kernels/rng.h"
 #include "napi/napi_comm.h"  // collectives
 #include "napi/napi_convert.h"
+#include "napi/napi_hash.h"
 #include "napi/napi_models.h"
 
 namespace dw {
@@ -76,6 +77,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("fillNormal", Napi::Function::New(env, FillNormal, "fillNormal"));
   exports.Set("gemmFlops", Napi::Function::New(env, GemmFlops, "gemmFlops"));
   registerConvert(env, exports);  // upcastToF32, convertInfo (napi/napi_convert.h)
+  registerHash(env, exports);  // blake3Blocks (napi/napi_hash.h)
   registerCollectives(env, exports);  // collectives: commConnect, commThreadWorld, memcpyBench
   return exports;
 }
