@@ -88,7 +88,8 @@ def test_job_trains_what_python_produced(jobs):
         end_b = sp.end()
     finally:
         sp.close()
-    assert end_b == {"producer": "pb", "state": "ended", "closed": True, "committed": 11, "budget": 11}
+    # the reply carries the queue role's term (docs/wire.md "Terms of the singleton roles")
+    assert end_b == {"producer": "pb", "state": "ended", "closed": True, "committed": 11, "budget": 11, "term": 1}
 
     s = job.finish()
     assert s["samples"] == 11 and s["audit"]["ok"], s["audit"]
