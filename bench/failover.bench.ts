@@ -17,7 +17,7 @@ import { Bus } from '../src/bus/bus.ts';
 import { writeInitialWeights } from '../src/job/checkpoint.ts';
 import { jobFile, saveJobSpec } from '../src/job/spec.ts';
 import { ROLES, STORAGE, type RoleLeaseRecord, type StepMetrics } from '../src/wire/protocol.ts';
-import { descendants, sleep } from '../test/support/chaos.ts';
+import { descendants, until } from '../test/support/chaos.ts';
 import { testSpec } from '../test/support/jobs.ts';
 import { startNats } from '../test/support/nats-server.ts';
 import { killChild, spawnTs, type Child } from '../test/support/procs.ts';
@@ -28,15 +28,6 @@ const ttl = Number(values.ttl), deadAfter = Number(values['dead-after']);
 const report = Reporter.forBench(import.meta.url);
 const env = { ...process.env, DRAFTWIRE_LOG_LEVEL: 'warn' };
 
-async function until<T>(what: string, fn: () => T | null | undefined | false | Promise<T | null | undefined | false>, ms: number): Promise<T> {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await Promise.resolve(fn()).catch(() => null);
-    if (v) return v;
-    if (Date.now() > end) throw new Error(`failover bench: timed out waiting for ${what}`);
-    await sleep(5);
-  }
-}
 
 const median = (xs: number[]) => [...xs].sort((x, y) => x - y)[Math.floor(xs.length / 2)]!;
 
@@ -62,10 +53,10 @@ async function scenario(name: string, withRank: boolean) {
     bus.subscribe<StepMetrics>(bus.subjects.metrics, (m) => { steps.push({ at: performance.now(), epoch: m.epoch ?? 0, stepMs: m.stepMs }); }, { dedupe: false });
     const start = (id: string, ranks: string) => nodes.set(id, spawnTs('bin/draftwire.js', ['node', '--job-file', jobFile(spec.runDir), '--nats', nats.url, '--roles', ROLES.join(','), '--node-id', id, ...(ranks ? ['--ranks', ranks] : [])], env));
     start('a', withRank ? '0' : '');
-    await until('node a to hold the roles', async () => (await kv.get<RoleLeaseRecord>(STORAGE.roleKey('queue')))?.value.node === 'a', 60_000);
+    await until('node a to hold the roles', 60_000, async () => (await kv.get<RoleLeaseRecord>(STORAGE.roleKey('queue')))?.value.node === 'a', { everyMs: 5 });
     start('b', '1');
     start('c', withRank ? '' : '0');
-    await until('20 steps', () => steps.length >= 20, 300_000);
+    await until('20 steps', 300_000, () => steps.length >= 20, { everyMs: 5 });
     const before = steps.slice(-10);
     const last = leaseAt.slice(-20);
     const gaps = last.slice(1).map((t, i) => t - last[i]!);
@@ -75,8 +66,8 @@ async function scenario(name: string, withRank: boolean) {
     const t0 = performance.now();
     for (const pid of victims) { try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ } }
     nodes.delete('a');
-    const lease = await until('a lease after the kill', () => leaseAt.find((t) => t > t0), 120_000);
-    const step = await until('a step after the kill', () => steps.find((x) => x.at > t0 && (!withRank || x.epoch > epochBefore)), 300_000);
+    const lease = await until('a lease after the kill', 120_000, () => leaseAt.find((t) => t > t0), { everyMs: 5 });
+    const step = await until('a step after the kill', 300_000, () => steps.find((x) => x.at > t0 && (!withRank || x.epoch > epochBefore)), { everyMs: 5 });
     return { lease: lease - t0, step: step.at - t0, gap: median(gaps), stepMs: median(before.map((x) => x.stepMs)) };
   } finally {
     for (const c of nodes.values()) await killChild(c);

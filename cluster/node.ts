@@ -39,7 +39,7 @@ import { StoreHttpServer } from '../src/store/http-server.ts';
 import { CoordinatorClient, HeartbeatPublisher, QueueClient, listen, serve } from '../src/bus/clients.ts';
 import { sampleSchema } from '../src/wire/schema.ts';
 import { ROLES, type Role } from '../src/wire/protocol.ts';
-import { RoleHost, type HeldRole, type RoleStarter } from './role-host.ts';
+import { RoleHost, type RoleStarter } from './role-host.ts';
 
 export { ROLES, type Role } from '../src/wire/protocol.ts';
 
@@ -95,7 +95,6 @@ export class NodeAgent {
   rollout: ActorRef | null = null;
   /** The data plane server, when the node listens. */
   dataPlane: StoreHttpServer | null = null;
-  private roleHost: RoleHost | null = null;
 
   private constructor(readonly o: NodeOptions, readonly bus: Bus, readonly system: ActorSystem, readonly store: SharedDirFeatureStore) {
     this.beats = new HeartbeatPublisher(bus);
@@ -176,7 +175,6 @@ export class NodeAgent {
     const { spec, roles } = this.o;
     const { bus, system, store } = this;
     const host = new RoleHost(bus, this.o.nodeId, this.o.roleTtlMs ?? spec.roleTtlMs);
-    this.roleHost = host;
     this.stops.push(() => host.stop());
     const starters: Record<Role, RoleStarter> = {
       coordinator: async (_term, lease) => {
@@ -207,9 +205,6 @@ export class NodeAgent {
       await host.campaign(role, starters[role]);
     }
   }
-
-  /** The roles this node runs now, with their terms. */
-  heldRoles(): HeldRole[] { return this.roleHost?.held() ?? []; }
 
   /**
    * While this node was unreachable (frozen, cut off the network) the coordinator may have

@@ -13,8 +13,6 @@ import type { Role } from '../src/wire/protocol.ts';
 /** Starts a role's actors under `term`; returns their stop. */
 export type RoleStarter = (term: number, lease: RoleLease) => Promise<() => Promise<void>>;
 
-export interface HeldRole { role: Role; term: number }
-
 class Campaign {
   private running: { term: number; stop: () => Promise<void> } | null = null;
   private timer: NodeJS.Timeout | null = null;
@@ -24,8 +22,6 @@ class Campaign {
   private readonly log = createLogger('roles');
 
   constructor(readonly lease: RoleLease, private readonly bus: Bus, private readonly start: RoleStarter) {}
-
-  get held(): number | null { return this.running?.term ?? null; }
 
   begin(): Promise<void> {
     const first = this.tick();
@@ -108,11 +104,6 @@ export class RoleHost {
     const c = new Campaign(new RoleLease({ kv, role, node: this.node, log: createLogger('roles'), ...(this.ttlMs ? { ttlMs: this.ttlMs } : {}) }), this.bus, start);
     this.campaigns.push(c);
     await c.begin();
-  }
-
-  /** The roles running here now, with their terms. */
-  held(): HeldRole[] {
-    return this.campaigns.flatMap((c) => (c.held !== null ? [{ role: c.lease.role, term: c.held }] : []));
   }
 
   /** Stops every role here and releases its lease. */

@@ -215,50 +215,47 @@ export class Bus extends BusCore {
 
   /** Open (creating if missing) a KV bucket. */
   kv(bucket: string, opts: { history?: number; storage?: 'file' | 'memory'; replicas?: number } = {}): Promise<BusKv> {
-    if (typeof bucket !== 'string' || !/^[A-Za-z0-9_-]{1,128}$/.test(bucket)) return Promise.reject(new InvalidArgumentError(`invalid KV bucket name ${JSON.stringify(bucket)}`));
-    let p = this.kvs.get(bucket);
-    if (!p) {
-      p = (async () => {
-        if (!this.kvm_) this.kvm_ = new Kvm(this.js());
-        const kvm = this.kvm_;
-        const replicas = opts.replicas ?? this.replicas();
-        const kv = await this.jsOp(`open KV bucket ${bucket}`, () => kvm.create(bucket, {
-          history: opts.history ?? 1,
-          storage: opts.storage === 'memory' ? StorageType.Memory : StorageType.File,
-          replicas,
-          timeout: this.jsTimeoutMs,
-        }), true);
-        if (replicas > 1) {
-          // A bucket made before the cluster grew (or by a process that saw fewer servers).
-          const jsm = await this.jsm();
-          const info = await this.jsOp(`stream KV_${bucket}`, () => jsm.streams.info(`KV_${bucket}`), true);
-          await this.raiseReplicas(jsm, info.config, replicas);
-        }
-        return new BusKv(this, bucket, kv);
-      })();
-      this.kvs.set(bucket, p);
-      p.catch(() => this.kvs.delete(bucket));
-    }
-    return p;
+    return this.openBucket(this.kvs, 'KV bucket', bucket, `KV_${bucket}`, opts.replicas ?? this.replicas(), async (replicas) => {
+      if (!this.kvm_) this.kvm_ = new Kvm(this.js());
+      const kvm = this.kvm_;
+      const kv = await this.jsOp(`open KV bucket ${bucket}`, () => kvm.create(bucket, {
+        history: opts.history ?? 1,
+        storage: opts.storage === 'memory' ? StorageType.Memory : StorageType.File,
+        replicas,
+        timeout: this.jsTimeoutMs,
+      }), true);
+      return new BusKv(this, bucket, kv);
+    });
   }
 
   /** Open (creating if missing) an object store bucket, with the job's replica count. */
   objects(bucket: string): Promise<BusObjects> {
-    if (typeof bucket !== 'string' || !/^[A-Za-z0-9_-]{1,128}$/.test(bucket)) return Promise.reject(new InvalidArgumentError(`invalid object store bucket name ${JSON.stringify(bucket)}`));
-    let p = this.objs.get(bucket);
+    return this.openBucket(this.objs, 'object store bucket', bucket, `OBJ_${bucket}`, this.replicas(), async (replicas) => {
+      const os = await this.jsOp(`open object store ${bucket}`, () => new Objm(this.js()).create(bucket, { replicas, storage: StorageType.File }), true);
+      return new BusObjects(this, bucket, os);
+    });
+  }
+
+  /**
+   * A bucket opened once per Bus (a failed open is forgotten, so the next call retries), with
+   * its stream raised to `replicas` when it was made with fewer (before the cluster grew, or by
+   * a process that saw fewer servers).
+   */
+  private openBucket<T>(cache: Map<string, Promise<T>>, what: string, bucket: string, stream: string, replicas: number, open: (replicas: number) => Promise<T>): Promise<T> {
+    if (typeof bucket !== 'string' || !/^[A-Za-z0-9_-]{1,128}$/.test(bucket)) return Promise.reject(new InvalidArgumentError(`invalid ${what} name ${JSON.stringify(bucket)}`));
+    let p = cache.get(bucket);
     if (!p) {
       p = (async () => {
-        const replicas = this.replicas();
-        const os = await this.jsOp(`open object store ${bucket}`, () => new Objm(this.js()).create(bucket, { replicas, storage: StorageType.File }), true);
+        const b = await open(replicas);
         if (replicas > 1) {
           const jsm = await this.jsm();
-          const info = await this.jsOp(`stream OBJ_${bucket}`, () => jsm.streams.info(`OBJ_${bucket}`), true);
+          const info = await this.jsOp(`stream ${stream}`, () => jsm.streams.info(stream), true);
           await this.raiseReplicas(jsm, info.config, replicas);
         }
-        return new BusObjects(this, bucket, os);
+        return b;
       })();
-      this.objs.set(bucket, p);
-      p.catch(() => this.objs.delete(bucket));
+      cache.set(bucket, p);
+      p.catch(() => cache.delete(bucket));
     }
     return p;
   }

@@ -12,8 +12,8 @@
 // process left behind.
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import { sleep } from '../support/chaos.ts';
-import { HostsJob, until } from '../support/hosts-job.ts';
+import { sleep, until } from '../support/chaos.ts';
+import { HostsJob } from '../support/hosts-job.ts';
 import { Netns, requireNetns } from '../support/netns.ts';
 
 describe('a job across three hosts that share nothing but the network (network namespaces)', function () {
@@ -48,8 +48,8 @@ describe('a job across three hosts that share nothing but the network (network n
     await until('the queue host\'s roles moved to the other hosts under a newer term', 60_000, async () => {
       const now = await job.holders();
       return itsRoles.every((r) => { const n = now.find((x) => x.role === r.role)!; return n.node !== null && n.node !== `h${victim.index}` && n.term! > r.term!; });
-    }, () => job.output());
-    await until('the dead host\'s rank respawned on another host', 60_000, async () => /rank orphaned \(its node is gone\): respawned on another node/.test(job.output()), () => job.output());
+    }, { out: () => job.output() });
+    await until('the dead host\'s rank respawned on another host', 60_000, async () => /rank orphaned \(its node is gone\): respawned on another node/.test(job.output()), { out: () => job.output() });
   }, { allowDead: true }));
 
   it('one NATS server SIGKILLed: its node restarts it on its store; the job goes on', scenario('killnats', 60, async (job) => {
@@ -58,7 +58,7 @@ describe('a job across three hosts that share nothing but the network (network n
     const nats = job.net.pidsOf(h2).filter((pid) => { try { return /nats-server/.test(readFileText(`/proc/${pid}/cmdline`)) && !/\/bin\/sh/.test(readFileText(`/proc/${pid}/cmdline`)); } catch { return false; } });
     assert.equal(nats.length, 1, 'one nats-server on host 2');
     process.kill(nats[0]!, 'SIGKILL');
-    await until('host 2\'s node restarting its member', 30_000, async () => /restart/i.test(job.nodes.get(2)!.output()), () => job.output());
+    await until('host 2\'s node restarting its member', 30_000, async () => /restart/i.test(job.nodes.get(2)!.output()), { out: () => job.output() });
   }));
 
   it('a host cut off the network (link down) past its leases, then healed', scenario('linkdown', 60, async (job) => {

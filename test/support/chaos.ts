@@ -17,6 +17,20 @@ export { rng };
 
 export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
+/**
+ * Polls `fn` (errors count as not yet) every `everyMs` (default 100) until it returns a truthy
+ * value, which it returns; throws after `ms` naming `what`, the last error, and `out()` if given.
+ */
+export async function until<T>(what: string, ms: number, fn: () => T | null | undefined | false | Promise<T | null | undefined | false>, o: { out?: () => string; everyMs?: number } = {}): Promise<T> {
+  const end = Date.now() + ms;
+  let last: unknown = null;
+  for (;;) {
+    try { const v = await fn(); if (v) return v; } catch (e) { last = e; }
+    if (Date.now() > end) throw new Error(`${what}: not within ${ms} ms${last ? ` (last error: ${(last as Error).message})` : ''}${o.out ? `\n${o.out().slice(-6000)}` : ''}`);
+    await sleep(o.everyMs ?? 100);
+  }
+}
+
 export function isAlive(pid: number): boolean {
   try { process.kill(pid, 0); } catch { return false; }
   // A zombie (exited, not reaped) counts as gone.

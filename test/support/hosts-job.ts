@@ -13,7 +13,7 @@ import { writeInitialWeights } from '../../src/job/checkpoint.ts';
 import { jobRows, saveJobSpec, type JobSpec } from '../../src/job/spec.ts';
 import { AuthPolicy } from '../../src/wire/auth.ts';
 import { ROLES, type RankDone, type StepMetrics } from '../../src/wire/protocol.ts';
-import { isAlive, sleep } from './chaos.ts';
+import { isAlive, sleep, until } from './chaos.ts';
 import { testSpec } from './jobs.ts';
 import type { Netns, Host } from './netns.ts';
 import { runCli, type Child } from './procs.ts';
@@ -22,15 +22,6 @@ const SECRET = 'cluster-hosts-test-secret-0123456789';
 const auth = AuthPolicy.fromSecret(SECRET);
 const env = { ...process.env, DRAFTWIRE_SECRET: SECRET, DRAFTWIRE_LOG_LEVEL: 'info' };
 
-export async function until<T>(what: string, ms: number, f: () => Promise<T | null | undefined | false>, out: () => string): Promise<T> {
-  const end = Date.now() + ms;
-  let last: unknown = null;
-  for (;;) {
-    try { const v = await f(); if (v) return v; } catch (e) { last = e; }
-    if (Date.now() > end) throw new Error(`${what}: not within ${ms} ms${last ? ` (last error: ${(last as Error).message})` : ''}\n${out().slice(-6000)}`);
-    await sleep(200);
-  }
-}
 
 /** One job on three fresh hosts. */
 export class HostsJob {
@@ -76,11 +67,11 @@ export class HostsJob {
     };
     for (const h of hosts) start(h);
     const tls = { ca: join(certs, 'ca.pem'), cert: join(certs, `${hosts[0]!.addr}.pem`), key: join(certs, `${hosts[0]!.addr}.key`) };
-    this.bus = await until('a client of the cluster', 90_000, () => Bus.connect({ servers: hosts.map((h) => `tls://${h.addr}:4222`), job: this.spec.job, auth, tls, name: 'test' }), () => this.output());
+    this.bus = await until('a client of the cluster', 90_000, () => Bus.connect({ servers: hosts.map((h) => `tls://${h.addr}:4222`), job: this.spec.job, auth, tls, name: 'test' }), { out: () => this.output() });
     const bus = this.bus;
     this.done = new Promise((resolve) => { bus.subscribe<RankDone>(bus.subjects.rankDone, (m) => resolve(m), { dedupe: false }); });
     bus.subscribe<StepMetrics>(bus.subjects.metrics, (m) => { this.metrics.push({ at: performance.now(), m }); }, { dedupe: false });
-    await until('every role held', 120_000, async () => (await this.holders()).every((r) => r.node !== null), () => this.output());
+    await until('every role held', 120_000, async () => (await this.holders()).every((r) => r.node !== null), { out: () => this.output() });
   }
 
   async holders() {
@@ -107,13 +98,13 @@ export class HostsJob {
     await until(`step ${step} trained by every rank`, 180_000, async () => {
       const st = await bus.request<{ members: { member: boolean; step: number }[] }>(bus.subjects.coord.status, {}, { timeoutMs: 2000, retries: 0 });
       return st.members.filter((m) => m.member && m.step >= step).length === this.net.hosts.length;
-    }, () => this.output());
+    }, { out: () => this.output() });
   }
 
   /** Waits for the end; checks the invariants of the chaos suite; returns the audit. */
   async finish(o: { allowDead?: boolean; storeMayKeep?: number } = {}): Promise<ReturnType<typeof auditEvents>> {
     const bus = this.bus!;
-    const done = await until('the job to finish (world rank 0 wrote its final checkpoint)', 240_000, () => Promise.race([this.done!, sleep(500).then(() => null)]), () => this.output());
+    const done = await until('the job to finish (world rank 0 wrote its final checkpoint)', 240_000, () => Promise.race([this.done!, sleep(500).then(() => null)]), { out: () => this.output() });
     const events = await readLedgerEvents(bus);
     const audit = auditEvents(events);
     assert.deepEqual(audit.problems, [], 'audit clean: consumed once or dead, no overlapping leases, no accepted stale ack');
@@ -127,7 +118,7 @@ export class HostsJob {
       let files: string[] = [];
       try { files = readdirSync(join(h.dir, 'store')); } catch { /* a dead host's store stays as it was */ }
       return files.filter((f) => f.endsWith('.safetensors')).length === 0 || !this.nodes.has(h.index) || h.index === o.storeMayKeep;
-    }), () => this.output());
+    }), { out: () => this.output() });
     return audit;
   }
 
