@@ -221,6 +221,11 @@ function binding(): RawBinding {
   return cached;
 }
 
+/** Whether the native addon loads here (a package installed without building it has none). */
+export function nativeAvailable(): boolean {
+  try { binding(); return true; } catch (e) { if (e instanceof NativeError) return false; throw e; }
+}
+
 // ------------------------------------------------------------------------------------------
 // Errors: native errors carry code INVALID_ARGUMENT, COLLECTIVE (a collective of a sharded
 // model failed: a peer died, timed out or the group broke) or NATIVE; re-raise them as

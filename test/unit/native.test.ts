@@ -3,6 +3,7 @@
 // responsive during a step, the synthetic target's determinism, and accept length.
 import assert from 'node:assert/strict';
 import { InvalidArgumentError, NativeError } from '../../src/errors.ts';
+import { portableBlockDigests } from '../../src/store/checksum.ts';
 import {
   acceptLength, blake3Blocks, blake3BlocksSync, blasInfo, DraftModel, draftParamShapes, initDraftWeights, TargetModel, TRAINABLE_NAMES, validateDraftConfig,
   type DraftBatch, type DraftConfig, type StepOptions, type TargetConfig,
@@ -60,6 +61,16 @@ describe('native addon', function () {
     assert.deepEqual(blake3BlocksSync(big, lens), all, 'the synchronous path agrees');
     await rejects(blake3Blocks(abc, [4, 3]), InvalidArgumentError, /add up to 7 bytes, more than data's 6/);
     await rejects(blake3Blocks(abc, [-1]), InvalidArgumentError, /non-negative integers/);
+  });
+
+  it('blake3Blocks and the portable BLAKE3 (@noble/hashes, for installs without the addon) agree on every length', async () => {
+    const lens = [0, 1, 63, 64, 65, 1023, 1024, 1025, 2048, 4097, 65_536, 1_000_003, 3 << 20];
+    const total = lens.reduce((a, n) => a + n, 0);
+    const bytes = new Uint8Array(total).map((_, i) => (i * 40503) >>> 7);
+    const native = await blake3Blocks(bytes, lens);
+    const portable = portableBlockDigests(bytes, lens);
+    assert.equal(portable.length, lens.length);
+    lens.forEach((n, b) => assert.equal(portable[b], Buffer.from(native.subarray(32 * b, 32 * b + 32)).toString('hex'), `block ${b} of ${n} bytes`));
   });
 
   it('loads OpenBLAS and names the core type it runs', () => {
