@@ -13,7 +13,7 @@ import { failpoint } from '../src/failpoints.ts';
 import { createLogger } from '../src/log.ts';
 import { validateSampleRef, type SampleRef } from '../src/wire/sampleref.ts';
 import {
-  STORAGE, parseEpochInfo, type CommitReply, type CommittedReply, type InputReply, type CreditReply, type LeaseMessage, type LeaseReply, type QueueStatus, type RenewReply, type RevokeReply,
+  STORAGE, parseEpochInfo, type CommitReply, type CommittedReply, type FinishedReply, type FinishedRequest, type InputReply, type CreditReply, type LeaseMessage, type LeaseReply, type QueueStatus, type RenewReply, type RevokeReply,
 } from '../src/wire/protocol.ts';
 import { publish, serve } from '../src/bus/clients.ts';
 import { checkSampleRef, type SampleSchema } from '../src/wire/schema.ts';
@@ -33,6 +33,7 @@ export type QueueMsg =
   | { op: 'revoke'; consumer: string; beforeEpoch?: number }
   | { op: 'status' }
   | { op: 'committed'; prefix?: string }
+  | { op: 'finished'; samples: FinishedRequest['samples'] }
   | { op: 'input'; producer: string; state: 'open' | 'end'; incarnation: number; key: string };
 
 interface QueueState {
@@ -264,6 +265,18 @@ export function queueActorSpec(o: QueueActorOptions): ActorSpec<QueueState, Queu
         ctx.reply({ sampleIds: msg.prefix ? ids.filter((id) => id.startsWith(msg.prefix!)) : ids });
         break;
       }
+      case 'finished': {
+        // A node asks which of its store's samples are done with (it missed their store.free
+        // while cut off or frozen, or its copy lost to another node's): a copy at the ledger's
+        // generation or an older one of a finished sample is never read again.
+        const finished: FinishedReply['finished'] = [];
+        for (const x of msg.samples) {
+          const e = ledger.state(x.sampleId);
+          if (e && e.generation >= x.generation && (e.state === 'consumed' || e.state === 'dead')) finished.push({ ...x, why: e.state });
+        }
+        ctx.reply({ finished });
+        break;
+      }
       case 'input': {
         if (input?.kind !== 'external') throw new InvalidArgumentError(`producer "${msg.producer}": this job has its own rollout; external producers need a job started with --rollout external`, { detail: { field: 'producer' } });
         const res = ledger.input(msg.producer, msg.state, { key: msg.key, now, incarnation: msg.incarnation });
@@ -314,6 +327,7 @@ export function startQueue(system: ActorSystem, o: QueueActorOptions): { ref: Ac
     serve(bus, 'queue.revoke', (m) => ask({ op: 'revoke', ...m }) as Promise<RevokeReply>),
     serve(bus, 'queue.status', () => ask({ op: 'status' }) as Promise<QueueStatus>, { dedupe: false }),
     serve(bus, 'queue.committed', (m) => ask({ op: 'committed', ...m }) as Promise<CommittedReply>, { dedupe: false }),
+    serve(bus, 'queue.finished', (m) => ask({ op: 'finished', samples: m.samples }) as Promise<FinishedReply>, { dedupe: false }),
     serve(bus, 'queue.input', (m, meta) => ask({ op: 'input', ...m, key: meta.idempotencyKey ?? `input:${m.producer}:${m.state}:${m.incarnation}` }) as Promise<InputReply>),
   ];
   const timer = setInterval(() => {

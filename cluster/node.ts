@@ -38,7 +38,7 @@ import { SharedDirFeatureStore } from '../src/store/shared-dir.ts';
 import { StoreHttpServer } from '../src/store/http-server.ts';
 import { CoordinatorClient, HeartbeatPublisher, QueueClient, listen, serve } from '../src/bus/clients.ts';
 import { sampleSchema } from '../src/wire/schema.ts';
-import { ROLES, type Role } from '../src/wire/protocol.ts';
+import { FINISHED_MAX, ROLES, type Role, type StoreFree } from '../src/wire/protocol.ts';
 import { RoleHost, type RoleStarter } from './role-host.ts';
 
 export { ROLES, type Role } from '../src/wire/protocol.ts';
@@ -95,6 +95,7 @@ export class NodeAgent {
   rollout: ActorRef | null = null;
   /** The data plane server, when the node listens. */
   dataPlane: StoreHttpServer | null = null;
+  private storeReconciling = false;
 
   private constructor(readonly o: NodeOptions, readonly bus: Bus, readonly system: ActorSystem, readonly store: SharedDirFeatureStore) {
     this.beats = new HeartbeatPublisher(bus);
@@ -137,7 +138,7 @@ export class NodeAgent {
       // Every 5 s, and at once after a beat far later than due (this process was frozen, or
       // starved): ranks here that the coordinator replaced meanwhile are killed.
       const late = Date.now() - lastBeat > 5000;
-      if (late || ++beats % 5 === 0) void node.reconcile(late ? Date.now() - lastBeat : 0);
+      if (late || ++beats % 5 === 0) { void node.reconcile(late ? Date.now() - lastBeat : 0); void node.reconcileStore(); }
       lastBeat = Date.now();
     }, 1000);
     node.stops.push(async () => clearInterval(hb));
@@ -158,12 +159,47 @@ export class NodeAgent {
     // The node that wrote a sample frees it when the queue announces it consumed or dead,
     // whichever node holds the janitor role meanwhile (the janitor frees only its own
     // store's samples; freeing twice is a no-op).
-    const sub = listen(bus, 'store.free', (m) => {
-      if (!store.owns(m.ref)) return;
-      const freed = m.why === 'dead' ? store.abort(m.ref.sampleId, 'dead-lettered', { generation: m.ref.generation }) : store.release(m.ref);
-      void freed.catch((e: unknown) => this.log.warn('freeing a consumed sample failed', { sampleId: m.ref.sampleId, error: (e as Error).message }));
-    });
+    const sub = listen(bus, 'store.free', (m) => { void this.free(m); });
     this.stops.push(async () => sub.unsubscribe());
+  }
+
+  /** Frees a sample of this node's store that the queue finished (consumed or dead-lettered). */
+  private async free(m: StoreFree): Promise<boolean> {
+    const { store } = this;
+    if (!store.owns(m.ref)) return false;
+    try {
+      return await (m.why === 'dead' ? store.abort(m.ref.sampleId, 'dead-lettered', { generation: m.ref.generation }) : store.release(m.ref));
+    } catch (e) {
+      this.log.warn('freeing a consumed sample failed', { sampleId: m.ref.sampleId, error: (e as Error).message });
+      return false;
+    }
+  }
+
+  /**
+   * Frees what this node's store still holds of samples the ledger finished: their
+   * `store.free` (a core NATS message, kept for no absent subscriber) was missed while this
+   * node was cut off, frozen, or between two NATS servers; or the copy is an orphan (written
+   * by a rollout that lost its role before committing it, the ledger took another node's).
+   * Runs with the reconcile.
+   */
+  async reconcileStore(): Promise<number> {
+    if (this.storeReconciling) return 0;
+    this.storeReconciling = true;
+    let freed = 0;
+    try {
+      const held = await this.store.held();
+      const queue = new QueueClient(this.bus);
+      for (let i = 0; i < held.length; i += FINISHED_MAX) {
+        const r = await queue.finished({ samples: held.slice(i, i + FINISHED_MAX) }, { timeoutMs: 5000, retries: 0 });
+        for (const f of r.finished) if (await this.store.releaseGeneration(f.sampleId, f.generation).catch(() => false)) freed++;
+      }
+      if (freed > 0) this.log.info('freed finished samples whose store.free this node missed', { freed });
+    } catch (e) {
+      this.log.debug('store reconcile skipped: the queue did not answer', { error: (e as Error).message });
+    } finally {
+      this.storeReconciling = false;
+    }
+    return freed;
   }
 
   /**

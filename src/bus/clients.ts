@@ -7,7 +7,7 @@
 import {
   PROTOCOL, subjectOf, type Endpoint, type EndpointName, type ParamsOf, type RepOf, type ReqOf, type RequestName,
   type CommitReply, type CreditRequest, type CreditReply, type LeaseRequest, type LeaseReply, type RenewReply, type FailRequest,
-  type RevokeRequest, type RevokeReply, type QueueStatus, type CommittedReply, type CommittedRequest, type InputRequest, type InputReply, type ScaleReply, type RegroupRequest, type RegroupReply,
+  type RevokeRequest, type RevokeReply, type QueueStatus, type CommittedReply, type CommittedRequest, type FinishedReply, type FinishedRequest, type InputRequest, type InputReply, type ScaleReply, type RegroupRequest, type RegroupReply,
   type CoordStatus, type JanitorStatus, type SpawnRequest, type SpawnReply, type StopRequest, type StopReply,
   type Role, type RankHeartbeat, type NodeHeartbeat, type StepMetrics, type RankDone, type DeadRank, type StoreFree, type LeaseMessage, type EpochInfo,
 } from '../wire/protocol.ts';
@@ -85,6 +85,7 @@ export class QueueClient {
   revoke(req: RevokeRequest, o?: CallOptions): Promise<RevokeReply> { return call(this.bus, 'queue.revoke', req, o); }
   status(o?: CallOptions): Promise<QueueStatus> { return call(this.bus, 'queue.status', {}, o); }
   committed(req: CommittedRequest = {}, o?: CallOptions): Promise<CommittedReply> { return call(this.bus, 'queue.committed', req, o); }
+  finished(req: FinishedRequest, o?: CallOptions): Promise<FinishedReply> { return call(this.bus, 'queue.finished', req, o); }
   input(req: InputRequest, o?: CallOptions): Promise<InputReply> { return call(this.bus, 'queue.input', req, o); }
 }
 

@@ -94,6 +94,8 @@ export interface FeatureStore {
    * were freed.
    */
   abort(sampleId: string, reason: string, opts?: { generation?: number }): Promise<boolean>;
+  /** The samples whose bytes this store holds now (every generation it has a file of). */
+  held(): Promise<{ sampleId: string; generation: number }[]>;
   /** Sweeps abandoned temp files, expired tombstones and leftovers. */
   gc(now?: number): Promise<GcStats>;
   health(): Promise<StoreHealth>;

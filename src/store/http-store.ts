@@ -178,6 +178,8 @@ export class HttpFeatureStore implements FeatureStore {
 
   owns(ref: SampleRef): boolean { return this.local.owns(ref); }
 
+  held(): Promise<{ sampleId: string; generation: number }[]> { return this.local.held(); }
+
   async release(ref: SampleRef): Promise<boolean> {
     this.checkOpen();
     const rem = this.remote(ref, 'release');

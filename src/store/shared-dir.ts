@@ -781,6 +781,16 @@ export class SharedDirFeatureStore implements FeatureStore {
     });
   }
 
+  async held(): Promise<{ sampleId: string; generation: number }[]> {
+    this.checkOpen();
+    const out: { sampleId: string; generation: number }[] = [];
+    for (const name of await readdir(this.dir)) {
+      const m = DATA_RE.exec(name);
+      if (m) out.push({ sampleId: m[1]!, generation: Number(m[2]) });
+    }
+    return out;
+  }
+
   // ---------------------------------------------------------------- gc / health
 
   async gc(now: number = Date.now()): Promise<GcStats> {

@@ -57,6 +57,14 @@ export interface QueueStatus {
 /** `prefix`: only the sample ids that start with it (a producer asks for its own). */
 export interface CommittedRequest { prefix?: string }
 export interface CommittedReply { sampleIds: string[] }
+/** Samples a node's store holds (at most FINISHED_MAX per request); see `queue.finished`. */
+export interface FinishedRequest { samples: { sampleId: string; generation: number }[] }
+/**
+ * Those of the asked samples no reader will ever need: the ledger consumed or dead-lettered
+ * the sample at the asked generation or a newer one (whichever store holds the ledger's copy).
+ */
+export interface FinishedReply { finished: { sampleId: string; generation: number; why: 'consumed' | 'dead' }[] }
+export const FINISHED_MAX = 1000;
 /** A producer of an external job's input opens (at its start) or declares its end. */
 export interface InputRequest { producer: string; state: 'open' | 'end'; incarnation: number }
 export interface InputReply { producer: string; state: 'open' | 'ended'; closed: boolean; committed: number; budget: number | null }
@@ -282,6 +290,22 @@ export const PROTOCOL = Object.freeze({
       return prefix !== undefined ? { prefix } : {};
     },
     key: null, keyRule: 'none (read-only)', timeoutMs: 5000, retries: 20,
+  }),
+  'queue.finished': rq<FinishedRequest, FinishedReply>({
+    pattern: 'queue.finished', publisher: 'node agent (reconciling its store)', subscriber: 'queue', roles: { to: 'queue' },
+    fields: { request: [`samples: {sampleId, generation}[] (1..${FINISHED_MAX})`], reply: ["finished: {sampleId, generation, why: 'consumed' | 'dead'}[] (the ledger finished it at that generation or a newer one)"] },
+    parse: (x) => {
+      const w = 'queue finished', m = map(x, w);
+      if (!Array.isArray(m.samples) || m.samples.length < 1 || m.samples.length > FINISHED_MAX) bad(w, 'samples', `a list of 1..${FINISHED_MAX} samples`, m.samples);
+      const samples = (m.samples as unknown[]).map((e, i) => {
+        const item = map(e, `${w} samples[${i}]`);
+        let sampleId: string;
+        try { sampleId = checkId(item.sampleId, 'sampleId'); } catch { bad(`${w} samples[${i}]`, 'sampleId', 'an id ([A-Za-z0-9._:-]{1,200})', item.sampleId); }
+        return { sampleId, generation: uint(item, 'generation', `${w} samples[${i}]`) };
+      });
+      return { samples };
+    },
+    key: null, keyRule: 'none (read-only)', timeoutMs: 5000, retries: 2,
   }),
   'queue.input': rq<InputRequest, InputReply>({
     pattern: 'queue.input', publisher: 'producer (run --rollout external)', subscriber: 'queue', roles: { to: 'queue' },

@@ -9,7 +9,7 @@ export interface JobSubjects {
   readonly job: string;
   readonly queue: {
     readonly commit: string; readonly credit: string; readonly ack: string; readonly release: string; readonly fail: string; readonly renew: string;
-    readonly revoke: string; readonly status: string; readonly committed: string; readonly input: string; readonly all: string;
+    readonly revoke: string; readonly status: string; readonly committed: string; readonly finished: string; readonly input: string; readonly all: string;
   };
   readonly coord: { readonly scale: string; readonly regroup: string; readonly status: string };
   readonly janitorStatus: string;
@@ -46,7 +46,7 @@ export function subjects(job: string): JobSubjects {
     job: j,
     queue: Object.freeze({
       commit: s('queue.commit'), credit: s('queue.credit'), ack: s('queue.ack'), release: s('queue.release'), fail: s('queue.fail'), renew: s('queue.renew'),
-      revoke: s('queue.revoke'), status: s('queue.status'), committed: s('queue.committed'), input: s('queue.input'), all: `${p}.queue.*`,
+      revoke: s('queue.revoke'), status: s('queue.status'), committed: s('queue.committed'), finished: s('queue.finished'), input: s('queue.input'), all: `${p}.queue.*`,
     }),
     coord: Object.freeze({ scale: s('coord.scale'), regroup: s('coord.regroup'), status: s('coord.status') }),
     janitorStatus: s('janitor.status'),

@@ -102,7 +102,7 @@ export class HostsJob {
   }
 
   /** Waits for the end; checks the invariants of the chaos suite; returns the audit. */
-  async finish(o: { allowDead?: boolean; storeMayKeep?: number } = {}): Promise<ReturnType<typeof auditEvents>> {
+  async finish(o: { allowDead?: boolean } = {}): Promise<ReturnType<typeof auditEvents>> {
     const bus = this.bus!;
     const done = await until('the job to finish (world rank 0 wrote its final checkpoint)', 240_000, () => Promise.race([this.done!, sleep(500).then(() => null)]), { out: () => this.output() });
     const events = await readLedgerEvents(bus);
@@ -117,7 +117,7 @@ export class HostsJob {
     await until('every host\'s store empty of samples', 30_000, async () => this.net.hosts.every((h) => {
       let files: string[] = [];
       try { files = readdirSync(join(h.dir, 'store')); } catch { /* a dead host's store stays as it was */ }
-      return files.filter((f) => f.endsWith('.safetensors')).length === 0 || !this.nodes.has(h.index) || h.index === o.storeMayKeep;
+      return files.filter((f) => f.endsWith('.safetensors')).length === 0 || !this.nodes.has(h.index);
     }), { out: () => this.output() });
     return audit;
   }

@@ -45,7 +45,7 @@ describe('protocol table', () => {
     const want: [string, string][] = [
       [s.queue.commit, 'queue.commit'], [s.queue.credit, 'queue.credit'], [s.queue.ack, 'queue.ack'], [s.queue.release, 'queue.release'],
       [s.queue.fail, 'queue.fail'], [s.queue.renew, 'queue.renew'], [s.queue.revoke, 'queue.revoke'], [s.queue.status, 'queue.status'],
-      [s.queue.committed, 'queue.committed'], [s.coord.scale, 'coord.scale'], [s.coord.regroup, 'coord.regroup'], [s.coord.status, 'coord.status'],
+      [s.queue.committed, 'queue.committed'], [s.queue.finished, 'queue.finished'], [s.coord.scale, 'coord.scale'], [s.coord.regroup, 'coord.regroup'], [s.coord.status, 'coord.status'],
       [s.janitorStatus, 'janitor.status'], [s.storeFree, 'store.free'], [s.ctlEpoch, 'ctl.epoch'], [s.ctlDead, 'ctl.dead'], [s.metrics, 'metrics'], [s.rankDone, 'rank.done'],
     ];
     for (const [got, n] of want) assert.equal(got, subjectOf('job1', n as 'queue.commit'), n);
