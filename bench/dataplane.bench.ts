@@ -10,7 +10,9 @@
 // GB/s counts the tensor bytes delivered. Auth on (request tokens, ref MACs).
 // --hosts (root): the producer runs in a network namespace of its own (test/support/netns.ts),
 // so both streams cross a veth pair and a bridge between two network stacks, as between hosts.
-// Run: node --import tsx bench/dataplane.bench.ts [--hosts] [--json]
+// --tls: the data plane serves HTTPS with certificates made by `draftwire certs` and asks for
+// the reader's (mutual TLS, as nodes with the job's CA do); the raw baseline stays plain TCP.
+// Run: node --import tsx bench/dataplane.bench.ts [--hosts] [--tls] [--json]
 import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
@@ -24,6 +26,8 @@ import { readHeader } from '../src/store/safetensors.ts';
 import { blockSpan, parseManifest } from '../src/store/checksum.ts';
 import { open } from 'node:fs/promises';
 import { Netns } from '../test/support/netns.ts';
+import { makeCerts } from '../cluster/commands/certs.ts';
+import { readTlsFiles } from '../src/tls.ts';
 
 const JSON_OUT = process.argv.includes('--json');
 const SECRET = 'dataplane-bench-secret-0123456789abcdef';
@@ -34,7 +38,10 @@ const auth = AuthPolicy.fromSecret(SECRET);
 
 const net = process.argv.includes('--hosts') ? Netns.create(1) : null;
 const at = net ? net.hosts[0]!.addr : '127.0.0.1';
-const childArgs = ['--import', 'tsx', CHILD, JSON.stringify({ dir: join(root, 'producer'), storeId: 'bench', job: 'bench', raw: true, host: at })];
+const TLS = process.argv.includes('--tls');
+const certs = TLS ? await makeCerts({ out: join(root, 'certs'), hosts: [at] }) : null;
+const tlsFiles = certs ? { ca: certs.ca.cert, cert: certs.nodes[0]!.cert, key: certs.nodes[0]!.key } : undefined;
+const childArgs = ['--import', 'tsx', CHILD, JSON.stringify({ dir: join(root, 'producer'), storeId: 'bench', job: 'bench', raw: true, host: at, tls: tlsFiles })];
 const child = spawn(net ? 'ip' : process.execPath, net ? ['netns', 'exec', net.hosts[0]!.ns, process.execPath, ...childArgs] : childArgs, {
   env: { ...process.env, DRAFTWIRE_SECRET: SECRET, DRAFTWIRE_SECRET_FILE: '' }, stdio: ['pipe', 'pipe', 'inherit'],
 });
@@ -98,7 +105,7 @@ async function median(iters: number, fn: () => Promise<unknown>): Promise<number
   return times[Math.floor(times.length / 2)]!;
 }
 
-const reader = new HttpFeatureStore({ auth, local: await SharedDirFeatureStore.attach({ dir: join(root, 'reader'), storeId: 'bench', job: 'bench', auth, producer: { node: 'reader', actor: 'bench', incarnation: 1 } }) });
+const reader = new HttpFeatureStore({ auth, tls: tlsFiles ? readTlsFiles(tlsFiles, 'bench') : null, local: await SharedDirFeatureStore.attach({ dir: join(root, 'reader'), storeId: 'bench', job: 'bench', auth, producer: { node: 'reader', actor: 'bench', incarnation: 1 } }) });
 interface Row { case: string; bytes: number; httpGBps: number; httpNoVerifyGBps: number; rawTcpGBps: number; ratio: number; httpMs: number; rawMs: number }
 const rows: Row[] = [];
 try {
@@ -126,9 +133,9 @@ try {
   rmSync(root, { recursive: true, force: true });
 }
 if (JSON_OUT) {
-  console.log(JSON.stringify({ bench: 'dataplane', transport: net ? 'two network namespaces (veth + bridge)' : 'loopback, two processes', rows }, null, 2));
+  console.log(JSON.stringify({ bench: 'dataplane', transport: (net ? 'two network namespaces (veth + bridge)' : 'loopback, two processes') + (TLS ? ', HTTPS (mutual TLS)' : ''), rows }, null, 2));
 } else {
-  console.log(`HTTP data plane (HttpFeatureStore <- StoreHttpServer) vs raw TCP stream of the same bytes, two processes, ${net ? 'two network namespaces (veth + bridge)' : 'loopback'}, same run`);
+  console.log(`HTTP data plane (HttpFeatureStore <- StoreHttpServer) vs raw TCP stream of the same bytes, two processes, ${net ? 'two network namespaces (veth + bridge)' : 'loopback'}${TLS ? ', HTTPS (mutual TLS)' : ''}, same run`);
   console.log('| case | tensor bytes | HTTP GB/s (verified) | HTTP GB/s (no verify) | raw TCP GB/s | HTTP / raw | HTTP ms | raw ms |');
   console.log('|---|---:|---:|---:|---:|---:|---:|---:|');
   for (const x of rows) console.log(`| ${x.case} | ${x.bytes} | ${x.httpGBps.toFixed(2)} | ${x.httpNoVerifyGBps.toFixed(2)} | ${x.rawTcpGBps.toFixed(2)} | ${(x.ratio * 100).toFixed(0)}% | ${x.httpMs.toFixed(2)} | ${x.rawMs.toFixed(2)} |`);

@@ -15,13 +15,14 @@
 // retired by a scale-down) and is not respawned. The node heartbeats on `dw.<job>.hb.node-<id>`
 // so the coordinator knows where to spawn ranks for a scale-up (`node.<id>.spawn`).
 //
-// Data plane (`--listen`): the node serves its own store over HTTP (src/store/http-server.ts),
-// the refs its producers write carry its advertised address (`http://host:port/…`), and it
-// frees its own samples when the queue announces them consumed or dead on `store.free` (the
-// janitor does that where it runs; a serving node without the janitor listens itself).
+// Data plane (`--listen`): the node serves its own store over HTTP (src/store/http-server.ts;
+// HTTPS with the node's TLS files), the refs its producers write carry its advertised address
+// (`http(s)://host:port/…`), and it frees its own samples when the queue announces them
+// consumed or dead on `store.free`, and those it missed at its store reconcile.
 import { fork, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 import { appendStream } from '../src/files.ts';
+import { readTlsFiles, type TlsFiles } from '../src/tls.ts';
 import { COMM_HOST_ENV, entryPoint } from './entry.ts';
 import { startCoordinator } from '../actors/coordinator.ts';
 import { startJanitor } from '../actors/janitor.ts';
@@ -57,6 +58,8 @@ export interface NodeOptions {
   listen?: { host: string; port: number };
   /** The address refs carry (default the listening address). */
   advertise?: { host: string; port: number };
+  /** Serve the data plane over TLS with these files (the certificate and key; with the CA, clients must present one it signed). */
+  tls?: TlsFiles | null;
   /** The address this machine's ranks run their collectives on (default 127.0.0.1: one machine). */
   commHost?: string;
   /** The roles' leader lease time to live (default 4000 ms): how long a dead holder's role waits for another node. */
@@ -109,7 +112,7 @@ export class NodeAgent {
       highWatermarkBytes: o.spec.storeHighBytes, lowWatermarkBytes: o.spec.storeLowBytes,
     });
     const node = new NodeAgent(o, bus, new ActorSystem(`node-${o.nodeId}`), store);
-    if (o.listen) await node.startDataPlane(o.listen, o.advertise);
+    if (o.listen) await node.startDataPlane(o.listen, o.advertise, o.tls?.cert && o.tls.key ? o.tls : null);
     await node.startRoles();
     const spawnSub = serve(bus, 'node.spawn', (m) => ({ pid: node.spawnRank(m.rank, m.minEpoch).proc.pid ?? null }), {}, o.nodeId);
     node.stops.push(async () => spawnSub.unsubscribe());
@@ -146,16 +149,17 @@ export class NodeAgent {
   }
 
   /** Serves the store over HTTP; refs put from now on carry the advertised address. */
-  private async startDataPlane(at: { host: string; port: number }, advertise?: { host: string; port: number }): Promise<void> {
+  private async startDataPlane(at: { host: string; port: number }, advertise: { host: string; port: number } | undefined, tls: TlsFiles | null): Promise<void> {
     const { store, bus } = this;
+    const pem = tls ? readTlsFiles(tls, 'data plane TLS') : null;
     const srv = await StoreHttpServer.start({
-      store, auth: this.o.auth, host: at.host, port: at.port,
+      store, auth: this.o.auth, host: at.host, port: at.port, tls: pem ? { cert: pem.cert!, key: pem.key!, ca: pem.ca ?? null } : null,
       onError: (e, req) => this.log.warn('data plane request failed', { method: req.method, path: req.target.split('?')[0], error: (e as Error).message }),
     });
     this.dataPlane = srv;
     this.stops.push(() => srv.close());
-    store.advertiseAt(advertise?.host ?? srv.host, advertise?.port ?? srv.port);
-    this.log.info('data plane listening', { listen: srv.address, advertise: store.advertisedAt });
+    store.advertiseAt(advertise?.host ?? srv.host, advertise?.port ?? srv.port, { tls: !!pem });
+    this.log.info('data plane listening', { listen: srv.address, advertise: store.advertisedAt, tls: !!pem, clientCerts: !!pem?.ca });
     // The node that wrote a sample frees it when the queue announces it consumed or dead,
     // whichever node holds the janitor role meanwhile (the janitor frees only its own
     // store's samples; freeing twice is a no-op).

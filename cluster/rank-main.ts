@@ -13,6 +13,7 @@ import { publish } from '../src/bus/clients.ts';
 import { loadJobSpec } from '../src/job/spec.ts';
 import { createLogger } from '../src/log.ts';
 import { SharedDirFeatureStore } from '../src/store/shared-dir.ts';
+import { readTlsFiles, tlsFromEnv } from '../src/tls.ts';
 import { HttpFeatureStore } from '../src/store/http-store.ts';
 import { loadWeightsFile, writeCheckpoint } from '../src/job/checkpoint.ts';
 import { checkpointStoreOf } from '../src/job/checkpoint-store.ts';
@@ -27,8 +28,9 @@ async function main(): Promise<number> {
   if (!Number.isInteger(rank) || rank < 0) throw new Error(`--rank must be an integer >= 0, got ${values.rank}`);
   const auth = AuthPolicy.fromEnv();
   const bus = await Bus.connect({ servers: values.nats ?? '', job: spec.job, auth, name: `rank-${rank}` });
-  // dir:// refs from the node's directory, http:// refs from the node that wrote them.
-  const store = new HttpFeatureStore({ auth, local: await SharedDirFeatureStore.attach({
+  // dir:// refs from the node's directory, http(s):// refs from the node that wrote them (the node's TLS files, handed in the environment).
+  const tls = tlsFromEnv();
+  const store = new HttpFeatureStore({ auth, tls: tls ? readTlsFiles(tls, 'data plane TLS') : null, local: await SharedDirFeatureStore.attach({
     dir: values['store-dir'] ?? spec.storeDir, storeId: spec.storeId, job: spec.job, auth, create: false,
     producer: { node: values.node ?? 'local', actor: `rank-${rank}`, incarnation: process.pid },
   }) });

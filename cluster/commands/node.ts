@@ -66,7 +66,7 @@ export function command(): Command {
     .option('--tls-cert <file>', 'this machine\'s certificate (PEM): the NATS member serves it, this node presents it')
     .option('--tls-key <file>', 'the key of --tls-cert (PEM)')
     .option('--tls-ca <file>', 'the job\'s CA (PEM): servers and peers must be signed by it (and clients, by a member)')
-    .option('--listen <host:port>', 'serve this node\'s store over HTTP here, for nodes that share no directory (port 0: any free port)', hostPort('--listen', true))
+    .option('--listen <host:port>', 'serve this node\'s store over HTTP here, for nodes that share no directory (port 0: any free port); HTTPS with --tls-cert/--tls-key, and with --tls-ca only for clients it signed', hostPort('--listen', true))
     .option('--advertise <host:port>', 'the address other machines reach --listen at, carried by the refs this node writes (default the listening address)', hostPort('--advertise', false))
     .option('--store-dir <dir>', 'this node\'s store directory (default the job\'s storeDir)')
     .option('--comm-host <host>', 'the address this machine\'s ranks run their collectives (Gloo) on, reachable from the other machines (default the --advertise host, else 127.0.0.1)')
@@ -119,7 +119,7 @@ export function command(): Command {
         } finally { await probe.close(); }
         const reached = o.advertise ?? (o.listen && !WILDCARD.has(o.listen.host) ? o.listen : undefined);
         const commHost = o.commHost ?? reached?.host.replace(/^\[(.*)\]$/, '$1');
-        node = await NodeAgent.start({ spec, nats: servers.join(','), nodeId: o.nodeId, roles, auth, listen: o.listen, advertise: o.advertise, storeDir: o.storeDir, commHost });
+        node = await NodeAgent.start({ spec, nats: servers.join(','), nodeId: o.nodeId, roles, auth, listen: o.listen, advertise: o.advertise, storeDir: o.storeDir, commHost, tls: plan.tls });
         for (const r of ranks) node.spawnRank(r);
         log.info('node running', { job: spec.job, node: o.nodeId, roles: o.roles, ranks, ...(node.dataPlane ? { dataPlane: node.store.advertisedAt } : {}) });
         await new Promise<void>((resolve) => { process.once('SIGINT', resolve); process.once('SIGTERM', resolve); });
@@ -157,6 +157,13 @@ export function planControlPlane(o: Omit<NodeCliOptions, 'jobFile' | 'roles' | '
   if (!!o.tlsCert !== !!o.tlsKey) throw new InvalidArgumentError('--tls-cert and --tls-key go together: give both (draftwire certs makes a pair per machine)');
   const abs = (f: string | undefined) => (f ? resolve(f) : null);
   const tls = tlsGiven ? { cert: abs(o.tlsCert), key: abs(o.tlsKey), ca: abs(o.tlsCa) } : null;
+  // The data plane carries the features: off this machine, with a secret, only over TLS.
+  const served = [o.listen, o.advertise].filter((a): a is { host: string; port: number } => !!a).map((a) => a.host.replace(/^\[(.*)\]$/, '$1'));
+  const offMachine = served.find((h) => !isLoopbackHost(h));
+  if (ctx.secret && offMachine !== undefined && !tls?.cert) {
+    throw new InvalidArgumentError(`--listen without TLS on ${offMachine}, which is not loopback: a secret is set, and the features this node serves would travel in clear (MAC'd, but readable on the path). ` +
+      'Fix: give --tls-cert, --tls-key and --tls-ca (draftwire certs makes them; the data plane serves HTTPS with them), or listen on loopback only (127.0.0.1, ::1, localhost)');
+  }
   if (!o.natsCluster) return { servers, tls, member: null, routesSize: 1 };
 
   if (o.tlsCa && !o.tlsCert) throw new InvalidArgumentError('--nats-cluster with --tls-ca needs --tls-cert and --tls-key as well: the member serves TLS with them');

@@ -21,6 +21,7 @@ import { BusCore, sleep, type BusConnectOptions } from './core.ts';
 import { BusKv } from './kv.ts';
 import { BusObjects } from './objects.ts';
 import { createLogger } from '../log.ts';
+import { tlsFailure } from '../tls.ts';
 import { clientTls, clusterSizeFromInfo, refusePlaintext, replicasFor, replicasFromEnv, splitServers, tlsFromEnv, TLS_ENV } from './transport.ts';
 
 export { subjects, type JobSubjects } from '../wire/subjects.ts';
@@ -417,38 +418,11 @@ export class Bus extends BusCore {
   }
 }
 
-const TLS_HINTS: Array<[RegExp, string]> = [
-  [/self[- ]signed|unable to (?:verify|get local issuer)|unknown ca|certificate (?:signature failure|verify failed)/i,
-    `the server's certificate is not signed by a CA this client trusts: give the job's CA (--tls-ca, or ${TLS_ENV.ca}; draftwire certs writes ca.pem)`],
-  [/altnames|hostname\/ip does not match|ERR_TLS_CERT_ALTNAME/i,
-    'the server\'s certificate does not name the host in the URL: make it for that name or address (draftwire certs --hosts ...)'],
-  [/certificate required|bad certificate|handshake failure|alert number 116|alert number 42/i,
-    `the server refused this client's certificate (it requires one signed by the job's CA): give --tls-cert and --tls-key (or ${TLS_ENV.cert}/${TLS_ENV.key})`],
-  [/server does not support 'tls'|tls.*is not available/i,
-    'the server does not offer TLS: start it with a certificate (--tls-cert/--tls-key), or connect on loopback without the TLS options'],
-  [/expired|not yet valid/i, 'a certificate is expired or not yet valid: make new ones (draftwire certs)'],
-];
-/** With TLS asked for, a connection the server drops during the handshake: most often a client certificate it does not accept. */
-const TLS_RESET: [RegExp, string] = [/ECONNRESET|EPIPE|socket hang up|disconnected before secure/i,
-  `the server closed the connection during the TLS handshake: it most likely refused this client's certificate (it must be signed by the job's CA: --tls-cert/--tls-key, or ${TLS_ENV.cert}/${TLS_ENV.key})`];
-
 /** A connect failure as a Draftwire error; a TLS failure says which side's certificate is wrong and what to give. */
 function connectError(e: unknown, servers: string[], tls: boolean): DraftwireError {
   const what = `connect to ${servers.join(',')}`;
-  const chain: string[] = [];
-  let why = '';
-  for (let x: unknown = e, i = 0; x && i < 5; x = (x as { cause?: unknown }).cause, i++) {
-    const msg = String((x as Error).message ?? x), code = (x as { code?: unknown }).code;
-    chain.push(`${msg} ${typeof code === 'string' ? code : ''}`);
-    // OpenSSL's multi-line text: keep the alert's name, or the first line.
-    const line = msg.split('\n')[0]!;
-    why = (/alert [a-z ]+/i.exec(line)?.[0] ?? (/:SSL routines:/.test(line) ? line.split(':').slice(-2, -1)[0] : line)).trim().slice(0, 160) + (typeof code === 'string' ? ` [${code}]` : '');
-  }
-  const text = chain.join(' | ');
-  const hint = TLS_HINTS.find(([re]) => re.test(text)) ?? (tls && TLS_RESET[0].test(text) ? TLS_RESET : undefined);
-  if (hint && (tls || /certificate|tls|ssl/i.test(text))) {
-    return new UnavailableError(`${what}: TLS failed (${why}): ${hint[1]}`, { cause: e, detail: { tls: true } });
-  }
+  const f = tlsFailure(e, tls);
+  if (f) return new UnavailableError(`${what}: TLS failed (${f.why}): ${f.hint}`, { cause: e, detail: { tls: true } });
   return mapNatsError(e, what);
 }
 

@@ -16,14 +16,13 @@
 //   client sees it: the distinct client URLs the server gossips (`connect_urls` in INFO; a
 //   server that is not clustered has no `cluster` name: 1), at least the servers given.
 import { isIP } from 'node:net';
-import { readFileSync } from 'node:fs';
-import { resolve } from 'node:path';
 import { InvalidArgumentError } from '../errors.ts';
+import { readTlsFiles, TLS_ENV, tlsFromEnv, type TlsFiles } from '../tls.ts';
 
 /** PEM files (paths) for a TLS client: the CA that signed the servers, this client's certificate and key. */
-export interface BusTlsOptions { ca?: string | null; cert?: string | null; key?: string | null }
+export type BusTlsOptions = TlsFiles;
 
-export const TLS_ENV = { ca: 'DRAFTWIRE_TLS_CA', cert: 'DRAFTWIRE_TLS_CERT', key: 'DRAFTWIRE_TLS_KEY' } as const;
+export { TLS_ENV, tlsFromEnv };
 export const REPLICAS_ENV = 'DRAFTWIRE_NATS_REPLICAS';
 
 /** Every server URL, split at commas, trimmed, empty ones dropped. */
@@ -65,12 +64,6 @@ function expandV6(h: string): string {
   return [...a, ...mid, ...b].map((x) => x.padStart(4, '0')).join(':');
 }
 
-/** TLS options from DRAFTWIRE_TLS_CA/CERT/KEY; null when none is set. */
-export function tlsFromEnv(env: NodeJS.ProcessEnv = process.env): BusTlsOptions | null {
-  const ca = env[TLS_ENV.ca] || null, cert = env[TLS_ENV.cert] || null, key = env[TLS_ENV.key] || null;
-  return ca || cert || key ? { ca, cert, key } : null;
-}
-
 /**
  * The nats.js `tls` option for these servers and TLS files (undefined: TLS not asked for;
  * the client then upgrades only if a server requires it). Reads the PEM files now, so a
@@ -80,17 +73,7 @@ export function clientTls(servers: string[], tls: BusTlsOptions | null): { ca?: 
   const wantsTls = !!(tls && (tls.ca || tls.cert || tls.key)) || servers.some((s) => parseServer(s).scheme === 'tls');
   if (!wantsTls) return undefined;
   if (!tls) return {};
-  if (!!tls.cert !== !!tls.key) throw new InvalidArgumentError(`NATS TLS: give both a client certificate and its key (${TLS_ENV.cert} and ${TLS_ENV.key}, or --tls-cert and --tls-key), not one of them`);
-  const read = (what: string, f: string): string => {
-    try { return readFileSync(resolve(f), 'utf8'); } catch (e) {
-      throw new InvalidArgumentError(`NATS TLS: cannot read the ${what} file ${f} (${(e as NodeJS.ErrnoException).code ?? String(e)})`);
-    }
-  };
-  const out: { ca?: string; cert?: string; key?: string } = {};
-  if (tls.ca) out.ca = read('CA', tls.ca);
-  if (tls.cert) out.cert = read('certificate', tls.cert);
-  if (tls.key) out.key = read('key', tls.key);
-  return out;
+  return readTlsFiles(tls, 'NATS TLS');
 }
 
 /**

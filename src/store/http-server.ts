@@ -10,6 +10,7 @@
 // even whether the sample exists). Files are opened only by the store (O_NOFOLLOW, regular
 // files, names built from validated ids inside the store directory).
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer as createTlsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { AuthError, DraftwireError, InvalidArgumentError } from '../errors.ts';
 import { errorToWire } from '../wire/error-codec.ts';
@@ -27,6 +28,11 @@ export interface StoreServerOptions {
   /** Address to bind (default 127.0.0.1) and port (0: any free one). */
   host?: string;
   port?: number;
+  /**
+   * Serve TLS (PEM contents): this machine's certificate and key; with `ca`, only clients
+   * presenting a certificate signed by it are accepted (mutual TLS, as the NATS members do).
+   */
+  tls?: { cert: string; key: string; ca?: string | null } | null;
   /** Called for requests that failed on the server's side (not for 4xx answers). */
   onError?: (e: unknown, req: { method: string; target: string }) => void;
 }
@@ -63,7 +69,12 @@ export class StoreHttpServer {
   /** Binds and starts serving; resolves once listening. */
   static async start(o: StoreServerOptions): Promise<StoreHttpServer> {
     let self: StoreHttpServer | null = null;
-    const server = createServer({ keepAlive: true }, (req, res) => { void self!.handle(req, res); });
+    const handler = (req: IncomingMessage, res: ServerResponse) => { void self!.handle(req, res); };
+    const t = o.tls;
+    if (t && (!t.cert || !t.key)) throw new InvalidArgumentError('data plane TLS: give both the certificate and its key');
+    const server: Server = t
+      ? createTlsServer({ keepAlive: true, cert: t.cert, key: t.key, ...(t.ca ? { ca: t.ca, requestCert: true, rejectUnauthorized: true } : {}) }, handler)
+      : createServer({ keepAlive: true }, handler);
     server.keepAliveTimeout = 30_000;
     server.headersTimeout = 20_000;
     server.requestTimeout = 300_000;

@@ -16,7 +16,8 @@ import { Writable } from 'node:stream';
 import { Agent } from 'undici';
 import { AuthPolicy } from '../wire/auth.ts';
 import { errorFromWire } from '../wire/error-codec.ts';
-import { DecodeError, DraftwireError, InvalidArgumentError, TimeoutError, UnavailableError } from '../errors.ts';
+import { AuthError, DecodeError, DraftwireError, InvalidArgumentError, TimeoutError, UnavailableError } from '../errors.ts';
+import { TLS_ENV, tlsFailure, type TlsPem } from '../tls.ts';
 import { parseSampleUri, validateSampleRef, type ParsedUri, type SampleRef } from '../wire/sampleref.ts';
 import { DTYPE_BYTES, numel, type Tensor } from '../tensor.ts';
 import { authorizationFor } from './store-token.ts';
@@ -39,6 +40,11 @@ export interface HttpStoreOptions {
   timeoutMs?: number;
   /** Connecting to a node, ms (default 10 000). */
   connectTimeoutMs?: number;
+  /**
+   * TLS for https:// refs (PEM contents): the job's CA the nodes' certificates are signed by,
+   * and this machine's certificate and key (the nodes ask for one when they have a CA).
+   */
+  tls?: TlsPem | null;
 }
 
 export interface HttpStoreStats { remoteGets: number; bytesFetched: number; remoteFrees: number }
@@ -51,6 +57,8 @@ export class HttpFeatureStore implements FeatureStore {
   private readonly auth: AuthPolicy;
   private readonly agent: Agent;
   private readonly timeoutMs: number;
+  private readonly tls: boolean;
+  private readonly clientCert: boolean;
   private closed = false;
 
   constructor(o: HttpStoreOptions) {
@@ -67,19 +75,23 @@ export class HttpFeatureStore implements FeatureStore {
       keepAliveMaxTimeout: Math.max(o.keepAliveMs ?? 20_000, 60_000),
       connectTimeout: o.connectTimeoutMs ?? 10_000,
       pipelining: 1,
+      ...(o.tls ? { connect: { ca: o.tls.ca, cert: o.tls.cert, key: o.tls.key } } : {}),
     });
+    this.tls = !!o.tls;
+    this.clientCert = !!o.tls?.cert;
   }
 
   /** Whether a ref is read from the local directory (a dir:// ref, or an http one naming this node). */
   private isLocal(u: ParsedUri): boolean {
-    return u.scheme === 'dir' || (u.scheme === 'http' && `${u.host}:${u.port}` === this.local.advertisedAt);
+    return u.scheme === 'dir' || (u.scheme !== 'tcp' && `${u.host}:${u.port}` === this.local.advertisedAt);
   }
 
   private remote(ref: SampleRef, op: string): { r: SampleRef; u: ParsedUri } | null {
     const r = validateSampleRef(ref);
     const u = parseSampleUri(r.uri);
     if (this.isLocal(u)) return null;
-    if (u.scheme !== 'http') throw new InvalidArgumentError(`${op}: ref ${r.uri} has no transport here (dir:// and http:// refs are served)`);
+    if (u.scheme === 'tcp') throw new InvalidArgumentError(`${op}: ref ${r.uri} has no transport here (dir://, http:// and https:// refs are served)`);
+    if (u.scheme === 'https' && !this.tls) throw new InvalidArgumentError(`${op}: ref ${r.uri} is served over TLS, and this reader has no TLS files: give the job's CA and this machine's certificate (--tls-ca/--tls-cert/--tls-key, or ${TLS_ENV.ca}/${TLS_ENV.cert}/${TLS_ENV.key})`);
     if (r.job !== this.job) throw new InvalidArgumentError(`${op}: ref is for job "${r.job}", this store serves "${this.job}"`);
     this.auth.verifyRef(r);
     return { r, u };
@@ -148,7 +160,7 @@ export class HttpFeatureStore implements FeatureStore {
    * success); any other status's JSON error is rethrown as its class.
    */
   private async request(u: ParsedUri, method: 'GET' | 'DELETE', target: string, sink: (status: number, headers: Record<string, string | string[] | undefined>) => Writable | null): Promise<void> {
-    const origin = `http://${u.host}:${u.port}`;
+    const origin = `${u.scheme}://${u.host}:${u.port}`;
     const headers: Record<string, string> = {};
     const authz = authorizationFor(this.auth, u.storeId, method, target);
     if (authz) headers.authorization = authz;
@@ -165,7 +177,7 @@ export class HttpFeatureStore implements FeatureStore {
       });
     } catch (e) {
       if (e instanceof DraftwireError) throw e;
-      throw transportError(e, `${method} ${origin}${target.split('?')[0]}`);
+      throw transportError(e, `${method} ${origin}${target.split('?')[0]}`, u.scheme === 'https', this.clientCert);
     }
     if (status === 200) return;
     let wire: unknown = null;
@@ -219,9 +231,18 @@ export class HttpFeatureStore implements FeatureStore {
 }
 
 /** An undici failure as a typed error naming the request (never its token). */
-function transportError(e: unknown, what: string): DraftwireError {
+function transportError(e: unknown, what: string, tls: boolean, clientCert: boolean): DraftwireError {
   const code = (e as { code?: string } | null)?.code ?? '';
   const msg = (e as Error | null)?.message ?? String(e);
+  // A certificate refused either way is configuration, not a passing fault: not retryable.
+  const t = tls ? tlsFailure(e, false) : null;
+  if (t) return new AuthError(`${what}: TLS failed (${t.why}): ${t.hint}`, { cause: e, detail: { tls: true } });
+  // Under TLS 1.3 a server refusing the client's certificate just closes the connection: the
+  // same as a node dying mid-request, so still retryable, with the likely cause named.
+  if (tls && code === 'UND_ERR_SOCKET') {
+    const likely = clientCert ? 'refuses this reader\'s certificate: it must be signed by the job\'s CA' : 'requires a client certificate signed by the job\'s CA';
+    return new UnavailableError(`${what}: the node closed the connection: if this persists it most likely ${likely} (--tls-cert/--tls-key, or ${TLS_ENV.cert}/${TLS_ENV.key})`, { cause: e, detail: { code, tls: true } });
+  }
   if (code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT' || code === 'UND_ERR_CONNECT_TIMEOUT') {
     return new TimeoutError(`${what}: ${msg}`, { cause: e, detail: { code } });
   }

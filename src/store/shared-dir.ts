@@ -94,7 +94,7 @@ export interface SharedDirOptions {
    * The address of the node's HTTP server for this store (src/store/http-server.ts): refs put
    * carry `http://host:port/<storeId>/<sampleId>?g=<gen>` instead of `dir://…` (see advertiseAt).
    */
-  advertise?: { host: string; port: number };
+  advertise?: { host: string; port: number; tls?: boolean };
   faults?: StoreFaults;
 }
 
@@ -191,7 +191,7 @@ export class SharedDirFeatureStore implements FeatureStore {
   private readonly auth: AuthPolicy;
   private readonly producer: Producer;
   private readonly o: Required<Omit<SharedDirOptions, 'faults' | 'highWatermarkBytes' | 'lowWatermarkBytes' | 'tokenTtlMs' | 'advertise'>> & { faults: StoreFaults };
-  private advertised: { host: string; port: number } | null = null;
+  private advertised: { host: string; port: number; tls: boolean } | null = null;
   private pressured = false;
   private usageCache: { bytes: number; samples: number; at: number } | null = null;
   private closed = false;
@@ -236,7 +236,7 @@ export class SharedDirFeatureStore implements FeatureStore {
     checkId(o.producer.actor, 'producer.actor');
     if (!Number.isSafeInteger(o.producer.incarnation) || o.producer.incarnation < 0) throw new InvalidArgumentError('producer.incarnation must be a non-negative integer');
     const s = new SharedDirFeatureStore(o);
-    if (o.advertise) s.advertiseAt(o.advertise.host, o.advertise.port);
+    if (o.advertise) s.advertiseAt(o.advertise.host, o.advertise.port, { tls: o.advertise.tls === true });
     if (!(s.lowWatermarkBytes <= s.highWatermarkBytes) || s.lowWatermarkBytes < 0) {
       throw new InvalidArgumentError(`watermarks must satisfy 0 <= low (${s.lowWatermarkBytes}) <= high (${s.highWatermarkBytes})`);
     }
@@ -245,13 +245,13 @@ export class SharedDirFeatureStore implements FeatureStore {
   }
 
   /**
-   * From now on refs put here carry `http://host:port/<storeId>/<sampleId>?g=<gen>`: the
-   * address at which this node's HTTP server (src/store/http-server.ts) serves this store.
+   * From now on refs put here carry `http://host:port/<storeId>/<sampleId>?g=<gen>` (`https`
+   * with tls): the address at which this node's HTTP server (src/store/http-server.ts) serves this store.
    */
-  advertiseAt(host: string, port: number): void {
+  advertiseAt(host: string, port: number, o: { tls?: boolean } = {}): void {
     if (!isUriHost(host)) throw new InvalidArgumentError(`advertise: host ${JSON.stringify(String(host).slice(0, 60))} must be a DNS name, an IPv4 address or a bracketed IPv6 address`);
     if (!Number.isInteger(port) || port < 1 || port > 65535) throw new InvalidArgumentError(`advertise: port must be 1..65535, got ${String(port)}`);
-    this.advertised = { host, port };
+    this.advertised = { host, port, tls: o.tls === true };
   }
 
   /** The advertised address (host:port), or null when refs are dir:// ones. */
@@ -264,11 +264,11 @@ export class SharedDirFeatureStore implements FeatureStore {
     let u;
     try { u = parseSampleUri(ref.uri); } catch { return false; }
     if (u.storeId !== this.storeId) return false;
-    return u.scheme === 'dir' ? true : u.scheme === 'http' && `${u.host}:${u.port}` === this.advertisedAt;
+    return u.scheme === 'dir' ? true : u.scheme === (this.advertised?.tls ? 'https' : 'http') && `${u.host}:${u.port}` === this.advertisedAt;
   }
 
   private uriOf(sampleId: string, gen: number): string {
-    return this.advertised ? httpUri(this.advertised.host, this.advertised.port, this.storeId, sampleId, gen) : dirUri(this.storeId, sampleId, gen);
+    return this.advertised ? httpUri(this.advertised.host, this.advertised.port, this.storeId, sampleId, gen, this.advertised.tls) : dirUri(this.storeId, sampleId, gen);
   }
 
   private async openMarker(): Promise<void> {
@@ -594,7 +594,7 @@ export class SharedDirFeatureStore implements FeatureStore {
     const r = validateSampleRef(ref);
     const u = parseSampleUri(r.uri);
     // An http ref names this store's id too (its node serves it from its own directory).
-    if ((u.scheme !== 'dir' && u.scheme !== 'http') || u.storeId !== this.storeId) throw new InvalidArgumentError(`${op}: ref ${r.uri} does not belong to store dir://${this.storeId}`);
+    if (u.scheme === 'tcp' || u.storeId !== this.storeId) throw new InvalidArgumentError(`${op}: ref ${r.uri} does not belong to store dir://${this.storeId}`);
     if (r.job !== this.job) throw new InvalidArgumentError(`${op}: ref is for job "${r.job}", this store serves "${this.job}"`);
     this.auth.verifyRef(r);
     return r;

@@ -32,7 +32,7 @@ export interface SampleRef {
   generation: number;
   /**
    * `dir://<storeId>/<sampleId>?g=<gen>`, `http://<host>:<port>/<storeId>/<sampleId>?g=<gen>`
-   * (served by the producer's node: src/store/http-server.ts) or
+   * (served by the producer's node: src/store/http-server.ts; `https://` where it serves TLS) or
    * `tcp://<host>:<port>/<storeId>/<sampleId>?g=<gen>`.
    */
   uri: string;
@@ -104,7 +104,7 @@ function isPlainObject(x: unknown): x is Record<string, unknown> {
 }
 
 export interface ParsedUri {
-  scheme: 'dir' | 'tcp' | 'http';
+  scheme: 'dir' | 'tcp' | 'http' | 'https';
   host?: string;
   port?: number;
   storeId: string;
@@ -120,14 +120,14 @@ export function parseSampleUri(uri: string): ParsedUri {
   if (m) {
     out = { scheme: 'dir', storeId: m[1]!, sampleId: m[2]!, generation: Number(m[3]) };
   } else {
-    m = /^(tcp|http):\/\/([^/?#]+):([0-9]{1,5})\/([^/?#]+)\/([^/?#]+)\?g=(0|[1-9][0-9]{0,15})$/.exec(uri);
+    m = /^(tcp|https?):\/\/([^/?#]+):([0-9]{1,5})\/([^/?#]+)\/([^/?#]+)\?g=(0|[1-9][0-9]{0,15})$/.exec(uri);
     if (m) {
       const port = Number(m[3]);
       if (!HOST_RE.test(m[2]!) || port < 1 || port > 65535) throw new DecodeError(`uri ${JSON.stringify(uri)} has an invalid host or port`);
-      out = { scheme: m[1] as 'tcp' | 'http', host: m[2]!, port, storeId: m[4]!, sampleId: m[5]!, generation: Number(m[6]) };
+      out = { scheme: m[1] as 'tcp' | 'http' | 'https', host: m[2]!, port, storeId: m[4]!, sampleId: m[5]!, generation: Number(m[6]) };
     }
   }
-  if (!out) throw new DecodeError(`uri ${JSON.stringify(uri.slice(0, 100))} is none of dir://<storeId>/<sampleId>?g=<gen>, http://<host>:<port>/<storeId>/<sampleId>?g=<gen>, tcp://<host>:<port>/<storeId>/<sampleId>?g=<gen>`);
+  if (!out) throw new DecodeError(`uri ${JSON.stringify(uri.slice(0, 100))} is none of dir://<storeId>/<sampleId>?g=<gen>, http(s)://<host>:<port>/<storeId>/<sampleId>?g=<gen>, tcp://<host>:<port>/<storeId>/<sampleId>?g=<gen>`);
   if (!isId(out.storeId) || !isId(out.sampleId)) throw new DecodeError(`uri ${JSON.stringify(uri)} has an invalid storeId or sampleId`);
   if (!Number.isSafeInteger(out.generation)) throw new DecodeError(`uri ${JSON.stringify(uri)} has an out-of-range generation`);
   return out;
@@ -137,9 +137,9 @@ export function dirUri(storeId: string, sampleId: string, generation: number): s
   return `dir://${storeId}/${sampleId}?g=${generation}`;
 }
 
-/** The uri of a sample served over HTTP by the node at host:port (src/store/http-server.ts). */
-export function httpUri(host: string, port: number, storeId: string, sampleId: string, generation: number): string {
-  return `http://${host}:${port}/${storeId}/${sampleId}?g=${generation}`;
+/** The uri of a sample served over HTTP (over TLS: https) by the node at host:port (src/store/http-server.ts). */
+export function httpUri(host: string, port: number, storeId: string, sampleId: string, generation: number, tls = false): string {
+  return `${tls ? 'https' : 'http'}://${host}:${port}/${storeId}/${sampleId}?g=${generation}`;
 }
 
 /** True for a host as a uri may carry it: a DNS name, an IPv4 address, or an IPv6 address in brackets. */

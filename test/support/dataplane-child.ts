@@ -1,5 +1,6 @@
 // A producer's node for the data plane tests and bench: its own store directory, served over
-// HTTP on 127.0.0.1 or spec.host (a free port), refs carrying its http:// uri. Secret from the environment.
+// HTTP on 127.0.0.1 or spec.host (a free port), refs carrying its http:// uri (HTTPS and https://
+// with spec.tls: PEM paths). Secret from the environment.
 // Usage: node --import tsx test/support/dataplane-child.ts '<json spec>'
 // Prints {"serving": {port, address}} once listening, then one JSON line per command read on
 // stdin: {"op":"put","sampleId","seed","T","H"} (or "bytes" for a bench sample) -> {"ok": {ref
@@ -16,9 +17,10 @@ import { encodeSampleRef } from '../../src/wire/sampleref.ts';
 import { SharedDirFeatureStore } from '../../src/store/shared-dir.ts';
 import { StoreHttpServer } from '../../src/store/http-server.ts';
 import type { Tensor } from '../../src/tensor.ts';
+import { readTlsFiles, type TlsFiles } from '../../src/tls.ts';
 import { makeSample } from './store-fixtures.ts';
 
-interface Spec { dir: string; storeId: string; job: string; blockBytes?: number; raw?: boolean; /** Listening address (default 127.0.0.1; a namespace host's own in the cross-host bench). */ host?: string }
+interface Spec { dir: string; storeId: string; job: string; blockBytes?: number; raw?: boolean; tls?: TlsFiles; /** Listening address (default 127.0.0.1; a namespace host's own in the cross-host bench). */ host?: string }
 interface Cmd { op: 'put' | 'stats'; sampleId: string; seed?: number; T?: number; H?: number; bytes?: number }
 
 const out = (x: unknown) => process.stdout.write(JSON.stringify(x) + '\n');
@@ -41,8 +43,9 @@ async function main(): Promise<void> {
     dir: spec.dir, storeId: spec.storeId, job: spec.job, auth, producer: { node: `child-${process.pid}`, actor: 'dataplane-child', incarnation: 1 },
     blockBytes: spec.blockBytes, fsync: false,
   });
-  const srv = await StoreHttpServer.start({ store, auth, host: spec.host ?? '127.0.0.1', port: 0 });
-  store.advertiseAt(srv.host, srv.port);
+  const pem = spec.tls ? readTlsFiles(spec.tls, 'data plane TLS') : null;
+  const srv = await StoreHttpServer.start({ store, auth, host: spec.host ?? '127.0.0.1', port: 0, tls: pem ? { cert: pem.cert!, key: pem.key!, ca: pem.ca ?? null } : null });
+  store.advertiseAt(srv.host, srv.port, { tls: !!pem });
   let lastFile: string | null = null;
   let rawPort: number | null = null;
   if (spec.raw) {
