@@ -55,6 +55,8 @@ export interface QueueActorOptions {
   schema?: SampleSchema;
   /** Where the job's samples come from (its budget, and when an external input closes); absent: no budget is told. */
   input?: QueueInput;
+  /** Told the seconds of each write-ahead log append (the node's metrics). */
+  onWalAppend?: (seconds: number) => void;
 }
 
 function isObj(x: unknown): x is Record<string, unknown> {
@@ -74,8 +76,10 @@ export function queueActorSpec(o: QueueActorOptions): ActorSpec<QueueState, Queu
     if (events.length === 0) return;
     failpoint('queue.before-persist');
     // Before any reply: a crash after this line replays these events; before it, the caller retries.
+    const t0 = performance.now();
     try {
       walSeq = await bus.append(s.walSubject, { f: WAL_RECORD, events }, { expectedLastSeq: walSeq });
+      o.onWalAppend?.((performance.now() - t0) / 1000);
     } catch (e) {
       if (e instanceof ConflictError) throw new UnavailableError(`the write-ahead log moved past seq ${walSeq} under this queue (another queue wrote to it): rebuilding the ledger`, { cause: e });
       throw e;

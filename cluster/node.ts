@@ -41,6 +41,9 @@ import { CoordinatorClient, HeartbeatPublisher, QueueClient, listen, serve } fro
 import { sampleSchema } from '../src/wire/schema.ts';
 import { FINISHED_MAX, ROLES, type Role, type StoreFree } from '../src/wire/protocol.ts';
 import { RoleHost, type RoleStarter } from './role-host.ts';
+import { NodeMetrics } from './node-metrics.ts';
+import { startOps } from './node-ops.ts';
+import type { OpsServer } from './ops-server.ts';
 
 export { ROLES, type Role } from '../src/wire/protocol.ts';
 
@@ -64,6 +67,8 @@ export interface NodeOptions {
   commHost?: string;
   /** The roles' leader lease time to live (default 4000 ms): how long a dead holder's role waits for another node. */
   roleTtlMs?: number;
+  /** Serve Prometheus metrics (/metrics) and the live page (/) here (port 0: any free port). */
+  metrics?: { host: string; port: number };
 }
 
 export interface RankProcess { rank: number; proc: ChildProcess; exited: Promise<number | null>; spawnedAt: number }
@@ -98,10 +103,21 @@ export class NodeAgent {
   rollout: ActorRef | null = null;
   /** The data plane server, when the node listens. */
   dataPlane: StoreHttpServer | null = null;
+  /** Its Prometheus metrics and the live page's series (served with `metrics`). */
+  readonly metrics: NodeMetrics;
+  /** The operator endpoint, when the node serves one. */
+  ops: OpsServer | null = null;
+  private roleHost: RoleHost | null = null;
   private storeReconciling = false;
 
   private constructor(readonly o: NodeOptions, readonly bus: Bus, readonly system: ActorSystem, readonly store: SharedDirFeatureStore) {
     this.beats = new HeartbeatPublisher(bus);
+    this.metrics = new NodeMetrics(o.nodeId, o.spec.job, {
+      storeUsage: () => store.usage(),
+      servedBytes: () => this.dataPlane?.stats.bytesServed ?? null,
+      queueStatus: () => (this.roleHost?.held().some((r) => r.role === 'queue') ? new QueueClient(bus).status({ timeoutMs: 2000, retries: 0 }) : Promise.resolve(null)),
+      heldRoles: () => this.roleHost?.held() ?? [],
+    });
   }
 
   static async start(o: NodeOptions): Promise<NodeAgent> {
@@ -114,6 +130,11 @@ export class NodeAgent {
     const node = new NodeAgent(o, bus, new ActorSystem(`node-${o.nodeId}`), store);
     if (o.listen) await node.startDataPlane(o.listen, o.advertise, o.tls?.cert && o.tls.key ? o.tls : null);
     await node.startRoles();
+    if (o.metrics) {
+      const ops = await startOps({ bus, node: o.nodeId, metrics: node.metrics, at: o.metrics });
+      node.ops = ops.server;
+      node.stops.push(() => ops.stop());
+    }
     const spawnSub = serve(bus, 'node.spawn', (m) => ({ pid: node.spawnRank(m.rank, m.minEpoch).proc.pid ?? null }), {}, o.nodeId);
     node.stops.push(async () => spawnSub.unsubscribe());
     const stopSub = serve(bus, 'node.stop', async (m) => ({ stopped: await node.retireRank(m.rank) }), {}, o.nodeId);
@@ -128,6 +149,7 @@ export class NodeAgent {
     node.stops.push(async () => deadSub.unsubscribe());
     // The epoch each of its rank processes last reported: a death regroups from that epoch only.
     const hbSub = listen(bus, 'hb', (h) => {
+      if (h.kind !== 'node') node.metrics.heartbeat(h);
       const r = h.kind === 'node' ? undefined : node.ranks.get(h.rank);
       if (r && h.kind !== 'node' && r.proc.pid === h.pid && Number.isInteger(h.epoch)) node.lastEpoch.set(r.rank, h.epoch);
     }, { subject: bus.subjects.hbAll });
@@ -215,6 +237,7 @@ export class NodeAgent {
     const { spec, roles } = this.o;
     const { bus, system, store } = this;
     const host = new RoleHost(bus, this.o.nodeId, this.o.roleTtlMs ?? spec.roleTtlMs);
+    this.roleHost = host;
     this.stops.push(() => host.stop());
     const starters: Record<Role, RoleStarter> = {
       coordinator: async (_term, lease) => {
@@ -229,7 +252,9 @@ export class NodeAgent {
         const input: QueueInput = spec.input?.kind === 'external'
           ? { kind: 'external', samples: spec.input.samples, producers: spec.input.producers, highBytes: spec.storeHighBytes, lowBytes: spec.storeLowBytes }
           : { kind: 'fixed', samples: jobRows(spec) };
-        return startQueue(system, { bus, ledger: { leaseMs: spec.leaseMs, maxDeliveries: spec.maxDeliveries }, schema: sampleSchema(spec), input }).stop;
+        return startQueue(system, {
+          bus, ledger: { leaseMs: spec.leaseMs, maxDeliveries: spec.maxDeliveries }, schema: sampleSchema(spec), input, onWalAppend: (sec) => this.metrics.observeWalAppend(sec),
+        }).stop;
       },
       janitor: async () => startJanitor(system, { bus, store }).stop,
       rollout: async () => {

@@ -97,6 +97,16 @@ export function nodeId(v: string): string {
   return v;
 }
 
+/** HOST:PORT to listen at or advertise (an IPv6 host kept in brackets); the message names the option. */
+export function addressOption(name: string, allowZeroPort: boolean) {
+  return (v: string): { host: string; port: number } => {
+    const m = /^(\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9.-]{1,253}):([0-9]{1,5})$/.exec(v.trim());
+    const port = m ? Number(m[2]) : NaN;
+    if (!m || port > 65535 || (port === 0 && !allowZeroPort)) throw new OptionError(`${name} must be HOST:PORT (an IPv6 host in brackets, port ${allowZeroPort ? '0' : '1'}..65535), got "${v}"`);
+    return { host: m[1]!, port };
+  };
+}
+
 /** HOST:PORT (IPv6 in brackets, [::1]:4222); the port 1..65535. */
 export function hostPortOption(name: string) {
   return (v: string): { host: string; port: number } => {

@@ -44,7 +44,7 @@ async function main(): Promise<number> {
   if (!Number.isInteger(minEpoch) || minEpoch < 0) throw new Error(`--min-epoch must be an integer >= 0, got ${values['min-epoch']}`);
   // The node says where this machine's ranks reach each other (draftwire node --comm-host).
   const commHost = process.env[COMM_HOST_ENV] || undefined;
-  const worker = new RankWorker({ spec, bus, store, rank, weights, resume, minEpoch, node: values.node ?? 'local', checkpoints, commHost });
+  const worker = new RankWorker({ spec, bus, store, rank, weights, resume, minEpoch, node: values.node ?? 'local', checkpoints, commHost, fetchedBytes: () => store.stats.bytesFetched });
   const quit = () => { worker.stop(); };
   process.on('SIGTERM', quit);
   process.on('disconnect', () => { log.warn('node went away; exiting'); process.exit(1); });

@@ -76,6 +76,9 @@ class Campaign {
     await r.stop().catch((e: unknown) => this.log.warn('stopping a role failed', { role: this.lease.role, error: (e as Error).message }));
   }
 
+  /** The term this node runs the role under now (null: not running here). */
+  get runningTerm(): number | null { return this.running?.term ?? null; }
+
   async end(): Promise<void> {
     this.stopped = true;
     if (this.timer) clearInterval(this.timer);
@@ -104,6 +107,11 @@ export class RoleHost {
     const c = new Campaign(new RoleLease({ kv, role, node: this.node, log: createLogger('roles'), ...(this.ttlMs ? { ttlMs: this.ttlMs } : {}) }), this.bus, start);
     this.campaigns.push(c);
     await c.begin();
+  }
+
+  /** The roles running here now, with their terms. */
+  held(): { role: Role; term: number }[] {
+    return this.campaigns.flatMap((c) => (c.runningTerm !== null ? [{ role: c.lease.role, term: c.runningTerm }] : []));
   }
 
   /** Stops every role here and releases its lease. */

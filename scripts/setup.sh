@@ -14,6 +14,8 @@ command -v make >/dev/null 2>&1 || need+=(make)
 command -v pgrep >/dev/null 2>&1 || need+=(procps)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
+# The live page's test loads it in a headless browser (puppeteer-core drives the system's Chromium).
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 dpkg -s libopenblas-dev >/dev/null 2>&1 || need+=(libopenblas-dev)
 dpkg -s libgloo-dev >/dev/null 2>&1 || need+=(libgloo-dev)
 if [ ${#need[@]} -gt 0 ]; then

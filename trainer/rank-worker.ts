@@ -54,7 +54,7 @@ import { FEATURES, LeaseBook, type Held } from './lease-book.ts';
 import { WorldCheckpoint } from './world-checkpoint.ts';
 import { decideStep, roundInput, type StepDecision } from './step-decision.ts';
 import { newerEpochAnnounced } from './announcement.ts';
-import { STORAGE, type StepMetrics } from '../src/wire/protocol.ts';
+import { STORAGE, type RankCounters, type StepMetrics } from '../src/wire/protocol.ts';
 import { HeartbeatPublisher, QueueClient, listen, publish } from '../src/bus/clients.ts';
 
 export { FEATURES } from './lease-book.ts';
@@ -83,6 +83,8 @@ export interface RankOptions {
   commHost?: string;
   /** Where checkpoints are committed (default: the store the spec names). */
   checkpoints?: CheckpointStore;
+  /** Bytes this process fetched over the data plane so far (reported in heartbeats). */
+  fetchedBytes?: () => number;
 }
 
 /**
@@ -138,6 +140,8 @@ export class RankWorker {
   private readonly frozen: Record<string, Float32Array | Int32Array>;
   /** Counters for tests and status. */
   readonly stats = { checkpoints: 0, skippedAcks: 0, rejoins: 0, staleAcks: 0, resumedFrom: 0, regroups: 0, paddedSteps: 0 };
+  /** Running totals for the node's metrics (heartbeats carry them). */
+  private readonly counters: Omit<RankCounters, 'fetchedBytes'> = { steps: 0, samples: 0, tokens: 0, stepSeconds: 0, dataSeconds: 0, computeSeconds: 0 };
 
   constructor(private readonly o: RankOptions) {
     // Stable per rank (not per process): a replacement process receives what the queue granted
@@ -308,11 +312,16 @@ export class RankWorker {
       this.state = 'stepping';
       this.book.inStep = mine.map((h) => h.lease);
       const batch = await this.cellBatch(world, mine, step.width, step.seq);
+      const tData = Date.now();
       if (batch.batch > batch.real) this.stats.paddedSteps++;
       const res = await world.model.step(batch.slice, {
         lr: spec.lr, clip: spec.clip, weightDecay: spec.weightDecay, returnGrads: false, samples: world.size > 1 || batch.batch > batch.real ? step.samples : null,
       });
       const t2 = Date.now();
+      const c = this.counters;
+      // This rank's own samples (a cell's leader holds its cell's; the others count none).
+      c.steps++; c.samples += mine.length; c.tokens += mine.reduce((n, h) => n + sampleTokens(h.lease.ref.features), 0);
+      c.stepSeconds += (t2 - t0) / 1000; c.dataSeconds += (tData - t0) / 1000; c.computeSeconds += (t2 - tData) / 1000;
       this.book.trained(mine);
       this.stepNo++;
       this.samplesTrained += step.samples;
@@ -321,7 +330,7 @@ export class RankWorker {
       if (world.index === 0) {
         const m: StepMetrics = {
           rank, step: this.stepNo, loss: res.loss, gradNorm: res.gradNorm, ploss: [...res.ploss], acc: [...res.acc],
-          samples: step.samples, tokens: step.tokens, stepMs: t2 - t1, waitMs: t1 - t0,
+          samples: step.samples, tokens: step.tokens, stepMs: t2 - t1, waitMs: t1 - t0, fetchMs: tData - t1,
           acceptLength: accept, at: Date.now(), dp: this.epoch.partitions, epoch: this.epoch.epoch,
         };
         // Reported before the checkpoint: a step lost to a crash is reported again when it is
@@ -419,6 +428,7 @@ export class RankWorker {
     (this.beats ??= new HeartbeatPublisher(bus)).rank(rank, {
       pid: process.pid, node: this.o.node ?? null, step: this.stepNo, state: this.state, held: this.book.held.size + this.book.window.length,
       epoch: this.epoch.epoch, index: this.index, dp: this.epoch.partitions,
+      counters: { ...this.counters, fetchedBytes: this.o.fetchedBytes?.() ?? 0 },
     });
   }
 

@@ -24,7 +24,7 @@ import { createLogger } from '../../src/log.ts';
 import { Bus, isLoopbackHost, replicasFor, REPLICAS_ENV, splitServers, TLS_ENV } from '../../src/bus/bus.ts';
 import { clusterSizeFromRoutes, startNatsServer, type NatsServerHandle, type NatsTlsFiles } from '../nats-launcher.ts';
 import type { GlobalOptions } from '../options.ts';
-import { hostPortOption, intInRange, natsUrl, nodeId, routeList } from '../options.ts';
+import { addressOption, hostPortOption, intInRange, natsUrl, nodeId, routeList } from '../options.ts';
 import { NodeAgent, parseRoles, ROLES } from '../node.ts';
 
 const log = createLogger('node');
@@ -35,16 +35,7 @@ interface NodeCliOptions extends GlobalOptions {
   routes?: string[]; natsStore?: string; natsReplicas?: number;
   tlsCert?: string; tlsKey?: string; tlsCa?: string;
   listen?: { host: string; port: number }; advertise?: { host: string; port: number }; storeDir?: string; commHost?: string;
-}
-
-/** HOST:PORT (an IPv6 host in brackets); the message names the option. */
-export function hostPort(name: string, allowZeroPort: boolean) {
-  return (v: string): { host: string; port: number } => {
-    const m = /^(\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9.-]{1,253}):([0-9]{1,5})$/.exec(v.trim());
-    const port = m ? Number(m[2]) : NaN;
-    if (!m || port > 65535 || (port === 0 && !allowZeroPort)) throw new OptionError(`${name} must be HOST:PORT (an IPv6 host in brackets, port ${allowZeroPort ? '0' : '1'}..65535), got "${v}"`);
-    return { host: m[1]!, port };
-  };
+  metrics?: { host: string; port: number };
 }
 
 const WILDCARD = new Set(['0.0.0.0', '[::]', '[::0]']);
@@ -66,8 +57,9 @@ export function command(): Command {
     .option('--tls-cert <file>', 'this machine\'s certificate (PEM): the NATS member serves it, this node presents it')
     .option('--tls-key <file>', 'the key of --tls-cert (PEM)')
     .option('--tls-ca <file>', 'the job\'s CA (PEM): servers and peers must be signed by it (and clients, by a member)')
-    .option('--listen <host:port>', 'serve this node\'s store over HTTP here, for nodes that share no directory (port 0: any free port); HTTPS with --tls-cert/--tls-key, and with --tls-ca only for clients it signed', hostPort('--listen', true))
-    .option('--advertise <host:port>', 'the address other machines reach --listen at, carried by the refs this node writes (default the listening address)', hostPort('--advertise', false))
+    .option('--listen <host:port>', 'serve this node\'s store over HTTP here, for nodes that share no directory (port 0: any free port); HTTPS with --tls-cert/--tls-key, and with --tls-ca only for clients it signed', addressOption('--listen', true))
+    .option('--metrics <host:port>', 'serve Prometheus metrics at /metrics and the job\'s live page at / here (read-only, no auth; port 0: any free port)', addressOption('--metrics', true))
+    .option('--advertise <host:port>', 'the address other machines reach --listen at, carried by the refs this node writes (default the listening address)', addressOption('--advertise', false))
     .option('--store-dir <dir>', 'this node\'s store directory (default the job\'s storeDir)')
     .option('--comm-host <host>', 'the address this machine\'s ranks run their collectives (Gloo) on, reachable from the other machines (default the --advertise host, else 127.0.0.1)')
     .action(async (_o: unknown, cmd: Command) => {
@@ -119,7 +111,7 @@ export function command(): Command {
         } finally { await probe.close(); }
         const reached = o.advertise ?? (o.listen && !WILDCARD.has(o.listen.host) ? o.listen : undefined);
         const commHost = o.commHost ?? reached?.host.replace(/^\[(.*)\]$/, '$1');
-        node = await NodeAgent.start({ spec, nats: servers.join(','), nodeId: o.nodeId, roles, auth, listen: o.listen, advertise: o.advertise, storeDir: o.storeDir, commHost, tls: plan.tls });
+        node = await NodeAgent.start({ spec, nats: servers.join(','), nodeId: o.nodeId, roles, auth, listen: o.listen, advertise: o.advertise, storeDir: o.storeDir, commHost, tls: plan.tls, metrics: o.metrics });
         for (const r of ranks) node.spawnRank(r);
         log.info('node running', { job: spec.job, node: o.nodeId, roles: o.roles, ranks, ...(node.dataPlane ? { dataPlane: node.store.advertisedAt } : {}) });
         await new Promise<void>((resolve) => { process.once('SIGINT', resolve); process.once('SIGTERM', resolve); });

@@ -33,7 +33,7 @@ import { createLogger } from '../../src/log.ts';
 import type { GlobalOptions } from '../options.ts';
 import { startNatsServer, type NatsServerHandle } from '../nats-launcher.ts';
 import { NodeAgent, ROLES } from '../node.ts';
-import { dirOption, intInRange, jobId, natsUrl, nonNegative, nonNegativeInt, positive, positiveInt } from '../options.ts';
+import { addressOption, dirOption, intInRange, jobId, natsUrl, nonNegative, nonNegativeInt, positive, positiveInt } from '../options.ts';
 import { SIZES, targetConfig } from '../presets.ts';
 import { writeLedgerJsonl } from './audit.ts';
 
@@ -45,7 +45,7 @@ interface RunOpts extends GlobalOptions {
   seed: number; temperature: number; dataset?: string; evalEvery: number; evalPrompts: number; threads: number;
   leaseMs: number; storeHighMb: number; progress: boolean; keepStore: boolean;
   resume?: string; checkpointEvery?: number; maxRankRestarts?: number; rankDeadAfterMs?: number;
-  onRankLoss?: 'replace' | 'shrink'; batchWaitMs?: number; checkpointStore?: 'dir' | 'nats';
+  onRankLoss?: 'replace' | 'shrink'; batchWaitMs?: number; checkpointStore?: 'dir' | 'nats'; metrics?: { host: string; port: number };
   // the samples' source: the job's own rollout, or producers of their own (--rollout external)
   rollout?: 'builtin' | 'external'; samples?: number; producers?: number; featureDtype?: 'bf16' | 'f32';
   // a Hugging Face target and a chat dataset (cluster/commands/run-hf.ts)
@@ -126,6 +126,7 @@ export function command(): Command {
     .option('--max-rank-restarts <n>', 'respawn a dead rank this many times', nonNegativeInt('--max-rank-restarts'), 3)
     .addOption(new Option('--checkpoint-store <where>', 'where rank checkpoints live: the run directory, or the job\'s NATS JetStream (replicated; what machines that share no directory use)').choices(['dir', 'nats']).default('dir'))
     .addOption(new Option('--on-rank-loss <policy>', 'a lost rank is replaced (respawned; the world waits for it) or the world shrinks').choices(['replace', 'shrink']).default('replace'))
+    .option('--metrics <host:port>', 'serve Prometheus metrics at /metrics and the live page at / here while the job runs (read-only, no auth; port 0: any free port)', addressOption('--metrics', true))
     .option('--batch-wait-ms <n>', 'a data-parallel world steps on short (padded) batches after waiting this long for full ones', intInRange('--batch-wait-ms', 1, LIMITS.ms), 2000)
     .option('--rank-dead-after-ms <n>', 'declare a rank dead after this long without a heartbeat', intInRange('--rank-dead-after-ms', 1, LIMITS.ms), 10_000)
     .action(async (_o: unknown, cmd: Command) => {
@@ -234,7 +235,7 @@ export async function runJob(o: RunOpts): Promise<RunSummary> {
       }, 250);
     }
     await writeFileMode(join(spec.runDir, 'run.json'), JSON.stringify({ job: spec.job, nats: url, natsPid: nats?.pid ?? null, pid: process.pid, startedAt: t0 }, null, 2));
-    node = await NodeAgent.start({ spec, nats: url, nodeId: 'local', roles: ROLES, auth });
+    node = await NodeAgent.start({ spec, nats: url, nodeId: 'local', roles: ROLES, auth, ...(o.metrics ? { metrics: o.metrics } : {}) });
     // A log record replay cannot use stops the resume here, by stream seq (WalCorruptError), not in the ranks.
     if (resuming) await readLedgerEvents(node.bus);
     const metrics: StepMetrics[] = [];

@@ -107,12 +107,20 @@ export interface DeadRank { rank: number; pid: number; silentMs: number }
  * A heartbeat. `at` (sender's clock, ms) and `seq` (per sending process, from 1) order the
  * beats of one sender: a receiver ignores one not newer than the last it took (a replay).
  */
-export interface RankHeartbeat { kind?: 'rank'; rank: number; pid: number; node?: string | null; step: number; state: string; held: number; epoch: number; index?: number; dp?: number; at: number; seq?: number }
+/**
+ * A rank's running totals since its process started (the node's /metrics exports them as
+ * counters): steps, samples, tokens; seconds stepping, of them waiting for and fetching
+ * features (data) and in the step itself (compute); bytes fetched over the data plane.
+ */
+export interface RankCounters { steps: number; samples: number; tokens: number; stepSeconds: number; dataSeconds: number; computeSeconds: number; fetchedBytes: number }
+export const RANK_COUNTERS = ['steps', 'samples', 'tokens', 'stepSeconds', 'dataSeconds', 'computeSeconds', 'fetchedBytes'] as const satisfies readonly (keyof RankCounters)[];
+export interface RankHeartbeat { kind?: 'rank'; rank: number; pid: number; node?: string | null; step: number; state: string; held: number; epoch: number; index?: number; dp?: number; at: number; seq?: number; counters?: RankCounters }
 export interface NodeHeartbeat { kind: 'node'; node: string; pid: number; ranks: number[]; at: number; seq?: number }
 export type Heartbeat = RankHeartbeat | NodeHeartbeat;
 export interface StepMetrics {
   rank: number; step: number; loss: number; gradNorm: number; ploss: number[]; acc: number[];
-  samples: number; tokens: number; stepMs: number; waitMs: number; acceptLength: number | null; at: number;
+  /** stepMs: fetching the batch's features and the step; of it fetchMs the fetch (absent from older ranks); waitMs: waiting for leases. */
+  samples: number; tokens: number; stepMs: number; waitMs: number; fetchMs?: number; acceptLength: number | null; at: number;
   /** The data-parallel width and epoch the step ran at. */
   dp: number; epoch: number;
 }
@@ -174,7 +182,15 @@ export function parseHeartbeat(x: unknown): Heartbeat {
     rank: uint(m, 'rank', w), pid: uint(m, 'pid', w), node: typeof m.node === 'string' ? m.node : null, step: Number(m.step), state: String(m.state),
     held: Number(m.held), epoch: Number(m.epoch), at: num(m, 'at', w), ...(seq !== undefined ? { seq } : {}),
     ...(m.index !== undefined ? { index: Number(m.index) } : {}), ...(m.dp !== undefined ? { dp: Number(m.dp) } : {}),
+    ...(m.counters !== undefined ? { counters: parseCounters(m.counters) } : {}),
   };
+}
+
+function parseCounters(x: unknown): RankCounters {
+  const w = 'heartbeat counters', m = map(x, w);
+  const out = {} as RankCounters;
+  for (const f of RANK_COUNTERS) { const v = num(m, f, w); if (v < 0) bad(w, f, 'a number >= 0', v); out[f] = v; }
+  return out;
 }
 
 // ------------------------------------------------------------------ the table
@@ -412,13 +428,13 @@ export const PROTOCOL = Object.freeze({
   }),
   'hb': ev<Heartbeat, [actor: string]>('broadcast', {
     pattern: 'hb.<actor>', publisher: 'ranks (rank-<id>), node agents (node-<id>)', subscriber: 'coordinator, node agents',
-    fields: { request: ['rank: rank, pid, node?, step, state, held, epoch, index?, dp?, at, seq', "node: kind='node', node, pid, ranks[], at, seq"], reply: [] },
+    fields: { request: ['rank: rank, pid, node?, step, state, held, epoch, index?, dp?, at, seq, counters?: RankCounters', "node: kind='node', node, pid, ranks[], at, seq"], reply: [] },
     parse: parseHeartbeat, key: null, keyRule: '— (older than the sender\'s last: ignored)', timeoutMs: 0, retries: 0,
     tail: (actor) => `hb.${token(actor, 'actor name')}`,
   }),
   'metrics': ev<StepMetrics>('broadcast', {
-    pattern: 'metrics', publisher: 'rank (world rank 0)', subscriber: 'CLI `run`',
-    fields: { request: ['rank', 'step', 'loss', 'gradNorm', 'ploss[]', 'acc[]', 'samples', 'tokens', 'stepMs', 'waitMs', 'acceptLength', 'at', 'dp', 'epoch'], reply: [] },
+    pattern: 'metrics', publisher: 'rank (world rank 0)', subscriber: 'CLI `run`, node agents (live page)',
+    fields: { request: ['rank', 'step', 'loss', 'gradNorm', 'ploss[]', 'acc[]', 'samples', 'tokens', 'stepMs', 'waitMs', 'fetchMs?', 'acceptLength', 'at', 'dp', 'epoch'], reply: [] },
     parse: (x) => { const w = 'metrics', m = map(x, w); uint(m, 'step', w); return m as unknown as StepMetrics; }, key: null, keyRule: '— (the last report of a step wins)', timeoutMs: 0, retries: 0,
   }),
   'rank.done': ev<RankDone>('broadcast', {
