@@ -238,9 +238,12 @@ describe('data plane: the http:// sample uri', () => {
     assert.deepEqual(parseSampleUri('http://10.0.0.5:7001/store-a/row-1?g=3'), { scheme: 'http', host: '10.0.0.5', port: 7001, storeId: 'store-a', sampleId: 'row-1', generation: 3 });
     assert.deepEqual(parseSampleUri('http://[::1]:9/s/x?g=0'), { scheme: 'http', host: '[::1]', port: 9, storeId: 's', sampleId: 'x', generation: 0 });
     assert.equal(httpUri('node-a.example', 80, 's', 'x', 1), 'http://node-a.example:80/s/x?g=1');
+    // A node serving TLS: https://, the same shape.
+    assert.equal(httpUri('node-a.example', 443, 's', 'x', 1, true), 'https://node-a.example:443/s/x?g=1');
+    assert.deepEqual(parseSampleUri('https://10.0.0.5:7001/store-a/row-1?g=3'), { scheme: 'https', host: '10.0.0.5', port: 7001, storeId: 'store-a', sampleId: 'row-1', generation: 3 });
     const f = await sampleFile(makeSample(1, 4, 2), 64);
     assert.deepEqual(decodeSampleRef(encodeSampleRef(f.ref)).uri, f.ref.uri);
-    for (const bad of ['http://h:0/s/x?g=1', 'http://h:70000/s/x?g=1', 'http://h/s/x?g=1', 'http://h:1/s/x', 'https://h:1/s/x?g=1', 'http://h:1/s/../x?g=1', 'http://a b:1/s/x?g=1']) {
+    for (const bad of ['http://h:0/s/x?g=1', 'http://h:70000/s/x?g=1', 'http://h/s/x?g=1', 'http://h:1/s/x', 'httpx://h:1/s/x?g=1', 'https://h/s/x?g=1', 'http://h:1/s/../x?g=1', 'http://a b:1/s/x?g=1']) {
       assert.throws(() => parseSampleUri(bad), DecodeError, bad);
     }
   });
