@@ -53,8 +53,11 @@ export class NodeMetrics {
     rate('draftwire_rank_tokens_per_second', 'Tokens per second over about the last 10 s', 'tokens');
     new Gauge({ name: 'draftwire_rank_epoch', help: 'The epoch each rank of this node runs at', labelNames: ['rank', 'state'], registers: [this.registry],
       collect() { this.reset(); for (const [rank, r] of ranks) this.set({ rank: String(rank), state: r.state }, r.epoch); } });
-    new Gauge({ name: 'draftwire_store_bytes', help: 'Bytes of samples in this node\'s store', registers: [this.registry], async collect() { this.set((await src.storeUsage()).bytes); } });
-    new Gauge({ name: 'draftwire_store_samples', help: 'Samples in this node\'s store', registers: [this.registry], async collect() { this.set((await src.storeUsage()).samples); } });
+    // One directory scan per scrape for both store gauges.
+    let scan: Promise<{ bytes: number; samples: number }> | null = null;
+    const usage = () => (scan ??= src.storeUsage().finally(() => { setTimeout(() => { scan = null; }, 0); }));
+    new Gauge({ name: 'draftwire_store_bytes', help: 'Bytes of samples in this node\'s store', registers: [this.registry], async collect() { this.set((await usage()).bytes); } });
+    new Gauge({ name: 'draftwire_store_samples', help: 'Samples in this node\'s store', registers: [this.registry], async collect() { this.set((await usage()).samples); } });
     new Counter({ name: 'draftwire_node_served_bytes_total', help: 'Feature bytes this node served over the data plane', registers: [this.registry],
       collect() { const b = src.servedBytes(); this.reset(); if (b !== null) this.inc(b); } });
     new Counter({ name: 'draftwire_node_fetched_bytes_total', help: 'Feature bytes this node\'s ranks fetched over the data plane', registers: [this.registry],
