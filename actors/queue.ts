@@ -9,13 +9,15 @@ import { AuthError, BackpressureError, ConflictError, DecodeError, DraftwireErro
 import { LeaseLedger, type Lease, type LedgerEvent, type LedgerOptions } from '../src/ledger/ledger.ts';
 import type { EpochInfo } from '../src/job/epoch.ts';
 import { rebuildLedger, WAL_RECORD, WalCorruptError } from '../src/ledger/wal.ts';
+import { GroupCommit } from '../src/ledger/group-commit.ts';
 import { failpoint } from '../src/failpoints.ts';
 import { createLogger } from '../src/log.ts';
 import { validateSampleRef, type SampleRef } from '../src/wire/sampleref.ts';
 import {
-  STORAGE, parseEpochInfo, type CommitReply, type CommittedReply, type FinishedReply, type FinishedRequest, type InputReply, type CreditReply, type LeaseMessage, type LeaseReply, type QueueStatus, type RenewReply, type RevokeReply,
+  STORAGE, parseEpochInfo, type BatchReply, type ItemResult, type CommitReply, type CommittedReply, type FinishedReply, type FinishedRequest, type InputReply, type CreditReply, type LeaseMessage, type LeaseReply, type QueueStatus, type RenewReply, type RevokeReply,
 } from '../src/wire/protocol.ts';
 import { publish, serve } from '../src/bus/clients.ts';
+import { errorToWire } from '../src/wire/error-codec.ts';
 import { checkSampleRef, type SampleSchema } from '../src/wire/schema.ts';
 import { commitPressure, inputCloseReason, sampleBudgetOf, type QueueInput } from '../src/ledger/input.ts';
 
@@ -34,7 +36,9 @@ export type QueueMsg =
   | { op: 'status' }
   | { op: 'committed'; prefix?: string }
   | { op: 'finished'; samples: FinishedRequest['samples'] }
-  | { op: 'input'; producer: string; state: 'open' | 'end'; incarnation: number; key: string };
+  | { op: 'input'; producer: string; state: 'open' | 'end'; incarnation: number; key: string }
+  // Several commits or acks in one message (queue.commits, queue.acks): one answer per item.
+  | { op: 'batch'; items: (Extract<QueueMsg, { op: 'commit' }> | Extract<QueueMsg, { op: 'ack' | 'release' | 'renew' }>)[] };
 
 interface QueueState {
   ledger: LeaseLedger | null; credits: Map<string, Credit>; grants: number; window: { at: number; puts: number; acks: number }[];
@@ -57,6 +61,8 @@ export interface QueueActorOptions {
   input?: QueueInput;
   /** Told the seconds of each write-ahead log append (the node's metrics). */
   onWalAppend?: (seconds: number) => void;
+  /** Write-ahead log records appended at once (default 4; 1: one at a time). */
+  walPipeline?: number;
 }
 
 function isObj(x: unknown): x is Record<string, unknown> {
@@ -66,25 +72,27 @@ function isObj(x: unknown): x is Record<string, unknown> {
 export function queueActorSpec(o: QueueActorOptions): ActorSpec<QueueState, QueueMsg> {
   const { bus } = o;
   const s = bus.subjects;
-  /**
-   * The log's last seq as this incarnation knows it (set by the rebuild): each append expects
-   * it, so a second writer (an old holder of the queue role, resurrected) makes the next
-   * append fail instead of interleaving two ledgers; the actor then crashes and rebuilds.
-   */
-  let walSeq = 0;
-  const persist = async (events: LedgerEvent[]) => {
-    if (events.length === 0) return;
-    failpoint('queue.before-persist');
-    // Before any reply: a crash after this line replays these events; before it, the caller retries.
-    const t0 = performance.now();
-    try {
-      walSeq = await bus.append(s.walSubject, { f: WAL_RECORD, events }, { expectedLastSeq: walSeq });
-      o.onWalAppend?.((performance.now() - t0) / 1000);
-    } catch (e) {
-      if (e instanceof ConflictError) throw new UnavailableError(`the write-ahead log moved past seq ${walSeq} under this queue (another queue wrote to it): rebuilding the ledger`, { cause: e });
-      throw e;
-    }
-  };
+  const log = createLogger('queue');
+  // One record per batch of requests, pipelined; each append expects the previous record's
+  // seq, so a second writer (an old holder of the queue role, resurrected) makes the next
+  // append fail instead of interleaving two ledgers; the actor then crashes and rebuilds.
+  const wal = new GroupCommit({
+    append: async (events, expectedLastSeq) => {
+      failpoint('queue.before-persist');
+      const seq = await bus.append(s.walSubject, { f: WAL_RECORD, events }, { expectedLastSeq });
+      // A crash here: the events are in the log, their replies never sent (the callers retry).
+      failpoint('queue.after-persist');
+      return seq;
+    },
+    ...(o.walPipeline !== undefined ? { maxInFlight: o.walPipeline } : {}),
+    onAppend: (seconds) => o.onWalAppend?.(seconds),
+    onWaiterError: (e) => log.error('a reply after a write-ahead log append threw', { error: e as Error }),
+    lostError: (e) => e instanceof ConflictError
+      ? new UnavailableError('the write-ahead log moved under this queue (another queue wrote to it): rebuilding the ledger; retry', { cause: e })
+      : new UnavailableError(`the write-ahead log append failed (${(e as Error)?.message ?? String(e)}): the queue rebuilds its ledger; retry`, { cause: e }),
+  });
+  /** Sends once everything written so far is in the log (a lost append drops it: the ledger that decided it is rebuilt). */
+  const after = (fn: () => void) => wal.then({ durable: fn, lost: () => {} });
 
   const input = o.input ?? null;
   /** The events that close an external input when its policy says so (logged with the call that triggered it). */
@@ -93,8 +101,12 @@ export function queueActorSpec(o: QueueActorOptions): ActorSpec<QueueState, Queu
     return why ? ledger.closeInput(why, { key: `close:${why}`, now }).events : [];
   };
   const budget = (ledger: LeaseLedger) => sampleBudgetOf(input, ledger.inputState());
+  const free = (ledger: LeaseLedger, sampleId: string, why: 'consumed' | 'dead') => {
+    const ref = ledger.state(sampleId)!.ref;
+    after(() => publish.storeFree(bus, { ref, why }));
+  };
 
-  const grant = async (st: QueueState, ledger: LeaseLedger): Promise<void> => {
+  const grant = (st: QueueState, ledger: LeaseLedger): void => {
     const now = Date.now();
     for (const c of st.credits.values()) {
       if (c.remaining <= 0 || ledger.depth() === 0) continue;
@@ -107,43 +119,61 @@ export function queueActorSpec(o: QueueActorOptions): ActorSpec<QueueState, Queu
         throw e;
       }
       if (res.leases.length === 0) continue;
-      await persist(res.events);
+      wal.write(res.events);
       c.remaining -= res.leases.length;
       const msg: LeaseMessage = { consumer: c.consumer, leases: res.leases };
-      publish.leases(bus, c.partition[1], c.partition[0], msg);
+      after(() => publish.leases(bus, c.partition[1], c.partition[0], msg));
     }
   };
 
+  const fresh = (): QueueState => ({ ledger: null, credits: new Map(), grants: 0, window: [], corrupt: null, heldEpoch: null, pressured: false });
+  /** Ledger rebuilds after a failed append (each one as good as a restart). */
+  let rebuilds = 0;
   return {
-    init: () => ({ ledger: null, credits: new Map(), grants: 0, window: [], corrupt: null, heldEpoch: null, pressured: false }),
+    init: fresh,
     async handle(st, msg, ctx: ActorContext<QueueMsg>) {
-      if (!st.ledger && !(await rebuild(st, msg, ctx))) return st;
+      // An append failed: the ledger may hold what the log does not (the waiters were told
+      // their requests were lost). Start over from the log, as a restart would, and serve this
+      // request from the rebuilt ledger.
+      if (st.ledger && wal.failed) {
+        ctx.log.warn('a write-ahead log append failed: rebuilding the ledger from the log', { error: wal.failed });
+        st = fresh();
+        rebuilds++;
+      }
+      const deferred = ctx.defer();
+      // Every answer waits for the log to hold everything written before it, its own events
+      // included: no caller learns of a state a crash could undo.
+      const reply: Reply = (v) => wal.then({ durable: () => deferred.reply(v), lost: (e) => deferred.fail(e) });
+      if (!st.ledger && !(await rebuild(st, msg, ctx, reply))) return st;
       try {
-        await apply(st, st.ledger!, msg, ctx);
+        apply(st, st.ledger!, msg, ctx, reply);
       } catch (e) {
         // A refusal by the ledger is an answer (the ledger did not change): reply with it.
-        // Anything else (the log unreachable, a bug) crashes the actor: the supervisor
-        // restarts it and it rebuilds the ledger from the log.
+        // Anything else (a bug) crashes the actor: the supervisor restarts it and it rebuilds
+        // the ledger from the log.
         if (!isAnswer(e)) throw e;
-        ctx.reply({ refused: e });
+        reply({ refused: e });
       }
       return st;
     },
+    async afterStop() { await wal.idle(); },
   };
 
   /**
-   * Rebuilds the ledger from the log. A bad record nobody skipped is not a crash (the
-   * supervisor would restart-loop on it): every request is refused with WalCorruptError
-   * (not retryable, naming the stream seq) and the log is re-read at most every 2 s, so the
-   * queue starts by itself once the operator runs `draftwire wal skip`. Returns false while refusing.
+   * Rebuilds the ledger from the log, once the appends of the previous incarnation settled. A
+   * bad record nobody skipped is not a crash (the supervisor would restart-loop on it): every
+   * request is refused with WalCorruptError (not retryable, naming the stream seq) and the log
+   * is re-read at most every 2 s, so the queue starts by itself once the operator runs
+   * `draftwire wal skip`. Returns false while refusing.
    */
-  async function rebuild(st: QueueState, msg: QueueMsg, ctx: ActorContext<QueueMsg>): Promise<boolean> {
+  async function rebuild(st: QueueState, msg: QueueMsg, ctx: ActorContext<QueueMsg>, reply: Reply): Promise<boolean> {
     if (msg.op === 'epoch' && msg.epoch > (st.heldEpoch?.epoch ?? -1)) st.heldEpoch = { epoch: msg.epoch, num: msg.num };
     if (!st.corrupt || Date.now() - st.corrupt.at >= 2000) {
+      await wal.idle();
       try {
         const { ledger, replay } = await rebuildLedger(bus, o.ledger);
         st.ledger = ledger;
-        walSeq = replay.lastStreamSeq;
+        wal.reset(replay.lastStreamSeq);
         st.corrupt = null;
         ctx.log.info('ledger rebuilt from the write-ahead log', { events: replay.events.length, skipped: replay.skipped.length, duplicates: replay.duplicates.length, ...ledger.stats() });
         if (replay.duplicates.length) ctx.log.warn('write-ahead log holds replayed copies of records; ignored', { streamSeqs: replay.duplicates.map((d) => d.streamSeq).slice(0, 20) });
@@ -153,16 +183,16 @@ export function queueActorSpec(o: QueueActorOptions): ActorSpec<QueueState, Queu
         st.corrupt = { error: e, at: Date.now() };
       }
     }
-    if (!st.ledger) { ctx.reply({ refused: st.corrupt!.error }); return false; }
+    if (!st.ledger) { reply({ refused: st.corrupt!.error }); return false; }
     const held = st.heldEpoch;
     st.heldEpoch = null;
     if (held && held.epoch > st.ledger.currentEpoch() && !(msg.op === 'epoch' && msg.epoch >= held.epoch)) {
-      await persist(st.ledger.setEpoch(held.epoch, { num: held.num, key: `epoch:${held.epoch}`, now: Date.now() }).events);
+      wal.write(st.ledger.setEpoch(held.epoch, { num: held.num, key: `epoch:${held.epoch}`, now: Date.now() }).events);
     }
     return true;
   }
 
-  async function apply(st: QueueState, ledger: LeaseLedger, msg: QueueMsg, ctx: ActorContext<QueueMsg>): Promise<void> {
+  function apply(st: QueueState, ledger: LeaseLedger, msg: QueueMsg, ctx: ActorContext<QueueMsg>, reply: Reply): void {
     const now = Date.now();
     switch (msg.op) {
       case 'commit': {
@@ -181,9 +211,9 @@ export function queueActorSpec(o: QueueActorOptions): ActorSpec<QueueState, Queu
           }
         }
         const res = ledger.put(ref, { key: msg.key, now });
-        await persist([...res.events, ...closeIfDue(ledger, now)]);
-        ctx.reply({ sampleId: res.sampleId, generation: res.generation, status: res.status });
-        await grant(st, ledger);
+        wal.write([...res.events, ...closeIfDue(ledger, now)]);
+        reply({ sampleId: res.sampleId, generation: res.generation, status: res.status });
+        grant(st, ledger);
         break;
       }
       case 'credit': {
@@ -193,41 +223,41 @@ export function queueActorSpec(o: QueueActorOptions): ActorSpec<QueueState, Queu
         // consumed + dead tell the ranks how much of the job's sample budget is finished;
         // committed and the partition's pending samples whether more can still come to them.
         const { consumed, dead, samples: committed } = ledger.stats();
-        ctx.reply({ epoch, num: ledger.currentNum(), depth: ledger.depth(), consumed, dead, committed, partitionPending: ledger.pendingIds(msg.partition).length, budget: budget(ledger) });
-        await grant(st, ledger);
+        reply({ epoch, num: ledger.currentNum(), depth: ledger.depth(), consumed, dead, committed, partitionPending: ledger.pendingCount(msg.partition), budget: budget(ledger) });
+        grant(st, ledger);
         break;
       }
       case 'ack':
       case 'release': {
         const res = ledger[msg.op](msg.leaseId, msg.epoch, { key: msg.key, now });
-        await persist(res.events);
-        ctx.reply({ leaseId: res.leaseId, sampleId: res.sampleId, status: res.status });
-        if (res.status === 'acked' && !res.repeated) publish.storeFree(bus, { ref: ledger.state(res.sampleId)!.ref, why: 'consumed' });
-        if (msg.op === 'release') await grant(st, ledger);
+        wal.write(res.events);
+        reply({ leaseId: res.leaseId, sampleId: res.sampleId, status: res.status });
+        if (res.status === 'acked' && !res.repeated) free(ledger, res.sampleId, 'consumed');
+        if (msg.op === 'release') grant(st, ledger);
         break;
       }
       case 'fail': {
         const res = ledger.fail(msg.leaseId, msg.epoch, msg.retryable, { key: msg.key, now, reason: msg.reason });
-        await persist(res.events);
-        ctx.reply({ leaseId: res.leaseId, sampleId: res.sampleId, status: res.status });
-        if (res.status === 'dead' && !res.repeated) publish.storeFree(bus, { ref: ledger.state(res.sampleId)!.ref, why: 'dead' });
-        await grant(st, ledger);
+        wal.write(res.events);
+        reply({ leaseId: res.leaseId, sampleId: res.sampleId, status: res.status });
+        if (res.status === 'dead' && !res.repeated) free(ledger, res.sampleId, 'dead');
+        grant(st, ledger);
         break;
       }
       case 'renew': {
         const res = ledger.renew(msg.leaseId, msg.epoch, { key: msg.key, now });
-        await persist(res.events);
-        ctx.reply({ leaseId: res.leaseId, deadline: res.deadline });
+        wal.write(res.events);
+        reply({ leaseId: res.leaseId, deadline: res.deadline });
         break;
       }
       case 'epoch': {
         if (msg.epoch > ledger.currentEpoch()) {
           const res = ledger.setEpoch(msg.epoch, { num: msg.num, key: `epoch:${msg.epoch}`, now });
-          await persist(res.events);
+          wal.write(res.events);
           st.credits.clear(); // credits of the old epoch are void; ranks re-send under the new one
           ctx.log.info('epoch changed', { epoch: msg.epoch, num: msg.num });
         }
-        ctx.reply({ epoch: ledger.currentEpoch(), num: ledger.currentNum() });
+        reply({ epoch: ledger.currentEpoch(), num: ledger.currentNum() });
         break;
       }
       case 'tick': {
@@ -235,30 +265,31 @@ export function queueActorSpec(o: QueueActorOptions): ActorSpec<QueueState, Queu
         st.window.push({ at: now, puts: st0.samples, acks: st0.acks });
         while (st.window.length > 2 && now - st.window[0]!.at > 10_000) st.window.shift();
         const res = ledger.expire(now);
-        await persist(res.events);
-        for (const id of res.dead) publish.storeFree(bus, { ref: ledger.state(id)!.ref, why: 'dead' });
+        wal.write(res.events);
+        for (const id of res.dead) free(ledger, id, 'dead');
         if (res.expired.length > 0) ctx.log.warn('leases expired', { count: res.expired.length, consumers: [...new Set(res.expired.map((e) => e.consumer))] });
-        await grant(st, ledger);
+        grant(st, ledger);
         break;
       }
       case 'revoke': {
         // The consumer's process is gone (its node saw it exit): its samples go back now.
         const res = ledger.revokeConsumer(msg.consumer, now, msg.beforeEpoch);
-        await persist(res.events);
-        for (const id of res.dead) publish.storeFree(bus, { ref: ledger.state(id)!.ref, why: 'dead' });
+        wal.write(res.events);
+        for (const id of res.dead) free(ledger, id, 'dead');
         st.credits.delete(msg.consumer);
         ctx.log.info('leases of a gone consumer revoked', { consumer: msg.consumer, count: res.expired.length });
-        ctx.reply({ revoked: res.expired.length, dead: res.dead.length });
-        await grant(st, ledger);
+        reply({ revoked: res.expired.length, dead: res.dead.length });
+        grant(st, ledger);
         break;
       }
       case 'status': {
         const w0 = st.window[0], w1 = st.window.at(-1);
         const secs = w0 && w1 && w1.at > w0.at ? (w1.at - w0.at) / 1000 : 0;
         const rates = { commitsPerSec: secs ? (w1!.puts - w0!.puts) / secs : 0, acksPerSec: secs ? (w1!.acks - w0!.acks) / secs : 0 };
-        ctx.reply({
+        reply({
           ...ledger.stats(), ...rates, depth: ledger.depth(), inFlight: ledger.inFlight(), incarnation: ctx.incarnation, credits: [...st.credits.values()], leases: ledger.liveLeases(),
           budget: budget(ledger), input: input?.kind === 'external' ? ledger.inputState() : null,
+          wal: { ...wal.stats }, rebuilds,
         });
         break;
       }
@@ -266,7 +297,7 @@ export function queueActorSpec(o: QueueActorOptions): ActorSpec<QueueState, Queu
         // Every sample the ledger knows (any state): a restarted rollout skips these.
         const snap = ledger.snapshot() as { samples: { sampleId: string }[] };
         const ids = snap.samples.map((x) => x.sampleId);
-        ctx.reply({ sampleIds: msg.prefix ? ids.filter((id) => id.startsWith(msg.prefix!)) : ids });
+        reply({ sampleIds: msg.prefix ? ids.filter((id) => id.startsWith(msg.prefix!)) : ids });
         break;
       }
       case 'finished': {
@@ -278,23 +309,40 @@ export function queueActorSpec(o: QueueActorOptions): ActorSpec<QueueState, Queu
           const e = ledger.state(x.sampleId);
           if (e && e.generation >= x.generation && (e.state === 'consumed' || e.state === 'dead')) finished.push({ ...x, why: e.state });
         }
-        ctx.reply({ finished });
+        reply({ finished });
+        break;
+      }
+      case 'batch': {
+        const results: ItemResult<unknown>[] = [];
+        for (const item of msg.items) {
+          let out: ItemResult<unknown> | null = null;
+          try {
+            apply(st, ledger, item, ctx, (v) => { out = { ok: v }; });
+          } catch (e) {
+            if (!isAnswer(e)) throw e;
+            out = { error: errorToWire(e) };
+          }
+          results.push(out ?? { error: errorToWire(new UnavailableError(`queue: no answer for ${item.op}`)) });
+        }
+        reply({ results });
         break;
       }
       case 'input': {
         if (input?.kind !== 'external') throw new InvalidArgumentError(`producer "${msg.producer}": this job has its own rollout; external producers need a job started with --rollout external`, { detail: { field: 'producer' } });
         const res = ledger.input(msg.producer, msg.state, { key: msg.key, now, incarnation: msg.incarnation });
         const closing = msg.state === 'end' ? closeIfDue(ledger, now) : [];
-        await persist([...res.events, ...closing]);
+        wal.write([...res.events, ...closing]);
         if (closing.length) ctx.log.info('the input closed: the job trains what was committed', ledger.inputState().closed ?? {});
         const stats = ledger.stats();
-        ctx.reply({ producer: res.producer, state: res.state, closed: ledger.inputState().closed !== null, committed: stats.samples, budget: budget(ledger) });
+        reply({ producer: res.producer, state: res.state, closed: ledger.inputState().closed !== null, committed: stats.samples, budget: budget(ledger) });
         // An input that closed may end a partition's wait: the ranks learn it from their next credit.
         break;
       }
     }
   }
 }
+
+type Reply = (value: unknown) => void;
 
 function isAnswer(e: unknown): e is DraftwireError {
   return e instanceof InvalidArgumentError || e instanceof DecodeError || e instanceof StaleEpochError || e instanceof AuthError
@@ -323,6 +371,8 @@ export function startQueue(system: ActorSystem, o: QueueActorOptions): { ref: Ac
   // Requests arrive parsed by the protocol table's parsers (a malformed one never gets here).
   const subs: BusSubscription[] = [
     serve(bus, 'queue.commit', (m, meta) => ask({ op: 'commit', ref: m.ref, key: meta.idempotencyKey ?? `commit:${m.ref.sampleId}:${m.ref.generation}` }) as Promise<CommitReply>),
+    serve(bus, 'queue.commits', (m) => ask({ op: 'batch', items: m.refs.map((ref) => ({ op: 'commit' as const, ref, key: `commit:${ref.sampleId}:${ref.generation}` })) }) as Promise<BatchReply<CommitReply>>),
+    serve(bus, 'queue.acks', (m) => ask({ op: 'batch', items: m.leases.map((l) => ({ op: 'ack' as const, ...l, key: `ack:${l.leaseId}` })) }) as Promise<BatchReply<LeaseReply>>),
     serve(bus, 'queue.credit', (m) => ask({ op: 'credit', ...m }) as Promise<CreditReply>),
     serve(bus, 'queue.ack', (m, meta) => ask({ op: 'ack', ...m, key: meta.idempotencyKey ?? `ack:${m.leaseId}` }) as Promise<LeaseReply>),
     serve(bus, 'queue.release', (m, meta) => ask({ op: 'release', ...m, key: meta.idempotencyKey ?? `release:${m.leaseId}` }) as Promise<LeaseReply>),

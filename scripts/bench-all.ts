@@ -37,6 +37,7 @@ const QUICK: Record<string, Entry> = {
   features: { quick: ['--files', '4', '--tokens', '128', '--hidden', '512', '--reps', '2'], needs: ['addon'] }, // ~1 s
   'hf-rollout': { quick: ['--seq', '64', '--rows', '1'], needs: ['addon', 'torch', 'transformers'] }, // ~18 s
   lease: { quick: ['--n', '200'], needs: ['nats'] }, // ~3 s
+  'lease-load': { quick: ['--levels', '1,16', '--n', '4000'], needs: ['nats'] }, // ~20 s
   recovery: { quick: ['--size', 'tiny', '--steps', '90'], needs: ['addon', 'nats'] }, // ~50 s
   run: { quick: ['--size', 'tiny', '--steps', '20'], needs: ['addon', 'nats'] }, // ~4 s
   sharded: { quick: ['--batch', '2', '--steps', '1', '--layouts', 'single:1,dp2,tp2,sp2'], needs: ['addon', 'nats'] }, // ~11 s

@@ -6,12 +6,14 @@
 
 import {
   PROTOCOL, subjectOf, type Endpoint, type EndpointName, type ParamsOf, type RepOf, type ReqOf, type RequestName,
-  type CommitReply, type CreditRequest, type CreditReply, type LeaseRequest, type LeaseReply, type RenewReply, type FailRequest,
+  BATCH_MAX, type BatchReply, type CommitReply, type CreditRequest, type CreditReply, type LeaseRequest, type LeaseReply, type RenewReply, type FailRequest,
   type RevokeRequest, type RevokeReply, type QueueStatus, type CommittedReply, type CommittedRequest, type FinishedReply, type FinishedRequest, type InputRequest, type InputReply, type ScaleReply, type RegroupRequest, type RegroupReply,
   type CoordStatus, type JanitorStatus, type SpawnRequest, type SpawnReply, type StopRequest, type StopReply,
   type Role, type RankHeartbeat, type NodeHeartbeat, type StepMetrics, type RankDone, type DeadRank, type StoreFree, type LeaseMessage, type EpochInfo,
 } from '../wire/protocol.ts';
 import type { SampleRef } from '../wire/sampleref.ts';
+import { errorFromWire } from '../wire/error-codec.ts';
+import type { DraftwireError } from '../errors.ts';
 import type { Bus, BusSubscription, MsgMeta, SubscribeOptions } from './bus.ts';
 
 export interface CallOptions { timeoutMs?: number; retries?: number }
@@ -74,11 +76,27 @@ export function listen<K extends Exclude<EndpointName, RequestName>>(bus: Bus, n
 
 // ------------------------------------------------------------------ per-actor clients
 
+/** Sends `items` in chunks of BATCH_MAX (concurrently) and flattens the answers, errors typed. */
+async function batched<T, R>(items: T[], send: (chunk: T[]) => Promise<BatchReply<R>>, subject: string): Promise<(R | DraftwireError)[]> {
+  const chunks: T[][] = [];
+  for (let i = 0; i < items.length; i += BATCH_MAX) chunks.push(items.slice(i, i + BATCH_MAX));
+  const replies = await Promise.all(chunks.map(send));
+  return replies.flatMap((r) => r.results.map((x) => ('ok' in x ? x.ok : errorFromWire(x.error, subject))));
+}
+
 export class QueueClient {
   constructor(readonly bus: Bus) {}
   commit(ref: SampleRef, o?: CallOptions): Promise<CommitReply> { return call(this.bus, 'queue.commit', { ref }, o); }
   credit(req: CreditRequest, o?: CallOptions): Promise<CreditReply> { return call(this.bus, 'queue.credit', req, o); }
   ack(l: LeaseRequest, o?: CallOptions): Promise<LeaseReply> { return call(this.bus, 'queue.ack', { leaseId: l.leaseId, epoch: l.epoch }, o); }
+  /** Commits refs in requests of up to BATCH_MAX: per ref its reply or the typed error that refused it, in order. */
+  commitMany(refs: SampleRef[], o?: CallOptions): Promise<(CommitReply | DraftwireError)[]> {
+    return batched(refs, (chunk) => call(this.bus, 'queue.commits', { refs: chunk }, o), subjectOf(this.bus.job, 'queue.commits'));
+  }
+  /** Acks leases (a step's) in requests of up to BATCH_MAX: per lease its reply or the typed error that refused it. */
+  ackMany(leases: LeaseRequest[], o?: CallOptions): Promise<(LeaseReply | DraftwireError)[]> {
+    return batched(leases.map((l) => ({ leaseId: l.leaseId, epoch: l.epoch })), (chunk) => call(this.bus, 'queue.acks', { leases: chunk }, o), subjectOf(this.bus.job, 'queue.acks'));
+  }
   release(l: LeaseRequest, o?: CallOptions): Promise<LeaseReply> { return call(this.bus, 'queue.release', { leaseId: l.leaseId, epoch: l.epoch }, o); }
   renew(l: LeaseRequest, o?: CallOptions): Promise<RenewReply> { return call(this.bus, 'queue.renew', { leaseId: l.leaseId, epoch: l.epoch }, o); }
   fail(req: FailRequest, o?: CallOptions): Promise<LeaseReply> { return call(this.bus, 'queue.fail', req, o); }

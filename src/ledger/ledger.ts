@@ -174,6 +174,13 @@ export class LeaseLedger {
     return [...this.pending].filter((id) => dpPartition(id, num) === index);
   }
 
+  /** How many samples of partition [index, num] are pending (the partition index, not a scan). */
+  pendingCount(partition: readonly [number, number]): number {
+    const [index, num] = partition;
+    if (!Number.isInteger(num) || num < 1 || !Number.isInteger(index) || index < 0 || index >= num) throw new InvalidArgumentError(`partition [${String(index)}, ${String(num)}] is not [index, num] with 0 <= index < num`);
+    return this.partitionSet(num)[index]!.size;
+  }
+
   /** Bytes of the committed samples not consumed or dead yet (their refs' `bytes`). */
   liveBytes(): number { return this.live; }
 

@@ -40,6 +40,17 @@ export interface ActorContext<M = unknown> {
   children(): ActorRef[];
   /** Answer the query being handled (no-op for a plain dispatch). */
   reply(value: unknown): void;
+  /**
+   * Answer the query being handled later, after the handler returned (the queue replies once
+   * its write-ahead log append is durable). Until then the query waits (its timeout still
+   * runs); a crash of this message's handler still rejects it.
+   */
+  defer(): DeferredReply;
+}
+
+export interface DeferredReply {
+  reply(value: unknown): void;
+  fail(err: unknown): void;
 }
 
 export interface ActorSpec<S, M> {
@@ -75,6 +86,8 @@ interface Envelope {
   resolve?: (v: unknown) => void;
   reject?: (e: unknown) => void;
   replied?: boolean;
+  /** The handler took the reply with ctx.defer(): its end does not answer. */
+  deferred?: boolean;
   value?: unknown;
 }
 
@@ -296,6 +309,7 @@ export class ActorSystem {
       },
       children: () => self.children(cell.ref),
       reply: () => { /* outside a message: nothing to answer */ },
+      defer: () => ({ reply: () => {}, fail: () => {} }),
     };
   }
 
@@ -304,6 +318,13 @@ export class ActorSystem {
     return {
       ...base,
       reply: (value) => { if (!env.replied) { env.replied = true; env.value = value; env.resolve?.(value); } },
+      defer: () => {
+        env.deferred = true;
+        return {
+          reply: (value) => { if (!env.replied) { env.replied = true; env.value = value; env.resolve?.(value); } },
+          fail: (err) => { if (!env.replied) { env.replied = true; env.reject?.(err); } },
+        };
+      },
     };
   }
 
@@ -319,7 +340,7 @@ export class ActorSystem {
       try {
         const next = await cell.spec.handle(state, env.msg, this.messageContext(ctx, env));
         cell.state = next;
-        if (!env.replied) { env.replied = true; env.resolve?.(undefined); }
+        if (!env.replied && !env.deferred) { env.replied = true; env.resolve?.(undefined); }
         return next;
       } catch (err) {
         if (!env.replied) { env.replied = true; env.reject?.(err); }

@@ -39,6 +39,15 @@ export interface CreditRequest { consumer: string; partition: [number, number]; 
 export interface CreditReply { epoch: number; num: number; depth: number; consumed: number; dead: number; committed: number; partitionPending: number; budget: number | null }
 export interface LeaseRequest { leaseId: string; epoch: number }
 export interface LeaseReply { leaseId: string; sampleId: string; status: string }
+/** Up to BATCH_MAX refs committed by one request (`queue.commits`), each as `queue.commit` would. */
+export interface CommitsRequest { refs: SampleRef[] }
+/** Up to BATCH_MAX leases acked by one request (`queue.acks`): a step's leases. */
+export interface AcksRequest { leases: LeaseRequest[] }
+/** One answer per item of a batch, in order: its reply, or the typed error that refused it (error-codec's wire form). */
+export type ItemResult<R> = { ok: R } | { error: { code: string; message: string; retryable: boolean; detail?: Record<string, unknown> } };
+export interface BatchReply<R> { results: ItemResult<R>[] }
+/** The most items one batched request carries (a ref is under 1 KiB: a batch stays far below NATS' 1 MiB payload). */
+export const BATCH_MAX = 256;
 export interface RenewReply { leaseId: string; deadline: number }
 export interface FailRequest { leaseId: string; epoch: number; retryable: boolean; reason: string }
 export interface RevokeRequest { consumer: string; beforeEpoch?: number }
@@ -50,6 +59,10 @@ export interface QueueStatus {
   /** See CreditReply.budget; `input`: an external job's producers and whether its input closed (null for a job with its own rollout). */
   budget: number | null;
   input: { open: string[]; ended: string[]; closed: { reason: string; samples: number } | null } | null;
+  /** Write-ahead log records appended by this incarnation and the events they held (group commit: events per record). */
+  wal?: { records: number; events: number };
+  /** Ledger rebuilds from the log after a failed append (the actor's restarts are `incarnation`). */
+  rebuilds?: number;
   credits: { consumer: string; partition: [number, number]; epoch: number; remaining: number; leaseMs: number | null }[];
   leases: Lease[];
   [k: string]: unknown;
@@ -161,6 +174,12 @@ function uints(m: Obj, f: string, what: string): number[] {
 }
 
 const parseEmpty = (x: unknown, what: string): Empty => { if (x !== undefined && x !== null) map(x, what); return {}; };
+/** A batch's list field: an array of 1..BATCH_MAX items. */
+function list(m: Record<string, unknown>, field: string, what: string): unknown[] {
+  const v = m[field];
+  if (!Array.isArray(v) || v.length < 1 || v.length > BATCH_MAX) bad(what, field, `a list of 1..${BATCH_MAX} items`, v);
+  return v as unknown[];
+}
 const parseLease = (what: string) => (x: unknown): LeaseRequest => { const m = map(x, what); return { leaseId: str(m, 'leaseId', what), epoch: uint(m, 'epoch', what) }; };
 
 export function parseEpochInfo(x: unknown, what = 'epoch record'): EpochInfo {
@@ -252,6 +271,12 @@ export const PROTOCOL = Object.freeze({
     parse: (x) => { const m = map(x, 'commit'); if (m.ref === undefined) bad('commit', 'ref', 'a SampleRef', undefined); return { ref: validateSampleRef(m.ref) }; },
     key: (r) => `commit:${r.ref.sampleId}:${r.ref.generation}`, keyRule: 'commit:<sampleId>:<generation>', timeoutMs: 5000, retries: 20,
   }),
+  'queue.commits': rq<CommitsRequest, BatchReply<CommitReply>>({
+    pattern: 'queue.commits', publisher: 'rollout (any producer)', subscriber: 'queue', roles: { from: 'rollout', to: 'queue' },
+    fields: { request: [`refs: SampleRef[] (1..${BATCH_MAX})`], reply: ['results: ({ok: commit reply} | {error: wire error})[], one per ref, in order'] },
+    parse: (x) => ({ refs: list(map(x, 'commits'), 'refs', 'commits').map((r, i) => { try { return validateSampleRef(r); } catch (e) { return bad('commits', `refs[${i}]`, `a SampleRef (${(e as Error).message})`, undefined); } }) }),
+    key: null, keyRule: 'none (each ref keeps commit:<sampleId>:<generation> in the ledger)', timeoutMs: 5000, retries: 20,
+  }),
   'queue.credit': rq<CreditRequest, CreditReply>({
     pattern: 'queue.credit', publisher: 'rank (cell leader)', subscriber: 'queue', roles: { to: 'queue' },
     fields: { request: ['consumer: string', 'partition: [index, num]', 'epoch: uint', 'max: uint', 'leaseMs?: number'], reply: ['epoch', 'num', 'depth', 'consumed', 'dead', 'committed', 'partitionPending', 'budget: uint | null (null: an open input)'] },
@@ -267,6 +292,12 @@ export const PROTOCOL = Object.freeze({
     pattern: 'queue.ack', publisher: 'rank (cell leader)', subscriber: 'queue', roles: { to: 'queue' },
     fields: { request: ['leaseId: string', 'epoch: uint'], reply: ['leaseId', 'sampleId', "status: 'acked' | …"] },
     parse: parseLease('ack'), key: (r) => `ack:${r.leaseId}`, keyRule: 'ack:<leaseId>', timeoutMs: 3000, retries: 10,
+  }),
+  'queue.acks': rq<AcksRequest, BatchReply<LeaseReply>>({
+    pattern: 'queue.acks', publisher: 'rank (cell leader)', subscriber: 'queue', roles: { to: 'queue' },
+    fields: { request: [`leases: {leaseId, epoch}[] (1..${BATCH_MAX})`], reply: ['results: ({ok: ack reply} | {error: wire error})[], one per lease, in order'] },
+    parse: (x) => ({ leases: list(map(x, 'acks'), 'leases', 'acks').map((l, i) => parseLease(`acks leases[${i}]`)(l)) }),
+    key: null, keyRule: 'none (each lease keeps ack:<leaseId> in the ledger)', timeoutMs: 3000, retries: 10,
   }),
   'queue.release': rq<LeaseRequest, LeaseReply>({
     pattern: 'queue.release', publisher: 'rank (cell leader)', subscriber: 'queue', roles: { to: 'queue' },

@@ -161,9 +161,10 @@ describe('queue actor supervision (real process, failpoint)', function () {
   this.timeout(60_000);
   const nats = withNats();
 
-  it('restarts a crashed queue actor from its log; the retried request gets one answer', async () => {
+  it('rebuilds the queue\'s ledger from its log after a failed append; the retried request gets one answer', async () => {
     const job = 'qsup';
-    // The 3rd persist throws inside the actor: the supervisor restarts it, it replays the log.
+    // The 3rd append throws: its waiters are told their requests were lost, and the next
+    // request finds the queue rebuilding its ledger from the log.
     const child = spawnTs('test/support/queue-child.ts', [nats.url, job, '1'], { ...process.env, DRAFTWIRE_FAILPOINTS: 'queue.before-persist=throw@3' });
     const bus = await Bus.connect({ servers: nats.url, job, auth: AuthPolicy.disabled(), name: 'test' });
     try {
@@ -176,7 +177,7 @@ describe('queue actor supervision (real process, failpoint)', function () {
       }
       assert.match(child.output(), /failpoint queue.before-persist: throw/);
       const st = await bus.request(bus.subjects.queue.status, {}, { retries: 3 });
-      assert.equal(st.incarnation, 1, 'restarted once by its supervisor');
+      assert.equal(st.rebuilds, 1, 'rebuilt once from the log');
       assert.equal(st.samples, 4, 'four samples, none lost or doubled');
       const report = auditEvents(await readLedgerEvents(bus));
       assert.ok(report.ok, report.problems.join('\n'));
