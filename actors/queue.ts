@@ -302,12 +302,14 @@ export function queueActorSpec(o: QueueActorOptions): ActorSpec<QueueState, Queu
       }
       case 'finished': {
         // A node asks which of its store's samples are done with (it missed their store.free
-        // while cut off or frozen, or its copy lost to another node's): a copy at the ledger's
-        // generation or an older one of a finished sample is never read again.
+        // while cut off or frozen, or its copy lost to another node's). No copy of a finished
+        // sample is read again, whatever its generation: an older one is stale, and the ledger
+        // refuses a newer one (an orphan written after the finish by a rollout that had lost
+        // its role).
         const finished: FinishedReply['finished'] = [];
         for (const x of msg.samples) {
           const e = ledger.state(x.sampleId);
-          if (e && e.generation >= x.generation && (e.state === 'consumed' || e.state === 'dead')) finished.push({ ...x, why: e.state });
+          if (e && (e.state === 'consumed' || e.state === 'dead')) finished.push({ ...x, why: e.state });
         }
         reply({ finished });
         break;

@@ -264,6 +264,7 @@ export class Bus extends BusCore {
   /** @internal */ _sealKv(bucket: string, key: string, obj: unknown, version: number): Uint8Array { return this.sealRecord(`kv:${bucket}:${key}`, obj, version); }
   /** @internal */ _openKv(bucket: string, key: string, bytes: Uint8Array): { value: unknown; version: number } { return this.openVersionedRecord(`kv:${bucket}:${key}`, bytes); }
   /** @internal */ _js(): JetStreamClient { return this.js(); }
+  /** @internal */ _jsm(): Promise<JetStreamManager> { return this.jsm(); }
   /** @internal */ _jsOp<T>(what: string, fn: () => Promise<T>, idempotent: boolean): Promise<T> { return this.jsOp(what, fn, idempotent); }
 
   /** Create the stream if missing; widen its subjects if it lacks some. Idempotent. */

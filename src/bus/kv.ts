@@ -10,7 +10,7 @@
 // in the bus's rejectedAuth. A record without a version (written before versions) is v 0.
 // Residual: a fresh reader has nothing to compare with and takes the latest record.
 
-import { DeliverPolicy, type JetStreamClient } from '@nats-io/jetstream';
+import { DeliverPolicy, type JetStreamClient, type JetStreamManager } from '@nats-io/jetstream';
 import type { KV, KvEntry } from '@nats-io/kv';
 import { AuthError, ConflictError, InvalidArgumentError, UnavailableError } from '../errors.ts';
 
@@ -19,6 +19,7 @@ export interface KvHost {
   _sealKv(bucket: string, key: string, obj: unknown, version: number): Uint8Array;
   _openKv(bucket: string, key: string, bytes: Uint8Array): { value: unknown; version: number };
   _js(): JetStreamClient;
+  _jsm(): Promise<JetStreamManager>;
   _jsOp<T>(what: string, fn: () => Promise<T>, idempotent: boolean): Promise<T>;
   _warnBadRecord(what: string, e: unknown): void;
   streamInfo(name: string): Promise<{ lastSeq: number }>;
@@ -62,10 +63,16 @@ export class BusKv {
     return Math.max(Date.now(), (this.known.get(key)?.version ?? 0) + 1);
   }
 
-  /** The current value, or null if absent or deleted. AuthError/DecodeError on a bad or rolled-back value. */
-  async get<T = unknown>(key: string): Promise<KvValue<T> | null> {
+  /**
+   * The current value, or null if absent or deleted. AuthError/DecodeError on a bad or
+   * rolled-back value. Reads go to any replica (direct get), which may lag the others;
+   * `leader: true` asks the stream's leader, which holds every acknowledged write: for a
+   * reader with nothing to compare with that must not act on an older value (a rank
+   * resuming from the latest checkpoint manifest).
+   */
+  async get<T = unknown>(key: string, opts: { leader?: boolean } = {}): Promise<KvValue<T> | null> {
     for (let attempt = 0; ; attempt++) {
-      const e: KvEntry | null = await this.bus._jsOp(`kv ${this.bucket} get ${key}`, () => this.kv.get(key), true);
+      const e = await this.bus._jsOp(`kv ${this.bucket} get ${key}`, () => (opts.leader ? this.leaderGet(key) : this.kv.get(key)), true);
       if (!e || e.operation !== 'PUT') return null;
       try {
         return { key, value: this.accept<T>(key, e.value, e.revision), revision: e.revision };
@@ -76,6 +83,12 @@ export class BusKv {
         throw err;
       }
     }
+  }
+
+  private async leaderGet(key: string): Promise<Pick<KvEntry, 'value' | 'revision' | 'operation'> | null> {
+    const m = await (await this.bus._jsm()).streams.getMessage(`KV_${this.bucket}`, { last_by_subj: `$KV.${this.bucket}.${key}` });
+    if (!m) return null;
+    return { value: m.data, revision: m.seq, operation: (m.header?.get('KV-Operation') || 'PUT') as KvEntry['operation'] };
   }
 
   /** Create; ConflictError if the key exists. Returns the revision. */

@@ -66,7 +66,9 @@ export class NatsCheckpointStore implements CheckpointStore {
   private objects(): Promise<BusObjects> { return (this.objs_ ??= this.bus.objects(STORAGE.ckptBucket(this.spec.job))); }
 
   private async current(): Promise<{ m: RankCheckpointManifest; revision: number } | null> {
-    const v = await (await this.kv()).get<unknown>(LATEST);
+    // From the stream's leader: a replica behind the others would hand a rank starting here
+    // an older manifest than the world committed (it would resume behind the ledger).
+    const v = await (await this.kv()).get<unknown>(LATEST, { leader: true });
     return v ? { m: parseManifest(v.value, `${this.where} ${LATEST}@${v.revision}`), revision: v.revision } : null;
   }
 
@@ -112,7 +114,7 @@ export class NatsCheckpointStore implements CheckpointStore {
     const kv = await this.kv();
     const out: CheckpointLease[] = [];
     for (let i = 0; i < size; i++) {
-      const v = await kv.get<WindowPart>(partKey(step, epoch, i));
+      const v = await kv.get<WindowPart>(partKey(step, epoch, i), { leader: true });
       const p = v?.value;
       if (!p || !Array.isArray(p.window) || !Array.isArray(p.skipped)) throw new DecodeError(`checkpoint part ${partKey(step, epoch, i)} of ${this.where} missing or malformed`);
       out.push(...p.window, ...p.skipped.map((sampleId) => ({ leaseId: '', sampleId, epoch: 0 })));

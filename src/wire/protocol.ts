@@ -340,7 +340,7 @@ export const PROTOCOL = Object.freeze({
   }),
   'queue.finished': rq<FinishedRequest, FinishedReply>({
     pattern: 'queue.finished', publisher: 'node agent (reconciling its store)', subscriber: 'queue', roles: { to: 'queue' },
-    fields: { request: [`samples: {sampleId, generation}[] (1..${FINISHED_MAX})`], reply: ["finished: {sampleId, generation, why: 'consumed' | 'dead'}[] (the ledger finished it at that generation or a newer one)"] },
+    fields: { request: [`samples: {sampleId, generation}[] (1..${FINISHED_MAX})`], reply: ["finished: {sampleId, generation, why: 'consumed' | 'dead'}[] (the ledger finished the sample: no copy of it, at any generation, is read again)"] },
     parse: (x) => {
       const w = 'queue finished', m = map(x, w);
       if (!Array.isArray(m.samples) || m.samples.length < 1 || m.samples.length > FINISHED_MAX) bad(w, 'samples', `a list of 1..${FINISHED_MAX} samples`, m.samples);

@@ -241,8 +241,12 @@ describe('Bus over a real nats-server (auth on)', function () {
     assert.deepEqual(revs, [...revs].sort((x, y) => x - y), 'revisions in order');
     assert.deepEqual(changes.at(-1), ['PUT', { epoch: 3, num: 4 }, rev1 + 2]);
     assert.equal(await kv1.get('missing'), null);
+    // The same through the stream leader (STREAM.MSG.GET, not a direct get): value, revision, absence, delete.
+    assert.deepEqual(await kv2.get('epoch', { leader: true }), { key: 'epoch', value: { epoch: 3, num: 4 }, revision: rev1 + 2 });
+    assert.equal(await kv2.get('missing', { leader: true }), null);
     await kv1.delete('epoch');
     assert.equal(await kv1.get('epoch'), null);
+    assert.equal(await kv2.get('epoch', { leader: true }), null, 'a deleted key reads as absent from the leader too');
   });
 
   it('KV: watch(updatesOnly) starts at the call; a full watch folds history to the latest per key', async () => {
@@ -267,6 +271,7 @@ describe('Bus over a real nats-server (auth on)', function () {
     await rawKv.put('evil', new Uint8Array([0x81, 0xa1, 0x62, 0xc4, 0x01, 0x90])); // {b: <bytes>} without m
     await kv.put('good2', { v: 2 });
     await assert.rejects(kv.get('evil'), AuthError);
+    await assert.rejects(kv.get('evil', { leader: true }), AuthError);
     const w = await kv.watch();
     const keys: string[] = [];
     for await (const c of w) { if (c.op === 'PUT') keys.push(c.key); if (c.key === 'good2') break; }
