@@ -32,6 +32,8 @@ export type QueueMsg =
   | { op: 'fail'; leaseId: string; epoch: number; retryable: boolean; reason: string; key: string }
   | { op: 'epoch'; epoch: number; num: number }
   | { op: 'tick' }
+  // Grants to the consumers with credit, once for every request queued before it (grantSoon).
+  | { op: 'grant' }
   | { op: 'revoke'; consumer: string; beforeEpoch?: number }
   | { op: 'status' }
   | { op: 'committed'; prefix?: string }
@@ -48,6 +50,8 @@ interface QueueState {
   heldEpoch: { epoch: number; num: number } | null;
   /** An external input above its store watermark: new samples are refused until it drains (commitPressure). */
   pressured: boolean;
+  /** A 'grant' message is in the mailbox. */
+  grantDue: boolean;
 }
 
 export interface QueueActorOptions {
@@ -106,7 +110,7 @@ export function queueActorSpec(o: QueueActorOptions): ActorSpec<QueueState, Queu
     after(() => publish.storeFree(bus, { ref, why }));
   };
 
-  const grant = (st: QueueState, ledger: LeaseLedger): void => {
+  const grantNow = (st: QueueState, ledger: LeaseLedger): void => {
     const now = Date.now();
     for (const c of st.credits.values()) {
       if (c.remaining <= 0 || ledger.depth() === 0) continue;
@@ -125,8 +129,18 @@ export function queueActorSpec(o: QueueActorOptions): ActorSpec<QueueState, Queu
       after(() => publish.leases(bus, c.partition[1], c.partition[0], msg));
     }
   };
+  /**
+   * Grants once the requests already in the mailbox are applied: a burst of commits (a batch
+   * of 64, or 16 producers at once) becomes one lease message per consumer with credit, not
+   * one per sample (each message costs a MAC, a publish, and an ack request of its own).
+   */
+  const grantSoon = (st: QueueState, ledger: LeaseLedger, ctx: ActorContext<QueueMsg>): void => {
+    if (st.grantDue) return;
+    st.grantDue = true;
+    try { ctx.system.dispatch(ctx.self, { op: 'grant' }); } catch { st.grantDue = false; grantNow(st, ledger); } // mailbox full: now
+  };
 
-  const fresh = (): QueueState => ({ ledger: null, credits: new Map(), grants: 0, window: [], corrupt: null, heldEpoch: null, pressured: false });
+  const fresh = (): QueueState => ({ ledger: null, credits: new Map(), grants: 0, window: [], corrupt: null, heldEpoch: null, pressured: false, grantDue: false });
   /** Ledger rebuilds after a failed append (each one as good as a restart). */
   let rebuilds = 0;
   return {
@@ -213,7 +227,7 @@ export function queueActorSpec(o: QueueActorOptions): ActorSpec<QueueState, Queu
         const res = ledger.put(ref, { key: msg.key, now });
         wal.write([...res.events, ...closeIfDue(ledger, now)]);
         reply({ sampleId: res.sampleId, generation: res.generation, status: res.status });
-        grant(st, ledger);
+        grantSoon(st, ledger, ctx);
         break;
       }
       case 'credit': {
@@ -224,7 +238,7 @@ export function queueActorSpec(o: QueueActorOptions): ActorSpec<QueueState, Queu
         // committed and the partition's pending samples whether more can still come to them.
         const { consumed, dead, samples: committed } = ledger.stats();
         reply({ epoch, num: ledger.currentNum(), depth: ledger.depth(), consumed, dead, committed, partitionPending: ledger.pendingCount(msg.partition), budget: budget(ledger) });
-        grant(st, ledger);
+        grantSoon(st, ledger, ctx);
         break;
       }
       case 'ack':
@@ -233,7 +247,7 @@ export function queueActorSpec(o: QueueActorOptions): ActorSpec<QueueState, Queu
         wal.write(res.events);
         reply({ leaseId: res.leaseId, sampleId: res.sampleId, status: res.status });
         if (res.status === 'acked' && !res.repeated) free(ledger, res.sampleId, 'consumed');
-        if (msg.op === 'release') grant(st, ledger);
+        if (msg.op === 'release') grantSoon(st, ledger, ctx);
         break;
       }
       case 'fail': {
@@ -241,7 +255,7 @@ export function queueActorSpec(o: QueueActorOptions): ActorSpec<QueueState, Queu
         wal.write(res.events);
         reply({ leaseId: res.leaseId, sampleId: res.sampleId, status: res.status });
         if (res.status === 'dead' && !res.repeated) free(ledger, res.sampleId, 'dead');
-        grant(st, ledger);
+        grantSoon(st, ledger, ctx);
         break;
       }
       case 'renew': {
@@ -268,7 +282,12 @@ export function queueActorSpec(o: QueueActorOptions): ActorSpec<QueueState, Queu
         wal.write(res.events);
         for (const id of res.dead) free(ledger, id, 'dead');
         if (res.expired.length > 0) ctx.log.warn('leases expired', { count: res.expired.length, consumers: [...new Set(res.expired.map((e) => e.consumer))] });
-        grant(st, ledger);
+        grantNow(st, ledger);
+        break;
+      }
+      case 'grant': {
+        st.grantDue = false;
+        grantNow(st, ledger);
         break;
       }
       case 'revoke': {
@@ -279,7 +298,7 @@ export function queueActorSpec(o: QueueActorOptions): ActorSpec<QueueState, Queu
         st.credits.delete(msg.consumer);
         ctx.log.info('leases of a gone consumer revoked', { consumer: msg.consumer, count: res.expired.length });
         reply({ revoked: res.expired.length, dead: res.dead.length });
-        grant(st, ledger);
+        grantSoon(st, ledger, ctx);
         break;
       }
       case 'status': {

@@ -7,7 +7,8 @@
 // from the same server in the same run: JetStream publish-with-ack, pipelined, of WAL-sized
 // records (the log's own ceiling), and core NATS request/reply (serial and concurrent).
 //
-//   node --import tsx bench/lease-load.bench.ts [--levels 1,4,16,64] [--n 20000] [--batch 64] [--json]
+//   node --import tsx bench/lease-load.bench.ts [--levels 1,4,16,64] [--n 20000] [--batch 64] [--json] [--cpu-prof DIR]
+// --cpu-prof writes a V8 CPU profile of each level's queue process into DIR (open it in Chrome's DevTools).
 import { parseArgs } from 'node:util';
 import { connect } from '@nats-io/transport-node';
 import { jetstream, jetstreamManager } from '@nats-io/jetstream';
@@ -24,6 +25,7 @@ import { Reporter, type Measured } from './support/report.ts';
 
 const { values } = parseArgs({ options: {
   levels: { type: 'string', default: '1,4,16,64' }, n: { type: 'string', default: '20000' }, batch: { type: 'string', default: '64' }, json: { type: 'boolean', default: false },
+  'cpu-prof': { type: 'string' },
 } });
 const LEVELS = values.levels.split(',').map(Number);
 const N = Number(values.n), BATCH = Number(values.batch);
@@ -40,7 +42,8 @@ interface Level { c: number; perSec: number; commitMs: number[]; ackMs: number[]
 async function runLevel(url: string, creds: { user: string; pass: string }, c: number, n: number, rate: number | null): Promise<Level> {
   const auth = AuthPolicy.fromSecret(SECRET);
   const job = `ll${c}${rate ? 'r' : ''}${Date.now() % 100000}`;
-  const queueProc = spawnTs('test/support/queue-child.ts', [url, job, String(c)], { ...process.env, DRAFTWIRE_SECRET: SECRET, DRAFTWIRE_LOG_LEVEL: 'warn' });
+  const queueProc = spawnTs('test/support/queue-child.ts', [url, job, String(c)], { ...process.env, DRAFTWIRE_SECRET: SECRET, DRAFTWIRE_LOG_LEVEL: 'warn' },
+    values['cpu-prof'] ? ['--cpu-prof', '--cpu-prof-dir', values['cpu-prof']] : []);
   const buses: Bus[] = [];
   const bus = async (name: string) => { const b = await Bus.connect({ servers: url, job, auth, name }); buses.push(b); return b; };
   try {

@@ -130,38 +130,46 @@ export class WorldCheckpoint {
     return state;
   }
 
-  /** Acks leases of trained samples; a lease that is gone puts its sample on the skip list. */
+  /**
+   * Acks leases of trained samples (a step's worth in one queue.acks request); a lease that is
+   * gone puts its sample on the skip list.
+   */
   async ackAll(leases: CheckpointLease[]): Promise<void> {
-    const { bus, log, stats, book } = this.o;
-    await Promise.all(leases.filter((l) => l.leaseId !== '').map(async (l) => {
-      try {
-        await new QueueClient(bus).ack(l);
-        book.trainedSkip.delete(l.sampleId);
-      } catch (e) {
-        if (!(e instanceof LeaseExpiredError || e instanceof StaleEpochError)) throw e;
-        // A stale ack is refused by the queue (fencing); the sample is trained already, so its
-        // next lease is acked without training it again.
-        stats.staleAcks++;
-        book.trainedSkip.add(l.sampleId);
-        log.warn('ack refused (lease gone); the sample will be acked on its next lease', { leaseId: l.leaseId, sampleId: l.sampleId, error: (e as Error).message });
-      }
-    }));
+    const { log, stats, book } = this.o;
+    const live = leases.filter((l) => l.leaseId !== '');
+    for (const [i, r] of (await this.ackLeases(live)).entries()) {
+      const l = live[i]!;
+      if (!(r instanceof Error)) { book.trainedSkip.delete(l.sampleId); continue; }
+      // A stale ack is refused by the queue (fencing); the sample is trained already, so its
+      // next lease is acked without training it again.
+      stats.staleAcks++;
+      book.trainedSkip.add(l.sampleId);
+      log.warn('ack refused (lease gone); the sample will be acked on its next lease', { leaseId: l.leaseId, sampleId: l.sampleId, error: r.message });
+    }
   }
 
   /** Held leases of samples already trained into a checkpoint: ack them, do not train again. */
   async ackSkipped(): Promise<void> {
-    const { bus, log, stats, book } = this.o;
-    for (const { lease: l } of [...book.held.values()]) {
-      if (!book.trainedSkip.has(l.sampleId)) continue;
-      book.held.delete(l.leaseId);
-      try {
-        await new QueueClient(bus).ack(l);
-        book.trainedSkip.delete(l.sampleId);
-        stats.skippedAcks++;
-        log.info('acked a re-leased sample that the checkpoint already holds', { sampleId: l.sampleId, leaseId: l.leaseId });
-      } catch (e) {
-        if (!(e instanceof LeaseExpiredError || e instanceof StaleEpochError)) throw e;
-      }
+    const { log, stats, book } = this.o;
+    const skip = [...book.held.values()].map((h) => h.lease).filter((l) => book.trainedSkip.has(l.sampleId));
+    for (const l of skip) book.held.delete(l.leaseId);
+    for (const [i, r] of (await this.ackLeases(skip)).entries()) {
+      if (r instanceof Error) continue; // gone again: acked on the next lease
+      const l = skip[i]!;
+      book.trainedSkip.delete(l.sampleId);
+      stats.skippedAcks++;
+      log.info('acked a re-leased sample that the checkpoint already holds', { sampleId: l.sampleId, leaseId: l.leaseId });
     }
+  }
+
+  /** Per lease: acked, or the LeaseExpiredError/StaleEpochError that refused it; anything else throws. */
+  private async ackLeases(leases: { leaseId: string; epoch: number }[]): Promise<(true | Error)[]> {
+    if (leases.length === 0) return [];
+    const res = await new QueueClient(this.o.bus).ackMany(leases);
+    return res.map((r) => {
+      if (!(r instanceof Error)) return true;
+      if (!(r instanceof LeaseExpiredError || r instanceof StaleEpochError)) throw r;
+      return r;
+    });
   }
 }

@@ -111,6 +111,10 @@ export class Bus extends BusCore {
         waitOnFirstConnect: false,
         // Wrong credentials are fatal, not something to retry forever.
         ignoreAuthErrorAbort: false,
+        // nats.js otherwise builds an Error (a stack capture) for every request, to decorate a
+        // timeout that rarely comes: a tenth of the queue's CPU under load. The Bus's own typed
+        // errors name the subject and the caller's stack.
+        noAsyncTraces: true,
       });
     } catch (e) {
       throw connectError(e, servers, !!tls);

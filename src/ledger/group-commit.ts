@@ -39,9 +39,17 @@ export interface Waiter {
 
 interface Batch { events: LedgerEvent[]; bytes: number; waiters: Waiter[]; sent: boolean; durable: boolean }
 
-/** A cheap upper estimate of an event's encoded size: puts carry a whole SampleRef, the rest are small. */
+/**
+ * A cheap upper estimate of an event's encoded size: puts carry a whole SampleRef (its strings,
+ * and per feature a name and a shape), the rest are small.
+ */
 function estimateBytes(e: LedgerEvent): number {
-  if (e.type === 'put') return 256 + JSON.stringify(e.ref).length;
+  if (e.type === 'put') {
+    const r = e.ref;
+    let n = 384 + r.job.length + r.sampleId.length + r.uri.length + r.checksum.length + r.producer.node.length + r.producer.actor.length;
+    for (const name in r.features) n += 24 + name.length + 9 * r.features[name]!.shape.length;
+    return n;
+  }
   if (e.type === 'lease') return 128 + 96 * e.leases.length;
   if (e.type === 'expire') return 128 + 96 * e.leases.length;
   return 192;

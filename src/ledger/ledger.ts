@@ -520,7 +520,7 @@ export class LeaseLedger {
   private emit(ev: NewEvent): LedgerEvent {
     const full = { seq: this.seq + 1, ...ev } as LedgerEvent;
     if (full.key === undefined) delete full.key;
-    this.applyEvent(full);
+    this.applyEvent(full, true);
     return full;
   }
 
@@ -546,14 +546,14 @@ export class LeaseLedger {
     return e;
   }
 
-  /** The only place state changes. */
-  private applyEvent(ev: LedgerEvent): void {
+  /** The only place state changes. `own`: an event this ledger just built from checked input (its ref is validated already). */
+  private applyEvent(ev: LedgerEvent, own = false): void {
     let result: CachedValue | null = null;
     let op: Op | null = null;
     switch (ev.type) {
       case 'put': {
         let ref: SampleRef;
-        try { ref = validateSampleRef(ev.ref); } catch (e) { throw new InvalidArgumentError(`apply: put #${ev.seq}: ${(e as Error).message}`); }
+        try { ref = own ? ev.ref : validateSampleRef(ev.ref); } catch (e) { throw new InvalidArgumentError(`apply: put #${ev.seq}: ${(e as Error).message}`); }
         const cur = this.samples.get(ref.sampleId);
         if (ev.prevGeneration === null) {
           if (cur) throw new InvalidArgumentError(`apply: put of existing sample "${ref.sampleId}"`);

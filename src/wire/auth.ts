@@ -3,7 +3,7 @@
 // Every key is derived from it with HKDF-SHA256 under its own label, so every process of a
 // job derives the same MAC key, NATS credentials and store tokens, and no derived value
 // reveals another. MACs are compared in constant time; failures say nothing about why.
-import { createHmac, createSecretKey, hkdfSync, randomBytes, timingSafeEqual, type KeyObject } from 'node:crypto';
+import { createHmac, createSecretKey, hkdfSync, randomFillSync, timingSafeEqual, type KeyObject } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { AuthError, DecodeError, InvalidArgumentError } from '../errors.ts';
 import { canonicalRefBytes, decodeMessage, encodeMessage, type SampleRef } from './sampleref.ts';
@@ -13,6 +13,13 @@ const SALT = Buffer.from('draftwire/v1', 'utf8');
 const ENVELOPE_PREFIX = Buffer.from('draftwire/v1/envelope\0', 'utf8');
 const MAC_BYTES = 32;
 const NONCE_BYTES = 16;
+
+/** Nonces cut from one 4 KiB fill of the system CSPRNG (one syscall per 256 messages, not one each). */
+const noncePool = { buf: new Uint8Array(4096), at: 4096 };
+function freshNonce(): Uint8Array {
+  if (noncePool.at + NONCE_BYTES > noncePool.buf.byteLength) { randomFillSync(noncePool.buf); noncePool.at = 0; }
+  return noncePool.buf.slice(noncePool.at, (noncePool.at += NONCE_BYTES));
+}
 
 export interface AuthOptions {
   /** Accepted |now - ts| for sealed messages, ms (default 30 000). */
@@ -185,7 +192,7 @@ export class AuthPolicy {
    * "draftwire/v1/envelope\0" || int64be(ts) || nonce || body) (docs/wire.md); disabled:
    * msgpack {body}. `nonce` (16 bytes) is for golden vectors only: a fixed nonce is a replay.
    */
-  seal(body: Uint8Array, now = Date.now(), nonce: Uint8Array = new Uint8Array(randomBytes(NONCE_BYTES))): Uint8Array {
+  seal(body: Uint8Array, now = Date.now(), nonce: Uint8Array = freshNonce()): Uint8Array {
     if (!(body instanceof Uint8Array)) throw new InvalidArgumentError('seal: body must be bytes');
     if (!this.enabled) return encodeMessage({ body }, this.maxEnvelopeBytes);
     if (!(nonce instanceof Uint8Array) || nonce.byteLength !== NONCE_BYTES) throw new InvalidArgumentError(`seal: nonce must be ${NONCE_BYTES} bytes`);

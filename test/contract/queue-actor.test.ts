@@ -6,6 +6,7 @@ import type { LeaseMessage } from '../../actors/queue.ts';
 import { readLedgerEvents } from '../../src/ledger/wal.ts';
 import { AuthPolicy } from '../../src/wire/auth.ts';
 import { Bus } from '../../src/bus/bus.ts';
+import { QueueClient } from '../../src/bus/clients.ts';
 import { InputClosedError, InvalidArgumentError, LeaseExpiredError } from '../../src/errors.ts';
 import { auditEvents, type Lease } from '../../src/ledger/ledger.ts';
 import { dpPartition } from '../../src/ledger/partition.ts';
@@ -187,4 +188,54 @@ describe('queue actor supervision (real process, failpoint)', function () {
       await killChild(child);
     }
   });
+
+  // The write-ahead rule under concurrency: no reply before its events are in the log. A
+  // SIGKILL before the 6th append (its events never logged) or right after it (logged, not
+  // answered), with 8 producers' batches in flight and the log's appends pipelined.
+  for (const point of ['queue.before-persist', 'queue.after-persist']) {
+    it(`SIGKILL at ${point} with commits in flight: every answered commit is in the log; recommitting after the restart commits each once`, async () => {
+      const job = point.includes('before') ? 'qwalb' : 'qwala';
+      const child = spawnTs('test/support/queue-child.ts', [nats.url, job, '1'], { ...process.env, DRAFTWIRE_FAILPOINTS: `${point}=kill@6` });
+      const bus = await Bus.connect({ servers: nats.url, job, auth: AuthPolicy.disabled(), name: 'test' });
+      let restarted: Child | null = null;
+      try {
+        await waitForLine(child, 'ready');
+        const q = new QueueClient(bus);
+        const refs = (p: number, k: number) => Array.from({ length: 4 }, (_, j) => sampleRef({ job, sampleId: `p${p}-${k}-${j}`, generation: 1 }));
+        const answered = new Map<string, string>();
+        const sent: string[] = [];
+        let dead = false;
+        void child.exited.then(() => { dead = true; });
+        await Promise.all(Array.from({ length: 8 }, async (_, p) => {
+          for (let k = 0; !dead && k < 50; k++) {
+            const batch = refs(p, k);
+            sent.push(...batch.map((r) => r.sampleId));
+            const res = await q.commitMany(batch, { timeoutMs: 1500, retries: 0 }).catch(() => null);
+            if (res) for (const [j, r] of res.entries()) if (!(r instanceof Error)) answered.set(batch[j]!.sampleId, r.status);
+          }
+        }));
+        assert.equal(await child.exited, 128, 'the queue process was SIGKILLed by the failpoint');
+        assert.match(child.output(), new RegExp(`failpoint ${point.replace('.', '\\.')}: kill`));
+        assert.ok(answered.size >= 4, `some commits were answered before the kill (${answered.size})`);
+        const logged = new Set((await readLedgerEvents(bus)).flatMap((e) => (e.type === 'put' ? [e.ref.sampleId] : [])));
+        for (const [id, status] of answered) assert.ok(logged.has(id), `commit of ${id} was answered "${status}" but is not in the log`);
+        // A new incarnation over the same log: a retried commit the log holds gets its first
+        // answer again (the idempotency key's result is rebuilt from the log), the rest is added.
+        restarted = spawnTs('test/support/queue-child.ts', [nats.url, job, '1']);
+        await waitForLine(restarted, 'ready');
+        const again = await q.commitMany(sent.map((id) => sampleRef({ job, sampleId: id, generation: 1 })), { timeoutMs: 5000, retries: 3 });
+        for (const [i, r] of again.entries()) {
+          assert.ok(!(r instanceof Error), String(r));
+          assert.equal(r.status, 'added', sent[i]);
+        }
+        const report = auditEvents(await readLedgerEvents(bus));
+        assert.ok(report.ok, report.problems.join('\n'));
+        assert.equal(report.committed, sent.length, 'every sample committed once');
+      } finally {
+        await bus.close();
+        await killChild(child, 'SIGKILL');
+        if (restarted) await killChild(restarted);
+      }
+    });
+  }
 });

@@ -13,8 +13,8 @@ process.on('exit', () => { for (const p of live) p.kill('SIGKILL'); });
 
 export interface Child { proc: ChildProcess; output(): string; exited: Promise<number | null> }
 
-export function spawnTs(script: string, args: string[], env: NodeJS.ProcessEnv = process.env): Child {
-  const proc = spawn(process.execPath, ['--import', 'tsx', script, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env });
+export function spawnTs(script: string, args: string[], env: NodeJS.ProcessEnv = process.env, nodeArgs: string[] = []): Child {
+  const proc = spawn(process.execPath, [...nodeArgs, '--import', 'tsx', script, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env });
   live.add(proc);
   let out = '';
   proc.stdout!.on('data', (d: Buffer) => { out += d.toString(); });
