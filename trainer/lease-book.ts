@@ -17,6 +17,8 @@ import type { FeatureStore } from '../src/store/feature-store.ts';
 import type { Tensor } from '../src/tensor.ts';
 
 export const FEATURES = ['ids', 'aux', 'last', 'mask'] as const;
+/** Samples read at once (their reads overlap: a file's open and checks, an HTTP round trip). */
+const FETCH_PARALLEL = 4;
 
 export interface Held { lease: Lease; tensors: Record<string, Tensor> | null }
 
@@ -103,19 +105,38 @@ export class LeaseBook {
     }
   }
 
-  /** Reads the features of leases not read yet; one that cannot be read is failed (dead-lettered) and dropped. */
+  /**
+   * Reads the features of leases not read yet, up to FETCH_PARALLEL at a time; one that cannot
+   * be read is failed (dead-lettered) and dropped. One read pass at a time: a call while one
+   * runs waits for it, then reads what arrived since (the rank's prefetch during a step and its
+   * collect after it may both ask).
+   */
   async fetchNew(): Promise<void> {
+    while (this.fetching) await this.fetching;
+    this.fetching = this.readUnread().finally(() => { this.fetching = null; });
+    await this.fetching;
+  }
+
+  private fetching: Promise<void> | null = null;
+
+  private async readUnread(): Promise<void> {
+    const todo = [...this.held.values()].filter((h) => !h.tensors);
+    let next = 0;
+    await Promise.all(Array.from({ length: Math.min(FETCH_PARALLEL, todo.length) }, async () => {
+      while (next < todo.length) await this.read(todo[next++]!);
+    }));
+  }
+
+  private async read(h: Held): Promise<void> {
     const { bus, store, log } = this.o;
-    for (const h of [...this.held.values()]) {
-      if (h.tensors || this.held.get(h.lease.leaseId) !== h) continue;
-      const l = h.lease;
-      try {
-        h.tensors = await store.get(l.ref, { names: FEATURES });
-      } catch (e) {
-        log.error('sample unreadable; failing its lease', { sampleId: l.sampleId, error: (e as Error).message });
-        this.held.delete(l.leaseId);
-        await new QueueClient(bus).fail({ leaseId: l.leaseId, epoch: l.epoch, retryable: false, reason: (e as Error).message });
-      }
+    if (h.tensors || this.held.get(h.lease.leaseId) !== h) return;
+    const l = h.lease;
+    try {
+      h.tensors = await store.get(l.ref, { names: FEATURES });
+    } catch (e) {
+      log.error('sample unreadable; failing its lease', { sampleId: l.sampleId, error: (e as Error).message });
+      this.held.delete(l.leaseId);
+      await new QueueClient(bus).fail({ leaseId: l.leaseId, epoch: l.epoch, retryable: false, reason: (e as Error).message });
     }
   }
 }

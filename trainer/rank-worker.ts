@@ -127,6 +127,10 @@ export class RankWorker {
   private budget: number;
   /** The queue's last word: every sample of the budget is committed and none is pending in this partition. */
   private partitionExhausted = false;
+  /** While a step computes (leader only): leases that arrive are read at once (prefetch). */
+  private prefetching = false;
+  /** The prefetch's credit and reads, awaited by the next collect. */
+  private prefetched: Promise<void> | null = null;
   private stepNo = 0;
   private state: 'starting' | 'waiting' | 'stepping' | 'checkpointing' | 'resharding' | 'forming' | 'recovering' | 'done' | 'retired' = 'starting';
   private stopped = false;
@@ -314,9 +318,13 @@ export class RankWorker {
       const batch = await this.cellBatch(world, mine, step.width, step.seq);
       const tData = Date.now();
       if (batch.batch > batch.real) this.stats.paddedSteps++;
-      const res = await world.model.step(batch.slice, {
+      const stepping = world.model.step(batch.slice, {
         lr: spec.lr, clip: spec.clip, weightDecay: spec.weightDecay, returnGrads: false, samples: world.size > 1 || batch.batch > batch.real ? step.samples : null,
       });
+      // The step computes off the event loop: meanwhile, lease and read the next batch.
+      if (this.leader) this.prefetch(spec.batch);
+      let res: Awaited<typeof stepping>;
+      try { res = await stepping; } finally { this.prefetching = false; }
       const t2 = Date.now();
       const c = this.counters;
       // This rank's own samples (a cell's leader holds its cell's; the others count none).
@@ -478,11 +486,32 @@ export class RankWorker {
     this.sub = listen(bus, 'part', (m) => {
       if (m.consumer !== this.consumer) return;
       // Replays are dropped here: a lease already taken, or of an older epoch (LeaseBook.receive).
-      if (this.book.receive(m.leases, this.epoch.epoch) > 0) this.wake?.();
+      if (this.book.receive(m.leases, this.epoch.epoch) > 0) {
+        this.wake?.();
+        if (this.prefetching) this.book.fetchNew().catch((e: unknown) => this.log.warn('prefetch read failed', { error: (e as Error).message }));
+      }
     }, { params: [this.epoch.partitions, this.dpIdx] });
     await bus.flush();
     this.log.info('joined', { epoch: this.epoch.epoch, num: this.epoch.partitions, partition: this.dpIdx, job: spec.job });
     return true;
+  }
+
+  /**
+   * The next batch while the current one computes: credit for what is short of `n` (the step's
+   * own leases are not usable), and the leases read as they arrive. A failure is only logged:
+   * the next collect asks again.
+   */
+  private prefetch(n: number): void {
+    const { bus, spec } = this.o;
+    this.prefetching = true;
+    const max = n - this.book.usable().length;
+    this.prefetched = (async () => {
+      if (max > 0) {
+        const r = await new QueueClient(bus).credit({ consumer: this.consumer, partition: [this.dpIdx, this.epoch.partitions], epoch: this.epoch.epoch, max, leaseMs: spec.leaseMs }, { retries: 0 });
+        this.learnBudget(r.budget);
+      }
+      await this.book.fetchNew();
+    })().catch((e: unknown) => this.log.debug('prefetch skipped', { error: (e as Error).message }));
   }
 
   /**
@@ -492,6 +521,7 @@ export class RankWorker {
   private async collect(n: number, until: number): Promise<boolean> {
     const { bus, spec } = this.o;
     this.state = 'waiting';
+    if (this.prefetched) { await this.prefetched; this.prefetched = null; }
     for (;;) {
       if (this.book.trainedSkip.size > 0) await this.ckpt.ackSkipped();
       await this.book.fetchNew();

@@ -60,6 +60,8 @@ export interface RunSummary {
   job: string; runDir: string; steps: number; samples: number; tokens: number; seconds: number; samplesPerSec: number;
   firstLoss: number | null; lastLoss: number | null; lossCurve: number[];
   acceptLengthInitial: number | null; acceptLength: number | null; checkpoint: string; audit: AuditReport; stepMsMean: number | null;
+  /** The steady state: samples of the steps after the first over the time from the first step's report to the last's (null under 2 steps). */
+  trainSamplesPerSec: number | null;
   /** Step the rank resumed from (run --resume), 0 for a fresh run. */
   resumedFromStep: number;
   rankRestarts: number; natsRestarts: number;
@@ -300,6 +302,7 @@ export async function runJob(o: RunOpts): Promise<RunSummary> {
       acceptLengthInitial: null, acceptLength: accepts.at(-1)?.acceptLength ?? null,
       checkpoint: join(spec.runDir, 'checkpoint.safetensors'), audit,
       stepMsMean: losses.length ? losses.reduce((n, m) => n + m.stepMs, 0) / losses.length : null,
+      trainSamplesPerSec: losses.length >= 2 && losses.at(-1)!.at > losses[0]!.at ? losses.slice(1).reduce((n, m) => n + m.samples, 0) / ((losses.at(-1)!.at - losses[0]!.at) / 1000) : null,
       resumedFromStep, rankRestarts: [...node.restarts.values()].reduce((a, b) => a + b, 0), natsRestarts,
       ranksLost: lost.map((c) => c.rank), dpHistory: losses.map((m) => m.dp).filter((d, i, a) => i === 0 || a[i - 1] !== d),
       dataset: spec.chat && !spec.features ? readJson(join(spec.runDir, 'dataset-summary.json')) : null,
