@@ -4,6 +4,13 @@ import { LeaseBook } from '../../trainer/lease-book.ts';
 import type { Lease } from '../../src/ledger/events.ts';
 import { createLogger } from '../../src/log.ts';
 import type { Tensor } from '../../src/tensor.ts';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { SharedDirFeatureStore } from '../../src/store/shared-dir.ts';
+import type { FeatureStore } from '../../src/store/feature-store.ts';
+import { AuthPolicy } from '../../src/wire/auth.ts';
+import { makeSample } from '../support/store-fixtures.ts';
 
 // receive/usable/ready/trained/restore keep the book's state and never call the queue or the
 // store: the book is built without them (null), so a call that did would fail the test.
@@ -100,6 +107,38 @@ describe('lease book: replayed pushes are harmless', () => {
     const [old, bad, cur] = [lease('a', 2), { sampleId: 'b' } as unknown as Lease, lease('c', 3)];
     assert.equal(b.receive([old, bad, cur], 3), 1);
     assert.deepEqual(usableIds(b), [cur.leaseId]);
+  });
+});
+
+describe('lease book: reading the features', () => {
+  it('reads each held sample once, several at a time, when reads are asked for concurrently (a prefetch and a collect)', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'dw-book-'));
+    const store = await SharedDirFeatureStore.attach({ dir, storeId: 'book', job: 'book', auth: AuthPolicy.disabled(), producer: { node: 'n', actor: 'a', incarnation: 1 } });
+    try {
+      // The real store, its get() counted: how many reads of each sample, and how many at once.
+      const reads = new Map<string, number>();
+      let now = 0, most = 0;
+      const counted = Object.create(store) as FeatureStore;
+      counted.get = async (ref, o) => {
+        reads.set(ref.sampleId, (reads.get(ref.sampleId) ?? 0) + 1);
+        most = Math.max(most, ++now);
+        try { return await store.get(ref, o); } finally { now--; }
+      };
+      const b = new LeaseBook({ bus: null as never, store: counted, log: createLogger('test.lease-book') });
+      const ids = Array.from({ length: 10 }, (_, i) => `s${i}`);
+      const refs = await Promise.all(ids.map((id, i) => store.put(id, makeSample(i + 1, 8, 16))));
+      b.receive(refs.slice(0, 6).map((ref) => ({ ...lease(ref.sampleId), ref })), 1);
+      const first = b.fetchNew();
+      b.receive(refs.slice(6).map((ref) => ({ ...lease(ref.sampleId), ref })), 1); // arrive while the first pass reads
+      await Promise.all([first, b.fetchNew(), b.fetchNew()]);
+      assert.deepEqual(ids.map((id) => reads.get(id)), ids.map(() => 1), 'each sample read exactly once');
+      assert.ok(most > 1 && most <= 4, `reads overlap, at most 4 at once (saw ${most})`);
+      assert.deepEqual(b.ready().map((h) => h.lease.sampleId), ids, 'all ready, in the order they were leased');
+      assert.deepEqual(b.ready()[3]!.tensors!.ids!.data, makeSample(4, 8, 16).ids!.data, 'the features are the sample\'s');
+    } finally {
+      await store.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 
