@@ -125,6 +125,9 @@ try {
     { what: 'external job, whole (incl. start-up, eval)', samplesPerSec: s.samplesPerSec },
     { what: 'external job, steady state (samples / time in steps)', samplesPerSec: s.samples / trainSecs },
     { what: 'pre-filled store: the rank from its first step to its last', samplesPerSec: filled.trainSamplesPerSec ?? NaN },
+    // The step's own time inside the job (the batch stacked, then computed): below the step
+    // alone only by what the node's processes on the same cores take from it.
+    { what: 'pre-filled store: samples / time in steps', samplesPerSec: filled.stepMsMean ? (filled.samples / filled.steps) / (filled.stepMsMean / 1000) : NaN },
   ];
   report.context({ size: values.size!, samples: s.samples, batch: opts.batch, producers: P, sampleBytes: bytes, audit: s.audit.ok && filled.audit.ok });
   const [alone, ...rest] = rows.map((r) => ({ name: r.what, value: r.samplesPerSec, unit: 'samples/s' }));
