@@ -6,12 +6,15 @@
 // rank of a data-parallel world of three. Then, each in a fresh cluster: every process of the
 // roles' host SIGKILLed (its NATS member, its node, its rank: the queue's host and the one that
 // committed the checkpoints), one NATS server SIGKILLed (its node restarts it), a host cut off
-// the network and healed, a host frozen (SIGSTOP) past its leases and woken. After each, the
+// the network and healed, a host frozen (SIGSTOP) past its leases and woken; and a host cut
+// off while the world reshards from DP 3 to 2. After each, the
 // chaos suite's invariants: every committed sample consumed exactly once or dead-lettered, no
 // overlapping leases, the model's sample count equal to the ledger's, no sample file or
 // process left behind.
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
+import { CoordinatorClient } from '../../src/bus/clients.ts';
+import type { ScaleReply } from '../../src/wire/protocol.ts';
 import { sleep, until } from '../support/chaos.ts';
 import { HostsJob } from '../support/hosts-job.ts';
 import { Netns, requireNetns } from '../support/netns.ts';
@@ -75,6 +78,29 @@ describe('a job across three hosts that share nothing but the network (network n
     job.net.signalHost(h2, 'SIGSTOP');
     await sleep(9000);
     job.net.signalHost(h2, 'SIGCONT');
+  }, { allowDead: true }));
+
+  // The same faults while the world changes width: `scale` to DP 2 sent as the fault strikes
+  // (a reshard retires rank 2, and the world re-forms under 2 partitions around the fault).
+  const reshard = (job: HostsJob): Promise<ScaleReply | Error> =>
+    new CoordinatorClient(job.bus!).scale(2, { timeoutMs: 10_000, retries: 6 }).catch((e: Error) => e);
+  const reshardedTo2 = async (job: HostsJob, asked: Promise<ScaleReply | Error>) => {
+    const r = await asked;
+    // A reply lost with the coordinator's host is fine if a later epoch partitions by 2.
+    await until('an epoch of 2 partitions', 60_000, async () => {
+      const st = await new CoordinatorClient(job.bus!).status({ timeoutMs: 2000, retries: 0 }).catch(() => null);
+      return (st?.epoch?.partitions ?? 0) === 2;
+    }, { out: () => `${r instanceof Error ? r.message : JSON.stringify(r)}\n${job.output()}` });
+  };
+
+  it('a host cut off the network while the world reshards from DP 3 to 2, then healed', scenario('linkdownscale', 60, async (job) => {
+    await job.waitStep(3);
+    const h2 = job.net.hosts[1]!;
+    const asked = reshard(job);
+    job.net.setLink(h2, false);
+    await sleep(9000);
+    job.net.setLink(h2, true);
+    await reshardedTo2(job, asked);
   }, { allowDead: true }));
 });
 
