@@ -93,6 +93,17 @@ describe('a job across three hosts that share nothing but the network (network n
     }, { out: () => `${r instanceof Error ? r.message : JSON.stringify(r)}\n${job.output()}` });
   };
 
+  it('every process of the roles\' host SIGKILLed while the world reshards from DP 3 to 2', scenario('killhostscale', 60, async (job) => {
+    await job.waitStep(4);
+    const victim = await job.hostOf('queue');
+    const asked = reshard(job);
+    await sleep(300);
+    const killed = job.net.signalHost(victim, 'SIGKILL');
+    assert.ok(killed.length >= 3, `node, NATS member and rank of host ${victim.index}: ${killed.length} processes`);
+    job.nodes.delete(victim.index);
+    await reshardedTo2(job, asked);
+  }, { allowDead: true }));
+
   it('a host cut off the network while the world reshards from DP 3 to 2, then healed', scenario('linkdownscale', 60, async (job) => {
     await job.waitStep(3);
     const h2 = job.net.hosts[1]!;
