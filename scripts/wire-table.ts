@@ -9,7 +9,7 @@ export function wireTable(): string {
   const rows = ['| subject | kind | publisher → subscriber | request fields | reply fields | idempotency key | timeout |', '|---|---|---|---|---|---|---|'];
   for (const name of Object.keys(PROTOCOL) as EndpointName[]) {
     const e = PROTOCOL[name] as unknown as Endpoint<unknown, unknown, unknown[]>;
-    const timeout = e.kind === 'request' ? `${e.timeoutMs} ms × ${e.retries + 1}` : '—';
+    const timeout = e.kind === 'request' ? `${e.timeoutMs} ms × ${e.retries + 1}${e.retryErrors ? ' (retryable errors too)' : ''}` : '—';
     const terms = [e.roles?.from ? `${e.roles.from}'s term on the ${e.kind === 'request' ? 'request' : 'message'}` : '', e.roles?.to ? `${e.roles.to}'s term on the reply` : ''].filter(Boolean);
     const fence = terms.length ? `<br>(${terms.join('; ')})` : '';
     rows.push(`| ${code(`dw.<job>.${e.pattern}`)} | ${e.kind} | ${cell(e.publisher)} → ${cell(e.subscriber)}${fence} | ${e.fields.request.map(cell).join('<br>') || '—'} | ${e.fields.reply.map(cell).join('<br>') || '—'} | ${e.key ? code(e.keyRule) : cell(e.keyRule)} | ${timeout} |`);

@@ -34,6 +34,7 @@ export function call<K extends RequestName>(bus: Bus, name: K, req: ReqOf<K>, op
   const to = e.roles?.to;
   return bus.request<RepOf<K>>(subjectOf(bus.job, name, ...params), stamped(bus, e.roles?.from, req), {
     timeoutMs: opts.timeoutMs ?? e.timeoutMs, retries: opts.retries ?? e.retries, ...(key ? { idempotencyKey: key } : {}),
+    ...(e.retryErrors ? { retryErrors: true } : {}),
     // A reply from an old holder of the role (a term older than one seen) is not taken: the attempt is retried.
     ...(to ? { refuseReply: (r: unknown) => (bus.terms.admit(to, termIn(r)) ? null : `a reply of ${to} term ${String(termIn(r))}, older than term ${bus.terms.newestOf(to)}`) } : {}),
   });

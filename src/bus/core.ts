@@ -72,6 +72,11 @@ export interface RequestOptions {
   maxBackoffMs?: number;
   /** Checks a reply before it is taken: a reason string refuses it (counted as a bad reply; the attempt is retried). */
   refuseReply?: (reply: unknown) => string | null;
+  /**
+   * A retryable error reply is retried like a timeout, while attempts are left (default: it is
+   * the answer). Safe because a responder never remembers a retryable error under the key.
+   */
+  retryErrors?: boolean;
 }
 
 export interface BusConnectOptions {
@@ -428,7 +433,15 @@ export abstract class BusCore extends EventEmitter {
         this.badFrame(subject, 'reply does not match the request');
         this.counters.badReplies++; lastFailure = 'bad reply'; continue;
       }
-      if (frame.k === 'e') throw errorFromWire(frame.error, subject);
+      if (frame.k === 'e') {
+        const err = errorFromWire(frame.error, subject);
+        if (opts.retryErrors && err.retryable && attempt < retries) {
+          this.log.warn('retryable error reply; retrying', { subject, code: err.code, error: err.message, attempt });
+          lastFailure = `${err.code}: ${err.message}`;
+          continue;
+        }
+        throw err;
+      }
       const refused = opts.refuseReply?.(frame.d) ?? null;
       if (refused !== null) { this.log.warn('reply refused; retrying', { subject, why: refused }); this.counters.badReplies++; lastFailure = refused; continue; }
       return frame.d as R;

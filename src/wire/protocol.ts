@@ -238,6 +238,8 @@ export interface Endpoint<Req, Rep, P extends unknown[] = []> {
   readonly keyRule: string;
   readonly timeoutMs: number;
   readonly retries: number;
+  /** Whether a retryable error reply is retried within `retries` (see RequestOptions.retryErrors); default no. */
+  readonly retryErrors?: boolean;
   /** Builds the concrete subject tail from the parameters (validated). */
   readonly tail: (...params: P) => string;
   /** Phantom: the reply type (never set at run time). */
@@ -375,7 +377,7 @@ export const PROTOCOL = Object.freeze({
       const at = opt(m, 'at', num, 'scale');
       return { dp: m.dp as number, ...(at !== undefined ? { at } : {}) };
     },
-    key: (r) => `scale:${r.dp}:${r.at ?? Date.now()}`, keyRule: 'scale:<dp>:<at>', timeoutMs: 10_000, retries: 2,
+    key: (r) => `scale:${r.dp}:${r.at ?? Date.now()}`, keyRule: 'scale:<dp>:<at>', timeoutMs: 10_000, retries: 5, retryErrors: true,
   }),
   'coord.regroup': rq<RegroupRequest, RegroupReply>({
     pattern: 'coord.regroup', publisher: 'rank (group failed), node agent (rank lost)', subscriber: 'coordinator', roles: { to: 'coordinator' },

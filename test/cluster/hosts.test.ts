@@ -6,8 +6,9 @@
 // rank of a data-parallel world of three. Then, each in a fresh cluster: every process of the
 // roles' host SIGKILLed (its NATS member, its node, its rank: the queue's host and the one that
 // committed the checkpoints), one NATS server SIGKILLed (its node restarts it), a host cut off
-// the network and healed, a host frozen (SIGSTOP) past its leases and woken; and a host cut
-// off while the world reshards from DP 3 to 2. After each, the
+// the network and healed, a host frozen (SIGSTOP) past its leases and woken; and, while the
+// world reshards from DP 3 to 2, the roles' host SIGKILLed, a host cut off, the coordinator's
+// host frozen, and the coordinator's NATS server SIGKILLed. After each, the
 // chaos suite's invariants: every committed sample consumed exactly once or dead-lettered, no
 // overlapping leases, the model's sample count equal to the ledger's, no sample file or
 // process left behind.
@@ -17,7 +18,7 @@ import { CoordinatorClient } from '../../src/bus/clients.ts';
 import type { ScaleReply } from '../../src/wire/protocol.ts';
 import { sleep, until } from '../support/chaos.ts';
 import { HostsJob } from '../support/hosts-job.ts';
-import { Netns, requireNetns } from '../support/netns.ts';
+import { Netns, requireNetns, type Host } from '../support/netns.ts';
 
 describe('a job across three hosts that share nothing but the network (network namespaces)', function () {
   this.timeout(400_000);
@@ -58,9 +59,7 @@ describe('a job across three hosts that share nothing but the network (network n
   it('one NATS server SIGKILLed: its node restarts it on its store; the job goes on', scenario('killnats', 60, async (job) => {
     await job.waitStep(3);
     const h2 = job.net.hosts[1]!;
-    const nats = job.net.pidsOf(h2).filter((pid) => { try { return /nats-server/.test(readFileText(`/proc/${pid}/cmdline`)) && !/\/bin\/sh/.test(readFileText(`/proc/${pid}/cmdline`)); } catch { return false; } });
-    assert.equal(nats.length, 1, 'one nats-server on host 2');
-    process.kill(nats[0]!, 'SIGKILL');
+    process.kill(natsServerOf(job, h2), 'SIGKILL');
     await until('host 2\'s node restarting its member', 30_000, async () => /restart/i.test(job.nodes.get(2)!.output()), { out: () => job.output() });
   }));
 
@@ -90,7 +89,7 @@ describe('a job across three hosts that share nothing but the network (network n
     await until('an epoch of 2 partitions', 60_000, async () => {
       const st = await new CoordinatorClient(job.bus!).status({ timeoutMs: 2000, retries: 0 }).catch(() => null);
       return (st?.epoch?.partitions ?? 0) === 2;
-    }, { out: () => `${r instanceof Error ? r.message : JSON.stringify(r)}\n${job.output()}` });
+    }, { out: () => `${job.output()}\nthe scale request: ${r instanceof Error ? `${r.name} ${(r as { code?: string }).code ?? ''}: ${r.message}` : JSON.stringify(r)}` });
   };
 
   it('every process of the roles\' host SIGKILLed while the world reshards from DP 3 to 2', scenario('killhostscale', 60, async (job) => {
@@ -113,6 +112,33 @@ describe('a job across three hosts that share nothing but the network (network n
     job.net.setLink(h2, true);
     await reshardedTo2(job, asked);
   }, { allowDead: true }));
+
+  it('the coordinator\'s host frozen (SIGSTOP) while the world reshards from DP 3 to 2, then woken', scenario('frozenscale', 60, async (job) => {
+    await job.waitStep(3);
+    const victim = await job.hostOf('coordinator');
+    const asked = reshard(job);
+    await sleep(200);
+    job.net.signalHost(victim, 'SIGSTOP');
+    await sleep(9000);
+    job.net.signalHost(victim, 'SIGCONT');
+    await reshardedTo2(job, asked);
+  }, { allowDead: true }));
+
+  it('the coordinator\'s NATS server SIGKILLed while the world reshards from DP 3 to 2: its node restarts it', scenario('killnatsscale', 60, async (job) => {
+    await job.waitStep(3);
+    const victim = await job.hostOf('coordinator');
+    const asked = reshard(job);
+    await sleep(200);
+    process.kill(natsServerOf(job, victim), 'SIGKILL');
+    await until('the node restarting its NATS member', 30_000, async () => /restart/i.test(job.nodes.get(victim.index)!.output()), { out: () => job.output() });
+    await reshardedTo2(job, asked);
+  }, { allowDead: true }));
 });
 
 const readFileText = (p: string): string => readFileSync(p, 'utf8').replace(/\0/g, ' ');
+/** The pid of the one nats-server running on host `h`. */
+function natsServerOf(job: HostsJob, h: Host): number {
+  const nats = job.net.pidsOf(h).filter((pid) => { try { return /nats-server/.test(readFileText(`/proc/${pid}/cmdline`)) && !/\/bin\/sh/.test(readFileText(`/proc/${pid}/cmdline`)); } catch { return false; } });
+  assert.equal(nats.length, 1, `one nats-server on host ${h.index}`);
+  return nats[0]!;
+}

@@ -152,6 +152,22 @@ describe('Bus over a real nats-server (auth on)', function () {
     assert.equal(calls, 2);
   });
 
+  it('retryErrors: a retryable error reply is retried while attempts are left; a non-retryable one, or the last, is the answer', async () => {
+    let calls = 0;
+    b.subscribe(S.coord.scale, (m: { fail: number }) => { calls++; if (calls <= m.fail) throw new UnavailableError(`down ${calls}`); return `ok after ${calls}`; });
+    b.subscribe(S.coord.status, () => { calls++; throw new InvalidArgumentError('bad'); });
+    await b.flush();
+    assert.equal(await a.request(S.coord.scale, { fail: 2 }, { idempotencyKey: 'r1', retries: 3, retryErrors: true, backoffMs: 1 }), 'ok after 3');
+    calls = 0;
+    await assert.rejects(a.request(S.coord.scale, { fail: 9 }, { idempotencyKey: 'r2', retries: 2, retryErrors: true, backoffMs: 1 }), (e: unknown) => e instanceof UnavailableError && /down 3/.test((e as Error).message));
+    calls = 0;
+    await assert.rejects(a.request(S.coord.scale, { fail: 1 }, { idempotencyKey: 'r3', retries: 3, backoffMs: 1 }), UnavailableError); // off by default
+    assert.equal(calls, 1);
+    calls = 0;
+    await assert.rejects(a.request(S.coord.status, {}, { idempotencyKey: 'r4', retries: 3, retryErrors: true, backoffMs: 1 }), InvalidArgumentError);
+    assert.equal(calls, 1);
+  });
+
   it('drops (and counts) tampered, replayed, re-addressed, forged and garbage messages without crashing', async () => {
     const seen: unknown[] = [];
     b.subscribe(S.ctlEpoch, (m) => { seen.push(m); });
