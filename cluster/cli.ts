@@ -12,6 +12,7 @@ export type { GlobalOptions };
 import * as audit from './commands/audit.ts';
 import * as capture from './commands/capture.ts';
 import * as certs from './commands/certs.ts';
+import * as cuda from './commands/cuda.ts';
 import * as exportCmd from './commands/export.ts';
 import * as node from './commands/node.ts';
 import * as run from './commands/run.ts';
@@ -26,7 +27,7 @@ export interface CommandModule {
 }
 
 /** The subcommands, in help order. Others (run, node, status, audit) are added here. */
-const COMMANDS: CommandModule[] = [run, capture, exportCmd, status, scale, audit, step, node, wal, certs];
+const COMMANDS: CommandModule[] = [run, capture, exportCmd, status, scale, audit, step, node, wal, certs, cuda];
 
 /** Errors of the user's input (options, files, a model directory, a dataset): exit 2. */
 const BAD_INPUT = [InvalidArgumentError, DecodeError, ModelFormatError, DatasetRowError, ChatTemplateError, FeaturesError];

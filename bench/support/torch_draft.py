@@ -6,9 +6,10 @@
       the metadata key "config". OUT: loss [1], ploss [K], acc [K], grad.<name> per
       trainable tensor.
   torch_draft.py bench CONFIG_JSON --batch B --seq T --reps N [--warmup 1] [--threads N]
+                       [--device cpu|cuda] [--autocast bf16]
       random weights at the config's sizes (every target argmax in d2t, mask 1); times
-      forward + backward; prints
-      {"tokensPerSec", "msPerStep", ...} as JSON.
+      forward + backward (on a GPU: synchronised, eager, optionally under bf16 autocast with
+      fp32 weights); prints {"tokensPerSec", "msPerStep", "flopsPerStep", ...} as JSON.
 """
 import argparse
 import json
@@ -126,7 +127,19 @@ def check(inp, out):
     save_file(res, out)
 
 
-def bench(c, B, T, reps, warmup, threads):
+def step_flops(c, B, T):
+    """Matrix FLOPs of one training step (forward + backward), 2·m·n·k per product: the
+    trainable GEMMs 3x (forward, input and weight gradients; fc once, at step 0), the frozen
+    target head forward once, causal attention (QK and PV) 3.5x over K TTT steps."""
+    H, nh, nkv, I, Vd, V, K = c['hidden'], c['heads'], c['kvHeads'], c['intermediate'], c['draftVocab'], c['vocab'], c['ttt']
+    d = H // nh
+    N = B * T
+    layer = 2 * N * (2 * H * (nh + 2 * nkv) * d + nh * d * H + 3 * H * I + H * Vd)
+    attn = 2 * 2 * B * nh * d * (T * T / 2 + T * K / 2)
+    return 3 * 2 * N * 3 * H * H + K * (3 * layer + 3.5 * attn) + 2 * N * H * V
+
+
+def bench(c, B, T, reps, warmup, threads, device='cpu', autocast=None):
     torch.set_num_threads(threads)
     gen = torch.Generator().manual_seed(1)
     H = c['hidden']
@@ -143,18 +156,27 @@ def bench(c, B, T, reps, warmup, threads):
     y = torch.randint(0, c['draftVocab'], (B, T), generator=gen)
     last = 3 * W['target_head'][y] + 0.3 * torch.randn(B, T, H, generator=gen)
     mask = torch.ones(B, T, dtype=torch.uint8)
+    if device != 'cpu':
+        W = {n: (t.detach().to(device).requires_grad_(True) if n in TRAINABLE else t.to(device)) for n, t in W.items()}
+        ids, aux, last, mask = ids.to(device), aux.to(device), last.to(device), mask.to(device)
+    sync = torch.cuda.synchronize if device.startswith('cuda') else (lambda: None)
     times, loss = [], None
     for r in range(warmup + reps):
         for n in TRAINABLE:
             W[n].grad = None
+        sync()
         t0 = time.perf_counter()
-        loss, _, _ = draft_loss(c, W, ids, aux, last, mask)
+        with torch.autocast(device_type=device.split(':')[0], dtype=torch.bfloat16, enabled=autocast == 'bf16'):
+            loss, _, _ = draft_loss(c, W, ids, aux, last, mask)
         loss.backward()
+        sync()
         if r >= warmup:
             times.append(time.perf_counter() - t0)
     best = min(times)
+    flops = step_flops(c, B, T)
     print(json.dumps({'tokensPerSec': B * T / best, 'msPerStep': best * 1000, 'meanMs': 1000 * sum(times) / len(times),
-                      'loss': loss.item(), 'threads': torch.get_num_threads(), 'torch': torch.__version__}))
+                      'flopsPerStep': flops, 'tflops': flops / best / 1e12, 'loss': loss.item(), 'threads': torch.get_num_threads(),
+                      'device': device, 'autocast': autocast, 'torch': torch.__version__}))
 
 
 def main():
@@ -166,12 +188,14 @@ def main():
     ap.add_argument('--reps', type=int, default=2)
     ap.add_argument('--warmup', type=int, default=1)
     ap.add_argument('--threads', type=int, default=1)
+    ap.add_argument('--device', default='cpu')
+    ap.add_argument('--autocast', choices=['bf16'], default=None)
     a = ap.parse_args()
     if a.mode == 'check':
         torch.set_num_threads(1)
         check(*a.args)
     else:
-        bench(json.loads(a.args[0]), a.batch, a.seq, a.reps, a.warmup, a.threads)
+        bench(json.loads(a.args[0]), a.batch, a.seq, a.reps, a.warmup, a.threads, a.device, a.autocast)
 
 
 if __name__ == '__main__':

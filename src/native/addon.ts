@@ -6,7 +6,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { CollectiveError, DraftwireError, InvalidArgumentError, NativeError } from '../errors.ts';
+import { CollectiveError, DraftwireError, InvalidArgumentError, NativeError, UnavailableError } from '../errors.ts';
 
 // ------------------------------------------------------------------------------------------
 // Public types
@@ -174,6 +174,9 @@ interface RawBinding {
   sgemmBench(n: number, reps: number, threads: number): number;
   fillNormal(out: Float32Array, seed: number, stream: number, mean: number, std: number): void;
   gemmFlops(): number;
+  cudaInfo(): CudaInfo;
+  cudaHostCheck(seed: number): CudaCheck[];
+  cudaDeviceCheck(seed: number): { checks: CudaCheck[]; error: string | null };
 }
 
 // The package root is the nearest folder above this file with Draftwire's package.json: the
@@ -737,6 +740,50 @@ export function sgemmBench(n: number, reps: number, threads: number): number {
 
 /** FLOPs executed by the addon's GEMM wrappers since it loaded (2·M·N·K per product). */
 export function gemmFlops(): number { return binding().gemmFlops(); }
+
+// ------------------------------------------------------------------------------------------
+// CUDA (native/src/cuda, native/src/napi/napi_cuda.cc): what the addon can do with a GPU here,
+// and the checks of the CUDA kernels' arithmetic (on the CPU) and of the kernels (on a GPU).
+
+export interface CudaInfo {
+  /** Compiled with nvcc (the CUDA objects are in the addon). */
+  built: boolean;
+  /** Device code compiled in ("sm_90"); null when not built. */
+  arch: string | null;
+  runtimeVersion: number | null;
+  /** The driver's CUDA version; null when this machine has no driver. */
+  driverVersion: number | null;
+  gpus: { name: string; computeCapability: string; sms: number; memoryGiB: number }[];
+  /** Why no GPU is usable; null when one is. */
+  error: string | null;
+  /** cuBLAS and NCCL, loaded at run time (DRAFTWIRE_CUDA_LIBS: directories to search first). */
+  cublas: { path: string; version: string } | null;
+  cublasError: string | null;
+  nccl: { path: string; version: number } | null;
+  ncclError: string | null;
+}
+/** One check: err = max |got − want| / max |want| over `values` outputs; it passes when err ≤ tol. */
+export interface CudaCheck { name: string; err: number; tol: number; values: number; note: string | null }
+
+export function cudaInfo(): CudaInfo { return binding().cudaInfo(); }
+
+/** Every CUDA kernel body (native/src/cuda/bodies.h) run on the CPU against the CPU step's layer functions. */
+export function cudaHostCheck(seed: number): CudaCheck[] {
+  if (!Number.isSafeInteger(seed) || seed < 0) throw new InvalidArgumentError(`seed must be a non-negative safe integer (got ${String(seed)})`);
+  return callSync(() => binding().cudaHostCheck(seed));
+}
+
+/**
+ * Every CUDA kernel, the cuBLAS GEMMs and a 1-rank NCCL all-reduce on GPU 0, against the CPU
+ * step. Throws UnavailableError (naming why) where no GPU or no cuBLAS is usable.
+ */
+export function cudaDeviceCheck(seed: number): CudaCheck[] {
+  if (!Number.isSafeInteger(seed) || seed < 0) throw new InvalidArgumentError(`seed must be a non-negative safe integer (got ${String(seed)})`);
+  const r = callSync(() => binding().cudaDeviceCheck(seed));
+  if (r.error !== null && r.checks.length === 0) throw new UnavailableError(`no CUDA device check here: ${r.error}`);
+  if (r.error !== null) throw new NativeError(`the CUDA device check stopped after ${r.checks.length} checks: ${r.error}`, { detail: { checks: r.checks } });
+  return r.checks;
+}
 
 // ------------------------------------------------------------------------------------------
 // collectives (native/src/napi/napi_comm.cc; wrapped by src/native/collectives.ts)

@@ -9,6 +9,7 @@
 #include "kernels/rng.h"
 #include "napi/napi_comm.h"  // collectives
 #include "napi/napi_convert.h"
+#include "napi/napi_cuda.h"
 #include "napi/napi_hash.h"
 #include "napi/napi_models.h"
 
@@ -79,6 +80,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   registerConvert(env, exports);  // upcastToF32, convertInfo (napi/napi_convert.h)
   registerHash(env, exports);  // blake3Blocks (napi/napi_hash.h)
   registerCollectives(env, exports);  // collectives: commConnect, commThreadWorld, memcpyBench
+  registerCuda(env, exports);  // cudaInfo, cudaHostCheck (napi/napi_cuda.h)
   return exports;
 }
 

@@ -1,0 +1,322 @@
+#include "cuda/host_check.h"
+
+#include <cblas.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "cuda/bodies.h"
+#include "cuda/check_util.h"
+#include "cuda/gemm_map.h"
+#include "kernels/adamw.h"
+#include "kernels/attention.h"
+#include "kernels/blas.h"
+#include "kernels/convert.h"
+#include "kernels/loss.h"
+#include "kernels/rmsnorm.h"
+#include "kernels/rope.h"
+#include "kernels/swiglu.h"
+
+namespace dw::cuda {
+namespace {
+
+void check_rmsnorm(uint64_t seed, std::vector<BodyCheck>& out) {
+  const int64_t R = 9, H = 80;
+  const double eps = 1e-6;
+  const Vec x = randn(R * H, seed, 1), w = randn(H, seed, 2, 0.3, 1.0), dy = randn(R * H, seed, 3);
+  Vec y_cpu(R * H), rs_cpu(R), dx_cpu(R * H), dw_cpu(H, 0.0f);
+  rmsnorm_forward(R, H, x.data(), H, w.data(), eps, y_cpu.data(), H, rs_cpu.data());
+  rmsnorm_backward(R, H, x.data(), H, w.data(), rs_cpu.data(), dy.data(), H, dx_cpu.data(), H, false, dw_cpu.data());
+  Vec y(R * H), rs(R), dx(R * H), dwv(H, 0.0f);
+  for (int64_t r = 0; r < R; r++) {
+    const float* xr = x.data() + r * H;
+    const float* dyr = dy.data() + r * H;
+    double ss = 0;
+    float wdyx = 0;
+    for (int64_t i = 0; i < H; i++) ss += double(xr[i]) * double(xr[i]);
+    rs[r] = rmsnorm_rstd(ss, H, eps);
+    for (int64_t i = 0; i < H; i++) {
+      y[r * H + i] = rmsnorm_fwd(xr[i], w[i], rs[r]);
+      wdyx += w[i] * dyr[i] * xr[i];
+      dwv[i] += rmsnorm_bwd_dw(xr[i], dyr[i], rs[r]);
+    }
+    const float c = rmsnorm_bwd_coef(wdyx, rs[r], H);
+    for (int64_t i = 0; i < H; i++) dx[r * H + i] = rmsnorm_bwd_dx(xr[i], w[i], dyr[i], rs[r], c);
+  }
+  Diff f, b;
+  f.add(y.data(), y_cpu.data(), R * H);
+  f.add(rs.data(), rs_cpu.data(), R);
+  b.add(dx.data(), dx_cpu.data(), R * H);
+  b.add(dwv.data(), dw_cpu.data(), H);
+  out.push_back(f.done("rmsnorm.forward", kTol));
+  out.push_back(b.done("rmsnorm.backward", kTol));
+}
+
+void check_rope(uint64_t seed, std::vector<BodyCheck>& out) {
+  const int64_t R = 6, nh = 3, d = 16, half = d / 2, ld = nh * d;
+  RopeTable table;
+  table.ensure(64, d, 10000.0);
+  std::vector<int32_t> pos(R);
+  SplitMix64 g(seed);
+  for (auto& p : pos) p = int32_t(g.next() % 64);
+  const Vec x = randn(R * ld, seed, 4);
+  for (const bool inverse : {false, true}) {
+    Vec cpu = x, body(R * ld);
+    rope_apply(R, pos.data(), cpu.data(), ld, nh, d, table, inverse);
+    for (int64_t r = 0; r < R; r++)
+      for (int64_t h = 0; h < nh; h++)
+        for (int64_t i = 0; i < half; i++) {
+          const int64_t o = r * ld + h * d + i;
+          rope_pair(x[o], x[o + half], table.cos_row(pos[r])[i], table.sin_row(pos[r])[i], inverse, &body[o], &body[o + half]);
+        }
+    Diff df;
+    df.add(body.data(), cpu.data(), R * ld);
+    out.push_back(df.done(inverse ? "rope.inverse" : "rope.forward", kTol));
+  }
+}
+
+void check_swiglu(uint64_t seed, std::vector<BodyCheck>& out) {
+  const int64_t R = 5, I = 40;
+  const Vec gu = randn(R * 2 * I, seed, 5, 2.0), da = randn(R * I, seed, 6);
+  Vec act_cpu(R * I), dgu_cpu(R * 2 * I), act(R * I), dgu(R * 2 * I);
+  swiglu_forward(R, I, gu.data(), 2 * I, act_cpu.data(), I);
+  swiglu_backward(R, I, gu.data(), 2 * I, da.data(), I, dgu_cpu.data(), 2 * I);
+  for (int64_t r = 0; r < R; r++)
+    for (int64_t i = 0; i < I; i++) {
+      const float gv = gu[r * 2 * I + i], uv = gu[r * 2 * I + I + i];
+      act[r * I + i] = swiglu_fwd(gv, uv);
+      swiglu_bwd(gv, uv, da[r * I + i], &dgu[r * 2 * I + i], &dgu[r * 2 * I + I + i]);
+    }
+  Diff f, b;
+  f.add(act.data(), act_cpu.data(), R * I);
+  b.add(dgu.data(), dgu_cpu.data(), R * 2 * I);
+  out.push_back(f.done("swiglu.forward", kTol));
+  out.push_back(b.done("swiglu.backward", kTol));
+}
+
+// Bit-exact: every bf16 pattern widened, and rounding of random values and the special cases.
+void check_bf16(uint64_t seed, std::vector<BodyCheck>& out) {
+  std::vector<uint16_t> all(65536);
+  for (int i = 0; i < 65536; i++) all[size_t(i)] = uint16_t(i);
+  Vec wide(65536);
+  dw::bf16_to_f32(all.data(), wide.data(), 65536);
+  int64_t bad = 0;
+  for (int i = 0; i < 65536; i++) bad += f32_bits(bf16_to_f32(uint16_t(i))) != f32_bits(wide[size_t(i)]);
+  out.push_back({"bf16.to_f32", double(bad), 0, 65536, ""});
+
+  Vec f = randn(4096, seed, 7, 10.0);
+  for (uint32_t special : {0x00000000u, 0x80000000u, 0x7f800000u, 0xff800000u, 0x7fc00000u, 0x7f800001u, 0xffa12345u,
+                           0x00000001u, 0x807fffffu, 0x7f7fffffu, 0x3f808000u, 0x3f818000u, 0x3f80ffffu, 0x7f7f8000u})
+    f.push_back(bits_f32(special));
+  std::vector<uint16_t> cpu(f.size());
+  dw::f32_to_bf16(f.data(), cpu.data(), int64_t(f.size()));
+  bad = 0;
+  for (size_t i = 0; i < f.size(); i++) bad += f32_to_bf16(f[i]) != cpu[i];
+  out.push_back({"bf16.from_f32", double(bad), 0, int64_t(f.size()), ""});
+}
+
+void check_adamw(uint64_t seed, std::vector<BodyCheck>& out) {
+  const int64_t n = 1000;
+  const AdamWParams p{1e-3, 0.9, 0.95, 1e-8, 0.01};
+  const double clip = 1.0;
+  Vec w_cpu = randn(n, seed, 8), m_cpu(n, 0.0f), v_cpu(n, 0.0f);
+  Vec w = w_cpu, m = m_cpu, v = v_cpu;
+  Diff d;
+  for (int64_t t = 1; t <= 3; t++) {
+    const Vec g = randn(n, seed, 100 + uint64_t(t), 0.2);
+    const double norm = grad_norm(n, g.data());
+    const float c_cpu = float(std::min(1.0, clip / (norm + 1e-6)));  // as DraftModel::apply_update
+    const float c = clip_coef(norm, clip);
+    d.add(c, c_cpu);
+    adamw_update(n, w_cpu.data(), g.data(), m_cpu.data(), v_cpu.data(), p, t, c_cpu);
+    const AdamWStep s = adamw_step(p.lr, p.beta1, p.beta2, p.eps, p.weight_decay, t, c);
+    for (int64_t i = 0; i < n; i++) adamw_elem(&w[i], g[i], &m[i], &v[i], s);
+  }
+  d.add(w.data(), w_cpu.data(), n);
+  d.add(m.data(), m_cpu.data(), n);
+  d.add(v.data(), v_cpu.data(), n);
+  out.push_back(d.done("adamw.update+clip", kTol));
+}
+
+int64_t body_argmax(const float* z, int64_t n) {
+  float best = -std::numeric_limits<float>::infinity();
+  int64_t bi = -1;
+  for (int64_t i = 0; i < n; i++)
+    if (argmax_better(z[i], i, best, bi)) { best = z[i]; bi = i; }
+  return bi;
+}
+
+void check_target(uint64_t seed, std::vector<BodyCheck>& out) {
+  const int64_t N = 6, H = 24, V = 50, Vd = 20;
+  const std::vector<uint8_t> need{1, 0, 1, 1, 0, 1};
+  const Vec last = randn(N * H, seed, 9), Wt = randn(V * H, seed, 10, 0.5);
+  std::vector<int32_t> d2t(Vd), t2d(V, -1);
+  for (int64_t j = 0; j < Vd; j++) { d2t[j] = int32_t(j * 2 + (j % 3 == 0)); t2d[d2t[j]] = int32_t(j); }
+  Vec p_cpu(N * Vd, 0.0f), p(N * Vd, 0.0f), z(V), scratch;
+  std::vector<int32_t> tgt_cpu(N), tgt(N, -1);
+  target_distribution(N, need.data(), last.data(), H, Wt.data(), V, d2t.data(), t2d.data(), Vd, p_cpu.data(), tgt_cpu.data(), scratch);
+  Diff d;
+  for (int64_t r = 0; r < N; r++) {
+    if (!need[r]) { d.add(tgt[r], tgt_cpu[r]); continue; }
+    gemm_nt(1, V, H, 1.0f, last.data() + r * H, H, Wt.data(), H, 0.0f, z.data(), V);
+    const int64_t y = body_argmax(z.data(), V);
+    tgt[r] = y >= 0 ? t2d[y] : -1;
+    float m = -std::numeric_limits<float>::infinity();
+    for (int64_t j = 0; j < Vd; j++) m = std::max(m, z[d2t[j]]);
+    float s = 0;
+    for (int64_t j = 0; j < Vd; j++) s += softmax_term(z[d2t[j]], m);
+    for (int64_t j = 0; j < Vd; j++) p[r * Vd + j] = softmax_term(z[d2t[j]], m) / s;
+    d.add(p.data() + r * Vd, p_cpu.data() + r * Vd, Vd);
+    if (tgt[r] != tgt_cpu[r]) d.add(1.0, 0.0);  // a wrong target class fails the check outright
+  }
+  out.push_back(d.done("target.argmax+softmax", kTol));
+}
+
+void check_soft_ce(uint64_t seed, std::vector<BodyCheck>& out) {
+  const int64_t n = 5, Vd = 30;
+  const float scale = 0.7f;
+  const Vec logits = randn(n * Vd, seed, 11, 3.0);
+  Vec p = randn(3 * Vd, seed, 12);
+  for (int64_t r = 0; r < 3; r++) {  // three distributions, each summing to 1
+    float s = 0;
+    for (int64_t j = 0; j < Vd; j++) s += (p[r * Vd + j] = std::exp(p[r * Vd + j]));
+    for (int64_t j = 0; j < Vd; j++) p[r * Vd + j] /= s;
+  }
+  const std::vector<int32_t> prow{0, 2, 1, 1, 0};
+  const Vec w{1.0f, 0.5f, 0.25f, 1.0f, 0.75f};
+  std::vector<int32_t> tgt(n);
+  for (int64_t r = 0; r < n; r++) tgt[r] = int32_t(body_argmax(logits.data() + r * Vd, Vd) + (r % 2));  // some hit, some miss
+  Vec grad_cpu = logits;
+  std::vector<double> ce_cpu(n), hit_cpu(n);
+  soft_cross_entropy(n, Vd, grad_cpu.data(), p.data(), prow.data(), w.data(), tgt.data(), scale, ce_cpu.data(), hit_cpu.data());
+  Diff dce, dg;
+  for (int64_t r = 0; r < n; r++) {
+    const float* z = logits.data() + r * Vd;
+    const float* pr = p.data() + prow[r] * Vd;
+    const int64_t am = body_argmax(z, Vd);
+    float m = -std::numeric_limits<float>::infinity(), s = 0;
+    double sp = 0, spz = 0;
+    for (int64_t j = 0; j < Vd; j++) m = std::max(m, z[j]);
+    for (int64_t j = 0; j < Vd; j++) { s += softmax_term(z[j], m); sp += pr[j]; spz += double(pr[j]) * z[j]; }
+    dce.add(soft_ce(m, s, sp, spz, w[r]), ce_cpu[r]);
+    if ((am == tgt[r] ? double(w[r]) : 0.0) != hit_cpu[r]) dce.add(1.0, 0.0);
+    for (int64_t j = 0; j < Vd; j++) dg.add(soft_ce_grad(z[j], m, s, float(sp), pr[j], w[r], scale), grad_cpu[r * Vd + j]);
+  }
+  out.push_back(dce.done("soft_ce.loss+hit", kTol));
+  out.push_back(dg.done("soft_ce.grad", kTol));
+}
+
+float dot(const float* a, const float* b, int64_t d) {
+  float s = 0;
+  for (int64_t i = 0; i < d; i++) s += a[i] * b[i];
+  return s;
+}
+
+// One head with TTT extras: the bodies run as plain loops (every score, no tiles) against
+// kernels/attention.cc's tiled GEMMs.
+void check_attention(uint64_t seed, std::vector<BodyCheck>& out) {
+  AttnShape sh;
+  sh.Tq = 10; sh.q0 = 3; sh.d = 8; sh.nextra = 2; sh.scale = 1.0f / std::sqrt(8.0f);
+  const int64_t T = sh.q0 + sh.Tq, d = sh.d, ne = sh.nextra, Tq = sh.Tq;
+  const Vec q = randn(Tq * d, seed, 13), k = randn(T * d, seed, 14), v = randn(T * d, seed, 15), dout = randn(Tq * d, seed, 16);
+  std::vector<Vec> ek, ev;
+  for (int64_t j = 0; j < ne; j++) { ek.push_back(randn(Tq * d, seed, 17 + uint64_t(j))); ev.push_back(randn(Tq * d, seed, 27 + uint64_t(j))); }
+  std::vector<const float*> ekp, evp;
+  for (int64_t j = 0; j < ne; j++) { ekp.push_back(ek[j].data()); evp.push_back(ev[j].data()); }
+  Vec o_cpu(Tq * d), lse_cpu(Tq), dq_cpu(Tq * d), dk_cpu(T * d, 0.0f), dv_cpu(T * d, 0.0f);
+  std::vector<Vec> dek_cpu(ne, Vec(Tq * d, 0.0f)), dev_cpu(ne, Vec(Tq * d, 0.0f));
+  std::vector<float*> dekp, devp;
+  for (int64_t j = 0; j < ne; j++) { dekp.push_back(dek_cpu[j].data()); devp.push_back(dev_cpu[j].data()); }
+  AttnHead hd{q.data(), d, k.data(), d, v.data(), d, ekp.data(), evp.data(), d, o_cpu.data(), d, lse_cpu.data()};
+  AttnGrad gr{dout.data(), d, dq_cpu.data(), d, dk_cpu.data(), d, dv_cpu.data(), d, dekp.data(), devp.data(), d};
+  AttnScratch sc;
+  attention_forward(sh, hd, sc);
+  attention_backward(sh, hd, gr, sc);
+
+  Vec o(Tq * d, 0.0f), lse(Tq), dq(Tq * d, 0.0f), dk(T * d, 0.0f), dv(T * d, 0.0f);
+  std::vector<Vec> dek(ne, Vec(Tq * d, 0.0f)), dev(ne, Vec(Tq * d, 0.0f));
+  for (int64_t i = 0; i < Tq; i++) {
+    const int64_t qp = sh.q0 + i;
+    const float* qi = q.data() + i * d;
+    const float* doi = dout.data() + i * d;
+    float m = -std::numeric_limits<float>::infinity();
+    for (int64_t s = 0; s < T; s++) if (attn_visible(s, qp)) m = std::max(m, sh.scale * dot(qi, k.data() + s * d, d));
+    for (int64_t j = 0; j < ne; j++) m = std::max(m, sh.scale * dot(qi, ek[j].data() + i * d, d));
+    float sum = 0;
+    for (int64_t s = 0; s < T; s++) if (attn_visible(s, qp)) sum += softmax_term(sh.scale * dot(qi, k.data() + s * d, d), m);
+    for (int64_t j = 0; j < ne; j++) sum += softmax_term(sh.scale * dot(qi, ek[j].data() + i * d, d), m);
+    lse[i] = m + std::log(sum);
+    float* oi = o.data() + i * d;
+    for (int64_t s = 0; s < T; s++) {
+      if (!attn_visible(s, qp)) continue;
+      const float a = attn_prob(dot(qi, k.data() + s * d, d), sh.scale, lse[i]);
+      for (int64_t c = 0; c < d; c++) oi[c] += a * v[s * d + c];
+    }
+    for (int64_t j = 0; j < ne; j++) {
+      const float a = attn_prob(dot(qi, ek[j].data() + i * d, d), sh.scale, lse[i]);
+      for (int64_t c = 0; c < d; c++) oi[c] += a * ev[j][i * d + c];
+    }
+    const float delta = dot(doi, oi, d);
+    // A key's gradients: ds = a·(dp − δ)·scale; dq += ds·key, dkey += ds·q, dvalue += a·dout.
+    auto route = [&](const float* key, const float* val, float* dkey, float* dval) {
+      const float a = attn_prob(dot(qi, key, d), sh.scale, lse[i]);
+      const float ds = attn_dscore(a, dot(doi, val, d), delta, sh.scale);
+      for (int64_t c = 0; c < d; c++) { dq[i * d + c] += ds * key[c]; dkey[c] += ds * qi[c]; dval[c] += a * doi[c]; }
+    };
+    for (int64_t s = 0; s < T; s++) if (attn_visible(s, qp)) route(k.data() + s * d, v.data() + s * d, dk.data() + s * d, dv.data() + s * d);
+    for (int64_t j = 0; j < ne; j++) route(ek[j].data() + i * d, ev[j].data() + i * d, dek[j].data() + i * d, dev[j].data() + i * d);
+  }
+  Diff f, b;
+  f.add(o.data(), o_cpu.data(), Tq * d);
+  f.add(lse.data(), lse_cpu.data(), Tq);
+  b.add(dq.data(), dq_cpu.data(), Tq * d);
+  b.add(dk.data(), dk_cpu.data(), T * d);
+  b.add(dv.data(), dv_cpu.data(), T * d);
+  for (int64_t j = 0; j < ne; j++) { b.add(dek[j].data(), dek_cpu[j].data(), Tq * d); b.add(dev[j].data(), dev_cpu[j].data(), Tq * d); }
+  out.push_back(f.done("attention.forward(ttt)", kTol));
+  out.push_back(b.done("attention.backward(ttt)", kTol));
+}
+
+// The mapping drives CBLAS's column-major interface; the CPU step's row-major wrappers are
+// the reference. Padded leading dimensions and beta != 0 catch a swapped ld or operand.
+void check_gemm_map(uint64_t seed, std::vector<BodyCheck>& out) {
+  const int64_t M = 7, N = 5, K = 6, pad = 3;
+  struct Case { const char* name; bool ta, tb; };
+  for (const Case cs : {Case{"gemm_map.nt", false, true}, Case{"gemm_map.nn", false, false}, Case{"gemm_map.tn", true, false}}) {
+    const int64_t ar = cs.ta ? K : M, ac = cs.ta ? M : K, br = cs.tb ? N : K, bc = cs.tb ? K : N;
+    const int64_t lda = ac + pad, ldb = bc + pad, ldc = N + pad;
+    const Vec A = randn(ar * lda, seed, 40), B = randn(br * ldb, seed, 41), C0 = randn(M * ldc, seed, 42);
+    Vec c_cpu = C0, c_col = C0;
+    const float alpha = 0.75f, beta = 0.5f;
+    if (cs.ta) gemm_tn(M, N, K, alpha, A.data(), lda, B.data(), ldb, beta, c_cpu.data(), ldc);
+    else if (cs.tb) gemm_nt(M, N, K, alpha, A.data(), lda, B.data(), ldb, beta, c_cpu.data(), ldc);
+    else gemm_nn(M, N, K, alpha, A.data(), lda, B.data(), ldb, beta, c_cpu.data(), ldc);
+    const ColMajorGemm g = col_major_gemm(cs.ta, cs.tb, M, N, K, alpha, A.data(), lda, B.data(), ldb, beta, c_col.data(), ldc);
+    auto tr = [](Trans t) { return t == Trans::T ? CblasTrans : CblasNoTrans; };
+    cblas_sgemm(CblasColMajor, tr(g.transa), tr(g.transb), int(g.m), int(g.n), int(g.k), g.alpha, static_cast<const float*>(g.a), int(g.lda),
+                static_cast<const float*>(g.b), int(g.ldb), g.beta, static_cast<float*>(g.c), int(g.ldc));
+    Diff df;
+    df.add(c_col.data(), c_cpu.data(), M * ldc);  // the padding columns too: they must stay as they were
+    out.push_back(df.done(cs.name, kTol));
+  }
+}
+
+}  // namespace
+
+std::vector<BodyCheck> host_check(uint64_t seed) {
+  std::vector<BodyCheck> out;
+  check_rmsnorm(seed, out);
+  check_rope(seed, out);
+  check_swiglu(seed, out);
+  check_bf16(seed, out);
+  check_adamw(seed, out);
+  check_target(seed, out);
+  check_soft_ce(seed, out);
+  check_attention(seed, out);
+  check_gemm_map(seed, out);
+  return out;
+}
+
+}  // namespace dw::cuda

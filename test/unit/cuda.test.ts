@@ -1,0 +1,106 @@
+// The CUDA backend's checks that run without a GPU (issue 15): every kernel body
+// (native/src/cuda/bodies.h) run on the CPU against the CPU step's layer functions, the
+// row-major → column-major GEMM mapping driven through CBLAS's column-major interface, the
+// build (the CUDA objects are in the addon wherever nvcc is), the addon on a machine without a
+// driver, and the run-time loading of cuBLAS. Named stand-ins: the "cuBLAS" libraries below are
+// stubs compiled here (the real one cannot run without a GPU); they check the search path and
+// the symbol table, not a GEMM. On a machine with a GPU the device check itself runs.
+import assert from 'node:assert/strict';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { UnavailableError } from '../../src/errors.ts';
+import { cudaDeviceCheck, cudaHostCheck, cudaInfo, type CudaInfo } from '../../src/native/addon.ts';
+
+const KERNELS = ['rmsnorm.forward', 'rmsnorm.backward', 'rope.forward', 'rope.inverse', 'swiglu.forward', 'swiglu.backward',
+  'bf16.to_f32', 'bf16.from_f32', 'adamw.update+clip', 'target.argmax+softmax', 'soft_ce.loss+hit', 'soft_ce.grad',
+  'attention.forward(ttt)', 'attention.backward(ttt)', 'gemm_map.nt', 'gemm_map.nn', 'gemm_map.tn'];
+
+const nvccHere = (): boolean => spawnSync('nvcc', ['--version']).status === 0 || existsSync('/usr/local/cuda/bin/nvcc');
+
+/** cudaInfo() of a fresh process (the libraries are loaded once per process) with `env`. */
+function infoWith(env: Record<string, string>): CudaInfo {
+  const out = execFileSync(process.execPath, ['--import', 'tsx', '-e',
+    "import('./src/native/addon.ts').then((a) => process.stdout.write(JSON.stringify(a.cudaInfo())))"], { env: { ...process.env, ...env }, encoding: 'utf8' });
+  return JSON.parse(out) as CudaInfo;
+}
+
+describe('CUDA backend, checked on the CPU', function () {
+  this.timeout(60_000);
+
+  it('every kernel body equals the CPU step\'s layer function on random inputs (3 seeds), and the GEMM mapping equals the row-major GEMMs', () => {
+    for (const seed of [1, 2, 20261204]) {
+      const checks = cudaHostCheck(seed);
+      assert.deepEqual(checks.map((c) => c.name), KERNELS);
+      for (const c of checks) {
+        assert.ok(c.values > 0, `${c.name} compared nothing`);
+        assert.ok(Number.isFinite(c.err) && c.err <= c.tol, `${c.name} (seed ${seed}): err ${c.err} > tol ${c.tol}`);
+        assert.equal(c.note, null);
+      }
+      // bit-exact where the arithmetic is: every bf16 pattern, the rounding, the GEMM operand swap
+      for (const name of ['bf16.to_f32', 'bf16.from_f32']) assert.equal(checks.find((c) => c.name === name)!.tol, 0);
+    }
+  });
+
+  it('a bad seed is an InvalidArgumentError naming it', () => {
+    assert.throws(() => cudaHostCheck(-1), /seed must be a non-negative safe integer \(got -1\)/);
+    assert.throws(() => cudaHostCheck(1.5), /seed/);
+  });
+
+  it('the addon has the CUDA objects wherever nvcc is, and without a driver runs its CPU path and says why there is no GPU', () => {
+    const info = cudaInfo();
+    if (nvccHere()) {
+      assert.equal(info.built, true, 'nvcc is on this machine: the build must compile the CUDA objects');
+      assert.equal(info.arch, 'sm_90');
+      assert.ok((info.runtimeVersion ?? 0) >= 12000, `CUDA runtime ${info.runtimeVersion}`);
+    }
+    if (info.gpus.length === 0) {
+      assert.match(info.error ?? '', /no usable CUDA device|built without CUDA/);
+      assert.throws(() => cudaDeviceCheck(1), (e: unknown) => e instanceof UnavailableError && /no CUDA device check here/.test((e as Error).message));
+    } else {
+      assert.equal(info.error, null);
+      // A GPU here: every kernel, the cuBLAS GEMMs and NCCL on one rank, against the CPU step.
+      for (const c of cudaDeviceCheck(7)) assert.ok(c.err <= c.tol, `${c.name}: err ${c.err} > tol ${c.tol}${c.note ? ` (${c.note})` : ''}`);
+    }
+  });
+
+  describe('cuBLAS loaded at run time (stub libraries compiled here, named stand-ins)', () => {
+    let dir = '';
+    before(function () {
+      if (spawnSync('cc', ['--version']).status !== 0) this.skip();
+      dir = mkdtempSync(join(tmpdir(), 'dw-cublas-'));
+      const fns = ['cublasCreate_v2', 'cublasDestroy_v2', 'cublasSetStream_v2', 'cublasSgemm_v2', 'cublasGemmEx'];
+      const lib = (name: string, without: string | null) => {
+        const sub = join(dir, name);
+        mkdirSync(sub);
+        const src = [...fns.filter((f) => f !== without).map((f) => `int ${f}(void) { return 0; }`),
+          'int cublasGetProperty(int what, int* v) { *v = what == 0 ? 13 : what == 1 ? 1 : 7; return 0; }'].join('\n');
+        writeFileSync(join(sub, 'stub.c'), src);
+        execFileSync('cc', ['-shared', '-fPIC', '-o', join(sub, 'libcublas.so.13'), join(sub, 'stub.c')]);
+        return sub;
+      };
+      lib('full', null);
+      lib('partial', 'cublasGemmEx');
+      mkdirSync(join(dir, 'garbage'));
+      writeFileSync(join(dir, 'garbage', 'libcublas.so.13'), 'not a shared library');
+    });
+    after(() => { if (dir) rmSync(dir, { recursive: true, force: true }); });
+
+    it('found in DRAFTWIRE_CUDA_LIBS: its path and version are reported', () => {
+      const info = infoWith({ DRAFTWIRE_CUDA_LIBS: `/nonexistent:${join(dir, 'full')}` });
+      assert.deepEqual(info.cublas, { path: join(dir, 'full', 'libcublas.so.13'), version: '13.1.7' });
+      assert.equal(info.cublasError, null);
+    });
+
+    it('a library without an entry point the step needs, or one that is not a library, is refused by name', () => {
+      const partial = infoWith({ DRAFTWIRE_CUDA_LIBS: join(dir, 'partial') });
+      assert.equal(partial.cublas, null);
+      assert.match(partial.cublasError ?? '', /libcublas\.so\.13 lacks cublasGemmEx/);
+      const garbage = infoWith({ DRAFTWIRE_CUDA_LIBS: join(dir, 'garbage') });
+      assert.equal(garbage.cublas, null);
+      assert.match(garbage.cublasError ?? '', /garbage\/libcublas\.so\.13/);
+      assert.match(garbage.cublasError ?? '', /set DRAFTWIRE_CUDA_LIBS/);
+    });
+  });
+});
