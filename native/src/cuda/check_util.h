@@ -5,7 +5,9 @@
 #include <limits>
 #include <vector>
 
+#include "cuda/hd.h"
 #include "cuda/host_check.h"
+#include "kernels/attention.h"
 #include "kernels/rng.h"
 
 namespace dw::cuda {
@@ -31,5 +33,67 @@ struct Diff {
   void add(const float* got, const float* want, int64_t k) { for (int64_t i = 0; i < k; i++) add(got[i], want[i]); }
   BodyCheck done(const char* name, double tol) const { return {name, den > 0 ? num / den : num, tol, n, ""}; }
 };
+
+inline float dot(const float* a, const float* b, int64_t d) {
+  float s = 0;
+  for (int64_t i = 0; i < d; i++) s += a[i] * b[i];
+  return s;
+}
+
+// One attention head with TTT extras: random inputs of `sh`'s sizes and the CPU step's forward
+// and backward of them (kernels/attention.h), the reference both checks compare with.
+struct AttnCase {
+  AttnShape sh;
+  int64_t T, d, ne, Tq;
+  Vec q, k, v, dout, o, lse, dq, dk, dv;
+  std::vector<Vec> ek, ev, dek, dev;
+  AttnCase(const AttnShape& shape, uint64_t seed)
+      : sh(shape), T(shape.q0 + shape.Tq), d(shape.d), ne(shape.nextra), Tq(shape.Tq),
+        q(randn(Tq * d, seed, 13)), k(randn(T * d, seed, 14)), v(randn(T * d, seed, 15)), dout(randn(Tq * d, seed, 16)),
+        o(Tq * d), lse(Tq), dq(Tq * d), dk(T * d, 0.0f), dv(T * d, 0.0f), dek(ne, Vec(Tq * d, 0.0f)), dev(ne, Vec(Tq * d, 0.0f)) {
+    std::vector<const float*> ekp, evp;
+    std::vector<float*> dekp, devp;
+    for (int64_t j = 0; j < ne; j++) {
+      ek.push_back(randn(Tq * d, seed, 17 + uint64_t(j)));
+      ev.push_back(randn(Tq * d, seed, 27 + uint64_t(j)));
+    }
+    for (int64_t j = 0; j < ne; j++) {
+      ekp.push_back(ek[j].data()); evp.push_back(ev[j].data());
+      dekp.push_back(dek[j].data()); devp.push_back(dev[j].data());
+    }
+    AttnHead hd{q.data(), d, k.data(), d, v.data(), d, ekp.data(), evp.data(), d, o.data(), d, lse.data()};
+    AttnGrad gr{dout.data(), d, dq.data(), d, dk.data(), d, dv.data(), d, dekp.data(), devp.data(), d};
+    AttnScratch sc;
+    attention_forward(sh, hd, sc);
+    attention_backward(sh, hd, gr, sc);
+  }
+};
+
+// Every bf16 bit pattern, and f32 inputs for the rounding: random values and the special cases
+// (zeros, infinities, NaNs with payloads, subnormals, the largest float, ties to even).
+inline std::vector<uint16_t> every_bf16() {
+  std::vector<uint16_t> all(65536);
+  for (int i = 0; i < 65536; i++) all[size_t(i)] = uint16_t(i);
+  return all;
+}
+inline Vec bf16_rounding_inputs(uint64_t seed, int64_t n) {
+  Vec f = randn(n, seed, 7, 10.0);
+  for (uint32_t special : {0x00000000u, 0x80000000u, 0x7f800000u, 0xff800000u, 0x7fc00000u, 0x7f800001u, 0xffa12345u,
+                           0x00000001u, 0x807fffffu, 0x7f7fffffu, 0x3f808000u, 0x3f818000u, 0x3f80ffffu, 0x7f7f8000u})
+    f.push_back(bits_f32(special));
+  return f;
+}
+
+// Bit-exact comparisons: err is the number of outputs whose bits differ.
+inline BodyCheck bits_check(const char* name, const float* got, const float* want, int64_t n) {
+  int64_t bad = 0;
+  for (int64_t i = 0; i < n; i++) bad += f32_bits(got[i]) != f32_bits(want[i]);
+  return {name, double(bad), 0, n, ""};
+}
+inline BodyCheck bits_check(const char* name, const uint16_t* got, const uint16_t* want, int64_t n) {
+  int64_t bad = 0;
+  for (int64_t i = 0; i < n; i++) bad += got[i] != want[i];
+  return {name, double(bad), 0, n, ""};
+}
 
 }  // namespace dw::cuda

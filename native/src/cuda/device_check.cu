@@ -109,27 +109,21 @@ void check_norm_rope_swiglu(uint64_t seed, std::vector<BodyCheck>& out) {
 
 void check_convert_embed_adamw(uint64_t seed, std::vector<BodyCheck>& out) {
   {
-    std::vector<uint16_t> all(65536);
-    for (int i = 0; i < 65536; i++) all[size_t(i)] = uint16_t(i);
-    Vec wide(65536);
-    dw::bf16_to_f32(all.data(), wide.data(), 65536);
+    const std::vector<uint16_t> all = every_bf16();
+    const int64_t n = int64_t(all.size());
+    Vec wide(all.size());
+    dw::bf16_to_f32(all.data(), wide.data(), n);
     Dev<uint16_t> dAll(all);
-    Dev<float> dWide(65536);
-    ok(bf16_to_f32(nullptr, dAll.p, dWide.p, 65536), "bf16_to_f32");
-    const Vec got = dWide.get();
-    int64_t bad = 0;
-    for (int i = 0; i < 65536; i++) bad += f32_bits(got[size_t(i)]) != f32_bits(wide[size_t(i)]);
-    out.push_back({"bf16.to_f32", double(bad), 0, 65536, ""});
-    const Vec f = randn(1 << 16, seed, 7, 10.0);
+    Dev<float> dWide(all.size());
+    ok(bf16_to_f32(nullptr, dAll.p, dWide.p, n), "bf16_to_f32");
+    out.push_back(bits_check("bf16.to_f32", dWide.get().data(), wide.data(), n));
+    const Vec f = bf16_rounding_inputs(seed, 1 << 16);
     std::vector<uint16_t> cpu(f.size());
     dw::f32_to_bf16(f.data(), cpu.data(), int64_t(f.size()));
     Dev<float> dF(f);
     Dev<uint16_t> dB(f.size());
     ok(f32_to_bf16(nullptr, dF.p, dB.p, int64_t(f.size())), "f32_to_bf16");
-    const auto gotb = dB.get();
-    bad = 0;
-    for (size_t i = 0; i < f.size(); i++) bad += gotb[i] != cpu[i];
-    out.push_back({"bf16.from_f32", double(bad), 0, int64_t(f.size()), ""});
+    out.push_back(bits_check("bf16.from_f32", dB.get().data(), cpu.data(), int64_t(f.size())));
   }
   {
     const int64_t V = 50, H = 64, R = 30;
@@ -266,32 +260,16 @@ void check_loss(uint64_t seed, std::vector<BodyCheck>& out) {
   }
 }
 
-float dot(const float* a, const float* b, int64_t d) {
-  float s = 0;
-  for (int64_t i = 0; i < d; i++) s += a[i] * b[i];
-  return s;
-}
-
 // One head with TTT extras: scores and products on cuBLAS, the masked softmax and the score
 // gradients in the kernels, the extras' few dot products on the host; against kernels/attention.cc.
 void check_attention(const CublasApi& b, void* h, uint64_t seed, std::vector<BodyCheck>& out) {
-  AttnShape sh;
-  sh.Tq = 100; sh.q0 = 20; sh.d = 64; sh.nextra = 2; sh.scale = 1.0f / 8.0f;
-  const int64_t T = sh.q0 + sh.Tq, d = sh.d, ne = sh.nextra, Tq = sh.Tq;
-  const Vec q = randn(Tq * d, seed, 14), k = randn(T * d, seed, 15), v = randn(T * d, seed, 16), dout = randn(Tq * d, seed, 17);
-  std::vector<Vec> ek, ev;
-  std::vector<const float*> ekp, evp;
-  for (int64_t j = 0; j < ne; j++) { ek.push_back(randn(Tq * d, seed, 18 + uint64_t(j))); ev.push_back(randn(Tq * d, seed, 28 + uint64_t(j))); }
-  for (int64_t j = 0; j < ne; j++) { ekp.push_back(ek[j].data()); evp.push_back(ev[j].data()); }
-  Vec o(Tq * d), lse(Tq), dq(Tq * d), dk(T * d, 0.0f), dv(T * d, 0.0f);
-  std::vector<Vec> dek(ne, Vec(Tq * d, 0.0f)), dev(ne, Vec(Tq * d, 0.0f));
-  std::vector<float*> dekp, devp;
-  for (int64_t j = 0; j < ne; j++) { dekp.push_back(dek[j].data()); devp.push_back(dev[j].data()); }
-  AttnHead hd{q.data(), d, k.data(), d, v.data(), d, ekp.data(), evp.data(), d, o.data(), d, lse.data()};
-  AttnGrad gr{dout.data(), d, dq.data(), d, dk.data(), d, dv.data(), d, dekp.data(), devp.data(), d};
-  AttnScratch sc;
-  dw::attention_forward(sh, hd, sc);
-  dw::attention_backward(sh, hd, gr, sc);
+  AttnShape shape;
+  shape.Tq = 100; shape.q0 = 20; shape.d = 64; shape.nextra = 2; shape.scale = 1.0f / 8.0f;
+  const AttnCase c(shape, seed);
+  const AttnShape& sh = c.sh;
+  const int64_t T = c.T, d = c.d, ne = c.ne, Tq = c.Tq;
+  const Vec &q = c.q, &k = c.k, &v = c.v, &dout = c.dout, &o = c.o, &lse = c.lse, &dq = c.dq;
+  const std::vector<Vec> &ek = c.ek, &ev = c.ev;
 
   Vec E(Tq * ne);
   for (int64_t i = 0; i < Tq; i++)

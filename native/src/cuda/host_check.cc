@@ -98,23 +98,16 @@ void check_swiglu(uint64_t seed, std::vector<BodyCheck>& out) {
 
 // Bit-exact: every bf16 pattern widened, and rounding of random values and the special cases.
 void check_bf16(uint64_t seed, std::vector<BodyCheck>& out) {
-  std::vector<uint16_t> all(65536);
-  for (int i = 0; i < 65536; i++) all[size_t(i)] = uint16_t(i);
-  Vec wide(65536);
-  dw::bf16_to_f32(all.data(), wide.data(), 65536);
-  int64_t bad = 0;
-  for (int i = 0; i < 65536; i++) bad += f32_bits(bf16_to_f32(uint16_t(i))) != f32_bits(wide[size_t(i)]);
-  out.push_back({"bf16.to_f32", double(bad), 0, 65536, ""});
-
-  Vec f = randn(4096, seed, 7, 10.0);
-  for (uint32_t special : {0x00000000u, 0x80000000u, 0x7f800000u, 0xff800000u, 0x7fc00000u, 0x7f800001u, 0xffa12345u,
-                           0x00000001u, 0x807fffffu, 0x7f7fffffu, 0x3f808000u, 0x3f818000u, 0x3f80ffffu, 0x7f7f8000u})
-    f.push_back(bits_f32(special));
-  std::vector<uint16_t> cpu(f.size());
+  const std::vector<uint16_t> all = every_bf16();
+  Vec wide(all.size()), body(all.size());
+  dw::bf16_to_f32(all.data(), wide.data(), int64_t(all.size()));
+  for (size_t i = 0; i < all.size(); i++) body[i] = bf16_to_f32(all[i]);
+  out.push_back(bits_check("bf16.to_f32", body.data(), wide.data(), int64_t(all.size())));
+  const Vec f = bf16_rounding_inputs(seed, 4096);
+  std::vector<uint16_t> cpu(f.size()), narrow(f.size());
   dw::f32_to_bf16(f.data(), cpu.data(), int64_t(f.size()));
-  bad = 0;
-  for (size_t i = 0; i < f.size(); i++) bad += f32_to_bf16(f[i]) != cpu[i];
-  out.push_back({"bf16.from_f32", double(bad), 0, int64_t(f.size()), ""});
+  for (size_t i = 0; i < f.size(); i++) narrow[i] = f32_to_bf16(f[i]);
+  out.push_back(bits_check("bf16.from_f32", narrow.data(), cpu.data(), int64_t(f.size())));
 }
 
 void check_adamw(uint64_t seed, std::vector<BodyCheck>& out) {
@@ -208,32 +201,16 @@ void check_soft_ce(uint64_t seed, std::vector<BodyCheck>& out) {
   out.push_back(dg.done("soft_ce.grad", kTol));
 }
 
-float dot(const float* a, const float* b, int64_t d) {
-  float s = 0;
-  for (int64_t i = 0; i < d; i++) s += a[i] * b[i];
-  return s;
-}
-
 // One head with TTT extras: the bodies run as plain loops (every score, no tiles) against
 // kernels/attention.cc's tiled GEMMs.
 void check_attention(uint64_t seed, std::vector<BodyCheck>& out) {
-  AttnShape sh;
-  sh.Tq = 10; sh.q0 = 3; sh.d = 8; sh.nextra = 2; sh.scale = 1.0f / std::sqrt(8.0f);
-  const int64_t T = sh.q0 + sh.Tq, d = sh.d, ne = sh.nextra, Tq = sh.Tq;
-  const Vec q = randn(Tq * d, seed, 13), k = randn(T * d, seed, 14), v = randn(T * d, seed, 15), dout = randn(Tq * d, seed, 16);
-  std::vector<Vec> ek, ev;
-  for (int64_t j = 0; j < ne; j++) { ek.push_back(randn(Tq * d, seed, 17 + uint64_t(j))); ev.push_back(randn(Tq * d, seed, 27 + uint64_t(j))); }
-  std::vector<const float*> ekp, evp;
-  for (int64_t j = 0; j < ne; j++) { ekp.push_back(ek[j].data()); evp.push_back(ev[j].data()); }
-  Vec o_cpu(Tq * d), lse_cpu(Tq), dq_cpu(Tq * d), dk_cpu(T * d, 0.0f), dv_cpu(T * d, 0.0f);
-  std::vector<Vec> dek_cpu(ne, Vec(Tq * d, 0.0f)), dev_cpu(ne, Vec(Tq * d, 0.0f));
-  std::vector<float*> dekp, devp;
-  for (int64_t j = 0; j < ne; j++) { dekp.push_back(dek_cpu[j].data()); devp.push_back(dev_cpu[j].data()); }
-  AttnHead hd{q.data(), d, k.data(), d, v.data(), d, ekp.data(), evp.data(), d, o_cpu.data(), d, lse_cpu.data()};
-  AttnGrad gr{dout.data(), d, dq_cpu.data(), d, dk_cpu.data(), d, dv_cpu.data(), d, dekp.data(), devp.data(), d};
-  AttnScratch sc;
-  attention_forward(sh, hd, sc);
-  attention_backward(sh, hd, gr, sc);
+  AttnShape shape;
+  shape.Tq = 10; shape.q0 = 3; shape.d = 8; shape.nextra = 2; shape.scale = 1.0f / std::sqrt(8.0f);
+  const AttnCase c(shape, seed);
+  const AttnShape& sh = c.sh;
+  const int64_t T = c.T, d = c.d, ne = c.ne, Tq = c.Tq;
+  const Vec &q = c.q, &k = c.k, &v = c.v, &dout = c.dout;
+  const std::vector<Vec> &ek = c.ek, &ev = c.ev;
 
   Vec o(Tq * d, 0.0f), lse(Tq), dq(Tq * d, 0.0f), dk(T * d, 0.0f), dv(T * d, 0.0f);
   std::vector<Vec> dek(ne, Vec(Tq * d, 0.0f)), dev(ne, Vec(Tq * d, 0.0f));
@@ -269,12 +246,12 @@ void check_attention(uint64_t seed, std::vector<BodyCheck>& out) {
     for (int64_t j = 0; j < ne; j++) route(ek[j].data() + i * d, ev[j].data() + i * d, dek[j].data() + i * d, dev[j].data() + i * d);
   }
   Diff f, b;
-  f.add(o.data(), o_cpu.data(), Tq * d);
-  f.add(lse.data(), lse_cpu.data(), Tq);
-  b.add(dq.data(), dq_cpu.data(), Tq * d);
-  b.add(dk.data(), dk_cpu.data(), T * d);
-  b.add(dv.data(), dv_cpu.data(), T * d);
-  for (int64_t j = 0; j < ne; j++) { b.add(dek[j].data(), dek_cpu[j].data(), Tq * d); b.add(dev[j].data(), dev_cpu[j].data(), Tq * d); }
+  f.add(o.data(), c.o.data(), Tq * d);
+  f.add(lse.data(), c.lse.data(), Tq);
+  b.add(dq.data(), c.dq.data(), Tq * d);
+  b.add(dk.data(), c.dk.data(), T * d);
+  b.add(dv.data(), c.dv.data(), T * d);
+  for (int64_t j = 0; j < ne; j++) { b.add(dek[j].data(), c.dek[j].data(), Tq * d); b.add(dev[j].data(), c.dev[j].data(), Tq * d); }
   out.push_back(f.done("attention.forward(ttt)", kTol));
   out.push_back(b.done("attention.backward(ttt)", kTol));
 }

@@ -19,22 +19,13 @@ cudaStream_t st(Stream s) { return static_cast<cudaStream_t>(s); }
 unsigned blocks_for(int64_t n) { return unsigned((n + kThreads - 1) / kThreads < 65535 * 16 ? (n + kThreads - 1) / kThreads : 65535 * 16); }
 
 // Block-wide reductions (kThreads threads); every thread gets the result.
-__device__ float block_sum(float v) {
-  __shared__ float part[kThreads / 32];
+template <typename T>
+__device__ T block_sum(T v) {
+  __shared__ T part[kThreads / 32];
   for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
   if (threadIdx.x % 32 == 0) part[threadIdx.x / 32] = v;
   __syncthreads();
-  float t = 0;
-  for (int i = 0; i < kThreads / 32; i++) t += part[i];
-  __syncthreads();
-  return t;
-}
-__device__ double block_sum(double v) {
-  __shared__ double part[kThreads / 32];
-  for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
-  if (threadIdx.x % 32 == 0) part[threadIdx.x / 32] = v;
-  __syncthreads();
-  double t = 0;
+  T t = 0;
   for (int i = 0; i < kThreads / 32; i++) t += part[i];
   __syncthreads();
   return t;
