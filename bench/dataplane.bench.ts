@@ -28,8 +28,9 @@ import { open } from 'node:fs/promises';
 import { Netns } from '../test/support/netns.ts';
 import { makeCerts } from '../cluster/commands/certs.ts';
 import { readTlsFiles } from '../src/tls.ts';
+import { Reporter } from './support/report.ts';
 
-const JSON_OUT = process.argv.includes('--json');
+const report = Reporter.forBench(import.meta.url);
 const SECRET = 'dataplane-bench-secret-0123456789abcdef';
 const MB = 1 << 20;
 const CHILD = join(import.meta.dirname, '..', 'test', 'support', 'dataplane-child.ts');
@@ -132,12 +133,16 @@ try {
   net?.destroySync();
   rmSync(root, { recursive: true, force: true });
 }
-if (JSON_OUT) {
-  console.log(JSON.stringify({ bench: 'dataplane', transport: (net ? 'two network namespaces (veth + bridge)' : 'loopback, two processes') + (TLS ? ', HTTPS (mutual TLS)' : ''), rows }, null, 2));
-} else {
-  console.log(`HTTP data plane (HttpFeatureStore <- StoreHttpServer) vs raw TCP stream of the same bytes, two processes, ${net ? 'two network namespaces (veth + bridge)' : 'loopback'}${TLS ? ', HTTPS (mutual TLS)' : ''}, same run`);
-  console.log('| case | tensor bytes | HTTP GB/s (verified) | HTTP GB/s (no verify) | raw TCP GB/s | HTTP / raw | HTTP ms | raw ms |');
-  console.log('|---|---:|---:|---:|---:|---:|---:|---:|');
-  for (const x of rows) console.log(`| ${x.case} | ${x.bytes} | ${x.httpGBps.toFixed(2)} | ${x.httpNoVerifyGBps.toFixed(2)} | ${x.rawTcpGBps.toFixed(2)} | ${(x.ratio * 100).toFixed(0)}% | ${x.httpMs.toFixed(2)} | ${x.rawMs.toFixed(2)} |`);
+const transport = (net ? 'two network namespaces (veth + bridge)' : 'loopback, two processes') + (TLS ? ', HTTPS (mutual TLS)' : '');
+report.context({ transport });
+for (const x of rows) {
+  const ctx = { case: x.case, bytes: x.bytes };
+  const raw = report.add({ name: `raw TCP stream, ${x.case}`, value: x.rawTcpGBps, unit: 'GB/s', ...ctx });
+  report.add({ name: `HTTP get (verified), ${x.case}`, value: x.httpGBps, unit: 'GB/s', baseline: raw, ...ctx });
+  report.add({ name: `HTTP get (no verify), ${x.case}`, value: x.httpNoVerifyGBps, unit: 'GB/s', baseline: raw, ...ctx });
 }
+report.log(`HTTP data plane (HttpFeatureStore <- StoreHttpServer) vs raw TCP stream of the same bytes, ${transport}, same run`);
+report.markdown(['case', 'tensor bytes', 'HTTP GB/s (verified)', 'HTTP GB/s (no verify)', 'raw TCP GB/s', 'HTTP / raw', 'HTTP ms', 'raw ms'],
+  rows.map((x) => [x.case, String(x.bytes), x.httpGBps.toFixed(2), x.httpNoVerifyGBps.toFixed(2), x.rawTcpGBps.toFixed(2), `${(x.ratio * 100).toFixed(0)}%`, x.httpMs.toFixed(2), x.rawMs.toFixed(2)]));
+report.end();
 process.exit(0);

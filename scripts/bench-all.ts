@@ -3,7 +3,7 @@
 // figure, bench/support/report.ts) into one JSON array file, and prints a summary table.
 //   npm run bench [-- --out FILE] [--only a,b] [--full]
 //   node --import tsx scripts/bench-all.ts [--out bench-results.json] [--only store,lease] [--full]
-// A bench that needs what this machine lacks (python3 with torch, nats-server, the native addon)
+// A bench that needs what this machine lacks (python3 with torch, nats-server, the native addon, root for network namespaces)
 // is skipped, with the reason printed; a skip is not a result. A bench that fails (non-zero
 // exit, a timeout, no figures, a line that is not a figure) makes the script exit 1, naming it.
 // Quick figures are for comparing runs of the same quick mode, not for the README's tables.
@@ -20,20 +20,24 @@ interface Entry {
   /** Seconds before the bench is killed and counted as failed (quick mode; --full waits 6×). */
   timeoutS?: number;
 }
-type Need = 'addon' | 'nats' | 'torch' | 'transformers';
+type Need = 'addon' | 'nats' | 'torch' | 'transformers' | 'netns';
 
 // One entry per bench; a bench file without one (or an entry without a file) is an error.
 // Times: this 2-core machine, quick mode.
 const QUICK: Record<string, Entry> = {
   allreduce: { quick: ['--ranks', '2', '--sizes', '1,4', '--reps', '3'], needs: ['addon', 'nats'] }, // ~2 s
   bus: { quick: ['--n', '500'], needs: ['nats'] }, // ~3 s
+  checkpoint: { quick: ['--size', 'small', '--reps', '2'], needs: ['addon', 'nats'] }, // ~3 s
+  cluster: { quick: ['--size', 'tiny', '--steps', '20'], needs: ['addon', 'nats', 'netns'], timeoutS: 300 }, // ~60 s (three hosts)
   codec: { quick: ['--min-ms', '250'], needs: [] }, // ~3 s
   convert: { quick: ['--min-ms', '100'], needs: ['addon'] }, // ~3 s
+  dataplane: { quick: [], needs: ['addon'] }, // ~10 s (loopback; --full is the same: --hosts is by hand)
   'draft-1b': { quick: ['--seq', '32', '--reps', '1', '--warmup', '1'], needs: ['addon', 'torch'], timeoutS: 600 }, // ~60 s (1B-class weights: 7 GiB)
   // elastic and recovery: enough steps that the job outlives the `draftwire scale` CLI (about 1 s
   // to start) sent a third of the way in; at 20 tiny steps the job can end first and the bench fails.
   elastic: { quick: ['--size', 'tiny', '--steps', '80', '--batch', '4'], needs: ['addon', 'nats'] }, // ~50 s
   external: { quick: ['--size', 'tiny', '--samples', '96'], needs: ['addon', 'nats'] }, // ~3 s
+  failover: { quick: [], needs: ['addon', 'nats'], timeoutS: 180 }, // ~30 s
   features: { quick: ['--files', '4', '--tokens', '128', '--hidden', '512', '--reps', '2'], needs: ['addon'] }, // ~1 s
   'hf-rollout': { quick: ['--seq', '64', '--rows', '1'], needs: ['addon', 'torch', 'transformers'] }, // ~18 s
   lease: { quick: ['--n', '200'], needs: ['nats'] }, // ~3 s
@@ -69,6 +73,11 @@ const lacks = (() => {
     },
     torch: () => python('torch'),
     transformers: () => python('transformers'),
+    netns: () => {
+      if (process.getuid?.() !== 0) return 'not root: the hosts are network namespaces (ip netns)';
+      const r = spawnSync('ip', ['netns', 'list'], { encoding: 'utf8' });
+      return r.status === 0 ? null : `ip netns does not work here (${r.error?.message ?? r.stderr.trim()})`;
+    },
   };
   return (need: Need): string | null => {
     if (!memo.has(need)) memo.set(need, check[need]());
