@@ -15,7 +15,7 @@ export function wireTable(): string {
     rows.push(`| ${code(`dw.<job>.${e.pattern}`)} | ${e.kind} | ${cell(e.publisher)} → ${cell(e.subscriber)}${fence} | ${e.fields.request.map(cell).join('<br>') || '—'} | ${e.fields.reply.map(cell).join('<br>') || '—'} | ${e.key ? code(e.keyRule) : cell(e.keyRule)} | ${timeout} |`);
   }
   const p = STORAGE.patterns;
-  rows.push('', `KV bucket ${code(p.kvBucket)}, key ${code(STORAGE.epochKey)} (the epoch record), keys ${code(p.roleKey)} (the roles' leader leases); ledger write-ahead log: JetStream stream ${code(p.walStream)}, subject ${code(p.walSubject)}.`);
+  rows.push('', `KV bucket ${code(p.kvBucket)}, key ${code(STORAGE.epochKey)} (the epoch record), keys ${code(p.roleKey)} (the roles' leader leases); ledger write-ahead log: JetStream stream ${code(p.walStream)}, subject ${code(p.walSubject)}; rank checkpoints (\`checkpointStore: nats\`): object store bucket ${code(p.ckptBucket)} (weights and AdamW moments, MAC'd safetensors objects), the manifest at key ${code(STORAGE.ckptLatestKey)} of ${code(p.kvBucket)} (the commit point, compare-and-set), window parts at keys ${code(p.ckptPartKey)}.`);
   return rows.join('\n') + '\n';
 }
 

@@ -51,8 +51,8 @@ export class DirCheckpointStore implements CheckpointStore {
   loadRankCheckpoint(init: Record<string, Float32Array | Int32Array>) { return loadRankCheckpoint(this.spec, init); }
 }
 
-const LATEST = 'ckpt.latest';
-const partKey = (step: number, epoch: number, index: number) => `ckpt.part.${step}.${epoch}.${index}`;
+const LATEST = STORAGE.ckptLatestKey;
+const partKey = STORAGE.ckptPartKey;
 const baseName = (step: number, epoch: number) => `step-${String(step).padStart(8, '0')}-e${epoch}`;
 
 export class NatsCheckpointStore implements CheckpointStore {

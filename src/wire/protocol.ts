@@ -506,7 +506,10 @@ export const STORAGE = Object.freeze({
   walStream: (job: string) => `dw_${token(job, 'job id')}_wal`,
   /** The object store bucket of a job's checkpoints (checkpointStore 'nats'). */
   ckptBucket: (job: string) => `dw_${token(job, 'job id')}_ckpt`,
+  /** Keys of the job's KV bucket for those checkpoints: the manifest (the commit point), and a rank's window part. */
+  ckptLatestKey: 'ckpt.latest',
+  ckptPartKey: (step: number, epoch: number, index: number) => `ckpt.part.${step}.${epoch}.${index}`,
   walSubject: (job: string) => `dw.${token(job, 'job id')}.wal.ledger`,
   /** The same names as patterns, for the docs. */
-  patterns: Object.freeze({ ckptBucket: 'dw_<job>_ckpt', roleKey: 'role.<role>', kvBucket: 'dw_<job>', walStream: 'dw_<job>_wal', walSubject: 'dw.<job>.wal.ledger' }),
+  patterns: Object.freeze({ ckptBucket: 'dw_<job>_ckpt', ckptPartKey: 'ckpt.part.<step>.<epoch>.<rank>', roleKey: 'role.<role>', kvBucket: 'dw_<job>', walStream: 'dw_<job>_wal', walSubject: 'dw.<job>.wal.ledger' }),
 });
