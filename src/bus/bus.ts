@@ -354,9 +354,9 @@ export class Bus extends BusCore {
     throw mapNatsError(last, `append to ${subject} (after ${attempts} attempts)`);
   }
 
-  async streamInfo(stream: string): Promise<{ firstSeq: number; lastSeq: number; messages: number; bytes: number; replicas: number; cluster: StreamClusterState | null }> {
+  async streamInfo(stream: string, retries = 3): Promise<{ firstSeq: number; lastSeq: number; messages: number; bytes: number; replicas: number; cluster: StreamClusterState | null }> {
     const jsm = await this.jsm();
-    const i = await this.jsOp(`stream ${stream}`, () => jsm.streams.info(stream), true);
+    const i = await this.jsOp(`stream ${stream}`, () => jsm.streams.info(stream), true, retries);
     const cluster = i.cluster ? {
       leader: i.cluster.leader ?? null,
       replicas: (i.cluster.replicas ?? []).map((r) => ({ name: r.name, current: r.current, offline: r.offline === true, lag: r.lag ?? 0 })),
@@ -372,12 +372,16 @@ export class Bus extends BusCore {
    */
   async *readAll<T = unknown>(stream: string, fromSeq = 1, opts: { skipInvalid?: boolean; yieldInvalid?: boolean; batch?: number } = {}): AsyncIterable<StreamRecord<T>> {
     if (!Number.isSafeInteger(fromSeq) || fromSeq < 1) throw new InvalidArgumentError(`readAll fromSeq must be >= 1, got ${fromSeq}`);
-    const info = await this.streamInfo(stream);
+    // In a cluster, creating the (ordered, ephemeral) consumer needs the JetStream meta leader,
+    // which is re-elected for seconds after a server dies: a reader (the queue rebuilding its
+    // ledger, `draftwire audit`) waits that out, about a minute, instead of failing.
+    const patience = (this.nc.info as { cluster?: string } | undefined)?.cluster ? 11 : 3;
+    const info = await this.streamInfo(stream, patience);
     const endSeq = info.lastSeq;
     if (info.messages === 0 || endSeq < fromSeq) return;
     const startSeq = Math.max(fromSeq, info.firstSeq);
     const consumer = await this.jsOp(`read stream ${stream}`,
-      () => this.js().consumers.get(stream, { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: startSeq }), true);
+      () => this.js().consumers.get(stream, { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: startSeq }), true, patience);
     const iter = await consumer.consume({ max_messages: opts.batch ?? 256 });
     try {
       for await (const m of iter) {

@@ -76,15 +76,21 @@ __global__ void k_rmsnorm_fwd(int64_t H, const float* x, const float* w, double 
   for (int64_t i = threadIdx.x; i < H; i += blockDim.x) y[blockIdx.x * H + i] = rmsnorm_fwd(xr[i], w[i], r);
 }
 
-__global__ void k_rmsnorm_bwd(int64_t H, const float* x, const float* w, const float* rstd, const float* dy, float* dx, float* dw) {
+__global__ void k_rmsnorm_bwd(int64_t H, const float* x, const float* w, const float* rstd, const float* dy, float* dx) {
   const int64_t o = blockIdx.x * H;
   const float r = rstd[blockIdx.x];
   float acc = 0;
   for (int64_t i = threadIdx.x; i < H; i += blockDim.x) acc += w[i] * dy[o + i] * x[o + i];
   const float c = rmsnorm_bwd_coef(block_sum(acc), r, H);
-  for (int64_t i = threadIdx.x; i < H; i += blockDim.x) {
-    dx[o + i] = rmsnorm_bwd_dx(x[o + i], w[i], dy[o + i], r, c);
-    atomicAdd(dw + i, rmsnorm_bwd_dw(x[o + i], dy[o + i], r));
+  for (int64_t i = threadIdx.x; i < H; i += blockDim.x) dx[o + i] = rmsnorm_bwd_dx(x[o + i], w[i], dy[o + i], r, c);
+}
+
+// dw[i] += Σ_r dy[r,i]·x[r,i]·rstd[r]: a thread per column, rows in order (deterministic, coalesced).
+__global__ void k_rmsnorm_dw(int64_t rows, int64_t H, const float* x, const float* rstd, const float* dy, float* dw) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < H; i += int64_t(gridDim.x) * blockDim.x) {
+    float acc = 0;
+    for (int64_t r = 0; r < rows; r++) acc += rmsnorm_bwd_dw(x[r * H + i], dy[r * H + i], rstd[r]);
+    dw[i] += acc;
   }
 }
 
@@ -206,7 +212,8 @@ std::string rmsnorm_forward(Stream s, int64_t rows, int64_t H, const float* x, c
 }
 std::string rmsnorm_backward(Stream s, int64_t rows, int64_t H, const float* x, const float* w, const float* rstd,
                              const float* dy, float* dx, float* dw) {
-  if (rows > 0) k_rmsnorm_bwd<<<unsigned(rows), kThreads, 0, st(s)>>>(H, x, w, rstd, dy, dx, dw);
+  if (rows > 0) k_rmsnorm_bwd<<<unsigned(rows), kThreads, 0, st(s)>>>(H, x, w, rstd, dy, dx);
+  if (rows > 0) k_rmsnorm_dw<<<blocks_for(H), kThreads, 0, st(s)>>>(rows, H, x, rstd, dy, dw);
   return launched();
 }
 std::string rope_apply(Stream s, int64_t rows, const int32_t* pos, float* x, int64_t ld, int64_t nheads, int64_t d,

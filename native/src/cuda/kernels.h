@@ -15,7 +15,7 @@ using Stream = void*;
 
 // y[r] = RMSNorm(x[r]; w), rstd[r] kept (rows of H, contiguous).
 std::string rmsnorm_forward(Stream s, int64_t rows, int64_t H, const float* x, const float* w, double eps, float* y, float* rstd);
-// dx[r] = ∂/∂x; dw += Σ_r dy ⊙ x·rstd (dw accumulated with atomics).
+// dx[r] = ∂/∂x; dw += Σ_r dy ⊙ x·rstd (rows summed in order by one thread per column: deterministic).
 std::string rmsnorm_backward(Stream s, int64_t rows, int64_t H, const float* x, const float* w, const float* rstd,
                              const float* dy, float* dx, float* dw);
 // In place on rows of `nheads` heads of d (row stride ld); cos/sin tables [max_pos, d/2].
