@@ -65,6 +65,18 @@ describe('CUDA backend, checked on the CPU', function () {
     }
   });
 
+  it('draftwire cuda --check --json: the status and every check as JSON (exit 0 when they pass); a bad --seed is exit 2', () => {
+    const r = spawnSync(process.execPath, ['bin/draftwire.js', 'cuda', '--check', '--json'], { encoding: 'utf8' });
+    assert.equal(r.status, 0, r.stderr);
+    const rep = JSON.parse(r.stdout) as { info: CudaInfo; host: { name: string; err: number; tol: number }[]; device: unknown; ok: boolean };
+    assert.equal(rep.ok, true);
+    assert.deepEqual(rep.host.map((c) => c.name), KERNELS);
+    if (rep.info.gpus.length === 0) assert.match(String(rep.device), /no CUDA device check here/);
+    const bad = spawnSync(process.execPath, ['bin/draftwire.js', 'cuda', '--seed', 'x'], { encoding: 'utf8' });
+    assert.equal(bad.status, 2);
+    assert.match(bad.stderr, /--seed must be an integer ≥ 0, got "x"/);
+  });
+
   describe('cuBLAS loaded at run time (stub libraries compiled here, named stand-ins)', () => {
     let dir = '';
     before(function () {
