@@ -62,13 +62,14 @@ export class LeaseBook {
 
   /**
    * Held leases this rank may train (read or not): not of a sample trained since the last
-   * checkpoint. A sample re-granted while its trained lease awaits the checkpoint (the old
-   * lease expired) is acked through the skip list once that checkpoint commits, never trained
-   * twice.
+   * checkpoint, nor of one a committed checkpoint holds (the skip list: acked without
+   * training, WorldCheckpoint.ackSkipped). A sample re-granted while its trained lease awaits
+   * the checkpoint (the old lease expired) is acked through the skip list once that
+   * checkpoint commits, never trained twice.
    */
   usable(): Held[] {
     const trained = new Set([...this.window, ...this.inStep].map((l) => l.sampleId));
-    return [...this.held.values()].filter((h) => !trained.has(h.lease.sampleId));
+    return [...this.held.values()].filter((h) => !trained.has(h.lease.sampleId) && !this.trainedSkip.has(h.lease.sampleId));
   }
 
   /** Usable leases whose features were read, oldest first. */
@@ -120,7 +121,9 @@ export class LeaseBook {
   private fetching: Promise<void> | null = null;
 
   private async readUnread(): Promise<void> {
-    const todo = [...this.held.values()].filter((h) => !h.tensors);
+    // A skip-listed sample is acked, never trained: reading it would only risk failing (and
+    // dead-lettering) a sample the model already holds, its store's host gone.
+    const todo = [...this.held.values()].filter((h) => !h.tensors && !this.trainedSkip.has(h.lease.sampleId));
     let next = 0;
     await Promise.all(Array.from({ length: Math.min(FETCH_PARALLEL, todo.length) }, async () => {
       while (next < todo.length) await this.read(todo[next++]!);

@@ -142,6 +142,24 @@ describe('lease book: reading the features', () => {
   });
 });
 
+describe('lease book: samples a committed checkpoint holds (the skip list)', () => {
+  it('a held lease of a skip-listed sample is neither usable nor read: it is only acked', async () => {
+    let reads = 0;
+    const counted = { get: async () => { reads++; return {} as Record<string, Tensor>; } } as unknown as FeatureStore;
+    const b = new LeaseBook({ bus: null as never, store: counted, log: createLogger('test.lease-book') });
+    const [done, fresh] = [lease('in-checkpoint'), lease('new')];
+    b.trainedSkip.add('in-checkpoint');
+    b.receive([done, fresh], 1);
+    assert.deepEqual(usableIds(b), [fresh.leaseId]);
+    await b.fetchNew();
+    assert.equal(reads, 1, 'only the sample to train is read');
+    assert.deepEqual(b.ready().map((h) => h.lease.leaseId), [fresh.leaseId]);
+    assert.ok(b.held.has(done.leaseId), 'still held, for the ack');
+    b.trainedSkip.delete('in-checkpoint'); // acked and gone from the list: an ordinary sample again
+    assert.deepEqual(usableIds(b), [done.leaseId, fresh.leaseId].sort());
+  });
+});
+
 describe('ctl.epoch announcements: replays are harmless', () => {
   it('acts only on an epoch newer than the rank\'s', () => {
     assert.equal(newerEpochAnnounced({ epoch: 4 }, 3), 4);
