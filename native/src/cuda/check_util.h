@@ -3,11 +3,13 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <string>
 #include <vector>
 
 #include "cuda/hd.h"
 #include "cuda/host_check.h"
 #include "kernels/attention.h"
+#include "kernels/blas.h"
 #include "kernels/rng.h"
 
 namespace dw::cuda {
@@ -31,7 +33,7 @@ struct Diff {
     n++;
   }
   void add(const float* got, const float* want, int64_t k) { for (int64_t i = 0; i < k; i++) add(got[i], want[i]); }
-  BodyCheck done(const char* name, double tol) const { return {name, den > 0 ? num / den : num, tol, n, ""}; }
+  BodyCheck done(const std::string& name, double tol) const { return {name, den > 0 ? num / den : num, tol, n, ""}; }
 };
 
 inline float dot(const float* a, const float* b, int64_t d) {
@@ -68,6 +70,26 @@ struct AttnCase {
     attention_backward(sh, hd, gr, sc);
   }
 };
+
+// A row-major GEMM C = 0.75·op(A)·op(B) + 0.5·C of the CPU step (gemm_nt: tb, gemm_nn,
+// gemm_tn: ta) on random operands with padded leading dimensions, and its CPU result `want`
+// (padding columns included: a mapped call must leave them as they were).
+struct GemmCase {
+  bool ta, tb;
+  int64_t M, N, K, lda, ldb, ldc;
+  float alpha = 0.75f, beta = 0.5f;
+  Vec A, B, C0, want;
+  GemmCase(bool ta_, bool tb_, int64_t M_, int64_t N_, int64_t K_, uint64_t seed, int64_t pad = 3)
+      : ta(ta_), tb(tb_), M(M_), N(N_), K(K_), lda((ta_ ? M_ : K_) + pad), ldb((tb_ ? K_ : N_) + pad), ldc(N_ + pad),
+        A(randn((ta_ ? K_ : M_) * lda, seed, 40)), B(randn((tb_ ? N_ : K_) * ldb, seed, 41)), C0(randn(M_ * ldc, seed, 42)), want(C0) {
+    if (ta) gemm_tn(M, N, K, alpha, A.data(), lda, B.data(), ldb, beta, want.data(), ldc);
+    else if (tb) gemm_nt(M, N, K, alpha, A.data(), lda, B.data(), ldb, beta, want.data(), ldc);
+    else gemm_nn(M, N, K, alpha, A.data(), lda, B.data(), ldb, beta, want.data(), ldc);
+  }
+};
+// The CPU step's three GEMMs: gemm_nt, gemm_nn, gemm_tn.
+struct GemmKind { const char* suffix; bool ta, tb; };
+constexpr GemmKind kGemmKinds[] = {{"nt", false, true}, {"nn", false, false}, {"tn", true, false}};
 
 // Every bf16 bit pattern, and f32 inputs for the rounding: random values and the special cases
 // (zeros, infinities, NaNs with payloads, subnormals, the largest float, ties to even).

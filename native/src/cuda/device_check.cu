@@ -176,21 +176,14 @@ void device_gemm(const CublasApi& b, void* h, bool ta, bool tb, int64_t M, int64
 }
 
 void check_gemms(const CublasApi& b, void* h, uint64_t seed, std::vector<BodyCheck>& out) {
-  const int64_t M = 257, N = 129, K = 65, pad = 3;
-  struct Case { const char* name; bool ta, tb; };
-  for (const Case cs : {Case{"cublas.gemm_nt", false, true}, Case{"cublas.gemm_nn", false, false}, Case{"cublas.gemm_tn", true, false}}) {
-    const int64_t ar = cs.ta ? K : M, ac = cs.ta ? M : K, br = cs.tb ? N : K, bc = cs.tb ? K : N;
-    const int64_t lda = ac + pad, ldb = bc + pad, ldc = N + pad;
-    const Vec A = randn(ar * lda, seed, 40), B = randn(br * ldb, seed, 41), C0 = randn(M * ldc, seed, 42);
-    Vec c = C0;
-    if (cs.ta) dw::gemm_tn(M, N, K, 0.75f, A.data(), lda, B.data(), ldb, 0.5f, c.data(), ldc);
-    else if (cs.tb) dw::gemm_nt(M, N, K, 0.75f, A.data(), lda, B.data(), ldb, 0.5f, c.data(), ldc);
-    else dw::gemm_nn(M, N, K, 0.75f, A.data(), lda, B.data(), ldb, 0.5f, c.data(), ldc);
-    Dev<float> dA(A), dB(B), dC(C0);
-    device_gemm(b, h, cs.ta, cs.tb, M, N, K, 0.75f, dA.p, lda, dB.p, ldb, 0.5f, dC.p, ldc);
+  const int64_t M = 257, N = 129, K = 65;
+  for (const GemmKind& kind : kGemmKinds) {
+    const GemmCase c(kind.ta, kind.tb, M, N, K, seed);
+    Dev<float> dA(c.A), dB(c.B), dC(c.C0);
+    device_gemm(b, h, c.ta, c.tb, M, N, K, c.alpha, dA.p, c.lda, dB.p, c.ldb, c.beta, dC.p, c.ldc);
     Diff d;
-    d.add(dC.get().data(), c.data(), M * ldc);
-    out.push_back(d.done(cs.name, kTol));
+    d.add(dC.get().data(), c.want.data(), M * c.ldc);
+    out.push_back(d.done(std::string("cublas.gemm_") + kind.suffix, kTol));
   }
   // bf16 inputs, fp32 accumulation and output (cublasGemmEx), against fp32 GEMM of the same
   // bf16-rounded values: the products are exact in fp32, so only the summation order differs.
