@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { RankWorker } from '../trainer/rank-worker.ts';
 import { AuthPolicy } from '../src/wire/auth.ts';
 import { Bus } from '../src/bus/bus.ts';
-import { publish } from '../src/bus/clients.ts';
+import { HeartbeatPublisher, publish } from '../src/bus/clients.ts';
 import { loadJobSpec } from '../src/job/spec.ts';
 import { createLogger } from '../src/log.ts';
 import { SharedDirFeatureStore } from '../src/store/shared-dir.ts';
@@ -28,6 +28,13 @@ async function main(): Promise<number> {
   if (!Number.isInteger(rank) || rank < 0) throw new Error(`--rank must be an integer >= 0, got ${values.rank}`);
   const auth = AuthPolicy.fromEnv();
   const bus = await Bus.connect({ servers: values.nats ?? '', job: spec.job, auth, name: `rank-${rank}` });
+  // Alive from the moment it is connected: loading the checkpoint can take longer than the
+  // coordinator's dead-rank timeout (a JetStream read waits out a meta-leader election after a
+  // host's death), and a silent rank would be killed for a replacement while it starts.
+  const heartbeats = new HeartbeatPublisher(bus);
+  const startingBeat = () => heartbeats.rank(rank, { pid: process.pid, node: values.node ?? 'local', step: -1, state: 'starting', held: 0, epoch: 0 });
+  startingBeat();
+  const starting = setInterval(startingBeat, 1000);
   // dir:// refs from the node's directory, http(s):// refs from the node that wrote them (the node's TLS files, handed in the environment).
   const tls = tlsFromEnv();
   const store = new HttpFeatureStore({ auth, tls: tls ? readTlsFiles(tls, 'data plane TLS') : null, local: await SharedDirFeatureStore.attach({
@@ -44,7 +51,8 @@ async function main(): Promise<number> {
   if (!Number.isInteger(minEpoch) || minEpoch < 0) throw new Error(`--min-epoch must be an integer >= 0, got ${values['min-epoch']}`);
   // The node says where this machine's ranks reach each other (draftwire node --comm-host).
   const commHost = process.env[COMM_HOST_ENV] || undefined;
-  const worker = new RankWorker({ spec, bus, store, rank, weights, resume, minEpoch, node: values.node ?? 'local', checkpoints, commHost, fetchedBytes: () => store.stats.bytesFetched });
+  const worker = new RankWorker({ spec, bus, store, rank, weights, resume, minEpoch, node: values.node ?? 'local', checkpoints, commHost, fetchedBytes: () => store.stats.bytesFetched, heartbeats });
+  clearInterval(starting); // the worker beats from here on
   const quit = () => { worker.stop(); };
   process.on('SIGTERM', quit);
   process.on('disconnect', () => { log.warn('node went away; exiting'); process.exit(1); });

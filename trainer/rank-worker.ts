@@ -37,13 +37,12 @@ import { checkpointStoreOf, type CheckpointStore } from '../src/job/checkpoint-s
 import type { Bus, BusSubscription } from '../src/bus/bus.ts';
 import type { LoadedRankCheckpoint } from '../src/job/checkpoint.ts';
 import { CollectiveError, DraftwireError, StaleEpochError } from '../src/errors.ts';
-import { stackBatch } from '../src/job/batch.ts';
+import { batchOfSamples } from '../src/job/batch.ts';
 import { sampleTokens } from '../src/wire/schema.ts';
 import { evalMaxNew, evalPrompts } from '../src/job/prompts.ts';
 import { checkpointEvery, rankDeadAfterMs, sampleBudget, type JobSpec } from '../src/job/spec.ts';
 import { createLogger } from '../src/log.ts';
-import { sliceBatch } from '../src/job/draft-io.ts';
-import { acceptLength, DraftModel, TRAINABLE_NAMES, type DraftBatch, type TargetModel } from '../src/native/addon.ts';
+import { acceptLength, DraftModel, TRAINABLE_NAMES, type SampleBatch, type TargetModel } from '../src/native/addon.ts';
 import { openTarget } from '../src/job/target.ts';
 import { validateSampleRef, type SampleRef } from '../src/wire/sampleref.ts';
 import type { FeatureStore } from '../src/store/feature-store.ts';
@@ -85,6 +84,8 @@ export interface RankOptions {
   checkpoints?: CheckpointStore;
   /** Bytes this process fetched over the data plane so far (reported in heartbeats). */
   fetchedBytes?: () => number;
+  /** The process's heartbeat publisher, if it beat already while starting (one sequence per process). */
+  heartbeats?: HeartbeatPublisher;
 }
 
 /**
@@ -351,8 +352,17 @@ export class RankWorker {
 
   /** Asks the queue how much of the budget is finished; true when nothing is left. */
   private async queueFinished(): Promise<boolean> {
-    const { bus, spec } = this.o;
-    const q = await new QueueClient(bus).status({ timeoutMs: 5000, retries: 5 });
+    const { bus } = this.o;
+    let q: Awaited<ReturnType<QueueClient['status']>>;
+    // The queue may be failing over (its host gone: a role lease to expire, the ledger to
+    // rebuild once JetStream has re-elected): wait for it, as credit does, rather than die and
+    // spend one of this rank's restarts on the queue's absence.
+    for (;;) {
+      try { q = await new QueueClient(bus).status({ timeoutMs: 5000, retries: 5 }); break; } catch (e) {
+        if (!(e instanceof DraftwireError) || !e.retryable || this.stopped) throw e;
+        this.log.warn('queue status failed; retrying', { error: e.message });
+      }
+    }
     this.learnBudget(q.budget);
     this.outstanding = this.budget - q.consumed - q.dead;
     return this.outstanding <= 0;
@@ -389,7 +399,7 @@ export class RankWorker {
    * TP/SP ranks, which read the features themselves), padded to `width` with fully-masked
    * samples, and the SP slice of it.
    */
-  private async cellBatch(world: World, mine: Held[], width: number, seq: number): Promise<{ slice: DraftBatch; batch: number; real: number }> {
+  private async cellBatch(world: World, mine: Held[], width: number, seq: number): Promise<{ slice: SampleBatch; batch: number; real: number }> {
     const { spec, store } = this.o;
     let tensors = mine.map((h) => h.tensors!);
     if (world.cellSize > 1) {
@@ -397,8 +407,9 @@ export class RankWorker {
       const refs = (shared.refs ?? []) as SampleRef[];
       if (!this.leader) tensors = await Promise.all(refs.map((r) => store.get(validateSampleRef(r), { names: FEATURES })));
     }
-    const full = stackBatch(tensors, seq, spec.draft.hidden, width - tensors.length);
-    const slice = spec.sp > 1 ? sliceBatch(full, { sp: spec.sp, dp: 1, spIdx: world.spIdx, dpIdx: 0 }, spec.draft.ttt, spec.draft.hidden) : full;
+    // Handed over as read: the addon stacks the samples (and takes this rank's SP slice) off
+    // the event loop, in the one copy between the store's read and the step.
+    const slice = batchOfSamples(tensors, seq, spec.draft.hidden, width - tensors.length);
     return { slice, batch: width, real: tensors.length };
   }
 
@@ -433,7 +444,7 @@ export class RankWorker {
 
   private beat(): void {
     const { bus, rank } = this.o;
-    (this.beats ??= new HeartbeatPublisher(bus)).rank(rank, {
+    (this.beats ??= this.o.heartbeats ?? new HeartbeatPublisher(bus)).rank(rank, {
       pid: process.pid, node: this.o.node ?? null, step: this.stepNo, state: this.state, held: this.book.held.size + this.book.window.length,
       epoch: this.epoch.epoch, index: this.index, dp: this.epoch.partitions,
       counters: { ...this.counters, fetchedBytes: this.o.fetchedBytes?.() ?? 0 },

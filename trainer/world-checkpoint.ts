@@ -31,7 +31,7 @@ import type { Bus } from '../src/bus/bus.ts';
 import { CoordinatorClient, QueueClient } from '../src/bus/clients.ts';
 import { loadWeightsFile, type CheckpointLease } from '../src/job/checkpoint.ts';
 import type { CheckpointStore } from '../src/job/checkpoint-store.ts';
-import { LeaseExpiredError, StaleEpochError } from '../src/errors.ts';
+import { DraftwireError, LeaseExpiredError, StaleEpochError } from '../src/errors.ts';
 import { failpoint } from '../src/failpoints.ts';
 import type { JobSpec } from '../src/job/spec.ts';
 import type { Logger } from '../src/log.ts';
@@ -140,11 +140,11 @@ export class WorldCheckpoint {
     for (const [i, r] of (await this.ackLeases(live)).entries()) {
       const l = live[i]!;
       if (!(r instanceof Error)) { book.trainedSkip.delete(l.sampleId); continue; }
-      // A stale ack is refused by the queue (fencing); the sample is trained already, so its
-      // next lease is acked without training it again.
+      // A stale ack is refused by the queue (fencing), or lost with it; the sample is trained
+      // already, so its next lease is acked without training it again.
       stats.staleAcks++;
       book.trainedSkip.add(l.sampleId);
-      log.warn('ack refused (lease gone); the sample will be acked on its next lease', { leaseId: l.leaseId, sampleId: l.sampleId, error: r.message });
+      log.warn('ack refused or lost; the sample will be acked on its next lease', { leaseId: l.leaseId, sampleId: l.sampleId, error: r.message });
     }
   }
 
@@ -162,10 +162,19 @@ export class WorldCheckpoint {
     }
   }
 
-  /** Per lease: acked, or the LeaseExpiredError/StaleEpochError that refused it; anything else throws. */
+  /**
+   * Per lease: acked, or the LeaseExpiredError/StaleEpochError that refused it, or (for all)
+   * the retryable error of a queue that did not answer (failing over): the samples are in the
+   * committed checkpoint, so a lost ack is as good as a refused one (acked on the next lease).
+   * Anything else throws.
+   */
   private async ackLeases(leases: { leaseId: string; epoch: number }[]): Promise<(true | Error)[]> {
     if (leases.length === 0) return [];
-    const res = await new QueueClient(this.o.bus).ackMany(leases);
+    let res: Awaited<ReturnType<QueueClient['ackMany']>>;
+    try { res = await new QueueClient(this.o.bus).ackMany(leases); } catch (e) {
+      if (!(e instanceof DraftwireError) || !e.retryable) throw e;
+      return leases.map(() => e);
+    }
     return res.map((r) => {
       if (!(r instanceof Error)) return true;
       if (!(r instanceof LeaseExpiredError || r instanceof StaleEpochError)) throw r;

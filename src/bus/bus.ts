@@ -131,6 +131,11 @@ export class Bus extends BusCore {
     return clusterSizeFromInfo(this.nc.info as { cluster?: string; connect_urls?: string[] } | undefined, this.givenServers);
   }
 
+  /** Whether the server we are connected to is a member of a cluster. */
+  private clustered(): boolean {
+    return Boolean((this.nc.info as { cluster?: string } | undefined)?.cluster);
+  }
+
   /** The replica count of the streams and KV buckets this Bus creates (when not given). */
   replicas(): number {
     return this.defaultReplicas === 'auto' ? replicasFor(this.clusterSize()) : this.defaultReplicas;
@@ -202,7 +207,7 @@ export class Bus extends BusCore {
    */
   private keepTrying(attempt: number, retries: number, t0: number, timeoutMs: number, timedOut: boolean): boolean {
     if (attempt < retries) return true;
-    if (timedOut || !(this.nc.info as { cluster?: string } | undefined)?.cluster) return false;
+    if (timedOut || !this.clustered()) return false;
     return Date.now() - t0 < timeoutMs * (retries + 1);
   }
 
@@ -375,7 +380,7 @@ export class Bus extends BusCore {
     // In a cluster, creating the (ordered, ephemeral) consumer needs the JetStream meta leader,
     // which is re-elected for seconds after a server dies: a reader (the queue rebuilding its
     // ledger, `draftwire audit`) waits that out, about a minute, instead of failing.
-    const patience = (this.nc.info as { cluster?: string } | undefined)?.cluster ? 11 : 3;
+    const patience = this.clustered() ? 11 : 3;
     const info = await this.streamInfo(stream, patience);
     const endSeq = info.lastSeq;
     if (info.messages === 0 || endSeq < fromSeq) return;

@@ -9,11 +9,13 @@
 // stored: a writer from an older epoch (a zombie world rank 0) is refused with StaleEpochError
 // as the directory store refuses it. Window parts are KV values `ckpt.part.<step>.<epoch>.<i>`.
 // After a commit the objects of every older checkpoint but the one just replaced are deleted
-// (a reader may still be reading the previous one).
+// (a reader may still be reading the previous one), those of the checkpoint replaced one commit
+// earlier at once, anything else at the next sweep of the bucket (NatsCheckpointStore.collect).
 import type { Bus } from '../bus/bus.ts';
 import type { BusKv } from '../bus/kv.ts';
 import type { BusObjects } from '../bus/objects.ts';
-import { ConflictError, DecodeError, StaleEpochError } from '../errors.ts';
+import { ConflictError, DecodeError, DraftwireError, StaleEpochError } from '../errors.ts';
+import { createLogger } from '../log.ts';
 import { decodeSafetensors, encodeSafetensorsBuffer } from '../store/safetensors.ts';
 import { STORAGE } from '../wire/protocol.ts';
 import {
@@ -55,9 +57,16 @@ const LATEST = STORAGE.ckptLatestKey;
 const partKey = STORAGE.ckptPartKey;
 const baseName = (step: number, epoch: number) => `step-${String(step).padStart(8, '0')}-e${epoch}`;
 
+/** Commits between two listings of the bucket for objects to delete (NatsCheckpointStore.collect). */
+const SWEEP_EVERY = 20;
+const log = createLogger('checkpoint');
+
 export class NatsCheckpointStore implements CheckpointStore {
   private kv_: Promise<BusKv> | null = null;
   private objs_: Promise<BusObjects> | null = null;
+  /** Commits by this process, and the objects of the checkpoint its last commit replaced. */
+  private commits = 0;
+  private replacedHere: string[] = [];
 
   constructor(private readonly spec: JobSpec, private readonly bus: Bus) {}
 
@@ -101,9 +110,30 @@ export class NatsCheckpointStore implements CheckpointStore {
         refuseIfNewer(cur?.m ?? null);
       }
     }
-    const keep = new Set([m.weights, m.optim, cur?.m.weights, cur?.m.optim]);
-    for (const name of await objs.names()) if (!keep.has(name)) await objs.delete(name);
+    await this.collect(objs, m, cur?.m ?? null);
     return m;
+  }
+
+  /**
+   * Deletes the objects of checkpoints older than the one `m` replaced: those this process
+   * replaced at its previous commit, and every 20th commit (and the first) whatever else the
+   * bucket holds (a crashed writer's, another process's). Listing the bucket creates a
+   * JetStream consumer, which a cluster missing a member may place on that member and leave
+   * unanswered for the request's whole timeout: not on every step. Best effort: what is left
+   * is collected later, and a failure never fails the committed checkpoint.
+   */
+  private async collect(objs: BusObjects, m: RankCheckpointManifest, replaced: RankCheckpointManifest | null): Promise<void> {
+    const keep = new Set([m.weights, m.optim, replaced?.weights, replaced?.optim]);
+    const older = this.replacedHere;
+    this.replacedHere = replaced ? [replaced.weights, replaced.optim] : [];
+    try {
+      const names = this.commits++ % SWEEP_EVERY === 0 ? await objs.names() : older;
+      for (const name of names) if (!keep.has(name)) await objs.delete(name);
+    } catch (e) {
+      if (!(e instanceof DraftwireError) || !e.retryable) throw e;
+      this.commits = 0; // sweep at the next commit
+      log.warn('old checkpoint objects not deleted yet (retried at the next commit)', { bucket: this.where, error: e.message });
+    }
   }
 
   async writeWindowPart(step: number, epoch: number, index: number, part: WindowPart): Promise<void> {

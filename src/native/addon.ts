@@ -48,6 +48,22 @@ export interface DraftBatch {
   ids: Int32Array; aux: Float32Array; last: Float32Array; mask: Uint8Array; batch: number; seq: number;
   lengths?: Int32Array | null;
 }
+/** One sample of a SampleBatch: its features as the feature store returned them, `length` = ids.length positions. */
+export interface BatchSample {
+  ids: Int32Array; mask: Uint8Array;
+  /** [length, 3H] and [length, H]: Float32Array for f32, Uint16Array (raw bits) for bf16 and f16. */
+  aux: Float32Array | Uint16Array; last: Float32Array | Uint16Array;
+  auxDtype: 'f32' | 'bf16' | 'f16'; lastDtype: 'f32' | 'bf16' | 'f16';
+}
+/**
+ * A batch given as its samples (src/job/batch.ts batchOfSamples): `batch` samples in all (those
+ * past `samples` are fully-masked padding), each zero-padded to `seq` positions, the whole
+ * sequence even on a sharded model (the addon takes this rank's sequence-parallel slice). The
+ * addon stacks it off the event loop, upcasting 16-bit features as it copies: the one copy
+ * between the store's read and the step. The arrays are read when the step runs, not when it
+ * is called: they must not be written until its promise settles.
+ */
+export interface SampleBatch { samples: BatchSample[]; batch: number; seq: number }
 /**
  * lr null: gradients only, no update. clip null or 0: no clipping.
  * samples: the number of samples of the global batch the loss is averaged over (the real samples;
@@ -141,9 +157,9 @@ interface RawStepOptions {
   lr: number | null; clip: number | null; weightDecay: number; returnGrads: boolean; samples: number | null;
 }
 interface RawDraftModel {
-  step(batch: DraftBatch, opts: RawStepOptions): Promise<StepResult>;
-  evaluate(batch: DraftBatch): Promise<EvalResult>;
-  logits(batch: DraftBatch): Promise<Float32Array>;
+  step(batch: DraftBatch | SampleBatch, opts: RawStepOptions): Promise<StepResult>;
+  evaluate(batch: DraftBatch | SampleBatch): Promise<EvalResult>;
+  logits(batch: DraftBatch | SampleBatch): Promise<Float32Array>;
   weights(): Record<string, Float32Array>;
   optimizerState(): OptimizerState;
   loadOptimizerState(s: OptimizerState): void;
@@ -501,7 +517,7 @@ export class DraftModel {
   }
 
   /** Forward + backward (+ AdamW when opts.lr is a number), off the event loop. */
-  step(batch: DraftBatch, opts: StepOptions): Promise<StepResult> {
+  step(batch: DraftBatch | SampleBatch, opts: StepOptions): Promise<StepResult> {
     const holder = new Error();
     return this.serial.run(() => callAsync(holder, async () => {
       const o = needObject(opts, 'options');
@@ -517,13 +533,13 @@ export class DraftModel {
   }
 
   /** Forward only: loss, per-step loss and accuracy. */
-  evaluate(batch: DraftBatch): Promise<EvalResult> {
+  evaluate(batch: DraftBatch | SampleBatch): Promise<EvalResult> {
     const holder = new Error();
     return this.serial.run(() => callAsync(holder, async () => this.handle().evaluate(batch)));
   }
 
   /** Forward only: every logit, laid out [K, B, T, Vd] (for tests and debugging). */
-  logits(batch: DraftBatch): Promise<Float32Array> {
+  logits(batch: DraftBatch | SampleBatch): Promise<Float32Array> {
     const holder = new Error();
     return this.serial.run(() => callAsync(holder, async () => this.handle().logits(batch)));
   }

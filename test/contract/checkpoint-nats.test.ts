@@ -73,6 +73,31 @@ describe('checkpoints in the job\'s JetStream (checkpointStore nats)', function 
       await assert.rejects(store.takeWindowParts(7, 2, 2), /missing/, 'taken parts are removed');
     } finally { await bus.close(); }
   });
+
+  it('deletes what it replaced at each commit; lists the bucket for strays only at its first commit and every 20th', async () => {
+    const made = model(6);
+    const { d2t, m } = made;
+    const spec = { ...made.spec, job: 'ckptgc' }; // a bucket of its own
+    const bus = await Bus.connect({ servers: nats.url, job: spec.job, auth, name: 'ckpt-gc' });
+    try {
+      const objs = await bus.objects(STORAGE.ckptBucket(spec.job));
+      const stray = 'step-00000001-e0.safetensors'; // a crashed writer's, never committed
+      await objs.put(stray, new Uint8Array(16));
+      const store = new NatsCheckpointStore(spec, bus);
+      const state = await modelState(m);
+      const names = async () => (await objs.names()).filter((n) => !n.includes('optim')).sort();
+      await store.writeRankCheckpoint(state, d2t, 10, [], 1, 4);
+      assert.deepEqual(await names(), ['step-00000010-e1.safetensors'], 'the first commit swept the stray');
+      await objs.put(stray, new Uint8Array(16));
+      for (let step = 11; step <= 29; step++) {
+        await store.writeRankCheckpoint(state, d2t, step, [], 1, 4);
+        assert.deepEqual(await names(), [stray, `step-${String(step - 1).padStart(8, '0')}-e1.safetensors`, `step-${String(step).padStart(8, '0')}-e1.safetensors`],
+          `commit ${step - 9}: the one it replaced kept, older ones deleted, the stray not looked for`);
+      }
+      await store.writeRankCheckpoint(state, d2t, 30, [], 1, 4);
+      assert.deepEqual(await names(), ['step-00000029-e1.safetensors', 'step-00000030-e1.safetensors'], 'the 21st commit swept the stray again');
+    } finally { await bus.close(); }
+  });
 });
 
 describe('a committed NATS checkpoint survives the loss of one of three servers', function () {

@@ -3,7 +3,7 @@
 // NATS cluster member and `draftwire node` (TLS, a secret, the data plane on its address,
 // checkpoints in the replicated JetStream, every role allowed on every host, one rank each).
 import assert from 'node:assert/strict';
-import { copyFileSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Bus } from '../../src/bus/bus.ts';
 import { readRoleLeases } from '../../src/bus/role-lease.ts';
@@ -87,9 +87,18 @@ export class HostsJob {
     return h;
   }
 
-  /** Dumps the nodes' output to DRAFTWIRE_TEST_DUMP (debugging a scenario's timeline). */
+  /** Dumps the nodes' output and every host's rank logs to DRAFTWIRE_TEST_DUMP (debugging a scenario's timeline). */
   dump(): void {
-    if (process.env.DRAFTWIRE_TEST_DUMP) writeFileSync(`${process.env.DRAFTWIRE_TEST_DUMP}.${this.spec.job}`, [...this.nodes].map(([i, c]) => `--- host ${i}\n${c.output()}`).join('\n'));
+    if (!process.env.DRAFTWIRE_TEST_DUMP) return;
+    const nodes = [...this.nodes].map(([i, c]) => `--- host ${i}\n${c.output()}`);
+    const ranks = this.net.hosts.flatMap((h) => {
+      const run = join(h.dir, 'run');
+      let logs: string[] = [];
+      try { logs = readdirSync(run).filter((f) => /^rank-\d+\.log$/.test(f)); } catch { /* no run directory */ }
+      return logs.map((f) => `--- host ${h.index} ${f}\n${readFileSync(join(run, f), 'utf8')}`);
+    });
+    const steps = this.metrics.map(({ m }) => `${new Date(m.at).toISOString()} step=${m.step} epoch=${m.epoch} dp=${m.dp} samples=${m.samples} stepMs=${m.stepMs} waitMs=${m.waitMs} fetchMs=${m.fetchMs ?? '-'}`);
+    writeFileSync(`${process.env.DRAFTWIRE_TEST_DUMP}.${this.spec.job}`, [...nodes, ...ranks, '--- world rank 0\'s step reports', ...steps].join('\n'));
   }
 
   /** The world's progress: the step world rank 0 reported last (from the coordinator's status). */

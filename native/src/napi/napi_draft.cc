@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "napi/napi_batch.h"
 #include "napi/napi_comm.h"
 #include "napi/napi_models.h"
 
@@ -106,66 +107,6 @@ void read_full(Napi::Env env, Napi::Object o, const DraftModel& m, std::vector<f
   }
 }
 
-// A batch copied out of JS (so the caller may reuse its buffers while the step runs).
-struct BatchCopy {
-  std::vector<int32_t> ids;
-  std::vector<float> aux, last;
-  std::vector<uint8_t> mask;
-  std::vector<int32_t> lengths;  // empty: every sample is the whole sequence
-  int64_t B = 0, T = 0, span = 0;
-  DraftBatch view() const {
-    DraftBatch b;
-    b.ids = ids.data();
-    b.aux = aux.data();
-    b.last = last.data();
-    b.mask = mask.data();
-    b.lengths = lengths.empty() ? nullptr : lengths.data();
-    b.B = B;
-    b.T = T;
-    b.span = span;
-    return b;
-  }
-};
-
-// A sharded model takes this rank's slice: batch = its samples, seq = its positions; ids,
-// last and mask cover span = min(seq + ttt, seq·sp − seq·spIdx) positions per sample.
-BatchCopy parse_batch(Napi::Env env, Napi::Value v, const DraftModel& m) {
-  const DraftConfig& c = m.cfg;
-  Napi::Object o = need_object(env, v, "batch");
-  BatchCopy b;
-  b.B = field_int(o, "batch", "batch", 1, 1 << 20);
-  b.T = field_int(o, "seq", "batch", 1, 1 << 20);
-  const ShardLayout& L = m.shard_layout;
-  b.span = m.sharded ? std::min(b.T + c.ttt, b.T * L.sp - b.T * L.spIdx) : b.T;
-  const int64_t N = b.B * b.T, NS = b.B * b.span, H = c.hidden;
-  const std::string rows = m.sharded ? "batch·span = " + std::to_string(NS) + ", span = " + std::to_string(b.span) +
-                                           " positions of this sequence-parallel rank"
-                                     : "batch·seq = " + std::to_string(NS);
-  // activations kept for the backward pass, per step and row, plus the targets (see LayerActs)
-  const double per_row = double(c.ttt) * double(8 * H + 2 * c.qkv_dim() + c.q_dim() + 3 * c.intermediate + c.draft_vocab + 2 * c.heads + 8) +
-                         double(c.draft_vocab) * (c.ttt + 1) + double(4 * H + c.q_dim() + 3 * c.intermediate + 3 * H + 8);
-  const double bytes = 4.0 * double(N) * per_row;
-  if (bytes > kMaxScratchBytes)
-    throw_invalid(env, "batch too large: batch·seq = " + std::to_string(N) + " rows need ~" +
-                           std::to_string(int64_t(bytes / (1 << 20))) + " MiB of scratch (limit " +
-                           std::to_string(int64_t(kMaxScratchBytes / (1 << 20))) + " MiB)");
-  auto ids = need_typed<int32_t>(env, o.Get("ids"), "batch.ids (" + rows + ")", NS);
-  auto aux = need_typed<float>(env, o.Get("aux"), "batch.aux (batch·seq·3·hidden = " + std::to_string(N * 3 * H) + ")",
-                               N * 3 * H);
-  auto last = need_typed<float>(env, o.Get("last"), "batch.last ((" + rows + ")·hidden)", NS * H);
-  auto mask = need_typed<uint8_t>(env, o.Get("mask"), "batch.mask (" + rows + ")", NS);
-  b.ids.assign(ids.Data(), ids.Data() + NS);
-  b.aux.assign(aux.Data(), aux.Data() + N * 3 * H);
-  b.last.assign(last.Data(), last.Data() + NS * H);
-  b.mask.assign(mask.Data(), mask.Data() + NS);
-  Napi::Value lv = o.Get("lengths");
-  if (!lv.IsUndefined() && !lv.IsNull()) {
-    auto lengths = need_typed<int32_t>(env, lv, "batch.lengths (one per sample: batch = " + std::to_string(b.B) + ")", b.B);
-    b.lengths.assign(lengths.Data(), lengths.Data() + b.B);
-  }
-  return b;
-}
-
 enum Mode { kTrain = 0, kEval = 1, kLogits = 2 };
 
 class DraftWorker : public PromiseWorker {
@@ -182,6 +123,7 @@ class DraftWorker : public PromiseWorker {
  protected:
   void run() override {
     DraftModel& m = st_->model;
+    batch_.gather();  // a batch given as its samples: stacked here, off the JS thread
     const DraftBatch b = batch_.view();
     const std::string err = m.check_batch(b);
     if (!err.empty()) throw InvalidArg("batch." + err);

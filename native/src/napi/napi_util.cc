@@ -105,6 +105,11 @@ struct TypeOf<int32_t> {
   static constexpr const char* name = "Int32Array";
 };
 template <>
+struct TypeOf<uint16_t> {
+  static constexpr napi_typedarray_type type = napi_uint16_array;
+  static constexpr const char* name = "Uint16Array";
+};
+template <>
 struct TypeOf<uint8_t> {
   static constexpr napi_typedarray_type type = napi_uint8_array;
   static constexpr const char* name = "Uint8Array";
@@ -125,6 +130,7 @@ Napi::TypedArrayOf<T> need_typed(Napi::Env env, Napi::Value v, const std::string
 template Napi::TypedArrayOf<float> need_typed<float>(Napi::Env, Napi::Value, const std::string&, int64_t);
 template Napi::TypedArrayOf<int32_t> need_typed<int32_t>(Napi::Env, Napi::Value, const std::string&, int64_t);
 template Napi::TypedArrayOf<uint8_t> need_typed<uint8_t>(Napi::Env, Napi::Value, const std::string&, int64_t);
+template Napi::TypedArrayOf<uint16_t> need_typed<uint16_t>(Napi::Env, Napi::Value, const std::string&, int64_t);
 
 Napi::Float32Array to_f32(Napi::Env env, const float* p, size_t n) {
   auto a = Napi::Float32Array::New(env, n);
