@@ -18,6 +18,7 @@ import { HttpFeatureStore } from '../src/store/http-store.ts';
 import { loadWeightsFile, writeCheckpoint } from '../src/job/checkpoint.ts';
 import { checkpointStoreOf } from '../src/job/checkpoint-store.ts';
 import { COMM_HOST_ENV } from './entry.ts';
+import { failpointAsync } from '../src/failpoints.ts';
 
 const log = createLogger('rank-main');
 
@@ -44,6 +45,7 @@ async function main(): Promise<number> {
   const init = await loadWeightsFile(spec.initWeights, spec.draft);
   // Resume from the job's latest committed checkpoint, if any (a respawned rank, `run --resume`).
   const checkpoints = checkpointStoreOf(spec, bus);
+  await failpointAsync('rank.before-resume'); // a test's slow start (test/contract/rank-start.test.ts)
   const resume = await checkpoints.loadRankCheckpoint(init);
   const weights = resume ? resume.weights : init;
   if (resume) log.info('resuming from checkpoint', { step: resume.manifest.step, unackedWindow: resume.manifest.window.length, from: checkpoints.where });
