@@ -10,7 +10,7 @@
 // trained twice from one lease), and never for an epoch older than the rank's.
 import type { Bus } from '../src/bus/bus.ts';
 import { QueueClient } from '../src/bus/clients.ts';
-import { LeaseExpiredError, StaleEpochError } from '../src/errors.ts';
+import { DraftwireError, LeaseExpiredError, StaleEpochError } from '../src/errors.ts';
 import type { Lease } from '../src/ledger/ledger.ts';
 import type { Logger } from '../src/log.ts';
 import type { FeatureStore } from '../src/store/feature-store.ts';
@@ -139,7 +139,14 @@ export class LeaseBook {
     } catch (e) {
       log.error('sample unreadable; failing its lease', { sampleId: l.sampleId, error: (e as Error).message });
       this.held.delete(l.leaseId);
-      await new QueueClient(bus).fail({ leaseId: l.leaseId, epoch: l.epoch, retryable: false, reason: (e as Error).message });
+      try {
+        await new QueueClient(bus).fail({ leaseId: l.leaseId, epoch: l.epoch, retryable: false, reason: (e as Error).message });
+      } catch (f) {
+        // The queue failing over: the lease, no longer renewed, expires and is granted again
+        // (and failed then, if still unreadable). Not a reason for this rank to die.
+        if (!(f instanceof DraftwireError) || !f.retryable) throw f;
+        log.warn('failing the lease did not get through; it will expire and come back', { sampleId: l.sampleId, error: f.message });
+      }
     }
   }
 }
