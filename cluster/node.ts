@@ -345,8 +345,10 @@ export class NodeAgent {
       // asked first); the replacement joins it. Shrink: the epoch drops the rank's cell.
       const from = this.lastEpoch.get(rank);
       const ask = replace ? { rank, by: 'node' as const, ...(from !== undefined ? { fromEpoch: from } : {}) } : { rank, remove: rank, by: 'node' as const };
+      // `reassigned` naming this node: the coordinator moved the rank here (its node died) and it
+      // died here before it joined; that is no reason not to respawn it here.
       const regroup = new CoordinatorClient(this.bus).regroup(ask, { timeoutMs: 10_000, retries: 3 })
-        .then((r) => ({ epoch: r.to.epoch, movedTo: r.reassigned?.node ?? null }), (e: unknown) => { this.log.error('regroup request failed', { rank, error: (e as Error).message }); return { epoch: 0, movedTo: null }; })
+        .then((r) => ({ epoch: r.to.epoch, movedTo: r.reassigned && r.reassigned.node !== this.o.nodeId ? r.reassigned.node : null }), (e: unknown) => { this.log.error('regroup request failed', { rank, error: (e as Error).message }); return { epoch: 0, movedTo: null }; })
         // The dead process's leases (granted before the new epoch; a replacement only holds
         // leases of that epoch or later) go back to pending now, not at their deadline.
         .then(async (r) => {

@@ -59,6 +59,8 @@ const baseName = (step: number, epoch: number) => `step-${String(step).padStart(
 
 /** Commits between two listings of the bucket for objects to delete (NatsCheckpointStore.collect). */
 const SWEEP_EVERY = 20;
+/** How long a checkpoint read retries retryable failures (a JetStream failover takes seconds to a minute). */
+const LOAD_PATIENCE_MS = 120_000;
 const log = createLogger('checkpoint');
 
 export class NatsCheckpointStore implements CheckpointStore {
@@ -154,6 +156,20 @@ export class NatsCheckpointStore implements CheckpointStore {
   }
 
   async loadRankCheckpoint(init: Record<string, Float32Array | Int32Array>): Promise<LoadedRankCheckpoint | null> {
+    // Right after a server's death an object read can time out for a while (its ordered
+    // consumer needs the JetStream meta leader, being re-elected): a rank starting or
+    // reverting then waits, up to LOAD_PATIENCE_MS, rather than die (it beats meanwhile).
+    const deadline = Date.now() + LOAD_PATIENCE_MS;
+    for (;;) {
+      try { return await this.loadOnce(init); } catch (e) {
+        if (!(e instanceof DraftwireError) || !e.retryable || Date.now() >= deadline) throw e;
+        log.warn('checkpoint read failed; retrying', { bucket: this.where, error: e.message });
+        await new Promise((r) => setTimeout(r, 1000));
+      }
+    }
+  }
+
+  private async loadOnce(init: Record<string, Float32Array | Int32Array>): Promise<LoadedRankCheckpoint | null> {
     // A commit may replace the manifest (and, one commit later, delete these objects) while we read: read again.
     for (let attempt = 0; ; attempt++) {
       const cur = await this.current();
