@@ -26,6 +26,7 @@ type Need = 'addon' | 'nats' | 'torch' | 'transformers' | 'netns';
 // Times: this 2-core machine, quick mode.
 const QUICK: Record<string, Entry> = {
   allreduce: { quick: ['--ranks', '2', '--sizes', '1,4', '--reps', '3'], needs: ['addon', 'nats'] }, // ~2 s
+  batch: { quick: ['--batch', '2', '--steps', '2'], needs: ['addon'] }, // ~5 s
   bus: { quick: ['--n', '500'], needs: ['nats'] }, // ~3 s
   checkpoint: { quick: ['--size', 'small', '--reps', '2'], needs: ['addon', 'nats'] }, // ~3 s
   cluster: { quick: ['--size', 'tiny', '--steps', '20'], needs: ['addon', 'nats', 'netns'], timeoutS: 300 }, // ~60 s (three hosts)
