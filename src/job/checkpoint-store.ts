@@ -56,6 +56,13 @@ export class DirCheckpointStore implements CheckpointStore {
 const LATEST = STORAGE.ckptLatestKey;
 const partKey = STORAGE.ckptPartKey;
 const baseName = (step: number, epoch: number) => `step-${String(step).padStart(8, '0')}-e${epoch}`;
+/** Whether object `name` belongs to a checkpoint before `m` by (step, epoch); false for a name not of baseName's form. */
+function olderThan(name: string, m: { step: number; epoch: number }): boolean {
+  const x = /^step-(\d+)-e(\d+)(?:\.optim)?\.safetensors$/.exec(name);
+  if (!x) return false;
+  const step = Number(x[1]), epoch = Number(x[2]);
+  return step < m.step || (step === m.step && epoch < m.epoch);
+}
 
 /** Commits between two listings of the bucket for objects to delete (NatsCheckpointStore.collect). */
 const SWEEP_EVERY = 20;
@@ -69,6 +76,7 @@ export class NatsCheckpointStore implements CheckpointStore {
   /** Commits by this process, and the objects of the checkpoint its last commit replaced. */
   private commits = 0;
   private replacedHere: string[] = [];
+  private collecting: Promise<void> = Promise.resolve();
 
   constructor(private readonly spec: JobSpec, private readonly bus: Bus) {}
 
@@ -112,31 +120,39 @@ export class NatsCheckpointStore implements CheckpointStore {
         refuseIfNewer(cur?.m ?? null);
       }
     }
-    await this.collect(objs, m, cur?.m ?? null);
+    this.collect(objs, m, cur?.m ?? null);
     return m;
   }
 
   /**
-   * Deletes the objects of checkpoints older than the one `m` replaced: those this process
-   * replaced at its previous commit, and every 20th commit (and the first) whatever else the
-   * bucket holds (a crashed writer's, another process's). Listing the bucket creates a
-   * JetStream consumer, which a cluster missing a member may place on that member and leave
-   * unanswered for the request's whole timeout: not on every step. Best effort: what is left
-   * is collected later, and a failure never fails the committed checkpoint.
+   * Deletes, in the background, the objects of checkpoints older than the one `m` replaced:
+   * those this process replaced at its previous commit, and every 20th commit (and the first)
+   * whatever else older the bucket holds (a crashed writer's, another process's). Off the
+   * commit's path because JetStream can be slow to answer while a cluster misses a member (a
+   * listing creates a consumer, which it may place on the missing member and leave unanswered
+   * for the request's whole timeout): a commit that waited would stall the world's next
+   * barrier. Only names older than the replaced checkpoint by (step, epoch) are deleted, so a
+   * slow sweep cannot touch a checkpoint committed after it began. Best effort: what is left
+   * is collected by a later sweep; a failure is logged, never the commit's.
    */
-  private async collect(objs: BusObjects, m: RankCheckpointManifest, replaced: RankCheckpointManifest | null): Promise<void> {
-    const keep = new Set([m.weights, m.optim, replaced?.weights, replaced?.optim]);
-    const older = this.replacedHere;
+  private collect(objs: BusObjects, m: RankCheckpointManifest, replaced: RankCheckpointManifest | null): void {
+    const floor = replaced ?? m;
+    const known = this.replacedHere;
     this.replacedHere = replaced ? [replaced.weights, replaced.optim] : [];
-    try {
-      const names = this.commits++ % SWEEP_EVERY === 0 ? await objs.names() : older;
-      for (const name of names) if (!keep.has(name)) await objs.delete(name);
-    } catch (e) {
-      if (!(e instanceof DraftwireError) || !e.retryable) throw e;
-      this.commits = 0; // sweep at the next commit
-      log.warn('old checkpoint objects not deleted yet (retried at the next commit)', { bucket: this.where, error: e.message });
-    }
+    const sweep = this.commits++ % SWEEP_EVERY === 0;
+    this.collecting = this.collecting.then(async () => {
+      try {
+        const names = sweep ? await objs.names() : known;
+        for (const name of names) if (olderThan(name, floor)) await objs.delete(name);
+      } catch (e) {
+        this.commits = 0; // sweep at the next commit
+        log.warn('old checkpoint objects not deleted yet (a later commit retries)', { bucket: this.where, error: (e as Error).message });
+      }
+    });
   }
+
+  /** Resolves once every collection started so far has ended (tests). */
+  collected(): Promise<void> { return this.collecting; }
 
   async writeWindowPart(step: number, epoch: number, index: number, part: WindowPart): Promise<void> {
     await (await this.kv()).put(partKey(step, epoch, index), part);

@@ -54,6 +54,7 @@ describe('checkpoints in the job\'s JetStream (checkpointStore nats)', function 
       }
       await store.writeRankCheckpoint(await modelState(m), d2t, 5, [], 2, 20);
       await store.writeRankCheckpoint(await modelState(m), d2t, 6, [], 2, 24);
+      await store.collected(); // old objects are deleted in the background
       const objs = await bus.objects(STORAGE.ckptBucket(spec.job));
       assert.deepEqual((await objs.names()).sort(), ['step-00000005-e2.optim.safetensors', 'step-00000005-e2.safetensors', 'step-00000006-e2.optim.safetensors', 'step-00000006-e2.safetensors'],
         'older objects deleted; the one just replaced kept one commit longer');
@@ -74,7 +75,7 @@ describe('checkpoints in the job\'s JetStream (checkpointStore nats)', function 
     } finally { await bus.close(); }
   });
 
-  it('deletes what it replaced at each commit; lists the bucket for strays only at its first commit and every 20th', async () => {
+  it('deletes (in the background) what it replaced at each commit; sweeps older strays at its first commit and every 20th, never a newer or foreign object', async () => {
     const made = model(6);
     const { d2t, m } = made;
     const spec = { ...made.spec, job: 'ckptgc' }; // a bucket of its own
@@ -82,20 +83,23 @@ describe('checkpoints in the job\'s JetStream (checkpointStore nats)', function 
     try {
       const objs = await bus.objects(STORAGE.ckptBucket(spec.job));
       const stray = 'step-00000001-e0.safetensors'; // a crashed writer's, never committed
-      await objs.put(stray, new Uint8Array(16));
+      const newer = 'step-00000099-e9.safetensors'; // as if written by a commit after the sweep began
+      const foreign = 'notes.txt';
+      for (const n of [stray, newer, foreign]) await objs.put(n, new Uint8Array(16));
       const store = new NatsCheckpointStore(spec, bus);
       const state = await modelState(m);
-      const names = async () => (await objs.names()).filter((n) => !n.includes('optim')).sort();
+      const names = async () => { await store.collected(); return (await objs.names()).filter((n) => !n.includes('optim')).sort(); };
+      const base = (step: number) => `step-${String(step).padStart(8, '0')}-e1.safetensors`;
       await store.writeRankCheckpoint(state, d2t, 10, [], 1, 4);
-      assert.deepEqual(await names(), ['step-00000010-e1.safetensors'], 'the first commit swept the stray');
+      assert.deepEqual(await names(), [foreign, base(10), newer], 'the first commit swept the older stray, not the newer or foreign object');
       await objs.put(stray, new Uint8Array(16));
       for (let step = 11; step <= 29; step++) {
         await store.writeRankCheckpoint(state, d2t, step, [], 1, 4);
-        assert.deepEqual(await names(), [stray, `step-${String(step - 1).padStart(8, '0')}-e1.safetensors`, `step-${String(step).padStart(8, '0')}-e1.safetensors`],
+        assert.deepEqual(await names(), [foreign, stray, base(step - 1), base(step), newer],
           `commit ${step - 9}: the one it replaced kept, older ones deleted, the stray not looked for`);
       }
       await store.writeRankCheckpoint(state, d2t, 30, [], 1, 4);
-      assert.deepEqual(await names(), ['step-00000029-e1.safetensors', 'step-00000030-e1.safetensors'], 'the 21st commit swept the stray again');
+      assert.deepEqual(await names(), [foreign, base(29), base(30), newer], 'the 21st commit swept the stray again');
     } finally { await bus.close(); }
   });
 });
