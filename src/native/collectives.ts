@@ -112,6 +112,25 @@ function kvStore(kv: BusKv, signal?: AbortSignal): RawCommStoreFn {
   };
 }
 
+/**
+ * The native connect, or a CollectiveError as soon as `signal` aborts. Past the rendezvous
+ * (where the store sees the signal) Gloo may block connecting to the published address of a
+ * peer that died meanwhile (no reset from a machine that is gone: TCP retries for minutes),
+ * long after the world it was for was superseded; the communicator it yields late is closed.
+ */
+function unlessAborted(p: Promise<RawCommHandle>, signal?: AbortSignal): Promise<RawCommHandle> {
+  if (!signal) return p;
+  return new Promise((resolve, reject) => {
+    const onAbort = () => {
+      reject(new CollectiveError(`rendezvous cancelled: ${String(signal.reason ?? 'aborted')}`));
+      p.then((late) => late.close(), () => {}).catch(() => {});
+    };
+    if (signal.aborted) { onAbort(); return; }
+    signal.addEventListener('abort', onAbort, { once: true });
+    p.then((v) => { signal.removeEventListener('abort', onAbort); resolve(v); }, (e: unknown) => { signal.removeEventListener('abort', onAbort); reject(e); });
+  });
+}
+
 // ------------------------------------------------------------------------------------------
 // Errors: native code COLLECTIVE → CollectiveError, INVALID_ARGUMENT → InvalidArgumentError,
 // else NativeError; the stack is the caller's (captured before the hop to the native thread).
@@ -162,10 +181,10 @@ export class Communicator {
       for (const f of ['timeoutMs', 'connectTimeoutMs'] as const) {
         if (o[f] !== undefined && !isInt(o[f], 1, 2 ** 31)) throw new InvalidArgumentError(`${f} must be a positive integer (got ${String(o[f])})`);
       }
-      const raw = await collectivesBinding().commConnect({
+      const raw = await unlessAborted(collectivesBinding().commConnect({
         rank: o.rank, size: o.size, prefix: o.prefix, timeoutMs: o.timeoutMs, connectTimeoutMs: o.connectTimeoutMs,
         hostname: o.hostname, iface: o.iface,
-      }, kvStore(o.kv, o.signal));
+      }, kvStore(o.kv, o.signal)), o.signal);
       return new Communicator(raw);
     });
   }

@@ -92,10 +92,8 @@ describe('a job across three hosts that share nothing but the network (network n
     }, { out: () => `${job.output()}\nthe scale request: ${r instanceof Error ? `${r.name} ${(r as { code?: string }).code ?? ''}: ${r.message}` : JSON.stringify(r)}` });
   };
 
-  // Pending, not passing: 1 of 4 full CI runs on 2026-12-04 failed it (cause not yet found).
-  // A local run showed the surviving rank 0, respawned after its collective failed, stall 94 s
-  // and die again (restart 2 of 3) before the world re-formed; a third death would use up its
-  // restarts and leave the job short of a rank. To be found and fixed, then run again.
+  // The host holding the queue (and the rollout's store) dies as the world shrinks: its roles
+  // move, JetStream loses a member, the world re-forms at DP 2 on the two survivors.
   it('every process of the roles\' host SIGKILLed while the world reshards from DP 3 to 2', scenario('killhostscale', 60, async (job) => {
     await job.waitStep(4);
     const victim = await job.hostOf('queue');
