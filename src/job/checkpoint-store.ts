@@ -9,8 +9,9 @@
 // stored: a writer from an older epoch (a zombie world rank 0) is refused with StaleEpochError
 // as the directory store refuses it. Window parts are KV values `ckpt.part.<step>.<epoch>.<i>`.
 // After a commit the objects of every older checkpoint but the one just replaced are deleted
-// (a reader may still be reading the previous one), those of the checkpoint replaced one commit
-// earlier at once, anything else at the next sweep of the bucket (NatsCheckpointStore.collect).
+// (a reader may still be reading the previous one), in the background: those this process
+// replaced one commit earlier, anything else at the next sweep of the bucket
+// (NatsCheckpointStore.collect).
 import type { Bus } from '../bus/bus.ts';
 import type { BusKv } from '../bus/kv.ts';
 import type { BusObjects } from '../bus/objects.ts';
