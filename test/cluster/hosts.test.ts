@@ -27,12 +27,13 @@ describe('a job across three hosts that share nothing but the network (network n
     requireNetns();
   });
 
-  const scenario = (name: string, steps: number, fault: (job: HostsJob) => Promise<void>, o: { allowDead?: boolean } = {}) => async () => {
+  const scenario = (name: string, steps: number, fault: (job: HostsJob) => Promise<void>, o: { allowDead?: boolean; then?: (job: HostsJob) => void } = {}) => async () => {
     const job = new HostsJob(Netns.create(3), name, steps);
     try {
       await job.start();
       await fault(job);
       await job.finish(o);
+      o.then?.(job);
     } finally { job.dump(); await job.stop(); }
   };
 
@@ -103,7 +104,11 @@ describe('a job across three hosts that share nothing but the network (network n
     assert.ok(killed.length >= 3, `node, NATS member and rank of host ${victim.index}: ${killed.length} processes`);
     job.nodes.delete(victim.index);
     await reshardedTo2(job, asked);
-  }, { allowDead: true }));
+  }, {
+    allowDead: true,
+    // The survivors waited the failover out: no rank process died (each death spends a restart).
+    then: (job) => { for (const [i, c] of job.nodes) assert.doesNotMatch(c.output(), /rank died/, `no rank died on host ${i}`); },
+  }));
 
   it('a host cut off the network while the world reshards from DP 3 to 2, then healed', scenario('linkdownscale', 60, async (job) => {
     await job.waitStep(3);

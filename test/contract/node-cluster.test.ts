@@ -5,14 +5,14 @@
 // KV bucket get 3 replicas; node b's nats-server is SIGKILLed while the job trains and the
 // node restarts it on its store; the job trains to the end; SIGTERM leaves nothing behind.
 import assert from 'node:assert/strict';
-import { mkdirSync, rmSync } from 'node:fs';
+import { mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { Bus } from '../../src/bus/bus.ts';
 import { NodeClient } from '../../src/bus/clients.ts';
 import { writeInitialWeights } from '../../src/job/checkpoint.ts';
 import { jobFile, jobRows, saveJobSpec } from '../../src/job/spec.ts';
 import { AuthPolicy } from '../../src/wire/auth.ts';
-import { descendants, isAlive, sleep } from '../support/chaos.ts';
+import { descendants, isAlive, sleep, until } from '../support/chaos.ts';
 import { testSpec } from '../support/jobs.ts';
 import { freePorts, killChild, runCli, spawnTs, type Child } from '../support/procs.ts';
 
@@ -29,7 +29,9 @@ async function waitOutput(c: Child, re: RegExp, ms = 60_000): Promise<void> {
 const natsPid = (node: Child) => descendants(node.proc.pid!).find((p) => /nats-server/.test(p.args) && !/\/bin\/sh/.test(p.args))?.pid;
 
 describe('draftwire node --nats-cluster: three nodes, each with its own NATS member (TLS, secret)', function () {
-  this.timeout(180_000);
+  // Above the sum of the waits below, so that a slow step reports itself (with the nodes'
+  // output) instead of mocha's bare timeout (one CI run on 2026-12-04 hit 180 s, cause unseen).
+  this.timeout(420_000);
 
   it('the job\'s streams get 3 replicas, a killed member is restarted on its store, the job trains to the end', async () => {
     const spec = testSpec('natscl', { steps: 30, batch: 2, leaseMs: 10_000 });
@@ -50,6 +52,7 @@ describe('draftwire node --nats-cluster: three nodes, each with its own NATS mem
       '--nats-cluster', '--nats-listen', `127.0.0.1:${client[i]}`, '--cluster-listen', `127.0.0.1:${route[i]}`, '--routes', routes,
       '--tls-cert', tls.cert, '--tls-key', tls.key, '--tls-ca', tls.ca, ...extra], env);
     let bus: Bus | null = null;
+    const rankLog = () => { try { return readFileSync(join(spec.runDir, 'rank-0.log'), 'utf8').slice(-4000); } catch { return '(none)'; } };
     try {
       // b and c first, with no roles: a waits for nothing, but the cluster forms only with a majority.
       nodes.push(start(1, []), start(2, []));
@@ -79,7 +82,8 @@ describe('draftwire node --nats-cluster: three nodes, each with its own NATS mem
       await untilOk('node b restarted its nats-server', async () => { const p = natsPid(nodes[1]!); return !!p && p !== before; }, 20_000);
       assert.match(nodes[1]!.output(), /nats-server died; restarting it on the same port and store/);
 
-      const fin = await done;
+      const fin = await until('the job to finish', 120_000, () => Promise.race([done, sleep(500).then(() => null)]),
+        { out: () => [...nodes.map((n, i) => `--- node ${ids[i]}\n${n.output().slice(-1200)}`), `--- rank 0\n${rankLog().slice(-2000)}`].join('\n') });
       assert.equal(fin.rank, 0);
       const q = await bus.request<{ consumed: number; dead: number; pending: number; leased: number }>(s.queue.status, {}, { timeoutMs: 5000 });
       assert.deepEqual([q.consumed + q.dead, q.pending, q.leased], [jobRows(spec), 0, 0], 'every sample of the budget finished');
