@@ -86,8 +86,11 @@ export function decodeKvKey(key: string): string {
 const MAX_VALUE_BYTES = 64 * 1024;
 
 /** The rendezvous store the native side calls: NATS KV, 'get' polls until the key exists. */
+/** What a rendezvous (or a connect) cancelled by `signal` rejects with. */
+const cancelledBy = (signal: AbortSignal | undefined) => new CollectiveError(`rendezvous cancelled: ${String(signal?.reason ?? 'aborted')}`);
+
 function kvStore(kv: BusKv, signal?: AbortSignal): RawCommStoreFn {
-  const cancelled = () => new CollectiveError(`rendezvous cancelled: ${String(signal?.reason ?? 'aborted')}`);
+  const cancelled = () => cancelledBy(signal);
   return async (op, key, value, timeoutMs) => {
     if (signal?.aborted) throw cancelled();
     const k = encodeKvKey(key);
@@ -122,7 +125,7 @@ function unlessAborted(p: Promise<RawCommHandle>, signal?: AbortSignal): Promise
   if (!signal) return p;
   return new Promise((resolve, reject) => {
     const onAbort = () => {
-      reject(new CollectiveError(`rendezvous cancelled: ${String(signal.reason ?? 'aborted')}`));
+      reject(cancelledBy(signal));
       p.then((late) => late.close(), () => {}).catch(() => {});
     };
     if (signal.aborted) { onAbort(); return; }
