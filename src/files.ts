@@ -39,10 +39,18 @@ export async function writeFileMode(path: string, data: string | Uint8Array): Pr
 
 /** Writes a file atomically (temp + optional fsync + rename) with FILE_MODE. */
 export async function writeFileAtomic(path: string, data: string | Uint8Array, opts: { fsync?: boolean } = {}): Promise<void> {
+  await writeAtomic(path, (fh) => fh.writeFile(data), opts);
+}
+
+/**
+ * Writes a file atomically with `write` (temp + optional fsync + rename), FILE_MODE: a reader
+ * (or a crash) sees the previous file or the whole new one, never a part.
+ */
+export async function writeAtomic(path: string, write: (fh: FileHandle) => Promise<unknown>, opts: { fsync?: boolean } = {}): Promise<void> {
   const tmp = `${path}.tmp-${process.pid}`;
   try {
     const fh = await openForWrite(tmp);
-    try { await fh.writeFile(data); if (opts.fsync) await fh.sync(); } finally { await fh.close(); }
+    try { await write(fh); if (opts.fsync) await fh.sync(); } finally { await fh.close(); }
     await rename(tmp, path);
   } catch (e) {
     await rm(tmp, { force: true });

@@ -100,11 +100,16 @@ export function checkpointTensors(spec: JobSpec, state: ModelState, d2t: Int32Ar
   return { weights: { tensors, metadata: meta }, optim: { tensors: moments, metadata: { ...meta, adamStep: String(opt.step) } } };
 }
 
-/** Writes the trained draft (and its optimizer state beside it); `samples`: real samples trained into it. */
+/**
+ * Writes the trained draft (and its optimizer state beside it); `samples`: real samples
+ * trained into it. Each file atomically (fsync'd temp, renamed), the optimizer state first:
+ * whoever sees the weights file (a user's export, a serving engine, a test) sees it whole,
+ * with its optimizer state already there.
+ */
 export async function writeCheckpoint(path: string, spec: JobSpec, state: ModelState, d2t: Int32Array, step: number, samples?: number): Promise<void> {
   const c = checkpointTensors(spec, state, d2t, step, samples);
-  await writeSafetensorsFile(path, c.weights.tensors, c.weights.metadata);
-  await writeSafetensorsFile(path.replace(/\.safetensors$/, '') + '.optim.safetensors', c.optim.tensors, c.optim.metadata);
+  await writeSafetensorsFile(path.replace(/\.safetensors$/, '') + '.optim.safetensors', c.optim.tensors, c.optim.metadata, { atomic: true });
+  await writeSafetensorsFile(path, c.weights.tensors, c.weights.metadata, { atomic: true });
 }
 
 // ------------------------------------------------------------------------------------------
@@ -188,8 +193,6 @@ export async function writeRankCheckpoint(spec: JobSpec, state: ModelState, d2t:
   const weights = join(dir, `${base}.safetensors`);
   await writeCheckpoint(weights, spec, state, d2t, step);
   const optim = join(dir, `${base}.optim.safetensors`);
-  await fsyncPath(weights);
-  await fsyncPath(optim);
   const m: RankCheckpointManifest = {
     format: 'draftwire-rank-checkpoint/1', job: spec.job, step, epoch, samples, weights: `${base}.safetensors`, optim: `${base}.optim.safetensors`,
     window, trained: [...new Set(window.map((l) => l.sampleId))], at: Date.now(),

@@ -4,7 +4,7 @@
 import { open, type FileHandle } from 'node:fs/promises';
 import { DecodeError, InvalidArgumentError } from '../errors.ts';
 import { DTYPE_BYTES, bytesOf, isDtype, numel, viewAs, type Dtype, type Tensor } from '../tensor.ts';
-import { openForWrite } from '../files.ts';
+import { openForWrite, writeAtomic } from '../files.ts';
 
 const FILE_DTYPE: Record<Dtype, string> = { f32: 'F32', f64: 'F64', bf16: 'BF16', f16: 'F16', i32: 'I32', i64: 'I64', u8: 'U8' };
 const FROM_FILE_DTYPE: Record<string, Dtype> = Object.fromEntries(Object.entries(FILE_DTYPE).map(([k, v]) => [v, k as Dtype]));
@@ -196,14 +196,17 @@ export async function readSafetensorsFile(path: string, opts: ReadOptions = {}):
   }
 }
 
-/** Writes a file in place with the job's FILE_MODE (not atomic; the feature store adds temp + fsync + rename on top). */
-export async function writeSafetensorsFile(path: string, tensors: Record<string, Tensor>, metadata?: Record<string, string>, opts?: EncodeOptions): Promise<number> {
+/**
+ * Writes a file with the job's FILE_MODE; `atomic`: through a temp file, fsync'd and renamed
+ * over `path` (a reader or a crash sees the old file or the whole new one). Not atomic: in
+ * place (the feature store adds its own temp + fsync + rename on top).
+ */
+export async function writeSafetensorsFile(path: string, tensors: Record<string, Tensor>, metadata?: Record<string, string>, opts: EncodeOptions & { atomic?: boolean } = {}): Promise<number> {
   const parts = encodeSafetensors(tensors, metadata, opts);
-  const fh = await openForWrite(path);
-  try {
-    await fh.writev(parts);
-  } finally {
-    await fh.close();
+  if (opts.atomic) await writeAtomic(path, (fh) => fh.writev(parts), { fsync: true });
+  else {
+    const fh = await openForWrite(path);
+    try { await fh.writev(parts); } finally { await fh.close(); }
   }
   return parts.reduce((n, p) => n + p.byteLength, 0);
 }

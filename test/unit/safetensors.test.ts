@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DecodeError, InvalidArgumentError } from '../../src/errors.ts';
@@ -68,6 +68,27 @@ describe('safetensors', () => {
     const scalar = join(dir, 's.safetensors');
     await writeSafetensorsFile(scalar, { s: tensor('f32', []) });
     await assert.rejects(readSafetensorsFile(scalar, { rows: [0, 1] }), InvalidArgumentError);
+  });
+
+  it('an atomic write: a reader during it sees the old file whole, after it the new one; no temp file is left', async () => {
+    const path = join(dir, 'atomic.safetensors');
+    const old = { w: tensor('f32', [4], new Float32Array([1, 2, 3, 4])) };
+    await writeSafetensorsFile(path, old, { step: '1' }, { atomic: true });
+    const big = { w: tensor('f32', [1 << 22], new Float32Array(1 << 22).fill(7)) }; // 16 MiB: the write takes several reads' time
+    const writing = writeSafetensorsFile(path, big, { step: '2' }, { atomic: true });
+    let done = false, seenOld = 0;
+    void writing.then(() => { done = true; }, () => { done = true; });
+    while (!done) {
+      const meta = (await readSafetensorsFile(path, { names: [] })).metadata; // a part-written file would be a DecodeError
+      if (meta.step === '1') seenOld++;
+      await new Promise((r) => setImmediate(r));
+    }
+    await writing;
+    assert.ok(seenOld > 0, 'the reader ran while the write was in flight');
+    const now = await readSafetensorsFile(path);
+    assert.equal(now.metadata.step, '2');
+    assert.equal((now.tensors.w!.data as Float32Array)[(1 << 22) - 1], 7);
+    assert.deepEqual(readdirSync(dir).filter((f) => f.includes('.tmp')), []);
   });
 
   it('turns hostile or truncated files into DecodeError', async () => {
