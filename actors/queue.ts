@@ -46,8 +46,6 @@ interface QueueState {
   ledger: LeaseLedger | null; credits: Map<string, Credit>; grants: number; window: { at: number; puts: number; acks: number }[];
   /** The log holds a record replay cannot use (until the operator skips it): refused since `at`. */
   corrupt: { error: WalCorruptError; at: number } | null;
-  /** The newest epoch seen while corrupt, applied once the ledger is rebuilt. */
-  heldEpoch: { epoch: number; num: number } | null;
   /** An external input above its store watermark: new samples are refused until it drains (commitPressure). */
   pressured: boolean;
   /** A 'grant' message is in the mailbox. */
@@ -77,13 +75,15 @@ export function queueActorSpec(o: QueueActorOptions): ActorSpec<QueueState, Queu
   const { bus } = o;
   const s = bus.subjects;
   const log = createLogger('queue');
-  // One record per batch of requests, pipelined; each append expects the previous record's
-  // seq, so a second writer (an old holder of the queue role, resurrected) makes the next
+  // One record per batch of requests, pipelined; each append names the record it follows
+  // (GroupCommit's fence), so a second writer (an old holder of the queue role, resurrected) makes the next
   // append fail instead of interleaving two ledgers; the actor then crashes and rebuilds.
   const wal = new GroupCommit({
-    append: async (events, expectedLastSeq) => {
+    append: async (events, fence) => {
       failpoint('queue.before-persist');
-      const seq = await bus.append(s.walSubject, { f: WAL_RECORD, events }, { expectedLastSeq });
+      const seq = await bus.append(s.walSubject, { f: WAL_RECORD, events }, {
+        msgId: fence.msgId, ...('seq' in fence.after ? { expectedLastSeq: fence.after.seq } : { expectedLastMsgId: fence.after.msgId }),
+      });
       // A crash here: the events are in the log, their replies never sent (the callers retry).
       failpoint('queue.after-persist');
       return seq;
@@ -140,9 +140,16 @@ export function queueActorSpec(o: QueueActorOptions): ActorSpec<QueueState, Queu
     try { ctx.system.dispatch(ctx.self, { op: 'grant' }); } catch { st.grantDue = false; grantNow(st, ledger); } // mailbox full: now
   };
 
-  const fresh = (): QueueState => ({ ledger: null, credits: new Map(), grants: 0, window: [], corrupt: null, heldEpoch: null, pressured: false, grantDue: false });
+  const fresh = (): QueueState => ({ ledger: null, credits: new Map(), grants: 0, window: [], corrupt: null, pressured: false, grantDue: false });
   /** Ledger rebuilds after a failed append (each one as good as a restart). */
   let rebuilds = 0;
+  /**
+   * The newest epoch this queue was told (the epoch watch tells each change once). Kept across
+   * rebuilds and restarts: an epoch applied to a ledger whose append was then lost (another
+   * queue wrote to the log) or told while the log was refused is re-applied to the rebuilt
+   * one, or the queue would stay on the old epoch and refuse every rank of the new world.
+   */
+  let newestEpoch: { epoch: number; num: number } | null = null;
   return {
     init: fresh,
     async handle(st, msg, ctx: ActorContext<QueueMsg>) {
@@ -154,6 +161,7 @@ export function queueActorSpec(o: QueueActorOptions): ActorSpec<QueueState, Queu
         st = fresh();
         rebuilds++;
       }
+      if (msg.op === 'epoch' && msg.epoch > (newestEpoch?.epoch ?? -1)) newestEpoch = { epoch: msg.epoch, num: msg.num };
       const deferred = ctx.defer();
       // Every answer waits for the log to hold everything written before it, its own events
       // included: no caller learns of a state a crash could undo.
@@ -181,7 +189,6 @@ export function queueActorSpec(o: QueueActorOptions): ActorSpec<QueueState, Queu
    * `draftwire wal skip`. Returns false while refusing.
    */
   async function rebuild(st: QueueState, msg: QueueMsg, ctx: ActorContext<QueueMsg>, reply: Reply): Promise<boolean> {
-    if (msg.op === 'epoch' && msg.epoch > (st.heldEpoch?.epoch ?? -1)) st.heldEpoch = { epoch: msg.epoch, num: msg.num };
     if (!st.corrupt || Date.now() - st.corrupt.at >= 2000) {
       await wal.idle();
       try {
@@ -198,8 +205,7 @@ export function queueActorSpec(o: QueueActorOptions): ActorSpec<QueueState, Queu
       }
     }
     if (!st.ledger) { reply({ refused: st.corrupt!.error }); return false; }
-    const held = st.heldEpoch;
-    st.heldEpoch = null;
+    const held = newestEpoch;
     if (held && held.epoch > st.ledger.currentEpoch() && !(msg.op === 'epoch' && msg.epoch >= held.epoch)) {
       wal.write(st.ledger.setEpoch(held.epoch, { num: held.num, key: `epoch:${held.epoch}`, now: Date.now() }).events);
     }

@@ -45,6 +45,8 @@ export interface StreamOptions {
 export interface AppendOptions {
   /** Fails with ConflictError unless the stream's last sequence is this. */
   expectedLastSeq?: number;
+  /** Fails with ConflictError unless the stream's last record is the one of this msgId. */
+  expectedLastMsgId?: string;
   /** Dedupe id (default: a fresh UUID, so our own retries never duplicate). */
   msgId?: string;
   timeoutMs?: number;
@@ -345,7 +347,12 @@ export class Bus extends BusCore {
         const ack = await this.js().publish(subject, data, {
           msgID,
           timeout: opts.timeoutMs ?? this.jsTimeoutMs,
-          ...(opts.expectedLastSeq !== undefined ? { expect: { lastSequence: opts.expectedLastSeq } } : {}),
+          ...(opts.expectedLastSeq !== undefined || opts.expectedLastMsgId !== undefined ? {
+            expect: {
+              ...(opts.expectedLastSeq !== undefined ? { lastSequence: opts.expectedLastSeq } : {}),
+              ...(opts.expectedLastMsgId !== undefined ? { lastMsgID: opts.expectedLastMsgId } : {}),
+            },
+          } : {}),
         });
         return { seq: ack.seq, duplicate: ack.duplicate === true };
       } catch (e) {

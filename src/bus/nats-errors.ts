@@ -33,7 +33,8 @@ export function mapNatsError(e: unknown, what: string): DraftwireError {
   if (isNoResponders(e)) return new UnavailableError(`${what}: no responders (is JetStream enabled and ready?)`, { cause: e });
   if (isClosed(e)) return new UnavailableError(`${what}: the NATS connection is closed`, { cause: e });
   if (e instanceof JetStreamApiError) {
-    if (e.code === JetStreamApiCodes.StreamWrongLastSequence || e.code === JetStreamApiCodes.StreamWrongLastSequenceUnknown) {
+    // 10070: "wrong last msg ID" (an append fenced on the last record's id), not in JetStreamApiCodes.
+    if (e.code === JetStreamApiCodes.StreamWrongLastSequence || e.code === JetStreamApiCodes.StreamWrongLastSequenceUnknown || e.code === 10070) {
       return new ConflictError(`${what}: ${e.message}`, { cause: e, detail: { jsCode: e.code } });
     }
     return new UnavailableError(`${what}: JetStream error ${e.code}: ${e.message}`, { cause: e, detail: { jsCode: e.code } });

@@ -5,17 +5,29 @@
 // durability rule is the one of a single append per request: nothing leaves before its events
 // are in the log.
 //
-// The fence against a second writer is kept through the pipeline: each record carries the
-// stream seq it expects to follow (the previous record's, known in advance because every
-// record is one stream message), so if one append fails every later one fails too, and the
-// log never holds a gap or another writer's records interleaved with ours. A failed append
+// The fence against a second writer is kept through the pipeline: each record names the one
+// it must follow, the previous record's own id (the first after a rebuild: the stream seq the
+// rebuild read up to). A seq would not do for the later ones: if a record of ours is refused
+// because another writer's took its place, that record holds the very seq the next of ours
+// expects, and ours would land on top of it, two ledgers interleaved. With ids, if one append
+// fails every later one fails too, and the log never holds a gap or another writer's records
+// between ours. A failed append
 // fails the whole pipeline: every waiter is told it was lost (its caller retries with the same
 // idempotency key) and `failed` stays set until the owner rebuilt its state and calls reset().
+import { randomUUID } from 'node:crypto';
 import type { LedgerEvent } from './events.ts';
 
+/** Where a record must land: right after `after`, or the append fails (a conflict). */
+export interface AppendFence {
+  /** This record's id, unique per record (the stream's dedupe id: a retried append is a duplicate, not a second record). */
+  msgId: string;
+  /** The record it follows: the previous record's id, or the stream seq a rebuild read up to. */
+  after: { msgId: string } | { seq: number };
+}
+
 export interface GroupCommitOptions {
-  /** Appends one record of events after stream seq `expectedLastSeq`; resolves with its own seq. */
-  append(events: LedgerEvent[], expectedLastSeq: number): Promise<number>;
+  /** Appends one record of events where `fence` says; resolves with its own stream seq. */
+  append(events: LedgerEvent[], fence: AppendFence): Promise<number>;
   /** Records appended at once (default 4). */
   maxInFlight?: number;
   /** A record holds at most this many events (default 1024)... */
@@ -64,6 +76,11 @@ export class GroupCommit {
   private inFlight = 0;
   /** The stream seq the next record sent expects to follow. */
   private lastSeq = 0;
+  /** The id of the last record sent (null: none since the last reset, fence on lastSeq). */
+  private lastMsgId: string | null = null;
+  /** Names this pipeline's records: fresh at every reset, so ids never repeat across rebuilds. */
+  private writer = randomUUID();
+  private sent = 0;
   private scheduled = false;
   private failure: Error | null = null;
   private idleWaiters: (() => void)[] = [];
@@ -84,6 +101,8 @@ export class GroupCommit {
     if (this.batches.length > 0 || this.inFlight > 0) throw new Error('GroupCommit.reset while appends are pending');
     this.failure = null;
     this.lastSeq = lastSeq;
+    this.lastMsgId = null;
+    this.writer = randomUUID();
   }
 
   /** Adds events to the log's next record. */
@@ -130,8 +149,10 @@ export class GroupCommit {
       b.sent = true;
       this.inFlight++;
       const expected = this.lastSeq++;
+      const fence: AppendFence = { msgId: `${this.writer}.${++this.sent}`, after: this.lastMsgId ? { msgId: this.lastMsgId } : { seq: expected } };
+      this.lastMsgId = fence.msgId;
       const t0 = performance.now();
-      this.o.append(b.events, expected).then((seq) => {
+      this.o.append(b.events, fence).then((seq) => {
         this.inFlight--;
         if (this.failure) return this.checkIdle();
         if (seq !== expected + 1) return this.fail(new Error(`write-ahead log record landed at seq ${seq}, expected ${expected + 1}`));

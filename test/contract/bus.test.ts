@@ -296,6 +296,19 @@ describe('Bus over a real nats-server (auth on)', function () {
     assert.ok(a.stats().rejectedAuth >= 1);
   });
 
+  it('streams: an append fenced on the last record\'s id is refused once another record came after it', async () => {
+    // The write-ahead log's pipeline (GroupCommit): each record names the one it follows.
+    const st = 'bt_stream_msgid';
+    await a.ensureStream(st, ['bt.smi.>']);
+    assert.equal(await a.append('bt.smi.x', { i: 0 }, { msgId: 'r-0', expectedLastSeq: 0 }), 1);
+    assert.equal(await a.append('bt.smi.x', { i: 1 }, { msgId: 'r-1', expectedLastMsgId: 'r-0' }), 2);
+    await b.append('bt.smi.x', { i: 2 }); // another writer
+    await assert.rejects(a.append('bt.smi.x', { i: 3 }, { msgId: 'r-2', expectedLastMsgId: 'r-1' }), ConflictError);
+    // A retry of an append that landed is a duplicate, not a conflict.
+    assert.deepEqual(await a.appendAck('bt.smi.x', { i: 1 }, { msgId: 'r-1', expectedLastMsgId: 'r-0' }), { seq: 2, duplicate: true });
+    assert.equal((await a.streamInfo(st)).lastSeq, 3);
+  });
+
   it('streams: append returns seq, expected-last-seq conflicts, readAll ends, purge', async () => {
     const st = 'bt_stream1';
     await a.ensureStream(st, ['bt.s1.>']);

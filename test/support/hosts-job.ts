@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { Bus } from '../../src/bus/bus.ts';
 import { readRoleLeases } from '../../src/bus/role-lease.ts';
 import { auditEvents } from '../../src/ledger/audit.ts';
-import { readLedgerEvents } from '../../src/ledger/wal.ts';
+import { readLedgerEvents, readWal } from '../../src/ledger/wal.ts';
 import { writeInitialWeights } from '../../src/job/checkpoint.ts';
 import { jobRows, saveJobSpec, type JobSpec } from '../../src/job/spec.ts';
 import { AuthPolicy } from '../../src/wire/auth.ts';
@@ -117,6 +117,10 @@ export class HostsJob {
     // Right after a host's SIGKILL the JetStream meta leader may still be re-electing: the
     // Bus's reader waits that out itself (Bus.readAll), as `draftwire audit` does.
     const events = await readLedgerEvents(bus);
+    if (process.env.DRAFTWIRE_TEST_DUMP) {
+      const wal = await readWal(bus);
+      writeFileSync(`${process.env.DRAFTWIRE_TEST_DUMP}.${this.spec.job}.wal`, wal.records.map((r) => `${r.streamSeq} ${JSON.stringify(r.events)}`).join('\n'));
+    }
     const audit = auditEvents(events);
     assert.deepEqual(audit.problems, [], 'audit clean: consumed once or dead, no overlapping leases, no accepted stale ack');
     assert.equal(audit.committed, jobRows(this.spec), 'every sample of the job committed');
