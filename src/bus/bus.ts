@@ -59,6 +59,8 @@ export interface StreamClusterState { leader: string | null; replicas: Array<{ n
 export interface StreamRecord<T = unknown> { seq: number; subject: string; obj: T; /** Only with readAll's yieldInvalid: why this record did not open. */ error?: DraftwireError }
 
 const log = createLogger('bus');
+/** A stream read with no record for this long reads the rest from the stream's leader (readAll). */
+const READ_STALL_MS = 5000;
 
 // ---------------------------------------------------------------------------------------
 
@@ -381,8 +383,10 @@ export class Bus extends BusCore {
    * order (ordered consumer), then ends. A record that fails its MAC or decode throws
    * (AuthError/DecodeError with the seq), unless skipInvalid, which counts and skips it, or
    * yieldInvalid, which yields it as { seq, error } (obj undefined) for the caller to report.
+   * A consumer that delivers nothing for `stallMs` (default 5 s) is given up: the rest is read
+   * from the stream's leader by sequence.
    */
-  async *readAll<T = unknown>(stream: string, fromSeq = 1, opts: { skipInvalid?: boolean; yieldInvalid?: boolean; batch?: number } = {}): AsyncIterable<StreamRecord<T>> {
+  async *readAll<T = unknown>(stream: string, fromSeq = 1, opts: { skipInvalid?: boolean; yieldInvalid?: boolean; batch?: number; stallMs?: number } = {}): AsyncIterable<StreamRecord<T>> {
     if (!Number.isSafeInteger(fromSeq) || fromSeq < 1) throw new InvalidArgumentError(`readAll fromSeq must be >= 1, got ${fromSeq}`);
     // In a cluster, creating the (ordered, ephemeral) consumer needs the JetStream meta leader,
     // which is re-elected for seconds after a server dies: a reader (the queue rebuilding its
@@ -395,33 +399,58 @@ export class Bus extends BusCore {
     const consumer = await this.jsOp(`read stream ${stream}`,
       () => this.js().consumers.get(stream, { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: startSeq }), true, patience);
     const iter = await consumer.consume({ max_messages: opts.batch ?? 256 });
+    /** The record of seq, or null when it fails its MAC or decode (then thrown, skipped or yielded as the options say). */
+    const open = (seq: number, subject: string, data: Uint8Array): StreamRecord<T> | null => {
+      try {
+        return { seq, subject, obj: this.openRecord(`js:${subject}`, data) as T };
+      } catch (e) {
+        const err = e instanceof DraftwireError ? e : new DecodeError(String(e));
+        const named = new (err.constructor as ErrorCtor)(`stream ${stream} seq ${seq}: ${err.message}`, { cause: e, detail: { stream, seq } });
+        if (opts.yieldInvalid) return { seq, subject, obj: undefined as T, error: named };
+        if (!opts.skipInvalid) throw named;
+        this._warnBadRecord(`${stream}#${seq}`, e);
+        return null;
+      }
+    };
+    let last = startSeq - 1;
+    let stalled = false;
+    const it = iter[Symbol.asyncIterator]();
     try {
-      for await (const m of iter) {
-        const seq = m.seq;
-        let obj: unknown;
-        let ok = true;
-        try {
-          obj = this.openRecord(`js:${m.subject}`, m.data);
-        } catch (e) {
-          const err = e instanceof DraftwireError ? e : new DecodeError(String(e));
-          const named = new (err.constructor as ErrorCtor)(`stream ${stream} seq ${seq}: ${err.message}`, { cause: e, detail: { stream, seq } });
-          if (opts.yieldInvalid) yield { seq, subject: m.subject, obj: undefined as T, error: named };
-          else if (!opts.skipInvalid) throw named;
-          else this._warnBadRecord(`${stream}#${seq}`, e);
-          ok = false;
-        }
-        if (ok) yield { seq, subject: m.subject, obj: obj as T };
-        if (seq >= endSeq) break;
+      for (;;) {
+        // A consumer on a replica that stays behind (one back from a freeze or a partition)
+        // delivers nothing more: after stallMs without a record, read the rest from the
+        // stream's leader, by sequence.
+        let timer: NodeJS.Timeout | undefined;
+        const next = await Promise.race([it.next(), new Promise<'stall'>((r) => { timer = setTimeout(() => r('stall'), opts.stallMs ?? READ_STALL_MS); })]);
+        clearTimeout(timer);
+        if (next === 'stall') { stalled = true; break; }
+        if (next.done) break;
+        const m = next.value;
+        last = m.seq;
+        const rec = open(m.seq, m.subject, m.data);
+        if (rec) yield rec;
+        if (m.seq >= endSeq) return;
         if (m.info.pending === 0) {
           // In a cluster the consumer may count from a replica that has not applied the last
           // records yet: end only if the stream itself has nothing past this record.
           const now = await this.streamInfo(stream);
-          if (now.messages === 0 || now.lastSeq <= seq) break;
+          if (now.messages === 0 || now.lastSeq <= m.seq) return;
         }
       }
     } finally {
       try { iter.stop(); } catch { /* already */ }
+      // What a for-await's exit does (close waits for it); a next() still pending after a stall settles with done.
+      void it.return?.(undefined)?.catch(() => {});
       try { await iter.close(); } catch { /* already */ }
+    }
+    if (!stalled) return;
+    log.warn('stream read stalled (a replica behind the others?); reading the rest from the stream leader', { stream, from: last + 1, to: endSeq });
+    const jsm = await this.jsm();
+    for (let seq = last + 1; seq <= endSeq; seq++) {
+      const m = await this.jsOp(`read stream ${stream} seq ${seq}`, () => jsm.streams.getMessage(stream, { seq }), true, patience);
+      if (!m) continue; // deleted or purged
+      const rec = open(m.seq, m.subject, m.data);
+      if (rec) yield rec;
     }
   }
 

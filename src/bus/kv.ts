@@ -71,14 +71,20 @@ export class BusKv {
    * resuming from the latest checkpoint manifest).
    */
   async get<T = unknown>(key: string, opts: { leader?: boolean } = {}): Promise<KvValue<T> | null> {
+    let leader = opts.leader === true;
     for (let attempt = 0; ; attempt++) {
-      const e = await this.bus._jsOp(`kv ${this.bucket} get ${key}`, () => (opts.leader ? this.leaderGet(key) : this.kv.get(key)), true);
+      const e = await this.bus._jsOp(`kv ${this.bucket} get ${key}`, () => (leader ? this.leaderGet(key) : this.kv.get(key)), true);
       if (!e || e.operation !== 'PUT') return null;
       try {
         return { key, value: this.accept<T>(key, e.value, e.revision), revision: e.revision };
       } catch (err) {
-        // A lagging replica's answer: ask again (it catches up, or another replica answers).
-        if (err instanceof UnavailableError && err.detail?.stale && attempt < 6) { await new Promise((r) => setTimeout(r, 20 * 2 ** attempt)); continue; }
+        if (err instanceof UnavailableError && err.detail?.stale) {
+          // A lagging replica's answer. A direct get goes to the nearest replica, and one back
+          // from a freeze or a partition can stay behind for minutes: ask again twice, then
+          // the stream's leader, which holds every acknowledged write.
+          if (!leader && attempt >= 2) { leader = true; continue; }
+          if (attempt < 6) { await new Promise((r) => setTimeout(r, 20 * 2 ** attempt)); continue; }
+        }
         if (err instanceof AuthError && err.detail?.rollback) this.bus._warnBadRecord(`kv ${this.bucket}/${key}@${e.revision}`, err);
         throw err;
       }

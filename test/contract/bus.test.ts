@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { Kvm } from '@nats-io/kv';
+import { jetstreamManager } from '@nats-io/jetstream';
 import { withNats } from '../support/nats-server.ts';
 import { Bus, subjects, errorFromWire } from '../../src/bus/bus.ts';
 import { AuthPolicy } from '../../src/wire/auth.ts';
@@ -294,6 +295,22 @@ describe('Bus over a real nats-server (auth on)', function () {
     w.stop();
     assert.deepEqual(keys, ['good', 'good2']);
     assert.ok(a.stats().rejectedAuth >= 1);
+  });
+
+  it('streams: a read whose consumer delivers nothing more reads the rest from the stream leader', async () => {
+    // The consumer ends its deliveries at seq 4 while the stream's last seq is 5 (deleted): what
+    // a consumer on a replica that stays behind looks like. The read must end, not wait.
+    const st = 'bt_stream_stall';
+    await a.ensureStream(st, ['bt.sst.>']);
+    for (let i = 0; i < 5; i++) await a.append('bt.sst.x', { i });
+    const jsm = await jetstreamManager(raw);
+    await jsm.streams.deleteMessage(st, 5);
+    await jsm.streams.deleteMessage(st, 3);
+    const got: number[] = [];
+    const t0 = Date.now();
+    for await (const r of b.readAll<{ i: number }>(st, 1, { stallMs: 300 })) got.push(r.obj.i);
+    assert.deepEqual(got, [0, 1, 3]);
+    assert.ok(Date.now() - t0 < 5000, `ended after ${Date.now() - t0} ms`);
   });
 
   it('streams: an append fenced on the last record\'s id is refused once another record came after it', async () => {
