@@ -2,7 +2,8 @@
 // (native/src/cuda/bodies.h) run on the CPU against the CPU step's layer functions, the
 // row-major → column-major GEMM mapping driven through CBLAS's column-major interface, the
 // build (the CUDA objects are in the addon wherever nvcc is), the addon on a machine without a
-// driver, and the run-time loading of cuBLAS. Named stand-ins: the "cuBLAS" libraries below are
+// driver, the host-staged collectives for several ranks on one GPU, and the run-time loading
+// of cuBLAS. Named stand-ins: host memory plays the device's in the staged collectives' check; the "cuBLAS" libraries below are
 // stubs compiled here (the real one cannot run without a GPU); they check the search path and
 // the symbol table, not a GEMM. On a machine with a GPU the device check itself runs.
 import assert from 'node:assert/strict';
@@ -15,7 +16,11 @@ import { cudaDeviceCheck, cudaHostCheck, cudaInfo, type CudaInfo } from '../../s
 
 const KERNELS = ['rmsnorm.forward', 'rmsnorm.backward', 'rope.forward', 'rope.inverse', 'swiglu.forward', 'swiglu.backward',
   'bf16.to_f32', 'bf16.from_f32', 'adamw.update+clip', 'target.argmax+softmax', 'soft_ce.loss+hit', 'soft_ce.grad',
-  'attention.forward(ttt)', 'attention.backward(ttt)', 'gemm_map.nt', 'gemm_map.nn', 'gemm_map.tn'];
+  'attention.forward(ttt)', 'attention.backward(ttt)', 'gemm_map.nt', 'gemm_map.nn', 'gemm_map.tn',
+  // The host-staged collectives (several ranks on one GPU) over 3 in-process ranks, host memory
+  // standing in for the device's, and the choice between NCCL and staging.
+  ...['allReduce(sum)', 'allReduce(max)', 'allReduce(sum, f64)', 'allGather', 'reduceScatter', 'broadcast', 'subgroup(even).allReduce'].map((op) => `comm.staged(3 ranks).${op}`),
+  'comm.pick(nccl or staged)'];
 
 const nvccHere = (): boolean => spawnSync('nvcc', ['--version']).status === 0 || existsSync('/usr/local/cuda/bin/nvcc');
 
@@ -38,8 +43,9 @@ describe('CUDA backend, checked on the CPU', function () {
         assert.ok(Number.isFinite(c.err) && c.err <= c.tol, `${c.name} (seed ${seed}): err ${c.err} > tol ${c.tol}`);
         assert.equal(c.note, null);
       }
-      // bit-exact where the arithmetic is: every bf16 pattern, the rounding, the GEMM operand swap
-      for (const name of ['bf16.to_f32', 'bf16.from_f32']) assert.equal(checks.find((c) => c.name === name)!.tol, 0);
+      // bit-exact where the arithmetic is: every bf16 pattern, the rounding; the staged
+      // collectives (sums in rank order, as the host communicator takes them)
+      for (const c of checks.filter((x) => /^bf16|^comm\./.test(x.name))) assert.equal(c.tol, 0, c.name);
     }
   });
 

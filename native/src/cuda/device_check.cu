@@ -1,15 +1,21 @@
 // device_check() (cuda/device.h): every kernel on device 0 against the CPU step's layer
-// function for the same math, the cuBLAS GEMMs through col_major_gemm, and NCCL on one rank.
+// function for the same math, the cuBLAS GEMMs through col_major_gemm, NCCL on one rank and
+// the host-staged collectives of two ranks on one GPU, both behind the Comm interface.
 // Sizes are larger than host_check's so that rows span many threads and blocks.
 #include <cuda_runtime.h>
 
 #include <stdexcept>
+#include <thread>
 
+#include "collectives/comm_staged.h"
+#include "collectives/comm_thread.h"
 #include "cuda/check_util.h"
+#include "cuda/comm_check.h"
 #include "cuda/device.h"
 #include "cuda/gemm_map.h"
 #include "cuda/kernels.h"
 #include "cuda/libs.h"
+#include "cuda/nccl_comm.h"
 #include "kernels/adamw.h"
 #include "kernels/attention.h"
 #include "kernels/blas.h"
@@ -298,25 +304,74 @@ void check_attention(const CublasApi& b, void* h, uint64_t seed, std::vector<Bod
   out.push_back(bwd.done("attention.backward(ttt) dq", 1e-4));
 }
 
-// A 1-rank communicator's all-reduce is the identity: NCCL loads, initialises and runs here.
-void check_nccl(uint64_t seed, std::vector<BodyCheck>& out) {
-  std::string why;
-  const NcclApi* n = nccl(&why);
-  if (!n) { out.push_back({"nccl.allreduce(1 rank)", std::numeric_limits<double>::infinity(), 0, 0, why}); return; }
-  NcclUniqueId id{};
-  void* comm = nullptr;
-  int r = n->get_unique_id(&id);
-  if (r == 0) r = n->comm_init_rank(&comm, 1, id, 0);
-  if (r != 0) { out.push_back({"nccl.allreduce(1 rank)", std::numeric_limits<double>::infinity(), 0, 0, std::string("NCCL init: ") + n->error_string(r)}); return; }
-  const Vec x = randn(4096, seed, 50);
-  Dev<float> dX(x);
-  r = n->all_reduce(dX.p, dX.p, x.size(), kNcclFloat32, kNcclSum, comm, nullptr);
-  ok(cudaDeviceSynchronize(), "NCCL all-reduce");
-  n->comm_destroy(comm);
-  if (r != 0) { out.push_back({"nccl.allreduce(1 rank)", std::numeric_limits<double>::infinity(), 0, 0, std::string("ncclAllReduce: ") + n->error_string(r)}); return; }
-  Diff d;
-  d.add(dX.get().data(), x.data(), int64_t(x.size()));
-  out.push_back(d.done("nccl.allreduce(1 rank)", 0));
+// Device memory for comm_check (freed with it).
+struct DevMem {
+  std::vector<void*> blocks;
+  DevMem() = default;
+  DevMem(const DevMem&) = delete;
+  DevMem& operator=(const DevMem&) = delete;
+  ~DevMem() { for (void* p : blocks) cudaFree(p); }
+  template <typename T>
+  T* alloc(size_t n) {
+    void* p = nullptr;
+    ok(cudaMalloc(&p, std::max<size_t>(1, n) * sizeof(T)), "cudaMalloc");
+    blocks.push_back(p);
+    return static_cast<T*>(p);
+  }
+  template <typename T>
+  void put(T* dst, const std::vector<T>& h) { ok(cudaMemcpy(dst, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice), "copy to the device"); }
+  template <typename T>
+  std::vector<T> get(const T* src, size_t n) {
+    std::vector<T> h(n);
+    ok(cudaMemcpy(h.data(), src, n * sizeof(T), cudaMemcpyDeviceToHost), "copy from the device");
+    return h;
+  }
+};
+
+// Each rank of a ThreadComm world as a thread on GPU 0 with its own stream, running `body`
+// with its device communicator; the worst result of each check over the ranks.
+template <typename F>
+void on_gpu0_ranks(int n, const std::string& name, std::vector<BodyCheck>& out, F body) {
+  auto world = makeThreadWorld(n);
+  std::vector<std::vector<BodyCheck>> per(static_cast<size_t>(n));
+  std::vector<std::thread> ts;
+  for (int r = 0; r < n; r++) {
+    std::vector<BodyCheck>* slot = &per[size_t(r)];
+    std::shared_ptr<Comm> host = world[size_t(r)];
+    ts.emplace_back([slot, host, &name, &body] {
+      cudaStream_t st = nullptr;
+      try {
+        ok(cudaSetDevice(0), "cudaSetDevice");
+        ok(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking), "cudaStreamCreate");
+        *slot = body(host, static_cast<Stream>(st));
+      } catch (const std::exception& e) {
+        slot->push_back({name, std::numeric_limits<double>::infinity(), 0, 0, e.what()});
+      }
+      if (st) cudaStreamDestroy(st);
+    });
+  }
+  for (auto& t : ts) t.join();
+  for (const BodyCheck& b : worst_of(per)) out.push_back(b);
+}
+
+// NCCL behind the Comm interface on one rank (every collective is then exact), and two ranks
+// on the one GPU, for which makeDeviceComm must pick host staging over the host Comm.
+void check_device_comms(uint64_t seed, std::vector<BodyCheck>& out) {
+  const auto timeout = std::chrono::seconds(60);
+  on_gpu0_ranks(1, "nccl(1 rank)", out, [&](std::shared_ptr<Comm> host, Stream st) {
+    auto c = makeNcclComm(host, st, timeout);
+    DevMem mem;
+    return comm_check("nccl(1 rank)", *c, mem, seed, 0);
+  });
+  on_gpu0_ranks(2, "comm.staged(2 ranks, one GPU)", out, [&](std::shared_ptr<Comm> host, Stream st) {
+    DeviceCommKind kind = DeviceCommKind::Nccl;
+    auto c = makeDeviceComm(host, st, timeout, &kind);
+    DevMem mem;
+    std::vector<BodyCheck> r = comm_check("comm.staged(2 ranks, one GPU)", *c, mem, seed, 0);
+    const bool staged = kind == DeviceCommKind::Staged;
+    r.push_back({"comm.pick(2 ranks, one GPU: staged)", staged ? 0.0 : std::numeric_limits<double>::infinity(), 0, 1, staged ? "" : "picked NCCL for two ranks of one GPU"});
+    return r;
+  });
 }
 
 }  // namespace
@@ -337,7 +392,7 @@ std::vector<BodyCheck> device_check(uint64_t seed, std::string* error) {
     check_gemms(*b, h, seed, out);
     check_loss(seed, out);
     check_attention(*b, h, seed, out);
-    check_nccl(seed, out);
+    check_device_comms(seed, out);
   } catch (const std::exception& e) {
     *error = e.what();
   }

@@ -4,8 +4,14 @@
 
 #include <algorithm>
 #include <cmath>
+#include <deque>
 #include <limits>
+#include <thread>
 #include <vector>
+
+#include "collectives/comm_staged.h"
+#include "collectives/comm_thread.h"
+#include "cuda/comm_check.h"
 
 #include "cuda/bodies.h"
 #include "cuda/check_util.h"
@@ -272,6 +278,57 @@ void check_gemm_map(uint64_t seed, std::vector<BodyCheck>& out) {
   }
 }
 
+// Host memory as comm_check's "device" memory (the stand-in the staged path is tested with here).
+struct HostMem {
+  std::deque<std::vector<double>> blocks;  // doubles: aligned for float and double alike
+  template <typename T>
+  T* alloc(size_t n) {
+    blocks.emplace_back((n * sizeof(T) + sizeof(double) - 1) / sizeof(double));
+    return reinterpret_cast<T*>(blocks.back().data());
+  }
+  template <typename T>
+  void put(T* dst, const std::vector<T>& h) { std::copy(h.begin(), h.end(), dst); }
+  template <typename T>
+  std::vector<T> get(const T* src, size_t n) { return std::vector<T>(src, src + n); }
+};
+
+// The host-staged collectives (several ranks on one GPU) over a world of 3 ThreadComms, with
+// host memory standing in for the device's: the staging, the copies' sizes and directions
+// and the subgroups, bit for bit against the sums in rank order.
+void check_staged_comm(uint64_t seed, std::vector<BodyCheck>& out) {
+  const int n = 3;
+  auto world = makeThreadWorld(n);
+  std::vector<std::vector<BodyCheck>> per(n);
+  std::vector<std::thread> ts;
+  for (int r = 0; r < n; r++) {
+    ts.emplace_back([&, r] {
+      try {
+        auto c = makeStagedComm(world[size_t(r)], makeHostCopier());
+        HostMem mem;
+        per[size_t(r)] = comm_check("comm.staged(3 ranks)", *c, mem, seed, 0);
+      } catch (const std::exception& e) {
+        per[size_t(r)].push_back({"comm.staged(3 ranks)", std::numeric_limits<double>::infinity(), 0, 0, e.what()});
+      }
+    });
+  }
+  for (auto& t : ts) t.join();
+  for (const BodyCheck& b : worst_of(per)) out.push_back(b);
+}
+
+// Which collectives a device world uses: NCCL only when no two ranks share a GPU.
+void check_pick_device_comm(std::vector<BodyCheck>& out) {
+  struct Case { std::vector<std::string> gpus; DeviceCommKind want; };
+  const Case cases[] = {
+      {{"a"}, DeviceCommKind::Nccl},
+      {{"a", "b", "c"}, DeviceCommKind::Nccl},
+      {{"a", "b", "a"}, DeviceCommKind::Staged},
+      {{"a", ""}, DeviceCommKind::Staged},
+  };
+  int64_t wrong = 0, n = 0;
+  for (const Case& c : cases) { n++; if (pickDeviceComm(c.gpus) != c.want) wrong++; }
+  out.push_back({"comm.pick(nccl or staged)", wrong ? std::numeric_limits<double>::infinity() : 0.0, 0, n, wrong ? std::to_string(wrong) + " case(s) picked wrong" : ""});
+}
+
 }  // namespace
 
 std::vector<BodyCheck> host_check(uint64_t seed) {
@@ -285,6 +342,8 @@ std::vector<BodyCheck> host_check(uint64_t seed) {
   check_soft_ce(seed, out);
   check_attention(seed, out);
   check_gemm_map(seed, out);
+  check_staged_comm(seed, out);
+  check_pick_device_comm(out);
   return out;
 }
 

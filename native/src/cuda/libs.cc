@@ -87,6 +87,11 @@ const NcclApi* nccl(std::string* why) {
     sym(lib, "ncclGetUniqueId", &api.get_unique_id, &missing);
     sym(lib, "ncclCommInitRank", &api.comm_init_rank, &missing);
     sym(lib, "ncclAllReduce", &api.all_reduce, &missing);
+    sym(lib, "ncclAllGather", &api.all_gather, &missing);
+    sym(lib, "ncclReduceScatter", &api.reduce_scatter, &missing);
+    sym(lib, "ncclBroadcast", &api.broadcast, &missing);
+    sym(lib, "ncclCommGetAsyncError", &api.comm_get_async_error, &missing);
+    sym(lib, "ncclCommAbort", &api.comm_abort, &missing);
     sym(lib, "ncclCommDestroy", &api.comm_destroy, &missing);
     sym(lib, "ncclGetErrorString", &api.error_string, &missing);
     if (!missing.empty()) { failure = api.path + " lacks " + missing; return; }

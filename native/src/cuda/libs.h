@@ -26,7 +26,7 @@ struct CublasApi {
 };
 
 // NCCL's enum values (nccl.h) the collectives pass.
-enum : int { kNcclFloat32 = 7, kNcclSum = 0 };
+enum : int { kNcclFloat32 = 7, kNcclFloat64 = 8, kNcclSum = 0, kNcclMax = 2, kNcclSuccess = 0, kNcclInProgress = 7 };
 struct NcclUniqueId { char internal[128]; };
 
 struct NcclApi {
@@ -35,6 +35,11 @@ struct NcclApi {
   int (*get_unique_id)(NcclUniqueId* id) = nullptr;
   int (*comm_init_rank)(void** comm, int nranks, NcclUniqueId id, int rank) = nullptr;
   int (*all_reduce)(const void* send, void* recv, size_t count, int dtype, int op, void* comm, void* stream) = nullptr;
+  int (*all_gather)(const void* send, void* recv, size_t send_count, int dtype, void* comm, void* stream) = nullptr;
+  int (*reduce_scatter)(const void* send, void* recv, size_t recv_count, int dtype, int op, void* comm, void* stream) = nullptr;
+  int (*broadcast)(const void* send, void* recv, size_t count, int dtype, int root, void* comm, void* stream) = nullptr;
+  int (*comm_get_async_error)(void* comm, int* async_error) = nullptr;
+  int (*comm_abort)(void* comm) = nullptr;
   int (*comm_destroy)(void* comm) = nullptr;
   const char* (*error_string)(int result) = nullptr;
 };
