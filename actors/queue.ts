@@ -76,8 +76,8 @@ export function queueActorSpec(o: QueueActorOptions): ActorSpec<QueueState, Queu
   const s = bus.subjects;
   const log = createLogger('queue');
   // One record per batch of requests, pipelined; each append names the record it follows
-  // (GroupCommit's fence), so a second writer (an old holder of the queue role, resurrected) makes the next
-  // append fail instead of interleaving two ledgers; the actor then crashes and rebuilds.
+  // (GroupCommit's fence), so a second writer (an old holder of the queue role, resurrected)
+  // makes the next append fail instead of interleaving two ledgers; the actor then rebuilds.
   const wal = new GroupCommit({
     append: async (events, fence) => {
       failpoint('queue.before-persist');

@@ -11,9 +11,9 @@
 // because another writer's took its place, that record holds the very seq the next of ours
 // expects, and ours would land on top of it, two ledgers interleaved. With ids, if one append
 // fails every later one fails too, and the log never holds a gap or another writer's records
-// between ours. A failed append
-// fails the whole pipeline: every waiter is told it was lost (its caller retries with the same
-// idempotency key) and `failed` stays set until the owner rebuilt its state and calls reset().
+// between ours. A failed append fails the whole pipeline: every waiter is told it was lost
+// (its caller retries with the same idempotency key) and `failed` stays set until the owner
+// rebuilt its state and calls reset().
 import { randomUUID } from 'node:crypto';
 import type { LedgerEvent } from './events.ts';
 
