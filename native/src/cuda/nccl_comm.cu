@@ -186,8 +186,6 @@ std::shared_ptr<Comm> makeNcclComm(std::shared_ptr<Comm> boot, Stream stream, st
 
 std::shared_ptr<DeviceCopier> makeCudaCopier(Stream stream) { return std::make_shared<CudaCopier>(stream); }
 
-std::string currentGpuUuid() { return hexOf(currentUuidBytes().data()); }
-
 std::shared_ptr<Comm> makeDeviceComm(std::shared_ptr<Comm> boot, Stream stream, std::chrono::milliseconds timeout,
                                      DeviceCommKind* kind) {
   if (!boot) throw std::invalid_argument("makeDeviceComm: the host communicator must not be null");

@@ -26,9 +26,6 @@ std::shared_ptr<Comm> makeNcclComm(std::shared_ptr<Comm> boot, Stream stream, st
 // Pinned staging buffers and copies on `stream` (for makeStagedComm).
 std::shared_ptr<DeviceCopier> makeCudaCopier(Stream stream);
 
-// The current device's UUID, as 32 hex digits.
-std::string currentGpuUuid();
-
 // Gathers every rank's GPU over `boot` (collective), and builds what pickDeviceComm says:
 // NCCL, or host staging over `boot`. `kind` (optional) is told which.
 std::shared_ptr<Comm> makeDeviceComm(std::shared_ptr<Comm> boot, Stream stream, std::chrono::milliseconds timeout,
