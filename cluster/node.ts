@@ -21,6 +21,8 @@
 // consumed or dead on `store.free`, and those it missed at its store reconcile.
 import { fork, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { appendStream } from '../src/files.ts';
 import { readTlsFiles, type TlsFiles } from '../src/tls.ts';
 import { COMM_HOST_ENV, entryPoint } from './entry.ts';
@@ -77,6 +79,19 @@ export interface RankProcess { rank: number; proc: ChildProcess; exited: Promise
 export interface RankOutcome { rank: number; code: number | null; restarts: number; retired: boolean }
 
 const RANK_MAIN = entryPoint('rank-main');
+/** A rank that lived this long before dying is respawned at once; one that dies sooner is crash-looping. */
+const RESPAWN_HEALTHY_MS = 30_000;
+/**
+ * How long the node waits before respawning a rank that died after `restarts` earlier
+ * respawns, having lived `livedMs`: at once after a healthy run, else 1 s, 4 s, 16 s (at
+ * most). A start that fails on a passing condition (a NATS server restarting, a role
+ * changing hands) then outlasts it instead of spending every restart within a second.
+ */
+export function respawnDelayMs(restarts: number, livedMs: number): number {
+  return livedMs >= RESPAWN_HEALTHY_MS ? 0 : Math.min(16_000, 1000 * 4 ** restarts);
+}
+/** A log line at level error, in text or JSON form (src/log.ts). */
+const RANK_ERROR_LINE = /^\S+ ERROR |"level":"error"/;
 
 export function parseRoles(s: string): Role[] {
   const roles = s.split(',').map((r) => r.trim()).filter(Boolean);
@@ -315,8 +330,11 @@ export class NodeAgent {
     });
     proc.stdout?.pipe(log, { end: false });
     proc.stderr?.pipe(log, { end: false });
+    // The rank's last error line, so that a rank that dies says why in its node's own log.
+    let lastError: string | null = null;
+    if (proc.stderr) createInterface({ input: proc.stderr }).on('line', (line) => { if (RANK_ERROR_LINE.test(line)) lastError = line.slice(0, 1000); });
     const exited = new Promise<number | null>((resolve) => proc.on('exit', (code, sig) => {
-      this.log.info('rank exited', { rank, pid: proc.pid, code, signal: sig });
+      this.log.info('rank exited', { rank, pid: proc.pid, code, signal: sig, ...(code !== 0 && lastError ? { lastError } : {}) });
       log.end();
       const c = code ?? (sig ? 128 : null);
       resolve(c);
@@ -359,9 +377,10 @@ export class NodeAgent {
           return r;
         });
       if (replace) {
-        this.log.warn('rank died; respawning it (it resumes from the latest checkpoint)', { rank, code, restart: restarts + 1, of: maxRankRestarts(this.o.spec) });
+        const delayMs = respawnDelayMs(restarts, Date.now() - (this.ranks.get(rank)?.spawnedAt ?? 0));
+        this.log.warn('rank died; respawning it (it resumes from the latest checkpoint)', { rank, code, restart: restarts + 1, of: maxRankRestarts(this.o.spec), inMs: delayMs });
         this.respawning.add(rank);
-        void regroup.then(({ epoch, movedTo }) => {
+        void regroup.then(async (r) => { if (delayMs > 0 && !this.stopping) await sleep(delayMs, undefined, { ref: false }); return r; }).then(({ epoch, movedTo }) => {
           this.respawning.delete(rank);
           if (this.stopping) return;
           // While this node was unreachable (frozen, cut off) the coordinator gave the rank to another node.

@@ -37,7 +37,18 @@ export class HostsJob {
   }
 
   output(): string {
-    return [...this.nodes].map(([i, c]) => `--- host ${i}\n${c.output().slice(-2500)}`).join('\n');
+    const nodes = [...this.nodes].map(([i, c]) => `--- host ${i}\n${c.output().slice(-2500)}`);
+    return [...nodes, ...this.rankLogs().map(({ title, text }) => `${title} (its last lines)\n${text.slice(-1200)}`)].join('\n');
+  }
+
+  /** Every host's rank logs. */
+  private rankLogs(): { title: string; text: string }[] {
+    return this.net.hosts.flatMap((h) => {
+      const run = join(h.dir, 'run');
+      let logs: string[] = [];
+      try { logs = readdirSync(run).filter((f) => /^rank-\d+\.log$/.test(f)); } catch { /* no run directory */ }
+      return logs.map((f) => ({ title: `--- host ${h.index} ${f}`, text: readFileSync(join(run, f), 'utf8') }));
+    });
   }
 
   /** Certificates, a job file and the initial weights in every host's own directory; then the nodes. */
@@ -91,12 +102,7 @@ export class HostsJob {
   dump(): void {
     if (!process.env.DRAFTWIRE_TEST_DUMP) return;
     const nodes = [...this.nodes].map(([i, c]) => `--- host ${i}\n${c.output()}`);
-    const ranks = this.net.hosts.flatMap((h) => {
-      const run = join(h.dir, 'run');
-      let logs: string[] = [];
-      try { logs = readdirSync(run).filter((f) => /^rank-\d+\.log$/.test(f)); } catch { /* no run directory */ }
-      return logs.map((f) => `--- host ${h.index} ${f}\n${readFileSync(join(run, f), 'utf8')}`);
-    });
+    const ranks = this.rankLogs().map(({ title, text }) => `${title}\n${text}`);
     const steps = this.metrics.map(({ m }) => `${new Date(m.at).toISOString()} step=${m.step} epoch=${m.epoch} dp=${m.dp} samples=${m.samples} stepMs=${m.stepMs} waitMs=${m.waitMs} fetchMs=${m.fetchMs ?? '-'}`);
     writeFileSync(`${process.env.DRAFTWIRE_TEST_DUMP}.${this.spec.job}`, [...nodes, ...ranks, '--- world rank 0\'s step reports', ...steps].join('\n'));
   }
