@@ -186,9 +186,10 @@ describe('elastic data parallelism (real rank processes, Gloo)', function () {
     await until('the dp 2 world formed', () => /world formed epoch=2 dp=2 index=3 dpIdx=1 leader=false/.test(readFileSync(join(job.runDir, 'rank-3.log'), 'utf8')));
     await job.waitStep(job.checkpointStep() + 3);
     const pid = await until('rank 3 process', () => rankPid(job, 3));
+    const killedAt = job.checkpointStep();
     process.kill(pid, 'SIGKILL');
     const r = await job.finish();
-    await settle('tp 2 cells: scale 1 -> 2, then a rank SIGKILL under shrink', ['draftwire scale --dp 2 (spawned ranks 2, 3: one TP cell)', `SIGKILL rank 3 pid ${pid} (not its cell's leader)`], job, r, steps * BATCH, t0);
+    await settle('tp 2 cells: scale 1 -> 2, then a rank SIGKILL under shrink', ['draftwire scale --dp 2 (spawned ranks 2, 3: one TP cell)', `SIGKILL rank 3 pid ${pid} (not its cell's leader) at step ${killedAt}`], job, r, steps * BATCH, t0);
     assert.deepEqual(r.summary.ranksLost, [3]);
     assert.deepEqual(r.summary.dpHistory, [1, 2, 1]);
     assert.match(readFileSync(join(job.runDir, 'rank-2.log'), 'utf8'), /retired by a scale-down/, 'its cell partner retired with it');
