@@ -87,7 +87,7 @@ const RESPAWN_HEALTHY_MS = 30_000;
  * most). A start that fails on a passing condition (a NATS server restarting, a role
  * changing hands) then outlasts it instead of spending every restart within a second.
  */
-export function respawnDelayMs(restarts: number, livedMs: number): number {
+function respawnDelayMs(restarts: number, livedMs: number): number {
   return livedMs >= RESPAWN_HEALTHY_MS ? 0 : Math.min(16_000, 1000 * 4 ** restarts);
 }
 /** A log line at level error, in text or JSON form (src/log.ts). */
@@ -380,7 +380,8 @@ export class NodeAgent {
         const delayMs = respawnDelayMs(restarts, Date.now() - (this.ranks.get(rank)?.spawnedAt ?? 0));
         this.log.warn('rank died; respawning it (it resumes from the latest checkpoint)', { rank, code, restart: restarts + 1, of: maxRankRestarts(this.o.spec), inMs: delayMs });
         this.respawning.add(rank);
-        void regroup.then(async (r) => { if (delayMs > 0 && !this.stopping) await sleep(delayMs, undefined, { ref: false }); return r; }).then(({ epoch, movedTo }) => {
+        void regroup.then(async ({ epoch, movedTo }) => {
+          if (delayMs > 0 && !movedTo && !this.stopping) await sleep(delayMs, undefined, { ref: false });
           this.respawning.delete(rank);
           if (this.stopping) return;
           // While this node was unreachable (frozen, cut off) the coordinator gave the rank to another node.
