@@ -17,6 +17,10 @@ import { cudaDeviceCheck, cudaHostCheck, cudaInfo, type CudaInfo } from '../../s
 const KERNELS = ['rmsnorm.forward', 'rmsnorm.backward', 'rope.forward', 'rope.inverse', 'swiglu.forward', 'swiglu.backward',
   'bf16.to_f32', 'bf16.from_f32', 'adamw.update+clip', 'target.argmax+softmax', 'soft_ce.loss+hit', 'soft_ce.grad',
   'attention.forward(ttt)', 'attention.backward(ttt)', 'gemm_map.nt', 'gemm_map.nn', 'gemm_map.tn',
+  // The whole step written once over the backend interface (native/src/step), on its CPU
+  // instance, against DraftModel: two AdamW steps (short samples and a mask; fewer real samples)
+  // and an evaluation.
+  ...['metrics(loss, per-step loss and accuracy, grad norm)', 'grads', 'adamw.weights', 'adamw.moments', 'evaluate(after 2 steps)'].map((c) => `step(host).${c}`),
   // The host-staged collectives (several ranks on one GPU) over 3 in-process ranks, host memory
   // standing in for the device's, and the choice between NCCL and staging.
   ...['allReduce(sum)', 'allReduce(max)', 'allReduce(sum, f64)', 'allGather', 'reduceScatter', 'broadcast', 'subgroup(even).allReduce'].map((op) => `comm.staged(3 ranks).${op}`),

@@ -82,4 +82,30 @@ DW_HD bool attn_visible(int64_t key_pos, int64_t query_pos) { return key_pos <= 
 DW_HD float attn_prob(float qk, float scale, float lse) { return ::expf(scale * qk - lse); }
 DW_HD float attn_dscore(float a, float dp, float delta, float scale) { return a * (dp - delta) * scale; }
 
+// ---- the rows of TTT step k (model/draft_model.cc prepare_step_rows, every row kept) --------
+// Row r = (b, t) of a batch [B, T]: u = t+1+k; inside the sample (u < len) its token is ids[u],
+// its target row (b, u) with target draft id tgt[(b, u)] (−1: not in the draft vocabulary) and
+// weight mask[(b, u)]·[tgt ≥ 0]·T/len; outside, token 0 and weight 0. lengths null: len = T.
+struct StepRow {
+  int32_t tok, pos, prow, tgt;
+  float w, lsc;
+};
+DW_HD StepRow step_row(int64_t r, int64_t T, int64_t k, const int32_t* ids, const uint8_t* mask, const int32_t* lengths,
+                       const int32_t* tgt) {
+  const int64_t b = r / T, t = r % T, len = lengths ? lengths[b] : T, u = t + 1 + k, ur = b * T + u;
+  const bool in = u < len;
+  const float lsc = lengths ? float(double(T) / double(len)) : 1.0f;
+  const int32_t tg = in ? tgt[ur] : -1;
+  const float w = (in && mask[ur] && tg >= 0) ? 1.0f : 0.0f;
+  return {in ? ids[ur] : 0, int32_t(t), int32_t(in ? ur : r), tg, w * lsc, lsc};
+}
+
+// ---- the TTT extras of attention: the k same-position keys of a query row ------------------
+// Extra j of row i lives at base + j·stride + i·ld (the steps' q|k|v buffers are one array).
+DW_HD float row_dot(const float* a, const float* b, int64_t d) {
+  float s = 0;
+  for (int64_t c = 0; c < d; c++) s += a[c] * b[c];
+  return s;
+}
+
 }  // namespace dw::cuda

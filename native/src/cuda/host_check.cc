@@ -24,6 +24,8 @@
 #include "kernels/rmsnorm.h"
 #include "kernels/rope.h"
 #include "kernels/swiglu.h"
+#include "step/host_ops.h"
+#include "step/step_check.h"
 
 namespace dw::cuda {
 namespace {
@@ -342,6 +344,10 @@ std::vector<BodyCheck> host_check(uint64_t seed) {
   check_soft_ce(seed, out);
   check_attention(seed, out);
   check_gemm_map(seed, out);
+  {  // the whole step written over StepOps, on its CPU instance, against DraftModel
+    step::HostOps ops;
+    for (BodyCheck& c : step::resident_step_check(ops, step::check_config(), 3, 12, seed, 1e-4)) out.push_back(std::move(c));
+  }
   check_staged_comm(seed, out);
   check_pick_device_comm(out);
   return out;
