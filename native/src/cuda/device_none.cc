@@ -1,5 +1,8 @@
 // device_info() and device_check() of an addon built without nvcc (the CUDA build has cuda/device.cu instead).
+#include "cuda/cuda_ops.h"
 #include "cuda/device.h"
+
+#include <stdexcept>
 
 #if !DRAFTWIRE_HAVE_CUDA
 namespace dw::cuda {
@@ -16,6 +19,8 @@ std::vector<BodyCheck> device_check(uint64_t, std::string* error) {
   *error = kNotBuilt;
   return {};
 }
+
+std::unique_ptr<step::StepOps> make_cuda_ops(int) { throw std::runtime_error(kNotBuilt); }
 
 }  // namespace dw::cuda
 #endif

@@ -346,7 +346,13 @@ std::vector<BodyCheck> host_check(uint64_t seed) {
   check_gemm_map(seed, out);
   {  // the whole step written over StepOps, on its CPU instance, against DraftModel
     step::HostOps ops;
-    for (BodyCheck& c : step::resident_step_check(ops, step::check_config(), 3, 12, seed, 1e-4)) out.push_back(std::move(c));
+    for (BodyCheck& c : step::resident_step_check(ops, nullptr, step::check_config(), 3, 12, seed, 1e-4)) out.push_back(std::move(c));
+    // bf16 products against fp32: with every target token in the draft vocabulary, so that a
+    // rounded target logit cannot move a row in or out of the loss (a discontinuity, not an error)
+    ops.bf16_matmul = true;
+    DraftConfig full = step::check_config();
+    full.draft_vocab = full.vocab;
+    for (BodyCheck& c : step::resident_step_check(ops, nullptr, full, 3, 12, seed, step::kBf16StepTol)) out.push_back(std::move(c));
   }
   check_staged_comm(seed, out);
   check_pick_device_comm(out);

@@ -204,6 +204,51 @@ __global__ void k_attn_dscores(int64_t q0, const float* P, float* dP, int64_t ld
     dP[i * ld + j] = attn_visible(j, qp) ? attn_dscore(P[i * ld + j], dP[i * ld + j], delta[i], scale) : 0.0f;
 }
 
+__global__ void k_axpy(int64_t n, float alpha, const float* x, float* y) {
+  for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < n; t += int64_t(gridDim.x) * blockDim.x) y[t] += alpha * x[t];
+}
+
+__global__ void k_step_rows(int64_t n, int64_t T, int64_t k, const int32_t* ids, const uint8_t* mask, const int32_t* lengths,
+                            const int32_t* tgt, int32_t* tok, int32_t* pos, int32_t* prow, int32_t* ltgt, float* w, float* lsc) {
+  for (int64_t r = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; r < n; r += int64_t(gridDim.x) * blockDim.x) {
+    const StepRow s = step_row(r, T, k, ids, mask, lengths, tgt);
+    tok[r] = s.tok; pos[r] = s.pos; prow[r] = s.prow; ltgt[r] = s.tgt; w[r] = s.w; lsc[r] = s.lsc;
+  }
+}
+
+// A warp per (i, j): lanes take strided columns, then a warp sum.
+__global__ void k_row_dots(int64_t n, int64_t ne, int64_t d, float alpha, const float* a, int64_t lda, const float* x,
+                           int64_t ldx, int64_t xstride, float* out) {
+  const int64_t warps = int64_t(gridDim.x) * (blockDim.x / 32);
+  for (int64_t t = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / 32; t < n * ne; t += warps) {
+    const int64_t i = t / ne, j = t % ne;
+    const float* ar = a + i * lda;
+    const float* xr = x + j * xstride + i * ldx;
+    float s = 0;
+    for (int64_t c = threadIdx.x % 32; c < d; c += 32) s += ar[c] * xr[c];
+    for (int o = 16; o > 0; o /= 2) s += __shfl_xor_sync(0xffffffffu, s, o);
+    if (threadIdx.x % 32 == 0) out[t] = alpha * s;
+  }
+}
+
+__global__ void k_rows_combine(int64_t n, int64_t ne, int64_t d, const float* c, const float* x, int64_t ldx, int64_t xstride,
+                               float* y, int64_t ldy) {
+  for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < n * d; t += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t i = t / d, col = t % d;
+    float acc = y[i * ldy + col];
+    for (int64_t j = 0; j < ne; j++) acc += c[i * ne + j] * x[j * xstride + i * ldx + col];
+    y[i * ldy + col] = acc;
+  }
+}
+
+__global__ void k_rows_spread(int64_t n, int64_t ne, int64_t d, const float* c, const float* a, int64_t lda, float* x,
+                              int64_t ldx, int64_t xstride) {
+  for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < n * ne * d; t += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t col = t % d, j = (t / d) % ne, i = t / (d * ne);
+    x[j * xstride + i * ldx + col] += c[i * ne + j] * a[i * lda + col];
+  }
+}
+
 }  // namespace
 
 std::string rmsnorm_forward(Stream s, int64_t rows, int64_t H, const float* x, const float* w, double eps, float* y, float* rstd) {
@@ -266,6 +311,32 @@ std::string attention_softmax(Stream s, int64_t Tq, int64_t q0, float* S, int64_
 }
 std::string attention_dscores(Stream s, int64_t Tq, int64_t q0, const float* P, float* dP, int64_t ld, const float* delta, float scale) {
   if (Tq > 0) k_attn_dscores<<<unsigned(Tq), kThreads, 0, st(s)>>>(q0, P, dP, ld, delta, scale);
+  return launched();
+}
+
+std::string axpy(Stream s, int64_t n, float alpha, const float* x, float* y) {
+  if (n > 0) k_axpy<<<blocks_for(n), kThreads, 0, st(s)>>>(n, alpha, x, y);
+  return launched();
+}
+std::string step_rows(Stream s, int64_t B, int64_t T, int64_t k, const int32_t* ids, const uint8_t* mask, const int32_t* lengths,
+                      const int32_t* tgt, int32_t* tok, int32_t* pos, int32_t* prow, int32_t* ltgt, float* w, float* lsc) {
+  const int64_t n = B * T;
+  if (n > 0) k_step_rows<<<blocks_for(n), kThreads, 0, st(s)>>>(n, T, k, ids, mask, lengths, tgt, tok, pos, prow, ltgt, w, lsc);
+  return launched();
+}
+std::string row_dots(Stream s, int64_t n, int64_t ne, int64_t d, float alpha, const float* a, int64_t lda, const float* x,
+                     int64_t ldx, int64_t xstride, float* out) {
+  if (n * ne > 0) k_row_dots<<<blocks_for(n * ne * 32), kThreads, 0, st(s)>>>(n, ne, d, alpha, a, lda, x, ldx, xstride, out);
+  return launched();
+}
+std::string rows_combine(Stream s, int64_t n, int64_t ne, int64_t d, const float* c, const float* x, int64_t ldx, int64_t xstride,
+                         float* y, int64_t ldy) {
+  if (n * d > 0 && ne > 0) k_rows_combine<<<blocks_for(n * d), kThreads, 0, st(s)>>>(n, ne, d, c, x, ldx, xstride, y, ldy);
+  return launched();
+}
+std::string rows_spread(Stream s, int64_t n, int64_t ne, int64_t d, const float* c, const float* a, int64_t lda, float* x,
+                        int64_t ldx, int64_t xstride) {
+  if (n * ne * d > 0) k_rows_spread<<<blocks_for(n * ne * d), kThreads, 0, st(s)>>>(n, ne, d, c, a, lda, x, ldx, xstride);
   return launched();
 }
 

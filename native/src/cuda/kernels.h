@@ -45,4 +45,21 @@ std::string attention_softmax(Stream s, int64_t Tq, int64_t q0, float* S, int64_
 std::string attention_dscores(Stream s, int64_t Tq, int64_t q0, const float* P, float* dP, int64_t ld,
                               const float* delta, float scale);
 
+// y += alpha·x.
+std::string axpy(Stream s, int64_t n, float alpha, const float* x, float* y);
+// The rows of TTT step k of a batch [B, T] (step_row); lengths may be null.
+std::string step_rows(Stream s, int64_t B, int64_t T, int64_t k, const int32_t* ids, const uint8_t* mask,
+                      const int32_t* lengths, const int32_t* tgt, int32_t* tok, int32_t* pos, int32_t* prow,
+                      int32_t* ltgt, float* w, float* lsc);
+// The TTT extras (step/step_ops.h): x_j = x + j·xstride, rows of d with stride ld, i < n, j < ne.
+// out[i·ne + j] = alpha·(a_i · x_j[i]); one warp per (i, j).
+std::string row_dots(Stream s, int64_t n, int64_t ne, int64_t d, float alpha, const float* a, int64_t lda, const float* x,
+                     int64_t ldx, int64_t xstride, float* out);
+// y_i += Σ_j c[i·ne + j]·x_j[i] (a thread per element of y, the extras summed in order).
+std::string rows_combine(Stream s, int64_t n, int64_t ne, int64_t d, const float* c, const float* x, int64_t ldx,
+                         int64_t xstride, float* y, int64_t ldy);
+// x_j[i] += c[i·ne + j]·a_i (a thread per element of every x_j).
+std::string rows_spread(Stream s, int64_t n, int64_t ne, int64_t d, const float* c, const float* a, int64_t lda, float* x,
+                        int64_t ldx, int64_t xstride);
+
 }  // namespace dw::cuda

@@ -28,6 +28,16 @@ void HostOps::copy(void* dst, const void* src, size_t bytes) { if (bytes) std::m
 void HostOps::gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
                    const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
   if (ta && tb) throw std::logic_error("HostOps::gemm: op(A)ᵀ·op(B)ᵀ is not a product of the step");
+  if (M == 0 || N == 0) return;
+  if (bf16_matmul) {  // the operands rounded as the device rounds them (cuda::f32_to_bf16)
+    auto rounded = [](const float* X, int64_t rows, int64_t cols, int64_t ld, std::vector<float>& out) {
+      out.assign(size_t((rows - 1) * ld + cols), 0.0f);
+      for (size_t i = 0; i < out.size(); i++) out[i] = cuda::bf16_to_f32(cuda::f32_to_bf16(X[i]));
+      return out.data();
+    };
+    A = rounded(A, ta ? K : M, ta ? M : K, lda, a16_);
+    B = rounded(B, tb ? N : K, tb ? K : N, ldb, b16_);
+  }
   if (ta) gemm_tn(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
   else if (tb) gemm_nt(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
   else gemm_nn(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);

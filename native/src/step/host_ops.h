@@ -5,6 +5,7 @@
 #pragma once
 #include <memory>
 #include <unordered_map>
+#include <vector>
 
 #include "step/step_ops.h"
 
@@ -51,7 +52,8 @@ class HostOps final : public StepOps {
   void adamw(int64_t n, float* w, const float* g, float* m, float* v, const AdamWStep& s) override;
 
  private:
-  std::unordered_map<void*, std::unique_ptr<double[]>> blocks_;  // 8-byte aligned: enough for every element type
+  std::unordered_map<void*, std::unique_ptr<double[]>> blocks_;
+  std::vector<float> a16_, b16_;  // bf16-rounded operands (bf16_matmul)  // 8-byte aligned: enough for every element type
 };
 
 }  // namespace dw::step

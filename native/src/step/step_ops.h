@@ -21,6 +21,10 @@ class StepOps {
   virtual ~StepOps() = default;
   virtual std::string name() const = 0;
 
+  // Mixed precision (autocast-style): every gemm rounds both inputs to bf16 and accumulates and
+  // writes in fp32; weights, moments and every other kernel stay fp32.
+  bool bf16_matmul = false;
+
   // ---- memory: zeroed blocks, each freed by free_bytes or with the ops ----
   virtual void* alloc_bytes(size_t bytes) = 0;
   virtual void free_bytes(void* p) = 0;

@@ -1,0 +1,15 @@
+// The resident step's CUDA backend (step/step_ops.h): device memory, one stream, the kernels of
+// cuda/kernels.h and cuBLAS (loaded at run time) through col_major_gemm. Batch uploads go
+// through a pinned staging buffer, stream-ordered; downloads wait for the stream.
+#pragma once
+#include <memory>
+
+#include "step/step_ops.h"
+
+namespace dw::cuda {
+
+// The CUDA instance on `device`; throws std::runtime_error naming why there is none (an addon
+// built without nvcc, no usable device, no cuBLAS).
+std::unique_ptr<step::StepOps> make_cuda_ops(int device);
+
+}  // namespace dw::cuda
