@@ -193,6 +193,7 @@ interface RawBinding {
   cudaInfo(): CudaInfo;
   cudaHostCheck(seed: number): CudaCheck[];
   cudaDeviceCheck(seed: number): { checks: CudaCheck[]; error: string | null };
+  cudaStepBench(config: DraftConfig, options: CudaStepBenchOptions): CudaStepBench & { unavailable: boolean; error: string | null };
 }
 
 // The package root is the nearest folder above this file with Draftwire's package.json: the
@@ -799,6 +800,22 @@ export function cudaDeviceCheck(seed: number): CudaCheck[] {
   if (r.error !== null && r.checks.length === 0) throw new UnavailableError(`no CUDA device check here: ${r.error}`);
   if (r.error !== null) throw new NativeError(`the CUDA device check stopped after ${r.checks.length} checks: ${r.error}`, { detail: { checks: r.checks } });
   return r.checks;
+}
+
+export interface CudaStepBenchOptions { batch: number; seq: number; reps: number; warmup: number; bf16?: boolean }
+/** The resident CUDA step's speed: ms per training step (forward, backward, AdamW) and tokens/s. */
+export interface CudaStepBench { msPerStep: number; tokensPerSec: number; setupMs: number; loss: number; deviceGiB: number }
+
+/**
+ * Times the whole training step resident on GPU 0 (native/src/step over CUDA) on a random model
+ * of `config` and a random batch. Throws UnavailableError (naming why) where no GPU is usable.
+ */
+export function cudaStepBench(config: DraftConfig, options: CudaStepBenchOptions): CudaStepBench {
+  const c = validateDraftConfig(config);
+  const r = callSync(() => binding().cudaStepBench(c, options));
+  if (r.unavailable) throw new UnavailableError(`no CUDA step here: ${r.error ?? 'unknown reason'}`);
+  if (r.error !== null) throw new NativeError(`the CUDA step benchmark failed: ${r.error}`);
+  return { msPerStep: r.msPerStep, tokensPerSec: r.tokensPerSec, setupMs: r.setupMs, loss: r.loss, deviceGiB: r.deviceGiB };
 }
 
 // ------------------------------------------------------------------------------------------

@@ -11,8 +11,10 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { UnavailableError } from '../../src/errors.ts';
-import { cudaDeviceCheck, cudaHostCheck, cudaInfo, type CudaInfo } from '../../src/native/addon.ts';
+import { InvalidArgumentError, UnavailableError } from '../../src/errors.ts';
+import { cudaDeviceCheck, cudaHostCheck, cudaInfo, cudaStepBench, type CudaInfo } from '../../src/native/addon.ts';
+
+const SMALL = { vocab: 96, draftVocab: 40, hidden: 32, heads: 4, kvHeads: 2, intermediate: 48, ttt: 3, ropeTheta: 10000, rmsEps: 1e-6 };
 
 const stepChecks = (prefix: string, accuracy: boolean): string[] => ['metrics(loss, per-step loss, grad norm)', 'grads',
   'adamw.weights', 'adamw.moments', 'evaluate(after 2 steps)', ...(accuracy ? ['accuracy(train and evaluate)'] : []), 'optimizer step count']
@@ -59,9 +61,14 @@ describe('CUDA backend, checked on the CPU', function () {
     }
   });
 
-  it('a bad seed is an InvalidArgumentError naming it', () => {
+  it('a bad seed is an InvalidArgumentError naming it; so are a bad config and bad options of the step benchmark', () => {
     assert.throws(() => cudaHostCheck(-1), /seed must be a non-negative safe integer \(got -1\)/);
     assert.throws(() => cudaHostCheck(1.5), /seed/);
+    const opts = { batch: 1, seq: 8, reps: 1, warmup: 0 };
+    assert.throws(() => cudaStepBench({ ...SMALL, kvHeads: 3 }, opts), (e: unknown) => e instanceof InvalidArgumentError && /kvHeads/.test((e as Error).message));
+    assert.throws(() => cudaStepBench(SMALL, { ...opts, batch: 0 }), (e: unknown) => e instanceof InvalidArgumentError && /options\.batch must be in \[1, /.test((e as Error).message));
+    assert.throws(() => cudaStepBench(SMALL, { ...opts, seq: 1.5 }), (e: unknown) => e instanceof InvalidArgumentError && /options\.seq/.test((e as Error).message));
+    assert.throws(() => cudaStepBench(SMALL, { ...opts, bf16: 'yes' as unknown as boolean }), (e: unknown) => e instanceof InvalidArgumentError && /options\.bf16 must be a boolean/.test((e as Error).message));
   });
 
   it('the addon has the CUDA objects wherever nvcc is, and without a driver runs its CPU path and says why there is no GPU', () => {
@@ -74,10 +81,14 @@ describe('CUDA backend, checked on the CPU', function () {
     if (info.gpus.length === 0) {
       assert.match(info.error ?? '', /no usable CUDA device|built without CUDA/);
       assert.throws(() => cudaDeviceCheck(1), (e: unknown) => e instanceof UnavailableError && /no CUDA device check here/.test((e as Error).message));
+      assert.throws(() => cudaStepBench(SMALL, { batch: 1, seq: 8, reps: 1, warmup: 0 }),
+        (e: unknown) => e instanceof UnavailableError && /no CUDA step here: (no usable CUDA device|this addon was built without CUDA)/.test((e as Error).message));
     } else {
       assert.equal(info.error, null);
       // A GPU here: every kernel, the cuBLAS GEMMs and NCCL on one rank, against the CPU step.
       for (const c of cudaDeviceCheck(7)) assert.ok(c.err <= c.tol, `${c.name}: err ${c.err} > tol ${c.tol}${c.note ? ` (${c.note})` : ''}`);
+      const b = cudaStepBench(SMALL, { batch: 2, seq: 16, reps: 2, warmup: 1 });
+      assert.ok(b.msPerStep > 0 && Number.isFinite(b.loss), JSON.stringify(b));
     }
   });
 

@@ -2,7 +2,11 @@
 // cuda/kernels.h and cuBLAS (loaded at run time) through col_major_gemm. Batch uploads go
 // through a pinned staging buffer, stream-ordered; downloads wait for the stream.
 #pragma once
+#include <cstdint>
 #include <memory>
+#include <vector>
+
+#include "cuda/host_check.h"
 
 #include "step/step_ops.h"
 
@@ -11,5 +15,8 @@ namespace dw::cuda {
 // The CUDA instance on `device`; throws std::runtime_error naming why there is none (an addon
 // built without nvcc, no usable device, no cuBLAS).
 std::unique_ptr<step::StepOps> make_cuda_ops(int device);
+
+// The resident step on CudaOps against the CPU step (cuda/step_device.cu), appended to out.
+void check_resident_step(uint64_t seed, std::vector<BodyCheck>& out);
 
 }  // namespace dw::cuda

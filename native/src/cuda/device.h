@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "cuda/host_check.h"
+#include "model/draft_config.h"
 
 namespace dw::cuda {
 
@@ -33,5 +34,15 @@ DeviceInfo device_info();
 // row-major ones, and a 1-rank NCCL all-reduce. Without a usable device (or cuBLAS), returns
 // nothing and says why in `error`.
 std::vector<BodyCheck> device_check(uint64_t seed, std::string* error);
+
+// The resident step's speed on device 0: `warmup` steps, then `reps` timed training steps
+// (forward, backward, AdamW) of a random model and batch [B, T]. Without a usable device,
+// returns nothing and says why in `error`.
+struct StepBench {
+  double ms_per_step = 0, tokens_per_sec = 0, setup_ms = 0, loss = 0;
+  double device_gib = 0;  // device memory in use after the steps
+  bool unavailable = false;  // no usable device or cuBLAS (error says which); else error is a failure
+};
+StepBench step_bench(const DraftConfig& c, int64_t B, int64_t T, int reps, int warmup, bool bf16, std::string* error);
 
 }  // namespace dw::cuda

@@ -25,8 +25,6 @@
 #include "kernels/rmsnorm.h"
 #include "kernels/rope.h"
 #include "kernels/swiglu.h"
-#include "step/host_ops.h"
-#include "step/step_check.h"
 
 namespace dw::cuda {
 namespace {
@@ -375,32 +373,6 @@ void check_device_comms(uint64_t seed, std::vector<BodyCheck>& out) {
     r.push_back({"comm.pick(2 ranks, one GPU: staged)", staged ? 0.0 : std::numeric_limits<double>::infinity(), 0, 1, staged ? "" : "picked NCCL for two ranks of one GPU"});
     return r;
   });
-}
-
-// The whole step resident on the GPU: in fp32 against the CPU step (DraftModel) to 1e-4, with
-// bf16 products against the host's bf16 step (the same rounding); on the host check's small
-// model, and on a larger one whose rows, heads and vocabulary span many blocks.
-void check_resident_step(uint64_t seed, std::vector<BodyCheck>& out) {
-  std::unique_ptr<step::StepOps> ops = make_cuda_ops(0);
-  step::HostOps host;
-  host.bf16_matmul = true;
-  DraftConfig big;
-  big.vocab = 4096; big.draft_vocab = 1024; big.hidden = 256; big.heads = 8; big.kv_heads = 2; big.intermediate = 512;
-  big.ttt = 4; big.rope_theta = 500000; big.rms_eps = 1e-5;
-  for (const bool bf16 : {false, true}) {
-    ops->bf16_matmul = bf16;
-    step::StepOps* ref = bf16 ? &host : nullptr;
-    const double tol = bf16 ? step::kBf16DeviceTol : 1e-4;
-    // bf16: every target token in the draft vocabulary, so that the two sides' last bits cannot
-    // move a row in or out of the loss
-    DraftConfig small = step::check_config(), large = big;
-    if (bf16) small.draft_vocab = small.vocab, large.draft_vocab = large.vocab;
-    for (BodyCheck& c : step::resident_step_check(*ops, ref, small, 3, 12, seed, tol)) out.push_back(std::move(c));
-    for (BodyCheck& c : step::resident_step_check(*ops, ref, large, 2, 160, seed, tol)) {
-      c.name = "big " + c.name;
-      out.push_back(std::move(c));
-    }
-  }
 }
 
 }  // namespace

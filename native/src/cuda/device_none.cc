@@ -22,5 +22,12 @@ std::vector<BodyCheck> device_check(uint64_t, std::string* error) {
 
 std::unique_ptr<step::StepOps> make_cuda_ops(int) { throw std::runtime_error(kNotBuilt); }
 
+StepBench step_bench(const DraftConfig&, int64_t, int64_t, int, int, bool, std::string* error) {
+  *error = kNotBuilt;
+  StepBench r;
+  r.unavailable = true;
+  return r;
+}
+
 }  // namespace dw::cuda
 #endif

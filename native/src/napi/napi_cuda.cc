@@ -5,6 +5,7 @@
 #include "cuda/device.h"
 #include "cuda/host_check.h"
 #include "cuda/libs.h"
+#include "napi/napi_models.h"
 #include "napi/napi_util.h"
 
 namespace dw {
@@ -87,12 +88,35 @@ Napi::Value CudaDeviceCheck(const Napi::CallbackInfo& info) {
   return o;
 }
 
+// cudaStepBench(config, {batch, seq, reps, warmup, bf16}) → { msPerStep, tokensPerSec, setupMs,
+// loss, deviceGiB, unavailable, error } (synchronous, like cudaDeviceCheck: a benchmark tool).
+Napi::Value CudaStepBench(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const DraftConfig c = parse_draft_config(env, info[0]);
+  Napi::Object o = need_object(env, info[1], "options");
+  const int64_t B = field_int(o, "batch", "options", 1, 1 << 20), T = field_int(o, "seq", "options", 2, 1 << 20);
+  const int reps = int(field_int(o, "reps", "options", 1, 1000)), warmup = int(field_int(o, "warmup", "options", 0, 1000));
+  const bool bf16 = field_bool(o, "bf16", "options", false);
+  std::string error;
+  const cuda::StepBench r = cuda::step_bench(c, B, T, reps, warmup, bf16, &error);
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("msPerStep", r.ms_per_step);
+  out.Set("tokensPerSec", r.tokens_per_sec);
+  out.Set("setupMs", r.setup_ms);
+  out.Set("loss", r.loss);
+  out.Set("deviceGiB", r.device_gib);
+  out.Set("unavailable", r.unavailable);
+  out.Set("error", error.empty() ? env.Null() : Napi::Value(Napi::String::New(env, error)));
+  return out;
+}
+
 }  // namespace
 
 void registerCuda(Napi::Env env, Napi::Object exports) {
   exports.Set("cudaInfo", Napi::Function::New(env, CudaInfo, "cudaInfo"));
   exports.Set("cudaHostCheck", Napi::Function::New(env, CudaHostCheck, "cudaHostCheck"));
   exports.Set("cudaDeviceCheck", Napi::Function::New(env, CudaDeviceCheck, "cudaDeviceCheck"));
+  exports.Set("cudaStepBench", Napi::Function::New(env, CudaStepBench, "cudaStepBench"));
 }
 
 }  // namespace dw

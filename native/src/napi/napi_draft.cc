@@ -12,11 +12,8 @@
 
 namespace dw {
 
-namespace {
-
-constexpr int64_t kMaxDim = (int64_t(1) << 31) - 1;
-
 DraftConfig parse_draft_config(Napi::Env env, Napi::Value v) {
+  constexpr int64_t kMaxDim = (int64_t(1) << 31) - 1;
   Napi::Object o = need_object(env, v, "config");
   DraftConfig c;
   c.vocab = field_int(o, "vocab", "config", 1, kMaxDim);
@@ -34,6 +31,8 @@ DraftConfig parse_draft_config(Napi::Env env, Napi::Value v) {
   if (!err.empty()) throw_invalid(env, "config: " + err);
   return c;
 }
+
+namespace {
 
 std::string shape_str(const std::vector<int64_t>& s) {
   std::string r = "[";

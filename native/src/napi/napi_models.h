@@ -12,6 +12,10 @@
 
 namespace dw {
 
+// A JS draft config ({vocab, draftVocab, hidden, heads, kvHeads, intermediate, ttt, ropeTheta,
+// rmsEps, headDim?, ropeScaling?}), validated; throws INVALID_ARGUMENT naming the field.
+DraftConfig parse_draft_config(Napi::Env env, Napi::Value v);
+
 struct DraftState {
   explicit DraftState(const DraftConfig& c) : model(c) {}
   DraftState(const DraftConfig& c, const ShardLayout& L) : model(c, L) {}

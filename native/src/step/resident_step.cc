@@ -83,6 +83,11 @@ void ResidentStep::store(DraftModel& m) const {
   m.step_count = step_count;
 }
 
+void ResidentStep::wait() {
+  double x = 0;
+  if (ws_) ops_.download(&x, ws_->acc, 8);
+}
+
 float* ResidentStep::qkv(int64_t k) const { return ws_->qkv + k * ws_->B * ws_->T * cfg.qkv_dim(); }
 float* ResidentStep::dqkv(int64_t k) const { return ws_->dqkv + k * ws_->B * ws_->T * cfg.qkv_dim(); }
 

@@ -31,6 +31,8 @@ class ResidentStep {
   // One step over b (host memory, checked by DraftModel::check_batch first; span == T).
   // req: backward, update, lr, clip, weight_decay, samples as DraftModel::run; no logits_out.
   StepOutput run(const DraftBatch& b, const StepRequest& req);
+  // Waits until the backend has finished every step queued (AdamW of the last one included).
+  void wait();
   // The trainable state back into m (params, grads of the last step, AdamW moments, step count).
   void store(DraftModel& m) const;
 
