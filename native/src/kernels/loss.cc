@@ -11,6 +11,15 @@
 
 namespace dw {
 
+int32_t target_row(const float* z, int64_t V, const int32_t* d2t, const int32_t* t2d, int64_t Vd, float* p) {
+  const int64_t y = vargmax(z, V);
+  for (int64_t j = 0; j < Vd; j++) p[j] = z[d2t[j]];
+  const float m = vmax(p, Vd);
+  const float s = vexp_sub_sum(p, p, m, Vd);
+  vscale(p, 1.0f / s, p, Vd);
+  return y >= 0 ? t2d[y] : -1;
+}
+
 void target_distribution(int64_t N, const uint8_t* need, const float* last, int64_t H, const float* Wt,
                          int64_t V, const int32_t* d2t, const int32_t* t2d, int64_t Vd, float* p,
                          int32_t* tgt, std::vector<float>& scratch) {
@@ -33,14 +42,7 @@ void target_distribution(int64_t N, const uint8_t* need, const float* last, int6
     parallel_for(n, 8, [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; i++) {
         const int64_t row = rows[size_t(i)];
-        const float* zi = z + i * V;
-        float* pr = p + row * Vd;
-        const int64_t y = vargmax(zi, V);
-        tgt[row] = y >= 0 ? t2d[y] : -1;
-        for (int64_t j = 0; j < Vd; j++) pr[j] = zi[d2t[j]];
-        const float m = vmax(pr, Vd);
-        const float s = vexp_sub_sum(pr, pr, m, Vd);
-        vscale(pr, 1.0f / s, pr, Vd);
+        tgt[row] = target_row(z + i * V, V, d2t, t2d, Vd, p + row * Vd);
       }
     });
   }

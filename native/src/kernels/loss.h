@@ -8,6 +8,10 @@ namespace dw {
 
 class Comm;
 
+// One row of target logits z [V] → p [Vd] = softmax(z[d2t]); returns t2d[argmax z] (lowest
+// index; −1 when the argmax is not in the draft vocabulary).
+int32_t target_row(const float* z, int64_t V, const int32_t* d2t, const int32_t* t2d, int64_t Vd, float* p);
+
 // For every row r with need[r] != 0: z = last[r]·Wtᵀ (V logits), y = argmax z (lowest index),
 // tgt[r] = t2d[y] (the draft id of y, −1 when y ∉ d2t, i.e. ok = 0), and
 // p[r, j] = softmax_j(z[d2t[j]]). Rows without need get tgt = −1 and p untouched.

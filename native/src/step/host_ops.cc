@@ -79,16 +79,7 @@ void HostOps::swiglu_backward(int64_t rows, int64_t I, const float* gu, const fl
 // The CPU target distribution (kernels/loss.cc) from logits already computed.
 void HostOps::target_distribution(int64_t n, const float* z, int64_t V, const int32_t* d2t, const int32_t* t2d,
                                   int64_t Vd, float* p, int32_t* tgt) {
-  for (int64_t r = 0; r < n; r++) {
-    const float* zr = z + r * V;
-    float* pr = p + r * Vd;
-    const int64_t y = vargmax(zr, V);
-    tgt[r] = y >= 0 ? t2d[y] : -1;
-    for (int64_t j = 0; j < Vd; j++) pr[j] = zr[d2t[j]];
-    const float m = vmax(pr, Vd);
-    const float s = vexp_sub_sum(pr, pr, m, Vd);
-    vscale(pr, 1.0f / s, pr, Vd);
-  }
+  for (int64_t r = 0; r < n; r++) tgt[r] = target_row(z + r * V, V, d2t, t2d, Vd, p + r * Vd);
 }
 
 void HostOps::step_rows(int64_t B, int64_t T, int64_t k, const int32_t* ids, const uint8_t* mask, const int32_t* lengths,

@@ -88,6 +88,16 @@ void ResidentStep::wait() {
   if (ws_) ops_.download(&x, ws_->acc, 8);
 }
 
+// Query head h of sample b at step k, its kv head's step-0 keys/values, and the first extra
+// (step 1's k and v at the same positions; extra j at + j·stride).
+ResidentStep::Head ResidentStep::head(int64_t k, int64_t b, int64_t h) const {
+  const int64_t T = ws_->T, D = cfg.qkv_dim(), d = cfg.head_dim(), kvd = cfg.kv_dim();
+  const int64_t c = h / (cfg.heads / cfg.kv_heads), row0 = b * T, kofs = row0 * D + cfg.q_dim() + c * d;
+  const float* e = ws_->qkv + ws_->B * T * D + kofs;  // qkv(1) + kofs, valid when k > 0
+  return {qkv(k) + row0 * D + h * d, qkv(0) + kofs, qkv(0) + kofs + kvd, e, e + kvd, row0, kofs, ws_->B * T * D,
+          float(1.0 / std::sqrt(double(d)))};
+}
+
 float* ResidentStep::qkv(int64_t k) const { return ws_->qkv + k * ws_->B * ws_->T * cfg.qkv_dim(); }
 float* ResidentStep::dqkv(int64_t k) const { return ws_->dqkv + k * ws_->B * ws_->T * cfg.qkv_dim(); }
 
@@ -218,21 +228,16 @@ void ResidentStep::layer_forward(int64_t k) {
 void ResidentStep::attention_forward(int64_t k) {
   Workspace& w = *ws_;
   Acts& a = w.steps[size_t(k)];
-  const int64_t T = w.T, N = w.B * T, D = cfg.qkv_dim(), d = cfg.head_dim(), qd = cfg.q_dim(), kvd = cfg.kv_dim();
-  const int64_t nh = cfg.heads, g = nh / cfg.kv_heads, ND = N * D;
-  const float scale = float(1.0 / std::sqrt(double(d)));
+  const int64_t T = w.T, D = cfg.qkv_dim(), d = cfg.head_dim(), qd = cfg.q_dim();
   for (int64_t b = 0; b < w.B; b++)
-    for (int64_t h = 0; h < nh; h++) {
-      const int64_t c = h / g, row0 = b * T;
-      const float* Q = qkv(k) + row0 * D + h * d;
-      const float* Kc = qkv(0) + row0 * D + qd + c * d;
-      const float* Vc = Kc + kvd;
-      float* out = a.attn + row0 * qd + h * d;
-      ops_.gemm(false, true, T, T, d, scale, Q, D, Kc, D, 0.0f, w.S, T);
-      if (k > 0) ops_.row_dots(T, k, d, scale, Q, D, qkv(1) + row0 * D + qd + c * d, D, ND, w.E);
-      ops_.attention_softmax(T, 0, w.S, T, w.E, k, a.lse + (b * nh + h) * T);
-      ops_.gemm(false, false, T, d, T, 1.0f, w.S, T, Vc, D, 0.0f, out, qd);
-      if (k > 0) ops_.rows_combine(T, k, d, w.E, qkv(1) + row0 * D + qd + kvd + c * d, D, ND, out, qd);
+    for (int64_t h = 0; h < cfg.heads; h++) {
+      const Head x = head(k, b, h);
+      float* out = a.attn + x.row0 * qd + h * d;
+      ops_.gemm(false, true, T, T, d, x.scale, x.q, D, x.k, D, 0.0f, w.S, T);
+      if (k > 0) ops_.row_dots(T, k, d, x.scale, x.q, D, x.ek, D, x.stride, w.E);
+      ops_.attention_softmax(T, 0, w.S, T, w.E, k, a.lse + (b * cfg.heads + h) * T);
+      ops_.gemm(false, false, T, d, T, 1.0f, w.S, T, x.v, D, 0.0f, out, qd);
+      if (k > 0) ops_.rows_combine(T, k, d, w.E, x.ev, D, x.stride, out, qd);
     }
 }
 
@@ -325,36 +330,31 @@ void ResidentStep::layer_backward(int64_t k) {
 void ResidentStep::attention_backward(int64_t k) {
   Workspace& w = *ws_;
   Acts& a = w.steps[size_t(k)];
-  const int64_t T = w.T, N = w.B * T, D = cfg.qkv_dim(), d = cfg.head_dim(), qd = cfg.q_dim(), kvd = cfg.kv_dim();
-  const int64_t nh = cfg.heads, g = nh / cfg.kv_heads, ND = N * D;
-  const float scale = float(1.0 / std::sqrt(double(d)));
+  const int64_t T = w.T, D = cfg.qkv_dim(), d = cfg.head_dim(), qd = cfg.q_dim(), kvd = cfg.kv_dim();
   for (int64_t b = 0; b < w.B; b++)
-    for (int64_t h = 0; h < nh; h++) {
-      const int64_t c = h / g, row0 = b * T, kofs = row0 * D + qd + c * d;
-      const float* Q = qkv(k) + row0 * D + h * d;
-      const float* Kc = qkv(0) + kofs;
-      const float* Vc = Kc + kvd;
-      const float* out = a.attn + row0 * qd + h * d;
-      const float* dout = w.dattn + row0 * qd + h * d;
-      float* dQ = dqkv(k) + row0 * D + h * d;
-      float* dK = dqkv(0) + kofs;
+    for (int64_t h = 0; h < cfg.heads; h++) {
+      const Head x = head(k, b, h);
+      const float* out = a.attn + x.row0 * qd + h * d;
+      const float* dout = w.dattn + x.row0 * qd + h * d;
+      float* dQ = dqkv(k) + x.row0 * D + h * d;
+      float* dK = dqkv(0) + x.kofs;  // step 0's k|v of this head's kv head, and the extras' after
       float* dV = dK + kvd;
-      ops_.gemm(false, true, T, T, d, scale, Q, D, Kc, D, 0.0f, w.S, T);
-      if (k > 0) ops_.row_dots(T, k, d, scale, Q, D, qkv(1) + kofs, D, ND, w.E);
-      ops_.attention_softmax(T, 0, w.S, T, w.E, k, a.lse + (b * nh + h) * T);
+      ops_.gemm(false, true, T, T, d, x.scale, x.q, D, x.k, D, 0.0f, w.S, T);
+      if (k > 0) ops_.row_dots(T, k, d, x.scale, x.q, D, x.ek, D, x.stride, w.E);
+      ops_.attention_softmax(T, 0, w.S, T, w.E, k, a.lse + (b * cfg.heads + h) * T);
       ops_.row_dots(T, 1, d, 1.0f, dout, qd, out, qd, 0, w.delta);  // δ_i = dout_i·out_i
-      ops_.gemm(false, true, T, T, d, 1.0f, dout, qd, Vc, D, 0.0f, w.dP, T);
-      ops_.attention_dscores(T, 0, w.S, w.dP, T, w.delta, scale);
-      ops_.gemm(false, false, T, d, T, 1.0f, w.dP, T, Kc, D, 0.0f, dQ, D);
-      ops_.gemm(true, false, T, d, T, 1.0f, w.dP, T, Q, D, 1.0f, dK, D);
+      ops_.gemm(false, true, T, T, d, 1.0f, dout, qd, x.v, D, 0.0f, w.dP, T);
+      ops_.attention_dscores(T, 0, w.S, w.dP, T, w.delta, x.scale);
+      ops_.gemm(false, false, T, d, T, 1.0f, w.dP, T, x.k, D, 0.0f, dQ, D);
+      ops_.gemm(true, false, T, d, T, 1.0f, w.dP, T, x.q, D, 1.0f, dK, D);
       ops_.gemm(true, false, T, d, T, 1.0f, w.S, T, dout, qd, 1.0f, dV, D);
       if (k > 0) {
         // dE = E ⊙ (dout·v_j − δ)·scale: every extra is visible (q0 = k ≥ any j).
-        ops_.row_dots(T, k, d, 1.0f, dout, qd, qkv(1) + kofs + kvd, D, ND, w.dE);
-        ops_.attention_dscores(T, k, w.E, w.dE, k, w.delta, scale);
-        ops_.rows_combine(T, k, d, w.dE, qkv(1) + kofs, D, ND, dQ, D);
-        ops_.rows_spread(T, k, d, w.dE, Q, D, dqkv(1) + kofs, D, ND);
-        ops_.rows_spread(T, k, d, w.E, dout, qd, dqkv(1) + kofs + kvd, D, ND);
+        ops_.row_dots(T, k, d, 1.0f, dout, qd, x.ev, D, x.stride, w.dE);
+        ops_.attention_dscores(T, k, w.E, w.dE, k, w.delta, x.scale);
+        ops_.rows_combine(T, k, d, w.dE, x.ek, D, x.stride, dQ, D);
+        ops_.rows_spread(T, k, d, w.dE, x.q, D, dqkv(1) + x.kofs, D, x.stride);
+        ops_.rows_spread(T, k, d, w.E, dout, qd, dqkv(1) + x.kofs + kvd, D, x.stride);
       }
     }
 }

@@ -58,6 +58,12 @@ class ResidentStep {
   float* W(int p) const { return params_ + layout_[size_t(p)].offset; }
   float* G(int p) const { return grads_ + layout_[size_t(p)].offset; }
   float* qkv(int64_t k) const;
+  struct Head {
+    const float *q, *k, *v, *ek, *ev;  // ek/ev: step 1's, extra j at + j·stride
+    int64_t row0, kofs, stride;        // first row of the sample; k's offset in a q|k|v buffer
+    float scale;                       // 1/√d
+  };
+  Head head(int64_t k, int64_t b, int64_t h) const;
   float* dqkv(int64_t k) const;
 
   StepOps& ops_;
