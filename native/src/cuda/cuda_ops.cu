@@ -22,15 +22,17 @@ void ok(const std::string& launch, const char* what) {
   if (!launch.empty()) throw std::runtime_error(std::string("cuda: ") + what + ": " + launch);
 }
 
-constexpr size_t kStaging = size_t(64) << 20;  // pinned bytes per upload chunk
+constexpr size_t kStaging = size_t(32) << 20;  // pinned bytes per upload chunk (two of them)
 
 class CudaOps final : public step::StepOps {
  public:
   CudaOps(int device, const CublasApi& blas) : blas_(blas), device_(device) {
     ok(cudaSetDevice(device), "cudaSetDevice");
     ok(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
-    ok(cudaEventCreateWithFlags(&staged_, cudaEventDisableTiming), "cudaEventCreate");
-    ok(cudaMallocHost(&staging_, kStaging), "cudaMallocHost (pinned staging)");
+    ok(cudaStreamCreateWithFlags(&copies_, cudaStreamNonBlocking), "cudaStreamCreate (uploads)");
+    for (cudaEvent_t* e : {&staged_[0], &staged_[1], &released_, &uploaded_})
+      ok(cudaEventCreateWithFlags(e, cudaEventDisableTiming), "cudaEventCreate");
+    ok(cudaMallocHost(&staging_, 2 * kStaging), "cudaMallocHost (pinned staging)");
     if (blas_.create(&handle_) != 0) throw std::runtime_error("cuda: cublasCreate_v2 failed");
     if (blas_.set_stream(handle_, stream_) != 0) throw std::runtime_error("cuda: cublasSetStream_v2 failed");
   }
@@ -41,8 +43,10 @@ class CudaOps final : public step::StepOps {
     cudaFree(a16_);
     cudaFree(b16_);
     if (handle_) blas_.destroy(handle_);
+    cudaStreamSynchronize(copies_);
     cudaFreeHost(staging_);
-    cudaEventDestroy(staged_);
+    for (cudaEvent_t e : {staged_[0], staged_[1], released_, uploaded_}) cudaEventDestroy(e);
+    cudaStreamDestroy(copies_);
     cudaStreamDestroy(stream_);
   }
   std::string name() const override { return "cuda"; }
@@ -50,26 +54,31 @@ class CudaOps final : public step::StepOps {
   void* alloc_bytes(size_t bytes) override {
     void* p = nullptr;
     ok(cudaMalloc(&p, bytes), "cudaMalloc");
+    // zeroed before any stream uses it (the upload stream included): allocations are setup work
     ok(cudaMemsetAsync(p, 0, bytes, stream_), "cudaMemsetAsync");
+    ok(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
     blocks_.push_back(p);
     return p;
   }
   void free_bytes(void* p) override {
     ok(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
+    ok(cudaStreamSynchronize(copies_), "cudaStreamSynchronize (uploads)");
     blocks_.erase(std::remove(blocks_.begin(), blocks_.end(), p), blocks_.end());
     ok(cudaFree(p), "cudaFree");
   }
-  // Through the pinned staging buffer, a chunk at a time: the host copy of a chunk waits only
-  // for the device to have read the previous one.
-  void upload(void* dst, const void* src, size_t bytes) override {
-    for (size_t o = 0; o < bytes; o += kStaging) {
-      const size_t n = std::min(kStaging, bytes - o);
-      ok(cudaEventSynchronize(staged_), "cudaEventSynchronize (staging)");
-      std::memcpy(staging_, static_cast<const char*>(src) + o, n);
-      ok(cudaMemcpyAsync(static_cast<char*>(dst) + o, staging_, n, cudaMemcpyHostToDevice, stream_), "copy to the device");
-      ok(cudaEventRecord(staged_, stream_), "cudaEventRecord");
-    }
+  // Through the pinned staging buffer, in two halves: the host fills one while the device
+  // reads the other.
+  void upload(void* dst, const void* src, size_t bytes) override { staged_copy(stream_, dst, src, bytes); }
+  // On the upload stream, after the previous step's last read of the inputs: beside its AdamW.
+  void upload_inputs(void* dst, const void* src, size_t bytes) override {
+    ok(cudaStreamWaitEvent(copies_, released_, 0), "cudaStreamWaitEvent (inputs released)");
+    staged_copy(copies_, dst, src, bytes);
   }
+  void inputs_ready() override {
+    ok(cudaEventRecord(uploaded_, copies_), "cudaEventRecord (inputs uploaded)");
+    ok(cudaStreamWaitEvent(stream_, uploaded_, 0), "cudaStreamWaitEvent (inputs uploaded)");
+  }
+  void release_inputs() override { ok(cudaEventRecord(released_, stream_), "cudaEventRecord (inputs released)"); }
   void download(void* dst, const void* src, size_t bytes) override {
     ok(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream_), "copy from the device");
     ok(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
@@ -156,6 +165,17 @@ class CudaOps final : public step::StepOps {
 
  private:
   static int op(Trans t) { return t == Trans::T ? kOpT : kOpN; }
+  void staged_copy(cudaStream_t s, void* dst, const void* src, size_t bytes) {
+    for (size_t o = 0; o < bytes; o += kStaging) {
+      const size_t n = std::min(kStaging, bytes - o);
+      char* half = static_cast<char*>(staging_) + half_ * kStaging;
+      ok(cudaEventSynchronize(staged_[half_]), "cudaEventSynchronize (staging)");  // its last copy has been read
+      std::memcpy(half, static_cast<const char*>(src) + o, n);
+      ok(cudaMemcpyAsync(static_cast<char*>(dst) + o, half, n, cudaMemcpyHostToDevice, s), "copy to the device");
+      ok(cudaEventRecord(staged_[half_], s), "cudaEventRecord (staging)");
+      half_ ^= 1;
+    }
+  }
   // X's span (rows of cols with stride ld) rounded to bf16 into a device scratch that grows.
   const uint16_t* rounded(const float* X, int64_t rows, int64_t cols, int64_t ld, uint16_t** buf, size_t* cap) {
     const size_t n = size_t((rows - 1) * ld + cols);
@@ -172,9 +192,11 @@ class CudaOps final : public step::StepOps {
 
   const CublasApi& blas_;
   int device_;
-  cudaStream_t stream_ = nullptr;
-  cudaEvent_t staged_ = nullptr;
-  void* staging_ = nullptr;
+  cudaStream_t stream_ = nullptr, copies_ = nullptr;  // compute; batch uploads
+  cudaEvent_t staged_[2] = {nullptr, nullptr};        // a staging half's last copy
+  cudaEvent_t released_ = nullptr, uploaded_ = nullptr;
+  void* staging_ = nullptr;  // pinned, 2 halves of kStaging
+  int half_ = 0;
   void* handle_ = nullptr;
   std::vector<void*> blocks_;
   uint16_t *a16_ = nullptr, *b16_ = nullptr;

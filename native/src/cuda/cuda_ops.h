@@ -1,6 +1,7 @@
-// The resident step's CUDA backend (step/step_ops.h): device memory, one stream, the kernels of
-// cuda/kernels.h and cuBLAS (loaded at run time) through col_major_gemm. Batch uploads go
-// through a pinned staging buffer, stream-ordered; downloads wait for the stream.
+// The resident step's CUDA backend (step/step_ops.h): device memory, a compute stream, the
+// kernels of cuda/kernels.h and cuBLAS (loaded at run time) through col_major_gemm. Uploads go
+// through a pinned staging buffer in two halves; the batch's on a second stream, beside the
+// previous step's AdamW. Downloads wait for the compute stream.
 #pragma once
 #include <cstdint>
 #include <memory>

@@ -150,12 +150,13 @@ void ResidentStep::ensure_workspace(int64_t B, int64_t T) {
 void ResidentStep::upload_batch(const DraftBatch& b) {
   Workspace& w = *ws_;
   const int64_t N = b.B * b.T, H = cfg.hidden;
-  ops_.upload(w.ids, b.ids, size_t(N) * 4);
-  ops_.upload(w.aux, b.aux, size_t(N * 3 * H) * 4);
-  ops_.upload(w.last, b.last, size_t(N * H) * 4);
-  ops_.upload(w.mask, b.mask, size_t(N));
+  ops_.upload_inputs(w.ids, b.ids, size_t(N) * 4);
+  ops_.upload_inputs(w.aux, b.aux, size_t(N * 3 * H) * 4);
+  ops_.upload_inputs(w.last, b.last, size_t(N * H) * 4);
+  ops_.upload_inputs(w.mask, b.mask, size_t(N));
   w.has_lengths = b.lengths != nullptr;
-  if (b.lengths) ops_.upload(w.lengths, b.lengths, size_t(b.B) * 4);
+  if (b.lengths) ops_.upload_inputs(w.lengths, b.lengths, size_t(b.B) * 4);
+  ops_.inputs_ready();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -172,8 +173,12 @@ StepOutput ResidentStep::run(const DraftBatch& b, const StepRequest& req) {
   out.step = step_count;
   forward();
   compute_loss(Ng, req.backward, out);
-  if (!req.backward) return out;
-  backward();
+  if (!req.backward) {
+    ops_.release_inputs();
+    return out;
+  }
+  backward();  // the batch's last reader is fc's weight gradient
+  ops_.release_inputs();
   out.grad_norm = grad_norm();
   if (req.update) {
     update(req, out.grad_norm);

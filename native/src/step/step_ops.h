@@ -36,6 +36,13 @@ class StepOps {
   virtual void download(void* dst, const void* src, size_t bytes) = 0;
   virtual void zero(void* p, size_t bytes) = 0;
   virtual void copy(void* dst, const void* src, size_t bytes) = 0;
+  // The batch's uploads, which a backend may run beside the compute still queued (the previous
+  // step's AdamW): upload_inputs copies into the input buffers once the previous step has
+  // released them (release_inputs, in stream order, after their last reader); inputs_ready
+  // makes the work queued after it wait for those copies. Default: plain stream-ordered uploads.
+  virtual void upload_inputs(void* dst, const void* src, size_t bytes) { upload(dst, src, bytes); }
+  virtual void inputs_ready() {}
+  virtual void release_inputs() {}
 
   // ---- math ----
   // C[M,N] = alpha·op(A)·op(B) + beta·C; op(A) [M,K] (ta: A stored [K,M]), op(B) [K,N] (tb: B
