@@ -181,7 +181,7 @@ interface RawTargetModel {
 }
 interface RawBinding {
   DraftModel: new (config: DraftConfig, weights: Record<string, Float32Array | Int32Array>, threads: number | null,
-    shard: { comm: object; tp: number; sp: number; dp: number } | null) => RawDraftModel;
+    shard: { comm: object; tp: number; sp: number; dp: number } | null, backend?: DraftBackend) => RawDraftModel;
   TargetModel: new (config: TargetConfig, threads: number | null, weights?: Record<string, Float32Array>) => RawTargetModel;
   acceptLength(draft: RawDraftModel, target: RawTargetModel, prompts: Int32Array[], maxNew: number):
     Promise<{ acceptLength: number; verifySteps: number; generated: number }>;
@@ -401,6 +401,14 @@ function threadsOpt(opts: { threads?: number } | undefined): number | null {
 // ------------------------------------------------------------------------------------------
 // Draft model
 
+/**
+ * Where a draft model's steps run: 'cpu', the CPU step (OpenBLAS, every sharding); 'cuda', the
+ * whole step resident on GPU 0 (one unsharded rank); 'resident-host', that same resident step
+ * on its CPU backend (what checks it here; slower than 'cpu').
+ */
+export const DRAFT_BACKENDS = ['cpu', 'cuda', 'resident-host'] as const;
+export type DraftBackend = typeof DRAFT_BACKENDS[number];
+
 /** Why `c` cannot be split tp ways (tensor parallelism), or null. */
 export function shardConfigError(c: DraftConfig, tp: number): string | null {
   if (c.kvHeads % tp !== 0) return `config.kvHeads (${c.kvHeads}) must be divisible by tp (${tp}): tensor parallelism splits the kv heads (and with them the query heads)`;
@@ -462,15 +470,27 @@ export class DraftModel {
   private readonly serial = new Serial();
   readonly config: DraftConfig;
 
-  private constructor(raw: RawDraftModel, config: DraftConfig) { this.raw = raw; this.config = config; }
+  private constructor(raw: RawDraftModel, config: DraftConfig, readonly backend: DraftBackend = 'cpu') { this.raw = raw; this.config = config; }
 
-  /** Validates every tensor (length, finite values, d2t range and distinctness). */
-  static create(config: DraftConfig, weights: Record<string, Float32Array | Int32Array>, opts?: { threads?: number }): DraftModel {
+  /**
+   * Validates every tensor (length, finite values, d2t range and distinctness). opts.backend
+   * picks where step() and evaluate() run (DRAFT_BACKENDS); the resident ones keep the state in
+   * the backend between steps, and weights(), optimizerState() and checkpoints copy it back.
+   * 'cuda' throws UnavailableError (naming why) where no GPU is usable.
+   */
+  static create(config: DraftConfig, weights: Record<string, Float32Array | Int32Array>,
+    opts?: { threads?: number; backend?: DraftBackend }): DraftModel {
     const cfg = validateDraftConfig(config);
     const threads = threadsOpt(opts);
+    const backend = opts?.backend ?? 'cpu';
+    if (!(DRAFT_BACKENDS as readonly string[]).includes(backend)) throw new InvalidArgumentError(`backend must be one of ${DRAFT_BACKENDS.join(', ')} (got ${String(backend)})`);
+    if (backend === 'cuda') {
+      const info = binding().cudaInfo();
+      if (info.gpus.length === 0) throw new UnavailableError(`backend 'cuda' is not available here: ${info.error ?? 'no GPU'}`);
+    }
     const w = needObject(weights, 'weights') as Record<string, Float32Array | Int32Array>;
     const nat = binding();
-    return new DraftModel(callSync(() => new nat.DraftModel(cfg, w, threads, null)), cfg);
+    return new DraftModel(callSync(() => new nat.DraftModel(cfg, w, threads, null, backend)), cfg, backend);
   }
 
   /**

@@ -9,8 +9,14 @@
 #include "napi/napi_batch.h"
 #include "napi/napi_comm.h"
 #include "napi/napi_models.h"
+#include "cuda/cuda_ops.h"
+#include "step/host_ops.h"
 
 namespace dw {
+
+[[noreturn]] Backend throw_invalid_backend(Napi::Env env, const std::string& b) {
+  throw_invalid(env, "backend must be 'cpu', 'resident-host' or 'cuda' (got '" + b + "')");
+}
 
 DraftConfig parse_draft_config(Napi::Env env, Napi::Value v) {
   constexpr int64_t kMaxDim = (int64_t(1) << 31) - 1;
@@ -106,6 +112,20 @@ void read_full(Napi::Env env, Napi::Object o, const DraftModel& m, std::vector<f
   }
 }
 
+// The resident state's host copy brought up to date, or dropped (the next step rebuilds it),
+// on the JS thread: a device failure becomes a NATIVE error.
+void sync_host(Napi::Env env, DraftState& st) {
+  try {
+    st.sync_host();
+  } catch (const std::exception& e) {
+    throw_native(env, std::string("DraftModel: copying the state back from the ") + (st.ops ? st.ops->name() : "") + " backend failed: " + e.what());
+  }
+}
+void drop_resident(Napi::Env env, DraftState& st) {
+  sync_host(env, st);
+  st.resident.reset();
+}
+
 enum Mode { kTrain = 0, kEval = 1, kLogits = 2 };
 
 class DraftWorker : public PromiseWorker {
@@ -126,6 +146,18 @@ class DraftWorker : public PromiseWorker {
     const DraftBatch b = batch_.view();
     const std::string err = m.check_batch(b);
     if (!err.empty()) throw InvalidArg("batch." + err);
+    if (st_->backend != Backend::Cpu && mode_ != kLogits) {
+      StepRequest req = req_;
+      req.gather_grads = false;  // unsharded: the gradients are the model's own, copied below
+      out_ = st_->resident_step().run(b, req);
+      st_->host_stale = st_->host_stale || mode_ == kTrain;
+      if (return_grads_) {
+        st_->sync_host();
+        grads_ = m.grads;
+      }
+      return;
+    }
+    st_->sync_host();  // logits: the CPU step's debug path, on the resident state
     if (mode_ == kLogits) {
       logits_.resize(static_cast<size_t>(m.cfg.ttt * b.B * b.T * m.cfg.draft_vocab));
       req_.logits_out = logits_.data();
@@ -189,6 +221,7 @@ class GatherWorker : public PromiseWorker {
  protected:
   void run() override {
     DraftModel& m = st_->model;
+    st_->sync_host();
     const std::vector<float>& src = kind_ == 0 ? m.params : kind_ == 1 ? m.grads : kind_ == 2 ? m.adam_m : m.adam_v;
     m.gather_full(src, full_);
   }
@@ -220,7 +253,7 @@ Napi::Function DraftWrap::Init(Napi::Env env) {
                      });
 }
 
-// new DraftModel(config, weights, threads, shard)
+// new DraftModel(config, weights, threads, shard, backend)
 // shard: null, or {comm: CommHandle, tp, sp, dp}: this process is world rank comm.rank of a
 // tp × sp × dp world; the model then needs attach() before anything else.
 DraftWrap::DraftWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<DraftWrap>(info) {
@@ -258,6 +291,23 @@ DraftWrap::DraftWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<DraftWra
   const std::string err = m.set_d2t(std::vector<int32_t>(d2t.Data(), d2t.Data() + c.draft_vocab));
   if (!err.empty()) throw_invalid(env, "weight " + err);
   m.threads = int(threads);
+  // backend: 'cpu' (default) | 'resident-host' | 'cuda'; the resident ones step an unsharded model
+  if (!info[4].IsUndefined() && !info[4].IsNull()) {
+    if (!info[4].IsString()) throw_invalid(env, "backend must be 'cpu', 'resident-host' or 'cuda'");
+    const std::string b = info[4].As<Napi::String>().Utf8Value();
+    st->backend = b == "cpu" ? Backend::Cpu : b == "resident-host" ? Backend::ResidentHost : b == "cuda" ? Backend::Cuda
+                                                                                                           : throw_invalid_backend(env, b);
+    if (st->backend != Backend::Cpu && m.sharded)
+      throw_invalid(env, "backend '" + b + "' steps an unsharded model (one rank); a sharded world trains on the 'cpu' backend");
+    if (st->backend == Backend::ResidentHost) st->ops = std::make_unique<step::HostOps>();
+    if (st->backend == Backend::Cuda) {
+      try {
+        st->ops = cuda::make_cuda_ops(0);
+      } catch (const std::exception& e) {
+        throw_native(env, std::string("backend 'cuda' is not available here: ") + e.what());
+      }
+    }
+  }
   state_ = std::move(st);
 }
 
@@ -332,6 +382,7 @@ Napi::Value DraftWrap::Weights(const Napi::CallbackInfo& info) {
     throw_native(env, "DraftModel.weights: a sharded model holds only its shards; use gather('weights') (a collective)");
   auto st = acquire(env, "weights");
   BusyRelease hold{st->busy};
+  sync_host(env, *st);
   return trainable_object(env, st->model.layout, st->model.params);
 }
 
@@ -341,6 +392,7 @@ Napi::Value DraftWrap::OptimizerState(const Napi::CallbackInfo& info) {
     throw_native(env, "DraftModel.optimizerState: a sharded model holds only its shards; use gather('m') and gather('v') (collectives)");
   auto st = acquire(env, "optimizerState");
   BusyRelease hold{st->busy};
+  sync_host(env, *st);
   Napi::Object o = Napi::Object::New(env);
   o.Set("step", double(st->model.step_count));
   o.Set("m", trainable_object(env, st->model.layout, st->model.adam_m));
@@ -352,6 +404,7 @@ Napi::Value DraftWrap::LoadOptimizerState(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   auto st = acquire(env, "loadOptimizerState");
   BusyRelease hold{st->busy};
+  drop_resident(env, *st);
   DraftModel& m = st->model;
   Napi::Object o = need_object(env, info[0], "optimizer state");
   const int64_t step = need_int(env, o.Get("step"), "optimizer state.step", 0, int64_t(1) << 53);
@@ -370,6 +423,7 @@ Napi::Value DraftWrap::SetWeights(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   auto st = acquire(env, "setWeights");
   BusyRelease hold{st->busy};
+  drop_resident(env, *st);
   read_trainable(env, need_object(env, info[0], "weights"), st->model, false, st->model.params, "weight", {});
   return env.Undefined();
 }

@@ -8,6 +8,8 @@
 
 #include "model/draft_model.h"
 #include "model/target_model.h"
+#include "step/resident_step.h"
+#include "step/step_ops.h"
 #include "napi/napi_util.h"
 
 namespace dw {
@@ -15,6 +17,10 @@ namespace dw {
 // A JS draft config ({vocab, draftVocab, hidden, heads, kvHeads, intermediate, ttt, ropeTheta,
 // rmsEps, headDim?, ropeScaling?}), validated; throws INVALID_ARGUMENT naming the field.
 DraftConfig parse_draft_config(Napi::Env env, Napi::Value v);
+
+// Where a model's training and evaluation steps run: the CPU step (DraftModel), or the
+// resident step (step/resident_step.h) on the host backend or on CUDA device 0.
+enum class Backend { Cpu, ResidentHost, Cuda };
 
 struct DraftState {
   explicit DraftState(const DraftConfig& c) : model(c) {}
@@ -24,6 +30,26 @@ struct DraftState {
   // sharded, until attach(): the world and this rank's full-shape trainable tensors
   std::shared_ptr<Comm> world;
   std::vector<float> pending_full;
+
+  // A resident backend holds the trainable state between steps; `model` is its host copy,
+  // brought up to date (sync_host) before anything reads it and the resident step rebuilt from
+  // it (drop_resident, then resident_step) after anything writes it.
+  Backend backend = Backend::Cpu;
+  std::unique_ptr<step::StepOps> ops;
+  std::unique_ptr<step::ResidentStep> resident;
+  bool host_stale = false;
+  void sync_host() {
+    if (resident && host_stale) resident->store(model);
+    host_stale = false;
+  }
+  void drop_resident() {
+    sync_host();
+    resident.reset();
+  }
+  step::ResidentStep& resident_step() {
+    if (!resident) resident = std::make_unique<step::ResidentStep>(*ops, model);
+    return *resident;
+  }
 };
 
 struct TargetState {

@@ -230,7 +230,10 @@ class AcceptWorker : public PromiseWorker {
         max_new_(max_new) {}
 
  protected:
-  void run() override { res_ = accept_length(d_->model, t_->model, prompts_, max_new_); }
+  void run() override {
+    d_->sync_host();  // a resident draft's weights, back on the host the decoder reads
+    res_ = accept_length(d_->model, t_->model, prompts_, max_new_);
+  }
   Napi::Value result(Napi::Env env) override {
     Napi::Object o = Napi::Object::New(env);
     o.Set("acceptLength", res_.accept_length);

@@ -163,7 +163,7 @@ void ResidentStep::upload_batch(const DraftBatch& b) {
 
 StepOutput ResidentStep::run(const DraftBatch& b, const StepRequest& req) {
   if (b.ext() != b.T) throw std::invalid_argument("resident step: span must equal seq (an unsharded batch)");
-  if (req.logits_out || req.gather_grads) throw std::invalid_argument("resident step: logits() and returnGrads are CPU-only");
+  if (req.logits_out || req.gather_grads) throw std::invalid_argument("resident step: the debug logits and gathered gradients are the CPU step's");
   if (req.samples < 0 || req.samples > b.B)
     throw std::invalid_argument("options.samples must be in [1, " + std::to_string(b.B) + "] (got " + std::to_string(req.samples) + ")");
   ensure_workspace(b.B, b.T);
