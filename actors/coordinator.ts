@@ -32,7 +32,7 @@
 //   With fromEpoch, nothing happens if the epoch already moved past it.
 import type { ActorRef, ActorSystem } from '../src/runtime/actor-system.ts';
 import type { Bus } from '../src/bus/bus.ts';
-import { ConflictError, UnavailableError } from '../src/errors.ts';
+import { ConflictError, InvalidArgumentError, UnavailableError } from '../src/errors.ts';
 import { createLogger } from '../src/log.ts';
 import { bumpEpoch, changeEpoch, ensureEpoch, cellSizeOf, epochMembers, withoutGroupOf, type EpochInfo } from '../src/job/epoch.ts';
 import { STORAGE, type CoordStatus, type Heartbeat, type ScaleReply } from '../src/wire/protocol.ts';
@@ -54,6 +54,8 @@ export interface CoordinatorOptions {
   acting?: () => boolean;
   /** What to do with an orphaned rank (default replace, 3 restarts). */
   onRankLoss?: { policy: 'replace' | 'shrink'; maxRestarts: number };
+  /** The widest data parallelism the job's backend trains (scale refuses more; default MAX_DP). */
+  maxDp?: number;
 }
 
 
@@ -197,6 +199,7 @@ export function startCoordinator(system: ActorSystem, o: CoordinatorOptions): { 
   const statusSub = serve(bus, 'coord.status', () => system.query<CoordStatus>(ref, { op: 'status' }, 10_000), { dedupe: false });
   const scaleSub = serve(bus, 'coord.scale', async (m): Promise<ScaleReply> => {
     const dp = m.dp;
+    if (o.maxDp !== undefined && dp > o.maxDp) throw new InvalidArgumentError(`scale: this job's backend trains at most dp ${o.maxDp} (one unsharded rank), got dp ${dp}`);
     const cur = (await (await bus.kv(bus.subjects.kvBucket)).get<EpochInfo>(STORAGE.epochKey))?.value;
     if (!cur || dp > cur.partitions) await liveNodes(); // refuse before any change when nobody can spawn the ranks
     const r = await bumpEpoch(bus, dp);

@@ -259,6 +259,7 @@ export class NodeAgent {
         const c = startCoordinator(system, {
           bus, dp: spec.dp, cellSize: spec.tp * spec.sp, deadAfterMs: rankDeadAfterMs(spec), acting: () => lease.valid(),
           onRankLoss: { policy: rankLossPolicy(spec), maxRestarts: maxRankRestarts(spec) },
+          ...((spec.backend ?? 'cpu') !== 'cpu' ? { maxDp: 1 } : {}),
         });
         await c.ready;
         return c.stop;

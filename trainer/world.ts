@@ -75,11 +75,12 @@ export class World {
   static async form(o: WorldOptions, state: TrainState): Promise<World> {
     const { spec } = o;
     if (o.size === 1) {
-      const model = DraftModel.create(spec.draft, { ...o.frozen, ...state.weights }, { threads: spec.threads });
+      const model = DraftModel.create(spec.draft, { ...o.frozen, ...state.weights }, { threads: spec.threads, backend: spec.backend ?? 'cpu' });
       model.loadOptimizerState(state.optimizer);
       return new World(o, model, null, null, state.step, state.samples);
     }
     const g = spec.tp * spec.sp;
+    if ((spec.backend ?? 'cpu') !== 'cpu') throw new InvalidArgumentError(`backend "${spec.backend}" trains one unsharded rank; this world has ${o.size} (the sharded step runs on backend "cpu")`);
     if (o.size % g !== 0) throw new InvalidArgumentError(`a world of ${o.size} ranks is not whole cells of tp·sp = ${g}`);
     const comm = await Communicator.connect({
       rank: o.index, size: o.size, kv: await o.bus.kv(o.bus.subjects.kvBucket), prefix: `${spec.job}/e${o.epoch}`,

@@ -22,8 +22,8 @@ import type { StepMetrics } from '../../trainer/rank-worker.ts';
 import { AuthPolicy } from '../../src/wire/auth.ts';
 import { QueueClient, listen } from '../../src/bus/clients.ts';
 import { loadWeightsFile, writeInitialWeights } from '../../src/job/checkpoint.ts';
-import { acceptLength, DraftModel, shardConfigError } from '../../src/native/addon.ts';
-import { DraftwireError, InvalidArgumentError } from '../../src/errors.ts';
+import { acceptLength, cudaInfo, DRAFT_BACKENDS, DraftModel, shardConfigError, type DraftBackend } from '../../src/native/addon.ts';
+import { DraftwireError, InvalidArgumentError, UnavailableError } from '../../src/errors.ts';
 import { LIMITS, isExternal, jobFile, loadJobSpec, sampleBudget, saveJobSpec, validateJobSpec, type JobSpec } from '../../src/job/spec.ts';
 import { makeDir, writeFileMode } from '../../src/files.ts';
 import { auditEvents, type AuditReport } from '../../src/ledger/ledger.ts';
@@ -42,7 +42,7 @@ const log = createLogger('run');
 interface RunOpts extends GlobalOptions {
   job?: string; workdir: string; nats?: string; size: string; steps?: number; batch: number;
   seqLen?: number; promptLen?: number; lr: number; clip: number; weightDecay: number; dp: number; tp: number; sp: number;
-  seed: number; temperature: number; dataset?: string; evalEvery: number; evalPrompts: number; threads: number;
+  seed: number; temperature: number; dataset?: string; evalEvery: number; evalPrompts: number; threads: number; backend?: DraftBackend;
   leaseMs: number; storeHighMb: number; progress: boolean; keepStore: boolean;
   resume?: string; checkpointEvery?: number; maxRankRestarts?: number; rankDeadAfterMs?: number;
   onRankLoss?: 'replace' | 'shrink'; batchWaitMs?: number; checkpointStore?: 'dir' | 'nats'; metrics?: { host: string; port: number };
@@ -62,6 +62,8 @@ export interface RunSummary {
   acceptLengthInitial: number | null; acceptLength: number | null; checkpoint: string; audit: AuditReport; stepMsMean: number | null;
   /** The steady state: samples of the steps after the first over the time from the first step's report to the last's (null under 2 steps). */
   trainSamplesPerSec: number | null;
+  /** Where the rank's step ran (--backend). */
+  backend: DraftBackend;
   /** Step the rank resumed from (run --resume), 0 for a fresh run. */
   resumedFromStep: number;
   rankRestarts: number; natsRestarts: number;
@@ -119,6 +121,7 @@ export function command(): Command {
     .option('--eval-every <n>', 'measure accept length every n steps (0 = only at the end)', nonNegativeInt('--eval-every'), 50)
     .option('--eval-prompts <n>', `prompts the accept length is measured on (at most ${LIMITS.evalPrompts})`, intInRange('--eval-prompts', 1, LIMITS.evalPrompts), 8)
     .option('--threads <n>', `BLAS threads per rank and for the rollout (at most ${LIMITS.threads})`, intInRange('--threads', 1, LIMITS.threads), 1)
+    .addOption(new Option('--backend <backend>', 'where the rank\'s step runs: the CPU step (every sharding), the whole step resident on GPU 0 (one rank: dp, tp and sp 1), or that resident step on the CPU (what checks it without a GPU)').choices([...DRAFT_BACKENDS]).default('cpu'))
     .option('--lease-ms <n>', 'lease length (at most a day)', intInRange('--lease-ms', 1, LIMITS.ms), 30_000)
     .option('--store-high-mb <n>', 'store high watermark (rollout pauses above it)', positive('--store-high-mb'), 256)
     .option('--no-progress', 'no progress bar (log lines instead)')
@@ -138,7 +141,7 @@ export function command(): Command {
       else {
         const f = (x: number | null, d = 4) => (x === null ? '-' : x.toFixed(d));
         process.stdout.write([
-          `job ${summary.job}: ${summary.steps} steps, ${summary.samples} samples in ${summary.seconds.toFixed(1)} s (${summary.samplesPerSec.toFixed(2)} samples/s)`,
+          `job ${summary.job}: ${summary.steps} steps, ${summary.samples} samples in ${summary.seconds.toFixed(1)} s (${summary.samplesPerSec.toFixed(2)} samples/s)${summary.backend !== 'cpu' ? `, on backend ${summary.backend}` : ''}`,
           `loss ${f(summary.firstLoss)} -> ${f(summary.lastLoss)}   accept length ${f(summary.acceptLengthInitial, 3)} -> ${f(summary.acceptLength, 3)}`,
           `audit: ${summary.audit.ok ? 'clean' : 'PROBLEMS'} (committed ${summary.audit.committed}, consumed ${summary.audit.consumed}, dead ${summary.audit.dead}, pending ${summary.audit.pending})`,
           ...(summary.features ? [featuresLine(summary.features)] : []),
@@ -162,6 +165,7 @@ export function buildSpec(o: RunOpts & { steps?: number }): JobSpec {
   // The products of options each bounded alone (see LIMITS): rank processes and tokens per step.
   const ranks = o.dp * o.tp * o.sp;
   if (ranks > LIMITS.worldRanks) throw new InvalidArgumentError(`--dp ${o.dp} --tp ${o.tp} --sp ${o.sp}: ${ranks} rank processes; at most ${LIMITS.worldRanks}`);
+  if (o.backend !== undefined && o.backend !== 'cpu' && ranks !== 1) throw new InvalidArgumentError(`--backend ${o.backend} trains one unsharded rank: --dp, --tp and --sp must be 1 (got ${o.dp}, ${o.tp}, ${o.sp})`);
   if (o.batch * seqLen > LIMITS.stepTokens) throw new InvalidArgumentError(`--batch ${o.batch} --seq-len ${seqLen}: ${o.batch * seqLen} tokens per step; at most ${LIMITS.stepTokens}`);
   const high = Math.floor(o.storeHighMb * 1024 * 1024);
   const external = o.rollout === 'external';
@@ -178,6 +182,7 @@ export function buildSpec(o: RunOpts & { steps?: number }): JobSpec {
     ...(o.checkpointStore === 'nats' ? { checkpointStore: 'nats' as const } : {}),
     ...(external ? { input: { kind: 'external', samples: o.samples ?? null, producers: o.producers ?? 1 } } : {}),
     featureDtype: o.featureDtype ?? 'bf16',
+    ...(o.backend !== undefined && o.backend !== 'cpu' ? { backend: o.backend } : {}),
   });
 }
 
@@ -190,6 +195,7 @@ export async function runJob(o: RunOpts): Promise<RunSummary> {
   // checks the layout against the target's shape before it prepares the dataset
   const spec = resuming || !o.target ? base : o.features ? (await buildFeaturesSpec(o, base, checkLayout)).spec : (await buildHfSpec(o, base, checkLayout)).spec;
   checkLayout(spec);
+  checkBackend(spec);
   // Fail fast on an unreadable or malformed dataset, before anything starts.
   if (spec.dataset) loadPrompts(spec.dataset, targetVocab(spec.target), spec.promptLen);
   const auth = AuthPolicy.fromEnv();
@@ -303,7 +309,7 @@ export async function runJob(o: RunOpts): Promise<RunSummary> {
       checkpoint: join(spec.runDir, 'checkpoint.safetensors'), audit,
       stepMsMean: losses.length ? losses.reduce((n, m) => n + m.stepMs, 0) / losses.length : null,
       trainSamplesPerSec: losses.length >= 2 && losses.at(-1)!.at > losses[0]!.at ? losses.slice(1).reduce((n, m) => n + m.samples, 0) / ((losses.at(-1)!.at - losses[0]!.at) / 1000) : null,
-      resumedFromStep, rankRestarts: [...node.restarts.values()].reduce((a, b) => a + b, 0), natsRestarts,
+      backend: spec.backend ?? 'cpu', resumedFromStep, rankRestarts: [...node.restarts.values()].reduce((a, b) => a + b, 0), natsRestarts,
       ranksLost: lost.map((c) => c.rank), dpHistory: losses.map((m) => m.dp).filter((d, i, a) => i === 0 || a[i - 1] !== d),
       dataset: spec.chat && !spec.features ? readJson(join(spec.runDir, 'dataset-summary.json')) : null,
       features: spec.features ? readJson(join(spec.runDir, 'features-summary.json')) : null,
@@ -421,6 +427,13 @@ function inputOf(events: Awaited<ReturnType<typeof readLedgerEvents>>): RunSumma
 
 function featuresLine(f: Record<string, unknown>): string {
   return `features: ${String(f.layout)} in ${String(f.dir)}: ${String(f.trained)} files trained on, ${String(f.held)} held out, ${String(f.deadLettered)} dead-lettered${Number(f.deadLettered) > 0 ? ` (${String(f.deadLetterFile)})` : ''}`;
+}
+
+/** A GPU backend where none is usable fails here, by name, not in a rank after its restarts. */
+function checkBackend(spec: JobSpec): void {
+  if (spec.backend !== 'cuda') return;
+  const info = cudaInfo();
+  if (info.gpus.length === 0) throw new UnavailableError(`--backend cuda: no usable GPU on this machine (${info.error ?? 'none found'}); \`draftwire cuda\` says what this installation can do`);
 }
 
 function readJson(path: string): Record<string, unknown> | null {

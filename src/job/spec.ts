@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { DecodeError, InvalidArgumentError } from '../errors.ts';
 import { MAX_DP } from './epoch.ts';
 import { writeFileAtomic } from '../files.ts';
-import type { DraftConfig } from '../native/addon.ts';
+import { DRAFT_BACKENDS, type DraftBackend, type DraftConfig } from '../native/addon.ts';
 import type { ChatDataSpec } from './chat-data.ts';
 import type { FeaturesSpec } from './features.ts';
 import { isHfTarget, type JobTarget } from './target.ts';
@@ -58,6 +58,11 @@ export interface JobSpec {
   evalPrompts: number;
   /** BLAS threads per rank. */
   threads: number;
+  /**
+   * Where the rank's step runs (src/native/addon.ts DRAFT_BACKENDS; default 'cpu'). 'cuda' and
+   * 'resident-host' train one unsharded rank: dp = tp = sp = 1, and scale refuses more.
+   */
+  backend?: DraftBackend;
   /** Initial weights (safetensors, DESIGN names) every rank loads. */
   initWeights: string;
   /** A rank checkpoints every this many steps and acks a step's leases only once it is durable (default 1). */
@@ -175,6 +180,10 @@ export function validateJobSpec(x: unknown): JobSpec {
   num(o, 'storeLowBytes', { int: true, min: 0, max: o.storeHighBytes as number });
   if (o.clip !== null) num(o, 'clip', { min: 0 });
   if (o.checkpointEvery !== undefined) num(o, 'checkpointEvery', { int: true, min: 1 });
+  if (o.backend !== undefined) {
+    if (!(DRAFT_BACKENDS as readonly unknown[]).includes(o.backend)) throw new InvalidArgumentError(`job spec: "backend" must be one of ${DRAFT_BACKENDS.join(', ')}, got ${JSON.stringify(o.backend)}`);
+    if (o.backend !== 'cpu' && ranks !== 1) throw new InvalidArgumentError(`job spec: backend "${String(o.backend)}" trains one unsharded rank; dp·tp·sp is ${ranks} (the sharded step runs on backend "cpu")`);
+  }
   if (o.checkpointStore !== undefined && o.checkpointStore !== 'dir' && o.checkpointStore !== 'nats') throw new InvalidArgumentError(`job spec: "checkpointStore" must be "dir" or "nats", got ${JSON.stringify(o.checkpointStore)}`);
   if (o.roleTtlMs !== undefined) num(o, 'roleTtlMs', { int: true, min: 200, max: LIMITS.ms });
   for (const k of ['rankDeadAfterMs', 'batchWaitMs']) if (o[k] !== undefined) num(o, k, { int: true, min: 1, max: LIMITS.ms });

@@ -116,6 +116,30 @@ describe('draftwire run (end to end)', function () {
     assert.ok(!existsSync(join(workdir, 'authjob', 'store')), 'the store directory is removed');
   });
 
+  it('--backend resident-host: the rank trains on the resident step (what --backend cuda runs on a GPU) and its job equals the CPU step\'s', async () => {
+    const run = (backend: string) => {
+      const r = spawnSync(process.execPath, [CLI, 'run', '--size', 'tiny', '--steps', '20', '--batch', '4', '--eval-every', '0', '--workdir', workdir,
+        '--job', `bk-${backend}`, '--backend', backend, '--json'], { encoding: 'utf8', timeout: 120_000 });
+      assert.equal(r.status, 0, r.stderr);
+      return JSON.parse(r.stdout.trim().split('\n').at(-1)!) as { backend: string; steps: number; lossCurve: number[]; audit: { ok: boolean; problems: string[] }; checkpoint: string };
+    };
+    const [cpu, res] = [run('cpu'), run('resident-host')];
+    assert.equal(cpu.backend, 'cpu');
+    assert.equal(res.backend, 'resident-host');
+    assert.equal(res.steps, 20);
+    assert.ok(res.audit.ok, res.audit.problems.join('\n'));
+    // the same seeded job: the same samples in the same order, so the same losses to float rounding
+    assert.equal(res.lossCurve.length, cpu.lossCurve.length);
+    res.lossCurve.forEach((l, i) => assert.ok(Math.abs(l - cpu.lossCurve[i]!) <= 1e-5 * Math.abs(cpu.lossCurve[i]!), `step ${i + 1}: loss ${l} vs the CPU step's ${cpu.lossCurve[i]}`));
+    const [a, b] = [await readSafetensorsFile(cpu.checkpoint), await readSafetensorsFile(res.checkpoint)];
+    for (const n of TRAINABLE_NAMES) {
+      const x = a.tensors[n]!.data as Float32Array, y = b.tensors[n]!.data as Float32Array;
+      let d = 0, m = 0;
+      for (let i = 0; i < x.length; i++) { d = Math.max(d, Math.abs(x[i]! - y[i]!)); m = Math.max(m, Math.abs(x[i]!)); }
+      assert.ok(d <= 1e-4 * m, `checkpoint ${n}: max |Δ| ${d} vs max ${m}`);
+    }
+  });
+
   it('rejects bad options with exit code 2 and a message naming the option', () => {
     const r = spawnSync(process.execPath, [CLI, 'run', '--steps', '0', '--workdir', workdir], { encoding: 'utf8' });
     assert.equal(r.status, 2);
@@ -126,6 +150,12 @@ describe('draftwire run (end to end)', function () {
     const r4 = spawnSync(process.execPath, [CLI, 'run', '--dataset', join(workdir, 'missing.jsonl'), '--workdir', workdir], { encoding: 'utf8' });
     assert.equal(r4.status, 2);
     assert.match(r4.stderr, /cannot read dataset .*missing\.jsonl/);
+    const r5 = spawnSync(process.execPath, [CLI, 'run', '--backend', 'resident-host', '--dp', '2', '--workdir', workdir], { encoding: 'utf8' });
+    assert.equal(r5.status, 2);
+    assert.match(r5.stderr, /--backend resident-host trains one unsharded rank: --dp, --tp and --sp must be 1 \(got 2, 1, 1\)/);
+    const r6 = spawnSync(process.execPath, [CLI, 'run', '--backend', 'gpu', '--workdir', workdir], { encoding: 'utf8' });
+    assert.equal(r6.status, 2);
+    assert.match(r6.stderr, /--backend.*Allowed choices are cpu, cuda, resident-host/);
     const r3 = spawnSync(process.execPath, [CLI, 'audit', '--job', 'nope', '--workdir', workdir], { encoding: 'utf8' });
     assert.equal(r3.status, 2);
     assert.match(r3.stderr, /no running job/);
