@@ -71,6 +71,16 @@ describe('coordinator (real nats-server)', function () {
     assert.deepEqual(withoutGroupOf(r.to, 9), [0, 1, 4, 5], 'a rank that is not a member changes nothing');
   });
 
+  it('a job whose backend trains one rank (maxDp 1) refuses a scale past it by name and changes nothing', async () => {
+    await coord.stop();
+    coord = startCoordinator(system, { bus, dp: 2, deadAfterMs: 2000, maxDp: 1 });
+    await coord.ready;
+    const before = await epoch();
+    await assert.rejects(bus.request(bus.subjects.coord.scale, { dp: 2 }, { timeoutMs: 15_000 }),
+      (e: unknown) => e instanceof InvalidArgumentError && /scale: this job's backend trains at most dp 1 \(one unsharded rank\), got dp 2/.test((e as Error).message));
+    assert.deepEqual(await epoch(), before);
+  });
+
   it('scale-up spreads the new ranks over the node agents, fewest ranks first; without one it refuses and changes nothing', async () => {
     await assert.rejects(bus.request(bus.subjects.coord.scale, { dp: 3 }, { timeoutMs: 15_000 }), (e: unknown) => e instanceof UnavailableError && /no node agent/.test((e as Error).message));
     assert.deepEqual(await epoch(), { epoch: 1, partitions: 2, members: [0, 1], cellSize: 1 }, 'a refused scale changes nothing');

@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { readSafetensorsFile } from '../../src/store/safetensors.ts';
 import { TRAINABLE_NAMES } from '../../src/native/addon.ts';
+import { jobFile, loadJobSpec, validateJobSpec } from '../../src/job/spec.ts';
 
 const CLI = 'bin/draftwire.js';
 const childPids = (ppid: number) => spawnSync('pgrep', ['-P', String(ppid)], { encoding: 'utf8' }).stdout.split('\n').filter(Boolean).map(Number);
@@ -121,11 +122,16 @@ describe('draftwire run (end to end)', function () {
       const r = spawnSync(process.execPath, [CLI, 'run', '--size', 'tiny', '--steps', '20', '--batch', '4', '--eval-every', '0', '--workdir', workdir,
         '--job', `bk-${backend}`, '--backend', backend, '--json'], { encoding: 'utf8', timeout: 120_000 });
       assert.equal(r.status, 0, r.stderr);
-      return JSON.parse(r.stdout.trim().split('\n').at(-1)!) as { backend: string; steps: number; lossCurve: number[]; audit: { ok: boolean; problems: string[] }; checkpoint: string };
+      return JSON.parse(r.stdout.trim().split('\n').at(-1)!) as { runDir: string; backend: string; steps: number; lossCurve: number[]; audit: { ok: boolean; problems: string[] }; checkpoint: string };
     };
     const [cpu, res] = [run('cpu'), run('resident-host')];
     assert.equal(cpu.backend, 'cpu');
     assert.equal(res.backend, 'resident-host');
+    // the job spec carries it, and refuses a sharded world or an unknown backend by name
+    const spec = loadJobSpec(jobFile(res.runDir));
+    assert.equal(spec.backend, 'resident-host');
+    assert.throws(() => validateJobSpec({ ...spec, dp: 2 }), /job spec: backend "resident-host" trains one unsharded rank; dp·tp·sp is 2/);
+    assert.throws(() => validateJobSpec({ ...spec, backend: 'gpu' }), /job spec: "backend" must be one of cpu, cuda, resident-host, got "gpu"/);
     assert.equal(res.steps, 20);
     assert.ok(res.audit.ok, res.audit.problems.join('\n'));
     // the same seeded job: the same samples in the same order, so the same losses to float rounding
