@@ -1,15 +1,17 @@
 // Training-step throughput of the native draft step at the demo size, against the machine's
-// own OpenBLAS SGEMM peak measured in the same run.
-//   node --import tsx bench/step.bench.ts [--batch 4] [--steps 3] [--threads 1,2] [--json]
+// own OpenBLAS SGEMM peak measured in the same run, on each backend asked for (--backends:
+// cpu, the CPU step; resident-host, the resident step a GPU runs, on its CPU backend; cuda,
+// where a GPU is), the CPU step at the same thread count as their baseline.
+//   node --import tsx bench/step.bench.ts [--batch 4] [--steps 3] [--threads 1,2] [--backends cpu,resident-host] [--json]
 // Prints a table (not a test); --json: one JSON line per figure (bench/support/report.ts), the
 // analytic GFLOP/s against the SGEMM peak at the same thread count.
 // FLOPs are counted analytically: every GEMM of the forward and backward pass, attention over
 // the exact causal (q, key) pairs plus the TTT extras, no recomputation; "executed" is what the
 // addon's GEMM wrappers actually ran (it includes the attention scores recomputed in the backward
 // pass and the masked halves of diagonal tiles).
-import { blasInfo, DraftModel, gemmFlops, initDraftWeights, sgemmBench, type DraftConfig } from '../src/native/addon.ts';
+import { blasInfo, cudaInfo, DRAFT_BACKENDS, DraftModel, gemmFlops, initDraftWeights, sgemmBench, type DraftBackend, type DraftConfig } from '../src/native/addon.ts';
 import { DEMO, DEMO_T, makeDemoBatch } from './demo-batch.ts';
-import { Reporter } from './support/report.ts';
+import { Reporter, type Measured } from './support/report.ts';
 
 function arg(name: string, def: string): string {
   const i = process.argv.indexOf(`--${name}`);
@@ -19,6 +21,9 @@ function arg(name: string, def: string): string {
 const B = Number(arg('batch', '4'));
 const STEPS = Number(arg('steps', '3'));
 const THREADS = arg('threads', '1,2').split(',').map(Number);
+const BACKENDS = arg('backends', cudaInfo().gpus.length > 0 ? 'cpu,resident-host,cuda' : 'cpu,resident-host').split(',') as DraftBackend[];
+for (const b of BACKENDS) if (!(DRAFT_BACKENDS as readonly string[]).includes(b)) throw new Error(`--backends: unknown backend '${b}' (${DRAFT_BACKENDS.join(', ')})`);
+if (BACKENDS[0] !== 'cpu') throw new Error('--backends: the first must be cpu (the baseline of the others)');
 const cfg: DraftConfig = DEMO;
 const T = DEMO_T;
 
@@ -56,39 +61,47 @@ async function main(): Promise<void> {
   const rows: string[][] = [];
   for (const threads of THREADS) {
     const peak = Math.max(sgemmBench(1024, 10, threads), sgemmBench(1024, 10, threads));
-    const model = DraftModel.create(cfg, initDraftWeights(cfg, 1, frozen), { threads });
-    const opts = { lr: 1e-4, clip: 1, weightDecay: 0, returnGrads: false };
-    const first = await model.step(batch, opts); // warm-up: allocates the scratch for this shape
-    let best = Infinity, total = 0, executed = 0;
-    for (let s = 0; s < STEPS; s++) {
-      const f0 = gemmFlops();
-      const t0 = performance.now();
-      await model.step(batch, opts);
-      const dt = (performance.now() - t0) / 1000;
-      executed = gemmFlops() - f0;
-      best = Math.min(best, dt);
-      total += dt;
+    let cpuBest: Measured | null = null;
+    for (const backend of BACKENDS) {
+      const model = DraftModel.create(cfg, initDraftWeights(cfg, 1, frozen), { threads, backend });
+      const opts = { lr: 1e-4, clip: 1, weightDecay: 0, returnGrads: false };
+      const first = await model.step(batch, opts); // warm-up: allocates the scratch for this shape
+      let best = Infinity, total = 0, executed = 0;
+      for (let s = 0; s < STEPS; s++) {
+        const f0 = gemmFlops();
+        const t0 = performance.now();
+        await model.step(batch, opts);
+        const dt = (performance.now() - t0) / 1000;
+        executed = gemmFlops() - f0;
+        best = Math.min(best, dt);
+        total += dt;
+      }
+      const ev0 = performance.now();
+      await model.evaluate(batch);
+      const evalS = (performance.now() - ev0) / 1000;
+      model.close();
+      const gflops = flops.total / best / 1e9;
+      const ctx = { threads, backend, loss: first.loss };
+      const tag = backend === 'cpu' ? `threads ${threads}` : `${backend}, threads ${threads}`;
+      const peakFig = backend === 'cpu' ? report.add({ name: `SGEMM peak (1024³), threads ${threads}`, value: peak, unit: 'GFLOP/s', ...ctx }) : null;
+      const bestFig = report.add({ name: `step: best ms, ${tag}`, value: best * 1000, unit: 'ms', ...ctx, ...(cpuBest ? { baseline: cpuBest } : {}) });
+      if (backend === 'cpu') cpuBest = bestFig;
+      report.add({ name: `step: mean ms, ${tag}`, value: total / STEPS * 1000, unit: 'ms', ...ctx });
+      report.add({ name: `step: tokens/s, ${tag}`, value: B * T / best, unit: 'tokens/s', ...ctx });
+      if (peakFig) {
+        report.add({ name: `step: analytic GFLOP/s, ${tag}`, value: gflops, unit: 'GFLOP/s', baseline: peakFig, ...ctx });
+        report.add({ name: `step: executed GFLOP/s, ${tag}`, value: executed / best / 1e9, unit: 'GFLOP/s', baseline: peakFig, ...ctx });
+      }
+      report.add({ name: `evaluate: ms, ${tag}`, value: evalS * 1000, unit: 'ms', ...ctx });
+      // the resident backends' GEMMs go through the same wrappers only on the host
+      rows.push([backend, String(threads), fmt(best * 1000, 0), fmt(total / STEPS * 1000, 0), fmt(B * T / best, 0), fmt(gflops),
+        backend === 'cuda' ? '-' : fmt(executed / best / 1e9), fmt(peak), fmt(100 * gflops / peak), fmt(evalS * 1000, 0), fmt(first.loss, 3)]);
     }
-    const ev0 = performance.now();
-    await model.evaluate(batch);
-    const evalS = (performance.now() - ev0) / 1000;
-    model.close();
-    const gflops = flops.total / best / 1e9;
-    const ctx = { threads, loss: first.loss };
-    const peakFig = report.add({ name: `SGEMM peak (1024³), threads ${threads}`, value: peak, unit: 'GFLOP/s', ...ctx });
-    report.add({ name: `step: best ms, threads ${threads}`, value: best * 1000, unit: 'ms', ...ctx });
-    report.add({ name: `step: mean ms, threads ${threads}`, value: total / STEPS * 1000, unit: 'ms', ...ctx });
-    report.add({ name: `step: tokens/s, threads ${threads}`, value: B * T / best, unit: 'tokens/s', ...ctx });
-    report.add({ name: `step: analytic GFLOP/s, threads ${threads}`, value: gflops, unit: 'GFLOP/s', baseline: peakFig, ...ctx });
-    report.add({ name: `step: executed GFLOP/s, threads ${threads}`, value: executed / best / 1e9, unit: 'GFLOP/s', baseline: peakFig, ...ctx });
-    report.add({ name: `evaluate: ms, threads ${threads}`, value: evalS * 1000, unit: 'ms', ...ctx });
-    rows.push([String(threads), fmt(best * 1000, 0), fmt(total / STEPS * 1000, 0), fmt(B * T / best, 0), fmt(gflops), fmt(executed / best / 1e9),
-      fmt(peak), fmt(100 * gflops / peak), fmt(evalS * 1000, 0), fmt(first.loss, 3)]);
   }
-  const head = ['threads', 'best ms', 'mean ms', 'tokens/s', 'GFLOP/s', 'exec GF/s', 'sgemm peak', '% peak', 'eval ms', 'loss'];
+  const head = ['backend', 'threads', 'best ms', 'mean ms', 'tokens/s', 'GFLOP/s', 'exec GF/s', 'sgemm peak', '% peak', 'eval ms', 'loss'];
   report.log('');
   report.table(head, rows);
-  report.log('\n(sgemm peak: best of 2×10 1024³ SGEMMs at the same thread count; % peak = analytic GFLOP/s ÷ peak)');
+  report.log('\n(sgemm peak: best of 2×10 1024³ SGEMMs at the same thread count; % peak = analytic GFLOP/s ÷ peak; the CPU step is the baseline of the other backends)');
   report.end();
 }
 
